@@ -1,0 +1,335 @@
+"""LAWN (Logit Attenuating Weight Normalization) and the learning-rate schedules around it.
+
+LAWN wraps any ``torch.optim.Optimizer``:
+
+* free phase: the inner optimizer runs unchanged, bit for bit, for ``free_steps`` steps;
+* switch (at the start of step ``free_steps + 1``, or on ``.switch()``): every constrained
+  tensor's current L2 norm becomes its target, and weight decay is turned off;
+* constrained phase: after every inner step each constrained tensor is rescaled to its target.
+
+The wrapper shares the inner optimizer's ``param_groups`` and ``state``, so LR schedulers and
+``torch.amp.GradScaler`` work on it as on any optimizer, and ``state_dict()`` carries the phase,
+the step count and the targets so that a resumed run continues identically.
+
+    opt = LAWN(torch.optim.Adam(model.parameters(), lr=1e-3), free_steps=5 * steps_per_epoch)
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = [
+    "LAWN",
+    "OPTIMIZERS",
+    "make_optimizer",
+    "project_to_norm",
+    "tangent_project",
+    "warmup_decay",
+    "lawn_schedule",
+    "warmup_decay_factor",
+    "lawn_factor",
+]
+
+
+# --- the math: plain tensor functions ---------------------------------------------------------
+
+
+@torch.no_grad()
+def project_to_norm(params: list[Tensor], targets: Tensor) -> None:
+    """Rescale each tensor in place so that its L2 norm equals the matching entry of ``targets``."""
+    norms = torch.stack(torch._foreach_norm(params)).to(targets.dtype)
+    scales = targets / norms.clamp_min(torch.finfo(targets.dtype).tiny)
+    torch._foreach_mul_(params, list(scales.to(params[0].dtype).unbind()))
+
+
+@torch.no_grad()
+def tangent_project(params: list[Tensor], grads: list[Tensor]) -> None:
+    """Remove, in place, the radial component of each gradient: g <- g - (<g, w> / |w|^2) w.
+
+    With the norm held fixed, only the tangential part of the gradient can move a weight.
+    """
+    for w, g in zip(params, grads):
+        coef = (g * w).sum() / (w * w).sum().clamp_min(torch.finfo(w.dtype).tiny)
+        g.sub_(w * coef)
+
+
+# --- the wrapper ------------------------------------------------------------------------------
+
+
+ParamSelector = Callable[[Tensor], bool]
+
+
+class LAWN(Optimizer):
+    """Layer-wise weight-norm constraint after a free phase, around any optimizer.
+
+    Args:
+        optimizer: the inner optimizer (SGD, Adam, AdamW, AdamP, ...). LAWN steps it.
+        free_steps: optimizer steps in the free phase, after which the norms are frozen.
+        params: which tensors are constrained: ``None`` for every tensor with ``ndim >= 2``
+            (conv and linear weights; biases and norm-layer affine parameters stay free), an
+            iterable of tensors, or a callable ``tensor -> bool``.
+        tangent: remove the radial component of the gradient before each constrained step.
+        reset_moments: clear the inner optimizer's per-parameter state (momentum, Adam moments)
+            at the switch.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        free_steps: int,
+        params: Iterable[Tensor] | ParamSelector | None = None,
+        tangent: bool = False,
+        reset_moments: bool = False,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise ValueError(f"LAWN wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(optimizer, LAWN):
+            raise ValueError("LAWN cannot wrap another LAWN optimizer")
+        if not isinstance(free_steps, int) or free_steps < 0:
+            raise ValueError(f"free_steps must be an int >= 0, got {free_steps!r}")
+        self.optimizer = optimizer
+        self.free_steps = free_steps
+        self.tangent = bool(tangent)
+        self.reset_moments = bool(reset_moments)
+        self.step_count = 0
+        self.phase = "free"
+        self.targets: Tensor | None = None  # one entry per constrained tensor, set at the switch
+        self.free_weight_decay: list[float] = []  # each group's weight decay before the switch
+
+        all_params = [p for g in optimizer.param_groups for p in g["params"]]
+        if params is None:
+            chosen = [i for i, p in enumerate(all_params) if p.ndim >= 2]
+        elif callable(params):
+            chosen = [i for i, p in enumerate(all_params) if params(p)]
+        else:
+            ids = {id(p) for p in params}
+            chosen = [i for i, p in enumerate(all_params) if id(p) in ids]
+            if len(chosen) != len(ids):
+                raise ValueError("LAWN params must all belong to the wrapped optimizer")
+        self.constrained_index = chosen  # positions in the flattened param_groups
+
+        # What torch.optim.Optimizer.__init__ would set up, minus the param groups (shared).
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._zero_grad_profile_name = "Optimizer.zero_grad#LAWN.zero_grad"
+        self._patch_step_function()
+
+    # The inner optimizer owns groups, defaults and state; its load_state_dict replaces its
+    # param_groups list, so these are properties rather than copies of the reference.
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict]) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value) -> None:
+        self.optimizer.state = value
+
+    @property
+    def defaults(self) -> dict:
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict) -> None:
+        self.optimizer.defaults = value
+
+    def constrained_params(self) -> list[Tensor]:
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        return [all_params[i] for i in self.constrained_index]
+
+    @torch.no_grad()
+    def switch(self) -> None:
+        """Freeze each constrained tensor's norm at its current value and turn weight decay off."""
+        if self.phase == "constrained":
+            return
+        params = self.constrained_params()
+        if params:
+            self.targets = torch.stack(torch._foreach_norm(params)).float()
+        else:
+            self.targets = torch.zeros(0)
+        self.free_weight_decay = [float(g.get("weight_decay", 0.0)) for g in self.param_groups]
+        for group in self.param_groups:
+            if "weight_decay" in group:
+                group["weight_decay"] = 0.0
+        if self.reset_moments:
+            self.optimizer.state.clear()
+        self.phase = "constrained"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        if self.phase == "free" and self.step_count >= self.free_steps:
+            self.switch()
+        if self.phase == "free":
+            loss = self.optimizer.step(closure)
+            self.step_count += 1
+            return loss
+
+        loss = None
+        if closure is not None:
+            # Gradients must exist before they can be projected: evaluate the closure here.
+            with torch.enable_grad():
+                loss = closure()
+        params = self.constrained_params()
+        with_grad = [(p, p.grad) for p in params if p.grad is not None]
+        if self.tangent and with_grad:
+            tangent_project([p for p, _ in with_grad], [g for _, g in with_grad])
+        self.optimizer.step()
+        if params:
+            project_to_norm(params, self.targets.to(params[0].device))
+        self.step_count += 1
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {
+            "inner": self.optimizer.state_dict(),
+            "lawn": {
+                "phase": self.phase,
+                "step_count": self.step_count,
+                "free_steps": self.free_steps,
+                "targets": None if self.targets is None else self.targets.detach().cpu().clone(),
+                "constrained_index": list(self.constrained_index),
+                "free_weight_decay": list(self.free_weight_decay),
+                "tangent": self.tangent,
+                "reset_moments": self.reset_moments,
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "inner" not in state_dict or "lawn" not in state_dict:
+            raise ValueError("not a LAWN state_dict (expected keys 'inner' and 'lawn')")
+        self.optimizer.load_state_dict(state_dict["inner"])
+        lawn = state_dict["lawn"]
+        if list(lawn["constrained_index"]) != list(self.constrained_index):
+            raise ValueError("LAWN state_dict constrains different parameters than this optimizer")
+        self.phase = lawn["phase"]
+        self.step_count = int(lawn["step_count"])
+        self.free_steps = int(lawn["free_steps"])
+        self.targets = None if lawn["targets"] is None else lawn["targets"].clone()
+        self.free_weight_decay = list(lawn["free_weight_decay"])
+        self.tangent = bool(lawn["tangent"])
+        self.reset_moments = bool(lawn["reset_moments"])
+
+    def __repr__(self) -> str:
+        return (
+            f"LAWN(free_steps={self.free_steps}, phase={self.phase!r}, tangent={self.tangent}, "
+            f"reset_moments={self.reset_moments}, constrained={len(self.constrained_index)},\n"
+            f"  {self.optimizer!r})"
+        )
+
+
+# --- learning-rate schedules ------------------------------------------------------------------
+
+
+def _decay(progress: float, kind: str) -> float:
+    progress = min(max(progress, 0.0), 1.0)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if kind == "linear":
+        return 1.0 - progress
+    if kind == "none":
+        return 1.0
+    raise ValueError(f"unknown decay {kind!r}: use 'cosine', 'linear' or 'none'")
+
+
+def warmup_decay_factor(step: int, total_steps: int, warmup_steps: int, decay: str = "cosine") -> float:
+    """LR multiplier of the baseline schedule: linear warm-up, then decay to zero at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    return _decay((step - warmup_steps) / span, decay)
+
+
+def lawn_factor(
+    step: int, total_steps: int, free_steps: int, warmup_steps: int, decay: str = "cosine"
+) -> float:
+    """LR multiplier of LAWN's schedule: constant in the free phase, then warm-up and decay.
+
+    The warm-up after the switch lets the optimizer settle on the sphere of fixed norms before
+    the rate is high again (the paper's three-phase schedule).
+    """
+    if step < free_steps:
+        return 1.0
+    return warmup_decay_factor(step - free_steps, total_steps - free_steps, warmup_steps, decay)
+
+
+def warmup_decay(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, decay: str = "cosine") -> LambdaLR:
+    """The baselines' schedule, stepped once per optimizer step."""
+    _decay(0.0, decay)  # validate early
+    return LambdaLR(optimizer, lambda s: warmup_decay_factor(s, total_steps, warmup_steps, decay))
+
+
+def lawn_schedule(
+    optimizer: Optimizer, total_steps: int, free_steps: int, warmup_steps: int = 0, decay: str = "cosine"
+) -> LambdaLR:
+    """LAWN's free / warm-up / decay schedule, stepped once per optimizer step."""
+    _decay(0.0, decay)
+    return LambdaLR(optimizer, lambda s: lawn_factor(s, total_steps, free_steps, warmup_steps, decay))
+
+
+# --- optimizers by name -----------------------------------------------------------------------
+
+
+def _sgd(params, lr, weight_decay, momentum=0.9, **_):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _adam(params, lr, weight_decay, betas=(0.9, 0.999), **_):
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def _adamw(params, lr, weight_decay, betas=(0.9, 0.999), **_):
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def _adamp(params, lr, weight_decay, betas=(0.9, 0.999), **_):
+    from adamp import AdamP  # the authors' own implementation
+
+    return AdamP(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "adamw": _adamw,
+    "adamp": _adamp,
+}
+
+
+def make_optimizer(
+    name: str,
+    params,
+    lr: float,
+    weight_decay: float = 0.0,
+    lawn: bool = False,
+    free_steps: int = 0,
+    tangent: bool = False,
+    reset_moments: bool = False,
+    **kwargs,
+) -> Optimizer:
+    """Build an optimizer by name (``sgd``, ``adam``, ``adamw``, ``adamp``), wrapped in LAWN if asked."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}")
+    inner = OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **kwargs)
+    if not lawn:
+        return inner
+    return LAWN(inner, free_steps=free_steps, tangent=tangent, reset_moments=reset_moments)
