@@ -1,0 +1,293 @@
+"""The Monitor: per-step, per-layer training diagnostics for any PyTorch loop.
+
+    monitor = Monitor(model, optimizer, config={"optimizer": "adam", "lawn": True})
+    for x, y in loader:
+        ...; optimizer.step()
+        monitor.step(loss=loss, logits=logits, targets=y)
+    monitor.close()
+
+Each step runs the probes that are due; their values stay on the device. Once per flush (every
+``flush_secs`` seconds or ``flush_every`` steps) all buffered values are concatenated and copied
+to the host in ONE transfer, turned into long-format rows and written as one Parquet part file.
+That single copy is the only point where logging makes the GPU wait.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor, nn
+
+from .probes import Keys, Probe, StepContext, default_probes
+from .sink import SCHEMA, ParquetSink, default_root, new_run_id
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(model: nn.Module) -> dict[str, Any]:
+    first = next(model.parameters(), None)
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(first.device) if first is not None else "cpu",
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "host": platform.node(),
+        "git_commit": _git_commit(),
+        "argv": sys.argv,
+    }
+
+
+class Monitor:
+    """Watches one training run and writes it under ``<root>/<run_id>/``.
+
+    Args:
+        model: the model being trained (its named parameters are the layers).
+        optimizer: its optimizer; read for ``lr`` and LAWN's ``phase``.
+        root: store root; default ``$LAWN_MONITOR_ROOT`` or ``./runs``.
+        config: everything needed to rerun (saved whole in run.json).
+        name: a readable name; the run id is made from it.
+        total_steps, steps_per_epoch: for progress and fractional epochs, when known.
+        flush_secs, flush_every: flush when either is reached (seconds / steps).
+        probes: the probes to run (default: the cheap ones, every step).
+        enabled: False makes every call a no-op (e.g. on DDP ranks other than 0).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        root: str | os.PathLike | None = None,
+        config: dict[str, Any] | None = None,
+        name: str | None = None,
+        run_id: str | None = None,
+        total_steps: int | None = None,
+        steps_per_epoch: int | None = None,
+        flush_secs: float = 2.0,
+        flush_every: int | None = None,
+        probes: Iterable[Probe] | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.model = model
+        self.optimizer = optimizer
+        self.config = dict(config or {})
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.flush_secs = flush_secs
+        self.flush_every = flush_every
+        self.step_count = 0
+        self.diverged = False
+        self.closed = False
+        self._device_rows: list[tuple[int, float, float, Keys, Tensor]] = []
+        self._host_rows: list[tuple[int, float, float, str, str, float]] = []
+        self._last_flush = time.monotonic()
+        self._steps_since_flush = 0
+        self._last_step_at: float | None = None
+        if not enabled:
+            return
+        self.name = name or self.config.get("name") or "run"
+        self.run_id = run_id or new_run_id(self.name)
+        self.probes = list(probes) if probes is not None else default_probes()
+        for probe in self.probes:
+            probe.attach(model, optimizer)
+        self.sink = ParquetSink(
+            default_root() if root is None else root,
+            self.run_id,
+            {
+                "name": self.name,
+                "config": self.config,
+                "env": environment(model),
+                "step": 0,
+                "total_steps": total_steps,
+                "steps_per_epoch": steps_per_epoch,
+            },
+        )
+        self.run_dir = self.sink.run_dir
+
+    # --- logging ------------------------------------------------------------------------------
+
+    def _epoch(self, epoch: float | None) -> float:
+        if epoch is not None:
+            return float(epoch)
+        if self.steps_per_epoch:
+            return self.step_count / self.steps_per_epoch
+        return math.nan
+
+    def step(
+        self,
+        loss: Tensor | None = None,
+        logits: Tensor | None = None,
+        targets: Tensor | None = None,
+        batch_size: int | None = None,
+        epoch: float | None = None,
+    ) -> None:
+        """Record one optimizer step. Call it right after ``optimizer.step()`` (and before the LR
+        scheduler's step, so that ``lr`` is the rate this step used)."""
+        if not self.enabled:
+            return
+        self.step_count += 1
+        step, ep, wall = self.step_count, self._epoch(epoch), time.time()
+        ctx = StepContext(step=step, loss=loss, logits=logits, targets=targets)
+        for probe in self.probes:
+            if probe.due(step):
+                out = probe.compute(ctx)
+                if out is not None:
+                    self._device_rows.append((step, ep, wall, *out))
+
+        host = [("lr", self._lr()), ("phase", 1.0 if getattr(self.optimizer, "phase", "free") == "constrained" else 0.0)]
+        now = time.monotonic()
+        if self._last_step_at is not None:
+            # Wall time between calls; on a GPU this only reflects kernel time on average, since
+            # nothing here synchronizes (the queue blocks the host once it is full).
+            dt = now - self._last_step_at
+            n = batch_size if batch_size is not None else (len(targets) if targets is not None else None)
+            host.append(("step_time", dt))
+            if n is not None and dt > 0:
+                host.append(("samples_per_s", n / dt))
+        self._last_step_at = now
+        self._host_rows += [(step, ep, wall, "", m, float(v)) for m, v in host]
+
+        self._steps_since_flush += 1
+        if (self.flush_every and self._steps_since_flush >= self.flush_every) or (
+            now - self._last_flush >= self.flush_secs
+        ):
+            self.flush()
+
+    def _lr(self) -> float:
+        if self.optimizer is None or not self.optimizer.param_groups:
+            return math.nan
+        lr = self.optimizer.param_groups[0]["lr"]
+        return float(lr.item() if isinstance(lr, Tensor) else lr)
+
+    def log(self, metrics: dict[str, float | Tensor], layer: str = "", epoch: float | None = None) -> None:
+        """Record arbitrary scalars at the current step (tensors stay on the device until flush)."""
+        if not self.enabled or not metrics:
+            return
+        step, ep, wall = self.step_count, self._epoch(epoch), time.time()
+        keys: Keys = []
+        values: list[Tensor] = []
+        for metric, value in metrics.items():
+            if isinstance(value, Tensor):
+                keys.append((metric, layer))
+                values.append(value.detach().float().reshape(1))
+            else:
+                self._host_rows.append((step, ep, wall, layer, metric, float(value)))
+        if values:
+            device = values[0].device
+            self._device_rows.append((step, ep, wall, keys, torch.cat([v.to(device) for v in values])))
+
+    def log_eval(
+        self,
+        loss: float | Tensor | None = None,
+        acc: float | Tensor | None = None,
+        acc5: float | Tensor | None = None,
+        split: str = "test",
+        epoch: float | None = None,
+    ) -> None:
+        """Record an evaluation (``test/loss``, ``test/acc``, ``test/acc5``) at the current step."""
+        given = {"loss": loss, "acc": acc, "acc5": acc5}
+        self.log({f"{split}/{k}": v for k, v in given.items() if v is not None}, epoch=epoch)
+        self._last_step_at = None  # the evaluation's time is not a training step's time
+
+    # --- flushing -----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Copy buffered values to the host (one transfer) and write them as one part file."""
+        if not self.enabled:
+            return
+        device_rows, self._device_rows = self._device_rows, []
+        host_rows, self._host_rows = self._host_rows, []
+        self._last_flush = time.monotonic()
+        self._steps_since_flush = 0
+        if not device_rows and not host_rows:
+            return
+        cols: dict[str, list] = {"step": [], "epoch": [], "wall_time": [], "layer": [], "metric": []}
+        values = np.empty(0)
+        if device_rows:
+            by_device: dict[torch.device, list[Tensor]] = {}
+            for row in device_rows:
+                by_device.setdefault(row[4].device, []).append(row[4])
+            # The one sync point: a single device-to-host copy per device (normally one).
+            host = {d: torch.cat(ts).double().cpu().numpy() for d, ts in by_device.items()}
+            offsets = {d: 0 for d in host}
+            parts = []
+            for step, ep, wall, keys, tensor in device_rows:
+                d, n = tensor.device, tensor.numel()
+                parts.append(host[d][offsets[d]:offsets[d] + n])
+                offsets[d] += n
+                cols["step"] += [step] * n
+                cols["epoch"] += [ep] * n
+                cols["wall_time"] += [wall] * n
+                cols["metric"] += [k[0] for k in keys]
+                cols["layer"] += [k[1] for k in keys]
+            values = np.concatenate(parts)
+            self._check_divergence(cols["metric"], values)
+        for step, ep, wall, layer, metric, value in host_rows:
+            cols["step"].append(step)
+            cols["epoch"].append(ep)
+            cols["wall_time"].append(wall)
+            cols["layer"].append(layer)
+            cols["metric"].append(metric)
+        values = np.concatenate([values, np.array([r[5] for r in host_rows], dtype=np.float64)])
+        n = len(values)
+        table = pa.table(
+            {
+                "run_id": pa.array([self.run_id] * n, pa.string()),
+                "step": pa.array(cols["step"], pa.int64()),
+                "epoch": pa.array(cols["epoch"], pa.float64()),
+                "wall_time": pa.array(cols["wall_time"], pa.float64()),
+                "layer": pa.array(cols["layer"], pa.string()),
+                "metric": pa.array(cols["metric"], pa.string()),
+                "value": pa.array(values, pa.float64()),
+            },
+            schema=SCHEMA,
+        )
+        self.sink.write(table)
+        self.sink.heartbeat(step=self.step_count)
+
+    def _check_divergence(self, metrics: list[str], values: np.ndarray) -> None:
+        loss = values[np.fromiter((m == "train/loss" for m in metrics), bool, len(metrics))]
+        if loss.size and not np.isfinite(loss).all():
+            self.diverged = True
+
+    # --- ending -------------------------------------------------------------------------------
+
+    def close(self, status: str | None = None, error: str | None = None) -> None:
+        """Flush what is left and mark the run ``finished`` (or the given status)."""
+        if not self.enabled or self.closed:
+            return
+        self.flush()
+        if status is None:
+            status = "diverged" if self.diverged else "finished"
+        self.sink.close(status, error=error, step=self.step_count)
+        self.closed = True
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted")
+        else:
+            self.close("failed", error="".join(traceback.format_exception(exc_type, exc, tb)))

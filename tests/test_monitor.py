@@ -1,0 +1,174 @@
+"""The Monitor's values against plain autograd recomputation, and the Parquet / run.json contract."""
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch import nn
+
+from lawn_monitor import LAWN, Monitor
+from lawn_monitor.sink import SCHEMA
+
+CHEAP_METRICS = {
+    "train/loss", "train/acc", "lr", "phase", "weight_norm", "grad_norm", "update_norm", "update_ratio",
+    "grad_weight_cos", "logit_norm", "max_prob", "flat_frac", "step_time", "samples_per_s", "test/loss", "test/acc",
+}
+
+
+def make_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 4))
+
+
+def read_rows(run_dir):
+    tables = [pq.read_table(p) for p in sorted((run_dir / "metrics").glob("*.parquet"))]
+    return tables
+
+
+def frame(run_dir):
+    import pandas as pd
+
+    return pd.concat([t.to_pandas() for t in read_rows(run_dir)], ignore_index=True)
+
+
+def test_values_match_brute_force(tmp_path):
+    model = make_model()
+    opt = LAWN(torch.optim.Adam(model.parameters(), lr=1e-2), free_steps=2)
+    monitor = Monitor(model, opt, root=tmp_path, config={"optimizer": "adam", "lawn": True}, name="bf",
+                      steps_per_epoch=4, flush_every=1000)
+    g = torch.Generator().manual_seed(0)
+    expected = {}
+    for step in range(1, 6):
+        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 4, (8,), generator=g)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        monitor.step(loss=loss, logits=logits, targets=y)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                w, gr, u = p.norm(), p.grad.norm(), (p - before[n]).norm()
+                expected[(step, "weight_norm", n)] = float(w)
+                expected[(step, "grad_norm", n)] = float(gr)
+                expected[(step, "update_norm", n)] = float(u)
+                expected[(step, "update_ratio", n)] = float(u / w)
+                expected[(step, "grad_weight_cos", n)] = float((p * p.grad).sum() / (w * gr))
+            all_w = torch.cat([p.flatten() for p in model.parameters()])
+            all_u = torch.cat([(p - before[n]).flatten() for n, p in model.named_parameters()])
+            expected[(step, "weight_norm", "")] = float(all_w.norm())
+            expected[(step, "update_norm", "")] = float(all_u.norm())
+            per_sample = nn.functional.cross_entropy(logits, y, reduction="none")
+            expected[(step, "train/loss", "")] = float(loss)
+            expected[(step, "train/acc", "")] = float((logits.argmax(1) == y).float().mean())
+            expected[(step, "logit_norm", "")] = float(logits.norm(dim=1).mean())
+            expected[(step, "max_prob", "")] = float(logits.softmax(1).max(1).values.mean())
+            expected[(step, "flat_frac", "")] = float((per_sample < 1e-3).float().mean())
+            expected[(step, "phase", "")] = 1.0 if step > 2 else 0.0
+            expected[(step, "lr", "")] = 1e-2
+    monitor.log_eval(loss=torch.tensor(0.25), acc=0.75)
+    monitor.close()
+
+    df = frame(monitor.run_dir)
+    got = {(r.step, r.metric, r.layer): r.value for r in df.itertuples()}
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert got[(5, "test/acc", "")] == 0.75 and got[(5, "test/loss", "")] == 0.25
+    assert set(df["metric"]) == CHEAP_METRICS
+    assert df.loc[df.step == 3, "epoch"].iloc[0] == pytest.approx(0.75)
+
+
+def test_parquet_and_run_json_contract(tmp_path):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, opt, root=tmp_path, config={"optimizer": "sgd", "seed": 3}, name="my run/1",
+                 total_steps=6, flush_every=2) as monitor:
+        for _ in range(6):
+            x, y = torch.randn(4, 5), torch.randint(0, 4, (4,))
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            monitor.step(loss=loss, logits=logits, targets=y)
+    run_dir = monitor.run_dir
+    assert run_dir.parent == tmp_path and "/" not in run_dir.name
+    parts = sorted((run_dir / "metrics").glob("*"))
+    assert len(parts) == 3 and all(p.name.startswith("part-") and p.suffix == ".parquet" for p in parts)
+    assert not list(run_dir.rglob("*.tmp"))
+    for table in read_rows(run_dir):
+        assert table.schema.equals(SCHEMA)
+    info = json.loads((run_dir / "run.json").read_text())
+    for key in ("run_id", "name", "created_at", "status", "heartbeat_at", "ended_at", "config", "env", "schema_version"):
+        assert key in info
+    assert info["status"] == "finished" and info["step"] == 6 and info["total_steps"] == 6
+    assert info["config"] == {"optimizer": "sgd", "seed": 3}
+    assert info["env"]["torch"] == torch.__version__
+
+
+def test_no_host_sync_in_step(tmp_path, monkeypatch):
+    """Between flushes nothing is copied to the host: every value stays a device tensor."""
+    model = make_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    monitor = Monitor(model, opt, root=tmp_path, flush_every=10_000, flush_secs=1e9)
+    batches = [(torch.randn(8, 5), torch.randint(0, 4, (8,))) for _ in range(5)]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host sync inside Monitor.step")
+
+    for x, y in batches:
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__"):
+                m.setattr(torch.Tensor, name, forbidden)
+            monitor.step(loss=loss, logits=logits, targets=y)
+    monitor.close()
+    assert len(list((monitor.run_dir / "metrics").glob("*.parquet"))) == 1
+
+
+@pytest.mark.parametrize("exc, status", [(RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "interrupted")])
+def test_context_manager_records_how_the_run_ended(tmp_path, exc, status):
+    model = make_model()
+    with pytest.raises(type(exc)):
+        with Monitor(model, None, root=tmp_path, name="ends") as monitor:
+            monitor.log({"custom": 1.0})
+            raise exc
+    info = json.loads((monitor.run_dir / "run.json").read_text())
+    assert info["status"] == status and info["ended_at"]
+    if status == "failed":
+        assert "RuntimeError: boom" in info["error"]
+    assert frame(monitor.run_dir)["metric"].tolist() == ["custom"]  # logged rows were kept
+
+
+def test_divergence_is_detected_at_flush(tmp_path):
+    model = make_model()
+    monitor = Monitor(model, None, root=tmp_path, flush_every=2)
+    monitor.step(loss=torch.tensor(1.0))
+    assert not monitor.diverged
+    monitor.step(loss=torch.tensor(math.nan))
+    assert monitor.diverged
+    monitor.close()
+    assert json.loads((monitor.run_dir / "run.json").read_text())["status"] == "diverged"
+    values = frame(monitor.run_dir).query("metric == 'train/loss'")["value"]
+    assert math.isnan(values.iloc[1])  # NaN is kept, not dropped
+
+
+def test_disabled_monitor_writes_nothing(tmp_path):
+    monitor = Monitor(make_model(), None, root=tmp_path, enabled=False)
+    monitor.step(loss=torch.tensor(1.0))
+    monitor.log_eval(acc=0.5)
+    monitor.close()
+    assert not any(tmp_path.iterdir())
+
+
+def test_root_that_is_a_file_is_refused(tmp_path):
+    file = tmp_path / "not-a-dir"
+    file.write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        Monitor(make_model(), None, root=file)
