@@ -1,0 +1,105 @@
+"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``runs`` and ``compare``.
+
+    lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn
+    lawn-monitor sweep --optimizers sgd,adam --lawn both --seeds 0,1
+    lawn-monitor runs --status running
+    lawn-monitor compare --metric test/acc --by optimizer,lawn,batch_size
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+import pandas as pd
+
+USAGE = "usage: lawn-monitor {train,sweep,runs,compare} ... (lawn-monitor COMMAND --help for its options)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _store(root: str | None):
+    """The store at ``root``, or None (after one line on stderr) when root is not a directory."""
+    from .store import RunStore
+
+    store = RunStore(root)
+    if store.root.exists() and not store.root.is_dir():
+        print(f"lawn-monitor: error: --root {store.root} is a file: pass the run store's directory", file=sys.stderr)
+        return None
+    return store
+
+
+def _print(df: pd.DataFrame) -> None:
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_columns", 30):
+        print(df.to_string(index=False))
+
+
+def runs(argv: list[str]) -> int:
+    parser = _Parser(prog="lawn-monitor runs", description="List the runs in a store.")
+    parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
+    parser.add_argument("--status", help="only runs with this status (running, finished, failed, diverged, interrupted, stale)")
+    args = parser.parse_args(argv)
+    store = _store(args.root)
+    if store is None:
+        return 2
+    df = store.runs(status=args.status)
+    if df.empty:
+        print(f"no runs in {store.root}: start one with `lawn-monitor train --dataset digits --model cnn`")
+        return 0
+    cols = [c for c in ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"] if c in df.columns]
+    df = df[cols].copy()
+    if "progress" in df:
+        df["progress"] = df["progress"].map(lambda p: "" if pd.isna(p) else f"{100 * p:.0f}%")
+    if "test_acc" in df:
+        df["test_acc"] = df["test_acc"].map(lambda a: "" if pd.isna(a) else f"{a:.4f}")
+    _print(df)
+    return 0
+
+
+def compare(argv: list[str]) -> int:
+    parser = _Parser(prog="lawn-monitor compare",
+                     description="Group finished runs by config keys: mean, std, count of a metric's final or best value.")
+    parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
+    parser.add_argument("--metric", default="test/acc")
+    parser.add_argument("--by", default="optimizer,lawn,batch_size", help="comma-separated config keys")
+    parser.add_argument("--reduce", choices=("final", "best"), default="final")
+    args = parser.parse_args(argv)
+    store = _store(args.root)
+    if store is None:
+        return 2
+    table = store.summary(args.metric, by=[k for k in args.by.split(",") if k], reduce=args.reduce)
+    if table.empty:
+        print("no finished runs with those config keys and that metric")
+        return 0
+    _print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    warnings.simplefilter("default")
+    if command == "train":
+        from trainers.train import main as train_main
+
+        return train_main(rest)
+    if command == "sweep":
+        from trainers.sweep import main as sweep_main
+
+        return sweep_main(rest)
+    if command == "runs":
+        return runs(rest)
+    if command == "compare":
+        return compare(rest)
+    print(f"lawn-monitor: error: unknown command {command!r}; {USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

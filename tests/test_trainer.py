@@ -1,0 +1,183 @@
+"""The trainer end to end on real offline data, its run endings, and its one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lawn_monitor import RunStore
+from lawn_monitor.cli import main as cli_main
+from trainers import train as train_module
+from trainers.config import TrainConfig
+from trainers.data import load_data
+from trainers.models import build_model
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist_to_torchvision.py"
+CHEAP_METRICS = {
+    "train/loss", "train/acc", "test/loss", "test/acc", "lr", "phase", "weight_norm", "grad_norm",
+    "update_norm", "update_ratio", "grad_weight_cos", "logit_norm", "max_prob", "flat_frac",
+    "step_time", "samples_per_s",
+}
+
+
+def run_cli(argv, capsys):
+    """Run ``lawn-monitor ARGV`` in-process; return (exit code, stdout, stderr)."""
+    try:
+        rc = cli_main(argv)
+    except SystemExit as exc:  # argparse exits on usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.slow
+def test_digits_lawn_run_end_to_end(tmp_path):
+    """The issue's command, as a user types it, in a fresh process."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lawn_monitor.cli", "train", "--dataset", "digits", "--model", "cnn",
+         "--optimizer", "adam", "--lawn", "--free-epochs", "1", "--epochs", "4", "--batch-size", "64",
+         "--root", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    store = RunStore(tmp_path)
+    runs = store.runs()
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "finished" and run["progress"] == 1.0
+    assert run["test_acc"] > 0.9, run["test_acc"]
+    assert set(store.metrics(run["run_id"])) >= CHEAP_METRICS
+    layers = set(store.layers(run["run_id"], "weight_norm")["layer"])
+    assert "features.0.weight" in layers and "classifier.bias" in layers
+    switch = store.switch_steps(run["run_id"])
+    assert switch["step"].tolist() == [run["steps_per_epoch"] + 1]  # the first constrained step
+    assert elapsed < 120  # "well under a minute" of training; generous for a loaded CI machine
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--dataset", "imagenet-9"], "invalid choice: 'imagenet-9'"),
+        (["train", "--model", "resnet999"], "invalid choice: 'resnet999'"),
+        (["train", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["train", "--lawn", "--free-epochs", "4", "--epochs", "4"], "--free-epochs (4) must be"),
+        (["train", "--dataset", "mnist", "--data-root", "/nonexistent/data"], "MNIST not found under /nonexistent/data"),
+        (["train", "--dataset", "mnist1d", "--model", "cnn"], "use --model mlp"),
+        (["train", "--epochs", "many"], "invalid int value"),
+        (["sweep", "--optimizers", "sgd,lion"], "unknown optimizer 'lion'"),
+        (["frobnicate"], "unknown command"),
+    ],
+)
+def test_bad_input_gets_one_line_and_nonzero_exit(argv, message, capsys, tmp_path):
+    rc, out, err = run_cli([*argv, *(["--root", str(tmp_path)] if argv[0] in ("train", "sweep") else [])], capsys)
+    assert rc != 0
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err + out
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_root_that_is_a_file(capsys, tmp_path):
+    file = tmp_path / "store"
+    file.write_text("not a directory")
+    for argv in (["train", "--root", str(file)], ["runs", "--root", str(file)]):
+        rc, out, err = run_cli(argv, capsys)
+        assert rc != 0 and "is a file" in err and len(err.strip().splitlines()) == 1
+    assert file.read_text() == "not a directory"
+
+
+def test_diverged_run_stops_cleanly(capsys, tmp_path):
+    rc, out, err = run_cli(["train", "--dataset", "synthetic", "--model", "mlp", "--optimizer", "sgd", "--lr", "1e4",
+                            "--epochs", "3", "--root", str(tmp_path), "--no-progress"], capsys)
+    assert rc == 3 and out.startswith("diverged:")
+    run = RunStore(tmp_path).runs().iloc[0]
+    assert run["status"] == "diverged" and run["step"] < run["total_steps"]
+
+
+def test_failed_run_keeps_traceback(monkeypatch, capsys, tmp_path):
+    def broken_eval(*args, **kwargs):
+        raise RuntimeError("evaluation exploded")
+
+    monkeypatch.setattr(train_module, "evaluate", broken_eval)
+    rc, out, err = run_cli(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2",
+                            "--root", str(tmp_path), "--no-progress"], capsys)
+    assert rc == 1 and "evaluation exploded" in err and len(err.strip().splitlines()) == 1
+    run_dir = next(tmp_path.iterdir())
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "RuntimeError: evaluation exploded" in info["error"]
+    assert "train/loss" in RunStore(tmp_path).metrics(run_dir.name)  # what was logged is kept
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_run_interrupted(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lawn_monitor.cli", "train", "--dataset", "synthetic", "--model", "mlp",
+         "--epochs", "1000", "--root", str(tmp_path), "--flush-secs", "0.2", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = RunStore(tmp_path).runs() if any(tmp_path.iterdir()) else None
+            if runs is not None and len(runs) and runs.iloc[0]["step"] > 0:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    run = RunStore(tmp_path).runs().iloc[0]
+    assert run["status"] == "interrupted"
+    assert len(RunStore(tmp_path).series(run["run_id"], "train/loss")) == run["step"]
+
+
+@pytest.mark.slow
+def test_sweep_then_runs_and_compare(capsys, tmp_path):
+    rc, out, err = run_cli(["sweep", "--dataset", "digits", "--model", "mlp", "--optimizers", "sgd,adam",
+                            "--lawn", "both", "--epochs", "2", "--free-epochs", "1", "--root", str(tmp_path),
+                            "--no-progress"], capsys)
+    assert rc == 0, err
+    runs = RunStore(tmp_path).runs()
+    assert sorted(runs["name"]) == ["adam-b64-s0", "adam-lawn-b64-s0", "sgd-b64-s0", "sgd-lawn-b64-s0"]
+    assert (runs["status"] == "finished").all()
+    rc, out, err = run_cli(["runs", "--root", str(tmp_path)], capsys)
+    assert rc == 0 and out.count("finished") == 4
+    rc, out, err = run_cli(["compare", "--root", str(tmp_path), "--by", "optimizer,lawn"], capsys)
+    assert rc == 0 and len(out.strip().splitlines()) == 5  # header + 4 groups
+
+
+def test_config_defaults_depend_on_the_optimizer():
+    assert TrainConfig(optimizer="sgd").resolved().lr == 0.1
+    cfg = TrainConfig(optimizer="adam", lawn=True, batch_size=32, seed=7).resolved()
+    assert cfg.lr == 3e-3 and cfg.weight_decay == 0.0 and cfg.name == "adam-lawn-b32-s7"
+
+
+@pytest.mark.parametrize("dataset, model, shape", [("digits", "cnn", (1, 8, 8)), ("mnist1d", "mlp", (40,)),
+                                                   ("synthetic", "vgg19", (3, 32, 32))])
+def test_each_model_trains_a_step(dataset, model, shape):
+    data = load_data(dataset, batch_size=8)
+    assert data.input_shape == shape and data.num_classes == 10
+    net = build_model(model, data.input_shape, data.num_classes)
+    x, y = next(iter(data.train))
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.skipif(not SHARED_MNIST.exists(), reason="real MNIST lives in ../shared/datasets, absent here")
+def test_mnist_loads_through_torchvision(tmp_path):
+    subprocess.run([sys.executable, str(SHARED_MNIST), str(tmp_path)], check=True, capture_output=True)
+    data = load_data("mnist", batch_size=128, data_root=tmp_path)
+    assert data.num_train == 60_000 and data.input_shape == (1, 28, 28) and len(data.train) == 469
+    x, _ = next(iter(data.test))
+    assert abs(float(x.mean())) < 0.05  # standardized

@@ -1,0 +1,1 @@
+"""Training entry points, models and data for lawn-monitor (see ``trainers.train``)."""

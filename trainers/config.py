@@ -1,0 +1,111 @@
+"""The training configuration: one typed dataclass, turned into the command line and saved whole
+with every run (``run.json`` -> ``config``), so that any run can be rerun from its record."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "synthetic")
+MODELS = ("cnn", "mlp", "vgg19")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamp")
+
+# Defaults that depend on the optimizer when the user gives none.
+DEFAULT_LR = {"sgd": 0.1, "adam": 3e-3, "adamw": 3e-3, "adamp": 3e-3}  # tuned on the CPU-scale sets
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 1e-2, "adamp": 1e-2}
+
+
+class ConfigError(ValueError):
+    """A bad combination of options; its message is the one line the user sees."""
+
+
+def _opt(help: str, **kw) -> Any:
+    return field(metadata={"help": help, **kw.pop("meta", {})}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = _opt("data set", default="digits", meta={"choices": DATASETS})
+    model: str = _opt("model: cnn (28x28 or 8x8 images), mlp (anything, flattened), vgg19 (32x32 RGB)",
+                      default="cnn", meta={"choices": MODELS})
+    optimizer: str = _opt("inner optimizer", default="adam", meta={"choices": OPTIMIZERS})
+    lawn: bool = _opt("wrap the optimizer in LAWN (constrain weight norms after the free phase)", default=False)
+    free_epochs: float = _opt("epochs of the free phase before LAWN freezes the norms", default=1.0)
+    epochs: int = _opt("training epochs", default=10)
+    batch_size: int = _opt("global batch size (samples per optimizer step)", default=64)
+    lr: float | None = _opt("peak learning rate (default: 0.1 for sgd, 3e-3 for the Adam family)", default=None)
+    weight_decay: float | None = _opt(
+        "weight decay in the free phase (LAWN turns it off at the switch); default 5e-4 sgd, 0 adam, 1e-2 adamw/adamp",
+        default=None)
+    momentum: float = _opt("SGD momentum", default=0.9)
+    warmup_epochs: float = _opt("LR warm-up epochs (after the switch for LAWN, from step 0 otherwise)", default=0.0)
+    decay: str = _opt("LR decay after warm-up", default="cosine", meta={"choices": ("cosine", "linear", "none")})
+    tangent: bool = _opt("LAWN: remove the radial gradient component in the constrained phase", default=False)
+    reset_moments: bool = _opt("LAWN: reset the inner optimizer's moments at the switch", default=False)
+    seed: int = _opt("random seed (weights, data order)", default=0)
+    data_root: str = _opt("folder with torchvision-layout data (mnist, cifar10, cifar100)", default="data")
+    download: bool = _opt("let torchvision download CIFAR when the machine is online", default=False)
+    root: str | None = _opt("store root (default: $LAWN_MONITOR_ROOT or ./runs)", default=None)
+    name: str | None = _opt("run name (default: made from optimizer, LAWN, batch size, seed)", default=None)
+    device: str = _opt("cpu, cuda, cuda:N, or auto (cuda if present)", default="auto")
+    flush_secs: float = _opt("seconds between metric flushes to Parquet", default=2.0)
+    progress: bool = _opt("show a progress bar", default=True, meta={"negate": "--no-progress"})
+
+    def resolved(self) -> "TrainConfig":
+        """Fill optimizer-dependent defaults and check combinations; raises ConfigError."""
+        cfg = dataclasses.replace(self)
+        if cfg.lr is None:
+            cfg.lr = DEFAULT_LR[cfg.optimizer]
+        if cfg.weight_decay is None:
+            cfg.weight_decay = DEFAULT_WEIGHT_DECAY[cfg.optimizer]
+        if cfg.name is None:
+            cfg.name = f"{cfg.optimizer}{'-lawn' if cfg.lawn else ''}-b{cfg.batch_size}-s{cfg.seed}"
+        checks = [
+            (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
+            (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+            (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
+            (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
+            (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}"),
+            (cfg.flush_secs > 0, f"--flush-secs must be > 0, got {cfg.flush_secs}"),
+        ]
+        if cfg.lawn:
+            checks.append((0 <= cfg.free_epochs < cfg.epochs,
+                           f"--free-epochs ({cfg.free_epochs:g}) must be >= 0 and less than --epochs "
+                           f"({cfg.epochs}): LAWN needs epochs left after the free phase"))
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return cfg
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong and where to look), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        if f.type in (bool, "bool"):
+            if f.default:
+                parser.add_argument(meta["negate"], dest=f.name, action="store_false", help=meta["help"])
+            else:
+                parser.add_argument(flag, action="store_true", help=meta["help"])
+            continue
+        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" |")[0].strip("'")]
+        parser.add_argument(flag, type=kind, default=f.default, choices=meta.get("choices"),
+                            metavar=None if "choices" in meta else kind.__name__.upper(),
+                            help=f"{meta['help']} (default: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(overrides)
+    return TrainConfig(**values)

@@ -1,0 +1,82 @@
+"""Run a small grid, one run after another: optimizers x LAWN on/off x batch sizes x seeds.
+
+    lawn-monitor sweep --dataset digits --model cnn --optimizers sgd,adam --lawn both \
+        --batch-sizes 64,256 --seeds 0,1 --epochs 4 --free-epochs 1
+
+Every run is a normal ``train`` run in the same store; a run that fails or diverges is recorded
+as such and the sweep goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+
+from .config import OPTIMIZERS, ConfigError, OneLineParser, TrainConfig, add_config_arguments, config_from_args
+from .train import USER_ERRORS, train
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+    parse.__name__ = f"list of {kind.__name__}"
+    return parse
+
+
+def grid(base: TrainConfig, optimizers: list[str], lawn: str, batch_sizes: list[int], seeds: list[int]) -> list[TrainConfig]:
+    """The sweep's configs, in the order they run (seed outermost, so a partial sweep covers all methods)."""
+    for name in optimizers:
+        if name not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {name!r} in --optimizers: choose from {', '.join(OPTIMIZERS)}")
+    lawn_values = {"both": [False, True], "on": [True], "off": [False]}[lawn]
+    configs = []
+    for seed, batch_size, name, use_lawn in itertools.product(seeds, batch_sizes, optimizers, lawn_values):
+        cfg = dataclasses.replace(base, optimizer=name, lawn=use_lawn, batch_size=batch_size, seed=seed, name=None)
+        configs.append(cfg.resolved())  # validate every cell before the first run starts
+    return configs
+
+
+def build_parser(prog: str = "lawn-monitor sweep") -> OneLineParser:
+    parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--optimizers", type=_csv(str), default=["sgd", "adam"], help="comma-separated (default: sgd,adam)")
+    parser.add_argument("--lawn", choices=("both", "on", "off"), default="both", help="LAWN off, on, or both (default)")
+    parser.add_argument("--batch-sizes", type=_csv(int), default=[64], help="comma-separated (default: 64)")
+    parser.add_argument("--seeds", type=_csv(int), default=[0], help="comma-separated (default: 0)")
+    add_config_arguments(parser, skip=("optimizer", "lawn", "batch_size", "seed", "name"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        configs = grid(config_from_args(args), args.optimizers, args.lawn, args.batch_sizes, args.seeds)
+    except ConfigError as exc:
+        print(f"lawn-monitor sweep: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"sweep: {len(configs)} runs")
+    outcomes = []
+    for i, cfg in enumerate(configs, 1):
+        print(f"[{i}/{len(configs)}] {cfg.name}", flush=True)
+        try:
+            result = train(cfg)
+            outcomes.append((cfg.name, result.status, result.test_acc))
+        except USER_ERRORS as exc:
+            print(f"lawn-monitor sweep: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("sweep interrupted: the current run is marked 'interrupted'", file=sys.stderr)
+            return 130
+        except Exception as exc:  # noqa: BLE001 - recorded in run.json; the sweep goes on
+            print(f"  failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            outcomes.append((cfg.name, "failed", None))
+    width = max(len(n) for n, _, _ in outcomes)
+    for name, status, acc in outcomes:
+        print(f"  {name:<{width}}  {status:<11} test_acc={'n/a' if acc is None else f'{acc:.4f}'}")
+    return 0 if all(s == "finished" for _, s, _ in outcomes) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
