@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,7 +29,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor, nn
 
-from .probes import Keys, Probe, StepContext, default_probes
+from .probes import Keys, Probe, ProbeConfig, StepContext
 from .sink import SCHEMA, ParquetSink, default_root, new_run_id
 
 
@@ -67,7 +68,11 @@ class Monitor:
         name: a readable name; the run id is made from it.
         total_steps, steps_per_epoch: for progress and fractional epochs, when known.
         flush_secs, flush_every: flush when either is reached (seconds / steps).
-        probes: the probes to run (default: the cheap ones, every step).
+        probe_batch: ``(inputs, targets)``, a fixed batch from the training set on which the
+            curvature probes measure the loss (without one, curvature is off).
+        loss_fn: the loss for curvature, ``(logits, targets) -> scalar``; default cross-entropy.
+        probe_config: cadences and budget of the default probes (``ProbeConfig``).
+        probes: an explicit list of probes instead of the defaults.
         enabled: False makes every call a no-op (e.g. on DDP ranks other than 0).
     """
 
@@ -83,6 +88,9 @@ class Monitor:
         steps_per_epoch: int | None = None,
         flush_secs: float = 2.0,
         flush_every: int | None = None,
+        probe_batch: tuple[Tensor, Tensor] | None = None,
+        loss_fn=None,
+        probe_config: ProbeConfig | None = None,
         probes: Iterable[Probe] | None = None,
         enabled: bool = True,
     ) -> None:
@@ -102,11 +110,21 @@ class Monitor:
         self._last_flush = time.monotonic()
         self._steps_since_flush = 0
         self._last_step_at: float | None = None
+        self._started_at = time.monotonic()
+        self._probe_seconds = 0.0  # time spent in expensive probes, excluded from training time
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
         self.run_id = run_id or new_run_id(self.name)
-        self.probes = list(probes) if probes is not None else default_probes()
+        if probes is None:
+            cfg = probe_config or ProbeConfig()
+            if cfg.curvature and probe_batch is None:
+                warnings.warn("Monitor: no probe_batch given, so curvature probes (gn_trace, hessian_trace, "
+                              "sharpness) are off; pass probe_batch=(inputs, targets) to turn them on",
+                              stacklevel=2)
+            probes = cfg.build(probe_batch, loss_fn, total_steps)
+        self.probes = list(probes)
+        self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
         for probe in self.probes:
             probe.attach(model, optimizer)
         self.sink = ParquetSink(
@@ -147,22 +165,26 @@ class Monitor:
         self.step_count += 1
         step, ep, wall = self.step_count, self._epoch(epoch), time.time()
         ctx = StepContext(step=step, loss=loss, logits=logits, targets=targets)
+        train_seconds = time.monotonic() - self._started_at - self._probe_seconds
+        batch = batch_size if batch_size is not None else (len(targets) if targets is not None else None)
+        probe_seconds = 0.0
         for probe in self.probes:
-            if probe.due(step):
-                out = probe.compute(ctx)
-                if out is not None:
-                    self._device_rows.append((step, ep, wall, *out))
+            if probe.due(step, train_seconds, train_seconds / step, batch):
+                probe_seconds += self._run(probe, ctx, ep, wall)
+        self._probe_seconds += probe_seconds
+        if probe_seconds:
+            self._host_rows.append((step, ep, wall, "", "curvature_time", probe_seconds))
 
         host = [("lr", self._lr()), ("phase", 1.0 if getattr(self.optimizer, "phase", "free") == "constrained" else 0.0)]
         now = time.monotonic()
         if self._last_step_at is not None:
-            # Wall time between calls; on a GPU this only reflects kernel time on average, since
-            # nothing here synchronizes (the queue blocks the host once it is full).
-            dt = now - self._last_step_at
-            n = batch_size if batch_size is not None else (len(targets) if targets is not None else None)
+            # Wall time between calls, less this call's curvature probes; on a GPU it only
+            # reflects kernel time on average, since nothing here synchronizes (the queue blocks
+            # the host once it is full).
+            dt = now - self._last_step_at - probe_seconds
             host.append(("step_time", dt))
-            if n is not None and dt > 0:
-                host.append(("samples_per_s", n / dt))
+            if batch is not None and dt > 0:
+                host.append(("samples_per_s", batch / dt))
         self._last_step_at = now
         self._host_rows += [(step, ep, wall, "", m, float(v)) for m, v in host]
 
@@ -171,6 +193,39 @@ class Monitor:
             now - self._last_flush >= self.flush_secs
         ):
             self.flush()
+
+    def _run(self, probe: Probe, ctx: StepContext, epoch: float, wall: float) -> float:
+        """Run one probe and keep its values; return its cost in seconds if it is expensive."""
+        cost = 0.0
+        if probe.expensive:
+            # Slow cadence only: sync so that the probe's cost is measured, not just queued.
+            self._sync()
+            started = time.perf_counter()
+            out = probe.compute(ctx)
+            self._sync()
+            cost = time.perf_counter() - started
+        else:
+            out = probe.compute(ctx)
+        probe.charge(cost)
+        probe.last_step = ctx.step
+        if out is not None:
+            self._device_rows.append((ctx.step, epoch, wall, *out))
+        return cost
+
+    def _final_curvature(self) -> None:
+        """One last point of each expensive probe at the final step (unless it just ran), so
+        that every finished run has its end-of-training curvature however tight the budget.
+        Like an evaluation, it runs after training, not inside a step."""
+        expensive = [p for p in self.probes if p.expensive and p.last_step != self.step_count]
+        if not expensive or self.step_count == 0:
+            return
+        ctx = StepContext(step=self.step_count)
+        seconds = sum(self._run(p, ctx, self._epoch(None), time.time()) for p in expensive)
+        self._host_rows.append((self.step_count, self._epoch(None), time.time(), "", "curvature_time", seconds))
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
 
     def _lr(self) -> float:
         if self.optimizer is None or not self.optimizer.param_groups:
@@ -227,7 +282,7 @@ class Monitor:
             for row in device_rows:
                 by_device.setdefault(row[4].device, []).append(row[4])
             # The one sync point: a single device-to-host copy per device (normally one).
-            host = {d: torch.cat(ts).double().cpu().numpy() for d, ts in by_device.items()}
+            host = {d: torch.cat(ts).detach().double().cpu().numpy() for d, ts in by_device.items()}
             offsets = {d: 0 for d in host}
             parts = []
             for step, ep, wall, keys, tensor in device_rows:
@@ -278,6 +333,9 @@ class Monitor:
         self.flush()
         if status is None:
             status = "diverged" if self.diverged else "finished"
+        if status == "finished":
+            self._final_curvature()
+            self.flush()
         self.sink.close(status, error=error, step=self.step_count)
         self.closed = True
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import curvature
+
 Schedule = Callable[[int], bool]
 Keys = list[tuple[str, str]]  # (metric, layer); layer "" is the whole model
 
@@ -29,6 +31,20 @@ def every(n: int) -> Schedule:
     return lambda step: step % n == 0
 
 
+def log_spaced(points: int, total_steps: int | None = None) -> Schedule:
+    """Dense early, sparse late, where training changes fastest: ``points`` steps spaced
+    geometrically from 1 to ``total_steps``; without a known length, every power of two."""
+    if points < 1:
+        raise ValueError(f"a log-spaced schedule needs >= 1 point, got {points}")
+    if total_steps is None:
+        return lambda step: step > 0 and step & (step - 1) == 0
+    steps = {1, total_steps}
+    if points > 2:
+        ratio = total_steps ** (1.0 / (points - 1))
+        steps |= {max(1, round(ratio**i)) for i in range(points)}
+    return steps.__contains__
+
+
 @dataclass
 class StepContext:
     """What a probe may look at after ``optimizer.step()``."""
@@ -40,10 +56,45 @@ class StepContext:
 
 
 class Probe:
-    """Base class: a schedule plus ``compute``. Subclasses implement ``compute`` only."""
+    """Base class: a schedule, an optional compute budget, and ``compute``.
 
-    def __init__(self, every_n: int | Schedule = 1) -> None:
-        self.due: Schedule = every(every_n) if isinstance(every_n, int) else every_n
+    Subclasses implement ``compute`` only. With a ``budget`` (a fraction of training time), a
+    due step is postponed until the probe's total time plus the cost of one more call fits within
+    that fraction of the training time so far: whatever the run's length, the probe never takes
+    more than ``budget`` of it. The cost of a call is the last one measured, or before the first
+    call the probe's ``estimate``.
+    """
+
+    expensive = False  # timed by the Monitor (with a device sync), for budgets and overhead
+
+    def __init__(self, every_n: int | Schedule = 1, budget: float | None = None) -> None:
+        self.schedule: Schedule = every(every_n) if isinstance(every_n, int) else every_n
+        self.budget = budget
+        self.pending = False
+        self.spent = 0.0  # seconds
+        self.last_cost: float | None = None
+        self.last_step: int | None = None
+
+    def estimate(self, step_seconds: float, batch_size: int | None) -> float:
+        """Seconds one call should take, given a training step's time and batch size."""
+        return 0.0
+
+    def due(self, step: int, train_seconds: float = float("inf"), step_seconds: float = 0.0,
+            batch_size: int | None = None) -> bool:
+        if self.schedule(step):
+            self.pending = True
+        if not self.pending:
+            return False
+        if self.budget is None:
+            return True
+        cost = self.last_cost if self.last_cost is not None else self.estimate(step_seconds, batch_size)
+        return self.spent + cost <= self.budget * train_seconds
+
+    def charge(self, seconds: float) -> None:
+        """Record one run of the probe."""
+        self.pending = False
+        self.spent += seconds
+        self.last_cost = seconds
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
         """Called once by the Monitor before the first step."""
@@ -155,5 +206,173 @@ class OutputStats(Probe):
         return keys, torch.cat(values)
 
 
-def default_probes() -> list[Probe]:
-    return [ParamNorms(), OutputStats()]
+# --- curvature probes, on the fixed probe batch, slow cadence ----------------------------------
+
+
+class CurvatureProbe(Probe):
+    """Base of the probes that measure the loss's curvature on a fixed probe batch.
+
+    They work on detached copies of the weights and cloned buffers, in eval mode, with their own
+    random generator, and never call ``backward`` on the model: training's ``.grad``, BatchNorm
+    statistics, RNG state and optimizer state are left exactly as they were.
+    """
+
+    expensive = True
+
+    def __init__(self, inputs: Tensor, targets: Tensor, loss_fn=F.cross_entropy,
+                 every_n: int | Schedule = 1, budget: float | None = None, seed: int = 0) -> None:
+        super().__init__(every_n, budget)
+        self.inputs, self.targets, self.loss_fn, self.seed = inputs, targets, loss_fn, seed
+
+    def attach(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]  # as functional_call needs them
+        self.layers = [clean_name(n) for n in self.names]
+        device = named[0][1].device
+        self.inputs, self.targets = self.inputs.to(device), self.targets.to(device)
+        self.generator = torch.Generator(device=device).manual_seed(self.seed)
+
+    def units(self) -> float:
+        """A call's cost in training steps of the probe batch's size (forward + backward)."""
+        raise NotImplementedError
+
+    def estimate(self, step_seconds, batch_size):
+        scale = len(self.inputs) / batch_size if batch_size else 1.0
+        return self.units() * step_seconds * scale
+
+    def per_layer(self, metric: str, samples: Tensor) -> tuple[Keys, Tensor]:
+        """Rows for per-layer samples (n, L): mean and SE per layer and of the per-sample totals."""
+        mean, se = curvature.mean_and_se(samples)
+        total, total_se = curvature.mean_and_se(samples.sum(dim=1))
+        keys = [(metric, l) for l in self.layers] + [(f"{metric}_se", l) for l in self.layers]
+        keys += [(metric, ""), (f"{metric}_se", "")]
+        return keys, torch.cat([mean, se, total.reshape(1), total_se.reshape(1)])
+
+
+class GNTrace(CurvatureProbe):
+    """``gn_trace`` (+ ``_se``): the Gauss-Newton trace proxy from per-sample gradient norms with
+    labels sampled from the model's softmax; one vectorized backward over the probe batch.
+    Assumes a cross-entropy loss (the sampled labels make it the Gauss-Newton of softmax-CE)."""
+
+    def __init__(self, *args, chunk_size: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunk_size = chunk_size
+
+    def units(self):
+        return 3.0  # a forward for the labels, per-sample backward (measured ~1.5-4 steps on CPU)
+
+    def compute(self, ctx):
+        with torch.no_grad(), curvature.eval_mode(self.model):
+            logits = self.model(self.inputs)
+        labels = curvature.sample_labels(logits, self.generator)
+        samples = curvature.gn_trace_samples(self.model, self.names, self.inputs, labels,
+                                             self.loss_fn, self.chunk_size)
+        return self.per_layer("gn_trace", samples)
+
+
+class HessianTrace(CurvatureProbe):
+    """``hessian_trace`` (+ ``_se``): Hutchinson's unbiased tr(H) with ``num_probes`` Rademacher
+    vectors (one Hessian-vector product each), per layer and in total."""
+
+    def __init__(self, *args, num_probes: int = 100, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if num_probes < 2:
+            raise ValueError(f"Hutchinson needs >= 2 probes for a standard error, got {num_probes}")
+        self.num_probes = num_probes
+
+    def units(self):
+        return 1 + 2 * self.num_probes  # each Hessian-vector product is about two backward passes
+
+    def compute(self, ctx):
+        leaves, grads = curvature.loss_and_grads(self.model, self.names, self.inputs, self.targets, self.loss_fn)
+        samples = curvature.hutchinson_samples(curvature.hvp_fn(leaves, grads), leaves, self.num_probes,
+                                               self.generator)
+        return self.per_layer("hessian_trace", samples)
+
+
+class Sharpness(CurvatureProbe):
+    """``sharpness``: the top Hessian eigenvalue by power iteration (warm-started from the last
+    eigenvector), beside ``sharpness_threshold``, the edge-of-stability line of the optimizer.
+
+    For Adam-family optimizers (param groups with ``betas``) the threshold applies to the
+    preconditioned sharpness, the top eigenvalue of P^-1 H with Adam's P = sqrt(v_hat) + eps,
+    which is logged as ``sharpness_precond`` once the optimizer has second moments.
+    """
+
+    def __init__(self, *args, iters: int = 20, tol: float = 1e-3, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.iters, self.tol = iters, tol
+        self.vectors: dict[str, list[Tensor]] = {}
+
+    def units(self):
+        return 1 + 4 * self.iters  # at most `iters` products, twice for Adam's preconditioned one
+
+    def _top(self, kind: str, hvp, like: list[Tensor]) -> float:
+        v0 = self.vectors.get(kind) or curvature.rademacher_like(like, self.generator)
+        value, vector = curvature.power_iteration(hvp, v0, self.iters, self.tol)
+        self.vectors[kind] = [t.detach() for t in vector]
+        return value
+
+    def _adam_scale(self) -> list[Tensor] | None:
+        """P^-1/2 per parameter from Adam's state, or None when it has none (yet)."""
+        if self.optimizer is None or "betas" not in self.optimizer.param_groups[0]:
+            return None
+        params = dict(self.model.named_parameters())
+        group = self.optimizer.param_groups[0]
+        beta2, eps = group["betas"][1], group.get("eps", 1e-8)
+        scales = []
+        for name in self.names:
+            state = self.optimizer.state.get(params[name], {})
+            if "exp_avg_sq" not in state:
+                return None
+            step = float(state["step"])
+            v_hat = state["exp_avg_sq"] / (1 - beta2**step)
+            scales.append((v_hat.sqrt() + eps).rsqrt())
+        return scales
+
+    def compute(self, ctx):
+        leaves, grads = curvature.loss_and_grads(self.model, self.names, self.inputs, self.targets, self.loss_fn)
+        hvp = curvature.hvp_fn(leaves, grads)
+        keys: Keys = [("sharpness", ""), ("sharpness_threshold", "")]
+        values = [self._top("plain", hvp, leaves), curvature.stability_threshold(self.optimizer)]
+        scales = self._adam_scale()
+        if scales is not None:
+            # P^-1/2 H P^-1/2 has the eigenvalues of P^-1 H and is symmetric: power iteration works.
+            def precond(v):
+                return [s * hv for s, hv in zip(scales, hvp([s * t for s, t in zip(scales, v)]))]
+
+            keys.append(("sharpness_precond", ""))
+            values.append(self._top("precond", precond, leaves))
+        return keys, torch.tensor(values, dtype=torch.float32)
+
+
+@dataclass
+class ProbeConfig:
+    """What the Monitor measures and how often (steps count optimizer steps)."""
+
+    every: int = 1  # cheap probes (norms, update ratios, output stats): every N steps
+    curvature: bool = True  # curvature probes, when the Monitor has a probe batch
+    gn_every: int = 10  # Gauss-Newton trace proxy: due every N steps (then budget-gated)
+    hessian_points: int = 20  # Hutchinson tr(H): log-spaced points over the run
+    hessian_probes: int = 100  # Rademacher vectors per Hutchinson estimate (SE ~ 1/sqrt of it)
+    sharpness_points: int = 20  # top Hessian eigenvalue: log-spaced points over the run
+    sharpness_iters: int = 20  # power iterations at most per point (warm-started)
+    budget: float = 0.03  # curvature takes at most about this fraction of training time
+    seed: int = 0  # for the probes' own random draws (sampled labels, Rademacher vectors)
+
+    def build(self, probe_batch: tuple[Tensor, Tensor] | None, loss_fn=None,
+              total_steps: int | None = None) -> list[Probe]:
+        probes: list[Probe] = [ParamNorms(self.every), OutputStats(self.every)]
+        if not self.curvature or probe_batch is None:
+            return probes
+        inputs, targets = probe_batch
+        common = dict(loss_fn=loss_fn or F.cross_entropy, seed=self.seed)
+        probes += [
+            GNTrace(inputs, targets, every_n=self.gn_every, budget=self.budget / 2, **common),
+            HessianTrace(inputs, targets, every_n=log_spaced(self.hessian_points, total_steps),
+                         budget=self.budget / 4, num_probes=self.hessian_probes, **common),
+            Sharpness(inputs, targets, every_n=log_spaced(self.sharpness_points, total_steps),
+                      budget=self.budget / 4, iters=self.sharpness_iters, **common),
+        ]
+        return probes

@@ -8,6 +8,11 @@ import torch
 from torch import nn
 
 from lawn_monitor import LAWN, Monitor
+from lawn_monitor.probes import ProbeConfig
+
+# Curvature on a schedule rather than a budget (tiny runs have no time to budget), few vectors.
+TINY_PROBES = ProbeConfig(gn_every=5, hessian_points=3, hessian_probes=8, sharpness_points=3, sharpness_iters=5,
+                          budget=1e6)
 
 
 
@@ -26,7 +31,8 @@ def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int
         "dataset": "random", "model": "mlp", "optimizer": optimizer, "lawn": lawn,
         "batch_size": len(x), "seed": seed,
     }
-    monitor = Monitor(model, opt, root=root, config=config, name=name, total_steps=steps, steps_per_epoch=1)
+    monitor = Monitor(model, opt, root=root, config=config, name=name, total_steps=steps, steps_per_epoch=1,
+                      probe_batch=(x[:16], y[:16]), probe_config=TINY_PROBES)
     loss_fn = nn.CrossEntropyLoss()
     for step in range(1, steps + 1):
         opt.zero_grad()
