@@ -28,6 +28,20 @@ class Data:
     num_classes: int
     num_train: int
 
+    def probe_batch(self, size: int, seed: int) -> tuple[Tensor, Tensor]:
+        """A fixed batch of training samples for the curvature probes, drawn with its own
+        generator so that the training data order and the global RNG are left alone."""
+        g = torch.Generator().manual_seed(10_000 + seed)
+        if isinstance(self.train, TensorLoader):
+            idx = torch.randperm(len(self.train.y), generator=g)[:size].to(self.train.x.device)
+            return self.train.x[idx], self.train.y[idx]
+        dataset = self.train.dataset  # a torchvision dataset behind a DataLoader
+        idx = torch.randperm(len(dataset), generator=g)[:size].tolist()
+        with torch.random.fork_rng(devices=[]):  # its random augmentation must not shift training's RNG
+            torch.manual_seed(seed)
+            samples = [dataset[i] for i in idx]
+        return torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples])
+
 
 class TensorLoader:
     """Batches of in-memory tensors; shuffled with its own seeded generator each epoch."""

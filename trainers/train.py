@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from lawn_monitor import Monitor
 from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
+from lawn_monitor.probes import ProbeConfig
 from lawn_monitor.sink import default_root
 
 from .config import ConfigError, OneLineParser, TrainConfig, add_config_arguments, config_from_args
@@ -111,8 +112,13 @@ def train(config: TrainConfig) -> TrainResult:
     record = {**dataclasses.asdict(cfg), "free_steps": free_steps, "warmup_steps": warmup_steps,
               "steps_per_epoch": steps_per_epoch, "num_train": data.num_train,
               "schedule": "lawn" if cfg.lawn else "warmup_decay"}
+    probes = ProbeConfig(every=cfg.probe_every, curvature=cfg.curvature, gn_every=cfg.gn_every,
+                         hessian_points=cfg.hessian_points, hessian_probes=cfg.hessian_probes,
+                         sharpness_points=cfg.sharpness_points, budget=cfg.curvature_budget, seed=cfg.seed)
+    probe_batch = data.probe_batch(cfg.probe_size, cfg.seed) if cfg.curvature else None
     monitor = Monitor(model, optimizer, root=root, config=record, name=cfg.name, total_steps=total_steps,
-                      steps_per_epoch=steps_per_epoch, flush_secs=cfg.flush_secs)
+                      steps_per_epoch=steps_per_epoch, flush_secs=cfg.flush_secs,
+                      probe_batch=probe_batch, probe_config=probes)
     bar = tqdm(total=total_steps, desc=cfg.name, disable=not cfg.progress, unit="step", dynamic_ncols=True)
     status, test_acc = "finished", None
     try:
