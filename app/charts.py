@@ -145,3 +145,55 @@ def layer_chart(
         .encode(x="step:Q", tooltip=[alt.Tooltip("step:Q", title="LAWN switch at step")])
     )
     return alt.layer(lines, rule)
+
+
+def with_se(values: pd.DataFrame, se: pd.DataFrame) -> pd.DataFrame:
+    """Join a metric's series with its ``_se`` series (both from ``RunStore.series``) by run and step."""
+    right = se[["run_id", "step", "value"]].rename(columns={"value": "se"})
+    return values.merge(right, on=["run_id", "step"], how="left")
+
+
+def band_chart(
+    estimate: pd.DataFrame,
+    title: str,
+    log_y: bool = False,
+    switches: pd.DataFrame | None = None,
+    points: pd.DataFrame | None = None,
+) -> alt.Chart | alt.LayerChart | None:
+    """An estimate with its standard error: per run a line with a +/- 1 SE band.
+
+    ``estimate`` and ``points`` have run_id, label, step, value, se. ``points`` (e.g. the unbiased
+    Hutchinson trace on its slow cadence) are drawn as dots with +/- 1 SE error bars on top.
+    """
+    color = alt.Color("label:N", title="run")
+    layers = []
+    line = metric_chart(estimate, title, log_y, switches)
+    if line is not None:
+        layers.extend(line.layer if isinstance(line, alt.LayerChart) else [line])
+        band_data, _ = plottable(estimate[["run_id", "label", "step", "value", "se"]], log_y)
+        band_data = _bounds(thin(band_data, by="run_id"), log_y)
+        layers.append(
+            alt.Chart(band_data).mark_area(opacity=0.2).encode(x="step:Q", y="low:Q", y2="high:Q", color=color)
+        )
+    if points is not None:
+        dots, _ = plottable(points[["run_id", "label", "step", "value", "se"]], log_y)
+        if not dots.empty:
+            dots = _bounds(dots, log_y)
+            tooltip = [alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
+                       alt.Tooltip("value:Q", format=".4g"), alt.Tooltip("se:Q", format=".2g", title="SE")]
+            layers.append(alt.Chart(dots).mark_rule().encode(x="step:Q", y="low:Q", y2="high:Q", color=color))
+            layers.append(alt.Chart(dots).mark_point(filled=True, size=50, shape="diamond")
+                          .encode(x="step:Q", y=_y(log_y), color=color, tooltip=tooltip))
+    if not layers:
+        return None
+    chart = alt.layer(*layers)
+    return chart if line is not None else chart.properties(title=alt.TitleParams(title, anchor="start"))
+
+
+def _bounds(df: pd.DataFrame, log_y: bool) -> pd.DataFrame:
+    """value +/- se as low / high; on a log axis a low end at or below zero is drawn at value/10."""
+    se = df["se"].fillna(0)
+    df = df.assign(low=df["value"] - se, high=df["value"] + se)
+    if log_y:
+        df["low"] = df["low"].where(df["low"] > 0, df["value"] / 10)
+    return df

@@ -21,7 +21,7 @@ from lawn_monitor.sink import default_root
 APP_DIR = str(Path(__file__).resolve().parent)
 if APP_DIR not in sys.path:
     sys.path.insert(0, APP_DIR)
-from charts import layer_chart, metric_chart, run_labels  # noqa: E402
+from charts import band_chart, layer_chart, metric_chart, run_labels, with_se  # noqa: E402
 
 REFRESH_SECS = 2  # live charts rerun this often while a shown run is still training
 DEFAULT_RUNS = 4  # with nothing selected, the newest runs shown
@@ -96,6 +96,13 @@ def charts(root: str, run_ids: list[str], labels: dict[str, str], live: bool) ->
         chart = metric_chart(df.assign(label=df["run_id"].map(labels)), title, log_y, switches)
         with columns[i % 2]:
             show(chart, f"No {title} data yet.")
+    trace = with_se(store.series(run_ids, "gn_trace"), store.series(run_ids, "gn_trace_se"))
+    exact = with_se(store.series(run_ids, "hessian_trace"), store.series(run_ids, "hessian_trace_se"))
+    chart = band_chart(trace.assign(label=trace["run_id"].map(labels)),
+                       "Hessian trace: Gauss-Newton proxy (band: +/- 1 SE), Hutchinson (diamonds)",
+                       log_y=True, switches=switches, points=exact.assign(label=exact["run_id"].map(labels)))
+    with columns[len(PANELS) % 2]:
+        show(chart, "No curvature yet: the Hessian-trace proxy runs on a budget (see --curvature-budget).")
     st.subheader("Weight norm per layer")
     columns = st.columns(2)
     switch_at = dict(zip(switches["run_id"], switches["step"]))

@@ -56,7 +56,12 @@ def test_shows_runs_and_their_charts(tiny_store, root_env):
     assert {"status", "optimizer", "lawn", "batch_size", "progress", "test_acc"} <= set(table.columns)
 
     found = charts(at)
-    assert {"train loss", "test accuracy", "gradient norm (whole model)", "adam-lawn", "sgd"} == set(found)
+    trace_title = "Hessian trace: Gauss-Newton proxy (band: +/- 1 SE), Hutchinson (diamonds)"
+    assert {"train loss", "test accuracy", "gradient norm (whole model)", trace_title, "adam-lawn", "sgd"} == set(found)
+    proxy, _, band, hutchinson = found[trace_title]  # lines, switch rules, band, points (+ their bars)
+    assert set(proxy["label"]) == {"adam-lawn", "sgd"} and proxy["step"].tolist()[:3] == [5, 10, 15]
+    assert (band["low"] < band["value"]).all() and (band["high"] > band["value"]).all()
+    assert set(hutchinson["step"]) == {1, 5, 30} and hutchinson["se"].notna().all()
     loss, switch = found["train loss"]
     assert set(loss["label"]) == {"adam-lawn", "sgd"}
     assert loss["step"].max() == 30

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.charts import layer_chart, metric_chart, run_labels, thin
+from app.charts import band_chart, layer_chart, metric_chart, run_labels, thin, with_se
 
 
 def runs_frame(n_steps: int = 20) -> pd.DataFrame:
@@ -107,3 +107,25 @@ def test_thin_caps_points_per_series_and_keeps_the_last():
 def test_run_labels_are_unique():
     runs = pd.DataFrame({"run_id": ["a1", "a2", "b1"], "name": ["adam", "adam", "sgd"]})
     assert run_labels(runs) == {"a1": "adam (a1)", "a2": "adam (a2)", "b1": "sgd"}
+
+
+def test_band_chart_draws_the_se_band_and_the_unbiased_points():
+    estimate = pd.DataFrame({"run_id": "a", "label": "adam", "step": [1, 2, 3], "value": [4.0, 2.0, 1.0],
+                             "se": [1.0, 3.0, 0.5]})
+    points = pd.DataFrame({"run_id": "a", "label": "adam", "step": [2], "value": [2.5], "se": [0.25]})
+    chart = band_chart(estimate, "trace", log_y=True, points=points)
+    spec = chart.to_dict()
+    marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
+    assert marks == ["line", "area", "rule", "point"]
+    band = chart.layer[1].data
+    # On a log axis the band's low end may not reach zero: 2 - 3 < 0 is drawn at 2 / 10.
+    assert band["low"].tolist() == [3.0, 0.2, 0.5] and band["high"].tolist() == [5.0, 5.0, 1.5]
+    assert band_chart(estimate.iloc[0:0], "trace", points=points) is not None  # points alone still draw
+    assert band_chart(estimate.iloc[0:0], "trace") is None
+
+
+def test_with_se_joins_by_run_and_step():
+    values = pd.DataFrame({"run_id": ["a", "a", "b"], "step": [1, 2, 1], "value": [1.0, 2.0, 3.0]})
+    se = pd.DataFrame({"run_id": ["a", "b"], "step": [2, 1], "value": [0.1, 0.3]})
+    joined = with_se(values, se)
+    assert joined["se"].fillna(-1).tolist() == [-1, 0.1, 0.3]
