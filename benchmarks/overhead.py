@@ -1,0 +1,128 @@
+"""The cost of watching: step time of a monitored training loop over the same loop bare.
+
+    python benchmarks/overhead.py                 # CPU (and CUDA when present), all three cases
+    python benchmarks/overhead.py --steps 3000 --block 50
+
+Two copies of the same model train side by side in one process, interleaved block by block
+(bare block, monitored block, ...), so that machine noise hits both alike. Printed per case: the
+ratio of total monitored time to total bare time, and the spread (10th-90th percentile) of the
+per-block ratios. Cases:
+
+* cheap: the every-step probes only (norms, update ratios, output statistics), no curvature;
+* defaults: everything the trainer turns on by default, over a whole run (curvature included,
+  on its log-spaced / budgeted schedules, flushing Parquet every 2 s as usual);
+* everything every step: every probe, curvature included, on every step (what it would cost to
+  watch curvature naively).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from lawn_monitor import Monitor
+from lawn_monitor.probes import GNTrace, HessianTrace, OutputStats, ParamNorms, ProbeConfig, Sharpness
+from trainers.models import SmallCNN
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_run(device: torch.device, seed: int = 0):
+    torch.manual_seed(seed)
+    model = SmallCNN(1, 10).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return model, opt
+
+
+def data(device: torch.device, batch: int, n_batches: int = 16):
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(n_batches, batch, 1, 28, 28, generator=g).to(device)
+    ys = torch.randint(0, 10, (n_batches, batch), generator=g).to(device)
+    return xs, ys
+
+
+def train_block(model, opt, xs, ys, start: int, steps: int, monitor: Monitor | None, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(start, start + steps):
+        x, y = xs[i % len(xs)], ys[i % len(ys)]
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if monitor is not None:
+            monitor.step(loss=loss, logits=logits, targets=y)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def measure(name: str, device, steps: int, block: int, batch: int, probes_for) -> dict:
+    xs, ys = data(device, batch)
+    bare_model, bare_opt = make_run(device)
+    model, opt = make_run(device)
+    probe_batch = (xs[0], ys[0])
+    with tempfile.TemporaryDirectory() as root:
+        monitor = Monitor(model, opt, root=root, name=name, total_steps=steps, **probes_for(probe_batch, steps))
+        warm = min(block, 5)  # first-call costs (allocator, kernels) paid outside the timing
+        train_block(bare_model, bare_opt, xs, ys, 0, warm, None, device)
+        bare_t, mon_t, ratios = 0.0, 0.0, []
+        done = 0
+        while done < steps:
+            n = min(block, steps - done)
+            b = train_block(bare_model, bare_opt, xs, ys, done, n, None, device)
+            m = train_block(model, opt, xs, ys, done, n, monitor, device)
+            bare_t, mon_t = bare_t + b, mon_t + m
+            ratios.append(m / b)
+            done += n
+        monitor.close()
+    deciles = statistics.quantiles(ratios, n=10) if len(ratios) >= 2 else [ratios[0]] * 9
+    return {"case": name, "device": device.type, "steps": steps, "ratio": mon_t / bare_t, "p10": deciles[0],
+            "p90": deciles[-1], "bare_ms": 1000 * bare_t / steps, "monitored_ms": 1000 * mon_t / steps}
+
+
+def cheap(probe_batch, steps):
+    return {"probe_config": ProbeConfig(curvature=False)}
+
+
+def defaults(probe_batch, steps):
+    return {"probe_batch": probe_batch, "probe_config": ProbeConfig()}
+
+
+def everything(probe_batch, steps):
+    x, y = probe_batch
+    return {"probes": [ParamNorms(), OutputStats(), GNTrace(x, y), HessianTrace(x, y), Sharpness(x, y)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=2000, help="steps of the 'defaults' run (a whole run)")
+    parser.add_argument("--cheap-steps", type=int, default=600)
+    parser.add_argument("--every-steps", type=int, default=4)
+    parser.add_argument("--block", type=int, default=25, help="steps per interleaved block")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if present)")
+    args = parser.parse_args()
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; SmallCNN (3 conv layers) on "
+          f"1x28x28 inputs, batch {args.batch}, Adam; probe batch {args.batch}; blocks of {args.block} steps")
+    print(f"{'case':<24}{'device':<8}{'steps':>7}{'ratio':>8}{'p10':>8}{'p90':>8}{'bare ms':>10}{'monitored ms':>14}")
+    for device in map(torch.device, devices):
+        cases = [("cheap probes", cheap, args.cheap_steps, args.block),
+                 ("defaults, whole run", defaults, args.steps, args.block),
+                 ("everything every step", everything, args.every_steps, 1)]
+        for name, probes_for, steps, block in cases:
+            r = measure(name, device, steps, block, args.batch, probes_for)
+            print(f"{r['case']:<24}{r['device']:<8}{r['steps']:>7}{r['ratio']:>8.3f}{r['p10']:>8.3f}{r['p90']:>8.3f}"
+                  f"{r['bare_ms']:>10.2f}{r['monitored_ms']:>14.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
