@@ -1,28 +1,33 @@
-"""Where rows go: complete Parquet part files and an atomically replaced ``run.json``.
+"""Where rows go: complete Parquet files and an atomically replaced ``run.json``.
 
 Layout (the storage contract in DESIGN.md)::
 
     <root>/<run_id>/run.json
-    <root>/<run_id>/metrics/part-<seq>-<nonce>.parquet
+    <root>/<run_id>/metrics/part-<seq>-<nonce>.parquet         one per flush
+    <root>/<run_id>/metrics/compact-<lo>-<hi>-<nonce>.parquet  flushes lo..hi merged (compact.py)
 
-Every file is written whole under a temporary name that no reader globs (``.*.tmp``) and then
-``os.replace``d into place, so a reader sees either the old file, the new one, or nothing: never
-half a file. A killed writer leaves at most a stray temp file and loses at most the rows it had
-not flushed yet.
+Every file is written whole (a temp name + ``os.replace`` on disk, a whole-object upload on
+object storage: see storage.py), so a reader sees either the old file, the new one, or nothing:
+never half a file. A killed writer leaves at most a stray temp file and loses at most the rows
+it had not flushed yet. ``root`` may be a local folder or an ``s3://bucket/prefix`` URL.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import secrets
 import socket
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .storage import Location, live_files, part_name
 
 SCHEMA_VERSION = 1
 
@@ -41,9 +46,9 @@ SCHEMA = pa.schema(
 STATUSES = ("running", "finished", "failed", "diverged", "interrupted")
 
 
-def default_root() -> Path:
+def default_root() -> str:
     """``$LAWN_MONITOR_ROOT`` if set, else ``./runs``."""
-    return Path(os.environ.get("LAWN_MONITOR_ROOT", "runs"))
+    return os.environ.get("LAWN_MONITOR_ROOT", "runs")
 
 
 def now_iso() -> str:
@@ -58,30 +63,44 @@ def new_run_id(name: str) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a local file whole (temp name, fsync, ``os.replace``)."""
+    Location(path.parent).write_atomic(path.name, data)
 
 
 def write_run_json(path: Path, info: dict[str, Any]) -> None:
     atomic_write_bytes(path, json.dumps(info, indent=2, default=str).encode())
 
 
-class ParquetSink:
-    """Writes one run's rows as Parquet part files and keeps its ``run.json`` current."""
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+    return buf.getvalue()
 
-    def __init__(self, root: str | os.PathLike, run_id: str, info: dict[str, Any]) -> None:
-        self.root = Path(root)
-        if self.root.exists() and not self.root.is_dir():
-            raise NotADirectoryError(f"run root {self.root} is a file: pass a directory as --root")
+
+class ParquetSink:
+    """Writes one run's rows as Parquet part files and keeps its ``run.json`` current.
+
+    Args:
+        root: store root (folder or ``s3://`` URL) or a :class:`Location`.
+        run_id: the run's folder name.
+        info: fields for run.json (name, config, env, total_steps, ...).
+        compact: merge part files while the run is live and into one file at ``close``
+            (see compact.py); off only for tests and benchmarks of the raw layout.
+    """
+
+    def __init__(self, root: str | os.PathLike | Location, run_id: str, info: dict[str, Any],
+                 compact: bool = True) -> None:
+        self.loc = root if isinstance(root, Location) else Location(root)
+        self.loc.check_root()
+        self.root = Path(str(root)) if not self.loc.remote else None
         self.run_id = run_id
-        self.run_dir = self.root / run_id
-        self.metrics_dir = self.run_dir / "metrics"
-        self.metrics_dir.mkdir(parents=True, exist_ok=True)
-        self.seq = len(list(self.metrics_dir.glob("part-*.parquet")))  # continue after a resume
+        self.run_dir = self.root / run_id if self.root is not None else f"{self.loc.url}/{run_id}"
+        self.metrics_rel = f"{run_id}/metrics"
+        self.metrics_dir = Path(self.run_dir) / "metrics" if self.root is not None else f"{self.run_dir}/metrics"
+        self.loc.makedirs(self.metrics_rel)
+        live, covered, _ = live_files([name for name, _ in self.loc.listdir(self.metrics_rel)])
+        self.seq = max((s.hi for s in live + covered), default=-1) + 1  # continue after a resume
+        self.compact = compact
         self.rows_written = 0
         self.info = {
             "run_id": run_id,
@@ -97,7 +116,7 @@ class ParquetSink:
         self.write_info()
 
     def write_info(self) -> None:
-        write_run_json(self.run_dir / "run.json", self.info)
+        self.loc.write_atomic(f"{self.run_id}/run.json", json.dumps(self.info, indent=2, default=str).encode())
 
     def heartbeat(self, **fields: Any) -> None:
         self.info.update(fields, heartbeat_at=now_iso())
@@ -108,16 +127,25 @@ class ParquetSink:
         if table.num_rows == 0:
             return
         table = table.cast(SCHEMA)
-        name = f"part-{self.seq:06d}-{secrets.token_hex(3)}.parquet"
-        tmp = self.metrics_dir / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, self.metrics_dir / name)
+        self.loc.write_atomic(f"{self.metrics_rel}/{part_name(self.seq)}", parquet_bytes(table))
         self.seq += 1
         self.rows_written += table.num_rows
+        if self.compact:
+            self._compact(final=False)
+
+    def _compact(self, final: bool) -> None:
+        from .compact import compact_run  # compact.py imports this module
+
+        try:
+            compact_run(self.loc, self.run_id, final=final)
+        except Exception as exc:  # never let housekeeping stop training; the parts are intact
+            warnings.warn(f"compaction of {self.run_id} failed, parts kept as they are: {exc}", stacklevel=3)
 
     def close(self, status: str, error: str | None = None, **fields: Any) -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+        if self.compact:
+            self._compact(final=True)
         self.info.update(fields, status=status, ended_at=now_iso(), heartbeat_at=now_iso())
         if error:
             self.info["error"] = error

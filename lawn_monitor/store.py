@@ -1,40 +1,34 @@
-"""RunStore: DuckDB queries over a store of runs (``<root>/*/run.json`` and Parquet parts).
+"""RunStore: DuckDB queries over a store of runs (``<root>/*/run.json`` and Parquet files).
 
 Everything returns pandas DataFrames. Values are always passed to DuckDB as parameters, never
-formatted into SQL. Part files are listed in Python and checked for Parquet's magic bytes first,
-so a zero-byte or truncated file is skipped with a warning instead of failing the query.
+formatted into SQL. The files of a run are listed in Python first: of a run's part and compacted
+files only those not covered by a wider one are read (storage.live_files: every row exactly
+once while compaction runs), and each is checked for Parquet's magic bytes, so a zero-byte or
+truncated file is skipped with a warning instead of failing the query. ``root`` may be a local
+folder or an ``s3://`` URL (read through fsspec).
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from .sink import default_root
+from .storage import Location, live_files
 
 RUN_COLUMNS = ["run_id", "name", "status", "created_at", "heartbeat_at", "ended_at", "step", "total_steps", "progress"]
-SERIES_COLUMNS = ["run_id", "step", "epoch", "wall_time", "value"]
+SERIES_COLUMNS = ["run_id", "step", "epoch", "wall_time", "x", "value", "min", "max", "smoothed"]
+SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
 TEXT_COLUMNS = {"run_id": "object", "layer": "object", "metric": "object"}  # dtypes of empty results
-
-
-def _is_parquet(path: Path) -> bool:
-    """A complete Parquet file starts and ends with b'PAR1' (a cheap check, no parse)."""
-    try:
-        size = path.stat().st_size
-        if size < 12:
-            return False
-        with open(path, "rb") as f:
-            head = f.read(4)
-            f.seek(-4, os.SEEK_END)
-            return head == b"PAR1" and f.read(4) == b"PAR1"
-    except OSError:
-        return False
+X_AXES = ("step", "epoch", "time")
 
 
 def _age_seconds(iso: str | None) -> float:
@@ -49,19 +43,61 @@ def _age_seconds(iso: str | None) -> float:
     return (datetime.now(timezone.utc) - then).total_seconds()
 
 
+def _timestamp(iso: str | None) -> float:
+    try:
+        then = datetime.fromisoformat(iso)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=timezone.utc)
+    return then.timestamp()
+
+
+def ema(values: pd.Series, weight: float) -> pd.Series:
+    """TensorBoard's debiased exponential moving average (its "smoothing" slider).
+
+    ``s_n = sum_i w^i x_(n-i) / sum_i w^i`` over the finite values so far, which is what
+    TensorBoard computes as ``last / (1 - w^n)``; NaN and inf are passed through unsmoothed and
+    do not enter the average (pandas' ``ewm(adjust=True)`` is exactly this average).
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1], got {weight}")
+    out = values.astype("float64").copy()
+    if weight == 0.0 or values.empty:
+        return out
+    finite = np.isfinite(out.to_numpy())
+    if finite.any():
+        if weight == 1.0:  # TensorBoard: no debiasing, the first finite value forever
+            out[finite] = out[finite].iloc[0]
+        else:
+            out[finite] = out[finite].ewm(alpha=1.0 - weight, adjust=True).mean()
+    return out
+
+
+def _ids(run_ids: str | Iterable[str]) -> list[str]:
+    return [run_ids] if isinstance(run_ids, str) else list(run_ids)
+
+
 class RunStore:
     """Read-side view of a store root.
 
     Args:
-        root: the store root; default ``$LAWN_MONITOR_ROOT`` or ``./runs``.
+        root: the store root (folder or ``s3://bucket/prefix``); default ``$LAWN_MONITOR_ROOT``
+            or ``./runs``.
         stale_after: seconds without a heartbeat after which a ``running`` run shows as ``stale``
             (its process most likely died).
+        storage_options: passed to fsspec for a remote root (endpoint, credentials).
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, stale_after: float = 120.0) -> None:
-        self.root = Path(default_root() if root is None else root)
+    def __init__(self, root: str | os.PathLike | None = None, stale_after: float = 120.0,
+                 storage_options: dict | None = None) -> None:
+        self.loc = Location(default_root() if root is None else root, storage_options)
+        self.root = self.loc.url if self.loc.remote else Path(self.loc.url)
         self.stale_after = stale_after
         self._con = duckdb.connect()
+        # Compacted files never change, so their footers can be cached between queries.
+        self._con.execute("SET parquet_metadata_cache = true")
+        self.loc.register(self._con)
         self._warned: set[str] = set()
 
     # --- files --------------------------------------------------------------------------------
@@ -72,38 +108,66 @@ class RunStore:
             warnings.warn(message, stacklevel=3)
 
     def run_ids(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.parent.name for p in self.root.glob("*/run.json"))
+        return self.loc.run_dirs()
 
     def files(self, run_ids: Iterable[str] | None = None) -> list[str]:
-        """The complete part files of these runs (all runs by default); broken ones are skipped."""
-        if not self.root.is_dir():
-            return []
+        """The complete data files of these runs (all runs by default); broken ones are skipped."""
         ids = self.run_ids() if run_ids is None else list(run_ids)
         found = []
         for run_id in ids:
-            for path in sorted((self.root / run_id / "metrics").glob("*.parquet")):
-                if _is_parquet(path):
-                    found.append(str(path))
+            folder = f"{run_id}/metrics"
+            listing = dict(self.loc.listdir(folder))
+            live, _, other = live_files(list(listing))
+            for name in sorted([s.name for s in live] + other):
+                rel = f"{folder}/{name}"
+                if self._is_parquet(rel, listing[name]):
+                    found.append(self.loc.query_path(rel))
                 else:
-                    self._warn_once(f"skipping {path}: not a complete Parquet file (empty or truncated)")
+                    self._warn_once(f"skipping {self.loc.url}/{rel}: not a complete Parquet file (empty or truncated)")
         return found
 
-    def _query(self, sql: str, params: Sequence, files: list[str], columns: list[str]) -> pd.DataFrame:
-        if not files:
-            return pd.DataFrame({c: pd.Series(dtype=TEXT_COLUMNS.get(c, "float64")) for c in columns})
-        cur = self._con.cursor()
+    def _is_parquet(self, rel: str, size: int) -> bool:
+        """A complete Parquet file starts and ends with b'PAR1' (a cheap check, no parse)."""
+        if size < 12:
+            return False
         try:
-            return cur.execute(sql, [files, *params]).df()
-        except duckdb.Error as exc:
-            # A file that looked whole but is not (corrupt footer): drop the bad ones and retry.
-            good = [f for f in files if self._readable(cur, f)]
-            if len(good) == len(files):
-                raise
-            return cur.execute(sql, [good, *params]).df() if good else self._query(sql, params, [], columns)
-        finally:
-            cur.close()
+            head, tail = self.loc.head_tail(rel, size)
+        except OSError:
+            return False
+        return head == b"PAR1" and tail == b"PAR1"
+
+    def _query(self, sql: str, params: Sequence, run_ids: Iterable[str] | None, columns: list[str]) -> pd.DataFrame:
+        """Run ``sql`` (its first parameter is the file list) over the live files of ``run_ids``.
+
+        A file deleted between listing and reading (compaction finished) means the listing is
+        old: list again and retry. A file that looked whole but is not is dropped with a warning.
+        """
+        ids = None if run_ids is None else list(run_ids)
+        for attempt in range(5):
+            files = self.files(ids)
+            if not files:
+                return pd.DataFrame({c: pd.Series(dtype=TEXT_COLUMNS.get(c, "float64")) for c in columns})
+            cur = self._con.cursor()
+            try:
+                return cur.execute(sql, [files, *params]).df()
+            except duckdb.Error as exc:
+                if self._vanished(files):
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                good = [f for f in files if self._readable(cur, f)]
+                if len(good) == len(files):
+                    raise
+                if not good:
+                    return pd.DataFrame({c: pd.Series(dtype=TEXT_COLUMNS.get(c, "float64")) for c in columns})
+                return cur.execute(sql, [good, *params]).df()
+            finally:
+                cur.close()
+        raise RuntimeError(f"files of {self.loc.url} kept changing during 5 reads; try again")
+
+    def _vanished(self, files: list[str]) -> bool:
+        if self.loc.remote:
+            return any(not self.loc.fs.exists(f) for f in files)
+        return any(not os.path.exists(f) for f in files)
 
     def _readable(self, cur, path: str) -> bool:
         try:
@@ -116,11 +180,11 @@ class RunStore:
     # --- runs ---------------------------------------------------------------------------------
 
     def run_info(self, run_id: str) -> dict | None:
-        path = self.root / run_id / "run.json"
+        rel = f"{run_id}/run.json"
         try:
-            return json.loads(path.read_text())
+            return json.loads(self.loc.read_bytes(rel))
         except (OSError, ValueError) as exc:
-            self._warn_once(f"skipping {path}: unreadable run.json ({exc})")
+            self._warn_once(f"skipping {self.loc.url}/{rel}: unreadable run.json ({exc})")
             return None
 
     def _status(self, info: dict) -> str:
@@ -179,45 +243,104 @@ class RunStore:
         acc = self._query(
             """SELECT run_id, arg_max(value, (step, wall_time)) AS test_acc, max(value) AS best_test_acc
                FROM read_parquet(?) WHERE metric = 'test/acc' AND layer = '' GROUP BY run_id""",
-            [], self.files(df["run_id"]), ["run_id", "test_acc", "best_test_acc"],
+            [], df["run_id"], ["run_id", "test_acc", "best_test_acc"],
         )
         df = df.merge(acc, on="run_id", how="left")
         return df.sort_values("created_at", ascending=False, ignore_index=True)
 
     # --- series -------------------------------------------------------------------------------
 
-    def series(self, run_ids: str | Iterable[str], metric: str, layer: str = "") -> pd.DataFrame:
-        """``metric`` at ``layer`` ("" = whole model) for these runs, by step."""
-        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
-        return self._query(
-            """SELECT run_id, step, epoch, wall_time, value FROM read_parquet(?)
-               WHERE metric = ? AND layer = ? ORDER BY run_id, step""",
-            [metric, layer], self.files(ids), SERIES_COLUMNS,
-        )
+    def series(
+        self,
+        run_ids: str | Iterable[str],
+        metric: str,
+        layer: str = "",
+        points: int | None = 1000,
+        x: str = "step",
+        smooth: float = 0.0,
+    ) -> pd.DataFrame:
+        """``metric`` at ``layer`` ("" = whole model) for these runs, at most ``points`` rows per run.
 
-    def layers(self, run_id: str, metric: str) -> pd.DataFrame:
-        """``metric`` for every layer of one run (long format: layer, step, value)."""
-        return self._query(
-            """SELECT layer, step, value FROM read_parquet(?)
-               WHERE metric = ? AND layer <> '' ORDER BY layer, step""",
-            [metric], self.files([run_id]), ["layer", "step", "value"],
+        Steps are cut into ``points`` equal buckets per run; each bucket keeps its last value
+        (``value``, at its last ``step``) and its ``min`` and ``max`` (NaN left out), so a spike
+        survives downsampling. ``x`` is the step, the epoch, or seconds since the run was created
+        (``"time"``). ``smoothed`` is TensorBoard's debiased EMA of ``value`` with weight
+        ``smooth`` (0 = off). ``points=None`` returns every row.
+        """
+        if x not in X_AXES:
+            raise ValueError(f"x must be one of {', '.join(X_AXES)}, got {x!r}")
+        if points is not None and points < 1:
+            raise ValueError(f"points must be at least 1, got {points}")
+        ids = _ids(run_ids)
+        df = self._query(
+            """WITH s AS (SELECT run_id, step, epoch, wall_time, value FROM read_parquet(?)
+                          WHERE metric = ? AND layer = ?),
+                    r AS (SELECT run_id, min(step) AS lo,
+                                 greatest(1, ceil((max(step) - min(step) + 1) / ?::DOUBLE))::BIGINT AS width
+                          FROM s GROUP BY run_id)
+               SELECT run_id, max(step) AS step,
+                      arg_max(epoch, (step, wall_time)) AS epoch,
+                      arg_max(wall_time, (step, wall_time)) AS wall_time,
+                      arg_max(value, (step, wall_time)) AS value,
+                      min(value) FILTER (WHERE NOT isnan(value)) AS min,
+                      max(value) FILTER (WHERE NOT isnan(value)) AS max
+               FROM s JOIN r USING (run_id)
+               GROUP BY run_id, (step - lo) // width
+               ORDER BY run_id, step""",
+            [metric, layer, float(points) if points else float("inf")], ids,
+            ["run_id", "step", "epoch", "wall_time", "value", "min", "max"],
         )
+        if x == "time":
+            created = {r: _timestamp((self.run_info(r) or {}).get("created_at")) for r in df["run_id"].unique()}
+            start = df["run_id"].map(created)
+            first = df.groupby("run_id")["wall_time"].transform("min")
+            df["x"] = df["wall_time"] - start.fillna(first)  # no run.json time: the first row
+        else:
+            df["x"] = df[x].astype("float64")
+        df["smoothed"] = df.groupby("run_id", sort=False)["value"].transform(lambda v: ema(v, smooth)) \
+            if not df.empty else df["value"]
+        return df[SERIES_COLUMNS]
+
+    def layers(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
+        """``metric`` for every layer of one run, long format (layer, step, value), for a
+        (layer x step) heatmap: steps cut into at most ``points`` buckets, labelled by their first
+        step, each holding its last value. Layers come in the order the model registers them."""
+        df = self._query(
+            """WITH s AS (SELECT layer, step, wall_time, value FROM read_parquet(?)
+                          WHERE metric = ? AND layer <> ''),
+                    r AS (SELECT min(step) AS lo,
+                                 greatest(1, ceil((max(step) - min(step) + 1) / ?::DOUBLE))::BIGINT AS width FROM s),
+                    b AS (SELECT layer, value, step, wall_time, lo + (step - lo) // width * width AS bucket FROM s, r)
+               SELECT layer, bucket AS step, arg_max(value, (step, wall_time)) AS value,
+                      min(wall_time) AS first_seen
+               FROM b GROUP BY layer, bucket""",
+            [metric, float(points) if points else float("inf")], [run_id], ["layer", "step", "value", "first_seen"],
+        )
+        if df.empty:
+            return df[["layer", "step", "value"]]
+        # The Monitor writes layers in module order within one flush; keep that order.
+        order = df.groupby("layer")["first_seen"].min().sort_values(kind="stable")
+        rank = {name: i for i, name in enumerate(order.index)}
+        df = df.assign(_rank=df["layer"].map(rank)).sort_values(["_rank", "step"], kind="stable")
+        return df[["layer", "step", "value"]].reset_index(drop=True)
+
+    def layer_matrix(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
+        """The same as :meth:`layers`, pivoted: one row per layer, one column per step bucket."""
+        long = self.layers(run_id, metric, points)
+        order = list(dict.fromkeys(long["layer"]))
+        return long.pivot(index="layer", columns="step", values="value").reindex(order)
 
     def metrics(self, run_ids: str | Iterable[str]) -> list[str]:
         """The metric names these runs have written."""
-        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
-        df = self._query(
-            "SELECT DISTINCT metric FROM read_parquet(?) ORDER BY metric", [], self.files(ids), ["metric"]
-        )
+        df = self._query("SELECT DISTINCT metric FROM read_parquet(?) ORDER BY metric", [], _ids(run_ids), ["metric"])
         return df["metric"].tolist()
 
     def switch_steps(self, run_ids: str | Iterable[str]) -> pd.DataFrame:
         """The step at which each LAWN run entered its constrained phase (runs without one: none)."""
-        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
         return self._query(
             """SELECT run_id, min(step) AS step, min(epoch) AS epoch FROM read_parquet(?)
                WHERE metric = 'phase' AND layer = '' AND value >= 1 GROUP BY run_id ORDER BY run_id""",
-            [], self.files(ids), ["run_id", "step", "epoch"],
+            [], _ids(run_ids), ["run_id", "step", "epoch"],
         )
 
     # --- tables -------------------------------------------------------------------------------
@@ -228,23 +351,28 @@ class RunStore:
         by: Sequence[str] = ("optimizer", "lawn", "batch_size"),
         reduce: str = "final",
         status: str | Iterable[str] | None = "finished",
+        **config_filters,
     ) -> pd.DataFrame:
-        """Group runs by config keys and aggregate the ``final`` (or ``best``) value of ``metric``
-        over the runs of each group (seeds): mean, std, count, min, max. The paper's Table 2."""
-        if reduce not in ("final", "best"):
-            raise ValueError(f"reduce must be 'final' or 'best', got {reduce!r}")
-        runs = self.runs(status=status)
-        out_cols = [*by, "mean", "std", "count", "min", "max"]
+        """Group runs by config keys and aggregate the ``final`` (or ``best``: max; ``min``)
+        value of ``metric`` over the runs of each group (seeds): mean, std, stderr, count, min,
+        max. The paper's Table 2 is ``summary("test/acc", by=["dataset", "optimizer", "lawn",
+        "batch_size"])``."""
+        aggs = {"final": "arg_max(value, (step, wall_time))", "best": "max(value)", "min": "min(value)"}
+        if reduce not in aggs:
+            raise ValueError(f"reduce must be one of {', '.join(aggs)}, got {reduce!r}")
+        by = list(by)
+        runs = self.runs(status=status, **config_filters)
+        out_cols = [*by, *SUMMARY_STATS]
         if runs.empty or any(k not in runs.columns for k in by):
             return pd.DataFrame(columns=out_cols)
-        agg = "arg_max(value, (step, wall_time))" if reduce == "final" else "max(value)"
         per_run = self._query(
-            f"SELECT run_id, {agg} AS value FROM read_parquet(?) "  # agg is one of two literals
+            f"SELECT run_id, {aggs[reduce]} AS value FROM read_parquet(?) "  # one of three literals
             "WHERE metric = ? AND layer = '' GROUP BY run_id",
-            [metric], self.files(runs["run_id"]), ["run_id", "value"],
+            [metric], runs["run_id"], ["run_id", "value"],
         )
         merged = runs[["run_id", *by]].merge(per_run, on="run_id")
         if merged.empty:
             return pd.DataFrame(columns=out_cols)
-        table = merged.groupby(list(by), dropna=False)["value"].agg(["mean", "std", "count", "min", "max"])
-        return table.reset_index()
+        table = merged.groupby(by, dropna=False)["value"].agg(["mean", "std", "count", "min", "max"])
+        table["stderr"] = table["std"] / np.sqrt(table["count"])
+        return table.reset_index()[out_cols]

@@ -96,7 +96,11 @@ def test_parquet_and_run_json_contract(tmp_path):
     run_dir = monitor.run_dir
     assert run_dir.parent == tmp_path and "/" not in run_dir.name
     parts = sorted((run_dir / "metrics").glob("*"))
-    assert len(parts) == 3 and all(p.name.startswith("part-") and p.suffix == ".parquet" for p in parts)
+    # Three flushes (every 2 steps), merged at close into one file sorted by (metric, layer, step).
+    assert [p.name[:25] for p in parts] == ["compact-00000000-00000002"] and parts[0].suffix == ".parquet"
+    rows = pq.read_table(parts[0]).to_pandas()
+    assert rows[["metric", "layer", "step"]].equals(rows[["metric", "layer", "step"]].sort_values(
+        ["metric", "layer", "step"], ignore_index=True))
     assert not list(run_dir.rglob("*.tmp"))
     for table in read_rows(run_dir):
         assert table.schema.equals(SCHEMA)

@@ -59,7 +59,7 @@ def test_runs_lists_every_run_with_config_and_accuracy(store):
 def test_series_layers_metrics_and_switch(store):
     s, ids = store
     df = s.series([ids["a"], ids["c"]], "train/loss")
-    assert df.columns.tolist() == ["run_id", "step", "epoch", "wall_time", "value"]
+    assert df.columns.tolist() == ["run_id", "step", "epoch", "wall_time", "x", "value", "min", "max", "smoothed"]
     assert df[df.run_id == ids["a"]]["value"].tolist() == [1.0, 0.5, 0.25, 0.125, 0.0625]
     assert df[df.run_id == ids["a"]]["step"].tolist() == [1, 2, 3, 4, 5]
     layers = s.layers(ids["a"], "weight_norm")
@@ -92,7 +92,7 @@ def test_broken_files_are_skipped_with_a_warning(store):
     metrics = s.root / ids["a"] / "metrics"
     (metrics / "zero.parquet").write_bytes(b"")
     (metrics / "garbage.parquet").write_bytes(b"PAR1" + b"\x00" * 64 + b"PAR1")  # magic right, body wrong
-    good = next(p for p in sorted(metrics.glob("part-*.parquet")))
+    good = next(p for p in sorted(metrics.glob("compact-*.parquet")))  # closed runs are compacted
     (metrics / "truncated.parquet").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (metrics / ".part-999.parquet.tmp").write_bytes(b"half a file")
     (s.root / "broken-run").mkdir()

@@ -1,0 +1,220 @@
+"""Where a store lives: a local folder, or object storage (``s3://bucket/prefix``) via fsspec.
+
+Both the writer (sink) and the reader (RunStore) go through :class:`Location`, so the atomic-write
+rule is in one place:
+
+* local disk: write a temporary name that no reader lists (``.<name>.<nonce>.tmp``), fsync,
+  ``os.replace`` into place;
+* object storage: upload the object whole (``fs.pipe``); an object store makes an object visible
+  only once its upload completes, which is the same guarantee.
+
+It also names the part files (:func:`part_name`, :func:`compact_name`) and decides which of the
+files in a ``metrics/`` folder make up a consistent view (:func:`live_files`): the rule that lets
+compaction run while a reader reads, with every row seen exactly once.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+PART_RE = re.compile(r"^part-(\d+)-[0-9a-f]+\.parquet$")
+COMPACT_RE = re.compile(r"^compact-(\d+)-(\d+)-[0-9a-f]+\.parquet$")
+
+
+def is_remote(root: str | os.PathLike) -> bool:
+    return "://" in str(root) and not str(root).startswith("file://")
+
+
+def part_name(seq: int) -> str:
+    """One flush: ``part-<seq>-<nonce>.parquet`` (seq counts flushes from 0)."""
+    return f"part-{seq:08d}-{secrets.token_hex(3)}.parquet"
+
+
+def compact_name(lo: int, hi: int) -> str:
+    """The rows of parts ``lo..hi`` (inclusive), merged and sorted by (metric, layer, step)."""
+    return f"compact-{lo:08d}-{hi:08d}-{secrets.token_hex(3)}.parquet"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A data file in ``metrics/`` and the range of flush numbers whose rows it holds."""
+
+    name: str
+    lo: int
+    hi: int
+
+    @property
+    def compacted(self) -> bool:
+        return self.name.startswith("compact-")
+
+
+def parse(name: str) -> Segment | None:
+    """The segment a file name stands for; ``None`` for anything else (temp files, strays)."""
+    m = PART_RE.match(name)
+    if m:
+        seq = int(m.group(1))
+        return Segment(name, seq, seq)
+    m = COMPACT_RE.match(name)
+    if m:
+        return Segment(name, int(m.group(1)), int(m.group(2)))
+    return None
+
+
+def live_files(names: list[str]) -> tuple[list[Segment], list[Segment], list[str]]:
+    """Split one listing of a ``metrics/`` folder into (live, covered, other).
+
+    Compaction first writes the merged file, then deletes what it merged. So a listing may hold
+    both a compacted file and (some of) the files it covers; keeping only segments not covered by
+    a wider one gives every flush exactly once, whichever moment the listing was taken. Other
+    ``*.parquet`` names (written by hand or by an older version) are returned as-is to be read.
+    """
+    segments, other = [], []
+    for name in names:
+        seg = parse(name)
+        if seg is not None:
+            segments.append(seg)
+        elif name.endswith(".parquet") and not name.startswith("."):
+            other.append(name)
+    # Widest first; a segment is covered when a kept one spans its whole range.
+    segments.sort(key=lambda s: (s.lo, -(s.hi - s.lo), s.name))
+    live, covered = [], []
+    reach = -1
+    for seg in segments:
+        if seg.hi <= reach:
+            covered.append(seg)
+        else:
+            live.append(seg)
+            reach = max(reach, seg.hi)
+    return live, covered, other
+
+
+class Location:
+    """A store root: a local directory or an fsspec URL such as ``s3://bucket/prefix``.
+
+    Paths given to the methods are relative to the root and use ``/``.
+    """
+
+    def __init__(self, root: str | os.PathLike, storage_options: dict | None = None) -> None:
+        self.url = str(root).rstrip("/") if is_remote(root) else str(root)
+        self.remote = is_remote(root)
+        if self.remote:
+            import fsspec  # only needed for object storage
+
+            self.fs, self.base = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+            self.protocol = self.url.split("://", 1)[0]
+        else:
+            self.fs, self.base, self.protocol = None, str(root), "file"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def _full(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def check_root(self) -> None:
+        """Raise ``NotADirectoryError`` if the root is a file (a common slip: ``--root run.json``)."""
+        if not self.remote:
+            p = Path(self.base)
+            if p.exists() and not p.is_dir():
+                raise NotADirectoryError(f"run root {p} is a file: pass a directory as --root")
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.base) if self.remote else Path(self.base).is_dir()
+
+    def run_dirs(self) -> list[str]:
+        """Names of the sub-folders that hold a ``run.json``."""
+        if self.remote:
+            try:
+                found = self.fs.glob(f"{self.base}/*/run.json", refresh=True)
+            except FileNotFoundError:
+                return []
+            return sorted(p.rsplit("/", 2)[-2] for p in found)
+        root = Path(self.base)
+        if not root.is_dir():
+            return []
+        return sorted(p.parent.name for p in root.glob("*/run.json"))
+
+    def listdir(self, rel: str) -> list[tuple[str, int]]:
+        """(name, size) of the files directly in ``rel``; empty if it does not exist."""
+        if self.remote:
+            try:
+                entries = self.fs.ls(self._full(rel), detail=True, refresh=True)
+            except FileNotFoundError:
+                return []
+            return [(e["name"].rsplit("/", 1)[-1], int(e.get("size") or 0)) for e in entries if e["type"] == "file"]
+        out = []
+        try:
+            with os.scandir(self._full(rel)) as it:
+                for entry in it:
+                    try:
+                        if entry.is_file():
+                            out.append((entry.name, entry.stat().st_size))
+                    except FileNotFoundError:  # deleted while we listed
+                        continue
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return out
+
+    def read_bytes(self, rel: str) -> bytes:
+        if self.remote:
+            return self.fs.cat_file(self._full(rel))
+        return Path(self._full(rel)).read_bytes()
+
+    def head_tail(self, rel: str, size: int, n: int = 4) -> tuple[bytes, bytes]:
+        """The first and last ``n`` bytes of a file of known ``size`` (Parquet's magic check)."""
+        if self.remote:
+            full = self._full(rel)
+            return self.fs.cat_file(full, 0, n), self.fs.cat_file(full, size - n, size)
+        with open(self._full(rel), "rb") as f:
+            head = f.read(n)
+            f.seek(-n, os.SEEK_END)
+            return head, f.read(n)
+
+    def query_path(self, rel: str) -> str:
+        """The path DuckDB reads (``s3://...`` goes through the fsspec filesystem registered by
+        :meth:`register`)."""
+        return f"{self.protocol}://{self._full(rel)}" if self.remote else self._full(rel)
+
+    def register(self, con) -> None:
+        """Let a DuckDB connection read this location (object storage through fsspec; DuckDB's
+        own httpfs extension would need a download, which these machines cannot do)."""
+        if self.remote:
+            con.register_filesystem(self.fs)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def makedirs(self, rel: str) -> None:
+        if not self.remote:  # object stores have no folders
+            Path(self._full(rel)).mkdir(parents=True, exist_ok=True)
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        """Write a whole file so that readers see the old content, the new, or nothing."""
+        full = self._full(rel)
+        if self.remote:
+            self.fs.pipe_file(full, data)
+            return
+        path = Path(full)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def remove(self, rel: str) -> None:
+        try:
+            if self.remote:
+                self.fs.rm_file(self._full(rel))
+            else:
+                os.unlink(self._full(rel))
+        except FileNotFoundError:
+            pass
