@@ -1,9 +1,10 @@
-"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``runs`` and ``compare``.
+"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``runs``, ``compare`` and ``compact``.
 
     lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn
     lawn-monitor sweep --optimizers sgd,adam --lawn both --seeds 0,1
     lawn-monitor runs --status running
     lawn-monitor compare --metric test/acc --by optimizer,lawn,batch_size
+    lawn-monitor compact --root s3://bucket/runs
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import warnings
 
 import pandas as pd
 
-USAGE = "usage: lawn-monitor {train,sweep,runs,compare} ... (lawn-monitor COMMAND --help for its options)"
+USAGE = "usage: lawn-monitor {train,sweep,runs,compare,compact} ... (lawn-monitor COMMAND --help for its options)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +27,9 @@ def _store(root: str | None):
     from .store import RunStore
 
     store = RunStore(root)
-    if store.root.exists() and not store.root.is_dir():
+    try:
+        store.loc.check_root()
+    except NotADirectoryError:
         print(f"lawn-monitor: error: --root {store.root} is a file: pass the run store's directory", file=sys.stderr)
         return None
     return store
@@ -65,7 +68,7 @@ def compare(argv: list[str]) -> int:
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
     parser.add_argument("--metric", default="test/acc")
     parser.add_argument("--by", default="optimizer,lawn,batch_size", help="comma-separated config keys")
-    parser.add_argument("--reduce", choices=("final", "best"), default="final")
+    parser.add_argument("--reduce", choices=("final", "best", "min"), default="final")
     args = parser.parse_args(argv)
     store = _store(args.root)
     if store is None:
@@ -75,6 +78,26 @@ def compare(argv: list[str]) -> int:
         print("no finished runs with those config keys and that metric")
         return 0
     _print(table)
+    return 0
+
+
+def compact(argv: list[str]) -> int:
+    parser = _Parser(prog="lawn-monitor compact",
+                     description="Merge each ended run's Parquet files into one sorted file (faster queries). "
+                                 "Runs still being written are left to their own writer, which compacts as it goes.")
+    parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
+    args = parser.parse_args(argv)
+    store = _store(args.root)
+    if store is None:
+        return 2
+    from .compact import compact_store
+
+    runs = store.runs()
+    ended = runs.loc[runs["status"] != "running", "run_id"].tolist() if not runs.empty else []
+    merged = compact_store(store.loc, ended)
+    files = sum(merged.values())
+    print(f"compacted {sum(1 for n in merged.values() if n)} of {len(ended)} ended runs ({files} files merged); "
+          f"left {len(runs) - len(ended)} running runs to their writers")
     return 0
 
 
@@ -97,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return runs(rest)
     if command == "compare":
         return compare(rest)
+    if command == "compact":
+        return compact(rest)
     print(f"lawn-monitor: error: unknown command {command!r}; {USAGE}", file=sys.stderr)
     return 2
 

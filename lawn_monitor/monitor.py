@@ -137,6 +137,8 @@ class Monitor:
                 "step": 0,
                 "total_steps": total_steps,
                 "steps_per_epoch": steps_per_epoch,
+                # The model's parameter order, so heatmaps can list layers input to output.
+                "layers": [name for name, p in model.named_parameters() if p.requires_grad],
             },
         )
         self.run_dir = self.sink.run_dir

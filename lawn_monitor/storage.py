@@ -169,7 +169,7 @@ class Location:
         """The first and last ``n`` bytes of a file of known ``size`` (Parquet's magic check)."""
         if self.remote:
             full = self._full(rel)
-            return self.fs.cat_file(full, 0, n), self.fs.cat_file(full, size - n, size)
+            return self.fs.cat_file(full, start=0, end=n), self.fs.cat_file(full, start=size - n, end=size)
         with open(self._full(rel), "rb") as f:
             head = f.read(n)
             f.seek(-n, os.SEEK_END)

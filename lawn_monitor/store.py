@@ -304,23 +304,25 @@ class RunStore:
     def layers(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
         """``metric`` for every layer of one run, long format (layer, step, value), for a
         (layer x step) heatmap: steps cut into at most ``points`` buckets, labelled by their first
-        step, each holding its last value. Layers come in the order the model registers them."""
+        step, each holding its last value. Layers come in the model's order (run.json ``layers``)."""
         df = self._query(
             """WITH s AS (SELECT layer, step, wall_time, value FROM read_parquet(?)
                           WHERE metric = ? AND layer <> ''),
                     r AS (SELECT min(step) AS lo,
                                  greatest(1, ceil((max(step) - min(step) + 1) / ?::DOUBLE))::BIGINT AS width FROM s),
                     b AS (SELECT layer, value, step, wall_time, lo + (step - lo) // width * width AS bucket FROM s, r)
-               SELECT layer, bucket AS step, arg_max(value, (step, wall_time)) AS value,
-                      min(wall_time) AS first_seen
+               SELECT layer, bucket AS step, arg_max(value, (step, wall_time)) AS value
                FROM b GROUP BY layer, bucket""",
-            [metric, float(points) if points else float("inf")], [run_id], ["layer", "step", "value", "first_seen"],
+            [metric, float(points) if points else float("inf")], [run_id], ["layer", "step", "value"],
         )
         if df.empty:
             return df[["layer", "step", "value"]]
-        # The Monitor writes layers in module order within one flush; keep that order.
-        order = df.groupby("layer")["first_seen"].min().sort_values(kind="stable")
-        rank = {name: i for i, name in enumerate(order.index)}
+        # Input-to-output order as the Monitor recorded it (model.named_parameters); layers it
+        # did not list come after, by name.
+        known = (self.run_info(run_id) or {}).get("layers") or []
+        rank = {name: i for i, name in enumerate(known)}
+        extra = sorted(set(df["layer"]) - set(rank))
+        rank.update({name: len(known) + i for i, name in enumerate(extra)})
         df = df.assign(_rank=df["layer"].map(rank)).sort_values(["_rank", "step"], kind="stable")
         return df[["layer", "step", "value"]].reset_index(drop=True)
 

@@ -1,0 +1,163 @@
+"""RunStore's chart queries: downsampling that keeps spikes, x axes, TensorBoard's EMA, layer
+buckets, the Table-2 summary, and the `compact` command. Stores are written by the real sink."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from lawn_monitor import RunStore
+from lawn_monitor.sink import ParquetSink
+from lawn_monitor.store import ema
+
+
+def write(root, run_id, rows, config=None, flush=500, compact=True, status="finished", layers=None):
+    """rows: list of (step, layer, metric, value); written through the sink in flushes."""
+    info = {"name": run_id, "config": config or {}, "layers": layers or []}
+    sink = ParquetSink(root, run_id, info, compact=compact)
+    for i in range(0, len(rows), flush):
+        chunk = rows[i:i + flush]
+        sink.write(pa.table({
+            "run_id": [run_id] * len(chunk), "step": [r[0] for r in chunk],
+            "epoch": [r[0] / 100 for r in chunk], "wall_time": [1e9 + r[0] for r in chunk],
+            "layer": [r[1] for r in chunk], "metric": [r[2] for r in chunk], "value": [r[3] for r in chunk],
+        }))
+    if status != "running":
+        sink.close(status)
+    return sink
+
+
+def tensorboard_ema(values, weight):
+    """TensorBoard's smoothing loop, transcribed from its description (vz_line_chart)."""
+    last, n, out = 0.0, 0, []
+    for v in values:
+        if not math.isfinite(v):
+            out.append(v)
+            continue
+        last = last * weight + (1 - weight) * v
+        n += 1
+        out.append(last / (1 - weight ** n) if weight != 1 else last)
+    return out
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.6, 0.9, 0.99])
+def test_ema_is_tensorboards_and_passes_nan_and_inf_through(weight):
+    rng = np.random.default_rng(0)
+    values = list(rng.normal(size=200))
+    values[5], values[50], values[51] = float("nan"), float("inf"), float("-inf")
+    ours = ema(pd.Series(values), weight).tolist()
+    ref = tensorboard_ema(values, weight)
+    assert np.allclose(ours, ref, equal_nan=True)
+    assert math.isnan(ours[5]) and ours[50] == float("inf") and ours[51] == float("-inf")
+    with pytest.raises(ValueError):
+        ema(pd.Series(values), 1.5)
+
+
+def test_series_downsamples_keeping_last_min_and_max(tmp_path):
+    n = 10_000
+    values = [1.0] * n
+    values[4321] = 1000.0  # one spike
+    values[777] = float("nan")
+    write(tmp_path, "r", [(s, "", "train/loss", values[s]) for s in range(n)])
+    store = RunStore(tmp_path)
+    df = store.series("r", "train/loss", points=100)
+    assert len(df) == 100
+    assert df["max"].max() == 1000.0 and (df["min"] == 1.0).all()  # NaN left out of min/max
+    assert df["step"].iloc[-1] == n - 1 and df["value"].iloc[-1] == 1.0  # last value per bucket
+    assert df["step"].is_monotonic_increasing
+    full = store.series("r", "train/loss", points=None)
+    assert len(full) == n and full["value"].isna().sum() == 1
+    assert len(store.series("r", "train/loss", points=100_000)) == n  # fewer steps than points
+
+
+def test_series_x_axes_and_smoothing(tmp_path):
+    write(tmp_path, "r", [(s, "", "train/loss", float(s % 7)) for s in range(1, 301)])
+    store = RunStore(tmp_path)
+    by_step = store.series("r", "train/loss")
+    assert by_step["x"].tolist() == by_step["step"].tolist()
+    assert store.series("r", "train/loss", x="epoch")["x"].tolist() == pytest.approx([s / 100 for s in range(1, 301)])
+    created = pd.Timestamp(store.run_info("r")["created_at"]).timestamp()
+    by_time = store.series("r", "train/loss", x="time")
+    assert by_time["x"].tolist() == pytest.approx((by_time["wall_time"] - created).tolist())
+    smooth = store.series("r", "train/loss", smooth=0.9)
+    assert smooth["smoothed"].tolist() == pytest.approx(tensorboard_ema(smooth["value"].tolist(), 0.9))
+    assert smooth["smoothed"].std() < smooth["value"].std()
+    with pytest.raises(ValueError):
+        store.series("r", "train/loss", x="wall")
+
+
+def test_each_run_is_downsampled_on_its_own_steps(tmp_path):
+    write(tmp_path, "long", [(s, "", "lr", 1.0) for s in range(5000)])
+    write(tmp_path, "short", [(s, "", "lr", 1.0) for s in range(50)])
+    df = RunStore(tmp_path).series(["long", "short"], "lr", points=20)
+    sizes = df.groupby("run_id").size()
+    assert sizes["long"] == 20 and 10 < sizes["short"] <= 20  # whole-step buckets: ceil(50 / 20) = 3 steps
+
+
+def test_layers_buckets_in_model_order(tmp_path):
+    layers = ["features.0.weight", "features.10.weight", "features.2.weight", "classifier.weight"]
+    rows = [(s, layer, "update_ratio", s * 10.0 + i) for s in range(1000) for i, layer in enumerate(layers)]
+    write(tmp_path, "r", rows, flush=len(layers) * 10, layers=layers[:3])  # the Monitor lists them all
+    store = RunStore(tmp_path)
+    long = store.layers("r", "update_ratio", points=50)
+    assert list(dict.fromkeys(long["layer"])) == layers  # the model's order, then unlisted ones
+    assert long.groupby("layer").size().tolist() == [50] * 4
+    first = long[long.layer == "features.0.weight"]
+    assert first["step"].tolist() == list(range(0, 1000, 20))
+    assert first["value"].tolist() == [(s + 19) * 10.0 for s in range(0, 1000, 20)]  # last in bucket
+    matrix = store.layer_matrix("r", "update_ratio", points=50)
+    assert matrix.shape == (4, 50) and list(matrix.index) == layers
+
+
+def test_summary_is_table_two_with_stderr_and_filters(tmp_path):
+    accs = {("adam", True): [0.93, 0.94, 0.95], ("adam", False): [0.90, 0.92], ("sgd", False): [0.94]}
+    for (opt, lawn), values in accs.items():
+        for seed, acc in enumerate(values):
+            write(tmp_path, f"{opt}-{lawn}-{seed}", [(1, "", "test/acc", 0.5), (2, "", "test/acc", acc)],
+                  config={"optimizer": opt, "lawn": lawn, "batch_size": 256, "seed": seed, "dataset": "digits"})
+    write(tmp_path, "crashed", [(1, "", "test/acc", 0.1)], config={"optimizer": "adam", "lawn": True,
+          "batch_size": 256, "dataset": "digits"}, status="failed")
+    store = RunStore(tmp_path)
+    table = store.summary("test/acc", by=["optimizer", "lawn"]).set_index(["optimizer", "lawn"])
+    row = table.loc[("adam", True)]
+    assert row["count"] == 3 and row["mean"] == pytest.approx(0.94)
+    assert row["std"] == pytest.approx(0.01) and row["stderr"] == pytest.approx(0.01 / np.sqrt(3))
+    assert row["min"] == pytest.approx(0.93) and row["max"] == pytest.approx(0.95)
+    assert table.loc[("sgd", False), "count"] == 1 and np.isnan(table.loc[("sgd", False), "std"])
+    assert len(store.summary("test/acc", by=["optimizer"], lawn=True)) == 1  # config filter
+    assert store.summary("test/acc", by=["optimizer"], status=None).set_index("optimizer").loc["adam", "count"] == 6
+    assert store.summary("test/acc", by=["optimizer"], reduce="min").set_index("optimizer").loc["adam", "max"] == 0.5
+    assert store.summary("test/acc", by=["no_such_key"]).empty
+    assert store.runs(status=["failed"])["run_id"].tolist() == ["crashed"]
+
+
+def test_sql_metacharacters_in_every_filter_are_data(tmp_path):
+    evil = "x' OR '1'='1'; DROP TABLE t; --"
+    write(tmp_path, "r", [(1, "", "train/loss", 1.0), (1, evil, evil, 2.0)], config={"optimizer": evil})
+    store = RunStore(tmp_path)
+    assert store.series("r", evil, layer=evil)["value"].tolist() == [2.0]  # stored and found as data
+    assert store.series("r", "train/loss' OR '1'='1")["value"].empty
+    assert store.runs(optimizer=evil)["run_id"].tolist() == ["r"]
+    assert store.summary(evil, by=["optimizer"]).empty  # no layer-"" rows of that metric
+    assert store.summary("train/loss", by=["optimizer"], optimizer=evil)["optimizer"].tolist() == [evil]
+    assert store.layers("r", evil)["layer"].tolist() == [evil]
+
+
+def test_compact_command_merges_a_store_and_keeps_every_row(tmp_path):
+    for i in range(3):
+        write(tmp_path, f"r{i}", [(s, "", "train/loss", float(s)) for s in range(300)], flush=10, compact=False)
+    write(tmp_path, "live", [(s, "", "train/loss", float(s)) for s in range(30)], flush=10, compact=False,
+          status="running")
+    before = RunStore(tmp_path).series(["r0", "r1", "r2", "live"], "train/loss", points=None)
+    assert len(list((tmp_path / "r0" / "metrics").glob("*.parquet"))) == 30
+    out = subprocess.run([sys.executable, "-m", "lawn_monitor.cli", "compact", "--root", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "compacted 3 of 3 ended runs (90 files merged)" in out
+    for i in range(3):
+        assert len(list((tmp_path / f"r{i}" / "metrics").glob("*.parquet"))) == 1
+    assert len(list((tmp_path / "live" / "metrics").glob("*.parquet"))) == 3  # its writer compacts it
+    after = RunStore(tmp_path).series(["r0", "r1", "r2", "live"], "train/loss", points=None)
+    pd.testing.assert_frame_equal(before, after)
