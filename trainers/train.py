@@ -24,6 +24,7 @@ from lawn_monitor import Monitor
 from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
 from lawn_monitor.probes import ProbeConfig
 from lawn_monitor.sink import default_root
+from lawn_monitor.storage import is_remote
 
 from .config import ConfigError, OneLineParser, TrainConfig, add_config_arguments, config_from_args
 from .data import DataError, load_data
@@ -80,9 +81,10 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, topk5: bool) 
     return out
 
 
-def _check_root(root: str | None) -> Path:
-    path = Path(root) if root is not None else default_root()
-    if path.exists() and not path.is_dir():
+def _check_root(root: str | None) -> str:
+    """The store root: a local folder (must not be a file) or an ``s3://`` URL, kept as text."""
+    path = str(root) if root is not None else default_root()
+    if not is_remote(path) and Path(path).exists() and not Path(path).is_dir():
         raise ConfigError(f"--root {path} is a file: pass a directory for the run store")
     return path
 
