@@ -67,46 +67,50 @@ def metric_chart(
     title: str,
     log_y: bool = False,
     switches: pd.DataFrame | None = None,
+    x: str = "step",
+    x_title: str | None = None,
+    points: bool = False,
 ) -> alt.Chart | alt.LayerChart | None:
-    """One line per run (``df``: run_id, step, value, label), coloured by ``label``.
+    """One line per run (``df``: run_id, label, ``x``, value), coloured by ``label``.
 
-    ``switches`` (run_id, step; ``RunStore.switch_steps``) adds each LAWN run's switch to the
-    constrained phase as a dashed vertical rule in that run's colour.
+    ``switches`` (run_id and the same ``x`` column; ``RunStore.switch_steps``) adds each LAWN run's
+    switch to the constrained phase as a dashed vertical rule in that run's colour. ``points``
+    marks every value (for slow-cadence metrics with few points).
     """
-    data, dropped = plottable(df[["run_id", "label", "step", "value"]], log_y)
+    data, dropped = plottable(df[["run_id", "label", x, "value"]], log_y)
     if data.empty:
         return None
     data = thin(data, by="run_id")
     color = alt.Color("label:N", title="run")
     lines = (
         alt.Chart(data)
-        .mark_line()
+        .mark_line(point=points)
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X(f"{x}:Q", title=x_title or x),
             y=_y(log_y),
             color=color,
             tooltip=[
                 alt.Tooltip("label:N", title="run"),
-                alt.Tooltip("step:Q"),
+                alt.Tooltip(f"{x}:Q", format=".4g"),
                 alt.Tooltip("value:Q", format=".4g"),
             ],
         )
         .properties(title=_title(title, dropped, log_y))
         .interactive()
     )
-    if switches is None or switches.empty:
+    if switches is None or switches.empty or x not in switches.columns:
         return lines
     labels = data[["run_id", "label"]].drop_duplicates()
-    rules_data = switches[["run_id", "step"]].merge(labels, on="run_id")
+    rules_data = switches[["run_id", x]].merge(labels, on="run_id")
     if rules_data.empty:
         return lines
     rules = (
         alt.Chart(rules_data)
         .mark_rule(strokeDash=[6, 4])
         .encode(
-            x="step:Q",
+            x=f"{x}:Q",
             color=color,
-            tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q", title="LAWN switch at step")],
+            tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip(f"{x}:Q", title=f"LAWN switch at {x}")],
         )
     )
     return alt.layer(lines, rules)
@@ -116,10 +120,12 @@ def layer_chart(
     df: pd.DataFrame,
     title: str,
     switch_step: int | None = None,
+    reference: float | None = None,
 ) -> alt.Chart | alt.LayerChart | None:
     """One line per layer of one run (``df``: layer, step, value) on a log axis, coloured by layer.
 
-    ``switch_step`` draws that run's LAWN switch as a dashed grey rule.
+    ``switch_step`` draws that run's LAWN switch as a dashed grey rule; ``reference`` a horizontal
+    dotted rule at that value (e.g. 1e-3 for the update ratio, where adaptivity is lost below it).
     """
     data, dropped = plottable(df[["layer", "step", "value"]], log_y=True)
     if data.empty:
@@ -137,14 +143,20 @@ def layer_chart(
         .properties(title=_title(title, dropped, log_y=True))
         .interactive()
     )
-    if switch_step is None:
-        return lines
-    rule = (
-        alt.Chart(pd.DataFrame({"step": [switch_step]}))
-        .mark_rule(strokeDash=[6, 4], color="gray")
-        .encode(x="step:Q", tooltip=[alt.Tooltip("step:Q", title="LAWN switch at step")])
-    )
-    return alt.layer(lines, rule)
+    layers = [lines]
+    if switch_step is not None:
+        layers.append(
+            alt.Chart(pd.DataFrame({"step": [switch_step]}))
+            .mark_rule(strokeDash=[6, 4], color="gray")
+            .encode(x="step:Q", tooltip=[alt.Tooltip("step:Q", title="LAWN switch at step")])
+        )
+    if reference is not None:
+        layers.append(
+            alt.Chart(pd.DataFrame({"value": [reference]}))
+            .mark_rule(strokeDash=[2, 2], color="black")
+            .encode(y="value:Q", tooltip=[alt.Tooltip("value:Q", title="reference", format=".0e")])
+        )
+    return lines if len(layers) == 1 else alt.layer(*layers)
 
 
 def with_se(values: pd.DataFrame, se: pd.DataFrame) -> pd.DataFrame:
@@ -197,3 +209,128 @@ def _bounds(df: pd.DataFrame, log_y: bool) -> pd.DataFrame:
     if log_y:
         df["low"] = df["low"].where(df["low"] > 0, df["value"] / 10)
     return df
+
+
+def heatmap_chart(
+    df: pd.DataFrame,
+    title: str,
+    log_color: bool = True,
+    switch_step: int | None = None,
+) -> alt.Chart | alt.LayerChart | None:
+    """A (layer x step) heatmap of one run (``df``: layer, step, value; ``RunStore.layers``).
+
+    Each cell spans its step bucket (from its first step to the next bucket's), layers keep the
+    order they come in (the model's), and the colour is on a log scale by default, since norms and
+    update ratios span decades. ``switch_step`` draws the LAWN switch as a dashed white rule.
+    """
+    data, dropped = plottable(df[["layer", "step", "value"]], log_color)
+    if data.empty:
+        return None
+    steps = np.sort(df["step"].unique())
+    width = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
+    ends = dict(zip(steps, [*steps[1:], steps[-1] + width]))
+    data = data.assign(step_end=data["step"].map(ends))
+    order = list(dict.fromkeys(df["layer"]))
+    cells = (
+        alt.Chart(data)
+        .mark_rect()
+        .encode(
+            x=alt.X("step:Q", title="step"),
+            x2="step_end:Q",
+            y=alt.Y("layer:N", sort=order, title=None),
+            color=alt.Color("value:Q", title=None,
+                            scale=alt.Scale(type="log" if log_color else "linear", scheme="viridis")),
+            tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")],
+        )
+        .properties(title=_title(title, dropped, log_color))
+    )
+    if switch_step is None:
+        return cells
+    rule = (
+        alt.Chart(pd.DataFrame({"step": [switch_step]}))
+        .mark_rule(strokeDash=[6, 4], color="white", strokeWidth=2)
+        .encode(x="step:Q", tooltip=[alt.Tooltip("step:Q", title="LAWN switch at step")])
+    )
+    return alt.layer(cells, rule)
+
+
+def threshold_chart(
+    values: pd.DataFrame,
+    threshold: pd.DataFrame,
+    title: str,
+    log_y: bool = True,
+    switches: pd.DataFrame | None = None,
+) -> alt.Chart | alt.LayerChart | None:
+    """A slow-cadence estimate (points joined by lines, per run) against a per-run limit drawn
+    dashed in the same colour, e.g. sharpness against the edge-of-stability threshold.
+
+    Both frames: run_id, label, step, value.
+    """
+    line = metric_chart(values, title, log_y, switches, points=True)
+    limit, _ = plottable(threshold[["run_id", "label", "step", "value"]], log_y)
+    if limit.empty:
+        return line
+    dashed = (
+        alt.Chart(thin(limit, by="run_id"))
+        .mark_line(strokeDash=[4, 4])
+        .encode(x="step:Q", y=_y(log_y), color=alt.Color("label:N", title="run"),
+                tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
+                         alt.Tooltip("value:Q", format=".4g", title="threshold")])
+    )
+    if line is None:
+        return dashed.properties(title=alt.TitleParams(title, anchor="start"))
+    return alt.layer(*(line.layer if isinstance(line, alt.LayerChart) else [line]), dashed)
+
+
+def group_chart(
+    agg: pd.DataFrame,
+    title: str,
+    log_y: bool = False,
+    x_title: str = "step",
+) -> alt.Chart | alt.LayerChart | None:
+    """Group means with their band (``agg``: label, x, value, low, high, runs; ``tables.aggregate``):
+    a line per group and a shaded band from ``low`` to ``high``."""
+    data, dropped = plottable(agg, log_y)
+    if data.empty:
+        return None
+    data = thin(data, by="label")
+    if log_y:  # a band reaching zero or below has no place on a log axis: clip it at value / 10
+        data = data.assign(low=data["low"].where(data["low"] > 0, data["value"] / 10))
+    color = alt.Color("label:N", title="group")
+    line = (
+        alt.Chart(data)
+        .mark_line()
+        .encode(x=alt.X("x:Q", title=x_title), y=_y(log_y), color=color,
+                tooltip=[alt.Tooltip("label:N", title="group"), alt.Tooltip("x:Q", format=".4g", title=x_title),
+                         alt.Tooltip("value:Q", format=".4g", title="mean"), alt.Tooltip("runs:Q")])
+        .properties(title=_title(title, dropped, log_y))
+        .interactive()
+    )
+    band = alt.Chart(data).mark_area(opacity=0.2).encode(x="x:Q", y="low:Q", y2="high:Q", color=color)
+    return alt.layer(line, band)
+
+
+def batch_size_chart(frame: pd.DataFrame, title: str) -> alt.LayerChart | None:
+    """Final accuracy against batch size per method (the paper's Figure 1): ours as solid lines
+    with +/- std error bars, the paper's as dashed lines with hollow points.
+
+    ``frame``: method, batch_size, accuracy, std, source ("ours" / "paper"); ``paper.figure1_frame``.
+    """
+    data = frame[np.isfinite(frame["accuracy"].to_numpy(dtype=float))]
+    if data.empty:
+        return None
+    x = alt.X("batch_size:Q", title="batch size", scale=alt.Scale(type="log"))
+    color = alt.Color("method:N", title="method")
+    lines = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(x=x, y=alt.Y("accuracy:Q", title="test accuracy (%)", scale=alt.Scale(zero=False)), color=color,
+                strokeDash=alt.StrokeDash("source:N", title="source", sort=["ours", "paper"]),
+                tooltip=["method:N", "source:N", "batch_size:Q", alt.Tooltip("accuracy:Q", format=".2f"),
+                         alt.Tooltip("std:Q", format=".2f")])
+        .properties(title=alt.TitleParams(title, anchor="start"))
+    )
+    ours = data[(data["source"] == "ours") & data["std"].notna()]
+    ours = ours.assign(low=ours["accuracy"] - ours["std"], high=ours["accuracy"] + ours["std"])
+    bars = alt.Chart(ours).mark_rule().encode(x=x, y="low:Q", y2="high:Q", color=color)
+    return alt.layer(lines, bars)

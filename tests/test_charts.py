@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.charts import band_chart, layer_chart, metric_chart, run_labels, thin, with_se
+from app.charts import (band_chart, batch_size_chart, group_chart, heatmap_chart, layer_chart, metric_chart,
+                        run_labels, thin, threshold_chart, with_se)
+from app.paper import PAPER_TABLE2, batch_label, figure1_frame, method_name, table2, table2_grid
+from app.tables import aggregate, eta_seconds, filter_options, filter_runs, group_labels, progress_text
 
 
 def runs_frame(n_steps: int = 20) -> pd.DataFrame:
@@ -129,3 +132,183 @@ def test_with_se_joins_by_run_and_step():
     se = pd.DataFrame({"run_id": ["a", "b"], "step": [2, 1], "value": [0.1, 0.3]})
     joined = with_se(values, se)
     assert joined["se"].fillna(-1).tolist() == [-1, 0.1, 0.3]
+
+
+def marks(spec: dict) -> list[str]:
+    return [m["type"] if isinstance(m, dict) else m for m in (layer["mark"] for layer in layers_of(spec))]
+
+
+def test_metric_chart_on_another_x_axis():
+    df = runs_frame().assign(x=lambda d: d["step"] / 10)
+    switches = pd.DataFrame({"run_id": ["r1"], "x": [1.1]})
+    spec = metric_chart(df, "loss", switches=switches, x="x", x_title="epoch").to_dict()
+    lines, rules = layers_of(spec)
+    assert lines["encoding"]["x"]["field"] == "x" and lines["encoding"]["x"]["title"] == "epoch"
+    assert data_of(spec, rules)["x"].tolist() == [1.1]
+    # Switches without that axis (a time axis has none) draw no rule.
+    assert isinstance(metric_chart(df, "loss", switches=switches.rename(columns={"x": "step"}), x="x"), alt.Chart)
+
+
+def test_layer_chart_draws_the_reference_ratio():
+    df = pd.DataFrame({"layer": ["0.weight"] * 3, "step": [1, 2, 3], "value": [1e-2, 1e-3, 1e-4]})
+    spec = layer_chart(df, "update ratio", switch_step=2, reference=1e-3).to_dict()
+    assert marks(spec) == ["line", "rule", "rule"]
+    reference = layers_of(spec)[2]
+    assert reference["encoding"]["y"]["field"] == "value"
+    assert data_of(spec, reference)["value"].tolist() == [1e-3]
+
+
+def test_heatmap_spans_each_bucket_keeps_layer_order_and_marks_the_switch():
+    df = pd.DataFrame({
+        "layer": ["features.0.weight"] * 3 + ["classifier.weight"] * 3,
+        "step": [1, 11, 21] * 2,
+        "value": [1.0, 2.0, 3.0, 0.5, 0.0, 0.25],  # a zero has no colour on a log scale
+    })
+    chart = heatmap_chart(df, "weight norm", switch_step=11)
+    spec = chart.to_dict()
+    cells, rule = layers_of(spec)
+    assert cells["mark"]["type"] == "rect"
+    assert cells["encoding"]["x2"]["field"] == "step_end"
+    assert cells["encoding"]["y"]["sort"] == ["features.0.weight", "classifier.weight"]
+    assert cells["encoding"]["color"]["scale"]["type"] == "log"
+    data = data_of(spec, cells)
+    assert len(data) == 5 and cells["title"]["subtitle"].startswith("1 ")
+    assert data.set_index(["layer", "step"]).loc[("features.0.weight", 21), "step_end"] == 31
+    assert (data["step_end"] > data["step"]).all()
+    assert data_of(spec, rule)["step"].tolist() == [11]
+    assert heatmap_chart(df.assign(value=0.0), "nothing") is None
+    assert isinstance(heatmap_chart(df, "linear", log_color=False), alt.Chart)
+
+
+def test_threshold_chart_draws_the_limit_dashed_in_the_runs_colour():
+    values = pd.DataFrame({"run_id": "a", "label": "adam", "step": [5, 10], "value": [3.0, 8.0]})
+    limit = pd.DataFrame({"run_id": "a", "label": "adam", "step": [5, 10], "value": [20.0, 20.0]})
+    spec = threshold_chart(values, limit, "sharpness").to_dict()
+    line, dashed = layers_of(spec)
+    assert line["mark"]["point"] is True
+    assert dashed["mark"]["strokeDash"] and dashed["encoding"]["color"]["field"] == "label"
+    assert data_of(spec, dashed)["value"].tolist() == [20.0, 20.0]
+    assert threshold_chart(values, limit.iloc[0:0], "sharpness") is not None
+    only_limit = threshold_chart(values.iloc[0:0], limit, "sharpness").to_dict()
+    assert only_limit["title"]["text"] == "sharpness"
+
+
+def series_of(run_values: dict[str, list[float]], steps=None) -> pd.DataFrame:
+    rows = []
+    for run_id, values in run_values.items():
+        for i, v in enumerate(values):
+            rows.append({"run_id": run_id, "x": float(steps[i] if steps else i + 1), "value": v})
+    return pd.DataFrame(rows)
+
+
+def test_aggregate_averages_seeds_with_each_band():
+    df = series_of({"s0": [1.0, 2.0, 3.0], "s1": [3.0, 4.0, np.nan], "o": [10.0, 10.0, 10.0]})
+    groups = {"s0": "adam", "s1": "adam", "o": "sgd"}
+    std = aggregate(df, groups, "std")
+    adam = std[std["label"] == "adam"].reset_index(drop=True)
+    assert adam["x"].tolist() == [1.0, 2.0, 3.0]
+    assert adam["value"].tolist() == [2.0, 3.0, 3.0]
+    assert adam["runs"].tolist() == [2, 2, 1]  # NaN left out, not averaged in
+    assert adam["high"].iloc[0] == pytest.approx(2.0 + np.sqrt(2.0))
+    assert adam["low"].iloc[2] == adam["high"].iloc[2] == 3.0  # one run: no spread
+    stderr = aggregate(df, groups, "stderr")
+    assert stderr.loc[0, "high"] == pytest.approx(2.0 + np.sqrt(2.0) / np.sqrt(2))
+    minmax = aggregate(df, groups, "minmax")
+    assert minmax.loc[0, ["low", "high"]].tolist() == [1.0, 3.0]
+    assert set(std["label"]) == {"adam", "sgd"}
+    with pytest.raises(ValueError, match="band"):
+        aggregate(df, groups, "iqr")
+    assert aggregate(df.iloc[0:0], groups, "std").empty
+
+
+def test_aggregate_lines_up_runs_logged_at_different_times():
+    # Two seeds on a time axis: never the same x, yet 4 bins give 4 averaged points.
+    df = pd.concat([series_of({"a": [1.0, 2.0, 3.0, 4.0]}, steps=[0.0, 1.1, 2.1, 3.1]),
+                    series_of({"b": [3.0, 4.0, 5.0, 6.0]}, steps=[0.2, 1.0, 2.0, 3.0])])
+    agg = aggregate(df, {"a": "g", "b": "g"}, "std", bins=4)
+    assert agg["runs"].tolist() == [2, 2, 2, 2]
+    assert agg["value"].tolist() == [2.0, 3.0, 4.0, 5.0]
+
+
+def test_group_chart_draws_mean_and_band():
+    agg = pd.DataFrame({"label": "g", "x": [1.0, 2.0], "value": [1.0, 0.5], "low": [-1.0, 0.4],
+                        "high": [2.0, 0.6], "runs": [2, 2]})
+    chart = group_chart(agg, "loss", log_y=True)
+    spec = chart.to_dict()
+    assert marks(spec) == ["line", "area"]
+    band = chart.data  # line and band share one data set (Altair hoists it to the layer)
+    assert band["low"].tolist() == [0.1, 0.4]  # clipped to value / 10 on a log axis
+    assert group_chart(agg.iloc[0:0], "loss") is None
+
+
+def test_group_labels_name_the_shared_config():
+    runs = pd.DataFrame({"run_id": ["a", "b"], "optimizer": ["adam", "sgd"], "batch_size": [256.0, 4096.0]})
+    assert group_labels(runs, ["optimizer", "batch_size"], {}) == {
+        "a": "optimizer=adam, batch_size=256", "b": "optimizer=sgd, batch_size=4096"}
+    assert group_labels(runs, [], {"a": "x", "b": "y"}) == {"a": "x", "b": "y"}
+
+
+def test_filters_compare_as_text_like_the_url():
+    runs = pd.DataFrame({"run_id": list("abcd"), "status": ["running", "finished", "finished", "failed"],
+                         "optimizer": ["adam", "adam", "sgd", "sgd"], "lawn": [True, False, True, False],
+                         "batch_size": [256, 256, 4096, 256], "seed": [0, 0, 0, 0]})
+    assert filter_options(runs) == {"optimizer": ["adam", "sgd"], "lawn": ["False", "True"],
+                                    "batch_size": ["256", "4096"]}  # seed has one value: no filter
+    assert filter_runs(runs, [], {})["run_id"].tolist() == list("abcd")
+    assert filter_runs(runs, ["finished"], {"lawn": ["True"]})["run_id"].tolist() == ["c"]
+    assert filter_runs(runs, [], {"batch_size": ["256"], "optimizer": []})["run_id"].tolist() == ["a", "b", "d"]
+    assert filter_runs(runs, [], {"dataset": ["cifar10"]}).empty
+
+
+def test_eta_from_the_pace_so_far():
+    info = {"step": 100, "total_steps": 400, "created_at": "2026-01-01T00:00:00+00:00",
+            "heartbeat_at": "2026-01-01T00:00:50+00:00"}
+    assert eta_seconds(info) == 150.0
+    assert progress_text("adam", info) == "adam: step 100 / 400 (25%), ETA 2 min 30 s"
+    assert eta_seconds({**info, "step": 0}) is None
+    assert eta_seconds({**info, "total_steps": None}) is None
+    assert eta_seconds({**info, "step": 400}) == 0.0
+    assert progress_text("adam", {**info, "step": 400}) == "adam: step 400 / 400 (100%), done"
+    assert progress_text("sgd", {"step": 7}) == "sgd: step 7"
+    assert progress_text("sgd", {**info, "heartbeat_at": None}).endswith("ETA unknown")
+
+
+def test_paper_names_and_batch_labels():
+    assert method_name("adam", True) == "Adam-LAWN" and method_name("sgd", "False") == "SGD"
+    assert method_name("adamp", False) == "AdamP"
+    assert [batch_label(b) for b in (256, 4096, 4000, 10240, 16384)] == ["256", "4k", "4k", "10k", "16k"]
+    assert PAPER_TABLE2["cifar100"]["Adam-LAWN"]["4k"] == 73.12
+
+
+def test_table2_sets_our_runs_beside_the_paper():
+    summary = pd.DataFrame({
+        "dataset": ["cifar10", "cifar10", "cifar10", "digits"],
+        "optimizer": ["adam", "adam", "sgd", "adam"],
+        "lawn": [True, False, False, True],
+        "batch_size": [4096, 256, 256, 32],
+        "mean": [0.9370, 0.9350, 0.9400, 0.98], "std": [0.001, np.nan, 0.002, 0.0],
+        "stderr": [0.0005, np.nan, 0.001, 0.0], "count": [4, 1, 2, 3],
+        "min": [0.936, 0.935, 0.938, 0.98], "max": [0.938, 0.935, 0.942, 0.98],
+    })
+    table = table2(summary, "cifar10")
+    assert table["method"].tolist() == ["SGD", "Adam", "Adam-LAWN"]  # the paper's order
+    adam_lawn = table.iloc[2]
+    assert adam_lawn["mean"] == pytest.approx(93.70) and adam_lawn["paper"] == 93.74
+    assert adam_lawn["delta"] == pytest.approx(-0.04)
+    grid = table2_grid(table)
+    assert list(grid.columns) == ["256", "4k"]
+    assert grid.loc["Adam-LAWN", "4k"] == "93.70 ± 0.10 (n=4) | paper 93.74"
+    assert grid.loc["Adam", "256"] == "93.50 (n=1) | paper 93.48"
+    assert pd.isna(grid.loc["Adam-LAWN", "256"])
+    digits = table2(summary, "digits")
+    assert digits["paper"].isna().all() and table2_grid(digits).loc["Adam-LAWN", "32"] == "98.00 ± 0.00 (n=3)"
+    assert table2(summary.iloc[0:0], "cifar10").empty
+
+    frame = figure1_frame(table)
+    assert sorted(frame["source"].value_counts().items()) == [("ours", 3), ("paper", 3)]
+    chart = batch_size_chart(frame, "figure 1")
+    spec = chart.to_dict()
+    lines, bars = layers_of(spec)
+    assert lines["encoding"]["x"]["scale"]["type"] == "log"
+    assert lines["encoding"]["strokeDash"]["field"] == "source"
+    assert len(data_of(spec, bars)) == 2  # error bars for the rows with a std

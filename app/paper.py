@@ -1,0 +1,114 @@
+"""The LAWN paper's published accuracies, and our runs' summary set beside them (the Table-2 view).
+
+Pure functions over ``RunStore.summary`` frames; the Compare page only lays them out.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# Table 2 of the paper (test accuracy %, VGG-19 on CIFAR, ResNet-50 on ImageNet), keyed by our
+# dataset names, the paper's method names and its batch-size labels ("4k" = about 4,000).
+PAPER_TABLE2: dict[str, dict[str, dict[str, float]]] = {
+    "cifar10": {
+        "SGD": {"256": 93.99, "4k": 93.48, "10k": 92.99},
+        "SGD-LAWN": {"256": 93.96, "4k": 93.50, "10k": 93.43},
+        "Adam": {"256": 93.48, "4k": 92.93, "10k": 92.63},
+        "Adam-LAWN": {"256": 93.91, "4k": 93.74, "10k": 93.84},
+        "AdamP": {"256": 93.75, "10k": 93.76},  # Table 1
+    },
+    "cifar100": {
+        "SGD": {"256": 73.49, "4k": 71.68, "10k": 71.07},
+        "SGD-LAWN": {"256": 73.67, "4k": 72.71, "10k": 71.80},
+        "Adam": {"256": 70.84, "4k": 68.91, "10k": 68.61},
+        "Adam-LAWN": {"256": 72.99, "4k": 73.12, "10k": 72.97},
+        "AdamP": {"256": 72.87, "10k": 71.93},  # Table 1
+    },
+    "imagenet": {
+        "SGD": {"256": 76.00, "16k": 74.48},
+        "SGD-LAWN": {"256": 76.12, "16k": 75.56},
+        "Adam": {"256": 71.16, "16k": 70.60},
+        "Adam-LAWN": {"256": 76.18, "16k": 76.07},
+    },
+}
+METHOD_ORDER = ["SGD", "SGD-LAWN", "Adam", "Adam-LAWN", "AdamW", "AdamW-LAWN", "AdamP", "AdamP-LAWN"]
+_OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}
+
+
+def _is_true(value) -> bool:
+    """A config flag as it comes back from run.json or a URL (True, "true", 1, ...)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value) and not (isinstance(value, float) and np.isnan(value))
+
+
+def method_name(optimizer, lawn) -> str:
+    """The paper's name for an optimizer with or without LAWN: ``("adam", True) -> "Adam-LAWN"``."""
+    base = _OPTIMIZER_NAMES.get(str(optimizer).lower(), str(optimizer))
+    return f"{base}-LAWN" if _is_true(lawn) else base
+
+
+def batch_label(batch_size) -> str:
+    """The paper's label for a batch size: 256 stays "256", 4096 and 4000 are "4k", 10240 is "10k"."""
+    size = int(batch_size)
+    return str(size) if size < 1000 else f"{round(size / 1000)}k"
+
+
+def paper_accuracy(dataset, method: str, batch_size) -> float:
+    """The paper's accuracy (%) for this cell, NaN where it has none."""
+    return PAPER_TABLE2.get(str(dataset).lower(), {}).get(method, {}).get(batch_label(batch_size), float("nan"))
+
+
+def table2(summary: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """Our final accuracies per method and batch size (mean, std, stderr over seeds, in %) with the
+    paper's number beside each, where it reports one for this dataset.
+
+    ``summary`` is ``RunStore.summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"])``
+    (accuracies as fractions); ``dataset`` picks one dataset's rows (None: all).
+    """
+    columns = ["dataset", "method", "batch_size", "mean", "std", "stderr", "count", "paper", "delta"]
+    if summary.empty:
+        return pd.DataFrame(columns=columns)
+    df = summary.copy()
+    if "dataset" not in df.columns:
+        df["dataset"] = ""
+    if dataset is not None:
+        df = df[df["dataset"].astype(str) == str(dataset)]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    df["method"] = [method_name(o, lawn) for o, lawn in zip(df["optimizer"], df["lawn"])]
+    for col in ("mean", "std", "stderr", "min", "max"):
+        df[col] = df[col].astype(float) * 100.0
+    df["paper"] = [paper_accuracy(d, m, b) for d, m, b in zip(df["dataset"], df["method"], df["batch_size"])]
+    df["delta"] = df["mean"] - df["paper"]
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    df["_rank"] = df["method"].map(rank).fillna(len(rank))
+    df = df.sort_values(["dataset", "_rank", "method", "batch_size"], kind="stable")
+    return df[columns].reset_index(drop=True)
+
+
+def table2_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's layout: one row per method, one column per batch size, cells like
+    ``93.52 ± 0.11 (n=3) | paper 93.48``."""
+    if table.empty:
+        return pd.DataFrame()
+    cells = []
+    for row in table.itertuples():
+        ours = f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if np.isfinite(row.std) else "") + f" (n={int(row.count)})"
+        paper = "" if np.isnan(row.paper) else f" | paper {row.paper:.2f}"
+        cells.append({"method": row.method, "batch size": batch_label(row.batch_size),
+                      "_size": int(row.batch_size), "cell": ours + paper})
+    long = pd.DataFrame(cells)
+    order = list(dict.fromkeys(long.sort_values("_size", kind="stable")["batch size"]))
+    grid = long.pivot_table(index="method", columns="batch size", values="cell", aggfunc="first", sort=False)
+    return grid.reindex(columns=order).rename_axis(columns=None)
+
+
+def figure1_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy against batch size per method, ours and the paper's stacked (the paper's Figure 1):
+    method, batch_size, accuracy, std, source ("ours" / "paper")."""
+    ours = table.assign(accuracy=table["mean"], source="ours")[["method", "batch_size", "accuracy", "std", "source"]]
+    paper = table.dropna(subset=["paper"]).assign(accuracy=lambda d: d["paper"], std=np.nan, source="paper")
+    frame = pd.concat([ours, paper[["method", "batch_size", "accuracy", "std", "source"]]], ignore_index=True)
+    frame["batch_size"] = frame["batch_size"].astype(int)
+    return frame

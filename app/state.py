@@ -1,0 +1,174 @@
+"""What every page shares: the store, the selected runs, and view state kept in the URL.
+
+Every choice a page offers (selected runs, metric, smoothing, ...) lives in ``st.query_params``,
+so any view is a link that can be shared. Streamlit clears the query string when the user moves
+to another page, so the session also remembers the values (``_params``) and writes them back at
+the top of every run: a URL that was opened wins, then what this session chose last.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import streamlit as st
+
+from lawn_monitor import RunStore
+from lawn_monitor.sink import default_root
+
+from charts import run_labels  # noqa: F401  (re-exported for the pages)
+
+DEFAULT_RUNS = 4  # with nothing selected, the pages show the newest few runs
+RUNS_TTL = 2  # seconds a runs() listing is reused; the live page reads fresher itself
+
+
+def _saved() -> dict[str, str]:
+    return st.session_state.setdefault("_params", {})
+
+
+def sync_url() -> None:
+    """Merge the URL with what this session remembers, then write the result back to the URL."""
+    saved = _saved()
+    for key in st.query_params:
+        saved[key] = st.query_params[key]
+    for key, value in saved.items():
+        if st.query_params.get(key) != value:
+            st.query_params[key] = value
+
+
+def get(key: str, default: str = "") -> str:
+    return _saved().get(key, default)
+
+
+def get_list(key: str) -> list[str]:
+    text = get(key)
+    return [part for part in text.split(",") if part] if text else []
+
+
+def put(key: str, value, default="") -> None:
+    """Remember a value in the session and the URL; the default is left out of the URL."""
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    saved = _saved()
+    if text == str(default) or text == "":
+        saved.pop(key, None)
+        if key in st.query_params:
+            del st.query_params[key]
+    else:
+        saved[key] = text
+        if st.query_params.get(key) != text:
+            st.query_params[key] = text
+
+
+# --- widgets bound to a URL key ---------------------------------------------------------------
+
+def selectbox(label: str, options: Sequence[str], key: str, default: str, **kwargs) -> str:
+    options = list(options)
+    current = get(key, default)
+    index = options.index(current) if current in options else (options.index(default) if default in options else 0)
+    value = st.selectbox(label, options, index=index, key=f"w.{key}", **kwargs)
+    put(key, value, default)
+    return value
+
+
+def multiselect(label: str, options: Sequence[str], key: str, **kwargs) -> list[str]:
+    options = list(options)
+    current = [v for v in get_list(key) if v in options]
+    value = st.multiselect(label, options, default=current, key=f"w.{key}", **kwargs)
+    put(key, value)
+    return value
+
+
+def checkbox(label: str, key: str, default: bool, **kwargs) -> bool:
+    value = st.checkbox(label, value=get(key, str(default)) == "True", key=f"w.{key}", **kwargs)
+    put(key, value, default)
+    return value
+
+
+def slider(label: str, key: str, default: float, min_value: float, max_value: float, step: float, **kwargs) -> float:
+    try:
+        current = min(max(float(get(key, str(default))), min_value), max_value)
+    except ValueError:
+        current = default
+    value = st.slider(label, min_value, max_value, current, step, key=f"w.{key}", **kwargs)
+    put(key, value, default)
+    return value
+
+
+# --- the store --------------------------------------------------------------------------------
+
+def store_root() -> str:
+    """The store root chosen in the sidebar (the pages read it; the entry script draws the box)."""
+    return get("root", str(default_root()))
+
+
+def root_input() -> str:
+    """The sidebar's store-root box; it starts from ``?root=``, else ``$LAWN_MONITOR_ROOT``."""
+    default = str(default_root())
+    text = st.sidebar.text_input(
+        "Store root",
+        value=get("root", default),
+        key="w.root",
+        help="The folder holding one sub-folder per run (`<root>/<run_id>/run.json`).",
+    ).strip()
+    # A cleared box means the default store, not the current directory (what Path("") would read).
+    value = text or default
+    put("root", value, default)
+    return value
+
+
+@st.cache_resource(show_spinner=False)
+def get_store(root: str) -> RunStore:
+    return RunStore(root)
+
+
+@st.cache_data(ttl=RUNS_TTL, show_spinner=False)
+def load_runs(root: str) -> pd.DataFrame:
+    """``RunStore.runs()``, reused for RUNS_TTL seconds so that widget clicks stay quick on big stores."""
+    return get_store(root).runs()
+
+
+def start_hint(root: str) -> str:
+    where = "does not exist yet" if not Path(root).is_dir() else "holds no runs yet"
+    return (
+        f"The store root `{root}` {where}. Start a run that writes there, then rerun this page:\n\n"
+        f"```\nlawn-monitor train --dataset digits --model cnn --optimizer adam --lawn --root {root}\n```\n\n"
+        "or `make demo` for a small set of runs. Another store: set the root in the sidebar "
+        "(or `?root=...` in the URL, or `LAWN_MONITOR_ROOT` before `streamlit run app`)."
+    )
+
+
+def selected_runs(runs: pd.DataFrame) -> list[str]:
+    """The runs picked on the Runs page (``?runs=``) that still exist, else the newest few."""
+    present = set(runs["run_id"])
+    chosen = [run_id for run_id in get_list("runs") if run_id in present]
+    return chosen or runs["run_id"].head(DEFAULT_RUNS).tolist()
+
+
+def labelled(df: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    return df.assign(label=df["run_id"].map(labels))
+
+
+def show(chart, empty: str) -> None:
+    """Draw the chart, or say that there is nothing to draw yet."""
+    if chart is None:
+        st.info(empty)
+    else:
+        st.altair_chart(chart, width="stretch")
+
+
+def grid(items: Sequence, draw: Callable, columns: int = 2) -> None:
+    """Lay ``draw(item)`` out in rows of ``columns``."""
+    for start in range(0, len(items), columns):
+        for column, item in zip(st.columns(columns), items[start:start + columns]):
+            with column:
+                draw(item)
+
+
+def csv_download(df: pd.DataFrame, name: str, label: str = "Download CSV") -> None:
+    st.download_button(label, df.to_csv(index=False).encode(), file_name=name, mime="text/csv", key=f"csv.{name}")
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def load_summary(root: str, metric: str, by: tuple[str, ...], reduce: str) -> pd.DataFrame:
+    """``RunStore.summary`` over the finished runs, reused for 10 s (finished runs do not change)."""
+    return get_store(root).summary(metric, by=list(by), reduce=reduce)

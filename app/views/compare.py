@@ -1,0 +1,79 @@
+"""Compare: any metric of many runs over step, epoch or time, smoothed, optionally averaged over
+seeds by config; and the paper's Table 2 and Figure 1 from the finished runs, with the paper's
+numbers beside ours where the dataset matches."""
+import streamlit as st
+
+import state
+from charts import batch_size_chart, group_chart, metric_chart
+from paper import PAPER_TABLE2, figure1_frame, table2, table2_grid
+from tables import BANDS, CONFIG_KEYS, aggregate, as_text, group_labels
+
+X_TITLES = {"step": "step", "epoch": "epoch", "time": "seconds since start"}
+TABLE_BY = ("dataset", "optimizer", "lawn", "batch_size")
+
+root = state.store_root()
+runs = state.load_runs(root)
+labels = state.run_labels(runs)
+run_ids = state.selected_runs(runs)
+store = state.get_store(root)
+st.title("Compare")
+st.caption("Runs: " + ", ".join(labels[run_id] for run_id in run_ids) + " (choose others on the Runs page).")
+
+metrics = store.metrics(run_ids) or ["train/loss"]
+c1, c2, c3, c4 = st.columns([2, 1, 2, 1])
+with c1:
+    metric = state.selectbox("metric", metrics, key="metric", default="test/acc" if "test/acc" in metrics else metrics[0])
+with c2:
+    x = state.selectbox("x axis", list(X_TITLES), key="x", default="step")
+with c3:
+    smooth = state.slider("smoothing (TensorBoard EMA weight)", key="smooth", default=0.0,
+                          min_value=0.0, max_value=0.99, step=0.01)
+with c4:
+    log_y = state.checkbox("log scale", key="log", default=metric in ("train/loss", "grad_norm"))
+keys = [key for key in CONFIG_KEYS if key in runs.columns]
+g1, g2 = st.columns([3, 1])
+with g1:
+    by = state.multiselect("average over runs that share", keys, key="group",
+                           help="Runs with the same values of these config keys (e.g. seeds of one "
+                                "method) become one line: their mean, with a band.")
+with g2:
+    band = state.selectbox("band", list(BANDS), key="band", default="std", format_func=BANDS.get, disabled=not by)
+
+df = store.series(run_ids, metric, x=x, smooth=smooth)
+df = df.assign(value=df["smoothed"])
+title = metric + (f" (smoothed {smooth:g})" if smooth else "")
+if by:
+    groups = group_labels(runs[runs["run_id"].isin(run_ids)], by, labels)
+    plotted = aggregate(df, groups, band)
+    state.show(group_chart(plotted, f"{title}, mean and {BANDS[band]} per group", log_y, X_TITLES[x]),
+               f"No finite {metric} values in these runs.")
+else:
+    switches = store.switch_steps(run_ids)
+    switches = switches.assign(x=switches[x]) if x in ("step", "epoch") else None  # no wall time for a switch
+    plotted = state.labelled(df, labels)[["run_id", "label", "step", "epoch", "wall_time", "x", "value"]]
+    state.show(metric_chart(plotted, title, log_y, switches, x="x", x_title=X_TITLES[x]),
+               f"No finite {metric} values in these runs.")
+state.csv_download(plotted, f"{metric.replace('/', '_')}.csv", "Download the plotted data (CSV)")
+
+st.subheader("Table 2: final test accuracy by method and batch size")
+datasets = sorted(set(as_text(runs["dataset"])) - {""}) if "dataset" in runs.columns else []
+t1, t2 = st.columns(2)
+with t1:
+    dataset = state.selectbox("dataset", datasets or [""], key="dataset",
+                              default=next((d for d in datasets if d in PAPER_TABLE2), datasets[0] if datasets else ""))
+with t2:
+    reduce = state.selectbox("per run", ["final", "best"], key="reduce", default="final",
+                             format_func={"final": "final accuracy", "best": "best accuracy"}.get)
+summary = state.load_summary(root, "test/acc", TABLE_BY, reduce)
+table = table2(summary, dataset or None)
+if table.empty:
+    st.info("No finished runs with dataset, optimizer, lawn and batch size in their config yet: "
+            "`lawn-monitor sweep` makes such a grid.")
+else:
+    note = "the paper's numbers beside ours" if dataset in PAPER_TABLE2 else \
+        f"the paper reports no {dataset or 'such'} results, so ours stand alone"
+    st.caption(f"Mean ± std over seeds of each run's {reduce} test accuracy (%), finished runs only; {note}.")
+    st.dataframe(table2_grid(table), width="stretch")
+    state.csv_download(table, f"table2-{dataset or 'all'}-{reduce}.csv", "Download Table 2 (CSV)")
+    state.show(batch_size_chart(figure1_frame(table), "Figure 1: test accuracy against batch size"),
+               "No accuracies to plot.")
