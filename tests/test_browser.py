@@ -1,0 +1,170 @@
+"""The dashboard in a real browser: `streamlit run app` on 127.0.0.1 driven by headless Chromium.
+
+Needs Debian's ``chromium`` (``make test`` installs it where it can) and Playwright's Python package,
+which drives that binary (``executable_path``); Playwright's own browser downloads are never used.
+Set ``LAWN_MONITOR_CHROMIUM`` to use another Chromium build. Screenshots of every page are saved
+under the test's temporary folder (``pytest --basetemp=DIR`` keeps them somewhere known).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_PROBES, train_tiny_run
+from torch import nn
+
+from lawn_monitor import Monitor
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("LAWN_MONITOR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[dev]'")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium binary: `apt-get install chromium` (make test does this as root), or set LAWN_MONITOR_CHROMIUM",
+)
+# (url path, the page's title): the Runs page is the default one, at /.
+PAGES = [("", "Runs"), ("live", "Live"), ("flattening", "Loss flattening"),
+         ("adaptivity", "Weight adaptivity"), ("compare", "Compare")]
+LIVE_NAME = "live-writer"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Writer(threading.Thread):
+    """A run that keeps training under the real Monitor (flushing every 0.2 s) until stopped."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.stop = threading.Event()
+        self.steps = 0
+
+    def run(self) -> None:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+        monitor = Monitor(model, opt, root=self.root, name=LIVE_NAME, total_steps=1_000_000, flush_secs=0.2,
+                          probe_batch=(x[:16], y[:16]), probe_config=TINY_PROBES,
+                          config={"dataset": "random", "model": "mlp", "optimizer": "adam", "lawn": False,
+                                  "batch_size": 32, "seed": 0})
+        with monitor:
+            while not self.stop.is_set():
+                opt.zero_grad()
+                logits = model(x)
+                loss = nn.functional.cross_entropy(logits, y)
+                loss.backward()
+                opt.step()
+                monitor.step(loss=loss.detach(), logits=logits.detach(), targets=y)
+                self.steps += 1
+                if self.steps % 50 == 0:
+                    monitor.log_eval(acc=(logits.argmax(1) == y).float().mean())
+                time.sleep(0.02)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`streamlit run app` against a store of two finished tiny runs and one that is training."""
+    root = tmp_path / "runs"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    train_tiny_run(root, "adam-lawn", "adam", lawn=True)
+    train_tiny_run(root, "sgd", "sgd", lawn=False)
+    writer = Writer(root)
+    writer.start()
+    while not any(LIVE_NAME in p.name for p in root.iterdir()):
+        time.sleep(0.05)
+    port = free_port()
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer"],
+        cwd=REPO, env={**os.environ, "LAWN_MONITOR_ROOT": str(root)}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()}")
+            time.sleep(0.2)
+        yield url, writer
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        writer.stop.set()
+        writer.join(timeout=10)
+        torch.set_num_threads(threads)
+
+
+def wait_rendered(page, title: str) -> None:
+    """Wait for the page's title, for its script to finish, and for at least one table or chart."""
+    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
+    page.locator("[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, "
+                 "[data-testid='stVegaLiteChart'] svg").first.wait_for(timeout=30_000)
+    # The running-man widget shows while a script runs; Live's fragment reruns every 2 s, so only
+    # ask for a quiet moment, not silence.
+    page.wait_for_timeout(1500)
+
+
+def live_step(page) -> int:
+    text = page.get_by_text(re.compile(rf"^{LIVE_NAME}: step [\d,]+")).first.inner_text(timeout=10_000)
+    return int(re.search(r"step ([\d,]+)", text).group(1).replace(",", ""))
+
+
+def test_every_page_in_a_browser(server, tmp_path):
+    url, writer = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            # Streamlit scrolls inside its main block, not the document: a tall window shows whole pages.
+            page = browser.new_page(viewport={"width": 1280, "height": 1800})
+            for path, title in PAGES:
+                page.goto(f"{url}/{path}")
+                wait_rendered(page, title)
+                body = page.locator("body").inner_text()
+                assert not page.locator("[data-testid='stException']").count(), body
+                assert "Traceback" not in body and "Error" not in body.replace("error bars", ""), body
+                assert "Page not found" not in body
+                page.screenshot(path=str(tmp_path / f"{path or 'runs'}.png"), full_page=True)
+
+                if path == "live":
+                    first = live_step(page)
+                    deadline = time.monotonic() + 5.0
+                    seen = first
+                    while seen <= first and time.monotonic() < deadline:
+                        page.wait_for_timeout(200)
+                        seen = live_step(page)
+                    assert seen > first, f"the Live page stayed at step {first} for 5 s while the run trained"
+        finally:
+            browser.close()
+    assert writer.steps > 0
+    for path, _ in PAGES:
+        shot = tmp_path / f"{path or 'runs'}.png"
+        assert shot.stat().st_size > 10_000, shot  # a real page, not a blank one
