@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,8 +73,15 @@ def write_run_json(path: Path, info: dict[str, Any]) -> None:
 
 
 def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    """Encode a table as Parquet: dictionaries for the repetitive text columns only, and
+    min/max statistics only on the columns queries filter by (twice as fast to write as the
+    defaults, and no larger)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size,
+                   use_dictionary=["run_id", "layer", "metric"], write_statistics=["step", "layer", "metric"],
+                   # No Arrow schema in the file: text reads back as plain strings (the storage
+                   # contract), even from compacted files that were built from dictionaries.
+                   store_schema=False)
     return buf.getvalue()
 
 
@@ -101,6 +109,10 @@ class ParquetSink:
         live, covered, _ = live_files([name for name, _ in self.loc.listdir(self.metrics_rel)])
         self.seq = max((s.hi for s in live + covered), default=-1) + 1  # continue after a resume
         self.compact = compact
+        self._recent: dict[str, pa.Table] = {}  # part files written but not yet compacted
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopping = False
         self.rows_written = 0
         self.info = {
             "run_id": run_id,
@@ -127,17 +139,44 @@ class ParquetSink:
         if table.num_rows == 0:
             return
         table = table.cast(SCHEMA)
-        self.loc.write_atomic(f"{self.metrics_rel}/{part_name(self.seq)}", parquet_bytes(table))
+        name = part_name(self.seq)
+        self.loc.write_atomic(f"{self.metrics_rel}/{name}", parquet_bytes(table), durable=False)
+        if self.compact:  # compaction merges these soon: spare it reading them back
+            self._recent[name] = table
         self.seq += 1
         self.rows_written += table.num_rows
         if self.compact:
+            self._wake_compactor()
+
+    # Live compaction runs in a background thread: pyarrow reads, sorts and writes without the
+    # GIL, so on a multi-core machine the training loop does not wait for it.
+
+    def _wake_compactor(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._compactor, name=f"compact-{self.run_id}", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _compactor(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
             self._compact(final=False)
+
+    def _stop_compactor(self) -> None:
+        if self._thread is not None:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
 
     def _compact(self, final: bool) -> None:
         from .compact import compact_run  # compact.py imports this module
 
         try:
-            compact_run(self.loc, self.run_id, final=final)
+            compact_run(self.loc, self.run_id, final=final, cache=self._recent)
         except Exception as exc:  # never let housekeeping stop training; the parts are intact
             warnings.warn(f"compaction of {self.run_id} failed, parts kept as they are: {exc}", stacklevel=3)
 
@@ -145,8 +184,48 @@ class ParquetSink:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
         if self.compact:
+            self._stop_compactor()
             self._compact(final=True)
         self.info.update(fields, status=status, ended_at=now_iso(), heartbeat_at=now_iso())
         if error:
             self.info["error"] = error
         self.write_info()
+
+    @classmethod
+    def reopen(cls, root: str | os.PathLike | Location, run_id: str, info: dict[str, Any],
+               keep_through_step: int, compact: bool = True) -> "ParquetSink":
+        """Continue an existing run after a restart from a checkpoint taken at ``keep_through_step``.
+
+        Rows that the earlier process wrote after that step would be written again by the
+        resumed one, so every data file in ``metrics/`` (whatever its name: parts, compacted
+        files, files from other versions) that holds any is rewritten without them, each whole
+        under its own name (temp name + ``os.replace``): a reader sees each file before or after,
+        never broken, and the covering between part and compacted files is kept (a file left
+        with no rows is kept, empty). ``run.json`` keeps ``created_at`` and gains a ``resumed``
+        entry; the status is ``running`` again.
+        """
+        loc = root if isinstance(root, Location) else Location(root)
+        try:
+            old = json.loads(loc.read_bytes(f"{run_id}/run.json"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no run {run_id!r} under {loc.url} (no run.json): check --root and the run id")
+        folder = f"{run_id}/metrics"
+        for name, _ in sorted(loc.listdir(folder)):
+            if not name.endswith(".parquet") or name.startswith("."):  # temp files of a killed writer
+                continue
+            rel = f"{folder}/{name}"
+            try:
+                table = pq.read_table(pa.BufferReader(loc.read_bytes(rel)))
+            except (pa.ArrowInvalid, OSError) as exc:
+                warnings.warn(f"reopen {run_id}: left unreadable {name} as it is ({exc})", stacklevel=2)
+                continue
+            steps = table.column("step").to_numpy()
+            if steps.size == 0 or steps.max() <= keep_through_step:
+                continue
+            import pyarrow.compute as pc
+
+            kept = table.filter(pc.less_equal(table.column("step"), keep_through_step))
+            loc.write_atomic(rel, parquet_bytes(kept.cast(SCHEMA)))
+        resumed = list(old.get("resumed") or []) + [{"at": now_iso(), "from_step": keep_through_step}]
+        info = {**info, "created_at": old.get("created_at", now_iso()), "resumed": resumed}
+        return cls(root, run_id, info, compact=compact)

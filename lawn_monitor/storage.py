@@ -147,18 +147,24 @@ class Location:
             except FileNotFoundError:
                 return []
             return [(e["name"].rsplit("/", 1)[-1], int(e.get("size") or 0)) for e in entries if e["type"] == "file"]
-        out = []
-        try:
-            with os.scandir(self._full(rel)) as it:
-                for entry in it:
-                    try:
+        # The names come from one snapshot of the folder; a file deleted before we stat it means
+        # the snapshot is already out of date (compaction replaced it), so take a new one rather
+        # than return a listing with a hole in it.
+        for _ in range(100):
+            out = []
+            try:
+                with os.scandir(self._full(rel)) as it:
+                    for entry in it:
                         if entry.is_file():
                             out.append((entry.name, entry.stat().st_size))
-                    except FileNotFoundError:  # deleted while we listed
-                        continue
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return out
+            except FileNotFoundError:
+                if not os.path.isdir(self._full(rel)):
+                    return []
+                continue
+            except NotADirectoryError:
+                return []
+            return out
+        raise RuntimeError(f"{self._full(rel)} kept changing while being listed")
 
     def read_bytes(self, rel: str) -> bytes:
         if self.remote:
@@ -192,8 +198,14 @@ class Location:
         if not self.remote:  # object stores have no folders
             Path(self._full(rel)).mkdir(parents=True, exist_ok=True)
 
-    def write_atomic(self, rel: str, data: bytes) -> None:
-        """Write a whole file so that readers see the old content, the new, or nothing."""
+    def write_atomic(self, rel: str, data: bytes, durable: bool = True) -> None:
+        """Write a whole file so that readers see the old content, the new, or nothing.
+
+        ``durable`` also fsyncs before the rename, so the file survives a power cut, not only a
+        killed process. Part files skip it (a reader skips an empty or truncated file anyway,
+        and it costs milliseconds per flush); files that replace others (compacted segments,
+        run.json) keep it.
+        """
         full = self._full(rel)
         if self.remote:
             self.fs.pipe_file(full, data)
@@ -203,8 +215,9 @@ class Location:
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

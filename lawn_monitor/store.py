@@ -115,25 +115,32 @@ class RunStore:
         ids = self.run_ids() if run_ids is None else list(run_ids)
         found = []
         for run_id in ids:
-            folder = f"{run_id}/metrics"
-            listing = dict(self.loc.listdir(folder))
-            live, _, other = live_files(list(listing))
-            for name in sorted([s.name for s in live] + other):
-                rel = f"{folder}/{name}"
-                if self._is_parquet(rel, listing[name]):
-                    found.append(self.loc.query_path(rel))
-                else:
-                    self._warn_once(f"skipping {self.loc.url}/{rel}: not a complete Parquet file (empty or truncated)")
+            found.extend(self._run_files(run_id))
         return found
 
+    def _run_files(self, run_id: str) -> list[str]:
+        folder = f"{run_id}/metrics"
+        for _ in range(100):
+            listing = dict(self.loc.listdir(folder))
+            live, _, other = live_files(list(listing))
+            good, bad = [], []
+            try:
+                for name in sorted([s.name for s in live] + other):
+                    rel = f"{folder}/{name}"
+                    (good if self._is_parquet(rel, listing[name]) else bad).append(rel)
+            except FileNotFoundError:  # compaction replaced it since the listing: list again
+                continue
+            for rel in bad:
+                self._warn_once(f"skipping {self.loc.url}/{rel}: not a complete Parquet file (empty or truncated)")
+            return [self.loc.query_path(rel) for rel in good]
+        raise RuntimeError(f"{self.loc.url}/{folder} kept changing while being listed")
+
     def _is_parquet(self, rel: str, size: int) -> bool:
-        """A complete Parquet file starts and ends with b'PAR1' (a cheap check, no parse)."""
+        """A complete Parquet file starts and ends with b'PAR1' (a cheap check, no parse).
+        Raises FileNotFoundError if the file is gone (the caller lists again)."""
         if size < 12:
             return False
-        try:
-            head, tail = self.loc.head_tail(rel, size)
-        except OSError:
-            return False
+        head, tail = self.loc.head_tail(rel, size)
         return head == b"PAR1" and tail == b"PAR1"
 
     def _query(self, sql: str, params: Sequence, run_ids: Iterable[str] | None, columns: list[str]) -> pd.DataFrame:

@@ -39,7 +39,7 @@ def flush_table(run_id: str, i: int) -> pa.Table:
 def main() -> None:
     root, run_id, flushes = sys.argv[1], sys.argv[2], int(sys.argv[3])
     pause = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-    compact.PARTS_PER_MERGE, compact.COMPACTS_PER_MERGE = 4, 3
+    compact.FANOUT = 4
     sink = ParquetSink(root, run_id, {"name": run_id, "config": {"writer": "test"}, "total_steps": flushes * 10})
     print("ready", flush=True)
     for i in range(flushes):
