@@ -22,6 +22,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from functools import partial
 from typing import Any, Iterable
 
 import numpy as np
@@ -74,6 +75,9 @@ class Monitor:
         probe_config: cadences and budget of the default probes (``ProbeConfig``).
         probes: an explicit list of probes instead of the defaults.
         enabled: False makes every call a no-op (e.g. on DDP ranks other than 0).
+        resume_step: continue the existing run ``run_id`` after this step (its last checkpoint):
+            rows it wrote after that step are removed first (``ParquetSink.reopen``), so the
+            resumed run leaves no step twice and none missing. Then ``load_state_dict``.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Monitor:
         probe_config: ProbeConfig | None = None,
         probes: Iterable[Probe] | None = None,
         enabled: bool = True,
+        resume_step: int | None = None,
     ) -> None:
         self.enabled = enabled
         self.model = model
@@ -127,7 +132,9 @@ class Monitor:
         self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
         for probe in self.probes:
             probe.attach(model, optimizer)
-        self.sink = ParquetSink(
+        open_sink = ParquetSink if resume_step is None else partial(ParquetSink.reopen, keep_through_step=resume_step)
+        self.step_count = resume_step or 0
+        self.sink = open_sink(
             default_root() if root is None else root,
             self.run_id,
             {
@@ -142,6 +149,30 @@ class Monitor:
             },
         )
         self.run_dir = self.sink.run_dir
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The Monitor's position (step, time spent, each probe's schedule, budget and random
+        state), for a training checkpoint. Flush first: rows still buffered are not in it."""
+        return {
+            "step": self.step_count,
+            "train_seconds": time.monotonic() - self._started_at,
+            "probe_seconds": self._probe_seconds,
+            "probes": [p.state_dict() for p in self.probes] if self.enabled else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if len(state["probes"]) != len(self.probes):
+            raise ValueError(f"Monitor state has {len(state['probes'])} probes, this Monitor {len(self.probes)}: "
+                             "resume with the probe settings of the original run")
+        self.step_count = int(state["step"])
+        self._started_at = time.monotonic() - state["train_seconds"]
+        self._probe_seconds = state["probe_seconds"]
+        for probe, probe_state in zip(self.probes, state["probes"]):
+            probe.load_state_dict(probe_state)
 
     # --- logging ------------------------------------------------------------------------------
 

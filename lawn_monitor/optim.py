@@ -307,11 +307,25 @@ def _adamp(params, lr, weight_decay, betas=(0.9, 0.999), **_):
     return AdamP(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
+def _lamb(params, lr, weight_decay, betas=(0.9, 0.999), **_):
+    # timm's LAMB, set up as the LAMB paper's Algorithm 2 (You et al. 2020): bias-corrected
+    # Adam direction plus weight decay, r + wd * w, scaled per tensor by |w| / |r + wd * w|;
+    # no global gradient clipping (timm's default clips at 1.0), and the trust ratio applied to
+    # every tensor even when weight decay is 0 (timm's default skips those: under LAWN, whose
+    # switch turns weight decay off, LAMB would silently become Adam).
+    # pytorch-optimizer's Lamb was the other candidate; it skips the bias correction.
+    from timm.optim import Lamb
+
+    return Lamb(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=1e-6, max_grad_norm=None,
+                always_adapt=True)
+
+
 OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "sgd": _sgd,
     "adam": _adam,
     "adamw": _adamw,
     "adamp": _adamp,
+    "lamb": _lamb,
 }
 
 
@@ -326,7 +340,7 @@ def make_optimizer(
     reset_moments: bool = False,
     **kwargs,
 ) -> Optimizer:
-    """Build an optimizer by name (``sgd``, ``adam``, ``adamw``, ``adamp``), wrapped in LAWN if asked."""
+    """Build an optimizer by name (``sgd``, ``adam``, ``adamw``, ``adamp``, ``lamb``), wrapped in LAWN if asked."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}")
     inner = OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **kwargs)

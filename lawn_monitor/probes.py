@@ -99,6 +99,14 @@ class Probe:
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
         """Called once by the Monitor before the first step."""
 
+    def state_dict(self) -> dict:
+        """Schedule and budget bookkeeping (subclasses add their random state), for checkpoints."""
+        return {"pending": self.pending, "spent": self.spent, "last_cost": self.last_cost, "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pending, self.spent = state["pending"], state["spent"]
+        self.last_cost, self.last_step = state["last_cost"], state["last_step"]
+
     def compute(self, ctx: StepContext) -> tuple[Keys, Tensor] | None:
         raise NotImplementedError
 
@@ -233,6 +241,13 @@ class CurvatureProbe(Probe):
         self.inputs, self.targets = self.inputs.to(device), self.targets.to(device)
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
+
     def units(self) -> float:
         """A call's cost in training steps of the probe batch's size (forward + backward)."""
         raise NotImplementedError
@@ -308,6 +323,14 @@ class Sharpness(CurvatureProbe):
     def units(self):
         return 1 + 4 * self.iters  # at most `iters` products, twice for Adam's preconditioned one
 
+    def state_dict(self) -> dict:  # the warm-start vectors too, so a resumed run continues alike
+        return {**super().state_dict(), "vectors": {k: [t.cpu() for t in v] for k, v in self.vectors.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        device = self.inputs.device
+        self.vectors = {k: [t.to(device) for t in v] for k, v in state["vectors"].items()}
+
     def _top(self, kind: str, hvp, like: list[Tensor]) -> float:
         v0 = self.vectors.get(kind) or curvature.rademacher_like(like, self.generator)
         value, vector = curvature.power_iteration(hvp, v0, self.iters, self.tol)
@@ -324,7 +347,7 @@ class Sharpness(CurvatureProbe):
         scales = []
         for name in self.names:
             state = self.optimizer.state.get(params[name], {})
-            if "exp_avg_sq" not in state:
+            if "exp_avg_sq" not in state or "step" not in state:  # LAMB keeps its step elsewhere
                 return None
             step = float(state["step"])
             v_hat = state["exp_avg_sq"] / (1 - beta2**step)

@@ -7,9 +7,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "synthetic")
-MODELS = ("cnn", "mlp", "vgg19")
-OPTIMIZERS = ("sgd", "adam", "adamw", "adamp")
+DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+MODELS = ("cnn", "mlp", "vgg19", "resnet18", "resnet50")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamp", "lamb")
 
 # Defaults that depend on the optimizer when the user gives none.
 DEFAULT_LR = {"sgd": 0.1, "adam": 3e-3, "adamw": 3e-3, "adamp": 3e-3}  # tuned on the CPU-scale sets
@@ -48,7 +48,16 @@ class TrainConfig:
     download: bool = _opt("let torchvision download CIFAR when the machine is online", default=False)
     root: str | None = _opt("store root (default: $LAWN_MONITOR_ROOT or ./runs)", default=None)
     name: str | None = _opt("run name (default: made from optimizer, LAWN, batch size, seed)", default=None)
-    device: str = _opt("cpu, cuda, cuda:N, or auto (cuda if present)", default="auto")
+    device: str = _opt("cpu, cuda, cuda:N, or auto (cuda if present); under torchrun each rank takes cuda:LOCAL_RANK",
+                       default="auto")
+    amp: str = _opt("mixed precision: bf16 autocasts the forward pass (no loss scaling needed), off keeps fp32",
+                    default="off", meta={"choices": ("off", "bf16")})
+    channels_last: bool = _opt("store conv weights and images NHWC (faster convolutions on recent GPUs)", default=False)
+    compile: bool = _opt("torch.compile the model (first steps are slow while it compiles)", default=False)
+    workers: int = _opt("DataLoader worker processes per rank (CIFAR on CPU, ImageNet)", default=4)
+    recipe: str | None = _opt("start from trainers/recipes/NAME.toml; flags given here override it", default=None)
+    resume: str | None = _opt("continue run RUN_ID from its last checkpoint (<root>/RUN_ID/checkpoint.pt)",
+                              default=None)
     flush_secs: float = _opt("seconds between metric flushes to Parquet", default=2.0)
     probe_every: int = _opt("cheap probes (norms, update ratios, output stats) every N steps", default=1)
     curvature: bool = _opt("curvature probes (gn_trace, hessian_trace, sharpness)", default=True,
@@ -68,6 +77,8 @@ class TrainConfig:
             cfg.lr = DEFAULT_LR[cfg.optimizer]
         if cfg.weight_decay is None:
             cfg.weight_decay = DEFAULT_WEIGHT_DECAY[cfg.optimizer]
+        if cfg.name is None and cfg.recipe:
+            cfg.name = f"{cfg.recipe}-s{cfg.seed}"
         if cfg.name is None:
             cfg.name = f"{cfg.optimizer}{'-lawn' if cfg.lawn else ''}-b{cfg.batch_size}-s{cfg.seed}"
         checks = [
@@ -81,6 +92,7 @@ class TrainConfig:
              "--probe-every, --gn-every, --hessian-points, --sharpness-points and --probe-size must be >= 1"),
             (cfg.hessian_probes >= 2, f"--hessian-probes must be >= 2 (for a standard error), got {cfg.hessian_probes}"),
             (cfg.curvature_budget > 0, f"--curvature-budget must be > 0, got {cfg.curvature_budget}"),
+            (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
         ]
         if cfg.lawn:
             checks.append((0 <= cfg.free_epochs < cfg.epochs,
@@ -100,6 +112,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field. Flags the user does not give stay out of the namespace (the field's
+    default is only shown in --help), so that a recipe's values hold unless a flag overrides them."""
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
@@ -107,18 +121,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         meta = f.metadata
         if f.type in (bool, "bool"):
             if f.default:
-                parser.add_argument(meta["negate"], dest=f.name, action="store_false", help=meta["help"])
+                parser.add_argument(meta["negate"], dest=f.name, action="store_false", help=meta["help"],
+                                    default=argparse.SUPPRESS)
             else:
-                parser.add_argument(flag, action="store_true", help=meta["help"])
+                parser.add_argument(flag, action="store_true", help=meta["help"], default=argparse.SUPPRESS)
             continue
         kind = {"int": int, "float": float, "str": str}[str(f.type).split(" |")[0].strip("'")]
-        parser.add_argument(flag, type=kind, default=f.default, choices=meta.get("choices"),
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=meta.get("choices"),
                             metavar=None if "choices" in meta else kind.__name__.upper(),
                             help=f"{meta['help']} (default: {f.default})")
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+def given_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields the user gave as flags."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values.update(overrides)
-    return TrainConfig(**values)
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    return TrainConfig(**{**given_fields(args), **overrides})

@@ -1,12 +1,24 @@
-"""Data sets for the trainers, all offline-capable.
+"""Data sets for the trainers: offline small sets, CIFAR-10/100 and ImageNet.
 
-Small sets (digits, MNIST-1D, MNIST, synthetic) are held as tensors on the training device and
-batched by ``TensorLoader`` (a seeded permutation per epoch: no worker processes, no per-sample
-Python). CIFAR goes through torchvision's own dataset class and a ``DataLoader`` with the
-standard augmentation (4-pixel pad + random crop, horizontal flip, normalization).
+Every training loader yields the batches of one *global* batch order, fixed by ``(seed, epoch)``
+alone: ``set_epoch(e)`` before each epoch gives the same order on every rank, in every run and
+after every resume. With ``world`` ranks (DDP), each rank takes its contiguous share of each
+global batch, so the ranks together see exactly the batches a single process would.
+
+* Small sets (digits, MNIST-1D, MNIST, synthetic): tensors on the training device, batched by
+  ``TensorLoader`` (no worker processes, no per-sample Python).
+* CIFAR-10/100: read from CIFAR's own pickle files (``cifar-10-batches-py/``,
+  ``cifar-100-python/``; torchvision fetches them with ``--download``). On CUDA the whole set
+  sits on the GPU and ``DeviceCifarLoader`` augments there (pad 4 + random crop, flip,
+  normalize), so a small model is not bound by data loading; elsewhere a ``DataLoader`` applies
+  the same augmentation per sample.
+* ImageNet: an ``ImageFolder`` root with ``train/`` and ``val/``, the standard augmentation
+  (random resized crop 224, flip, normalize; val: resize 256, center crop 224).
 """
 from __future__ import annotations
 
+import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,10 +32,27 @@ class DataError(RuntimeError):
     """Data that cannot be loaded; the message says what to do."""
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The global sample order of one epoch: a function of (seed, epoch) only, so a resumed run
+    and every DDP rank draw the same one without sharing generator state."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def global_batches(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int) -> list[Tensor]:
+    order = epoch_order(n, seed, epoch) if shuffle else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+def rank_share(batch: Tensor, rank: int, world: int) -> Tensor:
+    """This rank's contiguous share of a global batch (sizes differ by at most one)."""
+    return batch.tensor_split(world)[rank] if world > 1 else batch
+
+
 @dataclass
 class Data:
-    train: Iterable[tuple[Tensor, Tensor]]
-    test: Iterable[tuple[Tensor, Tensor]]
+    train: Iterable[tuple[Tensor, Tensor]]  # has set_epoch(epoch) and len() = steps per epoch
+    test: Iterable[tuple[Tensor, Tensor]]  # this rank's share of the evaluation set
     input_shape: tuple[int, ...]  # one sample, e.g. (1, 28, 28) or (40,)
     num_classes: int
     num_train: int
@@ -32,36 +61,79 @@ class Data:
         """A fixed batch of training samples for the curvature probes, drawn with its own
         generator so that the training data order and the global RNG are left alone."""
         g = torch.Generator().manual_seed(10_000 + seed)
-        if isinstance(self.train, TensorLoader):
-            idx = torch.randperm(len(self.train.y), generator=g)[:size].to(self.train.x.device)
-            return self.train.x[idx], self.train.y[idx]
-        dataset = self.train.dataset  # a torchvision dataset behind a DataLoader
+        if isinstance(self.train, (TensorLoader, DeviceCifarLoader)):
+            return self.train.samples(torch.randperm(self.num_train, generator=g)[:size])
+        dataset = self.train.dataset  # a map-style dataset behind a DataLoader
         idx = torch.randperm(len(dataset), generator=g)[:size].tolist()
         with torch.random.fork_rng(devices=[]):  # its random augmentation must not shift training's RNG
             torch.manual_seed(seed)
             samples = [dataset[i] for i in idx]
-        return torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples])
+        return torch.stack([s[0] for s in samples]), torch.tensor([int(s[1]) for s in samples])
 
 
 class TensorLoader:
-    """Batches of in-memory tensors; shuffled with its own seeded generator each epoch."""
+    """Batches of in-memory tensors in the global order of ``epoch_order``; this rank's share."""
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
         self.x, self.y = x, y
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # global
         self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.rank, self.world = seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return (len(self.y) + self.batch_size - 1) // self.batch_size
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def samples(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        idx = idx.to(self.x.device)
+        return self.x[idx], self.y[idx]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.x.device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+        for batch in global_batches(len(self.y), self.batch_size, self.shuffle, self.seed, self.epoch):
+            yield self.samples(rank_share(batch, self.rank, self.world))
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """A ``batch_sampler`` for a DataLoader: this rank's share of each global batch."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.seed, self.rank, self.world = seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        for batch in global_batches(self.n, self.batch_size, self.shuffle, self.seed, self.epoch):
+            yield rank_share(batch, self.rank, self.world).tolist()
+
+
+class SampledLoader:
+    """A DataLoader over a ``GlobalBatchSampler``, with ``set_epoch`` passed through."""
+
+    def __init__(self, dataset, sampler: GlobalBatchSampler, workers: int, pin_memory: bool) -> None:
+        from torch.utils.data import DataLoader
+
+        self.dataset, self.sampler = dataset, sampler
+        self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                                 persistent_workers=workers > 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return iter(self.loader)
 
 
 def _standardize(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
@@ -115,45 +187,203 @@ def _synthetic(seed: int, n_train: int = 2048, n_test: int = 512, shape=(3, 32, 
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
+# --- CIFAR ------------------------------------------------------------------------------------
+
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+# CIFAR's own layout: folder, training files, test file, meta file, label key, class-name key.
+CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "batches.meta", "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names"),
+}
 
 
-def _cifar(name: str, root: Path, batch_size: int, seed: int, download: bool) -> Data:
-    from torch.utils.data import DataLoader
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="latin1")  # the files are Python 2 pickles
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+
+
+def read_cifar(name: str, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """CIFAR from its pickle files: uint8 images (N, 3, 32, 32) and int64 labels, train and test,
+    and the class names."""
+    folder, train_files, test_file, meta_file, label_key, names_key = CIFAR_FILES[name]
+    base = root / folder
+    missing = [f for f in [*train_files, test_file, meta_file] if not (base / f).is_file()]
+    if missing:
+        raise DataError(f"{name} not found under {base} (missing {', '.join(missing)}): pass --data-root to the "
+                        f"folder that holds {folder}/, or --download on a machine with internet")
+
+    def load(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        parts = [_unpickle(base / f) for f in files]
+        x = np.concatenate([np.asarray(p["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for p in parts])
+        y = np.concatenate([np.asarray(p[label_key], dtype=np.int64) for p in parts])
+        return x, y
+
+    try:
+        xtr, ytr = load(train_files)
+        xte, yte = load([test_file])
+        classes = list(_unpickle(base / meta_file)[names_key])
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+        raise DataError(f"{name} files under {base} are not CIFAR's pickle format ({type(exc).__name__}: {exc}): "
+                        f"download them again with --download") from exc
+    return xtr, ytr, xte, yte, classes
+
+
+class CifarArrays(torch.utils.data.Dataset):
+    """CIFAR arrays as a map-style dataset; the transform works on uint8 CHW tensors."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform) -> None:
+        self.x, self.y, self.transform = torch.from_numpy(x), torch.from_numpy(y), transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.x[i]), int(self.y[i])
+
+
+@torch.no_grad()
+def crop_flip(padded: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, size: int = 32) -> Tensor:
+    """Crop ``size`` x ``size`` windows at per-sample offsets (dy, dx) from padded images (N, C, H, W)
+    and mirror those with ``flip``; one gather for the whole batch."""
+    base = torch.arange(size, device=padded.device)
+    rows = (dy[:, None] + base)[:, :, None]  # (N, size, 1)
+    cols = (dx[:, None] + base)[:, None, :]  # (N, 1, size)
+    cols = torch.where(flip[:, None, None], dx[:, None, None] + size - 1 - base[None, None, :], cols)
+    batch = torch.arange(len(padded), device=padded.device)[:, None, None]
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # (N, size, size, C) -> (N, C, size, size)
+
+
+class DeviceCifarLoader:
+    """The whole CIFAR split on one device (uint8, ~150 MB for the training set), augmented there:
+    random 4-pixel-pad crops and flips drawn per sample from a generator seeded by (seed, epoch),
+    then normalization. Training batches follow ``epoch_order`` like every other loader."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, mean, std, batch_size: int, train: bool, device,
+                 seed: int = 0, rank: int = 0, world: int = 1, pad: int = 4) -> None:
+        self.device = torch.device(device)
+        x = torch.from_numpy(x).to(self.device)
+        self.pad = pad if train else 0
+        self.x = torch.nn.functional.pad(x, (self.pad,) * 4) if self.pad else x  # zero padding, as RandomCrop
+        self.y = torch.from_numpy(y).to(self.device)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.batch_size, self.train = batch_size, train
+        self.seed, self.rank, self.world = seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        return (x.float() - self.mean) / self.std
+
+    def samples(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Samples without augmentation (the center crop of the padded image)."""
+        idx = idx.to(self.device)
+        p = self.pad
+        return self._normalize(self.x[idx, :, p:p + 32, p:p + 32]), self.y[idx]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.y)
+        if not self.train:
+            for batch in global_batches(n, self.batch_size, False, self.seed, self.epoch):
+                yield self.samples(rank_share(batch, self.rank, self.world))
+            return
+        # Offsets and flips for the whole epoch, from (seed, epoch): identical on every rank.
+        g = torch.Generator().manual_seed(seed_for_augment(self.seed, self.epoch))
+        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(self.device)
+        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(self.device)
+        flip = (torch.rand(n, generator=g) < 0.5).to(self.device)
+        for batch in global_batches(n, self.batch_size, True, self.seed, self.epoch):
+            share = rank_share(batch, self.rank, self.world).to(self.device)
+            x = crop_flip(self.x[share], dy[share], dx[share], flip[share])
+            yield self._normalize(x), self.y[share]
+
+
+def seed_for_augment(seed: int, epoch: int) -> int:
+    return 7_919 + seed * 1_000_003 + epoch
+
+
+def _cifar(name: str, root: Path, batch_size: int, seed: int, download: bool, device: torch.device,
+           rank: int, world: int, workers: int) -> Data:
+    if download:
+        from torchvision import datasets
+
+        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        try:
+            cls(str(root), train=True, download=True)  # fetches and checks the md5 sums
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types
+            raise DataError(f"--download of {name} into {root} failed ({type(exc).__name__}: {exc}); "
+                            f"copy {CIFAR_FILES[name][0]}/ there by hand") from exc
+    xtr, ytr, xte, yte, classes = read_cifar(name, root)
+    mean, std = CIFAR_STATS[name]
+    if device.type == "cuda":
+        train = DeviceCifarLoader(xtr, ytr, mean, std, batch_size, True, device, seed, rank, world)
+        test = DeviceCifarLoader(xte[rank::world], yte[rank::world], mean, std, 1024, False, device)
+    else:
+        from torchvision import transforms
+
+        normalize = [transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)]
+        augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+        train_set = CifarArrays(xtr, ytr, transforms.Compose(augment + normalize))
+        test_set = CifarArrays(xte[rank::world], yte[rank::world], transforms.Compose(normalize))
+        train = SampledLoader(train_set, GlobalBatchSampler(len(ytr), batch_size, True, seed, rank, world),
+                              workers, pin_memory=False)
+        test = SampledLoader(test_set, GlobalBatchSampler(len(test_set), 1024, False), workers, pin_memory=False)
+    return Data(train=train, test=test, input_shape=(3, 32, 32), num_classes=len(classes), num_train=len(ytr))
+
+
+# --- ImageNet ---------------------------------------------------------------------------------
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _imagenet(root: Path, batch_size: int, seed: int, rank: int, world: int, workers: int,
+              pin_memory: bool, image_size: int = 224) -> Data:
     from torchvision import datasets, transforms
 
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    mean, std = CIFAR_STATS[name]
-    normalize = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
-    try:
-        train = cls(str(root), train=True, download=download, transform=transforms.Compose(augment + normalize))
-        test = cls(str(root), train=False, download=download, transform=transforms.Compose(normalize))
-    except RuntimeError as exc:
-        folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-        raise DataError(
-            f"{name} not found under {root}/{folder}: pass --data-root to the folder that holds it, "
-            f"or --download on a machine with internet"
-        ) from exc
-    generator = torch.Generator().manual_seed(seed)
-    return Data(
-        train=DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=2),
-        test=DataLoader(test, batch_size=512, shuffle=False, num_workers=2),
-        input_shape=(3, 32, 32),
-        num_classes=len(train.classes),
-        num_train=len(train),
-    )
+    base = root / "imagenet" if (root / "imagenet" / "train").is_dir() else root
+    if not (base / "train").is_dir() or not (base / "val").is_dir():
+        raise DataError(f"ImageNet not found: expected {base}/train/<class>/*.JPEG and {base}/val/<class>/*.JPEG "
+                        f"(ImageFolder layout); pass --data-root to the folder that holds train/ and val/")
+    normalize = [transforms.ToTensor(), transforms.Normalize(*IMAGENET_STATS)]
+    train_set = datasets.ImageFolder(str(base / "train"), transforms.Compose(
+        [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(), *normalize]))
+    val_set = datasets.ImageFolder(str(base / "val"), transforms.Compose(
+        [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size), *normalize]))
+    if train_set.classes != val_set.classes:
+        raise DataError(f"ImageNet train/ and val/ under {base} have different class folders: "
+                        f"sort val/ into the same class folders as train/")
+    val_share = torch.utils.data.Subset(val_set, list(range(rank, len(val_set), world)))
+    train = SampledLoader(train_set, GlobalBatchSampler(len(train_set), batch_size, True, seed, rank, world),
+                          workers, pin_memory)
+    test = SampledLoader(val_share, GlobalBatchSampler(len(val_share), 256, False), workers, pin_memory)
+    return Data(train=train, test=test, input_shape=(3, image_size, image_size),
+                num_classes=len(train_set.classes), num_train=len(train_set))
+
+
+# --- by name ----------------------------------------------------------------------------------
 
 
 def load_data(name: str, batch_size: int, seed: int = 0, data_root: str | Path = "data",
-              device: torch.device | str = "cpu", download: bool = False) -> Data:
-    """Load a data set by name, ready for training on ``device``."""
+              device: torch.device | str = "cpu", download: bool = False, rank: int = 0, world: int = 1,
+              workers: int = 4) -> Data:
+    """Load a data set by name, ready for training on ``device``; ``batch_size`` is global, and
+    with ``world`` > 1 the loaders yield rank ``rank``'s share of each batch and of the test set."""
     root = Path(data_root)
+    device = torch.device(device)
     if name in ("cifar10", "cifar100"):
-        return _cifar(name, root, batch_size, seed, download)
+        return _cifar(name, root, batch_size, seed, download, device, rank, world, workers)
+    if name == "imagenet":
+        return _imagenet(root, batch_size, seed, rank, world, workers, pin_memory=device.type == "cuda")
     if name == "digits":
         xtr, ytr, xte, yte = _digits()
     elif name == "mnist1d":
@@ -168,8 +398,8 @@ def load_data(name: str, batch_size: int, seed: int = 0, data_root: str | Path =
     num_classes = int(max(ytr.max(), yte.max())) + 1
     to = lambda t: t.to(device)
     return Data(
-        train=TensorLoader(to(xtr), to(ytr), batch_size, shuffle=True, seed=seed),
-        test=TensorLoader(to(xte), to(yte), 1024, shuffle=False),
+        train=TensorLoader(to(xtr), to(ytr), batch_size, shuffle=True, seed=seed, rank=rank, world=world),
+        test=TensorLoader(to(xte[rank::world]), to(yte[rank::world]), 1024, shuffle=False),
         input_shape=tuple(xtr.shape[1:]),
         num_classes=num_classes,
         num_train=len(ytr),

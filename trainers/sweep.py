@@ -2,7 +2,10 @@
 
     lawn-monitor sweep --dataset digits --model cnn --optimizers sgd,adam --lawn both \
         --batch-sizes 64,256 --seeds 0,1 --epochs 4 --free-epochs 1
+    lawn-monitor sweep --recipes 'cifar10-*' --seeds 3 --data-root data
 
+With ``--recipes`` the grid is every matching recipe (trainers/recipes/, fnmatch) x seeds, and
+other flags override the recipes. ``--seeds 3`` means seeds 0, 1, 2; ``--seeds 0,5`` those two.
 Every run is a normal ``train`` run in the same store; a run that fails or diverges is recorded
 as such and the sweep goes on.
 """
@@ -12,7 +15,8 @@ import dataclasses
 import itertools
 import sys
 
-from .config import OPTIMIZERS, ConfigError, OneLineParser, TrainConfig, add_config_arguments, config_from_args
+from .config import OPTIMIZERS, ConfigError, OneLineParser, TrainConfig, add_config_arguments, given_fields
+from .recipe import config_from, match_recipes
 from .train import USER_ERRORS, train
 
 
@@ -24,6 +28,28 @@ def _csv(kind):
             raise ValueError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
     parse.__name__ = f"list of {kind.__name__}"
     return parse
+
+
+def seed_list(text: str) -> list[int]:
+    """``3`` -> [0, 1, 2] (a count); ``0,5`` or ``7,`` -> those seeds."""
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            return list(range(count))
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected a count of seeds (3) or a comma-separated list (0,1,2), got {text!r}")
+
+
+seed_list.__name__ = "seeds"
+
+
+def recipe_grid(pattern: str, given: dict, seeds: list[int]) -> list[TrainConfig]:
+    """Every recipe matching ``pattern`` x seeds (seed outermost), flags in ``given`` on top."""
+    names = match_recipes(pattern)
+    return [config_from({**given, "seed": seed}, name).resolved() for seed in seeds for name in names]
 
 
 def grid(base: TrainConfig, optimizers: list[str], lawn: str, batch_sizes: list[int], seeds: list[int]) -> list[TrainConfig]:
@@ -41,18 +67,29 @@ def grid(base: TrainConfig, optimizers: list[str], lawn: str, batch_sizes: list[
 
 def build_parser(prog: str = "lawn-monitor sweep") -> OneLineParser:
     parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--optimizers", type=_csv(str), default=["sgd", "adam"], help="comma-separated (default: sgd,adam)")
-    parser.add_argument("--lawn", choices=("both", "on", "off"), default="both", help="LAWN off, on, or both (default)")
-    parser.add_argument("--batch-sizes", type=_csv(int), default=[64], help="comma-separated (default: 64)")
-    parser.add_argument("--seeds", type=_csv(int), default=[0], help="comma-separated (default: 0)")
-    add_config_arguments(parser, skip=("optimizer", "lawn", "batch_size", "seed", "name"))
+    parser.add_argument("--recipes", help="run the recipes matching this pattern, e.g. 'cifar10-*' or 'cpu-*' "
+                                          "(instead of --optimizers/--lawn/--batch-sizes)")
+    parser.add_argument("--optimizers", type=_csv(str), help="comma-separated (default: sgd,adam)")
+    parser.add_argument("--lawn", choices=("both", "on", "off"), help="LAWN off, on, or both (default)")
+    parser.add_argument("--batch-sizes", type=_csv(int), help="comma-separated (default: 64)")
+    parser.add_argument("--seeds", type=seed_list, default=[0], help="a count (3: seeds 0,1,2) or a comma-separated "
+                                                                     "list (default: seed 0)")
+    add_config_arguments(parser, skip=("optimizer", "lawn", "batch_size", "seed", "name", "recipe", "resume"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        configs = grid(config_from_args(args), args.optimizers, args.lawn, args.batch_sizes, args.seeds)
+        if args.recipes:
+            grid_flags = [f for f, v in (("--optimizers", args.optimizers), ("--lawn", args.lawn),
+                                         ("--batch-sizes", args.batch_sizes)) if v is not None]
+            if grid_flags:
+                raise ConfigError(f"{', '.join(grid_flags)} cannot be combined with --recipes: the recipes set them")
+            configs = recipe_grid(args.recipes, given_fields(args), args.seeds)
+        else:
+            configs = grid(TrainConfig(**given_fields(args)), args.optimizers or ["sgd", "adam"], args.lawn or "both",
+                           args.batch_sizes or [64], args.seeds)
     except ConfigError as exc:
         print(f"lawn-monitor sweep: error: {exc}", file=sys.stderr)
         return 2

@@ -1,19 +1,32 @@
-"""Train one image classifier with SGD or Adam (AdamW, AdamP), with or without LAWN, monitored.
+"""Train one image classifier with SGD, Adam, AdamW, AdamP or LAMB, with or without LAWN, monitored.
 
     lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn --free-epochs 1 --epochs 4
-    python -m trainers.train --dataset mnist --data-root data --model cnn --optimizer sgd
+    lawn-monitor train --recipe cifar10-adam-lawn-b256 --data-root data --amp bf16 --channels-last
+    torchrun --nproc_per_node 8 -m trainers.train --recipe imagenet-adam-lawn-b16k --data-root /data
+    lawn-monitor train --resume 20261129-031500-adam-lawn-b256-s0-3f2a --root runs
 
 The run is written to ``<root>/<run_id>/`` and ends ``finished``, ``diverged`` (loss NaN/inf:
 training stops cleanly), ``interrupted`` (Ctrl-C) or ``failed`` (traceback kept in run.json).
+After every epoch the trainer saves ``<root>/<run_id>/checkpoint.pt`` (model, optimizer with
+LAWN's state, schedule, RNG, epoch, the Monitor's position); ``--resume RUN_ID`` continues the
+same run from there, with each (step, layer, metric) written exactly once.
+
+Under torchrun the batch size is the global one (the paper's), each rank computes on its share,
+and only rank 0 writes; every logged value is reduced over all ranks first, so it is the value
+one process would log for the same global batch.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import random
 import sys
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,15 +35,20 @@ from tqdm import tqdm
 
 from lawn_monitor import Monitor
 from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
-from lawn_monitor.probes import ProbeConfig
+from lawn_monitor.probes import FLAT_LOSS, ProbeConfig
 from lawn_monitor.sink import default_root
-from lawn_monitor.storage import is_remote
+from lawn_monitor.storage import Location, is_remote
 
-from .config import ConfigError, OneLineParser, TrainConfig, add_config_arguments, config_from_args
+from .config import ConfigError, OneLineParser, TrainConfig, add_config_arguments, given_fields
 from .data import DataError, load_data
+from .distributed import Dist, init_distributed
 from .models import ModelError, build_model
 
 USER_ERRORS = (ConfigError, DataError, ModelError, NotADirectoryError)
+CHECKPOINT = "checkpoint.pt"
+# What a resumed run may change: where and how it runs, not what it computes.
+RESUME_MAY_CHANGE = {"resume", "root", "device", "data_root", "download", "progress", "flush_secs", "workers",
+                     "compile"}
 
 
 @dataclass
@@ -58,27 +76,59 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast for the forward pass (bf16 has fp32's range: no GradScaler needed)."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, topk5: bool) -> dict[str, torch.Tensor]:
-    """Mean loss and accuracy over a whole split; the sums stay on the device."""
+def batch_sums(logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
+    """Sums over this rank's share of a batch: loss, correct, logit norm, max prob, flat samples,
+    count. Summed over ranks and divided by the count they are the global batch's means."""
+    logits = logits.float()
+    per_sample = F.cross_entropy(logits, targets, reduction="none")
+    return torch.stack([
+        loss_sum.float(),
+        (logits.argmax(1) == targets).sum().float(),
+        logits.norm(dim=1).sum(),
+        logits.softmax(dim=1).amax(dim=1).sum(),
+        (per_sample < FLAT_LOSS).sum().float(),
+        torch.tensor(float(len(targets)), device=logits.device),
+    ])
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device, topk5: bool, dist: Dist = Dist(),
+             amp: str = "off", channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """Mean loss and accuracy over a whole split (each rank its share, summed over ranks); the
+    sums stay on the device."""
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    correct5 = torch.zeros((), device=device)
-    n = 0
+    sums = torch.zeros(4, device=device)  # loss, correct, correct in top 5, count
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
         if topk5:
-            correct5 += (logits.topk(5, dim=1).indices == y[:, None]).any(dim=1).sum()
-        n += len(y)
+            sums[2] += (logits.topk(5, dim=1).indices == y[:, None]).any(dim=1).sum()
+        sums[3] += len(y)
     model.train()
-    out = {"loss": loss_sum / n, "acc": correct / n}
+    dist.all_reduce_(sums)
+    out = {"loss": sums[0] / sums[3], "acc": sums[1] / sums[3]}
     if topk5:
-        out["acc5"] = correct5 / n
+        out["acc5"] = sums[2] / sums[3]
     return out
+
+
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _check_root(root: str | None) -> str:
@@ -89,61 +139,184 @@ def _check_root(root: str | None) -> str:
     return path
 
 
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def save_checkpoint(loc: Location, run_id: str, state: dict[str, Any]) -> None:
+    """Write ``<run_id>/checkpoint.pt`` whole (temp name + os.replace): a kill while saving
+    leaves the previous checkpoint."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    loc.write_atomic(f"{run_id}/{CHECKPOINT}", buf.getvalue())
+
+
+def load_checkpoint(root: str, run_id: str) -> dict[str, Any]:
+    loc = Location(root)
+    try:
+        data = loc.read_bytes(f"{run_id}/{CHECKPOINT}")
+    except FileNotFoundError:
+        raise ConfigError(f"--resume {run_id}: no {root}/{run_id}/{CHECKPOINT} (a run checkpoints after each epoch; "
+                          f"check --root and the run id with `lawn-monitor runs --root {root}`)") from None
+    # Our own file, with numpy's RNG state in it: not loadable with weights_only.
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resumed_config(saved: dict[str, Any], current: TrainConfig) -> TrainConfig:
+    """The resumed run's own config, with only the fields a resume may change taken from now."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in saved.items() if k in names}
+    values.update({k: getattr(current, k) for k in RESUME_MAY_CHANGE})
+    return TrainConfig(**values)
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train as configured. Raises the USER_ERRORS for bad input before anything is written."""
-    cfg = config.resolved()
+    dist, device_name = init_distributed(config.device)
+    try:
+        return _train(config, dist, device_name)
+    finally:
+        dist.close()
+
+
+def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
+    checkpoint = None
+    if config.resume:
+        root = _check_root(config.root)
+        checkpoint = load_checkpoint(root, config.resume)
+        info = json.loads(Location(root).read_bytes(f"{config.resume}/run.json"))
+        if info.get("status") == "finished":
+            raise ConfigError(f"--resume {config.resume}: that run has finished; start a new one instead")
+        config = resumed_config(checkpoint["config"], config)
+    cfg = dataclasses.replace(config, device=device_name).resolved()
     root = _check_root(cfg.root)
     device = resolve_device(cfg.device)
+    if cfg.batch_size % dist.world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide by the "
+                          f"{dist.world} processes (per-rank batch = global / processes)")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls and convolutions
     seed_everything(cfg.seed)
-    data = load_data(cfg.dataset, cfg.batch_size, seed=cfg.seed, data_root=cfg.data_root,
-                     device=device, download=cfg.download)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.dataset).to(device)
+    data = load_data(cfg.dataset, cfg.batch_size, seed=cfg.seed, data_root=cfg.data_root, device=device,
+                     download=cfg.download, rank=dist.rank, world=dist.world, workers=cfg.workers)
+    net = build_model(cfg.model, data.input_shape, data.num_classes, cfg.dataset).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
 
     steps_per_epoch = len(data.train)
     total_steps = cfg.epochs * steps_per_epoch
     free_steps = round(cfg.free_epochs * steps_per_epoch) if cfg.lawn else 0
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+    optimizer = make_optimizer(cfg.optimizer, net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                lawn=cfg.lawn, free_steps=free_steps, tangent=cfg.tangent,
                                reset_moments=cfg.reset_moments, **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
     if cfg.lawn:
         scheduler = lawn_schedule(optimizer, total_steps, free_steps, warmup_steps, cfg.decay)
     else:
         scheduler = warmup_decay(optimizer, total_steps, warmup_steps, cfg.decay)
+    start_epoch = 0
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_epoch = checkpoint["epoch"]
+
+    # The forward the step runs: DDP (averages gradients over ranks) and/or compiled. The
+    # Monitor, evaluation and checkpoints use the plain module `net`, which shares its weights.
+    model: torch.nn.Module = net
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
 
     record = {**dataclasses.asdict(cfg), "free_steps": free_steps, "warmup_steps": warmup_steps,
-              "steps_per_epoch": steps_per_epoch, "num_train": data.num_train,
-              "schedule": "lawn" if cfg.lawn else "warmup_decay"}
+              "steps_per_epoch": steps_per_epoch, "num_train": data.num_train, "world_size": dist.world,
+              "schedule": "lawn" if cfg.lawn else "warmup_decay", "resume": None}
     probes = ProbeConfig(every=cfg.probe_every, curvature=cfg.curvature, gn_every=cfg.gn_every,
                          hessian_points=cfg.hessian_points, hessian_probes=cfg.hessian_probes,
                          sharpness_points=cfg.sharpness_points, budget=cfg.curvature_budget, seed=cfg.seed)
-    probe_batch = data.probe_batch(cfg.probe_size, cfg.seed) if cfg.curvature else None
-    monitor = Monitor(model, optimizer, root=root, config=record, name=cfg.name, total_steps=total_steps,
-                      steps_per_epoch=steps_per_epoch, flush_secs=cfg.flush_secs,
-                      probe_batch=probe_batch, probe_config=probes)
-    bar = tqdm(total=total_steps, desc=cfg.name, disable=not cfg.progress, unit="step", dynamic_ncols=True)
-    status, test_acc = "finished", None
+    probe_batch = data.probe_batch(cfg.probe_size, cfg.seed) if cfg.curvature and dist.main else None
+    if probe_batch is not None and cfg.channels_last and probe_batch[0].ndim == 4:
+        probe_batch = (probe_batch[0].contiguous(memory_format=torch.channels_last), probe_batch[1])
+    monitor = Monitor(net, optimizer, root=root, config=record, name=cfg.name, total_steps=total_steps,
+                      steps_per_epoch=steps_per_epoch, flush_secs=cfg.flush_secs, probe_batch=probe_batch,
+                      probe_config=probes, enabled=dist.main,
+                      run_id=config.resume, resume_step=checkpoint["step"] if checkpoint else None)
+    if checkpoint is not None:
+        monitor.load_state_dict(checkpoint["monitor"])
+        set_rng_state(checkpoint["rng"])
+    run_id = monitor.run_id if dist.main else ""
+    loc = Location(root)
+    step = checkpoint["step"] if checkpoint else 0
+    bar = tqdm(total=total_steps, initial=step, desc=cfg.name, disable=not (cfg.progress and dist.main),
+               unit="step", dynamic_ncols=True)
+    status, test_acc = "finished", checkpoint.get("test_acc") if checkpoint else None
     try:
-        for epoch in range(cfg.epochs):
-            for x, y in data.train:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+        for epoch in range(start_epoch, cfg.epochs):
+            data.train.set_epoch(epoch)
+            diverged = False
+            for i, (x, y) in enumerate(data.train):
+                x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+                # The global batch's size (the last one of an epoch may be short): each rank's
+                # loss is its share's sum over it, times the world size that DDP divides by, so
+                # the averaged gradient is the gradient of the global batch's mean loss.
+                global_batch = min(cfg.batch_size, data.num_train - i * cfg.batch_size)
+                with autocast(device, cfg.amp):
+                    logits = model(x)
+                loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+                loss = loss_sum * (dist.world / global_batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                monitor.step(loss=loss, logits=logits, targets=y)
+                # Batch statistics summed over ranks on the device (no host sync), so rank 0 logs
+                # the global batch's values; the norms the probes read are already global.
+                sums = dist.all_reduce_(batch_sums(logits.detach(), y, loss_sum.detach()))
+                mean = sums / sums[5]
+                monitor.step(loss=mean[0], batch_size=global_batch)
+                monitor.log({"train/acc": mean[1], "logit_norm": mean[2], "max_prob": mean[3], "flat_frac": mean[4]})
                 scheduler.step()
+                step += 1
                 bar.update(1)
-                if monitor.diverged:  # known at each flush, without a per-step sync
+                if dist.world == 1 and monitor.diverged:  # known at each flush, without a per-step sync
                     break
-            if monitor.diverged or not torch.isfinite(loss).item():  # one sync per epoch
+            # One sync per epoch; every rank must agree to stop, so rank 0's verdict is shared.
+            diverged = dist.any(monitor.diverged or not torch.isfinite(mean[0]).item(), device)
+            if diverged:
                 status = "diverged"
                 break
-            result = evaluate(model, data.test, device, topk5=data.num_classes > 10)
+            dist.sync_buffers(net)
+            result = evaluate(net, data.test, device, topk5=data.num_classes > 10, dist=dist, amp=cfg.amp,
+                              channels_last=cfg.channels_last)
             monitor.log_eval(**result)
             test_acc = float(result["acc"])
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", test_acc=f"{test_acc:.4f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(mean[0]):.4f}", test_acc=f"{test_acc:.4f}")
+            if dist.main:
+                # Rows through this step reach disk before the checkpoint that names this step:
+                # a resume keeps exactly those and drops anything written after.
+                monitor.flush()
+                save_checkpoint(loc, run_id, {
+                    "config": record, "epoch": epoch + 1, "step": step, "test_acc": test_acc,
+                    "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "monitor": monitor.state_dict(),
+                })
+            dist.barrier()
     except KeyboardInterrupt:
         bar.close()
         monitor.close("interrupted")
@@ -154,7 +327,8 @@ def train(config: TrainConfig) -> TrainResult:
         raise
     bar.close()
     monitor.close(status)
-    return TrainResult(monitor.run_id, monitor.run_dir, status, test_acc)
+    run_dir = monitor.run_dir if dist.main else Path(root) / "-"
+    return TrainResult(run_id, run_dir, status, test_acc)
 
 
 def build_parser(prog: str = "lawn-monitor train") -> OneLineParser:
@@ -177,14 +351,36 @@ def run_cli(cfg: TrainConfig) -> int:
         print(f"lawn-monitor train: failed: {type(exc).__name__}: {exc} (traceback in the run's run.json)",
               file=sys.stderr)
         return 1
+    if not result.run_id:  # a DDP rank other than 0: rank 0 reports
+        return 0 if result.status == "finished" else 3
     acc = "n/a" if result.test_acc is None else f"{result.test_acc:.4f}"
     print(f"{result.status}: {result.run_id}  test_acc={acc}  ({result.run_dir})")
     return 0 if result.status == "finished" else 3
 
 
+def config_for_cli(given: dict[str, Any]) -> TrainConfig:
+    """The config from the flags the user typed: a recipe under them, and for --resume only the
+    flags that may change. Raises ConfigError."""
+    from .recipe import config_from
+
+    if given.get("resume"):
+        fixed = sorted(set(given) - RESUME_MAY_CHANGE)
+        if fixed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise ConfigError(f"{flags} cannot change when resuming: the run continues with its own config "
+                              f"(only --{', --'.join(sorted(k.replace('_', '-') for k in RESUME_MAY_CHANGE - {'resume'}))} may)")
+        return TrainConfig(**given)
+    return config_from({k: v for k, v in given.items() if k != "recipe"}, given.get("recipe"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(config_from_args(args))
+    try:
+        cfg = config_for_cli(given_fields(args))
+    except ConfigError as exc:
+        print(f"lawn-monitor train: error: {exc}", file=sys.stderr)
+        return 2
+    return run_cli(cfg)
 
 
 if __name__ == "__main__":

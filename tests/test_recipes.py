@@ -1,0 +1,122 @@
+"""Recipes: every file parses into a valid config; recipes under flags; sweeps over patterns; LAMB."""
+import math
+
+import pytest
+import torch
+
+from lawn_monitor import LAWN
+from lawn_monitor.optim import OPTIMIZERS, make_optimizer
+from trainers.config import DATASETS, MODELS, ConfigError, TrainConfig
+from trainers.recipe import RECIPE_DIR, load_recipe, match_recipes, paper_value, recipe_names
+from trainers.sweep import build_parser as sweep_parser
+from trainers.sweep import recipe_grid, seed_list
+from trainers.train import build_parser, config_for_cli
+from trainers.config import given_fields
+
+TABLE2 = [f"{d}-{m}-{b}" for d in ("cifar10", "cifar100") for m in ("sgd", "sgd-lawn", "adam", "adam-lawn")
+          for b in ("b256", "b4k", "b10k")]
+TABLE2 += [f"imagenet-{m}-{b}" for m in ("sgd", "sgd-lawn", "adam", "adam-lawn") for b in ("b256", "b16k")]
+TABLE1 = [f"{d}-adamp-{b}" for d in ("cifar10", "cifar100") for b in ("b256", "b10k")]
+
+
+def test_every_table_cell_has_a_recipe():
+    assert set(TABLE2 + TABLE1) <= set(recipe_names())
+    cpu = [n for n in recipe_names() if n.startswith("cpu-")]
+    methods = {n.split("-", 2)[2].rsplit("-b", 1)[0] for n in cpu}
+    assert methods == {"sgd", "sgd-lawn", "adam", "adam-lawn"}
+    for dataset in ("mnist", "digits", "mnist1d"):
+        assert len([n for n in cpu if n.startswith(f"cpu-{dataset}-")]) == 8  # 4 methods x 2 batch sizes
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_recipe_parses_and_names_known_things(name):
+    values = load_recipe(name)
+    assert values["dataset"] in DATASETS and values["model"] in MODELS
+    assert values["optimizer"] in OPTIMIZERS
+    cfg = TrainConfig(**values, recipe=name).resolved()  # every check of the config passes
+    assert cfg.name == f"{name}-s0"
+    if name in TABLE2 + TABLE1:
+        paper = paper_value(name)
+        assert 60 < paper["test_acc"] < 100
+        assert cfg.lawn == ("-lawn-" in name)
+        assert cfg.batch_size == {"b256": 256, "b4k": 4096, "b10k": 10000, "b16k": 16384}[name.rsplit("-", 1)[1]]
+        assert cfg.epochs == (90 if name.startswith("imagenet") else 300)
+        assert cfg.model == ("resnet50" if name.startswith("imagenet") else "vgg19")
+
+
+def test_large_batch_lr_follows_the_scaling_rule():
+    sgd, sgd_10k = load_recipe("cifar10-sgd-b256"), load_recipe("cifar10-sgd-b10k")
+    assert sgd_10k["lr"] == pytest.approx(sgd["lr"] * 10000 / 256)  # linear for SGD
+    adam, adam_10k = load_recipe("cifar10-adam-b256"), load_recipe("cifar10-adam-b10k")
+    assert adam_10k["lr"] == pytest.approx(adam["lr"] * math.sqrt(10000 / 256), rel=1e-4)  # square root for Adam
+    assert sgd.get("warmup_epochs", 0) == 0 < sgd_10k["warmup_epochs"]
+    assert load_recipe("cifar10-adam-lawn-b4k")["free_epochs"] > 0
+
+
+def test_flags_override_the_recipe():
+    args = build_parser().parse_args(["--recipe", "cifar10-adam-lawn-b256", "--epochs", "3", "--lr", "0.5"])
+    cfg = config_for_cli(given_fields(args))
+    assert (cfg.dataset, cfg.model, cfg.optimizer, cfg.lawn) == ("cifar10", "vgg19", "adam", True)
+    assert cfg.epochs == 3 and cfg.lr == 0.5 and cfg.batch_size == 256 and cfg.recipe == "cifar10-adam-lawn-b256"
+
+
+def test_bad_recipes_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    from trainers.train import main
+
+    assert main(["--recipe", "cifar10-adam-b999", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no recipe 'cifar10-adam-b999'" in err and "cifar10-adam-b256" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "recipes"
+    bad.mkdir()
+    (bad / "typo.toml").write_text('dataset = "cifar10"\nlearning_rate = 0.1\n')
+    (bad / "wrongtype.toml").write_text('dataset = "cifar10"\nepochs = "ten"\n')
+    (bad / "choice.toml").write_text('dataset = "cifar11"\n')
+    monkeypatch.setattr("trainers.recipe.RECIPE_DIR", bad)
+    for name, message in [("typo", "unknown or not allowed key 'learning_rate'"), ("wrongtype", "epochs = 'ten'"),
+                          ("choice", "'cifar11' is not one of")]:
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(name)
+
+
+def test_sweep_matches_recipes_by_pattern():
+    names = match_recipes("cifar10-*")
+    assert names and all(n.startswith("cifar10-") for n in names)  # not cifar100-*
+    configs = recipe_grid("cpu-digits-*", {"epochs": 5}, seeds=[0, 1])
+    assert len(configs) == 16 and {c.epochs for c in configs} == {5}
+    assert configs[0].seed == 0 and configs[-1].seed == 1  # seeds outermost
+    assert len({c.name for c in configs}) == 16
+    with pytest.raises(ConfigError, match="no recipe matches 'cifar7-\\*'"):
+        match_recipes("cifar7-*")
+    assert seed_list("3") == [0, 1, 2] and seed_list("4,9") == [4, 9] and seed_list("7,") == [7]
+    args = sweep_parser().parse_args(["--recipes", "cpu-*", "--seeds", "2"])
+    assert args.seeds == [0, 1]
+
+
+def test_sweep_rejects_grid_flags_with_recipes(capsys, tmp_path):
+    from trainers.sweep import main
+
+    assert main(["--recipes", "cpu-*", "--optimizers", "sgd", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--optimizers cannot be combined with --recipes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lamb_steps_by_trust_ratio_and_wraps_in_lawn():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 5))
+    opt = make_optimizer("lamb", [w], lr=0.01, weight_decay=0.1)
+    w0 = w.detach().clone()
+    w.grad = torch.randn(6, 5)
+    opt.step()
+    # LAMB's first step (You et al. 2020, Alg. 2): m/sqrt(v) after bias correction is sign(g) (up
+    # to eps); r = that + wd * w; the step is lr * |w| / |r| * r.
+    r = w.grad.sign() + 0.1 * w0
+    expected = w0 - 0.01 * (w0.norm() / r.norm()) * r
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-4, atol=1e-5)
+    lawn = make_optimizer("lamb", [w], lr=0.01, weight_decay=0.1, lawn=True, free_steps=1)
+    assert isinstance(lawn, LAWN)
+    for _ in range(3):
+        w.grad = torch.randn(6, 5)
+        lawn.step()
+    assert lawn.phase == "constrained" and lawn.param_groups[0]["weight_decay"] == 0.0
+    assert float(w.norm()) == pytest.approx(float(lawn.targets[0]), rel=1e-5)
+    assert RECIPE_DIR.joinpath("imagenet-lamb-lawn-b16k.toml").is_file()

@@ -1,0 +1,84 @@
+"""Recipes: named training configurations as TOML files in ``trainers/recipes/``.
+
+A recipe holds ``TrainConfig`` fields (``dataset = "cifar10"``, ``lr = 0.1``, ...) and may have a
+``[paper]`` table (the paper's number for that cell, for reports; never read by training).
+``lawn-monitor train --recipe cifar10-adam-lawn-b256`` starts from it; flags given on the command
+line override it. ``lawn-monitor sweep --recipes 'cifar10-*'`` runs every match (``fnmatch``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig
+
+RECIPE_DIR = Path(__file__).with_name("recipes")
+# Fields a recipe may not set: they belong to one invocation, not to a configuration.
+NOT_IN_RECIPES = {"recipe", "resume", "root", "name", "progress"}
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def match_recipes(pattern: str) -> list[str]:
+    """The recipe names matching a shell pattern (``cifar10-*``), sorted; ConfigError if none."""
+    names = [n for n in recipe_names() if fnmatch.fnmatchcase(n, pattern)]
+    if not names:
+        raise ConfigError(f"no recipe matches {pattern!r} in {RECIPE_DIR}: try one of "
+                          f"{', '.join(sorted({n.split('-')[0] + '-*' for n in recipe_names()}))}")
+    return names
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    base = kind.split(" |")[0].strip("'")
+    if base == "bool":
+        return isinstance(value, bool)
+    if base == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A recipe's TrainConfig fields, checked for names, types and choices (ConfigError)."""
+    path = RECIPE_DIR / f"{name}.toml"
+    if not path.is_file():
+        near = [n for n in recipe_names() if n.split("-")[0] == name.split("-")[0]][:6]
+        raise ConfigError(f"no recipe {name!r} in {RECIPE_DIR}" + (f": similar ones are {', '.join(near)}" if near else
+                          "; `ls trainers/recipes` lists them"))
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from exc
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    values = {}
+    for key, value in raw.items():
+        if key == "paper":
+            continue
+        if key not in fields or key in NOT_IN_RECIPES:
+            raise ConfigError(f"recipe {path}: unknown or not allowed key {key!r} (keys are TrainConfig fields "
+                              f"except {', '.join(sorted(NOT_IN_RECIPES))})")
+        field = fields[key]
+        if not _type_ok(value, str(field.type)):
+            raise ConfigError(f"recipe {path}: {key} = {value!r} should be {str(field.type).strip(chr(39))}")
+        choices = field.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"recipe {path}: {key} = {value!r} is not one of {', '.join(choices)}")
+        values[key] = float(value) if str(field.type).startswith("float") else value
+    return values
+
+
+def paper_value(name: str) -> dict[str, Any]:
+    """The recipe's ``[paper]`` table (the paper's reported numbers), or {}."""
+    return dict(tomllib.loads((RECIPE_DIR / f"{name}.toml").read_text()).get("paper", {}))
+
+
+def config_from(given: dict[str, Any], recipe: str | None = None) -> TrainConfig:
+    """A TrainConfig from a recipe (if any) with ``given`` (flags typed by the user) on top."""
+    base = load_recipe(recipe) if recipe else {}
+    return TrainConfig(**{**base, **given, "recipe": recipe})
