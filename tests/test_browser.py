@@ -127,9 +127,11 @@ def wait_rendered(page, title: str) -> None:
     page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
     page.locator("[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, "
                  "[data-testid='stVegaLiteChart'] svg").first.wait_for(timeout=30_000)
-    # The running-man widget shows while a script runs; Live's fragment reruns every 2 s, so only
-    # ask for a quiet moment, not silence.
-    page.wait_for_timeout(1500)
+    # Then for the script to finish (on Live, for a moment between two fragment reruns), and for
+    # Vega to draw what arrived last.
+    page.wait_for_function("() => document.querySelector('[data-testid=stApp]')"
+                           "?.getAttribute('data-test-script-state') === 'notRunning'", timeout=30_000)
+    page.wait_for_timeout(500)
 
 
 def live_step(page) -> int:
