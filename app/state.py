@@ -168,7 +168,16 @@ def csv_download(df: pd.DataFrame, name: str, label: str = "Download CSV") -> No
     st.download_button(label, df.to_csv(index=False).encode(), file_name=name, mime="text/csv", key=f"csv.{name}")
 
 
-@st.cache_data(ttl=10, show_spinner=False)
-def load_summary(root: str, metric: str, by: tuple[str, ...], reduce: str) -> pd.DataFrame:
-    """``RunStore.summary`` over the finished runs, reused for 10 s (finished runs do not change)."""
+@st.cache_data(max_entries=64, show_spinner=False)
+def load_summary(root: str, metric: str, by: tuple[str, ...], reduce: str, finished: tuple) -> pd.DataFrame:
+    """``RunStore.summary`` over the finished runs. A finished run's data no longer changes, so the
+    result is kept until ``finished`` (each finished run's id and end time; see ``finished_key``)
+    changes: one scan of the store per finished run, not per page view."""
     return get_store(root).summary(metric, by=list(by), reduce=reduce)
+
+
+def finished_key(runs: pd.DataFrame) -> tuple:
+    """What identifies the finished runs' data: their ids and end times."""
+    done = runs[runs["status"] == "finished"]
+    ended = done["ended_at"] if "ended_at" in done.columns else pd.Series("", index=done.index)
+    return tuple(zip(done["run_id"], ended.astype(str)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,22 @@ def test_root_from_the_environment_and_a_cleared_box(sweep_store, monkeypatch):
     at.text_input[0].set_value("  ").run()
     assert not at.exception
     assert len(at.dataframe[0].value) == 3
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: intra-op threads only add overhead
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_table2_follows_runs_that_finish_later(tmp_path, one_thread):
+    root = tmp_path / "runs"
+    train_tiny_run(root, "sgd-s0", "sgd", lawn=False, seed=0)
+    at = run_app(root, "compare")
+    assert at.dataframe[0].value.index.tolist() == ["SGD"]
+    train_tiny_run(root, "adam-lawn-s0", "adam", lawn=True, seed=0)
+    time.sleep(2.1)  # past the runs list's cache; the summary's cache keys on the finished runs
+    at.run()
+    assert at.dataframe[0].value.index.tolist() == ["SGD", "Adam-LAWN"]

@@ -64,7 +64,7 @@ with t1:
 with t2:
     reduce = state.selectbox("per run", ["final", "best"], key="reduce", default="final",
                              format_func={"final": "final accuracy", "best": "best accuracy"}.get)
-summary = state.load_summary(root, "test/acc", TABLE_BY, reduce)
+summary = state.load_summary(root, "test/acc", TABLE_BY, reduce, state.finished_key(runs))
 table = table2(summary, dataset or None)
 if table.empty:
     st.info("No finished runs with dataset, optimizer, lawn and batch size in their config yet: "

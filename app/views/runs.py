@@ -12,9 +12,9 @@ root = state.store_root()
 runs = state.load_runs(root)
 st.title("Runs")
 
-with st.expander("Filter", expanded=bool(state.get_list("status")) or any(
-        state.get_list(key) for key in filter_options(runs))):
-    options = filter_options(runs)
+options = filter_options(runs)
+filtering = any(state.get_list(key) for key in ["status", *options])
+with st.expander("Filter", expanded=filtering):
     columns = st.columns(1 + len(options))
     with columns[0]:
         status = state.multiselect("status", STATUSES, key="status")
