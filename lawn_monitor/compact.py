@@ -33,7 +33,7 @@ from .sink import SCHEMA, parquet_bytes
 from .storage import Location, Segment, compact_name, live_files
 
 FANOUT = 16  # segments of one level merged into one of the next
-ROW_GROUP = 65_536
+ROW_GROUP = 16_384  # small enough that a chart query decodes little beyond its own rows
 SORT_KEYS = [("metric", "ascending"), ("layer", "ascending"), ("step", "ascending")]
 
 

@@ -99,6 +99,8 @@ class RunStore:
         self._con.execute("SET parquet_metadata_cache = true")
         self.loc.register(self._con)
         self._warned: set[str] = set()
+        self._signatures: dict[str, tuple] = {}
+        self._per_run_cache: dict[tuple, dict[str, tuple]] = {}
 
     # --- files --------------------------------------------------------------------------------
 
@@ -132,6 +134,9 @@ class RunStore:
                 continue
             for rel in bad:
                 self._warn_once(f"skipping {self.loc.url}/{rel}: not a complete Parquet file (empty or truncated)")
+            # Files are immutable under their names (a nonce in each), so names and sizes say
+            # whether a run's data changed: the key of the per-run result cache.
+            self._signatures[run_id] = tuple((rel, listing[rel.rsplit("/", 1)[-1]]) for rel in good)
             return [self.loc.query_path(rel) for rel in good]
         raise RuntimeError(f"{self.loc.url}/{folder} kept changing while being listed")
 
@@ -170,6 +175,26 @@ class RunStore:
             finally:
                 cur.close()
         raise RuntimeError(f"files of {self.loc.url} kept changing during 5 reads; try again")
+
+    def _per_run(self, sql: str, params: Sequence, run_ids: Iterable[str], columns: list[str]) -> pd.DataFrame:
+        """A ``GROUP BY run_id`` query, computed only for runs whose files changed since the last
+        call with the same SQL and parameters; the others come from a cache. The runs list and
+        the summary table ask this of every run on every refresh, and ended runs never change."""
+        ids = list(dict.fromkeys(run_ids))
+        cache = self._per_run_cache.setdefault((sql, tuple(params)), {})
+        for run_id in ids:
+            self._run_files(run_id)
+        todo = [r for r in ids if r not in cache or cache[r][0] != self._signatures.get(r)]
+        if todo:
+            fresh = self._query(sql, params, todo, columns).set_index("run_id")
+            for run_id in todo:
+                row = tuple(fresh.loc[run_id]) if run_id in fresh.index else None
+                cache[run_id] = (self._signatures.get(run_id), row)
+        rows = [(run_id, *cache[run_id][1]) for run_id in ids if cache[run_id][1] is not None]
+        df = pd.DataFrame(rows, columns=columns)
+        if df.empty:
+            return pd.DataFrame({c: pd.Series(dtype=TEXT_COLUMNS.get(c, "float64")) for c in columns})
+        return df
 
     def _vanished(self, files: list[str]) -> bool:
         if self.loc.remote:
@@ -247,7 +272,7 @@ class RunStore:
             if key not in df.columns:
                 return df.iloc[0:0]
             df = df[df[key] == value]
-        acc = self._query(
+        acc = self._per_run(
             """SELECT run_id, arg_max(value, (step, wall_time)) AS test_acc, max(value) AS best_test_acc
                FROM read_parquet(?) WHERE metric = 'test/acc' AND layer = '' GROUP BY run_id""",
             [], df["run_id"], ["run_id", "test_acc", "best_test_acc"],
@@ -374,7 +399,7 @@ class RunStore:
         out_cols = [*by, *SUMMARY_STATS]
         if runs.empty or any(k not in runs.columns for k in by):
             return pd.DataFrame(columns=out_cols)
-        per_run = self._query(
+        per_run = self._per_run(
             f"SELECT run_id, {aggs[reduce]} AS value FROM read_parquet(?) "  # one of three literals
             "WHERE metric = ? AND layer = '' GROUP BY run_id",
             [metric], runs["run_id"], ["run_id", "value"],

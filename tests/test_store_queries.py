@@ -161,3 +161,17 @@ def test_compact_command_merges_a_store_and_keeps_every_row(tmp_path):
     assert len(list((tmp_path / "live" / "metrics").glob("*.parquet"))) == 3  # its writer compacts it
     after = RunStore(tmp_path).series(["r0", "r1", "r2", "live"], "train/loss", points=None)
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_cached_per_run_results_follow_new_rows(tmp_path):
+    sink = write(tmp_path, "live", [(1, "", "test/acc", 0.5)], config={"optimizer": "adam"}, status="running")
+    write(tmp_path, "done", [(1, "", "test/acc", 0.7)], config={"optimizer": "adam"})
+    store = RunStore(tmp_path)
+    assert store.runs().set_index("run_id")["test_acc"].to_dict() == {"live": 0.5, "done": 0.7}
+    assert store.summary(by=["optimizer"], status=None)["mean"].tolist() == [pytest.approx(0.6)]
+    sink.write(pa.table({"run_id": ["live"], "step": [2], "epoch": [0.02], "wall_time": [1e9 + 2],
+                         "layer": [""], "metric": ["test/acc"], "value": [0.9]}))
+    sink.close("finished")
+    runs = store.runs().set_index("run_id")
+    assert runs["test_acc"].to_dict() == {"live": 0.9, "done": 0.7} and runs.loc["live", "best_test_acc"] == 0.9
+    assert store.summary(by=["optimizer"])["mean"].tolist() == [pytest.approx(0.8)]
