@@ -148,6 +148,11 @@ def compact_run(loc: Location, run_id: str, final: bool = False, grace: float = 
 
 
 def compact_store(loc: Location, run_ids: list[str], grace: float = 0.0) -> dict[str, int]:
-    """``lawn-monitor compact``: merge every given run into one file (runs still being written
-    are left to their own writer)."""
-    return {run_id: compact_run(loc, run_id, final=True, grace=grace) for run_id in run_ids}
+    """``lawn-monitor compact``: merge every given run into one file and remove temp files that
+    killed writers left (only for runs that have ended: a live run is left to its writer)."""
+    merged = {}
+    for run_id in run_ids:
+        for name in loc.stray_temps(f"{run_id}/metrics", older_than=0.0):  # the run has ended
+            loc.remove(f"{run_id}/metrics/{name}")
+        merged[run_id] = compact_run(loc, run_id, final=True, grace=grace)
+    return merged

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,25 @@ class Location:
                 return []
             return out
         raise RuntimeError(f"{self._full(rel)} kept changing while being listed")
+
+    def stray_temps(self, rel: str, older_than: float) -> list[str]:
+        """Temp files (``.<name>.tmp``) in ``rel`` not touched for ``older_than`` seconds: left by
+        a writer killed mid-write (a live write takes milliseconds). Object stores have none."""
+        if self.remote:
+            return []
+        now, found = time.time(), []
+        try:
+            with os.scandir(self._full(rel)) as it:
+                for entry in it:
+                    if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                        try:
+                            if now - entry.stat().st_mtime > older_than:
+                                found.append(entry.name)
+                        except FileNotFoundError:
+                            continue
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(found)
 
     def read_bytes(self, rel: str) -> bytes:
         if self.remote:

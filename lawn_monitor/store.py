@@ -246,6 +246,9 @@ class RunStore:
             if info is None:
                 continue
             status_now = self._status(info)
+            for name in self.loc.stray_temps(f"{run_id}/metrics", older_than=60.0):
+                self._warn_once(f"skipping {self.loc.url}/{run_id}/metrics/{name}: a temp file left by a killed "
+                                f"writer (lawn-monitor compact removes it once the run has ended)")
             total = info.get("total_steps")
             step = info.get("step") or 0
             row = {

@@ -76,8 +76,15 @@ def test_sigkill_at_random_moments_leaves_a_readable_store(tmp_path):
     # At most the last flush is lost: what run.json's heartbeat says was written is there.
     for run_id in killed:
         assert written[run_id] * STEPS_PER_FLUSH >= runs.loc[run_id, "step"]
-    # The killed runs can be compacted afterwards; their rows stay the same.
+    # A temp file a killed writer left behind is named in a warning, never read.
+    stray = tmp_path / killed[0] / "metrics" / ".part-00000099-abcdef.parquet.x1.tmp"
+    stray.write_bytes(b"half a fl")
+    os.utime(stray, (time.time() - 3600, time.time() - 3600))
+    with pytest.warns(UserWarning, match=stray.name):
+        RunStore(tmp_path, stale_after=0.0).runs()
+    # The killed runs can be compacted afterwards; their rows stay the same, the temp files go.
     compact_store(store.loc, killed)
+    assert not stray.exists()
     after = RunStore(tmp_path)
     assert {run_id: check_whole_flushes(after, run_id) for run_id in killed} == written
     for run_id in killed:
