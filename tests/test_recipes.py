@@ -88,8 +88,13 @@ def test_sweep_matches_recipes_by_pattern():
     with pytest.raises(ConfigError, match="no recipe matches 'cifar7-\\*'"):
         match_recipes("cifar7-*")
     assert seed_list("3") == [0, 1, 2] and seed_list("4,9") == [4, 9] and seed_list("7,") == [7]
-    args = sweep_parser().parse_args(["--recipes", "cpu-*", "--seeds", "2"])
+    args = sweep_parser().parse_args(["--recipes", "cpu-mnist-*", "--seeds", "2", "--epochs", "4"])
     assert args.seeds == [0, 1]
+    configs = recipe_grid(args.recipes, given_fields(args), args.seeds)  # as `lawn-monitor sweep` builds them
+    assert len(configs) == 16 and all(c.epochs == 4 for c in configs)
+    for c in configs:  # the recipe's own values hold where no flag was given
+        assert c.lawn == ("-lawn-" in c.recipe) and c.optimizer == c.recipe.split("-")[2]
+        assert c.batch_size == int(c.recipe.rsplit("-b", 1)[1]) and c.dataset == "mnist"
 
 
 def test_sweep_rejects_grid_flags_with_recipes(capsys, tmp_path):

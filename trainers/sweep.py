@@ -70,7 +70,8 @@ def build_parser(prog: str = "lawn-monitor sweep") -> OneLineParser:
     parser.add_argument("--recipes", help="run the recipes matching this pattern, e.g. 'cifar10-*' or 'cpu-*' "
                                           "(instead of --optimizers/--lawn/--batch-sizes)")
     parser.add_argument("--optimizers", type=_csv(str), help="comma-separated (default: sgd,adam)")
-    parser.add_argument("--lawn", choices=("both", "on", "off"), help="LAWN off, on, or both (default)")
+    # dest lawn_mode: "lawn" is a TrainConfig field, and given_fields() must not mistake this for it.
+    parser.add_argument("--lawn", dest="lawn_mode", choices=("both", "on", "off"), help="LAWN off, on, or both (default)")
     parser.add_argument("--batch-sizes", type=_csv(int), help="comma-separated (default: 64)")
     parser.add_argument("--seeds", type=seed_list, default=[0], help="a count (3: seeds 0,1,2) or a comma-separated "
                                                                      "list (default: seed 0)")
@@ -82,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.recipes:
-            grid_flags = [f for f, v in (("--optimizers", args.optimizers), ("--lawn", args.lawn),
+            grid_flags = [f for f, v in (("--optimizers", args.optimizers), ("--lawn", args.lawn_mode),
                                          ("--batch-sizes", args.batch_sizes)) if v is not None]
             if grid_flags:
                 raise ConfigError(f"{', '.join(grid_flags)} cannot be combined with --recipes: the recipes set them")
             configs = recipe_grid(args.recipes, given_fields(args), args.seeds)
         else:
-            configs = grid(TrainConfig(**given_fields(args)), args.optimizers or ["sgd", "adam"], args.lawn or "both",
+            configs = grid(TrainConfig(**given_fields(args)), args.optimizers or ["sgd", "adam"], args.lawn_mode or "both",
                            args.batch_sizes or [64], args.seeds)
     except ConfigError as exc:
         print(f"lawn-monitor sweep: error: {exc}", file=sys.stderr)
