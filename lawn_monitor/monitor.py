@@ -141,7 +141,7 @@ class Monitor:
                 "name": self.name,
                 "config": self.config,
                 "env": environment(model),
-                "step": 0,
+                "step": resume_step or 0,
                 "total_steps": total_steps,
                 "steps_per_epoch": steps_per_epoch,
                 # The model's parameter order, so heatmaps can list layers input to output.

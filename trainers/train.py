@@ -271,7 +271,6 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     try:
         for epoch in range(start_epoch, cfg.epochs):
             data.train.set_epoch(epoch)
-            diverged = False
             for i, (x, y) in enumerate(data.train):
                 x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
                 # The global batch's size (the last one of an epoch may be short): each rank's
@@ -297,8 +296,7 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
                 if dist.world == 1 and monitor.diverged:  # known at each flush, without a per-step sync
                     break
             # One sync per epoch; every rank must agree to stop, so rank 0's verdict is shared.
-            diverged = dist.any(monitor.diverged or not torch.isfinite(mean[0]).item(), device)
-            if diverged:
+            if dist.any(monitor.diverged or not torch.isfinite(mean[0]).item(), device):
                 status = "diverged"
                 break
             dist.sync_buffers(net)
