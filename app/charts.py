@@ -238,7 +238,7 @@ def heatmap_chart(
             x=alt.X("step:Q", title="step"),
             x2="step_end:Q",
             y=alt.Y("layer:N", sort=order, title=None),
-            color=alt.Color("value:Q", title=None,
+            color=alt.Color("value:Q", title=None, legend=alt.Legend(format=".2~g"),
                             scale=alt.Scale(type="log" if log_color else "linear", scheme="viridis")),
             tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")],
         )

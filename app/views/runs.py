@@ -5,8 +5,10 @@ import streamlit as st
 import state
 from tables import STATUSES, filter_options, filter_runs
 
-COLUMNS = ["name", "status", "dataset", "model", "optimizer", "lawn", "batch_size", "lr", "seed",
-           "progress", "step", "test_acc", "best_test_acc", "created_at"]
+# What a glance needs first (state, progress, accuracy), then the config that tells runs apart.
+COLUMNS = ["name", "status", "progress", "test_acc", "best_test_acc", "dataset", "model", "optimizer", "lawn",
+           "batch_size", "lr", "seed", "step", "created_at"]
+ROW_PX, MAX_HEIGHT_PX = 35, 700  # the table grows with its rows up to this, then scrolls
 
 root = state.store_root()
 runs = state.load_runs(root)
@@ -34,6 +36,7 @@ event = st.dataframe(
     selection_mode="multi-row",
     selection_default={"selection": {"rows": selection_default}},
     hide_index=True,
+    height=min(ROW_PX * (len(table) + 1) + 3, MAX_HEIGHT_PX),
     column_order=COLUMNS,
     column_config={
         "name": st.column_config.TextColumn("run"),
