@@ -108,6 +108,17 @@ def test_resume_refuses_finished_runs_and_changed_flags(tmp_path, capsys):
     assert "--lr cannot change when resuming" in err and len(err.strip().splitlines()) == 1
     assert main(["--resume", "no-such-run", "--root", root]) == 2
     assert "no-such-run/checkpoint.pt" in capsys.readouterr().err
+    # A run whose process is still alive on this machine (here: a sleeping child) is not resumed.
+    run_json = Path(result.run_dir) / "run.json"
+    info = json.loads(run_json.read_text())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_json.write_text(json.dumps({**info, "status": "running", "pid": sleeper.pid}))
+        assert main(["--resume", result.run_id, "--root", root]) == 2
+        assert f"process {sleeper.pid} on this machine is still training it" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_reopen_rewrites_every_data_file_without_later_steps(tmp_path):

@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import random
+import socket
 import sys
 import traceback
 from contextlib import nullcontext
@@ -174,6 +176,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _alive(pid: int | None) -> bool:
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def resumed_config(saved: dict[str, Any], current: TrainConfig) -> TrainConfig:
     """The resumed run's own config, with only the fields a resume may change taken from now."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -202,6 +216,9 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
         info = json.loads(Location(root).read_bytes(f"{config.resume}/run.json"))
         if info.get("status") == "finished":
             raise ConfigError(f"--resume {config.resume}: that run has finished; start a new one instead")
+        if info.get("status") == "running" and info.get("host") == socket.gethostname() and _alive(info.get("pid")):
+            raise ConfigError(f"--resume {config.resume}: process {info['pid']} on this machine is still training it; "
+                              f"stop that process first (two writers would interleave the run's files)")
         config = resumed_config(checkpoint["config"], config)
     cfg = dataclasses.replace(config, device=device_name).resolved()
     root = _check_root(cfg.root)
