@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_PROBES, train_tiny_run
+from conftest import TINY_PROBES
 from torch import nn
 
 from lawn_monitor import Monitor
@@ -77,13 +77,11 @@ class Writer(threading.Thread):
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tiny_store, tmp_path):
     """`streamlit run app` against a store of two finished tiny runs and one that is training."""
-    root = tmp_path / "runs"
+    root = tiny_store
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train_tiny_run(root, "adam-lawn", "adam", lawn=True)
-    train_tiny_run(root, "sgd", "sgd", lawn=False)
+    torch.set_num_threads(1)  # the writer's tiny tensors: intra-op threads only add overhead
     writer = Writer(root)
     writer.start()
     while not any(LIVE_NAME in p.name for p in root.iterdir()):
