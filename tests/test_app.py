@@ -227,6 +227,19 @@ def test_compare_one_line_per_run_over_epoch(sweep_store, ids):
     assert at.selectbox[0].value == "test/acc"
 
 
+def test_compare_one_layer_of_a_per_layer_metric(sweep_store, ids):
+    run_ids = [ids["adam-lawn-0"], ids["sgd-0"]]
+    at = run_app(sweep_store, "compare", params={"runs": ",".join(run_ids), "metric": "update_ratio",
+                                                 "layer": "2.weight"})
+    assert at.selectbox[1].options == ["(whole model)", "0.weight", "0.bias", "2.weight", "2.bias"]
+    lines = charts(at)["update_ratio of 2.weight"][0]
+    expected = RunStore(sweep_store).series(run_ids, "update_ratio", "2.weight")
+    assert len(lines) == len(expected) and np.allclose(sorted(lines["value"]), sorted(expected["value"]))
+    at.selectbox[0].set_value("test/acc").run()  # a metric without layers: back to the whole model
+    assert not at.exception
+    assert at.selectbox[1].value == "" and "test/acc" in charts(at)
+
+
 def test_compare_table2_from_finished_runs(sweep_store):
     at = run_app(sweep_store, "compare")
     grid = at.dataframe[0].value

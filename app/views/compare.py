@@ -20,9 +20,13 @@ st.title("Compare")
 st.caption("Runs: " + ", ".join(labels[run_id] for run_id in run_ids) + " (choose others on the Runs page).")
 
 metrics = store.metrics(run_ids) or ["train/loss"]
-c1, c2, c3, c4 = st.columns([2, 1, 2, 1])
-with c1:
+c0, c1, c2, c3, c4 = st.columns([2, 2, 1, 2, 1])
+with c0:
     metric = state.selectbox("metric", metrics, key="metric", default="test/acc" if "test/acc" in metrics else metrics[0])
+with c1:
+    layers = ["", *state.layer_names(store, run_ids, metric)]
+    layer = state.selectbox("layer", layers, key="layer", default="",
+                            format_func=lambda name: name or "(whole model)")
 with c2:
     x = state.selectbox("x axis", list(X_TITLES), key="x", default="step")
 with c3:
@@ -39,9 +43,9 @@ with g1:
 with g2:
     band = state.selectbox("band", list(BANDS), key="band", default="std", format_func=BANDS.get, disabled=not by)
 
-df = store.series(run_ids, metric, x=x, smooth=smooth)
+df = store.series(run_ids, metric, layer, x=x, smooth=smooth)
 df = df.assign(value=df["smoothed"])
-title = metric + (f" (smoothed {smooth:g})" if smooth else "")
+title = metric + (f" of {layer}" if layer else "") + (f" (smoothed {smooth:g})" if smooth else "")
 if by:
     groups = group_labels(runs[runs["run_id"].isin(run_ids)], by, labels)
     plotted = aggregate(df, groups, band)
