@@ -361,6 +361,17 @@ class RunStore:
         df = df.assign(_rank=df["layer"].map(rank)).sort_values(["_rank", "step"], kind="stable")
         return df[["layer", "step", "value"]].reset_index(drop=True)
 
+    def layer_names(self, run_ids: str | Iterable[str], metric: str) -> list[str]:
+        """The layers these runs logged ``metric`` for, in model order (run.json ``layers``),
+        layers no run.json lists last, by name."""
+        ids = _ids(run_ids)
+        df = self._query("SELECT DISTINCT layer FROM read_parquet(?) WHERE metric = ? AND layer <> ''",
+                         [metric], ids, ["layer"])
+        found = set(df["layer"])
+        order = [name for run_id in ids for name in (self.run_info(run_id) or {}).get("layers") or []]
+        listed = [name for name in dict.fromkeys(order) if name in found]
+        return listed + sorted(found - set(listed))
+
     def layer_matrix(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
         """The same as :meth:`layers`, pivoted: one row per layer, one column per step bucket."""
         long = self.layers(run_id, metric, points)

@@ -108,6 +108,8 @@ def test_layers_buckets_in_model_order(tmp_path):
     first = long[long.layer == "features.0.weight"]
     assert first["step"].tolist() == list(range(0, 1000, 20))
     assert first["value"].tolist() == [(s + 19) * 10.0 for s in range(0, 1000, 20)]  # last in bucket
+    assert store.layer_names(["r"], "update_ratio") == layers
+    assert store.layer_names(["r"], "no such metric") == []
     matrix = store.layer_matrix("r", "update_ratio", points=50)
     assert matrix.shape == (4, 50) and list(matrix.index) == layers
 
