@@ -58,6 +58,10 @@ def _title(title: str, dropped: int, log_y: bool) -> alt.TitleParams:
     return alt.TitleParams(title, subtitle=f"{dropped} {kind} values not shown", anchor="start")
 
 
+# "~g": 400, 12000, 0.5; without it a chart with one step on its axis labels it "400.000000".
+X_AXIS = alt.Axis(format="~g")
+
+
 def _y(log_y: bool) -> alt.Y:
     return alt.Y("value:Q", title=None, scale=alt.Scale(type="log" if log_y else "linear", zero=False))
 
@@ -86,7 +90,7 @@ def metric_chart(
         alt.Chart(data)
         .mark_line(point=points)
         .encode(
-            x=alt.X(f"{x}:Q", title=x_title or x),
+            x=alt.X(f"{x}:Q", title=x_title or x, axis=X_AXIS),
             y=_y(log_y),
             color=color,
             tooltip=[
@@ -135,7 +139,7 @@ def layer_chart(
         alt.Chart(data)
         .mark_line()
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=X_AXIS),
             y=_y(log_y=True),
             color=alt.Color("layer:N", title="layer"),
             tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")],
@@ -235,7 +239,7 @@ def heatmap_chart(
         alt.Chart(data)
         .mark_rect()
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=X_AXIS),
             x2="step_end:Q",
             y=alt.Y("layer:N", sort=order, title=None),
             color=alt.Color("value:Q", title=None, legend=alt.Legend(format=".2~g"),
@@ -300,7 +304,7 @@ def group_chart(
     line = (
         alt.Chart(data)
         .mark_line()
-        .encode(x=alt.X("x:Q", title=x_title), y=_y(log_y), color=color,
+        .encode(x=alt.X("x:Q", title=x_title, axis=X_AXIS), y=_y(log_y), color=color,
                 tooltip=[alt.Tooltip("label:N", title="group"), alt.Tooltip("x:Q", format=".4g", title=x_title),
                          alt.Tooltip("value:Q", format=".4g", title="mean"), alt.Tooltip("runs:Q")])
         .properties(title=_title(title, dropped, log_y))
