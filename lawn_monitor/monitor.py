@@ -298,9 +298,14 @@ class Monitor:
 
     # --- flushing -----------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Copy buffered values to the host (one transfer) and write them as one part file."""
+    def flush(self, durable: bool = False) -> None:
+        """Copy buffered values to the host (one transfer) and write them as one part file;
+        ``durable`` also fsyncs every part written so far (before a checkpoint)."""
         if not self.enabled:
+            return
+        if durable:
+            self.flush()
+            self.sink.sync()
             return
         device_rows, self._device_rows = self._device_rows, []
         host_rows, self._host_rows = self._host_rows, []

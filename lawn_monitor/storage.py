@@ -243,6 +243,26 @@ class Location:
             tmp.unlink(missing_ok=True)
             raise
 
+    def sync(self, rels: list[str], folder: str) -> None:
+        """fsync files written with ``durable=False`` (those still there) and their folder, so
+        that they survive a power cut too; a no-op on object storage."""
+        if self.remote:
+            return
+        for rel in rels:
+            try:
+                fd = os.open(self._full(rel), os.O_RDONLY)
+            except FileNotFoundError:  # merged into a compacted file, which was written durably
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(self._full(folder), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def remove(self, rel: str) -> None:
         try:
             if self.remote:

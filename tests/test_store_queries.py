@@ -177,3 +177,13 @@ def test_cached_per_run_results_follow_new_rows(tmp_path):
     runs = store.runs().set_index("run_id")
     assert runs["test_acc"].to_dict() == {"live": 0.9, "done": 0.7} and runs.loc["live", "best_test_acc"] == 0.9
     assert store.summary(by=["optimizer"])["mean"].tolist() == [pytest.approx(0.8)]
+
+
+def test_sync_fsyncs_parts_including_ones_compaction_removed(tmp_path):
+    sink = write(tmp_path, "r", [(s, "", "lr", 1.0) for s in range(40)], flush=1, status="running")
+    sink._stop_compactor()  # let the merges of these 40 one-row parts finish
+    assert len(sink._unsynced) == 40 and len(list((tmp_path / "r" / "metrics").glob("*.parquet"))) < 40
+    sink.sync()
+    assert sink._unsynced == []
+    sink.close("finished")
+    assert RunStore(tmp_path).series("r", "lr", points=None)["step"].tolist() == list(range(40))

@@ -323,9 +323,9 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
             test_acc = float(result["acc"])
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(mean[0]):.4f}", test_acc=f"{test_acc:.4f}")
             if dist.main:
-                # Rows through this step reach disk before the checkpoint that names this step:
-                # a resume keeps exactly those and drops anything written after.
-                monitor.flush()
+                # Rows through this step reach disk (fsynced: a power cut too) before the
+                # checkpoint that names this step: a resume keeps exactly those and drops the rest.
+                monitor.flush(durable=True)
                 save_checkpoint(loc, run_id, {
                     "config": record, "epoch": epoch + 1, "step": step, "test_acc": test_acc,
                     "model": net.state_dict(), "optimizer": optimizer.state_dict(),
