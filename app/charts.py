@@ -58,8 +58,9 @@ def _title(title: str, dropped: int, log_y: bool) -> alt.TitleParams:
     return alt.TitleParams(title, subtitle=f"{dropped} {kind} values not shown", anchor="start")
 
 
-# "~g": 400, 12000, 0.5; without it a chart with one step on its axis labels it "400.000000".
-X_AXIS = alt.Axis(format="~g")
+# ",~f": 400, 12,000, 0.5 (Vega picks the precision from the tick step, "~" drops trailing zeros);
+# without it a chart with a single step on its axis labels it "400.000000".
+X_AXIS = alt.Axis(format=",~f")
 
 
 def _y(log_y: bool) -> alt.Y:
