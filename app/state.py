@@ -144,18 +144,6 @@ def selected_runs(runs: pd.DataFrame) -> list[str]:
     return chosen or runs["run_id"].head(DEFAULT_RUNS).tolist()
 
 
-def layer_names(store: RunStore, run_ids: list[str], metric: str) -> list[str]:
-    """The layers these runs logged ``metric`` for, in model order.
-
-    To move to RunStore (one DISTINCT query instead of one ``layers`` call per run); until then
-    built from ``RunStore.layers`` with one step bucket per run, which reads little.
-    """
-    names: dict[str, None] = {}
-    for run_id in run_ids:
-        names.update(dict.fromkeys(store.layers(run_id, metric, points=1)["layer"]))
-    return list(names)
-
-
 def labelled(df: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     return df.assign(label=df["run_id"].map(labels))
 

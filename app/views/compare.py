@@ -24,7 +24,7 @@ c0, c1, c2, c3, c4 = st.columns([2, 2, 1, 2, 1])
 with c0:
     metric = state.selectbox("metric", metrics, key="metric", default="test/acc" if "test/acc" in metrics else metrics[0])
 with c1:
-    layers = ["", *state.layer_names(store, run_ids, metric)]
+    layers = ["", *store.layer_names(run_ids, metric)]
     layer = state.selectbox("layer", layers, key="layer", default="",
                             format_func=lambda name: name or "(whole model)")
 with c2:
