@@ -6,7 +6,7 @@
 Two copies of the same model train side by side in one process, interleaved block by block
 (bare block, monitored block, ...), so that machine noise hits both alike. Printed per case: the
 ratio of total monitored time to total bare time, and the spread (10th-90th percentile) of the
-per-block ratios. Cases:
+per-block ratios; and the share of the monitored time spent in curvature probes. Cases:
 
 * cheap: the every-step probes only (norms, update ratios, output statistics), no curvature;
 * defaults: everything the trainer turns on by default, over a whole run (curvature included,
@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lawn_monitor import Monitor
+from lawn_monitor import Monitor, RunStore
 from lawn_monitor.probes import GNTrace, HessianTrace, OutputStats, ParamNorms, ProbeConfig, Sharpness
 from trainers.models import SmallCNN
 
@@ -77,15 +77,24 @@ def measure(name: str, device, steps: int, block: int, batch: int, probes_for) -
         done = 0
         while done < steps:
             n = min(block, steps - done)
-            b = train_block(bare_model, bare_opt, xs, ys, done, n, None, device)
-            m = train_block(model, opt, xs, ys, done, n, monitor, device)
+            # Alternate which goes first (ABBA), so drift within a pair cancels out.
+            if len(ratios) % 2 == 0:
+                b = train_block(bare_model, bare_opt, xs, ys, done, n, None, device)
+                m = train_block(model, opt, xs, ys, done, n, monitor, device)
+            else:
+                m = train_block(model, opt, xs, ys, done, n, monitor, device)
+                b = train_block(bare_model, bare_opt, xs, ys, done, n, None, device)
             bare_t, mon_t = bare_t + b, mon_t + m
             ratios.append(m / b)
             done += n
+        # Read before close(), which adds one more curvature point after training.
+        monitor.flush()
+        curvature = RunStore(root).series(monitor.run_id, "curvature_time", points=None)["value"].sum()
         monitor.close()
     deciles = statistics.quantiles(ratios, n=10) if len(ratios) >= 2 else [ratios[0]] * 9
     return {"case": name, "device": device.type, "steps": steps, "ratio": mon_t / bare_t, "p10": deciles[0],
-            "p90": deciles[-1], "bare_ms": 1000 * bare_t / steps, "monitored_ms": 1000 * mon_t / steps}
+            "p90": deciles[-1], "bare_ms": 1000 * bare_t / steps, "monitored_ms": 1000 * mon_t / steps,
+            "curvature": curvature / mon_t}
 
 
 def cheap(probe_batch, steps):
@@ -104,24 +113,27 @@ def everything(probe_batch, steps):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="steps of the 'defaults' run (a whole run)")
-    parser.add_argument("--cheap-steps", type=int, default=600)
+    parser.add_argument("--cheap-steps", type=int, default=2000)
     parser.add_argument("--every-steps", type=int, default=4)
     parser.add_argument("--block", type=int, default=25, help="steps per interleaved block")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if present)")
+    parser.add_argument("--cases", default="cheap,defaults,everything", help="comma-separated subset")
     args = parser.parse_args()
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; SmallCNN (3 conv layers) on "
           f"1x28x28 inputs, batch {args.batch}, Adam; probe batch {args.batch}; blocks of {args.block} steps")
-    print(f"{'case':<24}{'device':<8}{'steps':>7}{'ratio':>8}{'p10':>8}{'p90':>8}{'bare ms':>10}{'monitored ms':>14}")
+    print(f"{'case':<24}{'device':<8}{'steps':>7}{'ratio':>8}{'p10':>8}{'p90':>8}{'bare ms':>10}{'monitored ms':>14}"
+          f"{'curvature':>11}")
     for device in map(torch.device, devices):
-        cases = [("cheap probes", cheap, args.cheap_steps, args.block),
-                 ("defaults, whole run", defaults, args.steps, args.block),
-                 ("everything every step", everything, args.every_steps, 1)]
-        for name, probes_for, steps, block in cases:
+        cases = {"cheap": ("cheap probes", cheap, args.cheap_steps, args.block),
+                 "defaults": ("defaults, whole run", defaults, args.steps, args.block),
+                 "everything": ("everything every step", everything, args.every_steps, 1)}
+        for key in args.cases.split(","):
+            name, probes_for, steps, block = cases[key]
             r = measure(name, device, steps, block, args.batch, probes_for)
             print(f"{r['case']:<24}{r['device']:<8}{r['steps']:>7}{r['ratio']:>8.3f}{r['p10']:>8.3f}{r['p90']:>8.3f}"
-                  f"{r['bare_ms']:>10.2f}{r['monitored_ms']:>14.2f}", flush=True)
+                  f"{r['bare_ms']:>10.2f}{r['monitored_ms']:>14.2f}{r['curvature']:>10.1%}", flush=True)
 
 
 if __name__ == "__main__":

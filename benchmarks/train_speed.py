@@ -6,7 +6,7 @@
 Both train the same model with the same optimizer (Adam-LAWN), batch size, precision, memory
 format and compilation on the same CIFAR-sized synthetic set (2,048 images of 3x32x32, on the
 device). "Ours" is ``trainers.train.train``: the Monitor with its default probes (curvature
-included, within its 3% budget), an evaluation and a checkpoint after every epoch, Parquet
+included, within its budget), an evaluation and a checkpoint after every epoch, Parquet
 flushes. "Bare" is the loop anyone would write: forward, loss, backward, step, nothing else.
 Throughput counts from the end of step 1 to the end of the last step, so start-up (data, model,
 first-step compilation) is out of both. The pair runs ``--repeat`` times, alternating.

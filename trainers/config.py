@@ -67,7 +67,7 @@ class TrainConfig:
     hessian_points: int = _opt("Hutchinson tr(H): log-spaced points over the run", default=20)
     hessian_probes: int = _opt("Rademacher vectors per Hutchinson estimate", default=100)
     sharpness_points: int = _opt("top Hessian eigenvalue: log-spaced points over the run", default=20)
-    curvature_budget: float = _opt("curvature may take at most this fraction of training time", default=0.03)
+    curvature_budget: float = _opt("curvature may take at most this fraction of training time", default=0.02)
     progress: bool = _opt("show a progress bar", default=True, meta={"negate": "--no-progress"})
 
     def resolved(self) -> "TrainConfig":
