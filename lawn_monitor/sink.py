@@ -25,7 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .storage import Location, live_files, part_name
@@ -147,8 +149,25 @@ class ParquetSink:
             self._recent[name] = table
         self.seq += 1
         self.rows_written += table.num_rows
+        self._note_accuracy(table)
         if self.compact:
             self._wake_compactor()
+
+    def _note_accuracy(self, table: pa.Table) -> None:
+        """Keep the latest and best ``test/acc`` in run.json (written at the next heartbeat or
+        close), so that listing runs needs no scan of their Parquet files."""
+        mask = pc.and_(pc.equal(table["metric"], "test/acc"), pc.equal(table["layer"], ""))
+        if not pc.any(mask).as_py():
+            return
+        rows = table.filter(mask)
+        steps, values = rows["step"].to_numpy(), rows["value"].to_numpy()
+        last = int(np.lexsort((np.arange(len(steps)), steps))[-1])  # highest step, then last written
+        if self.info.get("test_acc_step") is None or steps[last] >= self.info["test_acc_step"]:
+            self.info["test_acc"], self.info["test_acc_step"] = float(values[last]), int(steps[last])
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            best = self.info.get("best_test_acc")
+            self.info["best_test_acc"] = float(finite.max()) if best is None else max(best, float(finite.max()))
 
     def sync(self) -> None:
         """Make every part written so far survive a power cut, not only a killed process (parts

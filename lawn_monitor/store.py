@@ -261,6 +261,9 @@ class RunStore:
                 "step": step,
                 "total_steps": total,
                 "progress": min(step / total, 1.0) if total else None,
+                # Kept in run.json by the sink as it writes test/acc rows (None: not recorded
+                # there, e.g. by an older version; then read from the Parquet files below).
+                "_acc": (info["test_acc"], info.get("best_test_acc")) if "test_acc" in info else None,
             }
             for key, value in (info.get("config") or {}).items():
                 row.setdefault(key, value)
@@ -275,12 +278,18 @@ class RunStore:
             if key not in df.columns:
                 return df.iloc[0:0]
             df = df[df[key] == value]
-        acc = self._per_run(
+        known = df["_acc"].notna()
+        from_json = pd.DataFrame([(r, *a) for r, a in zip(df.loc[known, "run_id"], df.loc[known, "_acc"])],
+                                 columns=["run_id", "test_acc", "best_test_acc"])
+        from_files = self._per_run(
             """SELECT run_id, arg_max(value, (step, wall_time)) AS test_acc, max(value) AS best_test_acc
                FROM read_parquet(?) WHERE metric = 'test/acc' AND layer = '' GROUP BY run_id""",
-            [], df["run_id"], ["run_id", "test_acc", "best_test_acc"],
+            [], df.loc[~known, "run_id"], ["run_id", "test_acc", "best_test_acc"],
         )
-        df = df.merge(acc, on="run_id", how="left")
+        parts = [d for d in (from_json, from_files) if not d.empty]
+        acc = pd.concat(parts) if parts else from_files
+        df = df.drop(columns="_acc").merge(acc.astype({"test_acc": "float64", "best_test_acc": "float64"}),
+                                           on="run_id", how="left")
         return df.sort_values("created_at", ascending=False, ignore_index=True)
 
     # --- series -------------------------------------------------------------------------------

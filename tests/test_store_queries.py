@@ -187,3 +187,20 @@ def test_sync_fsyncs_parts_including_ones_compaction_removed(tmp_path):
     assert sink._unsynced == []
     sink.close("finished")
     assert RunStore(tmp_path).series("r", "lr", points=None)["step"].tolist() == list(range(40))
+
+
+def test_runs_list_takes_accuracy_from_run_json_and_falls_back_to_the_files(tmp_path):
+    import json
+
+    write(tmp_path, "new", [(1, "", "test/acc", 0.8), (2, "", "test/acc", 0.7), (2, "l", "test/acc", 0.1)])
+    write(tmp_path, "old", [(1, "", "test/acc", 0.6), (2, "", "test/acc", 0.9)])
+    info = json.loads((tmp_path / "new" / "run.json").read_text())
+    assert (info["test_acc"], info["best_test_acc"], info["test_acc_step"]) == (0.7, 0.8, 2)
+    old = tmp_path / "old" / "run.json"  # as an older version wrote it: no accuracy in run.json
+    legacy = {k: v for k, v in json.loads(old.read_text()).items() if "test_acc" not in k}
+    old.write_text(json.dumps(legacy))
+    for path in (tmp_path / "new" / "metrics").glob("*.parquet"):
+        path.unlink()  # so "new" can only be answered from run.json
+    runs = RunStore(tmp_path).runs().set_index("run_id")
+    assert runs.loc["new", "test_acc"] == 0.7 and runs.loc["new", "best_test_acc"] == 0.8
+    assert runs.loc["old", "test_acc"] == 0.9 and runs.loc["old", "best_test_acc"] == 0.9
