@@ -21,7 +21,6 @@ does).
 """
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -114,7 +113,7 @@ def plan(live: list[Segment]) -> list[Segment]:
     return []
 
 
-def compact_run(loc: Location, run_id: str, final: bool = False, grace: float = 0.0,
+def compact_run(loc: Location, run_id: str, final: bool = False,
                 cache: dict[str, pa.Table] | None = None) -> int:
     """Merge this run's segments as the policy above says; returns the number of files merged.
 
@@ -138,8 +137,6 @@ def compact_run(loc: Location, run_id: str, final: bool = False, grace: float = 
         new = merge(loc, run_id, todo, cache)
         # A listing is one snapshot of the folder (one getdents call for a folder this small, one
         # list page on object storage), so a reader sees the new file or all the old ones.
-        if grace:
-            time.sleep(grace)
         for seg in todo:
             loc.remove(f"{folder}/{seg.name}")
         merged += len(todo)
@@ -147,12 +144,12 @@ def compact_run(loc: Location, run_id: str, final: bool = False, grace: float = 
         live.sort(key=lambda s: s.lo)
 
 
-def compact_store(loc: Location, run_ids: list[str], grace: float = 0.0) -> dict[str, int]:
+def compact_store(loc: Location, run_ids: list[str]) -> dict[str, int]:
     """``lawn-monitor compact``: merge every given run into one file and remove temp files that
     killed writers left (only for runs that have ended: a live run is left to its writer)."""
     merged = {}
     for run_id in run_ids:
         for name in loc.stray_temps(f"{run_id}/metrics", older_than=0.0):  # the run has ended
             loc.remove(f"{run_id}/metrics/{name}")
-        merged[run_id] = compact_run(loc, run_id, final=True, grace=grace)
+        merged[run_id] = compact_run(loc, run_id, final=True)
     return merged

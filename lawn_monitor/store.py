@@ -148,7 +148,8 @@ class RunStore:
         head, tail = self.loc.head_tail(rel, size)
         return head == b"PAR1" and tail == b"PAR1"
 
-    def _query(self, sql: str, params: Sequence, run_ids: Iterable[str] | None, columns: list[str]) -> pd.DataFrame:
+    def _query(self, sql: str, params: Sequence, run_ids: Iterable[str] | None, columns: list[str],
+               files: list[str] | None = None) -> pd.DataFrame:
         """Run ``sql`` (its first parameter is the file list) over the live files of ``run_ids``.
 
         A file deleted between listing and reading (compaction finished) means the listing is
@@ -156,7 +157,7 @@ class RunStore:
         """
         ids = None if run_ids is None else list(run_ids)
         for attempt in range(5):
-            files = self.files(ids)
+            files = files if attempt == 0 and files is not None else self.files(ids)
             if not files:
                 return pd.DataFrame({c: pd.Series(dtype=TEXT_COLUMNS.get(c, "float64")) for c in columns})
             cur = self._con.cursor()
@@ -182,11 +183,11 @@ class RunStore:
         the summary table ask this of every run on every refresh, and ended runs never change."""
         ids = list(dict.fromkeys(run_ids))
         cache = self._per_run_cache.setdefault((sql, tuple(params)), {})
-        for run_id in ids:
-            self._run_files(run_id)
+        listed = {run_id: self._run_files(run_id) for run_id in ids}
         todo = [r for r in ids if r not in cache or cache[r][0] != self._signatures.get(r)]
         if todo:
-            fresh = self._query(sql, params, todo, columns).set_index("run_id")
+            files = [f for r in todo for f in listed[r]]  # this listing, not a second one
+            fresh = self._query(sql, params, todo, columns, files=files).set_index("run_id")
             for run_id in todo:
                 row = tuple(fresh.loc[run_id]) if run_id in fresh.index else None
                 cache[run_id] = (self._signatures.get(run_id), row)
