@@ -9,6 +9,7 @@ The math lives in plain tensor functions (``layer_norms``, ``output_stats``) tes
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -154,24 +155,89 @@ def clean_name(name: str) -> str:
     return name.replace("._orig_mod.", ".")
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+WEIGHTED_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _width(module: nn.Module) -> int | None:
+    """Channels a layer puts out, or a normalization layer takes in."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1]
+    return None
+
+
+def scale_invariant_layers(model: nn.Module) -> list[str]:
+    """Weights that feed a normalization layer directly: a conv or linear layer registered right
+    before a BatchNorm / LayerNorm / GroupNorm / InstanceNorm of the same width (conv -> bn in VGG
+    and ResNet). The normalization divides out their scale, so the loss does not change when
+    they grow: only their direction learns, at an effective rate of lr / |w|^2.
+
+    Read from the order in which modules are registered, which follows the data flow in the usual
+    ``nn.Sequential`` and torchvision models; a model that registers them in another order gets
+    no ``effective_lr`` rather than a wrong one. Names are cleaned (``clean_name``).
+    """
+    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    found = []
+    for (name, layer), (_, nxt) in zip(leaves, leaves[1:]):
+        if (isinstance(layer, WEIGHTED_LAYERS) and isinstance(nxt, NORM_LAYERS)
+                and getattr(layer, "weight", None) is not None and layer.weight.requires_grad
+                and _width(layer) == _width(nxt)):
+            found.append(clean_name(f"{name}.weight" if name else "weight"))
+    return found
+
+
 class ParamNorms(Probe):
-    """``weight_norm``, ``grad_norm``, ``update_norm``, ``update_ratio`` per layer and in total,
-    and ``grad_weight_cos`` per layer and in total.
+    """Per-layer (and whole-model) norms, update ratios and the adaptivity measures:
+
+    * ``weight_norm``, ``grad_norm``, ``update_norm``, ``update_ratio`` (update / weight norm) and
+      ``grad_weight_cos``;
+    * ``weight_growth``: weight norm over its value at the first step (LAWN holds it constant
+      after the switch; without LAWN it keeps rising);
+    * ``update_ratio_per_lr``: update ratio over the layer's learning rate, so that the LR
+      schedule is divided out and what is left is how far a unit of LR moves the weights (NaN
+      where the LR is 0);
+    * ``effective_lr``: lr / weight_norm^2 for the scale-invariant layers
+      (``scale_invariant_layers``), the step size their direction actually sees.
 
     The update is the step actually taken (after LAWN's rescaling, weight decay, everything), so
     the probe keeps a copy of the weights from the previous step: one model-sized buffer.
     """
 
-    METRICS = ("weight_norm", "grad_norm", "update_norm", "update_ratio", "grad_weight_cos")
+    METRICS = ("weight_norm", "grad_norm", "update_norm", "update_ratio", "grad_weight_cos", "weight_growth",
+               "update_ratio_per_lr")
 
     def attach(self, model, optimizer):
         named = [(clean_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        self.optimizer = optimizer
         self.previous = [p.detach().clone() for p in self.params]
         self.zeros: dict[int, Tensor] = {}
+        invariant = set(scale_invariant_layers(model))
+        self.invariant = [i for i, n in enumerate(self.names) if n in invariant]
         self.keys: Keys = [(m, n) for m in self.METRICS for n in self.names]
         self.keys += [(m, "") for m in self.METRICS]
+        self.keys += [("effective_lr", self.names[i]) for i in self.invariant]
+        self.reference: Tensor | None = None  # weight norms at the first step: each layer's, then the total
+        self.invariant_index: Tensor | None = None
+        self._index: dict[tuple, Tensor] = {}  # layer indices per distinct LR, kept on the device
+
+    def state_dict(self) -> dict:
+        reference = None if self.reference is None else self.reference.cpu()
+        return {**super().state_dict(), "reference": reference}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        reference = state.get("reference")  # absent in checkpoints of older versions: start anew
+        self.reference = None if reference is None else reference.to(self.params[0].device)
 
     def _grad(self, i: int, p: Tensor) -> Tensor:
         if p.grad is not None:
@@ -179,6 +245,34 @@ class ParamNorms(Probe):
         if i not in self.zeros:  # a parameter that got no gradient this step
             self.zeros[i] = torch.zeros_like(p)
         return self.zeros[i]
+
+    def _lrs(self) -> tuple[list[float], float]:
+        """Each layer's learning rate now (its param group's) and the first group's (the run's
+        ``lr``), as host floats: nothing is copied to the device."""
+        if self.optimizer is None or not self.optimizer.param_groups:
+            return [math.nan] * len(self.params), math.nan
+        by_param, first = {}, None
+        for group in self.optimizer.param_groups:
+            lr = group["lr"]
+            lr = float(lr.item() if isinstance(lr, Tensor) else lr)
+            first = lr if first is None else first
+            for p in group["params"]:
+                by_param[id(p)] = lr
+        return [by_param.get(id(p), math.nan) for p in self.params], first
+
+    def _times(self, values: Tensor, scalars: list[float]) -> Tensor:
+        """``values[i] * scalars[i]`` with the scalars as kernel arguments (host floats), never as
+        a tensor copied to the device each step: one multiply per distinct scalar (usually one)."""
+        distinct = list(dict.fromkeys(scalars))
+        if len(distinct) == 1:
+            return values * distinct[0]
+        out = torch.empty_like(values)
+        for scalar in distinct:
+            key = tuple(i for i, v in enumerate(scalars) if v == scalar or (v != v and scalar != scalar))
+            if key not in self._index:
+                self._index[key] = torch.tensor(key, device=values.device)
+            out[self._index[key]] = values[self._index[key]] * scalar
+        return out
 
     @torch.no_grad()
     def compute(self, ctx):
@@ -190,10 +284,22 @@ class ParamNorms(Probe):
         ratio = u / w.clamp_min(tiny)
         cos = dot / (w * g).clamp_min(tiny)
         w_all, g_all, u_all = w.square().sum().sqrt(), g.square().sum().sqrt(), u.square().sum().sqrt()
-        totals = torch.stack(
-            [w_all, g_all, u_all, u_all / w_all.clamp_min(tiny), dot.sum() / (w_all * g_all).clamp_min(tiny)]
-        )
-        return self.keys, torch.cat([w, g, u, ratio, cos, totals])
+        ratio_all = u_all / w_all.clamp_min(tiny)
+        norms = torch.cat([w, w_all.reshape(1)])
+        if self.reference is None:
+            self.reference = norms.clamp_min(tiny)
+        growth = norms / self.reference
+        lrs, lr_first = self._lrs()
+        per_lr = [1.0 / lr if lr > 0 else math.nan for lr in lrs]  # the LR divided out; 0: undefined
+        totals = torch.stack([w_all, g_all, u_all, ratio_all, dot.sum() / (w_all * g_all).clamp_min(tiny),
+                              growth[-1], ratio_all * (1.0 / lr_first if lr_first > 0 else math.nan)])
+        parts = [w, g, u, ratio, cos, growth[:-1], self._times(ratio, per_lr), totals]
+        if self.invariant:
+            if self.invariant_index is None:
+                self.invariant_index = torch.tensor(self.invariant, device=w.device)
+            inverse_square = w[self.invariant_index].square().clamp_min(tiny).reciprocal()
+            parts.append(self._times(inverse_square, [lrs[i] for i in self.invariant]))
+        return self.keys, torch.cat(parts)
 
 
 class OutputStats(Probe):

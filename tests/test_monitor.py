@@ -13,6 +13,7 @@ from lawn_monitor.sink import SCHEMA
 CHEAP_METRICS = {
     "train/loss", "train/acc", "lr", "phase", "weight_norm", "grad_norm", "update_norm", "update_ratio",
     "grad_weight_cos", "logit_norm", "max_prob", "flat_frac", "step_time", "samples_per_s", "test/loss", "test/acc",
+    "weight_growth", "update_ratio_per_lr",
 }
 
 
@@ -39,6 +40,7 @@ def test_values_match_brute_force(tmp_path):
                       steps_per_epoch=4, flush_every=1000)
     g = torch.Generator().manual_seed(0)
     expected = {}
+    first = {}  # weight norms at the first step, the reference of weight_growth
     for step in range(1, 6):
         x, y = torch.randn(8, 5, generator=g), torch.randint(0, 4, (8,), generator=g)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -56,10 +58,16 @@ def test_values_match_brute_force(tmp_path):
                 expected[(step, "update_norm", n)] = float(u)
                 expected[(step, "update_ratio", n)] = float(u / w)
                 expected[(step, "grad_weight_cos", n)] = float((p * p.grad).sum() / (w * gr))
+                first.setdefault(n, float(w))
+                expected[(step, "weight_growth", n)] = float(w) / first[n]
+                expected[(step, "update_ratio_per_lr", n)] = float(u / w) / 1e-2
             all_w = torch.cat([p.flatten() for p in model.parameters()])
             all_u = torch.cat([(p - before[n]).flatten() for n, p in model.named_parameters()])
             expected[(step, "weight_norm", "")] = float(all_w.norm())
             expected[(step, "update_norm", "")] = float(all_u.norm())
+            first.setdefault("", float(all_w.norm()))
+            expected[(step, "weight_growth", "")] = float(all_w.norm()) / first[""]
+            expected[(step, "update_ratio_per_lr", "")] = float(all_u.norm() / all_w.norm()) / 1e-2
             per_sample = nn.functional.cross_entropy(logits, y, reduction="none")
             expected[(step, "train/loss", "")] = float(loss)
             expected[(step, "train/acc", "")] = float((logits.argmax(1) == y).float().mean())
@@ -78,6 +86,89 @@ def test_values_match_brute_force(tmp_path):
     assert got[(5, "test/acc", "")] == 0.75 and got[(5, "test/loss", "")] == 0.25
     assert set(df["metric"]) == CHEAP_METRICS
     assert df.loc[df.step == 3, "epoch"].iloc[0] == pytest.approx(0.75)
+
+
+class BNNet(nn.Module):
+    """conv -> BatchNorm (scale-invariant conv weight), then a linear head that feeds no norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.head = nn.Linear(3 * 4 * 4, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def test_adaptivity_metrics_per_param_group_lr_and_scale_invariant_layers(tmp_path):
+    """Two param groups with different LRs (one decays to 0), a scale-invariant conv: every
+    adaptivity value against a hand computation from the weights before and after each step."""
+    torch.manual_seed(0)
+    model = BNNet()
+    opt = torch.optim.SGD([{"params": [model.conv.weight, *model.bn.parameters()], "lr": 0.05},
+                           {"params": model.head.parameters(), "lr": 0.2}], momentum=0.9)
+    monitor = Monitor(model, opt, root=tmp_path, name="groups", flush_every=1000)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 1, 6, 6, generator=g), torch.randint(0, 4, (16,), generator=g)
+    expected, first = {}, {}
+    lrs = [(0.05, 0.2), (0.05, 0.1), (0.025, 0.0)]
+    for step, (lr_a, lr_b) in enumerate(lrs, 1):
+        opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = lr_a, lr_b
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        monitor.step(loss=loss)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                lr = lr_b if n.startswith("head") else lr_a
+                w, u = float(p.norm()), float((p - before[n]).norm())
+                first.setdefault(n, w)
+                expected[(step, "weight_growth", n)] = w / first[n]
+                expected[(step, "update_ratio_per_lr", n)] = u / w / lr if lr > 0 else math.nan
+            w_conv = float(model.conv.weight.norm())
+            expected[(step, "effective_lr", "conv.weight")] = lr_a / w_conv**2
+            total_w = float(torch.cat([p.flatten() for p in model.parameters()]).norm())
+            total_u = float(torch.cat([(p - before[n]).flatten() for n, p in model.named_parameters()]).norm())
+            first.setdefault("", total_w)
+            expected[(step, "weight_growth", "")] = total_w / first[""]
+            expected[(step, "update_ratio_per_lr", "")] = total_u / total_w / lr_a  # the first group's LR
+    monitor.close()
+    df = frame(monitor.run_dir)
+    got = {(r.step, r.metric, r.layer): r.value for r in df.itertuples()}
+    for key, value in expected.items():
+        if math.isnan(value):
+            assert math.isnan(got[key]), key  # LR 0: nothing to divide by
+        else:
+            assert got[key] == pytest.approx(value, rel=1e-5), key
+    assert got[(1, "weight_growth", "head.weight")] == 1.0
+    # Only the conv feeds a normalization layer; the head and BatchNorm's own weight do not.
+    assert set(df.loc[df.metric == "effective_lr", "layer"]) == {"conv.weight"}
+
+
+def test_weight_growth_is_constant_after_the_lawn_switch(tmp_path):
+    torch.manual_seed(0)
+    model = make_model()
+    opt = LAWN(torch.optim.Adam(model.parameters(), lr=5e-2), free_steps=4)
+    monitor = Monitor(model, opt, root=tmp_path, name="lawn", flush_every=1000)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 4, (8,), generator=g)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        monitor.step(loss=loss)
+    monitor.close()
+    df = frame(monitor.run_dir).query("metric == 'weight_growth'")
+    for layer in ("0.weight", "2.weight"):  # constrained: held at the norm they had at the switch
+        series = df[df.layer == layer].set_index("step")["value"].sort_index()
+        assert abs(series.loc[5:] - series.loc[4]).max() < 1e-5, layer
+        assert abs(series.loc[4] - 1.0) > 1e-3  # and it did move in the free phase
+    bias = df[df.layer == "0.bias"].set_index("step")["value"].sort_index()
+    assert bias.loc[5:].std() > 1e-4  # biases stay free
 
 
 def test_parquet_and_run_json_contract(tmp_path):
