@@ -12,18 +12,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from styles import Palette, method_palette
+
 # Points per line. A dashboard-wide chart cannot show more, and the live view re-sends every
 # chart's data every refresh, so long runs are thinned before they reach the browser.
 MAX_POINTS = 2000
-
-
-def run_labels(runs: pd.DataFrame) -> dict[str, str]:
-    """Legend labels by run id: the run's name, or ``name (id)`` where several runs share a name."""
-    counts = runs["name"].value_counts()
-    return {
-        run_id: name if counts[name] == 1 else f"{name} ({run_id})"
-        for run_id, name in zip(runs["run_id"], runs["name"])
-    }
 
 
 def plottable(df: pd.DataFrame, log_y: bool) -> tuple[pd.DataFrame, int]:
@@ -61,10 +54,62 @@ def _title(title: str, dropped: int, log_y: bool) -> alt.TitleParams:
 # ",~f": 400, 12,000, 0.5 (Vega picks the precision from the tick step, "~" drops trailing zeros);
 # without it a chart with a single step on its axis labels it "400.000000".
 X_AXIS = alt.Axis(format=",~f")
+RAW_OPACITY = 0.3  # the unsmoothed line behind the smoothed one, as TensorBoard draws it
+RANGE_OPACITY = 0.15  # each downsampling bucket's min-max range, so spikes stay on screen
+SE_OPACITY = 0.2
 
 
-def _y(log_y: bool) -> alt.Y:
-    return alt.Y("value:Q", title=None, scale=alt.Scale(type="log" if log_y else "linear", zero=False))
+def _layered(*layers) -> alt.LayerChart:
+    """Layers over one set of scales, each with its own legend: only the main layer draws one (its
+    secondary layers say ``legend=None``, which on a merged legend would hide it, and their faint
+    marks would otherwise lend the swatches their faint look)."""
+    return alt.layer(*layers).resolve_legend(color="independent", stroke="independent", fill="independent",
+                                             strokeDash="independent")
+
+
+LOG_AXIS = alt.Axis(tickCount=6, format="~g")  # one gridline per decade or so, not one per minor tick
+HEIGHT = 220  # px of plot: the legend below adds its own
+
+
+def _y(log_y: bool, title: str | None, field: str = "value") -> alt.Y:
+    return alt.Y(f"{field}:Q", title=title, scale=alt.Scale(type="log" if log_y else "linear", zero=False),
+                 axis=LOG_AXIS if log_y else alt.Axis())
+
+
+def _palette(palette: Palette | None, data: pd.DataFrame) -> Palette:
+    return palette if palette is not None else Palette.default(data["label"])
+
+
+def as_percent(df: pd.DataFrame) -> pd.DataFrame:
+    """Shares (0..1) as percentages, in every value column a chart may draw."""
+    columns = [c for c in ("value", "smoothed", "min", "max", "se") if c in df.columns]
+    return df.assign(**{c: df[c] * 100.0 for c in columns})
+
+
+def _ranges(data: pd.DataFrame, log_y: bool) -> pd.DataFrame:
+    """The buckets that hold more than one distinct value, with their min and max as drawable
+    ends (a log axis cannot place a min at or below zero: it is drawn at value / 10)."""
+    if "min" not in data.columns or "max" not in data.columns:
+        return data.iloc[0:0]
+    lo, hi = data["min"].astype(float), data["max"].astype(float)
+    spread = data[np.isfinite(lo) & np.isfinite(hi) & (hi > lo)]
+    if log_y:
+        spread = spread.assign(min=spread["min"].where(spread["min"] > 0, spread["value"] / 10))
+    return spread
+
+
+def _switch_rules(switches: pd.DataFrame | None, data: pd.DataFrame, x: str, palette: Palette):
+    if switches is None or switches.empty or x not in switches.columns:
+        return None
+    rules_data = switches[["run_id", x]].merge(data[["run_id", "label"]].drop_duplicates(), on="run_id")
+    if rules_data.empty:
+        return None
+    return (
+        alt.Chart(rules_data)
+        .mark_rule(strokeDash=[6, 4], opacity=0.8)
+        .encode(x=f"{x}:Q", stroke=palette.stroke(),
+                tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip(f"{x}:Q", title=f"LAWN switch at {x}")])
+    )
 
 
 def metric_chart(
@@ -75,50 +120,66 @@ def metric_chart(
     x: str = "step",
     x_title: str | None = None,
     points: bool = False,
+    palette: Palette | None = None,
+    y_title: str | None = None,
+    percent: bool = False,
 ) -> alt.Chart | alt.LayerChart | None:
-    """One line per run (``df``: run_id, label, ``x``, value), coloured by ``label``.
+    """One line per run (``df``: run_id, label, ``x``, value; from ``RunStore.series`` also
+    smoothed, min and max), in each run's colour and dash (``palette``).
 
-    ``switches`` (run_id and the same ``x`` column; ``RunStore.switch_steps``) adds each LAWN run's
-    switch to the constrained phase as a dashed vertical rule in that run's colour. ``points``
-    marks every value (for slow-cadence metrics with few points).
+    Where ``smoothed`` differs from ``value`` the smoothed line is drawn over a faint raw one
+    (TensorBoard's look); where a downsampling bucket held several values their min-max range is
+    a faint band, so a spike inside a bucket stays visible. ``switches`` (run_id and the same
+    ``x``; ``RunStore.switch_steps``) adds each LAWN run's switch as a dashed rule in its colour.
+    ``points`` marks every value (slow-cadence metrics); ``percent`` draws shares as %.
     """
-    data, dropped = plottable(df[["run_id", "label", x, "value"]], log_y)
+    drawn = _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, percent)
+    if drawn is None:
+        return None
+    layers, dropped = drawn
+    chart = layers[0] if len(layers) == 1 else _layered(*layers)
+    return chart.properties(title=_title(title, dropped, log_y), height=HEIGHT).interactive()
+
+
+def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, percent):
+    """``metric_chart``'s layers and the count of values it could not draw (None: nothing to draw)."""
+    columns = [c for c in ("run_id", "label", x, "value", "smoothed", "min", "max") if c in df.columns]
+    data, dropped = plottable(df[columns], log_y)
     if data.empty:
         return None
     data = thin(data, by="run_id")
-    color = alt.Color("label:N", title="run")
-    lines = (
+    if percent:
+        data = as_percent(data)
+    palette = _palette(palette, data)
+    smoothed = "smoothed" in data.columns and not np.allclose(
+        data["smoothed"].to_numpy(float), data["value"].to_numpy(float), equal_nan=True)
+    if smoothed and log_y:
+        data = data[data["smoothed"] > 0]
+    main = "smoothed" if smoothed else "value"
+    x_enc = alt.X(f"{x}:Q", title=x_title or x, axis=X_AXIS)
+    fmt = ".2f" if percent else ".4g"
+    tooltip = [alt.Tooltip("label:N", title="run"), alt.Tooltip(f"{x}:Q", format=".4g", title=x_title or x),
+               alt.Tooltip("value:Q", format=fmt, title="value")]
+    if smoothed:
+        tooltip.append(alt.Tooltip("smoothed:Q", format=fmt))
+    layers = []  # drawn in this order: the faint range and raw line under the main line
+    spread = _ranges(data, log_y)
+    if not spread.empty:
+        layers.append(alt.Chart(spread).mark_area(opacity=RANGE_OPACITY, interpolate="step-after")
+                      .encode(x=x_enc, y=_y(log_y, y_title, "min"), y2="max:Q", fill=palette.fill()))
+    if smoothed:
+        layers.append(alt.Chart(data).mark_line(opacity=RAW_OPACITY, strokeWidth=1)
+                      .encode(x=x_enc, y=_y(log_y, y_title), stroke=palette.stroke()))
+    layers.append(
         alt.Chart(data)
-        .mark_line(point=points)
-        .encode(
-            x=alt.X(f"{x}:Q", title=x_title or x, axis=X_AXIS),
-            y=_y(log_y),
-            color=color,
-            tooltip=[
-                alt.Tooltip("label:N", title="run"),
-                alt.Tooltip(f"{x}:Q", format=".4g"),
-                alt.Tooltip("value:Q", format=".4g"),
-            ],
-        )
-        .properties(title=_title(title, dropped, log_y))
-        .interactive()
+        .mark_line(point=points, strokeWidth=2)
+        .encode(x=x_enc, y=_y(log_y, y_title, main), color=palette.color(), strokeDash=palette.dash(),
+                tooltip=tooltip)
     )
-    if switches is None or switches.empty or x not in switches.columns:
-        return lines
-    labels = data[["run_id", "label"]].drop_duplicates()
-    rules_data = switches[["run_id", x]].merge(labels, on="run_id")
-    if rules_data.empty:
-        return lines
-    rules = (
-        alt.Chart(rules_data)
-        .mark_rule(strokeDash=[6, 4])
-        .encode(
-            x=f"{x}:Q",
-            color=color,
-            tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip(f"{x}:Q", title=f"LAWN switch at {x}")],
-        )
-    )
-    return alt.layer(lines, rules)
+    rules = _switch_rules(switches, data, x, palette)
+    if rules is not None:
+        layers.append(rules)
+    return layers, dropped
 
 
 def layer_chart(
@@ -126,11 +187,12 @@ def layer_chart(
     title: str,
     switch_step: int | None = None,
     reference: float | None = None,
+    y_title: str | None = None,
 ) -> alt.Chart | alt.LayerChart | None:
     """One line per layer of one run (``df``: layer, step, value) on a log axis, coloured by layer.
 
     ``switch_step`` draws that run's LAWN switch as a dashed grey rule; ``reference`` a horizontal
-    dotted rule at that value (e.g. 1e-3 for the update ratio, where adaptivity is lost below it).
+    dotted rule at that value.
     """
     data, dropped = plottable(df[["layer", "step", "value"]], log_y=True)
     if data.empty:
@@ -141,8 +203,9 @@ def layer_chart(
         .mark_line()
         .encode(
             x=alt.X("step:Q", title="step", axis=X_AXIS),
-            y=_y(log_y=True),
-            color=alt.Color("layer:N", title="layer"),
+            y=_y(True, y_title),
+            color=alt.Color("layer:N", title="layer", sort=list(dict.fromkeys(data["layer"])),
+                            legend=alt.Legend(orient="bottom", columns=3, labelLimit=300, symbolType="stroke")),
             tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")],
         )
         .properties(title=_title(title, dropped, log_y=True))
@@ -176,35 +239,40 @@ def band_chart(
     log_y: bool = False,
     switches: pd.DataFrame | None = None,
     points: pd.DataFrame | None = None,
+    palette: Palette | None = None,
+    y_title: str | None = None,
 ) -> alt.Chart | alt.LayerChart | None:
-    """An estimate with its standard error: per run a line with a +/- 1 SE band.
-
-    ``estimate`` and ``points`` have run_id, label, step, value, se. ``points`` (e.g. the unbiased
-    Hutchinson trace on its slow cadence) are drawn as dots with +/- 1 SE error bars on top.
-    """
-    color = alt.Color("label:N", title="run")
+    """An estimate with its standard error: per run a line (marked at each point) with a +/- 1 SE
+    band. ``estimate`` and ``points`` have run_id, label, step, value, se. ``points`` (e.g. the
+    unbiased Hutchinson trace on its slow cadence) are drawn as diamonds with +/- 1 SE bars."""
+    shown = [d for d in (estimate, points) if d is not None and not d.empty]
+    if not shown:
+        return None
+    palette = palette if palette is not None else Palette.default(pd.concat(shown)["label"])
     layers = []
-    line = metric_chart(estimate, title, log_y, switches)
+    estimate = estimate.drop(columns=[c for c in ("smoothed", "min", "max") if c in estimate.columns])
+    line = _metric_layers(estimate, log_y, switches, "step", None, True, palette, y_title, False)
     if line is not None:
-        layers.extend(line.layer if isinstance(line, alt.LayerChart) else [line])
         band_data, _ = plottable(estimate[["run_id", "label", "step", "value", "se"]], log_y)
         band_data = _bounds(thin(band_data, by="run_id"), log_y)
-        layers.append(
-            alt.Chart(band_data).mark_area(opacity=0.2).encode(x="step:Q", y="low:Q", y2="high:Q", color=color)
-        )
+        layers.append(alt.Chart(band_data).mark_area(opacity=SE_OPACITY)
+                      .encode(x="step:Q", y=alt.Y("low:Q", title=y_title), y2="high:Q", fill=palette.fill()))
+        layers.extend(line[0])
     if points is not None:
         dots, _ = plottable(points[["run_id", "label", "step", "value", "se"]], log_y)
         if not dots.empty:
             dots = _bounds(dots, log_y)
             tooltip = [alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
                        alt.Tooltip("value:Q", format=".4g"), alt.Tooltip("se:Q", format=".2g", title="SE")]
-            layers.append(alt.Chart(dots).mark_rule().encode(x="step:Q", y="low:Q", y2="high:Q", color=color))
-            layers.append(alt.Chart(dots).mark_point(filled=True, size=50, shape="diamond")
-                          .encode(x="step:Q", y=_y(log_y), color=color, tooltip=tooltip))
+            layers.append(alt.Chart(dots).mark_rule()
+                          .encode(x="step:Q", y=alt.Y("low:Q", title=y_title), y2="high:Q", stroke=palette.stroke()))
+            # The points carry the legend only when there is no line to carry it.
+            colour = {"color": palette.color()} if line is None else {"fill": palette.fill(), "stroke": palette.stroke()}
+            layers.append(alt.Chart(dots).mark_point(filled=True, size=60, shape="diamond", opacity=1)
+                          .encode(x="step:Q", y=_y(log_y, y_title), tooltip=tooltip, **colour))
     if not layers:
         return None
-    chart = alt.layer(*layers)
-    return chart if line is not None else chart.properties(title=alt.TitleParams(title, anchor="start"))
+    return _layered(*layers).properties(title=alt.TitleParams(title, anchor="start"), height=HEIGHT).interactive()
 
 
 def _bounds(df: pd.DataFrame, log_y: bool) -> pd.DataFrame:
@@ -216,17 +284,39 @@ def _bounds(df: pd.DataFrame, log_y: bool) -> pd.DataFrame:
     return df
 
 
+def color_domain(frames: list[pd.DataFrame], log_color: bool = True, center: float | None = None):
+    """One colour domain for several heatmaps (so that one colour means one value on all of them):
+    [min, max] of their drawable values; around ``center`` it is symmetric (on a log scale
+    [center / m, center * m]), so that ``center`` is the middle colour. None if nothing is drawable."""
+    values = pd.concat([plottable(f[["value"]], log_color)[0]["value"] for f in frames if not f.empty]) \
+        if any(not f.empty for f in frames) else pd.Series(dtype=float)
+    if values.empty:
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    if center is None:
+        return [lo, hi] if hi > lo else [lo * 0.9, hi * 1.1 + 1e-12]
+    if log_color:
+        m = max(hi / center, center / lo, 1.001)
+        return [center / m, center * m]
+    m = max(hi - center, center - lo, 1e-6)
+    return [center - m, center + m]
+
+
 def heatmap_chart(
     df: pd.DataFrame,
     title: str,
     log_color: bool = True,
     switch_step: int | None = None,
+    domain: list[float] | None = None,
+    center: float | None = None,
 ) -> alt.Chart | alt.LayerChart | None:
     """A (layer x step) heatmap of one run (``df``: layer, step, value; ``RunStore.layers``).
 
     Each cell spans its step bucket (from its first step to the next bucket's), layers keep the
     order they come in (the model's), and the colour is on a log scale by default, since norms and
-    update ratios span decades. ``switch_step`` draws the LAWN switch as a dashed white rule.
+    update ratios span decades. ``domain`` fixes the colour range (``color_domain``: the same for
+    heatmaps shown side by side); with ``center`` the colours diverge from it (blue below, red
+    above: e.g. weight growth around 1). ``switch_step`` draws the LAWN switch as a dashed rule.
     """
     data, dropped = plottable(df[["layer", "step", "value"]], log_color)
     if data.empty:
@@ -236,15 +326,26 @@ def heatmap_chart(
     ends = dict(zip(steps, [*steps[1:], steps[-1] + width]))
     data = data.assign(step_end=data["step"].map(ends))
     order = list(dict.fromkeys(df["layer"]))
+    scale = {"type": "log" if log_color else "linear"}
+    if center is not None:
+        scale.update(scheme="redblue", reverse=True, domainMid=center)
+    else:
+        scale.update(scheme="viridis")
+    legend = alt.Legend(format=".3~g", gradientLength=160)
+    if domain is not None:
+        scale.update(domain=list(domain), clamp=True)
+        lo, hi = domain
+        ticks = np.geomspace(lo, hi, 5) if log_color and lo > 0 else np.linspace(lo, hi, 5)
+        legend = alt.Legend(format=".3~g", gradientLength=160, values=[float(f"{t:.3g}") for t in ticks])
     cells = (
         alt.Chart(data)
         .mark_rect()
         .encode(
-            x=alt.X("step:Q", title="step", axis=X_AXIS),
+            x=alt.X("step:Q", title="step", axis=X_AXIS,
+                    scale=alt.Scale(domain=[float(steps[0]), float(data["step_end"].max())], nice=False)),
             x2="step_end:Q",
-            y=alt.Y("layer:N", sort=order, title=None),
-            color=alt.Color("value:Q", title=None, legend=alt.Legend(format=".2~g"),
-                            scale=alt.Scale(type="log" if log_color else "linear", scheme="viridis")),
+            y=alt.Y("layer:N", sort=order, title=None, axis=alt.Axis(labelLimit=220)),
+            color=alt.Color("value:Q", title=None, legend=legend, scale=alt.Scale(**scale)),
             tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")],
         )
         .properties(title=_title(title, dropped, log_color))
@@ -253,7 +354,7 @@ def heatmap_chart(
         return cells
     rule = (
         alt.Chart(pd.DataFrame({"step": [switch_step]}))
-        .mark_rule(strokeDash=[6, 4], color="white", strokeWidth=2)
+        .mark_rule(strokeDash=[6, 4], color="black", strokeWidth=2)
         .encode(x="step:Q", tooltip=[alt.Tooltip("step:Q", title="LAWN switch at step")])
     )
     return alt.layer(cells, rule)
@@ -265,26 +366,33 @@ def threshold_chart(
     title: str,
     log_y: bool = True,
     switches: pd.DataFrame | None = None,
+    palette: Palette | None = None,
+    y_title: str | None = None,
 ) -> alt.Chart | alt.LayerChart | None:
-    """A slow-cadence estimate (points joined by lines, per run) against a per-run limit drawn
-    dashed in the same colour, e.g. sharpness against the edge-of-stability threshold.
-
-    Both frames: run_id, label, step, value.
-    """
-    line = metric_chart(values, title, log_y, switches, points=True)
+    """A slow-cadence estimate (points joined by lines, per run, in the run's dash) against a
+    per-run limit drawn as a thin dotted line in the same colour, e.g. sharpness against the
+    edge-of-stability threshold. Both frames: run_id, label, step, value."""
+    shown = [d for d in (values, threshold) if not d.empty]
+    if not shown:
+        return None
+    palette = palette if palette is not None else Palette.default(pd.concat(shown)["label"])
+    values = values.drop(columns=[c for c in ("smoothed", "min", "max") if c in values.columns])
+    drawn = _metric_layers(values, log_y, switches, "step", None, True, palette, y_title, False)
+    layers, dropped = drawn if drawn is not None else ([], 0)
     limit, _ = plottable(threshold[["run_id", "label", "step", "value"]], log_y)
-    if limit.empty:
-        return line
-    dashed = (
-        alt.Chart(thin(limit, by="run_id"))
-        .mark_line(strokeDash=[4, 4])
-        .encode(x="step:Q", y=_y(log_y), color=alt.Color("label:N", title="run"),
-                tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
-                         alt.Tooltip("value:Q", format=".4g", title="threshold")])
-    )
-    if line is None:
-        return dashed.properties(title=alt.TitleParams(title, anchor="start"))
-    return alt.layer(*(line.layer if isinstance(line, alt.LayerChart) else [line]), dashed)
+    if not limit.empty:
+        layers.append(
+            alt.Chart(thin(limit, by="run_id"))
+            .mark_line(strokeDash=[2, 3], strokeWidth=1.5)
+            .encode(x="step:Q", y=_y(log_y, y_title), detail="label:N",
+                    **({"color": palette.color()} if drawn is None else {"stroke": palette.stroke()}),
+                    tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
+                             alt.Tooltip("value:Q", format=".4g", title="threshold")])
+        )
+    if not layers:
+        return None
+    chart = layers[0] if len(layers) == 1 else _layered(*layers)
+    return chart.properties(title=_title(title, dropped, log_y), height=HEIGHT).interactive()
 
 
 def group_chart(
@@ -292,6 +400,9 @@ def group_chart(
     title: str,
     log_y: bool = False,
     x_title: str = "step",
+    palette: Palette | None = None,
+    y_title: str | None = None,
+    percent: bool = False,
 ) -> alt.Chart | alt.LayerChart | None:
     """Group means with their band (``agg``: label, x, value, low, high, runs; ``tables.aggregate``):
     a line per group and a shaded band from ``low`` to ``high``."""
@@ -299,43 +410,49 @@ def group_chart(
     if data.empty:
         return None
     data = thin(data, by="label")
+    if percent:
+        data = data.assign(value=data["value"] * 100, low=data["low"] * 100, high=data["high"] * 100)
     if log_y:  # a band reaching zero or below has no place on a log axis: clip it at value / 10
         data = data.assign(low=data["low"].where(data["low"] > 0, data["value"] / 10))
-    color = alt.Color("label:N", title="group")
+    palette = _palette(palette, data)
+    x_enc = alt.X("x:Q", title=x_title, axis=X_AXIS)
     line = (
         alt.Chart(data)
-        .mark_line()
-        .encode(x=alt.X("x:Q", title=x_title, axis=X_AXIS), y=_y(log_y), color=color,
+        .mark_line(strokeWidth=2)
+        .encode(x=x_enc, y=_y(log_y, y_title), color=palette.color(title="group"), strokeDash=palette.dash(),
                 tooltip=[alt.Tooltip("label:N", title="group"), alt.Tooltip("x:Q", format=".4g", title=x_title),
                          alt.Tooltip("value:Q", format=".4g", title="mean"), alt.Tooltip("runs:Q")])
-        .properties(title=_title(title, dropped, log_y))
-        .interactive()
     )
-    band = alt.Chart(data).mark_area(opacity=0.2).encode(x="x:Q", y="low:Q", y2="high:Q", color=color)
-    return alt.layer(line, band)
+    band = alt.Chart(data).mark_area(opacity=SE_OPACITY).encode(
+        x=x_enc, y=alt.Y("low:Q", title=y_title), y2="high:Q", fill=palette.fill())
+    return _layered(band, line).properties(title=_title(title, dropped, log_y), height=HEIGHT).interactive()
 
 
-def batch_size_chart(frame: pd.DataFrame, title: str) -> alt.LayerChart | None:
+def batch_size_chart(frame: pd.DataFrame, title: str, palette: Palette | None = None) -> alt.LayerChart | None:
     """Final accuracy against batch size per method (the paper's Figure 1): ours as solid lines
-    with +/- std error bars, the paper's as dashed lines with hollow points.
+    with +/- std error bars, the paper's as dashed lines with hollow points. Methods keep the
+    dashboard's colours (optimizer = hue); LAWN is a lighter shade here, since dashes mean the paper.
 
     ``frame``: method, batch_size, accuracy, std, source ("ours" / "paper"); ``paper.figure1_frame``.
     """
     data = frame[np.isfinite(frame["accuracy"].to_numpy(dtype=float))]
     if data.empty:
         return None
+    palette = palette if palette is not None else method_palette(data["method"])
+    data = data.assign(label=data["method"])
     x = alt.X("batch_size:Q", title="batch size", scale=alt.Scale(type="log"))
-    color = alt.Color("method:N", title="method")
+    color = palette.color(title="method")
     lines = (
         alt.Chart(data)
         .mark_line(point=True)
         .encode(x=x, y=alt.Y("accuracy:Q", title="test accuracy (%)", scale=alt.Scale(zero=False)), color=color,
-                strokeDash=alt.StrokeDash("source:N", title="source", sort=["ours", "paper"]),
+                strokeDash=alt.StrokeDash("source:N", title="source", sort=["ours", "paper"],
+                                          legend=alt.Legend(orient="bottom")),
                 tooltip=["method:N", "source:N", "batch_size:Q", alt.Tooltip("accuracy:Q", format=".2f"),
                          alt.Tooltip("std:Q", format=".2f")])
         .properties(title=alt.TitleParams(title, anchor="start"))
     )
     ours = data[(data["source"] == "ours") & data["std"].notna()]
     ours = ours.assign(low=ours["accuracy"] - ours["std"], high=ours["accuracy"] + ours["std"])
-    bars = alt.Chart(ours).mark_rule().encode(x=x, y="low:Q", y2="high:Q", color=color)
-    return alt.layer(lines, bars)
+    bars = alt.Chart(ours).mark_rule().encode(x=x, y="low:Q", y2="high:Q", stroke=palette.stroke())
+    return _layered(lines, bars)

@@ -14,11 +14,14 @@ import pandas as pd
 import streamlit as st
 
 from lawn_monitor import RunStore
+from lawn_monitor.metrics import info
 from lawn_monitor.sink import default_root
 
-from charts import run_labels  # noqa: F401  (re-exported for the pages)
+from charts import metric_chart
+from styles import Palette, run_labels, run_styles  # noqa: F401  (run_labels re-exported for the pages)
 
 DEFAULT_RUNS = 4  # with nothing selected, the pages show the newest few runs
+DEFAULT_SMOOTHING = 0.6  # TensorBoard's default EMA weight
 RUNS_TTL = 2  # seconds a runs() listing is reused; the live page reads fresher itself
 
 
@@ -181,3 +184,31 @@ def finished_key(runs: pd.DataFrame) -> tuple:
     done = runs[runs["status"] == "finished"]
     ended = done["ended_at"] if "ended_at" in done.columns else pd.Series("", index=done.index)
     return tuple(zip(done["run_id"], ended.astype(str)))
+
+
+# --- what every chart shares: colours, smoothing ------------------------------------------------
+
+def palette(runs: pd.DataFrame, run_ids) -> Palette:
+    """The shown runs' colours and dashes, from every run's config (the same on every page)."""
+    return Palette.of(run_styles(runs), run_ids)
+
+
+def smoothing() -> float:
+    """The sidebar's smoothing slider (TensorBoard's EMA weight), shared by every page."""
+    with st.sidebar:
+        return slider("smoothing", key="smooth", default=DEFAULT_SMOOTHING, min_value=0.0, max_value=0.99, step=0.01,
+                      help="TensorBoard's debiased exponential moving average over each run's points, drawn over "
+                           "the faint raw line; 0 turns it off. Slow-cadence metrics (evaluation, curvature) are "
+                           "never smoothed.")
+
+
+def series_chart(store: RunStore, run_ids: list[str], metric: str, labels: dict[str, str], colors: Palette,
+                 switches: pd.DataFrame | None = None, smooth: float = 0.0, title: str | None = None,
+                 log_y: bool | None = None, layer: str = "", points: bool = False) -> None:
+    """One metric of these runs as a line chart, with the metric's own axis title, units, scale
+    (log where it shrinks by decades) and smoothing; or a line saying there is nothing yet."""
+    meta = info(metric)
+    df = store.series(run_ids, metric, layer, smooth=smooth if meta.smooth else 0.0)
+    chart = metric_chart(labelled(df, labels), title or meta.axis, meta.log if log_y is None else log_y, switches,
+                         palette=colors, y_title=meta.axis, percent=meta.percent, points=points)
+    show(chart, f"No {title or metric} data yet.")

@@ -150,3 +150,16 @@ def aggregate(df: pd.DataFrame, groups: dict[str, str], band: str, bins: int = 1
             out["low"], out["high"] = out["value"] - spread, out["value"] + spread
         parts.append(out.assign(label=label))
     return pd.concat(parts, ignore_index=True)[columns]
+
+
+def relative_to(df: pd.DataFrame, step: int) -> pd.DataFrame:
+    """Each layer's values over its value at ``step`` (``df``: layer, step, value, as
+    ``RunStore.layers`` returns; the first bucket at or after ``step``, or the last one if the run
+    ended before it): growth since that step, e.g. since LAWN's switch, where a constrained layer
+    stays at exactly 1."""
+    if df.empty:
+        return df
+    ordered = df.sort_values("step")
+    after = ordered[ordered["step"] >= step]
+    base = after.groupby("layer")["value"].first() if not after.empty else ordered.groupby("layer")["value"].last()
+    return df.assign(value=df["value"] / df["layer"].map(base))

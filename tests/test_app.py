@@ -37,16 +37,30 @@ def run_app(root: Path, page: str = "runs", params: dict | None = None, state: d
     return at
 
 
-def charts(at: AppTest) -> dict[str, list[pd.DataFrame]]:
-    """Each chart's title and the datasets it carries (the main one first)."""
+def charts(at: AppTest) -> dict[str, list[tuple[dict, pd.DataFrame]]]:
+    """Each chart's title and its layers in drawing order: (layer spec, the data it draws)."""
     found = {}
     for i, element in enumerate(at.get("vega_lite_chart")):
         spec = json.loads(element.proto.spec)
-        first = spec.get("layer", [spec])[0]
-        title = first.get("title", spec.get("title", {})).get("text", f"untitled {i}")
-        found.setdefault(title, [])
-        found[title].append([pa.ipc.open_stream(ds.data.data).read_pandas() for ds in element.proto.datasets])
-    return {title: sets[0] if len(sets) == 1 else sets for title, sets in found.items()}
+        named = {ds.name: pa.ipc.open_stream(ds.data.data).read_pandas() for ds in element.proto.datasets}
+        layers = spec.get("layer", [spec])
+        title = spec.get("title", layers[0].get("title", {})).get("text", f"untitled {i}")
+        found[title] = [(layer, named.get((layer.get("data") or spec.get("data") or {}).get("name")))
+                        for layer in layers]
+    return found
+
+
+def mark(layer: dict) -> str:
+    return layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+
+
+def main_line(layers) -> pd.DataFrame:
+    """The data of a chart's main layer: the one that carries the run legend (``color``)."""
+    return next(df for layer, df in layers if "color" in layer.get("encoding", {}))
+
+
+def of_mark(layers, kind: str) -> list[pd.DataFrame]:
+    return [df for layer, df in layers if mark(layer) == kind]
 
 
 def texts(at: AppTest) -> str:
@@ -103,7 +117,7 @@ def test_selecting_rows_puts_the_runs_in_the_url_for_every_page(sweep_store, ids
     at.run()
     assert at.query_params["runs"] == ids["sgd-0"]
     at.switch_page("views/flattening.py").run()
-    assert set(charts(at)["train loss"][0]["label"]) == {"sgd-s0"}
+    assert set(main_line(charts(at)["train loss"])["label"]) == {"sgd-s0"}
 
 
 # --- Live -------------------------------------------------------------------------------------
@@ -113,14 +127,16 @@ def test_live_page_shows_ended_runs_with_their_switch(sweep_store, ids):
     assert "No run is training now" in at.info[0].value
     found = charts(at)
     assert {"train loss", "test accuracy", "learning rate", "gradient norm (whole model)", TRACE_TITLE} == set(found)
-    loss, switch = found["train loss"]
+    loss = main_line(found["train loss"])
+    [switch] = of_mark(found["train loss"], "rule")
     assert set(loss["label"]) == {"adam-lawn-s0", "sgd-s0"} and loss["step"].max() == 30
     assert switch[["label", "step"]].to_dict("records") == [{"label": "adam-lawn-s0", "step": 11}]
-    proxy, _, band, hutchinson = found[TRACE_TITLE]  # lines, switch rules, band, points (+ their bars)
+    band, proxy, _, _, hutchinson = [df for _, df in found[TRACE_TITLE]]  # band, line, switch, SE bars, points
     assert proxy["step"].tolist()[:3] == [5, 10, 15]
     assert (band["low"] < band["value"]).all() and (band["high"] > band["value"]).all()
     assert set(hutchinson["step"]) == {1, 5, 30} and hutchinson["se"].notna().all()
-    assert set(found["test accuracy"][0]["step"]) == {10, 20, 30}
+    assert set(main_line(found["test accuracy"])["step"]) == {10, 20, 30}
+    assert main_line(found["test accuracy"])["value"].max() > 1  # accuracy in %
     assert sorted(p.text for p in at.get("progress")) == ["adam-lawn-s0: step 30 / 30 (100%), done",
                                                           "sgd-s0: step 30 / 30 (100%), done"]
 
@@ -147,11 +163,11 @@ def test_live_page_follows_a_running_run(tmp_path):
     at = run_app(root, "live")
     assert "No run is training now" not in texts(at)
     assert [p.text for p in at.get("progress")][0].startswith("live: step 3 / 10 (30%), ETA ")
-    assert charts(at)["train loss"][0]["step"].max() == 3
+    assert main_line(charts(at)["train loss"])["step"].max() == 3
     train(4)
     at.run()  # what the 2 s fragment timer does in the browser
     assert [p.text for p in at.get("progress")][0].startswith("live: step 7 / 10 (70%)")
-    assert charts(at)["train loss"][0]["step"].max() == 7
+    assert main_line(charts(at)["train loss"])["step"].max() == 7
     monitor.close()
     at.run()
     assert not at.exception
@@ -163,40 +179,53 @@ def test_live_page_follows_a_running_run(tmp_path):
 def test_flattening_page_overlays_the_signals(sweep_store, ids):
     at = run_app(sweep_store, "flattening", params={"runs": f"{ids['adam-lawn-0']},{ids['sgd-0']}"})
     found = charts(at)
-    assert {"train loss", "gradient norm (whole model)", TRACE_TITLE, "sharpness vs. stability threshold (dashed)",
-            "logit norm (mean L2)", "max softmax probability", "flat fraction (loss < 1e-3)"} == set(found)
-    for title in ("train loss", "logit norm (mean L2)", "max softmax probability"):
-        assert set(found[title][0]["label"]) == {"adam-lawn-s0", "sgd-s0"}, title
-    sharp = found["sharpness vs. stability threshold (dashed)"]
-    assert len(sharp) == 3  # points and lines, the switch rule, the dashed threshold
-    assert set(sharp[2]["label"]) == {"adam-lawn-s0", "sgd-s0"} and (sharp[2]["value"] > 0).all()
-    prob = found["max softmax probability"][0]["value"]
+    assert {"train loss", "gradient norm (whole model)", TRACE_TITLE, "sharpness vs. stability threshold (dotted)",
+            "logit norm (mean L2)", "weight norm (whole model)", "max softmax probability",
+            "flattened samples (loss < 1e-3)"} == set(found)
+    for title in ("train loss", "logit norm (mean L2)", "max softmax probability", "weight norm (whole model)"):
+        assert set(main_line(found[title])["label"]) == {"adam-lawn-s0", "sgd-s0"}, title
+    sharp = found["sharpness vs. stability threshold (dotted)"]
+    assert [mark(layer) for layer, _ in sharp] == ["line", "rule", "line"]  # points+lines, switch, threshold
+    threshold = sharp[2][1]
+    assert set(threshold["label"]) == {"adam-lawn-s0", "sgd-s0"} and (threshold["value"] > 0).all()
+    prob = main_line(found["max softmax probability"])["value"]
     assert ((prob > 0) & (prob <= 1)).all()
-    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
-    assert spec["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
+    flat = main_line(found["flattened samples (loss < 1e-3)"])
+    assert flat["value"].max() <= 100 and sharp[0][0]["encoding"]["y"]["title"] == "top Hessian eigenvalue"
+    # Default smoothing: the smoothed line over the faint raw one, each with its own y field.
+    raw, line, _ = found["train loss"]
+    assert raw[0]["mark"]["opacity"] < 1 and line[0]["encoding"]["y"]["field"] == "smoothed"
+    assert line[0]["encoding"]["y"]["scale"]["type"] == "log"
     at.checkbox[0].uncheck().run()
-    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
-    assert spec["layer"][0]["encoding"]["y"]["scale"]["type"] == "linear"
+    assert charts(at)["train loss"][1][0]["encoding"]["y"]["scale"]["type"] == "linear"
     assert at.query_params["log"] == "False"
+    at.sidebar.slider[0].set_value(0.0).run()  # smoothing off: one line per run, no faint copy
+    assert [mark(layer) for layer, _ in charts(at)["train loss"]] == ["line", "rule"]
 
 
 # --- Weight adaptivity ------------------------------------------------------------------------
 
-def test_adaptivity_page_puts_two_runs_side_by_side(sweep_store, ids):
+def test_adaptivity_page_tells_growth_from_freeze(sweep_store, ids):
     at = run_app(sweep_store, "adaptivity", params={"a": ids["adam-lawn-0"], "b": ids["sgd-0"]})
-    assert [s.value for s in at.selectbox] == [ids["adam-lawn-0"], ids["sgd-0"]]
+    assert [s.value for s in at.selectbox][:2] == [ids["adam-lawn-0"], ids["sgd-0"]]
+    found = charts(at)
+    every = {"adam-lawn-s0", "adam-lawn-s1", "sgd-s0"}  # nothing chosen on the Runs page: the newest runs
+    for title in ("weight norm (whole model)", "weight growth (whole model)", "update ratio, raw (whole model)",
+                  "learning rate (why the raw ratio falls)"):
+        assert set(main_line(found[title])["label"]) == every, title
+    growth = main_line(found["weight growth (whole model)"])
+    assert growth.sort_values("step").groupby("label")["value"].first().round(6).eq(1.0).all()
     specs = [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
-    assert len(specs) == 10  # 4 heatmaps x 2 runs, then update-ratio lines x 2 runs
-    heat = specs[0]["layer"][0]
-    assert heat["mark"]["type"] == "rect"
-    assert heat["encoding"]["y"]["sort"] == ["0.weight", "0.bias", "2.weight", "2.bias"]  # model order
-    assert specs[0]["layer"][1]["mark"]["type"] == "rule"  # the Adam-LAWN run's switch
-    assert specs[1]["mark"]["type"] == "rect"  # SGD: no switch
-    ratio = specs[8]
-    assert [layer["mark"]["type"] for layer in ratio["layer"]] == ["line", "rule", "rule"]
-    datasets = at.get("vega_lite_chart")[8].proto.datasets
-    reference = pa.ipc.open_stream(datasets[-1].data.data).read_pandas()
-    assert reference["value"].tolist() == [1e-3]
+    heat = [s for s in specs if s.get("layer", [s])[0]["mark"]["type"] == "rect"
+            or s.get("mark", {}).get("type") == "rect"]
+    assert len(heat) == 12  # weight growth, update ratio per unit LR and 4 more in the expander, two runs each
+    cells = heat[0]["layer"][0]
+    assert cells["encoding"]["y"]["sort"] == ["0.weight", "0.bias", "2.weight", "2.bias"]  # model order
+    assert heat[0]["layer"][1]["mark"]["type"] == "rule"  # the Adam-LAWN run's switch
+    assert heat[1]["mark"]["type"] == "rect"  # SGD: no switch
+    scale = lambda spec: spec.get("layer", [spec])[0]["encoding"]["color"]["scale"]  # noqa: E731
+    assert scale(heat[0]) == scale(heat[1]) and scale(heat[0])["domainMid"] == 1.0  # one domain, centred at 1
+    assert scale(heat[2]) == scale(heat[3])
 
 
 # --- Compare ----------------------------------------------------------------------------------
@@ -206,7 +235,7 @@ def test_compare_smooths_and_averages_seeds(sweep_store, ids):
     at = run_app(sweep_store, "compare", params={"runs": every, "metric": "train/loss", "smooth": "0.6",
                                                  "group": "optimizer,lawn", "band": "stderr"})
     title = "train/loss (smoothed 0.6), mean and mean ± standard error per group"
-    group = charts(at)[title][0]
+    group = main_line(charts(at)[title])
     assert set(group["label"]) == {"optimizer=adam, lawn=True", "optimizer=sgd, lawn=False"}
     # Against the store: the mean over the two Adam-LAWN seeds of their smoothed loss.
     store = RunStore(sweep_store)
@@ -220,7 +249,8 @@ def test_compare_smooths_and_averages_seeds(sweep_store, ids):
 
 def test_compare_one_line_per_run_over_epoch(sweep_store, ids):
     at = run_app(sweep_store, "compare", params={"runs": f"{ids['adam-lawn-0']},{ids['sgd-0']}", "x": "epoch"})
-    lines, switch = charts(at)["test/acc"][:2]
+    layers = charts(at)["test/acc"]
+    lines, [switch] = main_line(layers), of_mark(layers, "rule")
     assert set(lines["label"]) == {"adam-lawn-s0", "sgd-s0"}
     assert set(lines["x"]) == {10.0, 20.0, 30.0}  # one step per epoch in the tiny runs
     assert switch["x"].tolist() == [11.0]
@@ -230,9 +260,9 @@ def test_compare_one_line_per_run_over_epoch(sweep_store, ids):
 def test_compare_one_layer_of_a_per_layer_metric(sweep_store, ids):
     run_ids = [ids["adam-lawn-0"], ids["sgd-0"]]
     at = run_app(sweep_store, "compare", params={"runs": ",".join(run_ids), "metric": "update_ratio",
-                                                 "layer": "2.weight"})
+                                                 "layer": "2.weight", "smooth": "0"})
     assert at.selectbox[1].options == ["(whole model)", "0.weight", "0.bias", "2.weight", "2.bias"]
-    lines = charts(at)["update_ratio of 2.weight"][0]
+    lines = main_line(charts(at)["update_ratio of 2.weight"])
     expected = RunStore(sweep_store).series(run_ids, "update_ratio", "2.weight")
     assert len(lines) == len(expected) and np.allclose(sorted(lines["value"]), sorted(expected["value"]))
     at.selectbox[0].set_value("test/acc").run()  # a metric without layers: back to the whole model
@@ -303,7 +333,7 @@ def test_corrupt_files_never_break_a_page(damaged_store, page):
     if page == "runs":
         assert len(at.dataframe[0].value) == 3  # the run with the cut run.json is left out
     if page == "flattening":
-        assert set(charts(at)["train loss"][0]["label"]) == {"adam-lawn-s0", "adam-lawn-s1", "sgd-s0"}
+        assert set(main_line(charts(at)["train loss"])["label"]) == {"adam-lawn-s0", "adam-lawn-s1", "sgd-s0"}
 
 
 def test_root_from_the_environment_and_a_cleared_box(sweep_store, monkeypatch):

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.charts import (band_chart, batch_size_chart, group_chart, heatmap_chart, layer_chart, metric_chart,
-                        run_labels, thin, threshold_chart, with_se)
+from app.charts import (band_chart, batch_size_chart, color_domain, group_chart, heatmap_chart, layer_chart,
+                        metric_chart, thin, threshold_chart, with_se)
+from app.styles import FAMILY_COLORS, DASHED, SOLID, Palette, group_palette, method_palette, run_labels, run_styles
 from app.paper import PAPER_TABLE2, batch_label, figure1_frame, method_name, table2, table2_grid
 from app.tables import aggregate, eta_seconds, filter_options, filter_runs, group_labels, progress_text
 
@@ -28,7 +29,8 @@ def layers_of(spec: dict) -> list[dict]:
 
 
 def data_of(spec: dict, layer: dict) -> pd.DataFrame:
-    return pd.DataFrame(spec["datasets"][layer["data"]["name"]])
+    """A layer's data set (or the chart's, which Altair hoists to the top when layers share it)."""
+    return pd.DataFrame(spec["datasets"][layer.get("data", spec.get("data"))["name"]])
 
 
 def test_metric_chart_draws_one_line_per_run():
@@ -49,7 +51,10 @@ def test_metric_chart_marks_the_lawn_switch_in_the_runs_colour():
     spec = chart.to_dict()
     lines, rules = layers_of(spec)
     assert rules["mark"]["type"] == "rule" and rules["mark"]["strokeDash"]
-    assert rules["encoding"]["color"]["field"] == lines["encoding"]["color"]["field"] == "label"
+    assert rules["encoding"]["stroke"]["field"] == lines["encoding"]["color"]["field"] == "label"
+    # The rule takes the run's colour from the same domain and range, without a legend of its own.
+    assert rules["encoding"]["stroke"]["scale"] == lines["encoding"]["color"]["scale"]
+    assert rules["encoding"]["stroke"]["legend"] is None
     assert data_of(spec, rules)[["label", "step"]].to_dict("records") == [{"label": "adam-lawn", "step": 11}]
 
 
@@ -107,9 +112,52 @@ def test_thin_caps_points_per_series_and_keeps_the_last():
     assert thin(df, by="run_id", max_points=5000).equals(df)
 
 
-def test_run_labels_are_unique():
-    runs = pd.DataFrame({"run_id": ["a1", "a2", "b1"], "name": ["adam", "adam", "sgd"]})
-    assert run_labels(runs) == {"a1": "adam (a1)", "a2": "adam (a2)", "b1": "sgd"}
+def test_run_labels_are_short_and_unique():
+    runs = pd.DataFrame({"run_id": ["20261129-101500-adam-3f2a", "20261129-101700-adam-9c01", "x-sgd-0001"],
+                         "name": ["adam", "adam", "sgd"]})
+    assert run_labels(runs) == {"20261129-101500-adam-3f2a": "adam ·3f2a", "20261129-101700-adam-9c01": "adam ·9c01",
+                                "x-sgd-0001": "sgd"}
+    same_tail = pd.DataFrame({"run_id": ["a-0001", "b-0001"], "name": ["adam", "adam"]})
+    assert run_labels(same_tail) == {"a-0001": "adam (a-0001)", "b-0001": "adam (b-0001)"}
+
+
+def test_a_run_colour_comes_from_its_config_and_stays_when_runs_are_added():
+    runs = pd.DataFrame({
+        "run_id": ["s", "sl", "a0", "al", "a1", "x"],
+        "name": ["sgd", "sgd-lawn", "adam-s0", "adam-lawn", "adam-s1", "mine"],
+        "optimizer": ["sgd", "sgd", "adam", "adam", "adam", None],
+        "lawn": [False, True, False, "True", False, None],
+        "created_at": ["2026-01-01T00:00:0%d" % i for i in range(6)],
+    })
+    styles = run_styles(runs)
+    assert styles["s"].color == FAMILY_COLORS["sgd"] and styles["a0"].color == FAMILY_COLORS["adam"]
+    assert styles["al"].color == FAMILY_COLORS["adam"] and styles["al"].lawn and not styles["a0"].lawn
+    assert styles["a1"].color != styles["a0"].color  # a second seed: the same hue, another shade
+    red = lambda c: int(c[1:3], 16) > int(c[5:7], 16)  # noqa: E731
+    assert red(styles["a1"].color) and not red(styles["s"].color)
+    # Another run added later (or a page showing fewer runs) changes nobody's style.
+    later = pd.concat([runs, pd.DataFrame({"run_id": ["n"], "name": ["sgd"], "optimizer": ["sgd"], "lawn": [False],
+                                          "created_at": ["2026-01-02T00:00:00"]})], ignore_index=True)
+    assert all(run_styles(later)[r].color == styles[r].color for r in runs["run_id"])
+    assert run_styles(runs.iloc[::-1])["a1"] == styles["a1"]
+    palette = Palette.of(styles, ["al", "a0"])
+    assert palette.labels == ("adam-lawn", "adam-s0") and palette.dashed == (True, False)
+    spec = palette.dash().to_dict()
+    assert spec["scale"]["range"] == [DASHED, SOLID]
+
+
+def test_group_and_method_palettes_follow_the_runs_colours():
+    runs = pd.DataFrame({"run_id": ["a0", "a1", "s0"], "name": ["adam-s0", "adam-s1", "sgd"],
+                         "optimizer": ["adam", "adam", "sgd"], "lawn": [True, True, False],
+                         "created_at": ["1", "2", "3"]})
+    styles = run_styles(runs)
+    groups = group_palette(styles, {"a0": "optimizer=adam", "a1": "optimizer=adam", "s0": "optimizer=sgd"})
+    assert dict(zip(groups.labels, groups.colors)) == {"optimizer=adam": styles["a0"].color,
+                                                       "optimizer=sgd": FAMILY_COLORS["sgd"]}
+    assert dict(zip(groups.labels, groups.dashed)) == {"optimizer=adam": True, "optimizer=sgd": False}
+    methods = method_palette(["SGD", "Adam", "Adam-LAWN"])
+    colors = dict(zip(methods.labels, methods.colors))
+    assert colors["Adam"] == FAMILY_COLORS["adam"] and colors["Adam-LAWN"] not in (colors["Adam"], colors["SGD"])
 
 
 def test_band_chart_draws_the_se_band_and_the_unbiased_points():
@@ -119,8 +167,8 @@ def test_band_chart_draws_the_se_band_and_the_unbiased_points():
     chart = band_chart(estimate, "trace", log_y=True, points=points)
     spec = chart.to_dict()
     marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
-    assert marks == ["line", "area", "rule", "point"]
-    band = chart.layer[1].data
+    assert marks == ["area", "line", "rule", "point"]
+    band = chart.layer[0].data
     # On a log axis the band's low end may not reach zero: 2 - 3 < 0 is drawn at 2 / 10.
     assert band["low"].tolist() == [3.0, 0.2, 0.5] and band["high"].tolist() == [5.0, 5.0, 1.5]
     assert band_chart(estimate.iloc[0:0], "trace", points=points) is not None  # points alone still draw
@@ -186,7 +234,7 @@ def test_threshold_chart_draws_the_limit_dashed_in_the_runs_colour():
     spec = threshold_chart(values, limit, "sharpness").to_dict()
     line, dashed = layers_of(spec)
     assert line["mark"]["point"] is True
-    assert dashed["mark"]["strokeDash"] and dashed["encoding"]["color"]["field"] == "label"
+    assert dashed["mark"]["strokeDash"] and dashed["encoding"]["stroke"]["field"] == "label"
     assert data_of(spec, dashed)["value"].tolist() == [20.0, 20.0]
     assert threshold_chart(values, limit.iloc[0:0], "sharpness") is not None
     only_limit = threshold_chart(values.iloc[0:0], limit, "sharpness").to_dict()
@@ -235,7 +283,7 @@ def test_group_chart_draws_mean_and_band():
                         "high": [2.0, 0.6], "runs": [2, 2]})
     chart = group_chart(agg, "loss", log_y=True)
     spec = chart.to_dict()
-    assert marks(spec) == ["line", "area"]
+    assert marks(spec) == ["area", "line"]
     band = chart.data  # line and band share one data set (Altair hoists it to the layer)
     assert band["low"].tolist() == [0.1, 0.4]  # clipped to value / 10 on a log axis
     assert group_chart(agg.iloc[0:0], "loss") is None
@@ -312,3 +360,60 @@ def test_table2_sets_our_runs_beside_the_paper():
     assert lines["encoding"]["x"]["scale"]["type"] == "log"
     assert lines["encoding"]["strokeDash"]["field"] == "source"
     assert len(data_of(spec, bars)) == 2  # error bars for the rows with a std
+
+
+def test_a_spike_inside_a_downsampling_bucket_stays_in_the_chart(tmp_path):
+    """400 steps into 100 buckets: the spike at step 202 is no bucket's last value, but the chart's
+    min-max band carries it, through the real store and the chart builder."""
+    import pyarrow as pa
+
+    from lawn_monitor import RunStore
+    from lawn_monitor.sink import ParquetSink
+
+    values = [1.0 / (1 + s) for s in range(1, 401)]
+    values[201] = 50.0  # step 202
+    sink = ParquetSink(tmp_path, "spiky", {"name": "spiky", "config": {}})
+    n = len(values)
+    sink.write(pa.table({"run_id": ["spiky"] * n, "step": list(range(1, n + 1)), "epoch": [0.0] * n,
+                         "wall_time": [0.0] * n, "layer": [""] * n, "metric": ["train/loss"] * n, "value": values}))
+    sink.close("finished")
+    df = RunStore(tmp_path).series("spiky", "train/loss", points=100, smooth=0.6).assign(label="spiky")
+    assert 50.0 not in df["value"].tolist()  # no bucket ends on the spike...
+    spec = metric_chart(df, "train loss", log_y=True).to_dict()
+    drawn = [data_of(spec, layer) for layer in layers_of(spec)]
+    assert any((d.get("max") == 50.0).any() for d in drawn)  # ...but a layer draws its range
+    assert marks(spec) == ["area", "line", "line"]  # range, raw line, smoothed line
+
+
+def test_smoothed_line_over_the_faint_raw_one_and_percent_axes():
+    df = runs_frame().assign(smoothed=lambda d: d["value"] * 0.9)
+    spec = metric_chart(df, "train accuracy", percent=True, y_title="train accuracy (%)").to_dict()
+    raw, main = layers_of(spec)
+    assert raw["mark"]["opacity"] < 1 and raw["encoding"]["y"]["field"] == "value"
+    assert main["encoding"]["y"]["field"] == "smoothed" and main["encoding"]["y"]["title"] == "train accuracy (%)"
+    assert data_of(spec, main)["value"].max() == pytest.approx(100.0)  # shares drawn as %
+    assert "legend" not in raw["encoding"]["stroke"] or raw["encoding"]["stroke"]["legend"] is None
+    assert main["encoding"]["color"]["legend"]["symbolType"] == "stroke"  # line swatches
+
+
+def test_side_by_side_heatmaps_share_one_colour_domain():
+    a = pd.DataFrame({"layer": ["w"] * 3, "step": [1, 11, 21], "value": [1.0, 1.5, 2.0]})
+    b = pd.DataFrame({"layer": ["w"] * 3, "step": [1, 11, 21], "value": [1.0, 1.0, 1.0]})
+    domain = color_domain([a, b], center=1.0)
+    assert domain == pytest.approx([0.5, 2.0])  # symmetric around 1 on a log scale
+    specs = [heatmap_chart(df, "growth", domain=domain, center=1.0).to_dict() for df in (a, b)]
+    scales = [s["encoding"]["color"]["scale"] for s in specs]
+    assert scales[0] == scales[1] and scales[0]["domain"] == domain and scales[0]["domainMid"] == 1.0
+    assert color_domain([a, b]) == [1.0, 2.0]
+    assert color_domain([a.iloc[0:0]]) is None
+
+
+def test_growth_relative_to_the_switch():
+    from app.tables import relative_to
+
+    df = pd.DataFrame({"layer": ["w", "w", "w", "b", "b", "b"], "step": [1, 11, 21] * 2,
+                       "value": [1.0, 2.0, 2.0, 1.0, 1.5, 3.0]})
+    out = relative_to(df, 11)
+    assert out["value"].tolist() == [0.5, 1.0, 1.0, 1.0 / 1.5, 1.0, 2.0]
+    assert relative_to(df, 99)["value"].tolist()[-1] == 1.0  # ended before: its last value
+    assert relative_to(df.iloc[0:0], 5).empty

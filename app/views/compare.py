@@ -5,6 +5,8 @@ import streamlit as st
 
 import state
 from charts import batch_size_chart, group_chart, metric_chart
+from lawn_monitor.metrics import info
+from styles import group_palette
 from paper import PAPER_TABLE2, figure1_frame, table2, table2_grid
 from tables import BANDS, CONFIG_KEYS, aggregate, as_text, group_labels
 
@@ -16,24 +18,30 @@ runs = state.load_runs(root)
 labels = state.run_labels(runs)
 run_ids = state.selected_runs(runs)
 store = state.get_store(root)
+colors = state.palette(runs, run_ids)
+smooth = state.smoothing()
 st.title("Compare")
 st.caption("Runs: " + ", ".join(labels[run_id] for run_id in run_ids) + " (choose others on the Runs page).")
 
 metrics = store.metrics(run_ids) or ["train/loss"]
-c0, c1, c2, c3, c4 = st.columns([2, 2, 1, 2, 1])
+c0, c1, c2, c4 = st.columns([3, 2, 1, 1])
 with c0:
-    metric = state.selectbox("metric", metrics, key="metric", default="test/acc" if "test/acc" in metrics else metrics[0])
+    metric = state.selectbox("metric", metrics, key="metric", default="test/acc" if "test/acc" in metrics else metrics[0],
+                             format_func=lambda name: f"{name}: {info(name).meaning}")
+meta = info(metric)
+if st.session_state.get("_compare_metric", metric) != metric:
+    # A new metric starts on its own scale (log for those that shrink by decades), not the last one's.
+    state.put("log", meta.log, meta.log)
+    st.session_state.pop("w.log", None)
+st.session_state["_compare_metric"] = metric
 with c1:
     layers = ["", *store.layer_names(run_ids, metric)]
     layer = state.selectbox("layer", layers, key="layer", default="",
                             format_func=lambda name: name or "(whole model)")
 with c2:
     x = state.selectbox("x axis", list(X_TITLES), key="x", default="step")
-with c3:
-    smooth = state.slider("smoothing (TensorBoard EMA weight)", key="smooth", default=0.0,
-                          min_value=0.0, max_value=0.99, step=0.01)
 with c4:
-    log_y = state.checkbox("log scale", key="log", default=metric in ("train/loss", "grad_norm"))
+    log_y = state.checkbox("log scale", key="log", default=meta.log)
 keys = [key for key in CONFIG_KEYS if key in runs.columns]
 g1, g2 = st.columns([3, 1])
 with g1:
@@ -43,19 +51,24 @@ with g1:
 with g2:
     band = state.selectbox("band", list(BANDS), key="band", default="std", format_func=BANDS.get, disabled=not by)
 
-df = store.series(run_ids, metric, layer, x=x, smooth=smooth)
-df = df.assign(value=df["smoothed"])
-title = metric + (f" of {layer}" if layer else "") + (f" (smoothed {smooth:g})" if smooth else "")
+st.caption(f"`{metric}`: {meta.meaning}.")
+weight = smooth if meta.smooth else 0.0
+df = store.series(run_ids, metric, layer, x=x, smooth=weight)
+title = metric + (f" of {layer}" if layer else "") + (f" (smoothed {weight:g})" if weight else "")
 if by:
     groups = group_labels(runs[runs["run_id"].isin(run_ids)], by, labels)
-    plotted = aggregate(df, groups, band)
-    state.show(group_chart(plotted, f"{title}, mean and {BANDS[band]} per group", log_y, X_TITLES[x]),
+    plotted = aggregate(df.assign(value=df["smoothed"]), groups, band)
+    state.show(group_chart(plotted, f"{title}, mean and {BANDS[band]} per group", log_y, X_TITLES[x],
+                           palette=group_palette(state.run_styles(runs), groups), y_title=meta.axis,
+                           percent=meta.percent),
                f"No finite {metric} values in these runs.")
 else:
     switches = store.switch_steps(run_ids)
     switches = switches.assign(x=switches[x]) if x in ("step", "epoch") else None  # no wall time for a switch
-    plotted = state.labelled(df, labels)[["run_id", "label", "step", "epoch", "wall_time", "x", "value"]]
-    state.show(metric_chart(plotted, title, log_y, switches, x="x", x_title=X_TITLES[x]),
+    plotted = state.labelled(df, labels)[["run_id", "label", "step", "epoch", "wall_time", "x", "value", "smoothed",
+                                          "min", "max"]]
+    state.show(metric_chart(plotted, title, log_y, switches, x="x", x_title=X_TITLES[x], palette=colors,
+                            y_title=meta.axis, percent=meta.percent),
                f"No finite {metric} values in these runs.")
 state.csv_download(plotted, f"{metric.replace('/', '_')}.csv", "Download the plotted data (CSV)")
 

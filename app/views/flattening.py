@@ -1,28 +1,23 @@
 """Loss flattening: the signals that collapse together when Adam overfits its training set (loss,
-gradient norm, curvature, sharpness) and the ones that grow (logit norm, confidence), with the
-selected runs overlaid so that Adam and Adam-LAWN can be compared directly."""
+gradient norm, curvature, sharpness), the ones that grow (logit norm, confidence, flattened
+samples) and their cause, growing weights; the selected runs overlaid so that Adam and Adam-LAWN
+can be compared directly."""
 import streamlit as st
 
 import state
-from charts import band_chart, metric_chart, threshold_chart, with_se
-
-# (metric, title, log y): one line per run.
-PANELS = [
-    ("train/loss", "train loss", True),
-    ("grad_norm", "gradient norm (whole model)", True),
-    ("logit_norm", "logit norm (mean L2)", False),
-    ("max_prob", "max softmax probability", False),
-    ("flat_frac", "flat fraction (loss < 1e-3)", False),
-]
+from charts import band_chart, threshold_chart, with_se
 
 root = state.store_root()
 runs = state.load_runs(root)
 labels = state.run_labels(runs)
 run_ids = state.selected_runs(runs)
 store = state.get_store(root)
+colors = state.palette(runs, run_ids)
+smooth = state.smoothing()
 st.title("Loss flattening")
-st.caption("A run is flattening when its train loss, gradient norm and Hessian trace fall together "
-           "toward zero while logit norm, confidence and the flat fraction rise. Runs: "
+st.caption("A run is flattening when its train loss, gradient norm and Hessian trace fall together toward zero "
+           "while logit norm, confidence and the share of flattened samples rise, driven by growing weights. "
+           "LAWN runs are dashed; their switch is a dashed rule. Runs: "
            + ", ".join(labels[run_id] for run_id in run_ids) + " (choose others on the Runs page).")
 log_y = state.checkbox("log scale", key="log", default=True,
                        help="Log y for loss, gradient norm and curvature (they shrink by decades).")
@@ -31,24 +26,25 @@ switches = store.switch_steps(run_ids)
 
 def draw(panel):
     metric, title, log = panel
-    df = store.series(run_ids, metric)
-    state.show(metric_chart(state.labelled(df, labels), title, log and log_y, switches), f"No {title} data.")
+    state.series_chart(store, run_ids, metric, labels, colors, switches, smooth, title=title, log_y=log and log_y)
 
 
-state.grid(PANELS[:2], draw)
+state.grid([("train/loss", "train loss", True), ("grad_norm", "gradient norm (whole model)", True)], draw)
 trace = with_se(store.series(run_ids, "gn_trace"), store.series(run_ids, "gn_trace_se"))
 exact = with_se(store.series(run_ids, "hessian_trace"), store.series(run_ids, "hessian_trace_se"))
 sharp = store.series(run_ids, "sharpness")
 limit = store.series(run_ids, "sharpness_threshold")
 left, right = st.columns(2)
 with left:
-    state.show(band_chart(state.labelled(trace, labels),
-                          "Hessian trace: GN proxy ± 1 SE, Hutchinson (◆)",
-                          log_y=log_y, switches=switches, points=state.labelled(exact, labels)),
+    state.show(band_chart(state.labelled(trace, labels), "Hessian trace: GN proxy ± 1 SE, Hutchinson (◆)",
+                          log_y=log_y, switches=switches, points=state.labelled(exact, labels), palette=colors,
+                          y_title="Hessian trace"),
                "No Hessian trace: curvature needs a probe batch (the trainer passes one).")
 with right:
     state.show(threshold_chart(state.labelled(sharp, labels), state.labelled(limit, labels),
-                               "sharpness vs. stability threshold (dashed)",
-                               log_y=log_y, switches=switches),
+                               "sharpness vs. stability threshold (dotted)", log_y=log_y, switches=switches,
+                               palette=colors, y_title="top Hessian eigenvalue"),
                "No sharpness: it is measured on a slow cadence; a few points appear per run.")
-state.grid(PANELS[2:], draw)
+state.grid([("logit_norm", "logit norm (mean L2)", False), ("weight_norm", "weight norm (whole model)", False),
+            ("max_prob", "max softmax probability", False), ("flat_frac", "flattened samples (loss < 1e-3)", False)],
+           draw)
