@@ -331,12 +331,13 @@ def heatmap_chart(
         scale.update(scheme="redblue", reverse=True, domainMid=center)
     else:
         scale.update(scheme="viridis")
-    legend = alt.Legend(format=".3~g", gradientLength=160)
+    height = max(140, 16 * len(order))  # px: a row per layer, and room for the colour legend
+    legend = alt.Legend(format=".3~g", gradientLength=height - 20)
     if domain is not None:
         scale.update(domain=list(domain), clamp=True)
         lo, hi = domain
         ticks = np.geomspace(lo, hi, 5) if log_color and lo > 0 else np.linspace(lo, hi, 5)
-        legend = alt.Legend(format=".3~g", gradientLength=160, values=[float(f"{t:.3g}") for t in ticks])
+        legend = alt.Legend(format=".3~g", gradientLength=height - 20, values=[float(f"{t:.3g}") for t in ticks])
     cells = (
         alt.Chart(data)
         .mark_rect()
@@ -348,7 +349,7 @@ def heatmap_chart(
             color=alt.Color("value:Q", title=None, legend=legend, scale=alt.Scale(**scale)),
             tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")],
         )
-        .properties(title=_title(title, dropped, log_color))
+        .properties(title=_title(title, dropped, log_color), height=height)
     )
     if switch_step is None:
         return cells

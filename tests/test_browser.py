@@ -7,6 +7,7 @@ under the test's temporary folder (``pytest --basetemp=DIR`` keeps them somewher
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,18 @@ def server(tiny_store, tmp_path):
     writer.start()
     while not any(LIVE_NAME in p.name for p in root.iterdir()):
         time.sleep(0.05)
+    try:
+        with streamlit_app(root, tmp_path) as url:
+            yield url, writer
+    finally:
+        writer.stop.set()
+        writer.join(timeout=10)
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def streamlit_app(root: Path, tmp_path: Path):
+    """`streamlit run app` on a free port of 127.0.0.1, reading ``root``; yields its URL."""
     port = free_port()
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
@@ -107,7 +121,7 @@ def server(tiny_store, tmp_path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()}")
             time.sleep(0.2)
-        yield url, writer
+        yield url
     finally:
         proc.terminate()
         try:
@@ -115,9 +129,18 @@ def server(tiny_store, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-        writer.stop.set()
-        writer.join(timeout=10)
-        torch.set_num_threads(threads)
+
+
+@contextmanager
+def browser_page():
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            # Streamlit scrolls inside its main block, not the document: a tall window shows whole pages.
+            yield browser.new_page(viewport={"width": 1280, "height": 1800})
+        finally:
+            browser.close()
 
 
 def wait_rendered(page, title: str) -> None:
@@ -139,32 +162,139 @@ def live_step(page) -> int:
 
 def test_every_page_in_a_browser(server, tmp_path):
     url, writer = server
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        try:
-            # Streamlit scrolls inside its main block, not the document: a tall window shows whole pages.
-            page = browser.new_page(viewport={"width": 1280, "height": 1800})
-            for path, title in PAGES:
-                page.goto(f"{url}/{path}")
-                wait_rendered(page, title)
-                body = page.locator("body").inner_text()
-                assert not page.locator("[data-testid='stException']").count(), body
-                assert "Traceback" not in body and "Error" not in body.replace("error bars", ""), body
-                assert "Page not found" not in body
-                page.screenshot(path=str(tmp_path / f"{path or 'runs'}.png"), full_page=True)
+    with browser_page() as page:
+        for path, title in PAGES:
+            page.goto(f"{url}/{path}")
+            wait_rendered(page, title)
+            body = page.locator("body").inner_text()
+            assert not page.locator("[data-testid='stException']").count(), body
+            assert "Traceback" not in body and "Error" not in body.replace("error bars", ""), body
+            assert "Page not found" not in body
+            page.screenshot(path=str(tmp_path / f"{path or 'runs'}.png"), full_page=True)
 
-                if path == "live":
-                    first = live_step(page)
-                    deadline = time.monotonic() + 5.0
-                    seen = first
-                    while seen <= first and time.monotonic() < deadline:
-                        page.wait_for_timeout(200)
-                        seen = live_step(page)
-                    assert seen > first, f"the Live page stayed at step {first} for 5 s while the run trained"
-        finally:
-            browser.close()
+            if path == "live":
+                first = live_step(page)
+                deadline = time.monotonic() + 5.0
+                seen = first
+                while seen <= first and time.monotonic() < deadline:
+                    page.wait_for_timeout(200)
+                    seen = live_step(page)
+                assert seen > first, f"the Live page stayed at step {first} for 5 s while the run trained"
     assert writer.steps > 0
     for path, _ in PAGES:
         shot = tmp_path / f"{path or 'runs'}.png"
         assert shot.stat().st_size > 10_000, shot  # a real page, not a blank one
+
+
+# --- what the browser was sent: every chart's Vega-Lite spec and data ----------------------------
+
+class Charts:
+    """Collects the Vega-Lite charts Streamlit sends a page over its websocket (the protobuf
+    ForwardMsg frames, decoded with Streamlit's own classes): each chart's spec and data sets."""
+
+    def __init__(self, page) -> None:
+        self.specs: list[tuple[dict, dict[str, "pd.DataFrame"]]] = []
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _frame(self, payload) -> None:
+        import pyarrow as pa
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        if isinstance(payload, str):
+            return
+        msg = ForwardMsg.FromString(payload)
+        if msg.WhichOneof("type") != "delta" or msg.delta.WhichOneof("type") != "new_element":
+            return
+        element = msg.delta.new_element
+        if element.WhichOneof("type") != "vega_lite_chart":
+            return
+        chart = element.vega_lite_chart
+        data = {ds.name: pa.ipc.open_stream(ds.data.data).read_pandas() for ds in chart.datasets}
+        self.specs.append((json.loads(chart.spec), data))
+
+    def clear(self) -> None:
+        self.specs.clear()
+
+    def layers(self):
+        """Every layer of every chart seen: (chart title, layer spec, its data)."""
+        for spec, data in self.specs:
+            layers = spec.get("layer", [spec])
+            title = (spec.get("title") or layers[0].get("title") or {}).get("text", "")
+            for layer in layers:
+                name = (layer.get("data") or spec.get("data") or {}).get("name")
+                yield title, layer, data.get(name)
+
+
+def run_colours(charts: Charts) -> dict[str, set]:
+    """Label -> the colours (and dashes) any chart gave it, read from every run-coloured channel."""
+    seen: dict[str, set] = {}
+    for _, layer, _ in charts.layers():
+        for channel in ("color", "stroke", "fill", "strokeDash"):
+            enc = layer.get("encoding", {}).get(channel)
+            if not enc or enc.get("field") != "label" or "domain" not in enc.get("scale", {}):
+                continue
+            for label, value in zip(enc["scale"]["domain"], enc["scale"]["range"]):
+                kind = "dash" if channel == "strokeDash" else "colour"
+                seen.setdefault(label, set()).add((kind, json.dumps(value)))
+    return seen
+
+
+@pytest.fixture
+def adam_pair(tmp_path):
+    """Adam and Adam-LAWN (switch after 10 of 60 steps) on the same tiny problem."""
+    from conftest import train_tiny_run
+
+    root = tmp_path / "runs"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ids = {"adam": train_tiny_run(root, "adam", "adam", lawn=False, steps=60),
+               "adam-lawn": train_tiny_run(root, "adam-lawn", "adam", lawn=True, steps=60)}
+    finally:
+        torch.set_num_threads(threads)
+    return root, ids
+
+
+def test_one_colour_per_run_everywhere_and_growth_against_freeze(adam_pair, tmp_path):
+    root, ids = adam_pair
+    query = f"?runs={ids['adam']},{ids['adam-lawn']}&a={ids['adam-lawn']}&b={ids['adam']}"
+    with streamlit_app(root, tmp_path) as url, browser_page() as page:
+        charts = Charts(page)
+        per_page = {}
+        for path, title in PAGES:
+            charts.clear()
+            page.goto(f"{url}/{path}{query}")
+            wait_rendered(page, title)
+            page.screenshot(path=str(tmp_path / f"pair-{path or 'runs'}.png"), full_page=True)
+            per_page[path] = run_colours(charts)
+            if path == "adaptivity":
+                adaptivity = list(charts.layers())
+    heatmaps = [(t, layer, df) for t, layer, df in adaptivity if layer["mark"]["type"] == "rect"]
+
+    # Every chart of every page gives each run one colour and one dash: the same everywhere.
+    together: dict[str, set] = {}
+    for path, colours in per_page.items():
+        for label, values in colours.items():
+            together.setdefault(label, set()).update(values)
+    assert {"adam", "adam-lawn"} <= set(together)
+    for label in ("adam", "adam-lawn"):
+        kinds = [kind for kind, _ in together[label]]
+        assert kinds.count("colour") == 1 and kinds.count("dash") == 1, (label, together[label])
+        pages = [p for p, colours in per_page.items() if label in colours]
+        assert {"flattening", "adaptivity", "compare", "live"} <= set(pages), pages
+    colour = {label: next(v for k, v in together[label] if k == "colour") for label in ("adam", "adam-lawn")}
+    dash = {label: next(v for k, v in together[label] if k == "dash") for label in ("adam", "adam-lawn")}
+    assert colour["adam"] == colour["adam-lawn"]  # one method family, one hue...
+    assert dash["adam"] != dash["adam-lawn"]  # ...and LAWN is the dashed one
+
+    # The two weight-growth heatmaps (left: Adam-LAWN, right: Adam) share one colour domain.
+    (t_lawn, lawn_spec, lawn), (t_adam, adam_spec, adam) = heatmaps[:2]
+    assert (t_lawn, t_adam) == ("adam-lawn", "adam")
+    assert lawn_spec["encoding"]["color"]["scale"]["domain"] == adam_spec["encoding"]["color"]["scale"]["domain"]
+    switch = int(next(df for t, layer, df in adaptivity
+                      if t == "adam-lawn" and layer["mark"]["type"] == "rule")["step"].iloc[0])
+    for layer in ("0.weight", "2.weight"):  # constrained by LAWN
+        after = lawn[(lawn["layer"] == layer) & (lawn["step"] >= switch)].sort_values("step")["value"]
+        assert len(after) > 5 and (after - after.iloc[0]).abs().max() < 1e-3, layer
+        grows = adam[(adam["layer"] == layer) & (adam["step"] >= switch)].sort_values("step")["value"]
+        assert grows.iloc[-1] > grows.iloc[0] * 1.01, layer
