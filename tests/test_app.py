@@ -362,3 +362,20 @@ def test_table2_follows_runs_that_finish_later(tmp_path, one_thread):
     time.sleep(2.1)  # past the runs list's cache; the summary's cache keys on the finished runs
     at.run()
     assert at.dataframe[0].value.index.tolist() == ["SGD", "Adam-LAWN"]
+
+
+def test_compare_describes_each_metric_and_starts_each_on_its_own_scale(sweep_store):
+    at = run_app(sweep_store, "compare", params={"metric": "test/acc"})
+    assert at.selectbox[0].format_func("update_ratio_per_lr").startswith("update_ratio_per_lr: update ratio / learning rate")
+    assert "top-1 accuracy" in texts(at)
+    assert at.checkbox[0].value is False  # accuracy: linear
+    at.checkbox[0].check().run()
+    assert at.query_params["log"] == "True"
+    at.selectbox[0].set_value("grad_norm").run()
+    assert at.checkbox[0].value is True and "log" not in at.query_params  # its default: log
+    at.checkbox[0].uncheck().run()
+    at.selectbox[0].set_value("max_prob").run()
+    assert at.checkbox[0].value is False
+    layers = charts(at)[next(t for t in charts(at) if t.startswith("max_prob"))]
+    main = next(layer for layer, _ in layers if "color" in layer["encoding"])
+    assert main["encoding"]["y"]["title"] == "max softmax probability"
