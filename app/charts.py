@@ -170,11 +170,12 @@ def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, pe
     if smoothed:
         layers.append(alt.Chart(data).mark_line(opacity=RAW_OPACITY, strokeWidth=1)
                       .encode(x=x_enc, y=_y(log_y, y_title), stroke=palette.stroke()))
+    faint = palette.opacity()
     layers.append(
         alt.Chart(data)
         .mark_line(point=points, strokeWidth=2)
         .encode(x=x_enc, y=_y(log_y, y_title, main), color=palette.color(), strokeDash=palette.dash(),
-                tooltip=tooltip)
+                tooltip=tooltip, **({"opacity": faint} if faint is not None else {}))
     )
     rules = _switch_rules(switches, data, x, palette)
     if rules is not None:

@@ -1,9 +1,11 @@
 """What every page shares: the store, the selected runs, and view state kept in the URL.
 
-Every choice a page offers (selected runs, metric, smoothing, ...) lives in ``st.query_params``,
-so any view is a link that can be shared. Streamlit clears the query string when the user moves
-to another page, so the session also remembers the values (``_params``) and writes them back at
-the top of every run: a URL that was opened wins, then what this session chose last.
+Every choice a page offers (metric, smoothing, filters, ...) is a widget bound to a query
+parameter of the same name (Streamlit's ``bind="query-params"``), so any view is a link that can be
+shared. Streamlit keeps each page's parameters on that page, restores them when the user comes
+back, and *replaces* the URL when a widget changes rather than adding a history entry: Back
+leaves the page instead of stepping through widget clicks. The app-wide ones (store root,
+selected runs, smoothing) are bound in the sidebar, which every page shows.
 """
 from __future__ import annotations
 
@@ -23,100 +25,50 @@ from styles import Palette, run_labels, run_styles  # noqa: F401  (run_labels re
 DEFAULT_RUNS = 4  # with nothing selected, the pages show the newest few runs
 DEFAULT_SMOOTHING = 0.6  # TensorBoard's default EMA weight
 RUNS_TTL = 2  # seconds a runs() listing is reused; the live page reads fresher itself
+BIND = "query-params"
 
 
-def _saved() -> dict[str, str]:
-    return st.session_state.setdefault("_params", {})
+# --- widgets bound to a URL key (the key is the query parameter's name) ---------------------------
 
-
-def sync_url() -> None:
-    """Merge the URL with what this session remembers, then write the result back to the URL."""
-    saved = _saved()
-    for key in st.query_params:
-        saved[key] = st.query_params[key]
-    for key, value in saved.items():
-        if st.query_params.get(key) != value:
-            st.query_params[key] = value
-
-
-def get(key: str, default: str = "") -> str:
-    return _saved().get(key, default)
-
-
-def get_list(key: str) -> list[str]:
-    text = get(key)
-    return [part for part in text.split(",") if part] if text else []
-
-
-def put(key: str, value, default="") -> None:
-    """Remember a value in the session and the URL; the default is left out of the URL."""
-    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-    saved = _saved()
-    if text == str(default) or text == "":
-        saved.pop(key, None)
-        if key in st.query_params:
-            del st.query_params[key]
-    else:
-        saved[key] = text
-        if st.query_params.get(key) != text:
-            st.query_params[key] = text
-
-
-# --- widgets bound to a URL key ---------------------------------------------------------------
-
-def selectbox(label: str, options: Sequence[str], key: str, default: str, **kwargs) -> str:
+def selectbox(label: str, options: Sequence, key: str, default, **kwargs):
     options = list(options)
-    current = get(key, default)
-    index = options.index(current) if current in options else (options.index(default) if default in options else 0)
-    value = st.selectbox(label, options, index=index, key=f"w.{key}", **kwargs)
-    put(key, value, default)
-    return value
+    index = options.index(default) if default in options else 0
+    if key in st.session_state and st.session_state[key] not in options:
+        del st.session_state[key]  # its option went away (a run was deleted): back to the default
+    return st.selectbox(label, options, index=index, key=key, bind=BIND, **kwargs)
 
 
-def multiselect(label: str, options: Sequence[str], key: str, **kwargs) -> list[str]:
+def multiselect(label: str, options: Sequence, key: str, **kwargs) -> list:
     options = list(options)
-    current = [v for v in get_list(key) if v in options]
-    value = st.multiselect(label, options, default=current, key=f"w.{key}", **kwargs)
-    put(key, value)
-    return value
+    current = st.session_state.get(key)
+    if current and any(v not in options for v in current):  # some went away (runs deleted, filters changed)
+        st.session_state[key] = [v for v in current if v in options]
+    return st.multiselect(label, options, key=key, bind=BIND, **kwargs)
 
 
 def checkbox(label: str, key: str, default: bool, **kwargs) -> bool:
-    value = st.checkbox(label, value=get(key, str(default)) == "True", key=f"w.{key}", **kwargs)
-    put(key, value, default)
-    return value
+    return st.checkbox(label, value=default, key=key, bind=BIND, **kwargs)
 
 
 def slider(label: str, key: str, default: float, min_value: float, max_value: float, step: float, **kwargs) -> float:
-    try:
-        current = min(max(float(get(key, str(default))), min_value), max_value)
-    except ValueError:
-        current = default
-    value = st.slider(label, min_value, max_value, current, step, key=f"w.{key}", **kwargs)
-    put(key, value, default)
-    return value
+    return st.slider(label, min_value, max_value, default, step, key=key, bind=BIND, **kwargs)
 
 
 # --- the store --------------------------------------------------------------------------------
 
 def store_root() -> str:
     """The store root chosen in the sidebar (the pages read it; the entry script draws the box)."""
-    return get("root", str(default_root()))
+    return st.session_state.get("_root") or str(default_root())
 
 
 def root_input() -> str:
-    """The sidebar's store-root box; it starts from ``?root=``, else ``$LAWN_MONITOR_ROOT``."""
+    """The sidebar's store-root box (``?root=``); it starts at ``$LAWN_MONITOR_ROOT`` or ``./runs``."""
     default = str(default_root())
-    text = st.sidebar.text_input(
-        "Store root",
-        value=get("root", default),
-        key="w.root",
-        help="The folder holding one sub-folder per run (`<root>/<run_id>/run.json`).",
-    ).strip()
+    text = st.sidebar.text_input("Store root", value=default, key="root", bind=BIND,
+                                 help="The folder holding one sub-folder per run (`<root>/<run_id>/run.json`).")
     # A cleared box means the default store, not the current directory (what Path("") would read).
-    value = text or default
-    put("root", value, default)
-    return value
+    st.session_state["_root"] = text.strip() or default
+    return st.session_state["_root"]
 
 
 @st.cache_resource(show_spinner=False)
@@ -140,10 +92,34 @@ def start_hint(root: str) -> str:
     )
 
 
+def runs_input(runs: pd.DataFrame) -> list[str]:
+    """The sidebar's run picker (``?runs=``): the runs every page shows. The Runs page's table
+    ticks write to it too. Shown by run label (name, and a few id characters where names repeat)."""
+    labels = run_labels(runs)
+    if "_select" in st.session_state:  # a selection made on a page in the last run (select_runs)
+        st.session_state["runs"] = st.session_state.pop("_select")
+    return multiselect("Runs", runs["run_id"].tolist(), key="runs", format_func=labels.get,
+                       placeholder=f"the {DEFAULT_RUNS} newest",
+                       help="The runs the pages show; none chosen means the newest few. Tick rows on the Runs "
+                            "page, or pick here.")
+
+
+def select_runs(run_ids: list[str]) -> None:
+    """Make these the selected runs (from a page, after the sidebar's picker was drawn): kept
+    aside and applied by ``runs_input`` on the rerun this starts."""
+    st.session_state["_select"] = list(run_ids)
+    st.rerun()
+
+
+def chosen_runs() -> list[str]:
+    """The runs picked (sidebar or Runs page), as run ids; empty when none are."""
+    return list(st.session_state.get("runs") or [])
+
+
 def selected_runs(runs: pd.DataFrame) -> list[str]:
-    """The runs picked on the Runs page (``?runs=``) that still exist, else the newest few."""
+    """The picked runs that still exist, else the newest few."""
     present = set(runs["run_id"])
-    chosen = [run_id for run_id in get_list("runs") if run_id in present]
+    chosen = [run_id for run_id in chosen_runs() if run_id in present]
     return chosen or runs["run_id"].head(DEFAULT_RUNS).tolist()
 
 
@@ -188,18 +164,23 @@ def finished_key(runs: pd.DataFrame) -> tuple:
 
 # --- what every chart shares: colours, smoothing ------------------------------------------------
 
-def palette(runs: pd.DataFrame, run_ids) -> Palette:
-    """The shown runs' colours and dashes, from every run's config (the same on every page)."""
-    return Palette.of(run_styles(runs), run_ids)
+def palette(runs: pd.DataFrame, run_ids, faint=()) -> Palette:
+    """The shown runs' colours and dashes, from every run's config (the same on every page);
+    the runs in ``faint`` are drawn faintly (ended runs beside live ones)."""
+    return Palette.of(run_styles(runs), run_ids, faint=faint)
 
 
-def smoothing() -> float:
+def smoothing_input() -> float:
     """The sidebar's smoothing slider (TensorBoard's EMA weight), shared by every page."""
     with st.sidebar:
-        return slider("smoothing", key="smooth", default=DEFAULT_SMOOTHING, min_value=0.0, max_value=0.99, step=0.01,
+        return slider("Smoothing", key="smooth", default=DEFAULT_SMOOTHING, min_value=0.0, max_value=0.99, step=0.01,
                       help="TensorBoard's debiased exponential moving average over each run's points, drawn over "
                            "the faint raw line; 0 turns it off. Slow-cadence metrics (evaluation, curvature) are "
                            "never smoothed.")
+
+
+def smoothing() -> float:
+    return float(st.session_state.get("smooth", DEFAULT_SMOOTHING))
 
 
 def series_chart(store: RunStore, run_ids: list[str], metric: str, labels: dict[str, str], colors: Palette,
@@ -212,3 +193,46 @@ def series_chart(store: RunStore, run_ids: list[str], metric: str, labels: dict[
     chart = metric_chart(labelled(df, labels), title or meta.axis, meta.log if log_y is None else log_y, switches,
                          palette=colors, y_title=meta.axis, percent=meta.percent, points=points)
     show(chart, f"No {title or metric} data yet.")
+
+
+POLL_SECS = 2  # how often a page waiting for runs looks at the store (run.json listing only)
+
+
+def wait_for_runs(root: str) -> None:
+    """On the empty-store screen: look for runs every POLL_SECS and rerun the page once one exists."""
+
+    @st.fragment(run_every=POLL_SECS)
+    def poll() -> None:
+        load_runs.clear()
+        if load_runs(root).empty:
+            return
+        st.rerun(scope="app")
+
+    poll()
+
+
+REFRESH_SECS = 5  # analysis pages: how often auto-refresh looks for new steps of training runs
+
+
+def auto_refresh(root: str, runs: pd.DataFrame, run_ids: list[str]) -> None:
+    """For pages that analyse the selected runs: while any of them trains, a toggle (on by
+    default, ``?refresh=``) that redraws the page whenever those runs have logged new steps."""
+    training = [r for r in run_ids if r in set(runs.loc[runs["status"] == "running", "run_id"])]
+    if not training:
+        return
+    n = len(training)
+    if not checkbox(f"Auto-refresh while {'this run trains' if n == 1 else f'these {n} runs train'}",
+                    key="refresh", default=True, help=f"Redraws the page every {REFRESH_SECS} s while selected runs "
+                                                       "are still training (they show in the Runs table as running)."):
+        return
+    store = get_store(root)
+    seen = {r: (store.run_info(r) or {}).get("step") for r in training}
+
+    @st.fragment(run_every=REFRESH_SECS)
+    def tick() -> None:
+        now = {r: (store.run_info(r) or {}).get("step") for r in training}
+        if now != seen or any(store.status(r) != "running" for r in training):
+            load_runs.clear()
+            st.rerun(scope="app")
+
+    tick()

@@ -29,7 +29,6 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="lawn-monitor", layout="wide")
-state.sync_url()
 page = st.navigation(PAGES)
 st.sidebar.title("lawn-monitor")
 root = state.root_input()
@@ -37,5 +36,8 @@ runs = state.load_runs(root)
 if runs.empty:
     st.title(page.title)
     st.info(state.start_hint(root))
+    state.wait_for_runs(root)  # polls, and shows the page as soon as a run appears
     st.stop()
+state.runs_input(runs)
+state.smoothing_input()
 page.run()

@@ -24,6 +24,7 @@ OTHER_COLORS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]  # runs w
 SHADES = [0.0, -0.16, 0.14, -0.28, 0.24, -0.08, 0.07]  # lightness offsets for runs sharing a method
 SOLID, DASHED = [1, 0], [6, 3]
 LIGHTER = 0.22  # how much lighter a LAWN method is where dashes are taken (Figure 1)
+FAINT = 0.35  # opacity of runs drawn for comparison only (ended runs beside live ones)
 
 
 def shade(color: str, offset: float) -> str:
@@ -97,11 +98,22 @@ class Palette:
     labels: tuple[str, ...]
     colors: tuple[str, ...]
     dashed: tuple[bool, ...]
+    faint: tuple[bool, ...] = ()  # drawn faintly (ended runs beside live ones); empty: none
 
     @classmethod
-    def of(cls, styles: dict[str, RunStyle], run_ids) -> "Palette":
-        chosen = [styles[r] for r in dict.fromkeys(run_ids) if r in styles]
-        return cls(tuple(s.label for s in chosen), tuple(s.color for s in chosen), tuple(s.lawn for s in chosen))
+    def of(cls, styles: dict[str, RunStyle], run_ids, faint=()) -> "Palette":
+        ids = [r for r in dict.fromkeys(run_ids) if r in styles]
+        chosen = [styles[r] for r in ids]
+        faint = set(faint)
+        return cls(tuple(s.label for s in chosen), tuple(s.color for s in chosen), tuple(s.lawn for s in chosen),
+                   tuple(r in faint for r in ids) if faint else ())
+
+    def opacity(self) -> alt.Opacity | None:
+        """Full opacity, or FAINT for the faint runs; None when no run is faint."""
+        if not any(self.faint):
+            return None
+        return alt.Opacity("label:N", scale=alt.Scale(domain=list(self.labels),
+                                                      range=[FAINT if f else 1.0 for f in self.faint]), legend=None)
 
     @classmethod
     def default(cls, labels) -> "Palette":

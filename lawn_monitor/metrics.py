@@ -86,6 +86,16 @@ def info(name: str) -> Metric:
     return BY_NAME.get(name) or Metric(name, WHOLE, "logged with monitor.log", name)
 
 
+def metric_table(names=None):
+    """A pandas table of the metrics (``names``: these, in this order; default all): metric,
+    logged for, meaning."""
+    import pandas as pd
+
+    chosen = [info(n) for n in names] if names is not None else METRICS
+    return pd.DataFrame({"metric": [m.name for m in chosen], "logged for": [m.layers for m in chosen],
+                         "what it shows": [m.meaning for m in chosen]})
+
+
 def markdown_table() -> str:
     """The README's table of metrics."""
     lines = ["| metric | logged for | what it shows |", "|---|---|---|"]

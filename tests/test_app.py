@@ -94,7 +94,7 @@ def ids(sweep_store) -> dict[str, str]:
 def test_runs_page_lists_every_run(sweep_store):
     at = run_app(sweep_store)
     table = at.dataframe[0].value
-    assert sorted(table["name"]) == ["adam-lawn-s0", "adam-lawn-s1", "sgd-s0"]
+    assert sorted(table["label"]) == ["adam-lawn-s0", "adam-lawn-s1", "sgd-s0"]
     assert set(table["status"]) == {"finished"}
     assert {"dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc", "best_test_acc"} <= set(table)
     assert table["progress"].tolist() == [1.0, 1.0, 1.0]
@@ -104,26 +104,60 @@ def test_runs_page_lists_every_run(sweep_store):
 
 def test_runs_page_filters_from_the_url(sweep_store):
     at = run_app(sweep_store, params={"optimizer": "sgd"})
-    assert at.dataframe[0].value["name"].tolist() == ["sgd-s0"]
+    assert at.dataframe[0].value["label"].tolist() == ["sgd-s0"]
     at = run_app(sweep_store, params={"status": "running"})
     assert at.dataframe[0].value.empty
 
 
-def test_selecting_rows_puts_the_runs_in_the_url_for_every_page(sweep_store, ids):
-    at = run_app(sweep_store)
-    table = at.dataframe[0].value
-    row = int(table.index[table["run_id"] == ids["sgd-0"]][0])
-    at.session_state["runs_table"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+def tick(at: AppTest, run_ids: list[str]) -> None:
+    """Tick these runs' rows in the Runs table, as a click would (the table's key changes with its
+    rows and the selection, so it is looked up each time)."""
+    [table] = [e for e in at.dataframe if e.proto.id and "runs_table." in (e.key or e.proto.id)]
+    rows = [i for i, run_id in enumerate(table.value["run_id"]) if run_id in run_ids]
+    at.session_state[table.key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
     at.run()
-    assert at.query_params["runs"] == ids["sgd-0"]
+
+
+def test_ticked_rows_select_the_runs_every_page_shows(sweep_store, ids):
+    at = run_app(sweep_store)
+    tick(at, [ids["sgd-0"]])
+    assert at.session_state["runs"] == [ids["sgd-0"]]
+    assert at.multiselect[0].value == [ids["sgd-0"]]  # the sidebar's picker follows
     at.switch_page("views/flattening.py").run()
     assert set(main_line(charts(at)["train loss"])["label"]) == {"sgd-s0"}
+
+
+def test_a_filter_never_moves_or_drops_the_selection(sweep_store, ids):
+    """Tick two Adam runs, filter them out (optimizer = sgd): the SGD row is not ticked, the other
+    pages still show the Adam runs, and the page says two selected runs are hidden. Ticking the
+    SGD row then adds it; the hidden two stay selected."""
+    at = run_app(sweep_store)
+    adam = [ids["adam-lawn-0"], ids["adam-lawn-1"]]
+    tick(at, adam)
+    at.multiselect(key="optimizer").set_value(["sgd"]).run()
+    table = next(e for e in at.dataframe if "runs_table." in (e.key or ""))
+    assert table.value["label"].tolist() == ["sgd-s0"]
+    assert table.proto.selection_mode and not _ticked(table)
+    assert "2 selected runs hidden by the filter" in texts(at)
+    assert sorted(at.session_state["runs"]) == sorted(adam)
+    tick(at, [ids["sgd-0"]])
+    assert sorted(at.session_state["runs"]) == sorted(adam + [ids["sgd-0"]])
+    at.switch_page("views/compare.py").run()
+    caption = next(c.value for c in at.caption if c.value.startswith("Runs:"))
+    assert set(caption[len("Runs: "):caption.index(" (choose")].split(", ")) == {"adam-lawn-s0", "adam-lawn-s1",
+                                                                                  "sgd-s0"}
+
+
+def _ticked(table) -> list[int]:
+    """The rows a table shows ticked: its default selection (the page sets it from the run ids)."""
+    default = json.loads(table.proto.selection_default or "{}") if hasattr(table.proto, "selection_default") else {}
+    return (default.get("selection") or {}).get("rows", [])
 
 
 # --- Live -------------------------------------------------------------------------------------
 
 def test_live_page_shows_ended_runs_with_their_switch(sweep_store, ids):
-    at = run_app(sweep_store, "live", params={"runs": f"{ids['adam-lawn-0']},{ids['sgd-0']}"})
+    at = run_app(sweep_store, "live", params={"runs": ["adam-lawn-s0", "sgd-s0"]})
     assert "No run is training now" in at.info[0].value
     found = charts(at)
     assert {"train loss", "test accuracy", "learning rate", "gradient norm (whole model)", TRACE_TITLE} == set(found)
@@ -174,10 +208,43 @@ def test_live_page_follows_a_running_run(tmp_path):
     assert "No run is training now" in at.info[0].value
 
 
+@pytest.mark.filterwarnings("ignore:Monitor. no probe_batch")
+def test_live_draws_ended_selected_runs_faintly_and_analysis_pages_offer_refresh(tmp_path):
+    root = tmp_path / "runs"
+    baseline = train_tiny_run(root, "adam", "adam", lawn=False, steps=20)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    monitor = Monitor(model, opt, root=root, name="adam-lawn-live", config={"optimizer": "adam", "lawn": True},
+                      total_steps=10)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    for _ in range(3):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        monitor.step(loss=loss.detach())
+    monitor.flush()
+    at = run_app(root, "live", params={"runs": ["adam", "adam-lawn-live"]})
+    assert [p.text.split(":")[0] for p in at.get("progress")] == ["adam-lawn-live"]  # only the live one
+    assert "Faint: selected runs that have ended" in texts(at)
+    layers = charts(at)["train loss"]
+    main = next(layer for layer, _ in layers if "color" in layer["encoding"])
+    faint = dict(zip(main["encoding"]["opacity"]["scale"]["domain"], main["encoding"]["opacity"]["scale"]["range"]))
+    assert faint == {"adam": 0.35, "adam-lawn-live": 1.0}
+    assert set(main_line(layers)["label"]) == {"adam", "adam-lawn-live"}
+    at.switch_page("views/flattening.py").run()
+    assert at.checkbox(key="refresh").value is True
+    assert "Auto-refresh while this run trains" == at.checkbox(key="refresh").label
+    monitor.close()
+    at.run()
+    assert not at.exception and not [c for c in at.checkbox if c.key == "refresh"]  # nothing trains: no toggle
+    assert baseline
+
+
 # --- Loss flattening --------------------------------------------------------------------------
 
 def test_flattening_page_overlays_the_signals(sweep_store, ids):
-    at = run_app(sweep_store, "flattening", params={"runs": f"{ids['adam-lawn-0']},{ids['sgd-0']}"})
+    at = run_app(sweep_store, "flattening", params={"runs": ["adam-lawn-s0", "sgd-s0"]})
     found = charts(at)
     assert {"train loss", "gradient norm (whole model)", TRACE_TITLE, "sharpness vs. stability threshold (dotted)",
             "logit norm (mean L2)", "weight norm (whole model)", "max softmax probability",
@@ -196,17 +263,16 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
     raw, line, _ = found["train loss"]
     assert raw[0]["mark"]["opacity"] < 1 and line[0]["encoding"]["y"]["field"] == "smoothed"
     assert line[0]["encoding"]["y"]["scale"]["type"] == "log"
-    at.checkbox[0].uncheck().run()
+    at.checkbox(key="log").uncheck().run()
     assert charts(at)["train loss"][1][0]["encoding"]["y"]["scale"]["type"] == "linear"
-    assert at.query_params["log"] == "False"
-    at.sidebar.slider[0].set_value(0.0).run()  # smoothing off: one line per run, no faint copy
+    at.slider(key="smooth").set_value(0.0).run()  # smoothing off: one line per run, no faint copy
     assert [mark(layer) for layer, _ in charts(at)["train loss"]] == ["line", "rule"]
 
 
 # --- Weight adaptivity ------------------------------------------------------------------------
 
 def test_adaptivity_page_tells_growth_from_freeze(sweep_store, ids):
-    at = run_app(sweep_store, "adaptivity", params={"a": ids["adam-lawn-0"], "b": ids["sgd-0"]})
+    at = run_app(sweep_store, "adaptivity", params={"a": "adam-lawn-s0", "b": "sgd-s0"})
     assert [s.value for s in at.selectbox][:2] == [ids["adam-lawn-0"], ids["sgd-0"]]
     found = charts(at)
     every = {"adam-lawn-s0", "adam-lawn-s1", "sgd-s0"}  # nothing chosen on the Runs page: the newest runs
@@ -231,9 +297,9 @@ def test_adaptivity_page_tells_growth_from_freeze(sweep_store, ids):
 # --- Compare ----------------------------------------------------------------------------------
 
 def test_compare_smooths_and_averages_seeds(sweep_store, ids):
-    every = ",".join(ids.values())
-    at = run_app(sweep_store, "compare", params={"runs": every, "metric": "train/loss", "smooth": "0.6",
-                                                 "group": "optimizer,lawn", "band": "stderr"})
+    at = run_app(sweep_store, "compare", params={"runs": ["adam-lawn-s0", "adam-lawn-s1", "sgd-s0"],
+                                                 "metric": "train/loss", "smooth": "0.6",
+                                                 "group": ["optimizer", "lawn"], "band": "stderr"})
     title = "train/loss (smoothed 0.6), mean and mean ± standard error per group"
     group = main_line(charts(at)[title])
     assert set(group["label"]) == {"optimizer=adam, lawn=True", "optimizer=sgd, lawn=False"}
@@ -248,7 +314,7 @@ def test_compare_smooths_and_averages_seeds(sweep_store, ids):
 
 
 def test_compare_one_line_per_run_over_epoch(sweep_store, ids):
-    at = run_app(sweep_store, "compare", params={"runs": f"{ids['adam-lawn-0']},{ids['sgd-0']}", "x": "epoch"})
+    at = run_app(sweep_store, "compare", params={"runs": ["adam-lawn-s0", "sgd-s0"], "x": "epoch"})
     layers = charts(at)["test/acc"]
     lines, [switch] = main_line(layers), of_mark(layers, "rule")
     assert set(lines["label"]) == {"adam-lawn-s0", "sgd-s0"}
@@ -259,7 +325,7 @@ def test_compare_one_line_per_run_over_epoch(sweep_store, ids):
 
 def test_compare_one_layer_of_a_per_layer_metric(sweep_store, ids):
     run_ids = [ids["adam-lawn-0"], ids["sgd-0"]]
-    at = run_app(sweep_store, "compare", params={"runs": ",".join(run_ids), "metric": "update_ratio",
+    at = run_app(sweep_store, "compare", params={"runs": ["adam-lawn-s0", "sgd-s0"], "metric": "update_ratio",
                                                  "layer": "2.weight", "smooth": "0"})
     assert at.selectbox[1].options == ["(whole model)", "0.weight", "0.bias", "2.weight", "2.bias"]
     lines = main_line(charts(at)["update_ratio of 2.weight"])
@@ -282,13 +348,10 @@ def test_compare_table2_from_finished_runs(sweep_store):
 
 def test_view_state_survives_moving_between_pages(sweep_store):
     at = run_app(sweep_store, "compare")
-    at.selectbox[0].set_value("grad_norm").run()
-    assert at.query_params["metric"] == "grad_norm"
-    at.query_params.clear()  # Streamlit's page links drop the query string
+    at.selectbox(key="metric").set_value("grad_norm").run()
     at.switch_page("views/runs.py").run()
-    assert at.query_params["metric"] == "grad_norm" and at.query_params["root"] == str(sweep_store)
     at.switch_page("views/compare.py").run()
-    assert at.selectbox[0].value == "grad_norm"
+    assert at.selectbox(key="metric").value == "grad_norm"
 
 
 # --- stores that are empty, missing or damaged ------------------------------------------------
@@ -366,16 +429,17 @@ def test_table2_follows_runs_that_finish_later(tmp_path, one_thread):
 
 def test_compare_describes_each_metric_and_starts_each_on_its_own_scale(sweep_store):
     at = run_app(sweep_store, "compare", params={"metric": "test/acc"})
-    assert at.selectbox[0].format_func("update_ratio_per_lr").startswith("update_ratio_per_lr: update ratio / learning rate")
+    described = at.table[0].value
+    assert described.loc["update_ratio_per_lr", "what it shows"].startswith("update ratio / learning rate")
+    assert set(described.index) == set(at.selectbox(key="metric").options)  # every metric in the list
     assert "top-1 accuracy" in texts(at)
-    assert at.checkbox[0].value is False  # accuracy: linear
-    at.checkbox[0].check().run()
-    assert at.query_params["log"] == "True"
-    at.selectbox[0].set_value("grad_norm").run()
-    assert at.checkbox[0].value is True and "log" not in at.query_params  # its default: log
-    at.checkbox[0].uncheck().run()
-    at.selectbox[0].set_value("max_prob").run()
-    assert at.checkbox[0].value is False
+    assert at.checkbox(key="log").value is False  # accuracy: linear
+    at.checkbox(key="log").check().run()
+    at.selectbox(key="metric").set_value("grad_norm").run()
+    assert at.checkbox(key="log").value is True  # its own default: log
+    at.checkbox(key="log").uncheck().run()
+    at.selectbox(key="metric").set_value("max_prob").run()
+    assert at.checkbox(key="log").value is False
     layers = charts(at)[next(t for t in charts(at) if t.startswith("max_prob"))]
     main = next(layer for layer, _ in layers if "color" in layer["encoding"])
     assert main["encoding"]["y"]["title"] == "max softmax probability"

@@ -30,6 +30,7 @@ st.title("Weight adaptivity")
 st.caption("Without LAWN the weights keep growing, so each step moves them relatively less and they lose their "
            "ability to move away from a poor solution; LAWN freezes each layer's norm at its switch (dashed rule). "
            "Runs: " + ", ".join(labels[run_id] for run_id in selected) + " (choose others on the Runs page).")
+state.auto_refresh(root, runs, selected)
 switches = store.switch_steps(selected)
 
 
@@ -59,10 +60,10 @@ switch_at = dict(zip(pair["run_id"], pair["step"]))
 # while the same layer without LAWN keeps reddening. A run without a switch is measured from the
 # other run's, so that both cover the same steps.
 pair_switch = next((switch_at[r] for r in (a, b) if r in switch_at), None)
-since = state.selectbox("weight growth since", ["switch", "start"], key="since",
-                        default="switch" if pair_switch is not None else "start",
-                        format_func={"switch": "the LAWN switch", "start": "the first step"}.get,
-                        disabled=pair_switch is None)
+since = state.selectbox("weight growth since the", ["switch", "start"], key="since",
+                        default="switch" if pair_switch is not None else "start", disabled=pair_switch is None,
+                        help="switch: each layer's norm over its value at the LAWN switch; start: over its value "
+                             "at the first step")
 
 
 def layers(run_id: str, metric: str):

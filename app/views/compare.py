@@ -5,7 +5,7 @@ import streamlit as st
 
 import state
 from charts import batch_size_chart, group_chart, metric_chart
-from lawn_monitor.metrics import info
+from lawn_monitor.metrics import info, metric_table
 from styles import group_palette
 from paper import PAPER_TABLE2, figure1_frame, table2, table2_grid
 from tables import BANDS, CONFIG_KEYS, aggregate, as_text, group_labels
@@ -23,17 +23,22 @@ smooth = state.smoothing()
 st.title("Compare")
 st.caption("Runs: " + ", ".join(labels[run_id] for run_id in run_ids) + " (choose others on the Runs page).")
 
+state.auto_refresh(root, runs, run_ids)
 metrics = store.metrics(run_ids) or ["train/loss"]
 c0, c1, c2, c4 = st.columns([3, 2, 1, 1])
-with c0:
-    metric = state.selectbox("metric", metrics, key="metric", default="test/acc" if "test/acc" in metrics else metrics[0],
-                             format_func=lambda name: f"{name}: {info(name).meaning}")
-meta = info(metric)
-if st.session_state.get("_compare_metric", metric) != metric:
+
+
+def on_metric() -> None:
     # A new metric starts on its own scale (log for those that shrink by decades), not the last one's.
-    state.put("log", meta.log, meta.log)
-    st.session_state.pop("w.log", None)
-st.session_state["_compare_metric"] = metric
+    st.session_state["log"] = info(st.session_state["metric"]).log
+
+
+with c0:
+    # Plain names: the URL carries what the box shows (?metric=grad_norm); each one's meaning is
+    # under the box and in the table of all metrics below the chart.
+    metric = state.selectbox("metric", metrics, key="metric", default="test/acc" if "test/acc" in metrics else metrics[0],
+                             on_change=on_metric, help="What each metric means: see the list below the chart.")
+meta = info(metric)
 with c1:
     layers = ["", *store.layer_names(run_ids, metric)]
     layer = state.selectbox("layer", layers, key="layer", default="",
@@ -49,7 +54,9 @@ with g1:
                            help="Runs with the same values of these config keys (e.g. seeds of one "
                                 "method) become one line: their mean, with a band.")
 with g2:
-    band = state.selectbox("band", list(BANDS), key="band", default="std", format_func=BANDS.get, disabled=not by)
+    # Plain option values throughout: a bound widget's URL carries the text it shows.
+    band = state.selectbox("band around the mean", list(BANDS), key="band", default="std", disabled=not by,
+                           help="; ".join(f"{key}: {text}" for key, text in BANDS.items()))
 
 st.caption(f"`{metric}`: {meta.meaning}.")
 weight = smooth if meta.smooth else 0.0
@@ -71,6 +78,8 @@ else:
                             y_title=meta.axis, percent=meta.percent),
                f"No finite {metric} values in these runs.")
 state.csv_download(plotted, f"{metric.replace('/', '_')}.csv", "Download the plotted data (CSV)")
+with st.expander("What each metric means"):
+    st.table(metric_table(metrics).set_index("metric"))
 
 st.subheader("Table 2: final test accuracy by method and batch size")
 datasets = sorted(set(as_text(runs["dataset"])) - {""}) if "dataset" in runs.columns else []
@@ -79,8 +88,7 @@ with t1:
     dataset = state.selectbox("dataset", datasets or [""], key="dataset",
                               default=next((d for d in datasets if d in PAPER_TABLE2), datasets[0] if datasets else ""))
 with t2:
-    reduce = state.selectbox("per run", ["final", "best"], key="reduce", default="final",
-                             format_func={"final": "final accuracy", "best": "best accuracy"}.get)
+    reduce = state.selectbox("each run's accuracy", ["final", "best"], key="reduce", default="final")
 summary = state.load_summary(root, "test/acc", TABLE_BY, reduce, state.finished_key(runs))
 table = table2(summary, dataset or None)
 if table.empty:

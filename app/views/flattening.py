@@ -19,6 +19,7 @@ st.caption("A run is flattening when its train loss, gradient norm and Hessian t
            "while logit norm, confidence and the share of flattened samples rise, driven by growing weights. "
            "LAWN runs are dashed; their switch is a dashed rule. Runs: "
            + ", ".join(labels[run_id] for run_id in run_ids) + " (choose others on the Runs page).")
+state.auto_refresh(root, runs, run_ids)
 log_y = state.checkbox("log scale", key="log", default=True,
                        help="Log y for loss, gradient norm and curvature (they shrink by decades).")
 switches = store.switch_steps(run_ids)

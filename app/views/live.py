@@ -1,6 +1,8 @@
-"""Live: the selected runs that are still training, redrawn every 2 s (only this part of the
-page reruns): progress with ETA, loss, accuracy, LR, gradient norm and the Hessian-trace proxy,
-with the LAWN switch drawn on every chart."""
+"""Live: the runs that are training, redrawn every 2 s (only this part of the page reruns):
+progress with ETA, loss, accuracy, LR, gradient norm and the Hessian-trace proxy, with the LAWN
+switch on every chart. Selected runs that have ended are drawn faintly beside them, e.g. the
+finished Adam baseline while Adam-LAWN trains. With nothing training the page keeps watching the
+store and shows a run within a few seconds of its start."""
 import streamlit as st
 
 import state
@@ -18,35 +20,49 @@ PANELS = [
 TRACE_TITLE = "Hessian trace: GN proxy ± 1 SE, Hutchinson (◆)"
 
 root = state.store_root()
-runs = state.load_runs(root)
-labels = state.run_labels(runs)
 smooth = state.smoothing()
 st.title("Live")
-running = runs.loc[runs["status"] == "running", "run_id"].tolist()
-selected = state.selected_runs(runs)
-watch = [run_id for run_id in selected if run_id in running] or running
-live = bool(watch)
-if not live:
-    watch = selected
-    st.info("No run is training now; these are the selected runs as they ended. Start one with "
-            f"`lawn-monitor train ... --root {root}` and it appears here.")
-elif not set(selected) & set(running):
-    st.caption("None of the selected runs is training; showing every run that is.")
 
 
-@st.fragment(run_every=REFRESH_SECS if live else None)
-def panel(root: str, run_ids: list[str], labels: dict[str, str], live: bool, smooth: float) -> None:
-    store = state.get_store(root)
-    infos = {run_id: store.run_info(run_id) or {} for run_id in run_ids}
-    if live and not any(store.status(run_id) == "running" for run_id in run_ids):
+def live_runs(runs) -> tuple[list[str], list[str]]:
+    """The runs drawn live (the selected ones training, else every one training) and the selected
+    runs that have ended (drawn faintly beside them)."""
+    running = runs.loc[runs["status"] == "running", "run_id"].tolist()
+    selected = state.selected_runs(runs)
+    live = [run_id for run_id in selected if run_id in running] or running
+    return live, [run_id for run_id in selected if run_id not in running]
+
+
+@st.fragment(run_every=REFRESH_SECS)
+def watch(root: str, live: list[str]) -> None:
+    """Every REFRESH_SECS, read the runs' run.json files (not their metrics): when the set of runs
+    training changes (one starts, one ends), redraw the page."""
+    runs = state.get_store(root).runs()
+    if not runs.empty and live_runs(runs)[0] != live:
         state.load_runs.clear()
-        st.rerun(scope="app")  # they have all ended: refresh the page and stop polling
+        st.rerun(scope="app")
+
+
+@st.fragment(run_every=REFRESH_SECS)
+def panel(root: str, live: list[str], ended: list[str], smooth: float) -> None:
+    """The live runs' progress and charts, redrawn every REFRESH_SECS."""
+    store = state.get_store(root)
+    runs = state.load_runs(root)
+    labels = state.run_labels(runs)
+    progress(store, live, labels)
+    draw_charts(store, runs, labels, live + ended, ended, smooth)
+
+
+def progress(store, run_ids, labels) -> None:
     for run_id in run_ids:
-        info = infos[run_id]
+        info = store.run_info(run_id) or {}
         total, step = info.get("total_steps"), info.get("step") or 0
         st.progress(min(step / total, 1.0) if total else 0.0, text=progress_text(labels[run_id], info))
+
+
+def draw_charts(store, runs, labels, run_ids, faint, smooth) -> None:
     switches = store.switch_steps(run_ids)
-    colors = state.palette(state.load_runs(root), run_ids)
+    colors = state.palette(runs, run_ids, faint=faint)
 
     def draw(panel):
         metric, title = panel
@@ -60,4 +76,19 @@ def panel(root: str, run_ids: list[str], labels: dict[str, str], live: bool, smo
     state.show(chart, "No curvature yet: the Hessian-trace proxy runs on a budget (see --curvature-budget).")
 
 
-panel(root, watch, labels, live, smooth)
+runs = state.load_runs(root)
+labels = state.run_labels(runs)
+live, ended = live_runs(runs)
+watch(root, live)
+if live:
+    if not set(state.selected_runs(runs)) & set(live):
+        st.caption("None of the selected runs is training; showing every run that is.")
+    if ended:
+        st.caption("Faint: selected runs that have ended, drawn for comparison: "
+                   + ", ".join(labels[run_id] for run_id in ended) + ".")
+    panel(root, live, ended, smooth)
+else:
+    st.info("No run is training now; these are the selected runs as they ended. This page keeps watching the "
+            f"store: start one (`lawn-monitor train ... --root {root}`) and it appears here within seconds.")
+    progress(state.get_store(root), ended, labels)
+    draw_charts(state.get_store(root), runs, labels, ended, [], smooth)

@@ -1,21 +1,29 @@
 """Runs: every run in the store with its status, config, progress and accuracy; filter, select
-the runs the other pages show, download the table."""
+the runs the other pages show, download the table.
+
+The selection is a set of run ids (the sidebar's ``runs``), never row numbers: the ticks shown
+are the selected runs that pass the filter, and a selected run that the filter hides stays
+selected (the page says how many are hidden)."""
+import hashlib
+
 import streamlit as st
 
 import state
 from tables import STATUSES, filter_options, filter_runs
 
-# What a glance needs first (state, progress, accuracy), then the config that tells runs apart.
-COLUMNS = ["name", "status", "progress", "test_acc", "best_test_acc", "dataset", "model", "optimizer", "lawn",
-           "batch_size", "lr", "seed", "step", "created_at"]
+# Name, status and progress first and pinned (always in view), then accuracy and the config that
+# tells runs apart, then when it was made.
+COLUMNS = ["label", "status", "progress", "test_acc", "best_test_acc", "epochs", "dataset", "model", "optimizer",
+           "lawn", "batch_size", "lr", "seed", "step", "created_at"]
 ROW_PX, MAX_HEIGHT_PX = 35, 700  # the table grows with its rows up to this, then scrolls
 
 root = state.store_root()
 runs = state.load_runs(root)
+labels = state.run_labels(runs)
 st.title("Runs")
 
 options = filter_options(runs)
-filtering = any(state.get_list(key) for key in ["status", *options])
+filtering = any(st.session_state.get(key) for key in ["status", *options])
 with st.expander("Filter", expanded=filtering):
     columns = st.columns(1 + len(options))
     with columns[0]:
@@ -25,40 +33,50 @@ with st.expander("Filter", expanded=filtering):
         with column:
             config[key] = state.multiselect(key.replace("_", " "), values, key=key)
 shown = filter_runs(runs, status, config)
-table = shown.reindex(columns=["run_id", *COLUMNS]).reset_index(drop=True)
+table = shown.assign(label=shown["run_id"].map(labels)).reindex(columns=["run_id", *COLUMNS]).reset_index(drop=True)
+table["created_at"] = table["created_at"].astype(str).str.slice(0, 19).str.replace("T", " ")
 
-chosen = state.get_list("runs")
-selection_default = table.index[table["run_id"].isin(chosen)].tolist()
+chosen = state.chosen_runs()
+ticked = table.index[table["run_id"].isin(chosen)].tolist()
+# The table's widget is new whenever its rows or the selection change, so that its ticks are
+# always drawn from the selection (a kept widget would keep ticking row numbers, which a filter
+# gives to other runs).
+key = "runs_table." + hashlib.sha1(repr((table["run_id"].tolist(), chosen)).encode()).hexdigest()[:12]
+visible = table["run_id"].tolist()
+
+
 event = st.dataframe(
     table,
-    key="runs_table",
+    key=key,
     on_select="rerun",
     selection_mode="multi-row",
-    selection_default={"selection": {"rows": selection_default}},
+    selection_default={"selection": {"rows": ticked}},
     hide_index=True,
     height=min(ROW_PX * (len(table) + 1) + 3, MAX_HEIGHT_PX),
     column_order=COLUMNS,
     column_config={
-        "name": st.column_config.TextColumn("run"),
+        "label": st.column_config.TextColumn("run", pinned=True),
+        "status": st.column_config.TextColumn("status", pinned=True),
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
+                                                    pinned=True),
         "lawn": st.column_config.CheckboxColumn("LAWN"),
+        "epochs": st.column_config.NumberColumn("epochs", format="%d"),
         "batch_size": st.column_config.NumberColumn("batch size", format="%d"),
         "lr": st.column_config.NumberColumn("lr", format="%.3g"),
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
         "test_acc": st.column_config.NumberColumn("test acc (latest)", format="percent"),
         "best_test_acc": st.column_config.NumberColumn("test acc (best)", format="percent"),
         "created_at": st.column_config.TextColumn("created"),
     },
 )
-# The selection is rows of this table; it changes only when the user clicks, so a selection made
-# earlier (or opened from a link) stays while the table itself is refreshed or filtered.
-rows = [row for row in event.selection.rows if row < len(table)]
-if rows != st.session_state.get("_runs_rows", selection_default):
-    state.put("runs", table["run_id"].iloc[rows].tolist())
-st.session_state["_runs_rows"] = rows
+
+rows = [row for row in event.selection.rows if row < len(visible)]
+if rows != ticked:  # the user ticked or unticked: the hidden selected runs stay, the visible ones follow
+    state.select_runs([run_id for run_id in chosen if run_id not in visible] + [visible[row] for row in rows])
 
 selected = state.selected_runs(runs)
-labels = state.run_labels(runs)
-how = "selected" if state.get_list("runs") else f"the {len(selected)} newest (select rows to choose others)"
-st.caption(f"{len(table)} of {len(runs)} runs shown. The other pages show {how}: "
+hidden = [run_id for run_id in chosen if run_id in set(runs["run_id"]) and run_id not in visible]
+how = "selected" if chosen else f"the {len(selected)} newest (tick rows to choose others)"
+note = f" {len(hidden)} selected run{'s' if len(hidden) != 1 else ''} hidden by the filter." if hidden else ""
+st.caption(f"{len(table)} of {len(runs)} runs shown.{note} The other pages show {how}: "
            + ", ".join(labels[run_id] for run_id in selected))
-state.csv_download(table, "runs.csv")
+state.csv_download(table.drop(columns="label"), "runs.csv")
