@@ -98,10 +98,11 @@ def runs_input(runs: pd.DataFrame) -> list[str]:
     labels = run_labels(runs)
     if "_select" in st.session_state:  # a selection made on a page in the last run (select_runs)
         st.session_state["runs"] = st.session_state.pop("_select")
-    return multiselect("Runs", runs["run_id"].tolist(), key="runs", format_func=labels.get,
-                       placeholder=f"the {DEFAULT_RUNS} newest",
-                       help="The runs the pages show; none chosen means the newest few. Tick rows on the Runs "
-                            "page, or pick here.")
+    with st.sidebar:
+        return multiselect("Runs", runs["run_id"].tolist(), key="runs", format_func=labels.get,
+                           placeholder=f"the {DEFAULT_RUNS} newest",
+                           help="The runs the pages show; none chosen means the newest few. Tick rows on the Runs "
+                                "page, or pick here.")
 
 
 def select_runs(run_ids: list[str]) -> None:

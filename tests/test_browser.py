@@ -155,8 +155,8 @@ def wait_rendered(page, title: str) -> None:
     page.wait_for_timeout(500)
 
 
-def live_step(page) -> int:
-    text = page.get_by_text(re.compile(rf"^{LIVE_NAME}: step [\d,]+")).first.inner_text(timeout=10_000)
+def live_step(page, timeout: float = 10_000) -> int:
+    text = page.get_by_text(re.compile(rf"^{LIVE_NAME}: step [\d,]+")).first.inner_text(timeout=timeout)
     return int(re.search(r"step ([\d,]+)", text).group(1).replace(",", ""))
 
 
@@ -298,3 +298,119 @@ def test_one_colour_per_run_everywhere_and_growth_against_freeze(adam_pair, tmp_
         assert len(after) > 5 and (after - after.iloc[0]).abs().max() < 1e-3, layer
         grows = adam[(adam["layer"] == layer) & (adam["step"] >= switch)].sort_values("step")["value"]
         assert grows.iloc[-1] > grows.iloc[0] * 1.01, layer
+
+
+# --- the Live page, the selection and the history (issue: a Live page that is live) --------------
+
+def settle(page) -> None:
+    """Wait for the script (and a rerun it triggers) to finish and for Vega to draw."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => document.querySelector('[data-testid=stApp]')"
+                           "?.getAttribute('data-test-script-state') === 'notRunning'", timeout=30_000)
+    page.wait_for_timeout(500)
+
+
+def test_live_tab_on_an_empty_store_shows_a_run_that_starts_later(tmp_path):
+    root = tmp_path / "runs"  # does not exist yet
+    with streamlit_app(root, tmp_path) as url, browser_page() as page:
+        page.goto(f"{url}/live")
+        page.get_by_text("does not exist yet").wait_for(timeout=30_000)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        writer = Writer(root)
+        started = time.monotonic()
+        writer.start()
+        try:
+            first = live_step(page, timeout=5_000 + 2_000)  # 2 s for the writer's first flush
+            seen_after = time.monotonic() - started
+            deadline = time.monotonic() + 5.0
+            seen = first
+            while seen <= first and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
+                seen = live_step(page)
+            page.screenshot(path=str(tmp_path / "live-from-empty.png"), full_page=True)
+        finally:
+            writer.stop.set()
+            writer.join(timeout=10)
+            torch.set_num_threads(threads)
+    assert seen_after < 7.0, f"the run appeared {seen_after:.1f} s after it started"
+    assert seen > first, f"the Live page stayed at step {first} for 5 s while the run trained"
+
+
+def tick_rows(page, labels: list[str], shown: list[str]) -> None:
+    """Tick these runs in the Runs table. The table is a canvas (glide-data-grid): rows are 35 px
+    under a 35 px header, in the order ``shown`` (the page's own order: newest first), and the
+    tick column is at the left edge."""
+    grid = page.locator("[data-testid='stDataFrame']").first
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    for label in labels:
+        row = shown.index(label)
+        page.mouse.click(box["x"] + 14, box["y"] + 35 + 35 * row + 17)
+        settle(page)
+
+
+def shown_runs(page) -> list[str]:
+    text = page.get_by_text(re.compile(r"^Runs: ")).first.inner_text()
+    return sorted(text[len("Runs: "):text.index(" (choose")].split(", "))
+
+
+def test_ticks_survive_a_filter_that_hides_them(tiny_store, tmp_path):
+    """Tick two runs, filter them out, tick nothing: the other pages still show those two, and the
+    table says two selected runs are hidden."""
+    from conftest import train_tiny_run
+
+    root = tiny_store  # adam-lawn and sgd, plus one more Adam run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_tiny_run(root, "adam", "adam", lawn=False)
+    finally:
+        torch.set_num_threads(threads)
+    newest_first = ["adam", "sgd", "adam-lawn"]  # created last first, as the table lists them
+    with streamlit_app(root, tmp_path) as url, browser_page() as page:
+        page.goto(url)
+        wait_rendered(page, "Runs")
+        tick_rows(page, ["adam", "adam-lawn"], newest_first)
+        page.get_by_text(re.compile(r"^3 of 3 runs shown\. The other pages show selected")).wait_for(timeout=10_000)
+        assert "runs=" in page.url
+        page.get_by_text("Filter").click()
+        settle(page)
+        page.locator("[data-testid='stMultiSelect']").filter(has_text="optimizer").click()
+        page.get_by_role("option", name="sgd", exact=True).click()
+        page.keyboard.press("Escape")
+        settle(page)
+        caption = page.get_by_text(re.compile(r"^1 of 3 runs shown")).first.inner_text()
+        assert "2 selected runs hidden by the filter" in caption, caption
+        page.screenshot(path=str(tmp_path / "runs-filtered.png"), full_page=True)
+        page.get_by_test_id("stSidebarNavLink").filter(has_text="Compare").click()
+        wait_rendered(page, "Compare")
+        assert shown_runs(page) == ["adam", "adam-lawn"]
+
+
+def test_widget_changes_do_not_pile_up_in_history_nor_leak_to_other_pages(tiny_store, tmp_path):
+    with streamlit_app(tiny_store, tmp_path) as url, browser_page() as page:
+        page.goto(url)
+        wait_rendered(page, "Runs")
+        page.get_by_test_id("stSidebarNavLink").filter(has_text="Compare").click()
+        wait_rendered(page, "Compare")
+        before = page.url
+        for label, option in (("metric", "grad_norm"), ("x axis", "epoch")):
+            page.locator("[data-testid='stSelectbox']").filter(has_text=label).first.click()
+            page.get_by_role("option", name=option, exact=True).click()
+            settle(page)
+        assert "metric=grad_norm" in page.url and "x=epoch" in page.url, page.url
+        page.go_back()
+        settle(page)
+        # Back either undoes both changes or leaves the page; it never stops halfway.
+        left = "/compare" not in page.url
+        assert left or page.url == before, page.url
+        for name in ("Loss flattening", "Weight adaptivity", "Runs"):
+            page.get_by_test_id("stSidebarNavLink").filter(has_text=name).click()
+            settle(page)
+            assert "metric=" not in page.url and "x=" not in page.url, page.url
+        page.get_by_test_id("stSidebarNavLink").filter(has_text="Compare").click()
+        settle(page)
+        # Coming back to Compare restores its own view (the page keeps its parameters).
+        box = page.locator("[data-testid='stSelectbox']").filter(has_text="metric").first
+        assert "grad_norm" in (box.locator("input").input_value() + box.inner_text()) or not left, page.url
