@@ -122,7 +122,7 @@ def test_ticked_rows_select_the_runs_every_page_shows(sweep_store, ids):
     at = run_app(sweep_store)
     tick(at, [ids["sgd-0"]])
     assert at.session_state["runs"] == [ids["sgd-0"]]
-    assert at.multiselect[0].value == [ids["sgd-0"]]  # the sidebar's picker follows
+    assert at.multiselect(key="runs").value == [ids["sgd-0"]]  # the sidebar's picker follows
     at.switch_page("views/flattening.py").run()
     assert set(main_line(charts(at)["train loss"])["label"]) == {"sgd-s0"}
 
