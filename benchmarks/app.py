@@ -8,9 +8,11 @@
 ``--build`` fills ``--store`` only when it is missing or empty (so a store built once is timed
 again by running the same command); without ``--store`` it builds in a temporary folder, deleted
 after unless ``--keep``. The demo store is made by the same sweep as ``make demo`` (DEMO_ARGS read
-from the Makefile, as benchmarks/demo.py does), four runs at once; ``large`` is benchmarks/store.py's synthetic sweep (the
-same shape as a long monitored run: 12 scalars every step, 50 layers x 8 per-layer metrics every
-16 steps, test accuracy every epoch), 200 runs x 13,600 steps = 100.6M rows.
+from the Makefile, as benchmarks/demo.py does), four runs at once. ``large`` is benchmarks/store.py's
+synthetic sweep (the shape of a long monitored run: 12 scalars every step, 50 layers x 8 per-layer
+metrics every 16 steps, written 100 steps per flush, so 6 per-layer steps a flush; test accuracy
+every 200 steps): 200 runs x 13,900 steps = 200 x 500,469 rows (one such run, built alone) =
+100.1M rows.
 
 Starts ``streamlit run app`` on 127.0.0.1 against the store and opens each page in headless
 Chromium (the system's ``chromium`` through Playwright, as tests/test_browser.py does), each load
@@ -51,7 +53,7 @@ DRAWN = ("[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, "
          "[data-testid='stVegaLiteChart'] svg")
 SCRIPT_DONE = ("() => document.querySelector('[data-testid=stApp]')"
                "?.getAttribute('data-test-script-state') === 'notRunning'")
-LARGE = {"runs": 200, "layers": 50, "steps": 13_600, "layer_every": 16, "steps_per_flush": 100}  # 100.6M rows
+LARGE = {"runs": 200, "layers": 50, "steps": 13_900, "layer_every": 16, "steps_per_flush": 100}  # about 100M rows (see above)
 SMALL = {"runs": 20, "layers": 20, "steps": 2_000, "layer_every": 10, "steps_per_flush": 100}
 
 
