@@ -32,6 +32,8 @@ PAPER_TABLE2: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 METHOD_ORDER = ["SGD", "SGD-LAWN", "Adam", "Adam-LAWN", "AdamW", "AdamW-LAWN", "AdamP", "AdamP-LAWN"]
+TABLE_BY = ["dataset", "optimizer", "lawn", "batch_size"]  # a cell of Table 2 (with the method's LAWN flag)
+STAT_COLUMNS = {"mean", "std", "stderr", "count", "min", "max", "seeds"}
 _OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}
 
 
@@ -59,30 +61,62 @@ def paper_accuracy(dataset, method: str, batch_size) -> float:
     return PAPER_TABLE2.get(str(dataset).lower(), {}).get(method, {}).get(batch_label(batch_size), float("nan"))
 
 
-def table2(summary: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
-    """Our final accuracies per method and batch size (mean, std, stderr over seeds, in %) with the
-    paper's number beside each, where it reports one for this dataset.
-
-    ``summary`` is ``RunStore.summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"])``
-    (accuracies as fractions); ``dataset`` picks one dataset's rows (None: all).
-    """
-    columns = ["dataset", "method", "batch_size", "mean", "std", "stderr", "count", "paper", "delta"]
-    if summary.empty:
-        return pd.DataFrame(columns=columns)
+def _dataset_rows(summary: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
     df = summary.copy()
     if "dataset" not in df.columns:
         df["dataset"] = ""
     if dataset is not None:
         df = df[df["dataset"].astype(str) == str(dataset)]
+    return df
+
+
+def split_keys(summary: pd.DataFrame, dataset: str | None = None) -> list[str]:
+    """The config keys that split Table 2's cells for this dataset: ``RunStore.summary`` never
+    averages runs that differ in more than the seed, and gives such a key its own column; here
+    are those with more than one value within one (method, batch size) cell of ``dataset``."""
+    df = _dataset_rows(summary, dataset)
+    extra = [c for c in df.columns if c not in TABLE_BY and c not in STAT_COLUMNS]
+    if df.empty or not extra:
+        return []
+    text = df[[*TABLE_BY, *extra]].astype(str)
+    counts = text.groupby(TABLE_BY)[extra].nunique().max()
+    return [k for k in extra if counts[k] > 1]
+
+
+def _value_text(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "unset"  # a key some runs' configs do not have
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def table2(summary: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """Our final accuracies per method and batch size (mean, std, stderr over seeds, in %) with the
+    paper's number beside each, where it reports one for this dataset.
+
+    ``summary`` is ``RunStore.summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"])``
+    (accuracies as fractions); ``dataset`` picks one dataset's rows (None: all). Runs of one
+    method and batch size that differ in more than the seed (``split_keys``) stay apart: the
+    method is named with them (``Adam · epochs=30``), so each row is one experiment.
+    """
+    columns = ["dataset", "method", "variant", "batch_size", "mean", "std", "stderr", "count", "seeds", "paper",
+               "delta"]
+    if summary.empty:
+        return pd.DataFrame(columns=columns)
+    df = _dataset_rows(summary, dataset)
     if df.empty:
         return pd.DataFrame(columns=columns)
-    df["method"] = [method_name(o, lawn) for o, lawn in zip(df["optimizer"], df["lawn"])]
+    split = split_keys(summary, dataset)
+    base = [method_name(o, lawn) for o, lawn in zip(df["optimizer"], df["lawn"])]
+    df["variant"] = [", ".join(f"{k}={_value_text(row[k])}" for k in split) for _, row in df.iterrows()]
+    df["method"] = [b + (f" · {v}" if v else "") for b, v in zip(base, df["variant"])]
+    if "seeds" not in df.columns:
+        df["seeds"] = ""
     for col in ("mean", "std", "stderr", "min", "max"):
         df[col] = df[col].astype(float) * 100.0
-    df["paper"] = [paper_accuracy(d, m, b) for d, m, b in zip(df["dataset"], df["method"], df["batch_size"])]
+    df["paper"] = [paper_accuracy(d, m, b) for d, m, b in zip(df["dataset"], base, df["batch_size"])]
     df["delta"] = df["mean"] - df["paper"]
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    df["_rank"] = df["method"].map(rank).fillna(len(rank))
+    df["_rank"] = pd.Series(base, index=df.index).map(rank).fillna(len(rank))
     df = df.sort_values(["dataset", "_rank", "method", "batch_size"], kind="stable")
     return df[columns].reset_index(drop=True)
 

@@ -27,6 +27,19 @@ from .storage import Location, live_files
 RUN_COLUMNS = ["run_id", "name", "status", "created_at", "heartbeat_at", "ended_at", "step", "total_steps", "progress"]
 SERIES_COLUMNS = ["run_id", "step", "epoch", "wall_time", "x", "value", "min", "max", "smoothed"]
 SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
+# Config keys that say where and how a run ran, or what was measured beside it, not what it
+# computed: runs that differ only in these and the seed are repeats of one experiment, which
+# summary() averages. Every other key splits a group (a key this list does not know splits too:
+# when in doubt, never pool). The probe keys are here because the Monitor leaves the training
+# untouched (weights, RNG, optimizer state: tested bit for bit); the trainer's derived keys
+# (free_steps, steps_per_epoch, ...) follow from the keys that split already.
+NOT_COMPUTED = frozenset({
+    "name", "root", "device", "progress", "data_root", "download", "flush_secs", "workers", "threads", "resume",
+    "recipe", "compile", "channels_last", "world_size",
+    "probe_every", "curvature", "probe_size", "gn_every", "hessian_points", "hessian_probes", "sharpness_points",
+    "sharpness_iters", "curvature_budget",
+    "free_steps", "warmup_steps", "steps_per_epoch", "num_train", "schedule",
+})
 TEXT_COLUMNS = {"run_id": "object", "layer": "object", "metric": "object"}  # dtypes of empty results
 X_AXES = ("step", "epoch", "time")
 
@@ -76,6 +89,19 @@ def ema(values: pd.Series, weight: float) -> pd.Series:
 
 def _ids(run_ids: str | Iterable[str]) -> list[str]:
     return [run_ids] if isinstance(run_ids, str) else list(run_ids)
+
+
+def _canonical(value) -> str:
+    """A config value as a text key for grouping: equal values give equal keys (30 and 30.0 too:
+    pandas makes a column of ints float where some run lacks the key), lists and dicts as JSON,
+    and a missing key (NaN in the frame) is ``null``."""
+    if isinstance(value, (float, np.floating)):
+        value = None if np.isnan(value) else int(value) if float(value).is_integer() else float(value)
+    elif isinstance(value, np.integer):
+        value = int(value)
+    elif isinstance(value, np.bool_):
+        value = bool(value)
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 class RunStore:
@@ -411,16 +437,23 @@ class RunStore:
         status: str | Iterable[str] | None = "finished",
         **config_filters,
     ) -> pd.DataFrame:
-        """Group runs by config keys and aggregate the ``final`` (or ``best``: max; ``min``)
-        value of ``metric`` over the runs of each group (seeds): mean, std, stderr, count, min,
-        max. The paper's Table 2 is ``summary("test/acc", by=["dataset", "optimizer", "lawn",
-        "batch_size"])``."""
+        """Aggregate the ``final`` (or ``best``: max; ``min``) value of ``metric`` over the seeds
+        of each experiment: mean, std, stderr, count, min, max, and the ``seeds`` counted. The
+        paper's Table 2 is ``summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"])``.
+
+        Only repeats of one experiment are averaged: runs are grouped by ``by`` and by every
+        other config key except the seed and the NOT_COMPUTED keys. Keys that split a ``by``
+        group (runs of one method with 12 and 30 epochs, say) come back as columns after ``by``,
+        one row per value, so the table says what differs instead of pooling it. Each seed
+        counts once per group: its latest run (by ``created_at``) among those of ``status``.
+        A run whose config has no ``seed`` counts as its own seed.
+        """
         aggs = {"final": "arg_max(value, (step, wall_time))", "best": "max(value)", "min": "min(value)"}
         if reduce not in aggs:
             raise ValueError(f"reduce must be one of {', '.join(aggs)}, got {reduce!r}")
         by = list(by)
         runs = self.runs(status=status, **config_filters)
-        out_cols = [*by, *SUMMARY_STATS]
+        out_cols = [*by, *SUMMARY_STATS, "seeds"]
         if runs.empty or any(k not in runs.columns for k in by):
             return pd.DataFrame(columns=out_cols)
         per_run = self._per_run(
@@ -428,9 +461,33 @@ class RunStore:
             "WHERE metric = ? AND layer = '' GROUP BY run_id",
             [metric], runs["run_id"], ["run_id", "value"],
         )
-        merged = runs[["run_id", *by]].merge(per_run, on="run_id")
+        merged = runs.merge(per_run, on="run_id")
         if merged.empty:
             return pd.DataFrame(columns=out_cols)
-        table = merged.groupby(by, dropna=False)["value"].agg(["mean", "std", "count", "min", "max"])
+        not_config = set(RUN_COLUMNS) | {"test_acc", "best_test_acc", "value"}
+        others = [k for k in merged.columns
+                  if k not in not_config and k not in NOT_COMPUTED and k != "seed" and k not in by]
+        keys = pd.DataFrame({k: merged[k].map(_canonical) for k in [*by, *others]}, index=merged.index)
+        keys["_all"] = ""  # one group when ``by`` is empty
+        varies = keys.groupby([*by, "_all"])[others].nunique().max() if others else pd.Series(dtype=int)
+        split = [k for k in others if varies[k] > 1]
+        group = [*by, *split]
+        seed = merged["seed"].map(_canonical) if "seed" in merged.columns else pd.Series("null", index=merged.index)
+        keys["_seed"] = seed.where(seed != "null", "run " + merged["run_id"])
+        # Each seed once per group: its latest run (a rerun replaces its seed, never doubles it).
+        order = merged.sort_values(["created_at", "run_id"], na_position="first").index
+        latest = keys.loc[order].drop_duplicates([*group, "_all", "_seed"], keep="last").index
+        rows = []
+        for _, members in keys.loc[latest].groupby([*group, "_all"], sort=False).groups.items():
+            first, values = merged.loc[members[0]], merged.loc[members, "value"]
+            seeds = sorted({s for s in seed[members] if s != "null"}, key=lambda t: (len(t), t))
+            rows.append({**{k: first[k] for k in group}, "mean": values.mean(), "std": values.std(),
+                         "count": int(values.count()), "min": values.min(), "max": values.max(),
+                         "seeds": ",".join(seeds)})
+        table = pd.DataFrame(rows)
         table["stderr"] = table["std"] / np.sqrt(table["count"])
-        return table.reset_index()[out_cols]
+        try:
+            table = table.sort_values(group, kind="stable", ignore_index=True) if group else table
+        except TypeError:  # values of mixed types in a column: keep the grouping's order
+            pass
+        return table[[*group, *SUMMARY_STATS, "seeds"]]

@@ -3,6 +3,7 @@ buckets, the Table-2 summary, and the `compact` command. Stores are written by t
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -130,10 +131,67 @@ def test_summary_is_table_two_with_stderr_and_filters(tmp_path):
     assert row["min"] == pytest.approx(0.93) and row["max"] == pytest.approx(0.95)
     assert table.loc[("sgd", False), "count"] == 1 and np.isnan(table.loc[("sgd", False), "std"])
     assert len(store.summary("test/acc", by=["optimizer"], lawn=True)) == 1  # config filter
-    assert store.summary("test/acc", by=["optimizer"], status=None).set_index("optimizer").loc["adam", "count"] == 6
-    assert store.summary("test/acc", by=["optimizer"], reduce="min").set_index("optimizer").loc["adam", "max"] == 0.5
+    # by optimizer alone, LAWN still splits Adam (never averaged with and without it); with every
+    # status, the failed run (no seed in its config) counts as a seed of its own.
+    pooled = store.summary("test/acc", by=["optimizer"], status=None).set_index(["optimizer", "lawn"])
+    assert pooled["count"].to_dict() == {("adam", False): 2, ("adam", True): 4, ("sgd", False): 1}
+    assert pooled.loc[("adam", True), "seeds"] == "0,1,2"
+    assert store.summary("test/acc", by=["optimizer", "lawn"], reduce="min")["max"].tolist() == [0.5, 0.5, 0.5]
     assert store.summary("test/acc", by=["no_such_key"]).empty
     assert store.runs(status=["failed"])["run_id"].tolist() == ["crashed"]
+
+
+def test_table2_never_pools_runs_that_differ_beyond_the_seed_and_counts_a_seed_once(tmp_path):
+    """The issue's case: after a rerun, runs of 12 and 30 epochs were averaged as if seeds, and seed 0
+    counted twice. Configs as the trainer records them; the store and Table 2 as the dashboard reads them."""
+    from app.paper import split_keys, table2, table2_grid
+
+    base = {"dataset": "digits", "model": "cnn", "batch_size": 32, "epochs": 30, "free_epochs": 5.0,
+            "device": "cpu", "workers": 4, "threads": 0, "curvature_budget": 0.02, "progress": True}
+    methods = {"sgd": {"optimizer": "sgd", "lawn": False, "lr": 0.1},
+               "adam-lawn": {"optimizer": "adam", "lawn": True, "lr": 0.003}}
+
+    def run(run_id, method, seed, acc, **changes):
+        config = {**base, **methods[method], "seed": seed, "name": f"{method}-s{seed}", **changes}
+        write(tmp_path, run_id, [(1, "", "test/acc", 0.1), (2, "", "test/acc", acc)], config=config)
+        time.sleep(0.01)  # created_at (ms) orders the runs as written
+
+    for seed, acc in enumerate([0.90, 0.92, 0.94]):
+        run(f"a-adam-lawn-s{seed}", "adam-lawn", seed, acc)
+        run(f"a-sgd-s{seed}", "sgd", seed, acc - 0.1)
+    run("b-adam-lawn-s0-rerun", "adam-lawn", 0, 0.96)  # seed 0 again: replaces the first run of it
+    # Seed 1 again where only keys that do not change what is computed differ: the same experiment.
+    run("b-adam-lawn-s1-gpu", "adam-lawn", 1, 0.98, device="cuda", workers=0, threads=1, curvature_budget=0.1,
+        progress=False)
+    run("c-adam-lawn-12ep-s0", "adam-lawn", 0, 0.80, epochs=12)  # another experiment
+    run("c-adam-lawn-12ep-s1", "adam-lawn", 1, 0.82, epochs=12)
+    run("d-sgd-failed", "sgd", 3, 0.0)
+    (tmp_path / "d-sgd-failed" / "run.json").write_text(
+        (tmp_path / "d-sgd-failed" / "run.json").read_text().replace('"finished"', '"failed"'))
+
+    summary = RunStore(tmp_path).summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"])
+    assert list(summary.columns[:5]) == ["dataset", "optimizer", "lawn", "batch_size", "epochs"]  # what splits
+    cells = summary.set_index(["optimizer", "epochs"])
+    adam30 = cells.loc[("adam", 30)]
+    assert adam30["count"] == 3 and adam30["seeds"] == "0,1,2"  # seeds 0 and 1 once each, their latest runs
+    assert adam30["mean"] == pytest.approx((0.96 + 0.98 + 0.94) / 3)
+    assert cells.loc[("adam", 12), "count"] == 2 and cells.loc[("adam", 12), "mean"] == pytest.approx(0.81)
+    assert cells.loc[("sgd", 30), "count"] == 3 and cells.loc[("sgd", 30), "mean"] == pytest.approx(0.82)
+    assert len(summary) == 3  # lr differs between the methods but never within one: it splits nothing
+
+    assert split_keys(summary, "digits") == ["epochs"]
+    table = table2(summary, "digits")
+    assert table["method"].tolist() == ["SGD · epochs=30", "Adam-LAWN · epochs=12", "Adam-LAWN · epochs=30"]
+    assert table["count"].tolist() == [3, 2, 3]
+    grid = table2_grid(table)
+    assert grid.loc["Adam-LAWN · epochs=30", "32"].startswith("96.00 ± 2.00 (n=3)")
+    from trainers.report import table as markdown_table
+
+    report = markdown_table(RunStore(tmp_path))
+    assert "| Adam-LAWN (epochs=12) | 81.00 ± 1.41 (n=2) |" in report and "| SGD (epochs=30) |" in report
+    # Nothing splits when every run is one experiment: the plain method names.
+    plain = RunStore(tmp_path).summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"], epochs=30)
+    assert "epochs" not in plain.columns and table2(plain, "digits")["method"].tolist() == ["SGD", "Adam-LAWN"]
 
 
 def test_sql_metacharacters_in_every_filter_are_data(tmp_path):

@@ -55,6 +55,8 @@ class TrainConfig:
     channels_last: bool = _opt("store conv weights and images NHWC (faster convolutions on recent GPUs)", default=False)
     compile: bool = _opt("torch.compile the model (first steps are slow while it compiles)", default=False)
     workers: int = _opt("DataLoader worker processes per rank (CIFAR on CPU, ImageNet)", default=4)
+    threads: int = _opt("torch CPU threads (intra-op); 0 = torch's default, one per core. "
+                        "`sweep --parallel N` gives each run 1", default=0)
     recipe: str | None = _opt("start from trainers/recipes/NAME.toml; flags given here override it", default=None)
     resume: str | None = _opt("continue run RUN_ID from its last checkpoint (<root>/RUN_ID/checkpoint.pt)",
                               default=None)
@@ -93,6 +95,7 @@ class TrainConfig:
             (cfg.hessian_probes >= 2, f"--hessian-probes must be >= 2 (for a standard error), got {cfg.hessian_probes}"),
             (cfg.curvature_budget > 0, f"--curvature-budget must be > 0, got {cfg.curvature_budget}"),
             (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
+            (cfg.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {cfg.threads}"),
         ]
         if cfg.lawn:
             checks.append((0 <= cfg.free_epochs < cfg.epochs,

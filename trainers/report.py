@@ -17,26 +17,35 @@ from lawn_monitor import RunStore
 METHODS = [("sgd", False, "SGD"), ("sgd", True, "SGD-LAWN"), ("adam", False, "Adam"), ("adam", True, "Adam-LAWN")]
 
 
+BY = ["dataset", "optimizer", "lawn", "batch_size"]
+STATS = {"mean", "std", "stderr", "count", "min", "max", "seeds"}
+
+
 def table(store: RunStore, metric: str = "test/acc", reduce: str = "final") -> str:
-    summary = store.summary(metric, by=["dataset", "optimizer", "lawn", "batch_size"], reduce=reduce)
+    summary = store.summary(metric, by=BY, reduce=reduce)
     if summary.empty:
         return "(no finished runs)"
     summary["lawn"] = summary["lawn"].astype(bool)
+    # Keys that split a cell (runs that differ in more than the seed are never averaged) get
+    # a row per value: "Adam (epochs=30)".
+    split = [c for c in summary.columns if c not in BY and c not in STATS]
+    summary["variant"] = [", ".join(f"{k}={row[k]}" for k in split) for _, row in summary.iterrows()]
     columns = sorted({(d, int(b)) for d, b in zip(summary["dataset"], summary["batch_size"])})
     header = "| method | " + " | ".join(f"{d} {b}" for d, b in columns) + " |"
     lines = [header, "|---|" + "---|" * len(columns)]
     for optimizer, lawn, label in METHODS:
-        cells = []
-        for dataset, batch in columns:
-            row = summary[(summary["dataset"] == dataset) & (summary["batch_size"] == batch)
-                          & (summary["optimizer"] == optimizer) & (summary["lawn"] == lawn)]
-            if row.empty:
-                cells.append("-")
-                continue
-            r = row.iloc[0]
-            std = 0.0 if pd.isna(r["std"]) else r["std"]
-            cells.append(f"{100 * r['mean']:.2f} ± {100 * std:.2f} (n={int(r['count'])})")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        mine = summary[(summary["optimizer"] == optimizer) & (summary["lawn"] == lawn)]
+        for variant in sorted(set(mine["variant"])) or [""]:
+            cells = []
+            for dataset, batch in columns:
+                row = mine[(mine["dataset"] == dataset) & (mine["batch_size"] == batch) & (mine["variant"] == variant)]
+                if row.empty:
+                    cells.append("-")
+                    continue
+                r = row.iloc[0]
+                std = 0.0 if pd.isna(r["std"]) else r["std"]
+                cells.append(f"{100 * r['mean']:.2f} ± {100 * std:.2f} (n={int(r['count'])})")
+            lines.append(f"| {label}{f' ({variant})' if variant else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

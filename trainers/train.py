@@ -6,7 +6,8 @@
     lawn-monitor train --resume 20261129-031500-adam-lawn-b256-s0-3f2a --root runs
 
 The run is written to ``<root>/<run_id>/`` and ends ``finished``, ``diverged`` (loss NaN/inf:
-training stops cleanly), ``interrupted`` (Ctrl-C) or ``failed`` (traceback kept in run.json).
+training stops cleanly), ``interrupted`` (Ctrl-C or SIGTERM: exit 130 or 143, what was logged is
+kept) or ``failed`` (traceback kept in run.json).
 After every epoch the trainer saves ``<root>/<run_id>/checkpoint.pt`` (model, optimizer with
 LAWN's state, schedule, RNG, epoch, the Monitor's position); ``--resume RUN_ID`` continues the
 same run from there, with each (step, layer, metric) written exactly once.
@@ -41,6 +42,7 @@ from lawn_monitor.probes import FLAT_LOSS, ProbeConfig
 from lawn_monitor.sink import default_root
 from lawn_monitor.storage import Location, is_remote
 
+from . import signals
 from .config import ConfigError, OneLineParser, TrainConfig, add_config_arguments, given_fields
 from .data import DataError, load_data
 from .distributed import Dist, init_distributed
@@ -50,7 +52,7 @@ USER_ERRORS = (ConfigError, DataError, ModelError, NotADirectoryError)
 CHECKPOINT = "checkpoint.pt"
 # What a resumed run may change: where and how it runs, not what it computes.
 RESUME_MAY_CHANGE = {"resume", "root", "device", "data_root", "download", "progress", "flush_secs", "workers",
-                     "compile"}
+                     "compile", "threads"}
 
 
 @dataclass
@@ -226,6 +228,8 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     if cfg.batch_size % dist.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide by the "
                           f"{dist.world} processes (per-rank batch = global / processes)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")  # TF32 matmuls and convolutions
@@ -272,20 +276,24 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     probe_batch = data.probe_batch(cfg.probe_size, cfg.seed) if cfg.curvature and dist.main else None
     if probe_batch is not None and cfg.channels_last and probe_batch[0].ndim == 4:
         probe_batch = (probe_batch[0].contiguous(memory_format=torch.channels_last), probe_batch[1])
-    monitor = Monitor(net, optimizer, root=root, config=record, name=cfg.name, total_steps=total_steps,
-                      steps_per_epoch=steps_per_epoch, flush_secs=cfg.flush_secs, probe_batch=probe_batch,
-                      probe_config=probes, enabled=dist.main,
-                      run_id=config.resume, resume_step=checkpoint["step"] if checkpoint else None)
-    if checkpoint is not None:
-        monitor.load_state_dict(checkpoint["monitor"])
-        set_rng_state(checkpoint["rng"])
-    run_id = monitor.run_id if dist.main else ""
     loc = Location(root)
     step = checkpoint["step"] if checkpoint else 0
     bar = tqdm(total=total_steps, initial=step, desc=cfg.name, disable=not (cfg.progress and dist.main),
                unit="step", dynamic_ncols=True)
     status, test_acc = "finished", checkpoint.get("test_acc") if checkpoint else None
+    monitor = None
     try:
+        # Held: a signal between writing run.json and holding the Monitor that can close it
+        # would leave the run "running"; it takes effect when the block ends, in this try.
+        with signals.held():
+            monitor = Monitor(net, optimizer, root=root, config=record, name=cfg.name, total_steps=total_steps,
+                              steps_per_epoch=steps_per_epoch, flush_secs=cfg.flush_secs, probe_batch=probe_batch,
+                              probe_config=probes, enabled=dist.main,
+                              run_id=config.resume, resume_step=checkpoint["step"] if checkpoint else None)
+        if checkpoint is not None:
+            monitor.load_state_dict(checkpoint["monitor"])
+            set_rng_state(checkpoint["rng"])
+        run_id = monitor.run_id if dist.main else ""
         for epoch in range(start_epoch, cfg.epochs):
             data.train.set_epoch(epoch)
             for i, (x, y) in enumerate(data.train):
@@ -332,16 +340,22 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "monitor": monitor.state_dict(),
                 })
             dist.barrier()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under signals.interrupt_on_signals
         bar.close()
-        monitor.close("interrupted")
+        if monitor is not None and dist.main:
+            monitor.close("interrupted")
+            exc.run_dir = monitor.run_dir  # for the one line the command prints
         raise
     except Exception:
         bar.close()
-        monitor.close("failed", error=traceback.format_exc())
+        if monitor is not None:
+            monitor.close("failed", error=traceback.format_exc())
         raise
     bar.close()
-    monitor.close(status)
+    # The run has ended: a signal now waits until its status is written, and then only stops
+    # what comes next (signals.received(): a sweep starts no further run).
+    with signals.held(deliver=False):
+        monitor.close(status)
     run_dir = monitor.run_dir if dist.main else Path(root) / "-"
     return TrainResult(run_id, run_dir, status, test_acc)
 
@@ -353,15 +367,20 @@ def build_parser(prog: str = "lawn-monitor train") -> OneLineParser:
 
 
 def run_cli(cfg: TrainConfig) -> int:
-    """Train and turn the outcome into an exit code and one line for the terminal."""
+    """Train and turn the outcome into an exit code and one line for the terminal. SIGTERM ends
+    the run as Ctrl-C does (status ``interrupted``), with exit code 143 instead of 130."""
     try:
-        result = train(cfg)
+        with signals.interrupt_on_signals():
+            result = train(cfg)
     except USER_ERRORS as exc:
         print(f"lawn-monitor train: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the run is marked 'interrupted'; what was logged is kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None)
+        print(f"interrupted by {signals.signal_name(exc)}: " + (
+            f"the run is marked 'interrupted'; what it logged is kept ({run_dir})" if run_dir
+            else "this process had no run record to mark (not created yet, or not rank 0)"), file=sys.stderr)
+        return signals.exit_code(exc)
     except Exception as exc:  # noqa: BLE001 - reported in one line, traceback kept in run.json
         print(f"lawn-monitor train: failed: {type(exc).__name__}: {exc} (traceback in the run's run.json)",
               file=sys.stderr)

@@ -6,8 +6,8 @@ import streamlit as st
 import state
 from charts import batch_size_chart, group_chart, metric_chart
 from lawn_monitor.metrics import info, metric_table
+from paper import PAPER_TABLE2, figure1_frame, split_keys, table2, table2_grid
 from styles import group_palette
-from paper import PAPER_TABLE2, figure1_frame, table2, table2_grid
 from tables import BANDS, CONFIG_KEYS, aggregate, as_text, group_labels
 
 X_TITLES = {"step": "step", "epoch": "epoch", "time": "seconds since start"}
@@ -97,7 +97,11 @@ if table.empty:
 else:
     note = "the paper's numbers beside ours" if dataset in PAPER_TABLE2 else \
         f"the paper reports no {dataset or 'such'} results, so ours stand alone"
-    st.caption(f"Mean ± std over seeds of each run's {reduce} test accuracy (%), finished runs only; {note}.")
+    st.caption(f"Mean ± std over seeds of each run's {reduce} test accuracy (%), finished runs only, each seed's "
+               f"latest run once; {note}.")
+    split = split_keys(summary, dataset or None)
+    if split:
+        st.caption(f"Runs that differ in {', '.join(split)} are never averaged together: each value has its own row.")
     st.dataframe(table2_grid(table), width="stretch")
     state.csv_download(table, f"table2-{dataset or 'all'}-{reduce}.csv", "Download Table 2 (CSV)")
     state.show(batch_size_chart(figure1_frame(table), "Figure 1: test accuracy against batch size"),
