@@ -9,6 +9,7 @@ selected runs, smoothing) are bound in the sidebar, which every page shows.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -129,10 +130,16 @@ def labelled(df: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
 
 
 def show(chart, empty: str) -> None:
-    """Draw the chart, or say that there is nothing to draw yet."""
+    """Draw the chart, or say that there is nothing to draw yet.
+
+    Altair checks every spec against the Vega-Lite JSON schema when it is serialized, which costs
+    about as much as building the chart (a third of a page's server time). These specs come from
+    the builders in charts.py, whose tests serialize them with that check on (tests/test_charts.py),
+    so the page serializes them without it."""
     if chart is None:
         st.info(empty)
     else:
+        object.__setattr__(chart, "to_dict", functools.partial(type(chart).to_dict, chart, validate=False))
         st.altair_chart(chart, width="stretch")
 
 
