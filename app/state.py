@@ -25,6 +25,9 @@ from styles import Palette, run_labels, run_styles  # noqa: F401  (run_labels re
 
 DEFAULT_RUNS = 4  # with nothing selected, the pages show the newest few runs
 DEFAULT_SMOOTHING = 0.6  # TensorBoard's default EMA weight
+# Points per run in a half-width chart (~550 px of plot): about one per pixel. Each point is a
+# bucket's last value with its min and max (drawn as a faint band), so spikes stay visible.
+GRID_POINTS = 500
 RUNS_TTL = 2  # seconds a runs() listing is reused; the live page reads fresher itself
 BIND = "query-params"
 
@@ -197,7 +200,7 @@ def series_chart(store: RunStore, run_ids: list[str], metric: str, labels: dict[
     """One metric of these runs as a line chart, with the metric's own axis title, units, scale
     (log where it shrinks by decades) and smoothing; or a line saying there is nothing yet."""
     meta = info(metric)
-    df = store.series(run_ids, metric, layer, smooth=smooth if meta.smooth else 0.0)
+    df = store.series(run_ids, metric, layer, points=GRID_POINTS, smooth=smooth if meta.smooth else 0.0)
     chart = metric_chart(labelled(df, labels), title or meta.axis, meta.log if log_y is None else log_y, switches,
                          palette=colors, y_title=meta.axis, percent=meta.percent, points=points)
     show(chart, f"No {title or metric} data yet.")

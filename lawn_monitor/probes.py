@@ -249,16 +249,14 @@ class ParamNorms(Probe):
     def _lrs(self) -> tuple[list[float], float]:
         """Each layer's learning rate now (its param group's) and the first group's (the run's
         ``lr``), as host floats: nothing is copied to the device."""
-        if self.optimizer is None or not self.optimizer.param_groups:
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        if not groups:
             return [math.nan] * len(self.params), math.nan
-        by_param, first = {}, None
-        for group in self.optimizer.param_groups:
-            lr = group["lr"]
-            lr = float(lr.item() if isinstance(lr, Tensor) else lr)
-            first = lr if first is None else first
-            for p in group["params"]:
-                by_param[id(p)] = lr
-        return [by_param.get(id(p), math.nan) for p in self.params], first
+        lrs = [float(g["lr"].item() if isinstance(g["lr"], Tensor) else g["lr"]) for g in groups]
+        if len(groups) == 1:  # the usual case: one LR for every layer
+            return [lrs[0]] * len(self.params), lrs[0]
+        by_param = {id(p): lr for group, lr in zip(groups, lrs) for p in group.get("params", ())}
+        return [by_param.get(id(p), math.nan) for p in self.params], lrs[0]
 
     def _times(self, values: Tensor, scalars: list[float]) -> Tensor:
         """``values[i] * scalars[i]`` with the scalars as kernel arguments (host floats), never as

@@ -13,6 +13,7 @@ import json
 import os
 import time
 import warnings
+from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -127,6 +128,7 @@ class RunStore:
         self._warned: set[str] = set()
         self._signatures: dict[str, tuple] = {}
         self._per_run_cache: dict[tuple, dict[str, tuple]] = {}
+        self._frames: OrderedDict[tuple, tuple[tuple, pd.DataFrame]] = OrderedDict()  # see _per_run_frames
 
     # --- files --------------------------------------------------------------------------------
 
@@ -222,6 +224,39 @@ class RunStore:
         if df.empty:
             return pd.DataFrame({c: pd.Series(dtype=TEXT_COLUMNS.get(c, "float64")) for c in columns})
         return df
+
+    FRAMES = 1024  # per-run results kept by _per_run_frames (each at most a chart's points)
+
+    def _per_run_frames(self, sql: str, params: Sequence, run_ids: Iterable[str], columns: list[str]) -> pd.DataFrame:
+        """Rows of a query that computes each run's rows from that run's files alone (``series``),
+        with each run's result kept until its files change: a run that has ended is read once, not
+        on every page view or live refresh. Runs come out in run-id order."""
+        ids = sorted(dict.fromkeys(run_ids))
+        listed = {run_id: self._run_files(run_id) for run_id in ids}
+        key = (sql, tuple(params))
+        parts: dict[str, pd.DataFrame] = {}
+        todo = []
+        for run_id in ids:
+            hit = self._frames.get((key, run_id))
+            if hit is not None and hit[0] == self._signatures.get(run_id):
+                self._frames.move_to_end((key, run_id))
+                parts[run_id] = hit[1]
+            else:
+                todo.append(run_id)
+        if todo:
+            files = [f for r in todo for f in listed[r]]
+            fresh = self._query(sql, params, todo, columns, files=files)
+            for run_id, rows in fresh.groupby("run_id", sort=False):
+                parts[run_id] = rows
+            for run_id in todo:
+                rows = parts.setdefault(run_id, fresh.iloc[0:0])
+                self._frames[(key, run_id)] = (self._signatures.get(run_id), rows)
+            while len(self._frames) > self.FRAMES:
+                self._frames.popitem(last=False)
+        frames = [parts[r] for r in ids if not parts[r].empty]
+        if not frames:
+            return pd.DataFrame({c: pd.Series(dtype=TEXT_COLUMNS.get(c, "float64")) for c in columns})
+        return pd.concat(frames, ignore_index=True)
 
     def _vanished(self, files: list[str]) -> bool:
         if self.loc.remote:
@@ -343,7 +378,7 @@ class RunStore:
         if points is not None and points < 1:
             raise ValueError(f"points must be at least 1, got {points}")
         ids = _ids(run_ids)
-        df = self._query(
+        df = self._per_run_frames(
             """WITH s AS (SELECT run_id, step, epoch, wall_time, value FROM read_parquet(?)
                           WHERE metric = ? AND layer = ?),
                     r AS (SELECT run_id, min(step) AS lo,
@@ -360,7 +395,7 @@ class RunStore:
                ORDER BY run_id, step""",
             [metric, layer, float(points) if points else float("inf")], ids,
             ["run_id", "step", "epoch", "wall_time", "value", "min", "max"],
-        )
+        ).copy()
         if x == "time":
             created = {r: _timestamp((self.run_info(r) or {}).get("created_at")) for r in df["run_id"].unique()}
             start = df["run_id"].map(created)

@@ -237,6 +237,27 @@ def test_cached_per_run_results_follow_new_rows(tmp_path):
     assert store.summary(by=["optimizer"])["mean"].tolist() == [pytest.approx(0.8)]
 
 
+def test_series_reads_an_ended_run_once_and_a_live_one_as_it_grows(tmp_path):
+    sink = write(tmp_path, "live", [(s, "", "train/loss", 1.0 / s) for s in range(1, 11)], status="running")
+    write(tmp_path, "done", [(s, "", "train/loss", 2.0 / s) for s in range(1, 11)])
+    store = RunStore(tmp_path)
+    queried = []
+    query = store._query
+    store._query = lambda sql, params, run_ids, columns, files=None: (queried.append(list(run_ids)),
+                                                                       query(sql, params, run_ids, columns, files))[1]
+    first = store.series(["live", "done"], "train/loss")
+    assert queried == [["done", "live"]] and len(first) == 20
+    assert store.series(["done", "live"], "train/loss").equals(first)  # nothing changed: no query
+    assert queried == [["done", "live"]]
+    sink.write(pa.table({"run_id": ["live"], "step": [11], "epoch": [0.11], "wall_time": [1e9 + 11],
+                         "layer": [""], "metric": ["train/loss"], "value": [0.05]}))
+    grown = store.series(["live", "done"], "train/loss")
+    assert queried[-1] == ["live"]  # only the run whose files changed is read again
+    assert grown.loc[grown["run_id"] == "live", "step"].max() == 11 and len(grown) == 21
+    assert store.series(["live"], "train/loss", smooth=0.5)["smoothed"].iloc[-1] != 0.05  # smoothing is per call
+    sink.close("finished")
+
+
 def test_sync_fsyncs_parts_including_ones_compaction_removed(tmp_path):
     sink = write(tmp_path, "r", [(s, "", "lr", 1.0) for s in range(40)], flush=1, status="running")
     sink._stop_compactor()  # let the merges of these 40 one-row parts finish
