@@ -269,16 +269,19 @@ def threshold_chart(
     """A slow-cadence estimate (points joined by lines, per run) against a per-run limit drawn
     dashed in the same colour, e.g. sharpness against the edge-of-stability threshold.
 
-    Both frames: run_id, label, step, value.
+    Both frames: run_id, label, step, value. The limit's line breaks where it is not finite
+    (an LR of 0 has no edge of stability) rather than bridging the gap.
     """
     line = metric_chart(values, title, log_y, switches, points=True)
-    limit, _ = plottable(threshold[["run_id", "label", "step", "value"]], log_y)
+    limit = threshold[["run_id", "label", "step", "value"]].sort_values(["run_id", "step"])
+    limit = limit.assign(segment=(~np.isfinite(limit["value"].to_numpy(dtype=float))).cumsum())
+    limit, _ = plottable(limit, log_y)
     if limit.empty:
         return line
     dashed = (
         alt.Chart(thin(limit, by="run_id"))
         .mark_line(strokeDash=[4, 4])
-        .encode(x="step:Q", y=_y(log_y), color=alt.Color("label:N", title="run"),
+        .encode(x="step:Q", y=_y(log_y), color=alt.Color("label:N", title="run"), detail="segment:N",
                 tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
                          alt.Tooltip("value:Q", format=".4g", title="threshold")])
     )

@@ -30,7 +30,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor, nn
 
-from .probes import Keys, Probe, ProbeConfig, StepContext
+from .probes import Clock, Keys, Probe, ProbeConfig, StepContext
 from .sink import SCHEMA, ParquetSink, default_root, new_run_id
 
 
@@ -129,7 +129,6 @@ class Monitor:
                               stacklevel=2)
             probes = cfg.build(probe_batch, loss_fn, total_steps)
         self.probes = list(probes)
-        self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
         for probe in self.probes:
             probe.attach(model, optimizer)
         open_sink = ParquetSink if resume_step is None else partial(ParquetSink.reopen, keep_through_step=resume_step)
@@ -198,11 +197,11 @@ class Monitor:
         self.step_count += 1
         step, ep, wall = self.step_count, self._epoch(epoch), time.time()
         ctx = StepContext(step=step, loss=loss, logits=logits, targets=targets)
-        train_seconds = time.monotonic() - self._started_at - self._probe_seconds
         batch = batch_size if batch_size is not None else (len(targets) if targets is not None else None)
+        clock = self._clock(batch)
         probe_seconds = 0.0
         for probe in self.probes:
-            if probe.due(step, train_seconds, train_seconds / step, batch):
+            if probe.due(clock):
                 probe_seconds += self._run(probe, ctx, ep, wall)
         self._probe_seconds += probe_seconds
         if probe_seconds:
@@ -227,38 +226,39 @@ class Monitor:
         ):
             self.flush()
 
+    def _clock(self, batch_size: int | None = None) -> Clock:
+        """The run's time so far for the budgets: wall time less the budgeted probes' own, and,
+        when the number of steps is known, the projected whole run at the mean pace so far."""
+        step = self.step_count
+        train_seconds = time.monotonic() - self._started_at - self._probe_seconds
+        total_steps = max(self.total_steps, step) if self.total_steps else None
+        total_seconds = train_seconds / max(1, step) * total_steps if total_steps else None
+        return Clock(step, train_seconds, total_seconds, total_steps, batch_size)
+
     def _run(self, probe: Probe, ctx: StepContext, epoch: float, wall: float) -> float:
-        """Run one probe and keep its values; return its cost in seconds if it is expensive."""
-        cost = 0.0
-        if probe.expensive:
-            # Slow cadence only: sync so that the probe's cost is measured, not just queued.
-            self._sync()
-            started = time.perf_counter()
-            out = probe.compute(ctx)
-            self._sync()
-            cost = time.perf_counter() - started
-        else:
-            out = probe.compute(ctx)
-        probe.charge(cost)
-        probe.last_step = ctx.step
+        """Run one probe and keep its values; return its cost in seconds if it is expensive
+        (each expensive probe times itself: see ``CurvatureProbe.run``)."""
+        out = probe.run(ctx)
         if out is not None:
             self._device_rows.append((ctx.step, epoch, wall, *out))
-        return cost
+        return probe.last_cost if probe.expensive else 0.0
 
     def _final_curvature(self) -> None:
-        """One last point of each expensive probe at the final step (unless it just ran), so
-        that every finished run has its end-of-training curvature however tight the budget.
-        Like an evaluation, it runs after training, not inside a step."""
-        expensive = [p for p in self.probes if p.expensive and p.last_step != self.step_count]
-        if not expensive or self.step_count == 0:
+        """One last point of each expensive probe at the final step, unless it just ran or its
+        budget has no room left for it: like an evaluation, it runs after training, not inside a
+        step, and run.json says so meanwhile (``activity``), so the Live page shows "measuring
+        curvature" rather than "done"."""
+        clock = self._clock()
+        clock.total_seconds = None  # the run is over: the budget is a share of all of it
+        due = [p for p in self.probes if p.expensive and p.last_step != self.step_count and p.affordable(clock)]
+        if not due or self.step_count == 0:
             return
+        self.sink.heartbeat(step=self.step_count, activity="measuring curvature")
         ctx = StepContext(step=self.step_count)
-        seconds = sum(self._run(p, ctx, self._epoch(None), time.time()) for p in expensive)
-        self._host_rows.append((self.step_count, self._epoch(None), time.time(), "", "curvature_time", seconds))
-
-    def _sync(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
+        epoch = self._epoch(None)
+        seconds = sum(self._run(p, ctx, epoch, time.time()) for p in due)
+        self._probe_seconds += seconds
+        self._host_rows.append((self.step_count, epoch, time.time(), "", "curvature_time", seconds))
 
     def _lr(self) -> float:
         if self.optimizer is None or not self.optimizer.param_groups:
@@ -374,7 +374,7 @@ class Monitor:
         if status == "finished":
             self._final_curvature()
             self.flush()
-        self.sink.close(status, error=error, step=self.step_count)
+        self.sink.close(status, error=error, step=self.step_count, activity=None)
         self.closed = True
 
     def __enter__(self) -> "Monitor":

@@ -5,6 +5,7 @@ import streamlit as st
 
 import state
 from charts import band_chart, metric_chart, threshold_chart, with_se
+from tables import sharpness_vs_threshold
 
 # (metric, title, log y): one line per run.
 PANELS = [
@@ -38,8 +39,10 @@ def draw(panel):
 state.grid(PANELS[:2], draw)
 trace = with_se(store.series(run_ids, "gn_trace"), store.series(run_ids, "gn_trace_se"))
 exact = with_se(store.series(run_ids, "hessian_trace"), store.series(run_ids, "hessian_trace_se"))
-sharp = store.series(run_ids, "sharpness")
-limit = store.series(run_ids, "sharpness_threshold")
+optimizers = dict(zip(runs["run_id"], runs["optimizer"])) if "optimizer" in runs.columns else {}
+sharp, limit = sharpness_vs_threshold(state.labelled(store.series(run_ids, "sharpness"), labels),
+                                      state.labelled(store.series(run_ids, "sharpness_precond"), labels),
+                                      state.labelled(store.series(run_ids, "sharpness_threshold"), labels), optimizers)
 left, right = st.columns(2)
 with left:
     state.show(band_chart(state.labelled(trace, labels),
@@ -47,8 +50,10 @@ with left:
                           log_y=log_y, switches=switches, points=state.labelled(exact, labels)),
                "No Hessian trace: curvature needs a probe batch (the trainer passes one).")
 with right:
-    state.show(threshold_chart(state.labelled(sharp, labels), state.labelled(limit, labels),
-                               "sharpness vs. stability threshold (dashed)",
+    state.show(threshold_chart(sharp, limit, "sharpness vs. stability threshold (dashed)",
                                log_y=log_y, switches=switches),
                "No sharpness: it is measured on a slow cadence; a few points appear per run.")
+    st.caption("Top Hessian eigenvalue on the probe batch. Adam-family runs show it preconditioned by Adam's "
+               "second moments, P⁻¹H, the quantity their line (2 + 2β₁) / ((1 − β₁) lr) bounds; SGD runs show "
+               "the plain one against (2 + 2 momentum) / lr. No line where the LR is 0.")
 state.grid(PANELS[2:], draw)
