@@ -8,9 +8,8 @@ normalizes by batch statistics that themselves depend on the weights).
 * ``gn_trace_groups``: the Gauss-Newton trace proxy, tr(J^T H_out J) with H_out = diag(p) - p p^T
   the Hessian of softmax cross-entropy in the logits. Rademacher vectors v are pushed through a
   square root S of H_out (``sqrt_output_hessian_times``), so E||J^T S v||^2 = tr(J^T H_out J),
-  without sampling labels. The probe batch is split into groups; one vectorized backward
-  (``torch.func.vmap`` over ``torch.func.grad``) gives every group's estimate, and the spread
-  between groups gives the standard error.
+  without sampling labels. The probe batch is split into groups, one ordinary backward each;
+  the spread between the groups' estimates gives the standard error.
 
   Why not sample labels from the model's softmax (E||grad loss(x, y_hat)||^2 is the same trace)?
   Once most samples are confidently right, a typical draw takes the predicted label everywhere
@@ -38,7 +37,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -90,37 +89,29 @@ def output_size(model: nn.Module, inputs: Tensor) -> int:
         return functional_call(model, (params, buffers), (inputs[:1],)).shape[-1]
 
 
-PER_SAMPLE_ELEMENTS = 2**26  # group gradients held at once (256 MB of float32)
-
-
-def gn_trace_groups(
-    model: nn.Module, names: list[str], inputs: Tensor, signs: Tensor, chunk_size: int | None = None
-) -> Tensor:
+def gn_trace_groups(model: nn.Module, names: list[str], inputs: Tensor, signs: Tensor) -> Tensor:
     """Each group's estimate of each layer's Gauss-Newton trace of softmax cross-entropy: (K, L).
 
-    ``inputs`` (K * m samples) are split into K groups of m; ``signs`` (K, m, C) are Rademacher
-    vectors, one per sample. Group k's estimate is ||g_k||^2 / m per layer, with g_k the gradient
-    of sum_n <logits_n, stopgrad(S_n v_n)> over its samples: the squared norm of
-    sum_n J_n^T S_n v_n, whose cross terms between samples vanish in expectation because their v
-    are independent, so it is unbiased for the group's mean per-sample GN trace (the trace of the
-    GN matrix of the mean loss). m = 1 is the per-sample form (no cross terms, the least spread);
-    larger groups cost fewer backward passes' worth of work. ``torch.func.vmap`` runs all groups
-    in one vectorized backward, ``chunk_size`` groups at a time (default: as many as fit in
-    PER_SAMPLE_ELEMENTS).
+    ``inputs`` (K * m samples, or more: the rest is left out) are split into K groups of m;
+    ``signs`` (K, m, C) are Rademacher vectors, one per sample. Group k's estimate is
+    ||g_k||^2 / m per layer, with g_k the gradient of sum_n <logits_n, stopgrad(S_n v_n)> over its
+    samples, i.e. sum_n J_n^T S_n v_n: its cross terms between samples vanish in expectation
+    because their v are independent, so it is unbiased for the group's mean per-sample GN trace
+    (the trace of the GN matrix of the mean loss). One ordinary backward per group, on detached
+    copies of the weights: no per-sample gradients held, any module that autograd handles works.
+    m = 1 is the per-sample form (no cross terms, the least spread, N backward passes).
     """
     groups, size = signs.shape[:2]
-    params, buffers = functional_state(model, names, requires_grad=False)  # torch.func differentiates
-    if chunk_size is None:
-        chunk_size = max(1, PER_SAMPLE_ELEMENTS // max(1, sum(p.numel() for p in params.values())))
-
-    def group_loss(p: dict[str, Tensor], x: Tensor, v: Tensor) -> Tensor:
-        logits = functional_call(model, (p, buffers), (x,))
-        return (logits * sqrt_output_hessian_times(logits, v)).sum()
-
-    x = inputs[: groups * size].unflatten(0, (groups, size))
+    params, buffers = functional_state(model, names)
+    leaves = [params[n] for n in names]
+    rows = []
     with eval_mode(model):
-        grads = vmap(grad(group_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, signs)
-    return torch.stack([grads[n].flatten(1).float().square().sum(1) for n in names], dim=1) / size
+        for x, v in zip(inputs[: groups * size].split(size), signs):
+            logits = functional_call(model, (params, buffers), (x,))
+            grads = torch.autograd.grad(logits, leaves, grad_outputs=sqrt_output_hessian_times(logits, v),
+                                        allow_unused=True, materialize_grads=True)
+            rows.append(torch.stack(torch._foreach_norm(grads)).float())
+    return torch.stack(rows).square() / size
 
 
 def loss_and_grads(

@@ -117,6 +117,7 @@ class Monitor:
         self._last_step_at: float | None = None
         self._started_at = time.monotonic()
         self._probe_seconds = 0.0  # time spent in expensive probes, excluded from training time
+        self._first_step_seconds: float | None = None  # training time at the end of step 1 (warm-up)
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
@@ -158,6 +159,7 @@ class Monitor:
             "step": self.step_count,
             "train_seconds": time.monotonic() - self._started_at,
             "probe_seconds": self._probe_seconds,
+            "first_step_seconds": self._first_step_seconds,
             "probes": [p.state_dict() for p in self.probes] if self.enabled else [],
         }
 
@@ -170,6 +172,7 @@ class Monitor:
         self.step_count = int(state["step"])
         self._started_at = time.monotonic() - state["train_seconds"]
         self._probe_seconds = state["probe_seconds"]
+        self._first_step_seconds = state.get("first_step_seconds")
         for probe, probe_state in zip(self.probes, state["probes"]):
             probe.load_state_dict(probe_state)
 
@@ -228,12 +231,21 @@ class Monitor:
 
     def _clock(self, batch_size: int | None = None) -> Clock:
         """The run's time so far for the budgets: wall time less the budgeted probes' own, and,
-        when the number of steps is known, the projected whole run at the mean pace so far."""
+        when the number of steps is known, the projected whole run: the time so far plus the
+        steps left at the pace since step 1 (whose time holds the first step's one-time costs,
+        so no projection is made from it alone)."""
         step = self.step_count
         train_seconds = time.monotonic() - self._started_at - self._probe_seconds
+        if step == 1:
+            self._first_step_seconds = train_seconds
         total_steps = max(self.total_steps, step) if self.total_steps else None
-        total_seconds = train_seconds / max(1, step) * total_steps if total_steps else None
-        return Clock(step, train_seconds, total_seconds, total_steps, batch_size)
+        if total_steps is None or step < 2:
+            return Clock(step, train_seconds, None, total_steps, batch_size)
+        if self._first_step_seconds is not None:
+            pace = (train_seconds - self._first_step_seconds) / (step - 1)
+        else:  # resumed from a checkpoint that did not record it
+            pace = train_seconds / step
+        return Clock(step, train_seconds, train_seconds + (total_steps - step) * pace, total_steps, batch_size)
 
     def _run(self, probe: Probe, ctx: StepContext, epoch: float, wall: float) -> float:
         """Run one probe and keep its values; return its cost in seconds if it is expensive

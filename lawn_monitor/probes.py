@@ -114,12 +114,15 @@ class Probe:
     length times the share of the probe's plan due so far: a plan that is dense early may spend
     early what its early points need, and by the last step the probe has taken at most ``budget``
     of the run. Without a known length it is the budget times the training time so far. The cost
-    of the next call is the median of the last few measured (one call stalled by a busy machine
-    does not hold the probe back for long), leaving out the first call, which pays one-time set-up
-    costs; before a second call it is the probe's ``estimate``.
+    of the next call is the median of the last few measured, leaving out the first call, which pays
+    one-time set-up costs; before a second call it is the probe's ``estimate``. A call is charged
+    its measured time, but at most STALL times that prediction: a call that a busy machine
+    stalled for a moment (training steps stall alike) is charged what such a call costs, so one
+    stall does not use up a short run's budget.
     """
 
     RECENT = 5  # measured costs the next call's cost is predicted from
+    STALL = 4.0  # a call is charged at most this many times the median of the recent ones
 
     expensive = False  # timed (see ``run``), budgeted, and counted in curvature_time
 
@@ -130,6 +133,7 @@ class Probe:
         self.spent = 0.0  # seconds
         self.costs: list[float] = []  # the last RECENT calls' costs (the first call's left out), in seconds
         self.last_cost = 0.0  # seconds
+        self.predicted: float | None = None  # the cost the budget expected of the next call
         self.calls = 0
         self.last_step: int | None = None
 
@@ -150,8 +154,8 @@ class Probe:
     def affordable(self, clock: Clock) -> bool:
         if self.budget is None:
             return True
-        cost = statistics.median(self.costs) if self.costs else self.estimate(clock)
-        return self.spent + cost <= self.allowance(clock)
+        self.predicted = statistics.median(self.costs) if self.costs else self.estimate(clock)
+        return self.spent + self.predicted <= self.allowance(clock)
 
     def due(self, clock: Clock) -> bool:
         if self.schedule(clock.step):
@@ -167,7 +171,10 @@ class Probe:
     def charge(self, seconds: float, step: int) -> None:
         """Record one call of the probe."""
         self.pending = False
-        self.spent += seconds
+        charged = seconds
+        if self.predicted:
+            charged = min(seconds, self.STALL * self.predicted)
+        self.spent += charged
         if self.calls:
             self.costs = [*self.costs, seconds][-self.RECENT:]
         self.calls += 1
@@ -374,30 +381,30 @@ class GNTrace(CurvatureProbe):
     """``gn_trace`` (+ ``_se``): the Gauss-Newton trace of softmax cross-entropy (the mean over
     the probe batch), per layer and in total, from Rademacher vectors through a square root of
     the output Hessian (``curvature.gn_trace_groups``). The probe batch is split into ``groups``
-    groups; the estimate is the mean of the groups' estimates and ``_se`` their standard error,
-    which covers the random vectors and also which samples the probe batch happens to hold (it
-    is an SE for the trace over the training set, conservative for this batch's own trace).
-    Assumes a softmax cross-entropy loss; ``loss_fn`` is not used."""
+    groups, one backward each; the estimate is the mean of the groups' estimates and ``_se``
+    their standard error, which covers the random vectors and also which samples the probe
+    batch happens to hold (an SE for the trace over the training set, conservative for this
+    batch's own trace). Assumes a softmax cross-entropy loss; ``loss_fn`` is not used."""
 
-    def __init__(self, *args, groups: int = 4, chunk_size: int | None = None, **kwargs) -> None:
+    def __init__(self, *args, groups: int = 4, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if groups < 2:
             raise ValueError(f"the GN trace needs >= 2 groups for a standard error, got {groups}")
         if len(self.inputs) < groups:
             raise ValueError(f"the GN trace splits its probe batch into {groups} groups, but it has "
                              f"{len(self.inputs)} samples: pass a larger probe batch or fewer groups")
-        self.groups, self.chunk_size = groups, chunk_size
+        self.groups = groups
         self.group_size = len(self.inputs) // groups
         self.classes: int | None = None
 
     def units(self):
-        return 3.0  # a vectorized forward and backward over groups (measured 2-3 steps' worth on CPU)
+        return 1.5  # a forward and backward of the probe batch, in a few small pieces
 
     def compute(self, ctx):
         if self.classes is None:
             self.classes = curvature.output_size(self.model, self.inputs)
         signs = curvature.rademacher((self.groups, self.group_size, self.classes), self.generator, self.device)
-        samples = curvature.gn_trace_groups(self.model, self.names, self.inputs, signs, self.chunk_size)
+        samples = curvature.gn_trace_groups(self.model, self.names, self.inputs, signs)
         return self.per_layer("gn_trace", samples)
 
 
@@ -434,7 +441,7 @@ class Sharpness(CurvatureProbe):
 
     WARM_NOISE = 0.3
 
-    def __init__(self, *args, iters: int = 20, tol: float = 0.05, **kwargs) -> None:
+    def __init__(self, *args, iters: int = 20, tol: float = 0.1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.iters, self.tol = iters, tol
         self.vectors: dict[str, list[Tensor]] = {}
@@ -498,7 +505,7 @@ class Sharpness(CurvatureProbe):
 
 
 # Each curvature probe's share of ProbeConfig.budget.
-BUDGET_SHARES = {"gn_trace": 0.4, "sharpness": 0.4, "hessian_trace": 0.2}
+BUDGET_SHARES = {"gn_trace": 0.4, "sharpness": 0.55, "hessian_trace": 0.05}
 
 
 @dataclass
@@ -508,23 +515,23 @@ class ProbeConfig:
     Curvature points are planned over the run, dense early (``log_spaced``), and held to a
     budget: at most ``budget`` of the training time in all, shared by the probes as in
     BUDGET_SHARES. Where a run's steps are long against a probe's cost every planned point runs
-    and curvature takes less; where steps are short (small models on a CPU) the budget decides
-    and points are left out evenly along the plan. Each curvature probe uses the first ``*_size``
-    samples of the probe batch.
+    and curvature takes much less; where steps are short (small models on a CPU) the budget
+    decides and points are left out evenly along the plan. Each curvature probe uses the first
+    ``*_size`` samples of the probe batch.
     """
 
     every: int = 1  # cheap probes (norms, update ratios, output stats): every N steps
     curvature: bool = True  # curvature probes, when the Monitor has a probe batch
     gn_points: int = 40  # Gauss-Newton trace proxy: points over the run
-    gn_size: int = 32  # samples it measures on
+    gn_size: int = 16  # samples it measures on
     gn_groups: int = 4  # groups its standard error comes from (gn_size / gn_groups samples each)
-    hessian_points: int = 5  # Hutchinson tr(H): points over the run
+    hessian_points: int = 3  # Hutchinson tr(H): points over the run
     hessian_probes: int = 20  # Rademacher vectors per Hutchinson estimate (SE ~ 1/sqrt of it)
     hessian_size: int = 32  # samples it measures on
-    sharpness_points: int = 10  # top Hessian eigenvalue: points over the run
+    sharpness_points: int = 8  # top Hessian eigenvalue: points over the run
     sharpness_iters: int = 20  # Hessian-vector products at most per eigenvalue (warm-started Lanczos)
-    sharpness_size: int = 32  # samples it measures on
-    budget: float = 0.05  # curvature takes at most this fraction of training time
+    sharpness_size: int = 16  # samples it measures on
+    budget: float = 0.4  # curvature takes at most this fraction of training time
     seed: int = 0  # for the probes' own random draws (Rademacher vectors)
 
     def build(self, probe_batch: tuple[Tensor, Tensor] | None, loss_fn=None,

@@ -62,15 +62,15 @@ class TrainConfig:
     probe_every: int = _opt("cheap probes (norms, update ratios, output stats) every N steps", default=1)
     curvature: bool = _opt("curvature probes (gn_trace, hessian_trace, sharpness)", default=True,
                            meta={"negate": "--no-curvature"})
-    probe_size: int = _opt("samples in the fixed probe batch the curvature is measured on (each probe uses at "
-                           "most its own share of them: 32 by default)", default=128)
+    probe_size: int = _opt("samples in the fixed probe batch the curvature is measured on (the GN trace and the "
+                           "sharpness use the first 16, Hutchinson the first 32)", default=32)
     gn_points: int = _opt("Gauss-Newton trace proxy: points over the run, dense early (held to the budget)",
                           default=40)
-    hessian_points: int = _opt("Hutchinson tr(H): points over the run, dense early (held to the budget)", default=5)
+    hessian_points: int = _opt("Hutchinson tr(H): points over the run, dense early (held to the budget)", default=3)
     hessian_probes: int = _opt("Rademacher vectors per Hutchinson estimate", default=20)
     sharpness_points: int = _opt("top Hessian eigenvalue: points over the run, dense early (held to the budget)",
-                                 default=10)
-    curvature_budget: float = _opt("curvature may take at most this fraction of training time", default=0.05)
+                                 default=8)
+    curvature_budget: float = _opt("curvature may take at most this fraction of training time", default=0.4)
     progress: bool = _opt("show a progress bar", default=True, meta={"negate": "--no-progress"})
 
     def resolved(self) -> "TrainConfig":
