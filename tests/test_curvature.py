@@ -106,16 +106,17 @@ def test_the_square_root_of_the_output_hessian():
 
 # --- the GN trace estimator where the loss flattens ---------------------------------------------
 
-PROBE_SAMPLES = 32  # the trainer's default probe batch for gn_trace: 4 groups of 8
+DEFAULTS = ProbeConfig()  # the trainer's: gn_trace on 16 samples in 4 groups of 4
 
 
 def memorizer(flattened: bool) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A ReLU MLP and 32 random samples with random labels; ``flattened``: trained with Adam until
-    at least 90% of the samples have a loss under 1e-3 (the regime where sampled labels fail)."""
+    """A ReLU MLP and random samples with random labels, as many as the GN probe uses by default;
+    ``flattened``: trained with Adam until at least 90% of them have a loss under 1e-3 (the regime
+    where sampled labels fail)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).double()
-    x = torch.randn(PROBE_SAMPLES, 8, dtype=torch.float64)
-    y = torch.randint(0, 4, (PROBE_SAMPLES,))
+    x = torch.randn(DEFAULTS.gn_size, 8, dtype=torch.float64)
+    y = torch.randint(0, 4, (DEFAULTS.gn_size,))
     if flattened:
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         for _ in range(5000):
@@ -166,7 +167,7 @@ def test_gn_trace_reads_the_exact_trace_call_by_call(flattened):
         assert flat_fraction(model, x, y) >= 0.5
     exact, _ = exact_hessian_traces(model, x, y)  # brute force; = the GN trace (ReLU network)
     big = max(range(len(exact)), key=lambda i: list(model.parameters())[i].numel())
-    probe = GNTrace(x, y, groups=4, seed=1)
+    probe = GNTrace(x, y, size=DEFAULTS.gn_size, groups=DEFAULTS.gn_groups, seed=1)
     probe.attach(model, None)
     layer = probe.layers[big]
 
