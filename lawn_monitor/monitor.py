@@ -202,6 +202,8 @@ class Monitor:
         ctx = StepContext(step=step, loss=loss, logits=logits, targets=targets)
         batch = batch_size if batch_size is not None else (len(targets) if targets is not None else None)
         clock = self._clock(batch)
+        if step == 1:
+            self._first_step_seconds = clock.train_seconds
         probe_seconds = 0.0
         for probe in self.probes:
             if probe.due(clock):
@@ -236,8 +238,6 @@ class Monitor:
         so no projection is made from it alone)."""
         step = self.step_count
         train_seconds = time.monotonic() - self._started_at - self._probe_seconds
-        if step == 1:
-            self._first_step_seconds = train_seconds
         total_steps = max(self.total_steps, step) if self.total_steps else None
         if total_steps is None or step < 2:
             return Clock(step, train_seconds, None, total_steps, batch_size)
