@@ -164,7 +164,7 @@ def sharpness_vs_threshold(sharp: pd.DataFrame, precond: pd.DataFrame, threshold
 
     The line ``sharpness_threshold`` is (2 + 2 beta1) / ((1 - beta1) lr) for the Adam family, a
     bound on the *preconditioned* sharpness: those runs show ``sharpness_precond`` against it,
-    labelled "(preconditioned)". Other runs show ``sharpness`` against theirs. An Adam-family run
+    labelled "(P⁻¹H)". Other runs show ``sharpness`` against theirs. An Adam-family run
     without preconditioned values (an optimizer whose second moments the probe cannot read) shows
     its plain sharpness with no line, labelled so. Returns (values, lines) for ``threshold_chart``.
     """
@@ -174,9 +174,9 @@ def sharpness_vs_threshold(sharp: pd.DataFrame, precond: pd.DataFrame, threshold
         rows = precond[precond["run_id"] == run_id] if run_id in with_precond else sharp[sharp["run_id"] == run_id]
         label = rows["label"].iloc[0]
         if run_id in with_precond:
-            label = f"{label} (preconditioned)"
+            label = f"{label} (P⁻¹H)"
         elif str(optimizers.get(run_id, "")).lower() in ADAM_FAMILY:
-            values.append(rows.assign(label=f"{label} (plain, no line)"))
+            values.append(rows.assign(label=f"{label} (H, no line)"))
             continue
         values.append(rows.assign(label=label))
         lines.append(threshold[threshold["run_id"] == run_id].assign(label=label))

@@ -170,7 +170,7 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
     sharp = found["sharpness vs. stability threshold (dashed)"]
     assert len(sharp) == 3  # points and lines, the switch rule, the dashed threshold
     # Each run against its own line: Adam's preconditioned sharpness, SGD's plain one.
-    assert set(sharp[2]["label"]) == {"adam-lawn-s0 (preconditioned)", "sgd-s0"} and (sharp[2]["value"] > 0).all()
+    assert set(sharp[2]["label"]) == {"adam-lawn-s0 (P⁻¹H)", "sgd-s0"} and (sharp[2]["value"] > 0).all()
     prob = found["max softmax probability"][0]["value"]
     assert ((prob > 0) & (prob <= 1)).all()
     spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)

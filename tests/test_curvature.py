@@ -459,13 +459,13 @@ def test_each_run_s_sharpness_faces_its_own_stability_line():
                        frame("s", "sgd", [1, 2, 3], [38.0, 38.0, math.inf]), frame("l", "lamb", [1, 2], [9.0, 9.0])])
     values, lines = sharpness_vs_threshold(sharp, precond, limit, {"a": "adam", "s": "sgd", "l": "lamb"})
     shown = {label: group["value"].tolist() for label, group in values.groupby("label")}
-    assert shown == {"adam (preconditioned)": [500.0, 600.0, 700.0], "sgd": [9.0, 8.0, 7.0],
-                     "lamb (plain, no line)": [3.0, 4.0]}
-    assert set(lines["label"]) == {"adam (preconditioned)", "sgd"}  # LAMB logs no preconditioned sharpness
+    assert shown == {"adam (P⁻¹H)": [500.0, 600.0, 700.0], "sgd": [9.0, 8.0, 7.0],
+                     "lamb (H, no line)": [3.0, 4.0]}
+    assert set(lines["label"]) == {"adam (P⁻¹H)", "sgd"}  # LAMB logs no preconditioned sharpness
     spec = threshold_chart(values, lines, "sharpness").to_dict()
     dashed = spec["layer"][-1]
     assert dashed["encoding"]["detail"]["field"] == "segment"  # the line breaks where the LR is 0
     data = pd.DataFrame(spec["datasets"][dashed["data"]["name"]])
     assert np.isfinite(data["value"]).all()
-    adam = data[data["label"] == "adam (preconditioned)"]
+    adam = data[data["label"] == "adam (P⁻¹H)"]
     assert adam.groupby("segment")["step"].apply(list).tolist() == [[1], [3]]

@@ -53,7 +53,7 @@ with right:
     state.show(threshold_chart(sharp, limit, "sharpness vs. stability threshold (dashed)",
                                log_y=log_y, switches=switches),
                "No sharpness: it is measured on a slow cadence; a few points appear per run.")
-    st.caption("Top Hessian eigenvalue on the probe batch. Adam-family runs show it preconditioned by Adam's "
-               "second moments, P⁻¹H, the quantity their line (2 + 2β₁) / ((1 − β₁) lr) bounds; SGD runs show "
-               "the plain one against (2 + 2 momentum) / lr. No line where the LR is 0.")
+    st.caption("Top Hessian eigenvalue on the probe batch. Adam-family runs, marked (P⁻¹H), show it "
+               "preconditioned by Adam's second moments, the quantity their line (2 + 2β₁) / ((1 − β₁) lr) "
+               "bounds; SGD runs show the plain one against (2 + 2 momentum) / lr. No line where the LR is 0.")
 state.grid(PANELS[2:], draw)
