@@ -181,7 +181,8 @@ def lanczos_top(
     and it converges much faster where the top eigenvalues are close. Every basis vector is kept
     (``iters`` copies of the parameters) and orthogonalized against all the others, so rounding
     cannot bring back directions already found. Each step reads two numbers to the host: fine on
-    the slow cadence this runs on.
+    the slow cadence this runs on. NaN (and ``v0`` back, normalized) where the products are not
+    finite.
     """
     norm = _dot(v0, v0).sqrt()
     basis = [[t / norm for t in v0]]
@@ -194,6 +195,8 @@ def lanczos_top(
             c = _dot(w, b)
             w = [x - c * y for x, y in zip(w, b)]
         beta = float(_dot(w, w).sqrt())
+        if not (math.isfinite(alphas[-1]) and math.isfinite(beta)):  # a diverged network: no eigenvalue
+            return math.nan, basis[0], len(alphas)
         T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
         eigenvalues, eigenvectors = np.linalg.eigh(T)
         value, ritz = float(eigenvalues[-1]), eigenvectors[:, -1]

@@ -217,6 +217,8 @@ def test_lanczos_finds_the_top_eigenvalue_and_a_warm_start_needs_few_products():
     near = [q[:, 0] + 0.05 * torch.randn(60, dtype=torch.float64)]
     value, _, products = C.lanczos_top(hvp, near, iters=20, tol=0.05)
     assert value == pytest.approx(10.0, rel=0.01) and products <= 5
+    value, vector, _ = C.lanczos_top(lambda v: [torch.full_like(v[0], math.nan)], near, iters=20)  # diverged
+    assert math.isnan(value) and torch.isfinite(vector[0]).all()
 
 
 def test_sharpness_probe_matches_the_exact_hessian_and_logs_the_threshold():
