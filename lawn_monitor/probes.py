@@ -117,12 +117,13 @@ class Probe:
     of the next call is the median of the last few measured, leaving out the first call, which pays
     one-time set-up costs; before a second call it is the probe's ``estimate``. A call is charged
     its measured time, but at most STALL times that prediction: a call that a busy machine
-    stalled for a moment (training steps stall alike) is charged what such a call costs, so one
-    stall does not use up a short run's budget.
+    stalled for a moment (training steps stall alike), or the first call's one-time set-up, is
+    charged about what such a call costs, so one stall does not use up a short run's budget.
+    ``curvature_time`` keeps the times as measured.
     """
 
     RECENT = 5  # measured costs the next call's cost is predicted from
-    STALL = 4.0  # a call is charged at most this many times the median of the recent ones
+    STALL = 4.0  # a call is charged at most this many times its predicted cost
 
     expensive = False  # timed (see ``run``), budgeted, and counted in curvature_time
 
