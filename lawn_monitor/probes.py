@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -114,15 +113,16 @@ class Probe:
     length times the share of the probe's plan due so far: a plan that is dense early may spend
     early what its early points need, and by the last step the probe has taken at most ``budget``
     of the run. Without a known length it is the budget times the training time so far. The cost
-    of the next call is the median of the last few measured, leaving out the first call, which pays
-    one-time set-up costs; before a second call it is the probe's ``estimate``. A call is charged
+    of the next call is predicted as the least of the last few measured (a busy machine only ever
+    makes a call slower), leaving out the first call, which pays one-time set-up costs; before a
+    second call it is the probe's ``estimate``. A call is charged
     its measured time, but at most STALL times that prediction: a call that a busy machine
     stalled for a moment (training steps stall alike), or the first call's one-time set-up, is
     charged about what such a call costs, so one stall does not use up a short run's budget.
     ``curvature_time`` keeps the times as measured.
     """
 
-    RECENT = 5  # measured costs the next call's cost is predicted from
+    RECENT = 5  # measured costs the next call's cost is predicted from (the least of them)
     STALL = 4.0  # a call is charged at most this many times its predicted cost
 
     expensive = False  # timed (see ``run``), budgeted, and counted in curvature_time
@@ -155,7 +155,7 @@ class Probe:
     def affordable(self, clock: Clock) -> bool:
         if self.budget is None:
             return True
-        self.predicted = statistics.median(self.costs) if self.costs else self.estimate(clock)
+        self.predicted = min(self.costs) if self.costs else self.estimate(clock)
         return self.spent + self.predicted <= self.allowance(clock)
 
     def due(self, clock: Clock) -> bool:
