@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import platform
 import subprocess
 import sys
@@ -118,6 +119,7 @@ class Monitor:
         self._started_at = time.monotonic()
         self._probe_seconds = 0.0  # time spent in expensive probes, excluded from training time
         self._first_step_seconds: float | None = None  # training time at the end of step 1 (warm-up)
+        self._step_times: list[float] = []  # the last few steps' times, less their probes'
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
@@ -220,6 +222,7 @@ class Monitor:
             # the host once it is full).
             dt = now - self._last_step_at - probe_seconds
             host.append(("step_time", dt))
+            self._step_times = [*self._step_times, dt][-20:]
             if batch is not None and dt > 0:
                 host.append(("samples_per_s", batch / dt))
         self._last_step_at = now
@@ -238,14 +241,16 @@ class Monitor:
         so no projection is made from it alone)."""
         step = self.step_count
         train_seconds = time.monotonic() - self._started_at - self._probe_seconds
+        typical = statistics.median(self._step_times) if self._step_times else None
         total_steps = max(self.total_steps, step) if self.total_steps else None
         if total_steps is None or step < 2:
-            return Clock(step, train_seconds, None, total_steps, batch_size)
+            return Clock(step, train_seconds, None, total_steps, batch_size, typical)
         if self._first_step_seconds is not None:
             pace = (train_seconds - self._first_step_seconds) / (step - 1)
         else:  # resumed from a checkpoint that did not record it
             pace = train_seconds / step
-        return Clock(step, train_seconds, train_seconds + (total_steps - step) * pace, total_steps, batch_size)
+        return Clock(step, train_seconds, train_seconds + (total_steps - step) * pace, total_steps, batch_size,
+                     typical)
 
     def _run(self, probe: Probe, ctx: StepContext, epoch: float, wall: float) -> float:
         """Run one probe and keep its values; return its cost in seconds if it is expensive

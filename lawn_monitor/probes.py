@@ -90,18 +90,19 @@ class StepContext:
 @dataclass
 class Clock:
     """Where the run stands, for budgets. ``train_seconds``: wall time since the Monitor started,
-    less the time of the budgeted probes; ``total_seconds``: the run's projected length at the
-    mean pace so far (None while the number of steps is unknown)."""
+    less the time of the budgeted probes; ``total_seconds``: the run's projected length (None
+    while the number of steps is unknown); ``step_seconds``: a typical training step's time (the
+    Monitor gives the median of the recent ones), for a probe's ``estimate``."""
 
     step: int
     train_seconds: float
     total_seconds: float | None = None
     total_steps: int | None = None
     batch_size: int | None = None
+    step_seconds: float | None = None
 
-    @property
-    def step_seconds(self) -> float:
-        return self.train_seconds / max(1, self.step)
+    def typical_step(self) -> float:
+        return self.step_seconds if self.step_seconds is not None else self.train_seconds / max(1, self.step)
 
 
 class Probe:
@@ -367,7 +368,7 @@ class CurvatureProbe(Probe):
 
     def estimate(self, clock):
         scale = len(self.inputs) / clock.batch_size if clock.batch_size else 1.0
-        return self.units() * clock.step_seconds * scale
+        return self.units() * clock.typical_step() * scale
 
     def per_layer(self, metric: str, samples: Tensor) -> tuple[Keys, Tensor]:
         """Rows for per-layer samples (n, L): mean and SE per layer and of the per-sample totals."""

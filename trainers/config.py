@@ -70,7 +70,8 @@ class TrainConfig:
     hessian_probes: int = _opt("Rademacher vectors per Hutchinson estimate", default=20)
     sharpness_points: int = _opt("top Hessian eigenvalue: points over the run, dense early (held to the budget)",
                                  default=8)
-    curvature_budget: float = _opt("curvature may take at most this fraction of training time", default=0.4)
+    curvature_budget: float = _opt("curvature may take at most this fraction of training time (it takes a few "
+                                   "percent where steps take tens of ms; short CPU runs use most of it)", default=0.4)
     progress: bool = _opt("show a progress bar", default=True, meta={"negate": "--no-progress"})
 
     def resolved(self) -> "TrainConfig":
