@@ -117,9 +117,17 @@ class Monitor:
         self._steps_since_flush = 0
         self._last_step_at: float | None = None
         self._started_at = time.monotonic()
-        self._probe_seconds = 0.0  # time spent in expensive probes, excluded from training time
-        self._first_step_seconds: float | None = None  # training time at the end of step 1 (warm-up)
-        self._step_times: list[float] = []  # the last few steps' times, less their probes'
+        self._probe_seconds = 0.0  # wall time spent in expensive probes, excluded from training time
+        # The curvature budget's clock: CPU time of this process on a CPU (what the work costs,
+        # which a busy machine does not inflate the way it stalls wall time), wall time elsewhere
+        # (a GPU's work is timed by CUDA events in the probes). See CurvatureProbe.run.
+        first = next(model.parameters(), None)
+        self._budget_time = time.process_time if first is None or first.device.type == "cpu" else time.monotonic
+        self._budget_start = self._budget_time()
+        self._probe_budget = 0.0  # the expensive probes' time on the budget's clock
+        self._first_step_seconds: float | None = None  # budget clock's training time at step 1 (warm-up)
+        self._last_budget_at: float | None = None
+        self._step_times: list[float] = []  # the last few steps' times on the budget's clock
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
@@ -161,6 +169,8 @@ class Monitor:
             "step": self.step_count,
             "train_seconds": time.monotonic() - self._started_at,
             "probe_seconds": self._probe_seconds,
+            "budget_seconds": self._budget_time() - self._budget_start,
+            "probe_budget": self._probe_budget,
             "first_step_seconds": self._first_step_seconds,
             "probes": [p.state_dict() for p in self.probes] if self.enabled else [],
         }
@@ -174,7 +184,10 @@ class Monitor:
         self.step_count = int(state["step"])
         self._started_at = time.monotonic() - state["train_seconds"]
         self._probe_seconds = state["probe_seconds"]
-        self._first_step_seconds = state.get("first_step_seconds")
+        if "budget_seconds" in state:  # checkpoints from before the budget's own clock lack it
+            self._budget_start = self._budget_time() - state["budget_seconds"]
+            self._probe_budget = state["probe_budget"]
+            self._first_step_seconds = state.get("first_step_seconds")
         for probe, probe_state in zip(self.probes, state["probes"]):
             probe.load_state_dict(probe_state)
 
@@ -206,13 +219,19 @@ class Monitor:
         clock = self._clock(batch)
         if step == 1:
             self._first_step_seconds = clock.train_seconds
-        probe_seconds = 0.0
+        probe_seconds = probe_budget = 0.0
         for probe in self.probes:
             if probe.due(clock):
                 probe_seconds += self._run(probe, ctx, ep, wall)
+                probe_budget += probe.last_cost if probe.expensive else 0.0
         self._probe_seconds += probe_seconds
+        self._probe_budget += probe_budget
         if probe_seconds:
             self._host_rows.append((step, ep, wall, "", "curvature_time", probe_seconds))
+        budget_now = self._budget_time()
+        if self._last_budget_at is not None:
+            self._step_times = [*self._step_times, budget_now - self._last_budget_at - probe_budget][-20:]
+        self._last_budget_at = budget_now
 
         host = [("lr", self._lr()), ("phase", 1.0 if getattr(self.optimizer, "phase", "free") == "constrained" else 0.0)]
         now = time.monotonic()
@@ -222,7 +241,6 @@ class Monitor:
             # the host once it is full).
             dt = now - self._last_step_at - probe_seconds
             host.append(("step_time", dt))
-            self._step_times = [*self._step_times, dt][-20:]
             if batch is not None and dt > 0:
                 host.append(("samples_per_s", batch / dt))
         self._last_step_at = now
@@ -235,12 +253,12 @@ class Monitor:
             self.flush()
 
     def _clock(self, batch_size: int | None = None) -> Clock:
-        """The run's time so far for the budgets: wall time less the budgeted probes' own, and,
-        when the number of steps is known, the projected whole run: the time so far plus the
-        steps left at the pace since step 1 (whose time holds the first step's one-time costs,
-        so no projection is made from it alone)."""
+        """The run's time so far for the budgets, on the budget's clock, less the budgeted
+        probes' own, and, when the number of steps is known, the projected whole run: the time
+        so far plus the steps left at the pace since step 1 (whose time holds the first step's
+        one-time costs, so no projection is made from it alone)."""
         step = self.step_count
-        train_seconds = time.monotonic() - self._started_at - self._probe_seconds
+        train_seconds = self._budget_time() - self._budget_start - self._probe_budget
         typical = statistics.median(self._step_times) if self._step_times else None
         total_steps = max(self.total_steps, step) if self.total_steps else None
         if total_steps is None or step < 2:
@@ -253,12 +271,12 @@ class Monitor:
                      typical)
 
     def _run(self, probe: Probe, ctx: StepContext, epoch: float, wall: float) -> float:
-        """Run one probe and keep its values; return its cost in seconds if it is expensive
+        """Run one probe and keep its values; return its time in seconds if it is expensive
         (each expensive probe times itself: see ``CurvatureProbe.run``)."""
         out = probe.run(ctx)
         if out is not None:
             self._device_rows.append((ctx.step, epoch, wall, *out))
-        return probe.last_cost if probe.expensive else 0.0
+        return probe.last_seconds if probe.expensive else 0.0
 
     def _final_curvature(self) -> None:
         """One last point of each expensive probe at the final step, unless it just ran or its
@@ -275,6 +293,7 @@ class Monitor:
         epoch = self._epoch(None)
         seconds = sum(self._run(p, ctx, epoch, time.time()) for p in due)
         self._probe_seconds += seconds
+        self._probe_budget += sum(p.last_cost for p in due)
         self._host_rows.append((self.step_count, epoch, time.time(), "", "curvature_time", seconds))
 
     def _lr(self) -> float:

@@ -89,8 +89,9 @@ class StepContext:
 
 @dataclass
 class Clock:
-    """Where the run stands, for budgets. ``train_seconds``: wall time since the Monitor started,
-    less the time of the budgeted probes; ``total_seconds``: the run's projected length (None
+    """Where the run stands, for budgets, on the budget's clock (CPU time on a CPU, wall time on
+    a GPU: see ``CurvatureProbe.run``). ``train_seconds``: time since the Monitor started, less
+    the budgeted probes' own; ``total_seconds``: the run's projected length (None
     while the number of steps is unknown); ``step_seconds``: a typical training step's time (the
     Monitor gives the median of the recent ones), for a probe's ``estimate``."""
 
@@ -115,11 +116,11 @@ class Probe:
     early what its early points need, and by the last step the probe has taken at most ``budget``
     of the run. Without a known length it is the budget times the training time so far. The cost
     of the next call is predicted as the least of the last few measured (a busy machine only ever
-    makes a call slower), leaving out the first call, which pays one-time set-up costs; before a
-    second call it is the probe's ``estimate``. A call is charged
+    makes a call slower), leaving out the first call, which pays one-time set-up costs; until
+    there are three, the probe's ``estimate`` is one of them. A call is charged
     its measured time, but at most STALL times that prediction: a call that a busy machine
-    stalled for a moment (training steps stall alike), or the first call's one-time set-up, is
-    charged about what such a call costs, so one stall does not use up a short run's budget.
+    slowed down (training steps slow alike), or the first call's one-time set-up, is charged
+    about what such a call costs, so one bad moment does not use up a short run's budget.
     ``curvature_time`` keeps the times as measured.
     """
 
@@ -134,7 +135,8 @@ class Probe:
         self.pending = False
         self.spent = 0.0  # seconds
         self.costs: list[float] = []  # the last RECENT calls' costs (the first call's left out), in seconds
-        self.last_cost = 0.0  # seconds
+        self.last_cost = 0.0  # seconds, on the budget's clock
+        self.last_seconds = 0.0  # seconds of the last call, as curvature_time records them
         self.predicted: float | None = None  # the cost the budget expected of the next call
         self.calls = 0
         self.last_step: int | None = None
@@ -156,7 +158,8 @@ class Probe:
     def affordable(self, clock: Clock) -> bool:
         if self.budget is None:
             return True
-        self.predicted = min(self.costs) if self.costs else self.estimate(clock)
+        known = self.costs if len(self.costs) >= 3 else [*self.costs, self.estimate(clock)]
+        self.predicted = min(known)
         return self.spent + self.predicted <= self.allowance(clock)
 
     def due(self, clock: Clock) -> bool:
@@ -339,19 +342,25 @@ class CurvatureProbe(Probe):
     def run(self, ctx):
         """``compute``, timed. On CUDA the time is that between two events around the call on
         the device, read after one synchronize at its end: the probe's own span, not the
-        training kernels still queued before it."""
+        training kernels still queued before it; it is both what the budget is charged and what
+        ``curvature_time`` records. On a CPU ``curvature_time`` records wall time and the budget
+        is charged the process's CPU time (all threads), as the Monitor counts training time
+        for it: on a machine shared with other jobs, wall time stalls whenever the scheduler
+        looks away (a 1-second digits run took 3 to 20 seconds here while others trained), and
+        CPU time does not."""
         if self.device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             out = self.compute(ctx)
             end.record()
             end.synchronize()  # the one sync per call
-            seconds = start.elapsed_time(end) / 1000
+            cost = seconds = start.elapsed_time(end) / 1000
         else:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             out = self.compute(ctx)
-            seconds = time.perf_counter() - started
-        self.charge(seconds, ctx.step)
+            cost, seconds = time.process_time() - cpu, time.perf_counter() - started
+        self.charge(cost, ctx.step)
+        self.last_seconds = seconds
         return out
 
     def state_dict(self) -> dict:
@@ -507,7 +516,7 @@ class Sharpness(CurvatureProbe):
 
 
 # Each curvature probe's share of ProbeConfig.budget.
-BUDGET_SHARES = {"gn_trace": 0.4, "sharpness": 0.55, "hessian_trace": 0.05}
+BUDGET_SHARES = {"gn_trace": 0.42, "sharpness": 0.55, "hessian_trace": 0.03}
 
 
 @dataclass
@@ -524,7 +533,7 @@ class ProbeConfig:
 
     every: int = 1  # cheap probes (norms, update ratios, output stats): every N steps
     curvature: bool = True  # curvature probes, when the Monitor has a probe batch
-    gn_points: int = 40  # Gauss-Newton trace proxy: points over the run
+    gn_points: int = 32  # Gauss-Newton trace proxy: points over the run
     gn_size: int = 16  # samples it measures on
     gn_groups: int = 4  # groups its standard error comes from (gn_size / gn_groups samples each)
     hessian_points: int = 3  # Hutchinson tr(H): points over the run

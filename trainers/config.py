@@ -65,7 +65,7 @@ class TrainConfig:
     probe_size: int = _opt("samples in the fixed probe batch the curvature is measured on (the GN trace and the "
                            "sharpness use the first 16, Hutchinson the first 32)", default=32)
     gn_points: int = _opt("Gauss-Newton trace proxy: points over the run, dense early (held to the budget)",
-                          default=40)
+                          default=32)
     hessian_points: int = _opt("Hutchinson tr(H): points over the run, dense early (held to the budget)", default=3)
     hessian_probes: int = _opt("Rademacher vectors per Hutchinson estimate", default=20)
     sharpness_points: int = _opt("top Hessian eigenvalue: points over the run, dense early (held to the budget)",
