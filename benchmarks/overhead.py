@@ -81,15 +81,16 @@ def measure(name: str, device, steps: int, block: int, batch: int, side: int, pr
         while done < steps:
             n = min(block, steps - done)
             # Alternate which goes first (ABBA), so drift within a pair cancels out.
+            # The bare blocks are not the monitored run's time: keep them off its clock, or its
+            # curvature budget (a share of its training time) would count them too.
             if len(ratios) % 2 == 0:
-                b = train_block(bare_model, bare_opt, xs, ys, done, n, None, device)
+                with monitor.paused():
+                    b = train_block(bare_model, bare_opt, xs, ys, done, n, None, device)
                 m = train_block(model, opt, xs, ys, done, n, monitor, device)
             else:
                 m = train_block(model, opt, xs, ys, done, n, monitor, device)
-                b = train_block(bare_model, bare_opt, xs, ys, done, n, None, device)
-            # The bare blocks are not the monitored run's time: keep them off its clock, or its
-            # curvature budget (a share of its training time) would count them too.
-            monitor._started_at += b
+                with monitor.paused():
+                    b = train_block(bare_model, bare_opt, xs, ys, done, n, None, device)
             bare_t, mon_t = bare_t + b, mon_t + m
             ratios.append(m / b)
             done += n

@@ -22,9 +22,10 @@ import sys
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from functools import partial
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -269,6 +270,20 @@ class Monitor:
             pace = train_seconds / step
         return Clock(step, train_seconds, train_seconds + (total_steps - step) * pace, total_steps, batch_size,
                      typical)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside is not this run's training time (for the budgets and step_time): e.g.
+        a benchmark's interleaved bare loop, or work of your own between steps."""
+        wall, budget = time.monotonic(), self._budget_time()
+        try:
+            yield
+        finally:
+            self._started_at += time.monotonic() - wall
+            self._budget_start += self._budget_time() - budget
+            if self._last_budget_at is not None:
+                self._last_budget_at += self._budget_time() - budget
+            self._last_step_at = None
 
     def _run(self, probe: Probe, ctx: StepContext, epoch: float, wall: float) -> float:
         """Run one probe and keep its values; return its time in seconds if it is expensive

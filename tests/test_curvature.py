@@ -3,6 +3,7 @@ their budget and schedules, the trainer's point counts, and how the dashboard sh
 import json
 import math
 import statistics
+import time
 
 import numpy as np
 import pandas as pd
@@ -374,6 +375,19 @@ def test_the_budget_spends_along_the_plan_and_never_past_its_share():
     # Before its first call a curvature probe's cost is its estimate: units of a training step.
     probe = HessianTrace(torch.zeros(4), torch.zeros(4), num_probes=10, budget=0.1)
     assert probe.estimate(Clock(10, 0.1, batch_size=8)) == pytest.approx(21 * 0.01 * 4 / 8)
+
+
+def test_time_spent_paused_is_not_the_run_s_training_time(tmp_path):
+    monitor = Monitor(nn.Linear(2, 2), None, root=tmp_path, probe_config=ProbeConfig(curvature=False))
+    before = monitor.state_dict()
+    with monitor.paused():  # e.g. overhead.py's bare blocks, interleaved with the monitored ones
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+    after = monitor.state_dict()
+    assert after["budget_seconds"] - before["budget_seconds"] < 0.1  # CPU time: the budget's clock here
+    assert after["train_seconds"] - before["train_seconds"] < 0.1
+    monitor.close()
 
 
 class ActivitySpy(GNTrace):
