@@ -358,7 +358,8 @@ class CurvatureProbe(Probe):
         else:
             started, cpu = time.perf_counter(), time.process_time()
             out = self.compute(ctx)
-            cost, seconds = time.process_time() - cpu, time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            cost = time.process_time() - cpu if self.device.type == "cpu" else seconds
         self.charge(cost, ctx.step)
         self.last_seconds = seconds
         return out
