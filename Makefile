@@ -8,9 +8,9 @@ PORT ?= 8501
 # The demo: SGD, SGD-LAWN, Adam and Adam-LAWN train at the same time (one process and one torch
 # thread each) on MNIST-1D (generated locally, offline), a small MLP, batch 32, 150 epochs; LAWN
 # freezes the weight norms after 5. Chosen from measurements (README, "make demo").
-# Curvature gets 10% of training time here (default 2%) so its curves fill in within minutes.
+# Curvature runs on its default plan (dense early) and budget.
 DEMO_ARGS ?= --dataset mnist1d --model mlp --optimizers sgd,adam --lawn both --batch-sizes 32 \
-             --epochs 150 --free-epochs 5 --warmup-epochs 2 --curvature-budget 0.1 --parallel 4
+             --epochs 150 --free-epochs 5 --warmup-epochs 2 --parallel 4
 
 .PHONY: install browser test demo clean
 

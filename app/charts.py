@@ -143,7 +143,7 @@ def metric_chart(
 
 def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, percent):
     """``metric_chart``'s layers and the count of values it could not draw (None: nothing to draw)."""
-    columns = [c for c in ("run_id", "label", x, "value", "smoothed", "min", "max") if c in df.columns]
+    columns = [c for c in ("run_id", "label", x, "value", "smoothed", "min", "max", "shown") if c in df.columns]
     data, dropped = plottable(df[columns], log_y)
     if data.empty:
         return None
@@ -162,6 +162,8 @@ def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, pe
                alt.Tooltip("value:Q", format=fmt, title="value")]
     if smoothed:
         tooltip.append(alt.Tooltip("smoothed:Q", format=fmt))
+    if "shown" in data.columns:  # what a run's value is, where runs show different things (sharpness)
+        tooltip.append(alt.Tooltip("shown:N", title="of"))
     layers = []  # drawn in this order: the faint range and raw line under the main line
     spread = _ranges(data, log_y)
     if not spread.empty:
@@ -373,7 +375,8 @@ def threshold_chart(
 ) -> alt.Chart | alt.LayerChart | None:
     """A slow-cadence estimate (points joined by lines, per run, in the run's dash) against a
     per-run limit drawn as a thin dotted line in the same colour, e.g. sharpness against the
-    edge-of-stability threshold. Both frames: run_id, label, step, value."""
+    edge-of-stability threshold. Both frames: run_id, label, step, value. The limit's line breaks
+    where it is not finite (an LR of 0 has no edge of stability) rather than bridging the gap."""
     shown = [d for d in (values, threshold) if not d.empty]
     if not shown:
         return None
@@ -381,12 +384,14 @@ def threshold_chart(
     values = values.drop(columns=[c for c in ("smoothed", "min", "max") if c in values.columns])
     drawn = _metric_layers(values, log_y, switches, "step", None, True, palette, y_title, False)
     layers, dropped = drawn if drawn is not None else ([], 0)
-    limit, _ = plottable(threshold[["run_id", "label", "step", "value"]], log_y)
+    limit = threshold[["run_id", "label", "step", "value"]].sort_values(["run_id", "step"])
+    limit = limit.assign(segment=(~np.isfinite(limit["value"].to_numpy(dtype=float))).cumsum())
+    limit, _ = plottable(limit, log_y)
     if not limit.empty:
         layers.append(
             alt.Chart(thin(limit, by="run_id"))
             .mark_line(strokeDash=[2, 3], strokeWidth=1.5)
-            .encode(x="step:Q", y=_y(log_y, y_title), detail="label:N",
+            .encode(x="step:Q", y=_y(log_y, y_title), detail=["label:N", "segment:N"],
                     **({"color": palette.color()} if drawn is None else {"stroke": palette.stroke()}),
                     tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
                              alt.Tooltip("value:Q", format=".4g", title="threshold")])

@@ -99,6 +99,8 @@ def progress_text(label: str, info: dict, now: float | None = None) -> str:
     step, total = info.get("step") or 0, info.get("total_steps")
     if not total:
         return f"{label}: step {step:,}"
+    if info.get("activity"):  # what the writer is doing past its steps, e.g. "measuring curvature"
+        return f"{label}: step {step:,} / {total:,} ({min(step / total, 1):.0%}), {info['activity']}"
     if step >= total:
         return f"{label}: step {step:,} / {total:,} (100%), done"
     return f"{label}: step {step:,} / {total:,} ({step / total:.0%}), ETA {duration(eta_seconds(info, now))}"
@@ -163,3 +165,33 @@ def relative_to(df: pd.DataFrame, step: int) -> pd.DataFrame:
     after = ordered[ordered["step"] >= step]
     base = after.groupby("layer")["value"].first() if not after.empty else ordered.groupby("layer")["value"].last()
     return df.assign(value=df["value"] / df["layer"].map(base))
+
+
+ADAM_FAMILY = ("adam", "adamw", "adamp", "lamb")
+
+
+def sharpness_vs_threshold(sharp: pd.DataFrame, precond: pd.DataFrame, threshold: pd.DataFrame,
+                           optimizers: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each run's sharpness beside the stability line that applies to it (frames: run_id, label,
+    step, value, from ``RunStore.series``; ``optimizers``: run id -> optimizer name, where known).
+
+    The line ``sharpness_threshold`` is (2 + 2 beta1) / ((1 - beta1) lr) for the Adam family, a
+    bound on the *preconditioned* sharpness: those runs show ``sharpness_precond`` against it
+    (``shown`` = "P⁻¹H"). Other runs show ``sharpness`` against theirs ("H"). An Adam-family run
+    without preconditioned values (an optimizer whose second moments the probe cannot read) shows
+    its plain sharpness with no line ("H, no line"). Labels stay the runs' own, so that each run
+    keeps its colour. Returns (values, lines) for ``threshold_chart``.
+    """
+    values, lines = [], []
+    with_precond = set(precond["run_id"])
+    for run_id in dict.fromkeys([*sharp["run_id"], *precond["run_id"]]):
+        rows = precond[precond["run_id"] == run_id] if run_id in with_precond else sharp[sharp["run_id"] == run_id]
+        if run_id not in with_precond and str(optimizers.get(run_id, "")).lower() in ADAM_FAMILY:
+            values.append(rows.assign(shown="H, no line"))
+            continue
+        values.append(rows.assign(shown="P⁻¹H" if run_id in with_precond else "H"))
+        lines.append(threshold[threshold["run_id"] == run_id])
+    columns = ["run_id", "label", "step", "value", "shown"]
+    empty = pd.DataFrame(columns=columns)
+    return (pd.concat(values, ignore_index=True) if values else empty,
+            pd.concat(lines, ignore_index=True) if lines else empty)

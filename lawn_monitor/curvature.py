@@ -1,24 +1,32 @@
 """Curvature of the loss on a fixed probe batch: plain tensor functions, tested against brute force.
 
-* ``gn_trace_samples``: the Gauss-Newton trace proxy. For cross-entropy with labels ``y_hat``
-  sampled from the model's own softmax, E||grad_theta loss(x, y_hat)||^2 = tr(J^T H_out J), the
-  Gauss-Newton matrix of that sample. One backward per probe batch gives all per-sample gradient
-  norms (``torch.func.vmap`` over ``torch.func.grad``); their mean estimates tr(G) and their
-  spread gives its standard error.
+Every function here evaluates the network in eval mode (BatchNorm with its running statistics,
+no dropout), a deterministic function of the weights: the curvature measured is that of the
+eval-mode loss on the probe batch, not of the train-mode loss the optimizer descends (which
+normalizes by batch statistics that themselves depend on the weights).
+
+* ``gn_trace_groups``: the Gauss-Newton trace proxy, tr(J^T H_out J) with H_out = diag(p) - p p^T
+  the Hessian of softmax cross-entropy in the logits. Rademacher vectors v are pushed through a
+  square root S of H_out (``sqrt_output_hessian_times``), so E||J^T S v||^2 = tr(J^T H_out J),
+  without sampling labels. The probe batch is split into groups, one ordinary backward each;
+  the spread between the groups' estimates gives the standard error.
+
+  Why not sample labels from the model's softmax (E||grad loss(x, y_hat)||^2 is the same trace)?
+  Once most samples are confidently right, a typical draw takes the predicted label everywhere
+  and reads a tiny gradient, and the rare unlikely label that would make up the average is
+  missing from almost every call: the median call falls far below the truth while its standard
+  error looks small (tests/test_curvature.py keeps that failure as a regression test).
 
   For networks that are piecewise linear in each layer's weights (ReLU, max-pool, linear and
-  conv layers, BatchNorm in eval mode), the outputs' second derivative inside each layer's block
-  vanishes almost everywhere, so each diagonal block of the Hessian equals the Gauss-Newton block
-  and E[proxy] = tr(H), per layer and in total. BatchNorm in *training* mode divides by batch
-  statistics that depend on the weights, which breaks piecewise linearity (and makes per-sample
-  gradients ill-defined): that is why every curvature probe here evaluates the network in eval
-  mode (running statistics, no dropout), a deterministic function of the weights.
+  conv layers, BatchNorm in eval mode: an affine map), the outputs' second derivative inside
+  each layer's block vanishes almost everywhere, so each diagonal block of the Hessian equals the
+  Gauss-Newton block and the proxy's expectation is tr(H), per layer and in total.
 
 * ``hutchinson_samples``: unbiased tr(H) with Rademacher vectors through Hessian-vector
   products (double backward); per layer, v_l^T (Hv)_l is unbiased for tr(H_ll) because the
-  off-diagonal blocks cancel in expectation.
+  off-diagonal blocks cancel in expectation. Right for any network, at the cost of many products.
 
-* ``power_iteration``: the top Hessian eigenvalue (sharpness) from Hessian-vector products.
+* ``lanczos_top``: the top Hessian eigenvalue (sharpness) from a few Hessian-vector products.
 """
 from __future__ import annotations
 
@@ -26,10 +34,10 @@ import math
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -57,35 +65,53 @@ def functional_state(
     return leaves, buffers
 
 
-def sample_labels(logits: Tensor, generator: torch.Generator) -> Tensor:
-    """One label per row, drawn from the model's own predictive distribution."""
-    return torch.multinomial(logits.detach().float().softmax(dim=1), 1, generator=generator).squeeze(1)
+def sqrt_output_hessian_times(logits: Tensor, signs: Tensor) -> Tensor:
+    """``S v`` for each row, with S = diag(sqrt p) - p sqrt(p)^T and p = softmax(logits).
 
-
-PER_SAMPLE_ELEMENTS = 2**26  # per-sample gradients held at once (256 MB of float32)
-
-
-def gn_trace_samples(
-    model: nn.Module, names: list[str], inputs: Tensor, labels: Tensor,
-    loss_fn: LossFn = F.cross_entropy, chunk_size: int | None = None,
-) -> Tensor:
-    """Per-sample squared gradient norms, per parameter tensor: an (N, L) tensor.
-
-    With ``labels`` sampled from the model's softmax (``sample_labels``), row means estimate
-    each layer's Gauss-Newton trace. ``chunk_size`` samples are differentiated at once (default:
-    as many as fit in PER_SAMPLE_ELEMENTS; one chunk for small models, which is fastest).
+    S S^T = diag(p) - p p^T is the Hessian of softmax cross-entropy with respect to the logits,
+    the same whatever the label, so for Rademacher ``signs`` v, E ||J^T S v||^2 = tr(J^T H_out J).
+    No label is drawn: a confidently right sample contributes its small curvature every time,
+    not a rare large gradient when an unlikely label happens to be drawn.
     """
-    params, buffers = functional_state(model, names, requires_grad=False)  # torch.func differentiates
-    if chunk_size is None:
-        chunk_size = max(1, PER_SAMPLE_ELEMENTS // max(1, sum(p.numel() for p in params.values())))
+    p = logits.detach().float().softmax(dim=-1)
+    s = p.sqrt()
+    sv = s * signs.float()
+    return (sv - p * sv.sum(dim=-1, keepdim=True)).to(logits.dtype)
 
-    def loss_one(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
 
+@torch.no_grad()
+def output_size(model: nn.Module, inputs: Tensor) -> int:
+    """The number of logits per sample (one sample's forward in eval mode, on copies of the
+    buffers like every probe)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params, buffers = functional_state(model, names, requires_grad=False)
     with eval_mode(model):
-        per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, inputs, labels)
-    return torch.stack([per_sample[n].flatten(1).float().square().sum(1) for n in names], dim=1)
+        return functional_call(model, (params, buffers), (inputs[:1],)).shape[-1]
+
+
+def gn_trace_groups(model: nn.Module, names: list[str], inputs: Tensor, signs: Tensor) -> Tensor:
+    """Each group's estimate of each layer's Gauss-Newton trace of softmax cross-entropy: (K, L).
+
+    ``inputs`` (K * m samples, or more: the rest is left out) are split into K groups of m;
+    ``signs`` (K, m, C) are Rademacher vectors, one per sample. Group k's estimate is
+    ||g_k||^2 / m per layer, with g_k the gradient of sum_n <logits_n, stopgrad(S_n v_n)> over its
+    samples, i.e. sum_n J_n^T S_n v_n: its cross terms between samples vanish in expectation
+    because their v are independent, so it is unbiased for the group's mean per-sample GN trace
+    (the trace of the GN matrix of the mean loss). One ordinary backward per group, on detached
+    copies of the weights: no per-sample gradients held, any module that autograd handles works.
+    m = 1 is the per-sample form (no cross terms, the least spread, N backward passes).
+    """
+    groups, size = signs.shape[:2]
+    params, buffers = functional_state(model, names)
+    leaves = [params[n] for n in names]
+    rows = []
+    with eval_mode(model):
+        for x, v in zip(inputs[: groups * size].split(size), signs):
+            logits = functional_call(model, (params, buffers), (x,))
+            grads = torch.autograd.grad(logits, leaves, grad_outputs=sqrt_output_hessian_times(logits, v),
+                                        allow_unused=True, materialize_grads=True)
+            rows.append(torch.stack(torch._foreach_norm(grads)).float())
+    return torch.stack(rows).square() / size
 
 
 def loss_and_grads(
@@ -106,11 +132,14 @@ def hvp_fn(leaves: list[Tensor], grads: tuple[Tensor, ...]) -> Callable[[list[Te
     return hvp
 
 
+def rademacher(shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """Independent random signs (+1 or -1, each with probability 1/2)."""
+    return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype).mul_(2).sub_(1)
+
+
 def rademacher_like(tensors: list[Tensor], generator: torch.Generator) -> list[Tensor]:
-    return [
-        torch.randint(0, 2, t.shape, generator=generator, device=t.device).to(t.dtype).mul_(2).sub_(1)
-        for t in tensors
-    ]
+    return [rademacher(t.shape, generator, t.device, t.dtype) for t in tensors]
 
 
 def hutchinson_samples(
@@ -139,28 +168,45 @@ def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     return sum(torch.vdot(x.flatten(), y.flatten()) for x, y in zip(a, b))
 
 
-def power_iteration(
-    hvp: Callable[[list[Tensor]], list[Tensor]], v0: list[Tensor], iters: int = 100, tol: float = 1e-4
-) -> tuple[float, list[Tensor]]:
-    """Largest-magnitude eigenvalue of the operator ``hvp`` and its unit eigenvector.
+def lanczos_top(
+    hvp: Callable[[list[Tensor]], list[Tensor]], v0: list[Tensor], iters: int = 20, tol: float = 0.1
+) -> tuple[float, list[Tensor], int]:
+    """The largest eigenvalue of the symmetric operator ``hvp``, its unit eigenvector, and the
+    number of products taken: the top Ritz pair of the Krylov space grown from ``v0`` (Lanczos).
 
-    Stops when the Rayleigh quotient changes by less than ``tol`` (relative). Each iteration
-    reads one number to the host: fine on the slow cadence this runs on.
+    Stops once the Ritz pair's residual ||A y - theta y|| is below ``tol * |theta|`` (the
+    eigenvalue's error is then about the residual squared over the gap to the next eigenvalue),
+    or after ``iters`` products. From a warm start (the last call's vector) a few products
+    suffice; for as many products its estimate is at least power iteration's Rayleigh quotient,
+    and it converges much faster where the top eigenvalues are close. Every basis vector is kept
+    (``iters`` copies of the parameters) and orthogonalized against all the others, so rounding
+    cannot bring back directions already found. Each step reads two numbers to the host: fine on
+    the slow cadence this runs on. NaN (and ``v0`` back, normalized) where the products are not
+    finite.
     """
     norm = _dot(v0, v0).sqrt()
-    v = [t / norm for t in v0]
-    eigenvalue = math.nan
-    for _ in range(iters):
-        hv = hvp(v)
-        new = float(_dot(v, hv))
-        norm = _dot(hv, hv).sqrt()
-        if float(norm) == 0.0:
-            return 0.0, v
-        v = [t / norm for t in hv]
-        if abs(new - eigenvalue) <= tol * abs(new):
-            return new, v
-        eigenvalue = new
-    return eigenvalue, v
+    basis = [[t / norm for t in v0]]
+    alphas: list[float] = []
+    betas: list[float] = []
+    for step in range(iters):
+        w = hvp(basis[-1])
+        alphas.append(float(_dot(w, basis[-1])))
+        for b in basis:  # full reorthogonalization (Gram-Schmidt against every basis vector)
+            c = _dot(w, b)
+            w = [x - c * y for x, y in zip(w, b)]
+        beta = float(_dot(w, w).sqrt())
+        if not (math.isfinite(alphas[-1]) and math.isfinite(beta)):  # a diverged network: no eigenvalue
+            return math.nan, basis[0], len(alphas)
+        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        eigenvalues, eigenvectors = np.linalg.eigh(T)
+        value, ritz = float(eigenvalues[-1]), eigenvectors[:, -1]
+        residual = beta * abs(ritz[-1])
+        if residual <= tol * abs(value) or step == iters - 1:
+            break
+        betas.append(beta)
+        basis.append([x / beta for x in w])
+    vector = [sum(float(c) * b[i] for c, b in zip(ritz, basis)) for i in range(len(v0))]
+    return value, vector, len(alphas)
 
 
 def stability_threshold(optimizer: torch.optim.Optimizer | None) -> float:

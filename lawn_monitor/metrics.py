@@ -61,18 +61,22 @@ METRICS: list[Metric] = [
            "max softmax probability"),
     Metric("flat_frac", WHOLE, "share of the training batch whose loss is under 1e-3 (flattened samples)",
            "flattened samples (%)", percent=True),
-    Metric("gn_trace", EACH, "Hessian-trace proxy: the Gauss-Newton trace of the loss on the fixed probe batch "
-           "(eval mode); collapses as the loss flattens", "Hessian trace (GN proxy)", log=True, smooth=False),
-    Metric("gn_trace_se", EACH, "standard error of gn_trace", "standard error", log=True, smooth=False),
+    Metric("gn_trace", EACH, "Hessian-trace proxy: the Gauss-Newton trace of softmax cross-entropy on the fixed "
+           "probe batch (eval mode), from random signs pushed through a square root of the output Hessian (no "
+           "sampled labels); collapses as the loss flattens", "Hessian trace (GN proxy)", log=True, smooth=False),
+    Metric("gn_trace_se", EACH, "standard error of gn_trace, between groups of the probe batch", "standard error",
+           log=True, smooth=False),
     Metric("hessian_trace", EACH, "unbiased Hutchinson estimate of the Hessian trace on the probe batch "
            "(slow cadence)", "Hessian trace (Hutchinson)", log=True, smooth=False),
     Metric("hessian_trace_se", EACH, "standard error of hessian_trace", "standard error", log=True, smooth=False),
-    Metric("sharpness", WHOLE, "top Hessian eigenvalue on the probe batch (power iteration): the line SGD's "
-           "threshold applies to", "sharpness (top eigenvalue)", log=True, smooth=False),
-    Metric("sharpness_precond", WHOLE, "top eigenvalue of Adam's preconditioned Hessian: the one to compare "
-           "with Adam's threshold", "preconditioned sharpness", log=True, smooth=False),
-    Metric("sharpness_threshold", WHOLE, "edge-of-stability line for the optimizer and LR: (2+2 beta)/lr for SGD "
-           "with momentum beta, (2+2 beta1)/((1-beta1) lr) for Adam", "stability threshold", log=True, smooth=False),
+    Metric("sharpness", WHOLE, "top Hessian eigenvalue on the probe batch (warm-started Lanczos): what SGD's "
+           "threshold bounds", "sharpness (top eigenvalue)", log=True, smooth=False),
+    Metric("sharpness_precond", WHOLE, "Adam family only: top eigenvalue of Adam's preconditioned Hessian P^-1 H "
+           "(P = sqrt(v_hat) + eps), the quantity Adam's threshold bounds", "preconditioned sharpness", log=True,
+           smooth=False),
+    Metric("sharpness_threshold", WHOLE, "edge-of-stability line at the current LR: (2+2 momentum)/lr for SGD, "
+           "(2+2 beta1)/((1-beta1) lr) for Adam, inf where the LR is 0", "stability threshold", log=True,
+           smooth=False),
     Metric("curvature_time", WHOLE, "seconds the curvature probes took at this step (held to the budget)",
            "curvature time (s)", log=True, smooth=False),
     Metric("step_time", WHOLE, "seconds per training step, curvature probes excluded", "step time (s)", log=True),

@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import platform
 import subprocess
 import sys
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from functools import partial
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torch import Tensor, nn
 
-from .probes import Keys, Probe, ProbeConfig, StepContext
+from .probes import Clock, Keys, Probe, ProbeConfig, StepContext
 from .sink import SCHEMA, ParquetSink, default_root, new_run_id
 
 
@@ -116,7 +118,17 @@ class Monitor:
         self._steps_since_flush = 0
         self._last_step_at: float | None = None
         self._started_at = time.monotonic()
-        self._probe_seconds = 0.0  # time spent in expensive probes, excluded from training time
+        self._probe_seconds = 0.0  # wall time spent in expensive probes, excluded from training time
+        # The curvature budget's clock: CPU time of this process on a CPU (what the work costs,
+        # which a busy machine does not inflate the way it stalls wall time), wall time elsewhere
+        # (a GPU's work is timed by CUDA events in the probes). See CurvatureProbe.run.
+        first = next(model.parameters(), None)
+        self._budget_time = time.process_time if first is None or first.device.type == "cpu" else time.monotonic
+        self._budget_start = self._budget_time()
+        self._probe_budget = 0.0  # the expensive probes' time on the budget's clock
+        self._first_step_seconds: float | None = None  # budget clock's training time at step 1 (warm-up)
+        self._last_budget_at: float | None = None
+        self._step_times: list[float] = []  # the last few steps' times on the budget's clock
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
@@ -129,7 +141,6 @@ class Monitor:
                               stacklevel=2)
             probes = cfg.build(probe_batch, loss_fn, total_steps)
         self.probes = list(probes)
-        self._device = next((p.device for p in model.parameters()), torch.device("cpu"))
         for probe in self.probes:
             probe.attach(model, optimizer)
         open_sink = ParquetSink if resume_step is None else partial(ParquetSink.reopen, keep_through_step=resume_step)
@@ -159,6 +170,9 @@ class Monitor:
             "step": self.step_count,
             "train_seconds": time.monotonic() - self._started_at,
             "probe_seconds": self._probe_seconds,
+            "budget_seconds": self._budget_time() - self._budget_start,
+            "probe_budget": self._probe_budget,
+            "first_step_seconds": self._first_step_seconds,
             "probes": [p.state_dict() for p in self.probes] if self.enabled else [],
         }
 
@@ -171,6 +185,10 @@ class Monitor:
         self.step_count = int(state["step"])
         self._started_at = time.monotonic() - state["train_seconds"]
         self._probe_seconds = state["probe_seconds"]
+        if "budget_seconds" in state:  # checkpoints from before the budget's own clock lack it
+            self._budget_start = self._budget_time() - state["budget_seconds"]
+            self._probe_budget = state["probe_budget"]
+            self._first_step_seconds = state.get("first_step_seconds")
         for probe, probe_state in zip(self.probes, state["probes"]):
             probe.load_state_dict(probe_state)
 
@@ -198,15 +216,23 @@ class Monitor:
         self.step_count += 1
         step, ep, wall = self.step_count, self._epoch(epoch), time.time()
         ctx = StepContext(step=step, loss=loss, logits=logits, targets=targets)
-        train_seconds = time.monotonic() - self._started_at - self._probe_seconds
         batch = batch_size if batch_size is not None else (len(targets) if targets is not None else None)
-        probe_seconds = 0.0
+        clock = self._clock(batch)
+        if step == 1:
+            self._first_step_seconds = clock.train_seconds
+        probe_seconds = probe_budget = 0.0
         for probe in self.probes:
-            if probe.due(step, train_seconds, train_seconds / step, batch):
+            if probe.due(clock):
                 probe_seconds += self._run(probe, ctx, ep, wall)
+                probe_budget += probe.last_cost if probe.expensive else 0.0
         self._probe_seconds += probe_seconds
+        self._probe_budget += probe_budget
         if probe_seconds:
             self._host_rows.append((step, ep, wall, "", "curvature_time", probe_seconds))
+        budget_now = self._budget_time()
+        if self._last_budget_at is not None:
+            self._step_times = [*self._step_times, budget_now - self._last_budget_at - probe_budget][-20:]
+        self._last_budget_at = budget_now
 
         host = [("lr", self._lr()), ("phase", 1.0 if getattr(self.optimizer, "phase", "free") == "constrained" else 0.0)]
         now = time.monotonic()
@@ -227,38 +253,63 @@ class Monitor:
         ):
             self.flush()
 
+    def _clock(self, batch_size: int | None = None) -> Clock:
+        """The run's time so far for the budgets, on the budget's clock, less the budgeted
+        probes' own, and, when the number of steps is known, the projected whole run: the time
+        so far plus the steps left at the pace since step 1 (whose time holds the first step's
+        one-time costs, so no projection is made from it alone)."""
+        step = self.step_count
+        train_seconds = self._budget_time() - self._budget_start - self._probe_budget
+        typical = statistics.median(self._step_times) if self._step_times else None
+        total_steps = max(self.total_steps, step) if self.total_steps else None
+        if total_steps is None or step < 2:
+            return Clock(step, train_seconds, None, total_steps, batch_size, typical)
+        if self._first_step_seconds is not None:
+            pace = (train_seconds - self._first_step_seconds) / (step - 1)
+        else:  # resumed from a checkpoint that did not record it
+            pace = train_seconds / step
+        return Clock(step, train_seconds, train_seconds + (total_steps - step) * pace, total_steps, batch_size,
+                     typical)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside is not this run's training time (for the budgets and step_time): e.g.
+        a benchmark's interleaved bare loop, or work of your own between steps."""
+        wall, budget = time.monotonic(), self._budget_time()
+        try:
+            yield
+        finally:
+            self._started_at += time.monotonic() - wall
+            self._budget_start += self._budget_time() - budget
+            if self._last_budget_at is not None:
+                self._last_budget_at += self._budget_time() - budget
+            self._last_step_at = None
+
     def _run(self, probe: Probe, ctx: StepContext, epoch: float, wall: float) -> float:
-        """Run one probe and keep its values; return its cost in seconds if it is expensive."""
-        cost = 0.0
-        if probe.expensive:
-            # Slow cadence only: sync so that the probe's cost is measured, not just queued.
-            self._sync()
-            started = time.perf_counter()
-            out = probe.compute(ctx)
-            self._sync()
-            cost = time.perf_counter() - started
-        else:
-            out = probe.compute(ctx)
-        probe.charge(cost)
-        probe.last_step = ctx.step
+        """Run one probe and keep its values; return its time in seconds if it is expensive
+        (each expensive probe times itself: see ``CurvatureProbe.run``)."""
+        out = probe.run(ctx)
         if out is not None:
             self._device_rows.append((ctx.step, epoch, wall, *out))
-        return cost
+        return probe.last_seconds if probe.expensive else 0.0
 
     def _final_curvature(self) -> None:
-        """One last point of each expensive probe at the final step (unless it just ran), so
-        that every finished run has its end-of-training curvature however tight the budget.
-        Like an evaluation, it runs after training, not inside a step."""
-        expensive = [p for p in self.probes if p.expensive and p.last_step != self.step_count]
-        if not expensive or self.step_count == 0:
+        """One last point of each expensive probe at the final step, unless it just ran or its
+        budget has no room left for it: like an evaluation, it runs after training, not inside a
+        step, and run.json says so meanwhile (``activity``), so the Live page shows "measuring
+        curvature" rather than "done"."""
+        clock = self._clock()
+        clock.total_seconds = None  # the run is over: the budget is a share of all of it
+        due = [p for p in self.probes if p.expensive and p.last_step != self.step_count and p.affordable(clock)]
+        if not due or self.step_count == 0:
             return
+        self.sink.heartbeat(step=self.step_count, activity="measuring curvature")
         ctx = StepContext(step=self.step_count)
-        seconds = sum(self._run(p, ctx, self._epoch(None), time.time()) for p in expensive)
-        self._host_rows.append((self.step_count, self._epoch(None), time.time(), "", "curvature_time", seconds))
-
-    def _sync(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
+        epoch = self._epoch(None)
+        seconds = sum(self._run(p, ctx, epoch, time.time()) for p in due)
+        self._probe_seconds += seconds
+        self._probe_budget += sum(p.last_cost for p in due)
+        self._host_rows.append((self.step_count, epoch, time.time(), "", "curvature_time", seconds))
 
     def _lr(self) -> float:
         if self.optimizer is None or not self.optimizer.param_groups:
@@ -374,7 +425,7 @@ class Monitor:
         if status == "finished":
             self._final_curvature()
             self.flush()
-        self.sink.close(status, error=error, step=self.step_count)
+        self.sink.close(status, error=error, step=self.step_count, activity=None)
         self.closed = True
 
     def __enter__(self) -> "Monitor":

@@ -9,7 +9,9 @@ The math lives in plain tensor functions (``layer_norms``, ``output_stats``) tes
 """
 from __future__ import annotations
 
+import bisect
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,18 +34,47 @@ def every(n: int) -> Schedule:
     return lambda step: step % n == 0
 
 
+class Plan:
+    """A schedule that knows its steps in advance. ``share(step)`` is the fraction of them at or
+    before ``step``: a budgeted probe may have spent that fraction of its budget by then, so a
+    plan that is dense early gets its early points (see ``Probe.allowance``)."""
+
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = sorted(set(steps))
+        self._due = set(self.steps)
+
+    def __call__(self, step: int) -> bool:
+        return step in self._due
+
+    def share(self, step: int) -> float:
+        return bisect.bisect_right(self.steps, step) / len(self.steps)
+
+
+LOG_OFFSET = 50  # log_spaced: spacing is geometric in (step + total / LOG_OFFSET)
+
+
 def log_spaced(points: int, total_steps: int | None = None) -> Schedule:
-    """Dense early, sparse late, where training changes fastest: ``points`` steps spaced
-    geometrically from 1 to ``total_steps``; without a known length, every power of two."""
+    """Dense early, sparse late, where training changes fastest: ``points`` distinct steps from 1
+    to ``total_steps`` (all of them if there are fewer), geometric in ``step + total_steps / 50``:
+    about half of them in the first eighth of the run, and the same shape whatever its length.
+    Without a known length: every power of two."""
     if points < 1:
         raise ValueError(f"a log-spaced schedule needs >= 1 point, got {points}")
     if total_steps is None:
         return lambda step: step > 0 and step & (step - 1) == 0
-    steps = {1, total_steps}
-    if points > 2:
-        ratio = total_steps ** (1.0 / (points - 1))
-        steps |= {max(1, round(ratio**i)) for i in range(points)}
-    return steps.__contains__
+    points = min(points, total_steps)
+    if points == 1:
+        return Plan([total_steps])
+    offset = total_steps / LOG_OFFSET
+    ratio = (total_steps - 1) / offset + 1
+    raw = [1 + offset * (ratio ** (i / (points - 1)) - 1) for i in range(points)]
+    steps = [1]
+    for r in raw[1:]:  # distinct: the first ones may round to the same step
+        steps.append(max(round(r), steps[-1] + 1))
+    steps[-1] = total_steps
+    for i in range(points - 2, -1, -1):  # and none past the end
+        steps[i] = min(steps[i], steps[i + 1] - 1)
+    return Plan(steps)
 
 
 @dataclass
@@ -56,57 +87,117 @@ class StepContext:
     targets: Tensor | None = None
 
 
+@dataclass
+class Clock:
+    """Where the run stands, for budgets, on the budget's clock (CPU time on a CPU, wall time on
+    a GPU: see ``CurvatureProbe.run``). ``train_seconds``: time since the Monitor started, less
+    the budgeted probes' own; ``total_seconds``: the run's projected length (None
+    while the number of steps is unknown); ``step_seconds``: a typical training step's time (the
+    Monitor gives the median of the recent ones), for a probe's ``estimate``."""
+
+    step: int
+    train_seconds: float
+    total_seconds: float | None = None
+    total_steps: int | None = None
+    batch_size: int | None = None
+    step_seconds: float | None = None
+
+    def typical_step(self) -> float:
+        return self.step_seconds if self.step_seconds is not None else self.train_seconds / max(1, self.step)
+
+
 class Probe:
     """Base class: a schedule, an optional compute budget, and ``compute``.
 
     Subclasses implement ``compute`` only. With a ``budget`` (a fraction of training time), a
-    due step is postponed until the probe's total time plus the cost of one more call fits within
-    that fraction of the training time so far: whatever the run's length, the probe never takes
-    more than ``budget`` of it. The cost of a call is the last one measured, or before the first
-    call the probe's ``estimate``.
+    due step is postponed until the probe's total time including one more call fits its
+    ``allowance``. With a known run length the allowance is the budget times the run's projected
+    length times the share of the probe's plan due so far: a plan that is dense early may spend
+    early what its early points need, and by the last step the probe has taken at most ``budget``
+    of the run. Without a known length it is the budget times the training time so far. The cost
+    of the next call is predicted as the least of the last few measured (a busy machine only ever
+    makes a call slower), leaving out the first call, which pays one-time set-up costs; until
+    there are three, the probe's ``estimate`` is one of them. A call is charged
+    its measured time, but at most STALL times that prediction: a call that a busy machine
+    slowed down (training steps slow alike), or the first call's one-time set-up, is charged
+    about what such a call costs, so one bad moment does not use up a short run's budget.
+    ``curvature_time`` keeps the times as measured.
     """
 
-    expensive = False  # timed by the Monitor (with a device sync), for budgets and overhead
+    RECENT = 5  # measured costs the next call's cost is predicted from (the least of them)
+    STALL = 4.0  # a call is charged at most this many times its predicted cost
+
+    expensive = False  # timed (see ``run``), budgeted, and counted in curvature_time
 
     def __init__(self, every_n: int | Schedule = 1, budget: float | None = None) -> None:
         self.schedule: Schedule = every(every_n) if isinstance(every_n, int) else every_n
         self.budget = budget
         self.pending = False
         self.spent = 0.0  # seconds
-        self.last_cost: float | None = None
+        self.costs: list[float] = []  # the last RECENT calls' costs (the first call's left out), in seconds
+        self.last_cost = 0.0  # seconds, on the budget's clock
+        self.last_seconds = 0.0  # seconds of the last call, as curvature_time records them
+        self.predicted: float | None = None  # the cost the budget expected of the next call
+        self.calls = 0
         self.last_step: int | None = None
 
-    def estimate(self, step_seconds: float, batch_size: int | None) -> float:
-        """Seconds one call should take, given a training step's time and batch size."""
+    def estimate(self, clock: Clock) -> float:
+        """Seconds one call should take, before any call has been measured."""
         return 0.0
 
-    def due(self, step: int, train_seconds: float = float("inf"), step_seconds: float = 0.0,
-            batch_size: int | None = None) -> bool:
-        if self.schedule(step):
-            self.pending = True
-        if not self.pending:
-            return False
+    def allowance(self, clock: Clock) -> float:
+        """Seconds this probe may have spent in all, counting the call about to run."""
+        if clock.total_seconds is None or not clock.total_steps:
+            return self.budget * clock.train_seconds
+        if isinstance(self.schedule, Plan):
+            share = self.schedule.share(clock.step)
+        else:
+            share = min(1.0, clock.step / clock.total_steps)
+        return self.budget * clock.total_seconds * share
+
+    def affordable(self, clock: Clock) -> bool:
         if self.budget is None:
             return True
-        cost = self.last_cost if self.last_cost is not None else self.estimate(step_seconds, batch_size)
-        return self.spent + cost <= self.budget * train_seconds
+        known = self.costs if len(self.costs) >= 3 else [*self.costs, self.estimate(clock)]
+        self.predicted = min(known)
+        return self.spent + self.predicted <= self.allowance(clock)
 
-    def charge(self, seconds: float) -> None:
-        """Record one run of the probe."""
+    def due(self, clock: Clock) -> bool:
+        if self.schedule(clock.step):
+            self.pending = True
+        return self.pending and self.affordable(clock)
+
+    def run(self, ctx: "StepContext") -> tuple[Keys, Tensor] | None:
+        """``compute``, and the bookkeeping of one call."""
+        out = self.compute(ctx)
+        self.charge(0.0, ctx.step)
+        return out
+
+    def charge(self, seconds: float, step: int) -> None:
+        """Record one call of the probe."""
         self.pending = False
-        self.spent += seconds
-        self.last_cost = seconds
+        charged = seconds
+        if self.predicted:
+            charged = min(seconds, self.STALL * self.predicted)
+        self.spent += charged
+        if self.calls:
+            self.costs = [*self.costs, seconds][-self.RECENT:]
+        self.calls += 1
+        self.last_cost, self.last_step = seconds, step
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
         """Called once by the Monitor before the first step."""
 
     def state_dict(self) -> dict:
         """Schedule and budget bookkeeping (subclasses add their random state), for checkpoints."""
-        return {"pending": self.pending, "spent": self.spent, "last_cost": self.last_cost, "last_step": self.last_step}
+        return {"pending": self.pending, "spent": self.spent, "costs": self.costs, "calls": self.calls,
+                "last_step": self.last_step}
 
     def load_state_dict(self, state: dict) -> None:
         self.pending, self.spent = state["pending"], state["spent"]
-        self.last_cost, self.last_step = state["last_cost"], state["last_step"]
+        old = [state["last_cost"]] if state.get("last_cost") is not None else []  # checkpoints before "costs"
+        self.costs, self.last_step = list(state.get("costs", old)), state["last_step"]
+        self.calls = state.get("calls", len(self.costs))
 
     def compute(self, ctx: StepContext) -> tuple[Keys, Tensor] | None:
         raise NotImplementedError
@@ -322,28 +413,59 @@ class OutputStats(Probe):
 
 
 class CurvatureProbe(Probe):
-    """Base of the probes that measure the loss's curvature on a fixed probe batch.
+    """Base of the probes that measure the loss's curvature on a fixed probe batch (its first
+    ``size`` samples; all of them by default).
 
     They work on detached copies of the weights and cloned buffers, in eval mode, with their own
     random generator, and never call ``backward`` on the model: training's ``.grad``, BatchNorm
-    statistics, RNG state and optimizer state are left exactly as they were.
+    statistics, RNG state and optimizer state are left exactly as they were. Each call times
+    itself (``run``), so the budget works from measured costs on any model and machine.
     """
 
     expensive = True
 
     def __init__(self, inputs: Tensor, targets: Tensor, loss_fn=F.cross_entropy,
-                 every_n: int | Schedule = 1, budget: float | None = None, seed: int = 0) -> None:
+                 every_n: int | Schedule = 1, budget: float | None = None, seed: int = 0,
+                 size: int | None = None) -> None:
         super().__init__(every_n, budget)
-        self.inputs, self.targets, self.loss_fn, self.seed = inputs, targets, loss_fn, seed
+        if size is not None and size < 1:
+            raise ValueError(f"a curvature probe needs a probe batch of >= 1 sample, got size={size}")
+        self.inputs, self.targets = inputs[:size], targets[:size]
+        self.loss_fn, self.seed = loss_fn, seed
 
     def attach(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]  # as functional_call needs them
         self.layers = [clean_name(n) for n in self.names]
-        device = named[0][1].device
-        self.inputs, self.targets = self.inputs.to(device), self.targets.to(device)
-        self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        self.device = named[0][1].device
+        self.inputs, self.targets = self.inputs.to(self.device), self.targets.to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+
+    def run(self, ctx):
+        """``compute``, timed. On CUDA the time is that between two events around the call on
+        the device, read after one synchronize at its end: the probe's own span, not the
+        training kernels still queued before it; it is both what the budget is charged and what
+        ``curvature_time`` records. On a CPU ``curvature_time`` records wall time and the budget
+        is charged the process's CPU time (all threads), as the Monitor counts training time
+        for it: on a machine shared with other jobs, wall time stalls whenever the scheduler
+        looks away (a 1-second digits run took 3 to 20 seconds here while others trained), and
+        CPU time does not."""
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.compute(ctx)
+            end.record()
+            end.synchronize()  # the one sync per call
+            cost = seconds = start.elapsed_time(end) / 1000
+        else:
+            started, cpu = time.perf_counter(), time.process_time()
+            out = self.compute(ctx)
+            seconds = time.perf_counter() - started
+            cost = time.process_time() - cpu if self.device.type == "cpu" else seconds
+        self.charge(cost, ctx.step)
+        self.last_seconds = seconds
+        return out
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "generator": self.generator.get_state()}
@@ -353,12 +475,13 @@ class CurvatureProbe(Probe):
         self.generator.set_state(state["generator"])
 
     def units(self) -> float:
-        """A call's cost in training steps of the probe batch's size (forward + backward)."""
+        """A call's expected cost in training steps of the probe batch's size (forward +
+        backward): the budget's guess before the first call is measured."""
         raise NotImplementedError
 
-    def estimate(self, step_seconds, batch_size):
-        scale = len(self.inputs) / batch_size if batch_size else 1.0
-        return self.units() * step_seconds * scale
+    def estimate(self, clock):
+        scale = len(self.inputs) / clock.batch_size if clock.batch_size else 1.0
+        return self.units() * clock.typical_step() * scale
 
     def per_layer(self, metric: str, samples: Tensor) -> tuple[Keys, Tensor]:
         """Rows for per-layer samples (n, L): mean and SE per layer and of the per-sample totals."""
@@ -370,23 +493,33 @@ class CurvatureProbe(Probe):
 
 
 class GNTrace(CurvatureProbe):
-    """``gn_trace`` (+ ``_se``): the Gauss-Newton trace proxy from per-sample gradient norms with
-    labels sampled from the model's softmax; one vectorized backward over the probe batch.
-    Assumes a cross-entropy loss (the sampled labels make it the Gauss-Newton of softmax-CE)."""
+    """``gn_trace`` (+ ``_se``): the Gauss-Newton trace of softmax cross-entropy (the mean over
+    the probe batch), per layer and in total, from Rademacher vectors through a square root of
+    the output Hessian (``curvature.gn_trace_groups``). The probe batch is split into ``groups``
+    groups, one backward each; the estimate is the mean of the groups' estimates and ``_se``
+    their standard error, which covers the random vectors and also which samples the probe
+    batch happens to hold (an SE for the trace over the training set, conservative for this
+    batch's own trace). Assumes a softmax cross-entropy loss; ``loss_fn`` is not used."""
 
-    def __init__(self, *args, chunk_size: int | None = None, **kwargs) -> None:
+    def __init__(self, *args, groups: int = 4, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.chunk_size = chunk_size
+        if groups < 2:
+            raise ValueError(f"the GN trace needs >= 2 groups for a standard error, got {groups}")
+        if len(self.inputs) < groups:
+            raise ValueError(f"the GN trace splits its probe batch into {groups} groups, but it has "
+                             f"{len(self.inputs)} samples: pass a larger probe batch or fewer groups")
+        self.groups = groups
+        self.group_size = len(self.inputs) // groups
+        self.classes: int | None = None
 
     def units(self):
-        return 3.0  # a forward for the labels, per-sample backward (measured ~1.5-4 steps on CPU)
+        return 1.5  # a forward and backward of the probe batch, in a few small pieces
 
     def compute(self, ctx):
-        with torch.no_grad(), curvature.eval_mode(self.model):
-            logits = self.model(self.inputs)
-        labels = curvature.sample_labels(logits, self.generator)
-        samples = curvature.gn_trace_samples(self.model, self.names, self.inputs, labels,
-                                             self.loss_fn, self.chunk_size)
+        if self.classes is None:
+            self.classes = curvature.output_size(self.model, self.inputs)
+        signs = curvature.rademacher((self.groups, self.group_size, self.classes), self.generator, self.device)
+        samples = curvature.gn_trace_groups(self.model, self.names, self.inputs, signs)
         return self.per_layer("gn_trace", samples)
 
 
@@ -411,21 +544,27 @@ class HessianTrace(CurvatureProbe):
 
 
 class Sharpness(CurvatureProbe):
-    """``sharpness``: the top Hessian eigenvalue by power iteration (warm-started from the last
-    eigenvector), beside ``sharpness_threshold``, the edge-of-stability line of the optimizer.
+    """``sharpness``: the top Hessian eigenvalue by Lanczos (``curvature.lanczos_top``, warm-started
+    from the last eigenvector), beside ``sharpness_threshold``, the edge-of-stability line of the optimizer at
+    its current LR.
 
-    For Adam-family optimizers (param groups with ``betas``) the threshold applies to the
-    preconditioned sharpness, the top eigenvalue of P^-1 H with Adam's P = sqrt(v_hat) + eps,
-    which is logged as ``sharpness_precond`` once the optimizer has second moments.
+    For Adam-family optimizers (param groups with ``betas``) that line applies to the
+    *preconditioned* sharpness, the top eigenvalue of P^-1 H with Adam's P = sqrt(v_hat) + eps,
+    logged as ``sharpness_precond`` once the optimizer has second moments; the plain
+    ``sharpness`` is logged too, for comparison with SGD runs.
     """
 
-    def __init__(self, *args, iters: int = 20, tol: float = 1e-3, **kwargs) -> None:
+    WARM_NOISE = 0.3
+
+    def __init__(self, *args, iters: int = 20, tol: float = 0.1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.iters, self.tol = iters, tol
         self.vectors: dict[str, list[Tensor]] = {}
 
     def units(self):
-        return 1 + 4 * self.iters  # at most `iters` products, twice for Adam's preconditioned one
+        # Hessian-vector products (two backward passes each): a cold start takes about 6.
+        kinds = 2 if self.optimizer is not None and "betas" in self.optimizer.param_groups[0] else 1
+        return 1 + 2 * min(self.iters, 6) * kinds
 
     def state_dict(self) -> dict:  # the warm-start vectors too, so a resumed run continues alike
         return {**super().state_dict(), "vectors": {k: [t.cpu() for t in v] for k, v in self.vectors.items()}}
@@ -436,8 +575,14 @@ class Sharpness(CurvatureProbe):
         self.vectors = {k: [t.to(device) for t in v] for k, v in state["vectors"].items()}
 
     def _top(self, kind: str, hvp, like: list[Tensor]) -> float:
-        v0 = self.vectors.get(kind) or curvature.rademacher_like(like, self.generator)
-        value, vector = curvature.power_iteration(hvp, v0, self.iters, self.tol)
+        v0 = curvature.rademacher_like(like, self.generator)
+        if kind in self.vectors:
+            # Warm start, with some of a random vector mixed in (norm WARM_NOISE against 1): were
+            # the last eigenvector nearly orthogonal to the new top one, Lanczos could settle on a
+            # lower eigenvalue with a small residual; the random part keeps the top one in reach.
+            scale = self.WARM_NOISE / math.sqrt(sum(t.numel() for t in like))
+            v0 = [w + scale * r for w, r in zip(self.vectors[kind], v0)]
+        value, vector, _ = curvature.lanczos_top(hvp, v0, self.iters, self.tol)
         self.vectors[kind] = [t.detach() for t in vector]
         return value
 
@@ -465,7 +610,7 @@ class Sharpness(CurvatureProbe):
         values = [self._top("plain", hvp, leaves), curvature.stability_threshold(self.optimizer)]
         scales = self._adam_scale()
         if scales is not None:
-            # P^-1/2 H P^-1/2 has the eigenvalues of P^-1 H and is symmetric: power iteration works.
+            # P^-1/2 H P^-1/2 has the eigenvalues of P^-1 H and is symmetric: Lanczos applies.
             def precond(v):
                 return [s * hv for s, hv in zip(scales, hvp([s * t for s, t in zip(scales, v)]))]
 
@@ -474,19 +619,35 @@ class Sharpness(CurvatureProbe):
         return keys, torch.tensor(values, dtype=torch.float32)
 
 
+# Each curvature probe's share of ProbeConfig.budget.
+BUDGET_SHARES = {"gn_trace": 0.42, "sharpness": 0.55, "hessian_trace": 0.03}
+
+
 @dataclass
 class ProbeConfig:
-    """What the Monitor measures and how often (steps count optimizer steps)."""
+    """What the Monitor measures and how often (steps count optimizer steps).
+
+    Curvature points are planned over the run, dense early (``log_spaced``), and held to a
+    budget: at most ``budget`` of the training time in all, shared by the probes as in
+    BUDGET_SHARES. Where a run's steps are long against a probe's cost every planned point runs
+    and curvature takes much less; where steps are short (small models on a CPU) the budget
+    decides and points are left out evenly along the plan. Each curvature probe uses the first
+    ``*_size`` samples of the probe batch.
+    """
 
     every: int = 1  # cheap probes (norms, update ratios, output stats): every N steps
     curvature: bool = True  # curvature probes, when the Monitor has a probe batch
-    gn_every: int = 10  # Gauss-Newton trace proxy: due every N steps (then budget-gated)
-    hessian_points: int = 20  # Hutchinson tr(H): log-spaced points over the run
-    hessian_probes: int = 100  # Rademacher vectors per Hutchinson estimate (SE ~ 1/sqrt of it)
-    sharpness_points: int = 20  # top Hessian eigenvalue: log-spaced points over the run
-    sharpness_iters: int = 20  # power iterations at most per point (warm-started)
-    budget: float = 0.02  # curvature takes at most about this fraction of training time
-    seed: int = 0  # for the probes' own random draws (sampled labels, Rademacher vectors)
+    gn_points: int = 32  # Gauss-Newton trace proxy: points over the run
+    gn_size: int = 16  # samples it measures on
+    gn_groups: int = 4  # groups its standard error comes from (gn_size / gn_groups samples each)
+    hessian_points: int = 3  # Hutchinson tr(H): points over the run
+    hessian_probes: int = 20  # Rademacher vectors per Hutchinson estimate (SE ~ 1/sqrt of it)
+    hessian_size: int = 32  # samples it measures on
+    sharpness_points: int = 8  # top Hessian eigenvalue: points over the run
+    sharpness_iters: int = 20  # Hessian-vector products at most per eigenvalue (warm-started Lanczos)
+    sharpness_size: int = 16  # samples it measures on
+    budget: float = 0.4  # curvature takes at most this fraction of training time
+    seed: int = 0  # for the probes' own random draws (Rademacher vectors)
 
     def build(self, probe_batch: tuple[Tensor, Tensor] | None, loss_fn=None,
               total_steps: int | None = None) -> list[Probe]:
@@ -495,11 +656,15 @@ class ProbeConfig:
             return probes
         inputs, targets = probe_batch
         common = dict(loss_fn=loss_fn or F.cross_entropy, seed=self.seed)
+        groups = min(self.gn_groups, len(inputs[: self.gn_size]))
         probes += [
-            GNTrace(inputs, targets, every_n=self.gn_every, budget=self.budget / 2, **common),
+            GNTrace(inputs, targets, every_n=log_spaced(self.gn_points, total_steps),
+                    budget=self.budget * BUDGET_SHARES["gn_trace"], size=self.gn_size, groups=groups, **common),
             HessianTrace(inputs, targets, every_n=log_spaced(self.hessian_points, total_steps),
-                         budget=self.budget / 4, num_probes=self.hessian_probes, **common),
+                         budget=self.budget * BUDGET_SHARES["hessian_trace"], size=self.hessian_size,
+                         num_probes=self.hessian_probes, **common),
             Sharpness(inputs, targets, every_n=log_spaced(self.sharpness_points, total_steps),
-                      budget=self.budget / 4, iters=self.sharpness_iters, **common),
+                      budget=self.budget * BUDGET_SHARES["sharpness"], size=self.sharpness_size,
+                      iters=self.sharpness_iters, **common),
         ]
         return probes

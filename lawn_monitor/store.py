@@ -37,7 +37,8 @@ SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
 NOT_COMPUTED = frozenset({
     "name", "root", "device", "progress", "data_root", "download", "flush_secs", "workers", "threads", "resume",
     "recipe", "compile", "channels_last", "world_size",
-    "probe_every", "curvature", "probe_size", "gn_every", "hessian_points", "hessian_probes", "sharpness_points",
+    "probe_every", "curvature", "probe_size", "gn_every", "gn_points", "hessian_points", "hessian_probes",
+    "sharpness_points",
     "sharpness_iters", "curvature_budget",
     "free_steps", "warmup_steps", "steps_per_epoch", "num_train", "schedule",
 })

@@ -11,7 +11,7 @@ from lawn_monitor import LAWN, Monitor
 from lawn_monitor.probes import ProbeConfig
 
 # Curvature on a schedule rather than a budget (tiny runs have no time to budget), few vectors.
-TINY_PROBES = ProbeConfig(gn_every=5, hessian_points=3, hessian_probes=8, sharpness_points=3, sharpness_iters=5,
+TINY_PROBES = ProbeConfig(gn_points=10, hessian_points=3, hessian_probes=8, sharpness_points=3, sharpness_iters=5,
                           budget=1e6)
 
 

@@ -166,7 +166,7 @@ def test_live_page_shows_ended_runs_with_their_switch(sweep_store, ids):
     assert set(loss["label"]) == {"adam-lawn-s0", "sgd-s0"} and loss["step"].max() == 30
     assert switch[["label", "step"]].to_dict("records") == [{"label": "adam-lawn-s0", "step": 11}]
     band, proxy, _, _, hutchinson = [df for _, df in found[TRACE_TITLE]]  # band, line, switch, SE bars, points
-    assert proxy["step"].tolist()[:3] == [5, 10, 15]
+    assert proxy["step"].tolist()[:3] == [1, 2, 3]  # dense early
     assert (band["low"] < band["value"]).all() and (band["high"] > band["value"]).all()
     assert set(hutchinson["step"]) == {1, 5, 30} and hutchinson["se"].notna().all()
     assert set(main_line(found["test accuracy"])["step"]) == {10, 20, 30}
@@ -253,12 +253,15 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
         assert set(main_line(found[title])["label"]) == {"adam-lawn-s0", "sgd-s0"}, title
     sharp = found["sharpness vs. stability threshold (dotted)"]
     assert [mark(layer) for layer, _ in sharp] == ["line", "rule", "line"]  # points+lines, switch, threshold
-    threshold = sharp[2][1]
+    values, threshold = sharp[0][1], sharp[2][1]
     assert set(threshold["label"]) == {"adam-lawn-s0", "sgd-s0"} and (threshold["value"] > 0).all()
+    # Each run against its own line: Adam's preconditioned sharpness, SGD's plain one; labels (and
+    # so colours) stay the runs' own.
+    assert values.groupby("label")["shown"].first().to_dict() == {"adam-lawn-s0": "P⁻¹H", "sgd-s0": "H"}
     prob = main_line(found["max softmax probability"])["value"]
     assert ((prob > 0) & (prob <= 1)).all()
     flat = main_line(found["flattened samples (loss < 1e-3)"])
-    assert flat["value"].max() <= 100 and sharp[0][0]["encoding"]["y"]["title"] == "top Hessian eigenvalue"
+    assert flat["value"].max() <= 100 and sharp[0][0]["encoding"]["y"]["title"] == "top eigenvalue: P⁻¹H (Adam), H (SGD)"
     # Default smoothing: the smoothed line over the faint raw one, each with its own y field.
     raw, line, _ = found["train loss"]
     assert raw[0]["mark"]["opacity"] < 1 and line[0]["encoding"]["y"]["field"] == "smoothed"

@@ -12,7 +12,7 @@ from trainers.train import train
 def test_bf16_autocast_and_channels_last_train_and_log(tmp_path):
     result = train(TrainConfig(dataset="digits", model="cnn", optimizer="adam", lawn=True, free_epochs=1.0,
                                epochs=3, batch_size=64, amp="bf16", channels_last=True, probe_size=32,
-                               hessian_probes=4, root=str(tmp_path), progress=False))
+                               hessian_probes=4, curvature_budget=10.0, root=str(tmp_path), progress=False))
     assert result.status == "finished" and result.test_acc > 0.5
     store = RunStore(tmp_path)
     assert {"train/loss", "flat_frac", "gn_trace", "hessian_trace", "sharpness"} <= set(store.metrics(result.run_id))

@@ -93,8 +93,10 @@ def sweep(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_parallel_sweep_trains_runs_side_by_side_one_thread_each(tmp_path):
+    # Long enough (a few seconds each) that the two first runs overlap however unevenly their
+    # processes start on a loaded machine.
     proc = sweep(tmp_path, "--dataset", "digits", "--model", "mlp", "--optimizers", "sgd,adam,adamw", "--lawn", "off",
-                 "--epochs", "2", "--parallel", "2")
+                 "--epochs", "12", "--parallel", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = RunStore(tmp_path).runs().sort_values("created_at", ignore_index=True)
     assert (runs["status"] == "finished").all() and len(runs) == 3

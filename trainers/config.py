@@ -64,12 +64,16 @@ class TrainConfig:
     probe_every: int = _opt("cheap probes (norms, update ratios, output stats) every N steps", default=1)
     curvature: bool = _opt("curvature probes (gn_trace, hessian_trace, sharpness)", default=True,
                            meta={"negate": "--no-curvature"})
-    probe_size: int = _opt("samples in the fixed probe batch the curvature is measured on", default=128)
-    gn_every: int = _opt("Gauss-Newton trace proxy due every N steps (then held to the budget)", default=10)
-    hessian_points: int = _opt("Hutchinson tr(H): log-spaced points over the run", default=20)
-    hessian_probes: int = _opt("Rademacher vectors per Hutchinson estimate", default=100)
-    sharpness_points: int = _opt("top Hessian eigenvalue: log-spaced points over the run", default=20)
-    curvature_budget: float = _opt("curvature may take at most this fraction of training time", default=0.02)
+    probe_size: int = _opt("samples in the fixed probe batch the curvature is measured on (the GN trace and the "
+                           "sharpness use the first 16, Hutchinson the first 32)", default=32)
+    gn_points: int = _opt("Gauss-Newton trace proxy: points over the run, dense early (held to the budget)",
+                          default=32)
+    hessian_points: int = _opt("Hutchinson tr(H): points over the run, dense early (held to the budget)", default=3)
+    hessian_probes: int = _opt("Rademacher vectors per Hutchinson estimate", default=20)
+    sharpness_points: int = _opt("top Hessian eigenvalue: points over the run, dense early (held to the budget)",
+                                 default=8)
+    curvature_budget: float = _opt("curvature may take at most this fraction of training time (it takes a few "
+                                   "percent where steps take tens of ms; short CPU runs use most of it)", default=0.4)
     progress: bool = _opt("show a progress bar", default=True, meta={"negate": "--no-progress"})
 
     def resolved(self) -> "TrainConfig":
@@ -90,8 +94,10 @@ class TrainConfig:
             (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
             (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}"),
             (cfg.flush_secs > 0, f"--flush-secs must be > 0, got {cfg.flush_secs}"),
-            (min(cfg.probe_every, cfg.gn_every, cfg.hessian_points, cfg.sharpness_points, cfg.probe_size) >= 1,
-             "--probe-every, --gn-every, --hessian-points, --sharpness-points and --probe-size must be >= 1"),
+            (min(cfg.probe_every, cfg.gn_points, cfg.hessian_points, cfg.sharpness_points) >= 1,
+             "--probe-every, --gn-points, --hessian-points and --sharpness-points must be >= 1"),
+            (cfg.probe_size >= 2, f"--probe-size must be >= 2 (the GN trace's standard error needs two groups), "
+                                  f"got {cfg.probe_size}"),
             (cfg.hessian_probes >= 2, f"--hessian-probes must be >= 2 (for a standard error), got {cfg.hessian_probes}"),
             (cfg.curvature_budget > 0, f"--curvature-budget must be > 0, got {cfg.curvature_budget}"),
             (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),

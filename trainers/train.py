@@ -270,7 +270,7 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     record = {**dataclasses.asdict(cfg), "free_steps": free_steps, "warmup_steps": warmup_steps,
               "steps_per_epoch": steps_per_epoch, "num_train": data.num_train, "world_size": dist.world,
               "schedule": "lawn" if cfg.lawn else "warmup_decay", "resume": None}
-    probes = ProbeConfig(every=cfg.probe_every, curvature=cfg.curvature, gn_every=cfg.gn_every,
+    probes = ProbeConfig(every=cfg.probe_every, curvature=cfg.curvature, gn_points=cfg.gn_points,
                          hessian_points=cfg.hessian_points, hessian_probes=cfg.hessian_probes,
                          sharpness_points=cfg.sharpness_points, budget=cfg.curvature_budget, seed=cfg.seed)
     probe_batch = data.probe_batch(cfg.probe_size, cfg.seed) if cfg.curvature and dist.main else None

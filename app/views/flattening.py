@@ -6,6 +6,7 @@ import streamlit as st
 
 import state
 from charts import band_chart, threshold_chart, with_se
+from tables import sharpness_vs_threshold
 
 root = state.store_root()
 runs = state.load_runs(root)
@@ -33,8 +34,10 @@ def draw(panel):
 state.grid([("train/loss", "train loss", True), ("grad_norm", "gradient norm (whole model)", True)], draw)
 trace = with_se(store.series(run_ids, "gn_trace"), store.series(run_ids, "gn_trace_se"))
 exact = with_se(store.series(run_ids, "hessian_trace"), store.series(run_ids, "hessian_trace_se"))
-sharp = store.series(run_ids, "sharpness")
-limit = store.series(run_ids, "sharpness_threshold")
+optimizers = dict(zip(runs["run_id"], runs["optimizer"])) if "optimizer" in runs.columns else {}
+sharp, limit = sharpness_vs_threshold(state.labelled(store.series(run_ids, "sharpness"), labels),
+                                      state.labelled(store.series(run_ids, "sharpness_precond"), labels),
+                                      state.labelled(store.series(run_ids, "sharpness_threshold"), labels), optimizers)
 left, right = st.columns(2)
 with left:
     state.show(band_chart(state.labelled(trace, labels), "Hessian trace: GN proxy ± 1 SE, Hutchinson (◆)",
@@ -42,10 +45,12 @@ with left:
                           y_title="Hessian trace"),
                "No Hessian trace: curvature needs a probe batch (the trainer passes one).")
 with right:
-    state.show(threshold_chart(state.labelled(sharp, labels), state.labelled(limit, labels),
-                               "sharpness vs. stability threshold (dotted)", log_y=log_y, switches=switches,
-                               palette=colors, y_title="top Hessian eigenvalue"),
+    state.show(threshold_chart(sharp, limit, "sharpness vs. stability threshold (dotted)", log_y=log_y,
+                               switches=switches, palette=colors, y_title="top eigenvalue: P⁻¹H (Adam), H (SGD)"),
                "No sharpness: it is measured on a slow cadence; a few points appear per run.")
+    st.caption("Top Hessian eigenvalue on the probe batch. Adam-family runs show it preconditioned by Adam's "
+               "second moments (P⁻¹H), the quantity their line (2 + 2β₁) / ((1 − β₁) lr) bounds; SGD runs show the "
+               "plain one (H) against (2 + 2 momentum) / lr. No line where the LR is 0.")
 state.grid([("logit_norm", "logit norm (mean L2)", False), ("weight_norm", "weight norm (whole model)", False),
             ("max_prob", "max softmax probability", False), ("flat_frac", "flattened samples (loss < 1e-3)", False)],
            draw)
