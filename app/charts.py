@@ -67,13 +67,19 @@ def _layered(*layers) -> alt.LayerChart:
                                              strokeDash="independent")
 
 
-LOG_AXIS = alt.Axis(tickCount=6, format="~g")  # one gridline per decade or so, not one per minor tick
-HEIGHT = 220  # px of plot: the legend below adds its own
+# One gridline per decade or so, not one per minor tick. A y title longer than the plot is tall
+# would push the chart's own title off the top: titles are cut to fit (full text in the tooltip).
+TITLE_LIMIT = 170
+LOG_AXIS = alt.Axis(tickCount=6, format="~g", titleLimit=TITLE_LIMIT)
+LINEAR_AXIS = alt.Axis(titleLimit=TITLE_LIMIT)
+# px of the whole chart: Streamlit fits a chart's title, axes and legend into it (Vega's "fit"
+# autosize), which leaves a half-width chart's plot about 200 px with a two-row legend below.
+HEIGHT = 340
 
 
 def _y(log_y: bool, title: str | None, field: str = "value") -> alt.Y:
     return alt.Y(f"{field}:Q", title=title, scale=alt.Scale(type="log" if log_y else "linear", zero=False),
-                 axis=LOG_AXIS if log_y else alt.Axis())
+                 axis=LOG_AXIS if log_y else LINEAR_AXIS)
 
 
 def _palette(palette: Palette | None, data: pd.DataFrame) -> Palette:
@@ -334,13 +340,13 @@ def heatmap_chart(
         scale.update(scheme="redblue", reverse=True, domainMid=center)
     else:
         scale.update(scheme="viridis")
-    height = max(140, 16 * len(order))  # px: a row per layer, and room for the colour legend
-    legend = alt.Legend(format=".3~g", gradientLength=height - 20)
+    height = max(220, 22 * len(order) + 100)  # px in all: a row per layer, the title and the x axis
+    legend = alt.Legend(format=".3~g", gradientLength=height - 110)
     if domain is not None:
         scale.update(domain=list(domain), clamp=True)
         lo, hi = domain
         ticks = np.geomspace(lo, hi, 5) if log_color and lo > 0 else np.linspace(lo, hi, 5)
-        legend = alt.Legend(format=".3~g", gradientLength=height - 20, values=[float(f"{t:.3g}") for t in ticks])
+        legend = alt.Legend(format=".3~g", gradientLength=height - 110, values=[float(f"{t:.3g}") for t in ticks])
     cells = (
         alt.Chart(data)
         .mark_rect()
@@ -348,7 +354,7 @@ def heatmap_chart(
             x=alt.X("step:Q", title="step", axis=X_AXIS,
                     scale=alt.Scale(domain=[float(steps[0]), float(data["step_end"].max())], nice=False)),
             x2="step_end:Q",
-            y=alt.Y("layer:N", sort=order, title=None, axis=alt.Axis(labelLimit=220)),
+            y=alt.Y("layer:N", sort=order, title=None, axis=alt.Axis(labelLimit=220, labelOverlap=False)),
             color=alt.Color("value:Q", title=None, legend=legend, scale=alt.Scale(**scale)),
             tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")],
         )
@@ -387,11 +393,22 @@ def threshold_chart(
     limit = threshold[["run_id", "label", "step", "value"]].sort_values(["run_id", "step"])
     limit = limit.assign(segment=(~np.isfinite(limit["value"].to_numpy(dtype=float))).cumsum())
     limit, _ = plottable(limit, log_y)
+    y = _y(log_y, y_title)
+    estimates, _ = plottable(values[["value"]], log_y)
+    if not limit.empty and not estimates.empty:
+        # The line runs off to infinity as a schedule takes the LR to 0: the axis spans the
+        # estimates and the line where it is lowest (where they would meet it), and clips the rest.
+        lo = min(estimates["value"].min(), limit["value"].min())
+        hi = max(estimates["value"].max(), limit["value"].min())
+        y = alt.Y("value:Q", title=y_title, axis=LOG_AXIS if log_y else LINEAR_AXIS,
+                  scale=alt.Scale(type="log" if log_y else "linear", zero=False,
+                                  domain=[lo / 2, hi * 3] if log_y else [lo - 0.1 * abs(hi - lo), hi * 1.3]))
+        layers = [layer.encode(y=y) if "y" in layer.to_dict().get("encoding", {}) else layer for layer in layers]
     if not limit.empty:
         layers.append(
             alt.Chart(thin(limit, by="run_id"))
-            .mark_line(strokeDash=[2, 3], strokeWidth=1.5)
-            .encode(x="step:Q", y=_y(log_y, y_title), detail=["label:N", "segment:N"],
+            .mark_line(strokeDash=[2, 3], strokeWidth=1.5, clip=True)
+            .encode(x="step:Q", y=y, detail=["label:N", "segment:N"],
                     **({"color": palette.color()} if drawn is None else {"stroke": palette.stroke()}),
                     tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
                              alt.Tooltip("value:Q", format=".4g", title="threshold")])

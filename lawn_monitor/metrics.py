@@ -38,7 +38,7 @@ METRICS: list[Metric] = [
            "test top-5 accuracy (%)", percent=True, smooth=False),
     Metric("lr", WHOLE, "learning rate of the first param group: the schedule (LAWN: free, warm-up, decay)",
            "learning rate", smooth=False),
-    Metric("phase", WHOLE, "LAWN phase: 0 free, 1 constrained (always 0 without LAWN)", "phase (0 free, 1 constrained)", smooth=False),
+    Metric("phase", WHOLE, "LAWN phase: 0 free, 1 constrained (always 0 without LAWN)", "phase (1: constrained)", smooth=False),
     Metric("weight_norm", EACH, "L2 norm of the weights; grows without LAWN, frozen by LAWN after the switch",
            "weight norm (L2)"),
     Metric("weight_growth", EACH, "weight norm / its value at the first step: keeps rising without LAWN, "
@@ -48,12 +48,12 @@ METRICS: list[Metric] = [
     Metric("update_norm", EACH, "L2 norm of the step actually taken (after LAWN's rescaling and weight decay)",
            "update norm (L2)", log=True),
     Metric("update_ratio", EACH, "update norm / weight norm: how far a step moves the weights relative to their "
-           "size (adaptivity), LR schedule included", "update ratio (update / weight norm)", log=True),
+           "size (adaptivity), LR schedule included", "update / weight norm", log=True),
     Metric("update_ratio_per_lr", EACH, "update ratio / learning rate: adaptivity with the LR schedule divided "
            "out; falls as weights grow, holds under LAWN", "update ratio per unit LR", log=True),
     Metric("effective_lr", "each parameter that feeds a normalization layer", "lr / weight norm^2 of a "
            "scale-invariant weight (conv or linear right before BatchNorm/LayerNorm/GroupNorm): the step its "
-           "direction sees; shrinks as such weights grow", "effective learning rate (lr / |w|^2)", log=True),
+           "direction sees; shrinks as such weights grow", "lr / |w|²", log=True),
     Metric("grad_weight_cos", EACH, "cosine between gradient and weights: the radial share of the gradient",
            "cosine(gradient, weights)"),
     Metric("logit_norm", WHOLE, "mean L2 norm of the logits; grows as the loss flattens", "logit norm (L2)"),

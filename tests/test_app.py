@@ -261,7 +261,7 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
     prob = main_line(found["max softmax probability"])["value"]
     assert ((prob > 0) & (prob <= 1)).all()
     flat = main_line(found["flattened samples (loss < 1e-3)"])
-    assert flat["value"].max() <= 100 and sharp[0][0]["encoding"]["y"]["title"] == "top eigenvalue: P⁻¹H (Adam), H (SGD)"
+    assert flat["value"].max() <= 100 and sharp[0][0]["encoding"]["y"]["title"] == "top eigenvalue (P⁻¹H / H)"
     # Default smoothing: the smoothed line over the faint raw one, each with its own y field.
     raw, line, _ = found["train loss"]
     assert raw[0]["mark"]["opacity"] < 1 and line[0]["encoding"]["y"]["field"] == "smoothed"

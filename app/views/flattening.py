@@ -46,7 +46,7 @@ with left:
                "No Hessian trace: curvature needs a probe batch (the trainer passes one).")
 with right:
     state.show(threshold_chart(sharp, limit, "sharpness vs. stability threshold (dotted)", log_y=log_y,
-                               switches=switches, palette=colors, y_title="top eigenvalue: P⁻¹H (Adam), H (SGD)"),
+                               switches=switches, palette=colors, y_title="top eigenvalue (P⁻¹H / H)"),
                "No sharpness: it is measured on a slow cadence; a few points appear per run.")
     st.caption("Top Hessian eigenvalue on the probe batch. Adam-family runs show it preconditioned by Adam's "
                "second moments (P⁻¹H), the quantity their line (2 + 2β₁) / ((1 − β₁) lr) bounds; SGD runs show the "
