@@ -59,6 +59,13 @@ RANGE_OPACITY = 0.15  # each downsampling bucket's min-max range, so spikes stay
 SE_OPACITY = 0.2
 
 
+def _zoomable(chart, zoom: bool):
+    """Drag to pan, scroll to zoom (a selection bound to the scales), when asked: it costs about
+    a tenth of a second of the browser's time per chart, so pages of small multiples leave it off
+    unless the sidebar turns it on."""
+    return chart.interactive() if zoom else chart
+
+
 def _layered(*layers) -> alt.LayerChart:
     """Layers over one set of scales, each with its own legend: only the main layer draws one (its
     secondary layers say ``legend=None``, which on a merged legend would hide it, and their faint
@@ -129,6 +136,7 @@ def metric_chart(
     palette: Palette | None = None,
     y_title: str | None = None,
     percent: bool = False,
+    zoom: bool = False,
 ) -> alt.Chart | alt.LayerChart | None:
     """One line per run (``df``: run_id, label, ``x``, value; from ``RunStore.series`` also
     smoothed, min and max), in each run's colour and dash (``palette``).
@@ -144,7 +152,7 @@ def metric_chart(
         return None
     layers, dropped = drawn
     chart = layers[0] if len(layers) == 1 else _layered(*layers)
-    return chart.properties(title=_title(title, dropped, log_y), height=HEIGHT).interactive()
+    return _zoomable(chart.properties(title=_title(title, dropped, log_y), height=HEIGHT), zoom)
 
 
 def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, percent):
@@ -197,6 +205,7 @@ def layer_chart(
     switch_step: int | None = None,
     reference: float | None = None,
     y_title: str | None = None,
+    zoom: bool = False,
 ) -> alt.Chart | alt.LayerChart | None:
     """One line per layer of one run (``df``: layer, step, value) on a log axis, coloured by layer.
 
@@ -218,7 +227,6 @@ def layer_chart(
             tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")],
         )
         .properties(title=_title(title, dropped, log_y=True))
-        .interactive()
     )
     layers = [lines]
     if switch_step is not None:
@@ -233,7 +241,7 @@ def layer_chart(
             .mark_rule(strokeDash=[2, 2], color="black")
             .encode(y="value:Q", tooltip=[alt.Tooltip("value:Q", title="reference", format=".0e")])
         )
-    return lines if len(layers) == 1 else alt.layer(*layers)
+    return _zoomable(lines if len(layers) == 1 else alt.layer(*layers), zoom)
 
 
 def with_se(values: pd.DataFrame, se: pd.DataFrame) -> pd.DataFrame:
@@ -250,6 +258,7 @@ def band_chart(
     points: pd.DataFrame | None = None,
     palette: Palette | None = None,
     y_title: str | None = None,
+    zoom: bool = False,
 ) -> alt.Chart | alt.LayerChart | None:
     """An estimate with its standard error: per run a line (marked at each point) with a +/- 1 SE
     band. ``estimate`` and ``points`` have run_id, label, step, value, se. ``points`` (e.g. the
@@ -281,7 +290,7 @@ def band_chart(
                           .encode(x="step:Q", y=_y(log_y, y_title), tooltip=tooltip, **colour))
     if not layers:
         return None
-    return _layered(*layers).properties(title=alt.TitleParams(title, anchor="start"), height=HEIGHT).interactive()
+    return _zoomable(_layered(*layers).properties(title=alt.TitleParams(title, anchor="start"), height=HEIGHT), zoom)
 
 
 def _bounds(df: pd.DataFrame, log_y: bool) -> pd.DataFrame:
@@ -378,6 +387,7 @@ def threshold_chart(
     switches: pd.DataFrame | None = None,
     palette: Palette | None = None,
     y_title: str | None = None,
+    zoom: bool = False,
 ) -> alt.Chart | alt.LayerChart | None:
     """A slow-cadence estimate (points joined by lines, per run, in the run's dash) against a
     per-run limit drawn as a thin dotted line in the same colour, e.g. sharpness against the
@@ -416,7 +426,7 @@ def threshold_chart(
     if not layers:
         return None
     chart = layers[0] if len(layers) == 1 else _layered(*layers)
-    return chart.properties(title=_title(title, dropped, log_y), height=HEIGHT).interactive()
+    return _zoomable(chart.properties(title=_title(title, dropped, log_y), height=HEIGHT), zoom)
 
 
 def group_chart(
@@ -427,6 +437,7 @@ def group_chart(
     palette: Palette | None = None,
     y_title: str | None = None,
     percent: bool = False,
+    zoom: bool = False,
 ) -> alt.Chart | alt.LayerChart | None:
     """Group means with their band (``agg``: label, x, value, low, high, runs; ``tables.aggregate``):
     a line per group and a shaded band from ``low`` to ``high``."""
@@ -449,7 +460,7 @@ def group_chart(
     )
     band = alt.Chart(data).mark_area(opacity=SE_OPACITY).encode(
         x=x_enc, y=alt.Y("low:Q", title=y_title), y2="high:Q", fill=palette.fill())
-    return _layered(band, line).properties(title=_title(title, dropped, log_y), height=HEIGHT).interactive()
+    return _zoomable(_layered(band, line).properties(title=_title(title, dropped, log_y), height=HEIGHT), zoom)
 
 
 def batch_size_chart(frame: pd.DataFrame, title: str, palette: Palette | None = None) -> alt.LayerChart | None:

@@ -194,6 +194,20 @@ def smoothing() -> float:
     return float(st.session_state.get("smooth", DEFAULT_SMOOTHING))
 
 
+def zoom_input() -> bool:
+    """The sidebar's switch for drag-to-pan and scroll-to-zoom on every chart (``?zoom=``). Off by
+    default: it makes each chart cost the browser about a tenth of a second more to draw, and the
+    pages of small multiples load in about two seconds without it (benchmarks/app.py). Compare's
+    main chart always has it."""
+    with st.sidebar:
+        return checkbox("Zoom and pan charts", key="zoom", default=False,
+                        help="Drag a chart to pan, scroll to zoom, double-click to reset.")
+
+
+def zoom() -> bool:
+    return bool(st.session_state.get("zoom", False))
+
+
 def series_chart(store: RunStore, run_ids: list[str], metric: str, labels: dict[str, str], colors: Palette,
                  switches: pd.DataFrame | None = None, smooth: float = 0.0, title: str | None = None,
                  log_y: bool | None = None, layer: str = "", points: bool = False) -> None:
@@ -202,7 +216,7 @@ def series_chart(store: RunStore, run_ids: list[str], metric: str, labels: dict[
     meta = info(metric)
     df = store.series(run_ids, metric, layer, points=GRID_POINTS, smooth=smooth if meta.smooth else 0.0)
     chart = metric_chart(labelled(df, labels), title or meta.axis, meta.log if log_y is None else log_y, switches,
-                         palette=colors, y_title=meta.axis, percent=meta.percent, points=points)
+                         palette=colors, y_title=meta.axis, percent=meta.percent, points=points, zoom=zoom())
     show(chart, f"No {title or metric} data yet.")
 
 

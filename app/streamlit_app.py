@@ -40,4 +40,5 @@ if runs.empty:
     st.stop()
 state.runs_input(runs)
 state.smoothing_input()
+state.zoom_input()
 page.run()

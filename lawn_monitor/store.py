@@ -412,15 +412,16 @@ class RunStore:
         """``metric`` for every layer of one run, long format (layer, step, value), for a
         (layer x step) heatmap: steps cut into at most ``points`` buckets, labelled by their first
         step, each holding its last value. Layers come in the model's order (run.json ``layers``)."""
-        df = self._query(
-            """WITH s AS (SELECT layer, step, wall_time, value FROM read_parquet(?)
+        df = self._per_run_frames(
+            """WITH s AS (SELECT run_id, layer, step, wall_time, value FROM read_parquet(?)
                           WHERE metric = ? AND layer <> ''),
                     r AS (SELECT min(step) AS lo,
                                  greatest(1, ceil((max(step) - min(step) + 1) / ?::DOUBLE))::BIGINT AS width FROM s),
-                    b AS (SELECT layer, value, step, wall_time, lo + (step - lo) // width * width AS bucket FROM s, r)
-               SELECT layer, bucket AS step, arg_max(value, (step, wall_time)) AS value
-               FROM b GROUP BY layer, bucket""",
-            [metric, float(points) if points else float("inf")], [run_id], ["layer", "step", "value"],
+                    b AS (SELECT run_id, layer, value, step, wall_time, lo + (step - lo) // width * width AS bucket
+                          FROM s, r)
+               SELECT run_id, layer, bucket AS step, arg_max(value, (step, wall_time)) AS value
+               FROM b GROUP BY run_id, layer, bucket""",
+            [metric, float(points) if points else float("inf")], [run_id], ["run_id", "layer", "step", "value"],
         )
         if df.empty:
             return df[["layer", "step", "value"]]

@@ -287,7 +287,7 @@ def test_adaptivity_page_tells_growth_from_freeze(sweep_store, ids):
     specs = [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
     heat = [s for s in specs if s.get("layer", [s])[0]["mark"]["type"] == "rect"
             or s.get("mark", {}).get("type") == "rect"]
-    assert len(heat) == 12  # weight growth, update ratio per unit LR and 4 more in the expander, two runs each
+    assert len(heat) == 4  # weight growth and update ratio per unit LR, two runs each
     cells = heat[0]["layer"][0]
     assert cells["encoding"]["y"]["sort"] == ["0.weight", "0.bias", "2.weight", "2.bias"]  # model order
     assert heat[0]["layer"][1]["mark"]["type"] == "rule"  # the Adam-LAWN run's switch
@@ -295,6 +295,9 @@ def test_adaptivity_page_tells_growth_from_freeze(sweep_store, ids):
     scale = lambda spec: spec.get("layer", [spec])[0]["encoding"]["color"]["scale"]  # noqa: E731
     assert scale(heat[0]) == scale(heat[1]) and scale(heat[0])["domainMid"] == 1.0  # one domain, centred at 1
     assert scale(heat[2]) == scale(heat[3])
+    at.checkbox(key="more").check().run()  # four more pairs, drawn only when asked
+    specs = [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
+    assert sum(s.get("layer", [s])[0]["mark"]["type"] == "rect" for s in specs) == 12
 
 
 # --- Compare ----------------------------------------------------------------------------------

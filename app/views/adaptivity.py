@@ -99,9 +99,11 @@ if any(not df.empty for df in effective.values()):
     for column, run_id in zip(st.columns(2), (a, b)):
         with column:
             state.show(layer_chart(effective[run_id], labels[run_id], switch_at.get(run_id),
-                                   y_title="effective learning rate"),
+                                   y_title="effective learning rate", zoom=state.zoom()),
                        f"{labels[run_id]} has no layer that feeds a normalization layer.")
 
-with st.expander("More per-layer heatmaps: weight norm, raw update ratio, gradient norm, Hessian-trace proxy"):
+# Drawn only when asked: four more pairs of heatmaps cost the page more than the rest of it.
+if state.checkbox("More per-layer heatmaps: weight norm, raw update ratio, gradient norm, Hessian-trace proxy",
+                  key="more", default=False):
     for metric, title, center in MORE_HEATMAPS:
         heatmaps(metric, title, center)

@@ -67,7 +67,7 @@ if by:
     plotted = aggregate(df.assign(value=df["smoothed"]), groups, band)
     state.show(group_chart(plotted, f"{title}, mean and {BANDS[band]} per group", log_y, X_TITLES[x],
                            palette=group_palette(state.run_styles(runs), groups), y_title=meta.axis,
-                           percent=meta.percent),
+                           percent=meta.percent, zoom=True),
                f"No finite {metric} values in these runs.")
 else:
     switches = store.switch_steps(run_ids)
@@ -75,7 +75,7 @@ else:
     plotted = state.labelled(df, labels)[["run_id", "label", "step", "epoch", "wall_time", "x", "value", "smoothed",
                                           "min", "max"]]
     state.show(metric_chart(plotted, title, log_y, switches, x="x", x_title=X_TITLES[x], palette=colors,
-                            y_title=meta.axis, percent=meta.percent),
+                            y_title=meta.axis, percent=meta.percent, zoom=True),
                f"No finite {metric} values in these runs.")
 state.csv_download(plotted, f"{metric.replace('/', '_')}.csv", "Download the plotted data (CSV)")
 with st.expander("What each metric means"):

@@ -42,11 +42,12 @@ left, right = st.columns(2)
 with left:
     state.show(band_chart(state.labelled(trace, labels), "Hessian trace: GN proxy ± 1 SE, Hutchinson (◆)",
                           log_y=log_y, switches=switches, points=state.labelled(exact, labels), palette=colors,
-                          y_title="Hessian trace"),
+                          y_title="Hessian trace", zoom=state.zoom()),
                "No Hessian trace: curvature needs a probe batch (the trainer passes one).")
 with right:
     state.show(threshold_chart(sharp, limit, "sharpness vs. stability threshold (dotted)", log_y=log_y,
-                               switches=switches, palette=colors, y_title="top eigenvalue (P⁻¹H / H)"),
+                               switches=switches, palette=colors, y_title="top eigenvalue (P⁻¹H / H)",
+                               zoom=state.zoom()),
                "No sharpness: it is measured on a slow cadence; a few points appear per run.")
     st.caption("Top Hessian eigenvalue on the probe batch. Adam-family runs show it preconditioned by Adam's "
                "second moments (P⁻¹H), the quantity their line (2 + 2β₁) / ((1 − β₁) lr) bounds; SGD runs show the "

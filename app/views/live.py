@@ -72,7 +72,7 @@ def draw_charts(store, runs, labels, run_ids, faint, smooth) -> None:
     trace = with_se(store.series(run_ids, "gn_trace"), store.series(run_ids, "gn_trace_se"))
     exact = with_se(store.series(run_ids, "hessian_trace"), store.series(run_ids, "hessian_trace_se"))
     chart = band_chart(state.labelled(trace, labels), TRACE_TITLE, log_y=True, switches=switches,
-                       points=state.labelled(exact, labels), palette=colors, y_title="Hessian trace")
+                       points=state.labelled(exact, labels), palette=colors, y_title="Hessian trace", zoom=state.zoom())
     state.show(chart, "No curvature yet: the Hessian-trace proxy runs on a budget (see --curvature-budget).")
 
 
