@@ -1,6 +1,6 @@
 """Where rows go: complete Parquet files and an atomically replaced ``run.json``.
 
-Layout (the storage contract in DESIGN.md)::
+Layout (the storage contract; docs/architecture.md has the whole map)::
 
     <root>/<run_id>/run.json
     <root>/<run_id>/metrics/part-<seq>-<nonce>.parquet         one per flush

@@ -171,8 +171,9 @@ def _mnist(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         test = MNIST(str(root), train=False, download=False)
     except RuntimeError as exc:
         raise DataError(
-            f"MNIST not found under {root}/MNIST/raw: write it there with "
-            f"`python ../shared/datasets/mnist_to_torchvision.py {root}` or pass --data-root"
+            f"MNIST not found under {root}/MNIST/raw: put its four *-ubyte files there (torchvision's layout; "
+            f"torchvision.datasets.MNIST({str(root)!r}, download=True) writes them where there is internet) "
+            f"or pass --data-root"
         ) from exc
     as_x = lambda d: (d.data.float() / 255.0).unsqueeze(1)
     return as_x(train), train.targets, as_x(test), test.targets

@@ -185,7 +185,7 @@ def cpu_recipes() -> int:
                         lines.append(("warmup_epochs", 0.0 if size == "small" else s["warmup"],
                                       f"none at the small batch, {s['warmup']:g} at the large"))
                     lines += [("decay", "cosine", "")] + [(k, v, "from --data-root's default; "
-                               "write MNIST there with ../shared/datasets/mnist_to_torchvision.py") for k, v in s["extra"].items()]
+                               "MNIST there in torchvision's layout (MNIST/raw/*-ubyte)") for k, v in s["extra"].items()]
                     method = f"{optimizer}{'-lawn' if lawn else ''}"
                     write(f"cpu-{dataset}-{method}-b{batch}", lines,
                           [f"CPU-scale stand-in for the paper's {method} cells: {dataset}, {size} batch.",
