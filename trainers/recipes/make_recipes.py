@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# Table 2 (and Table 1 for AdamP): test accuracy %, from DESIGN.md.
+# Table 2 (and Table 1 for AdamP) of the paper: test accuracy %.
 PAPER = {
     ("cifar10", "sgd"): {256: 93.99, 4096: 93.48, 10000: 92.99},
     ("cifar10", "sgd-lawn"): {256: 93.96, 4096: 93.50, 10000: 93.43},
