@@ -126,16 +126,22 @@ def test_parallel_sweep_goes_on_after_runs_diverge(tmp_path):
         assert f"{name}: {ending} after" in proc.stdout
 
 
+def interrupt(proc, root: Path, runs: int, send) -> tuple[str, str]:
+    """Once ``runs`` runs under ``root`` have logged steps, ``send()`` a signal; wait for the exit
+    and return the process's output (killed if it outlives the wait)."""
+    try:
+        wait_for_steps(root, runs, proc)
+        send()
+        return proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+
+
 @pytest.mark.slow
 def test_sigint_to_a_parallel_sweep_leaves_every_started_run_interrupted(tmp_path):
     proc = start(cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "both", "--parallel", "2",
                      "--root", str(tmp_path)))
-    try:
-        wait_for_steps(tmp_path, 2, proc)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    out, err = interrupt(proc, tmp_path, 2, lambda: proc.send_signal(signal.SIGINT))
     assert proc.returncode == 130, err
     assert "Traceback" not in out + err
     assert "2 not started" in err
@@ -148,12 +154,7 @@ def test_ctrl_c_in_a_terminal_reaches_sweep_and_runs_at_once(tmp_path):
     terminal and from the sweep) and still ends interrupted, the sweep exits 130."""
     proc = start(cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "off", "--parallel", "2",
                      "--root", str(tmp_path)), start_new_session=True)
-    try:
-        wait_for_steps(tmp_path, 2, proc)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    out, err = interrupt(proc, tmp_path, 2, lambda: os.killpg(proc.pid, signal.SIGINT))
     assert proc.returncode == 130, err
     assert_interrupted_and_readable(tmp_path, 2)
 
@@ -161,12 +162,7 @@ def test_ctrl_c_in_a_terminal_reaches_sweep_and_runs_at_once(tmp_path):
 @pytest.mark.slow
 def test_sigterm_to_train_marks_the_run_interrupted(tmp_path):
     proc = start(cli("train", *ENDLESS, "--root", str(tmp_path), "--no-progress"))
-    try:
-        wait_for_steps(tmp_path, 1, proc)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    out, err = interrupt(proc, tmp_path, 1, lambda: proc.send_signal(signal.SIGTERM))
     assert proc.returncode == 143, err
     assert len(err.strip().splitlines()) == 1 and "interrupted by SIGTERM" in err and "Traceback" not in err
     assert_interrupted_and_readable(tmp_path, 1)
@@ -177,12 +173,7 @@ def test_sigterm_to_an_in_process_sweep(tmp_path):
     """--parallel 1 trains in the sweep's own process: SIGTERM ends the current run, starts no other."""
     proc = start(cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "off", "--root", str(tmp_path),
                      "--no-progress"))
-    try:
-        wait_for_steps(tmp_path, 1, proc)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    out, err = interrupt(proc, tmp_path, 1, lambda: proc.send_signal(signal.SIGTERM))
     assert proc.returncode == 143, err
     assert "sweep interrupted by SIGTERM: sgd-b64-s0 is marked 'interrupted'; 1 more runs not started" in err
     assert_interrupted_and_readable(tmp_path, 1)
