@@ -413,7 +413,7 @@ def threshold_chart(
         y = alt.Y("value:Q", title=y_title, axis=LOG_AXIS if log_y else LINEAR_AXIS,
                   scale=alt.Scale(type="log" if log_y else "linear", zero=False,
                                   domain=[lo / 2, hi * 3] if log_y else [lo - 0.1 * abs(hi - lo), hi * 1.3]))
-        layers = [layer.encode(y=y) if "y" in layer.to_dict().get("encoding", {}) else layer for layer in layers]
+        layers = [layer if layer.encoding.y is alt.Undefined else layer.encode(y=y) for layer in layers]
     if not limit.empty:
         layers.append(
             alt.Chart(thin(limit, by="run_id"))

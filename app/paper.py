@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from styles import is_true
+
 # Table 2 of the paper (test accuracy %, VGG-19 on CIFAR, ResNet-50 on ImageNet), keyed by our
 # dataset names, the paper's method names and its batch-size labels ("4k" = about 4,000).
 PAPER_TABLE2: dict[str, dict[str, dict[str, float]]] = {
@@ -37,17 +39,10 @@ STAT_COLUMNS = {"mean", "std", "stderr", "count", "min", "max", "seeds"}
 _OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}
 
 
-def _is_true(value) -> bool:
-    """A config flag as it comes back from run.json or a URL (True, "true", 1, ...)."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value) and not (isinstance(value, float) and np.isnan(value))
-
-
 def method_name(optimizer, lawn) -> str:
     """The paper's name for an optimizer with or without LAWN: ``("adam", True) -> "Adam-LAWN"``."""
     base = _OPTIMIZER_NAMES.get(str(optimizer).lower(), str(optimizer))
-    return f"{base}-LAWN" if _is_true(lawn) else base
+    return f"{base}-LAWN" if is_true(lawn) else base
 
 
 def batch_label(batch_size) -> str:

@@ -242,7 +242,8 @@ REFRESH_SECS = 5  # analysis pages: how often auto-refresh looks for new steps o
 def auto_refresh(root: str, runs: pd.DataFrame, run_ids: list[str]) -> None:
     """For pages that analyse the selected runs: while any of them trains, a toggle (on by
     default, ``?refresh=``) that redraws the page whenever those runs have logged new steps."""
-    training = [r for r in run_ids if r in set(runs.loc[runs["status"] == "running", "run_id"])]
+    running = set(runs.loc[runs["status"] == "running", "run_id"])
+    training = [r for r in run_ids if r in running]
     if not training:
         return
     n = len(training)

@@ -55,13 +55,11 @@ def family_color(optimizer, fallback_key: str = "") -> str:
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:
     """Legend labels by run id: the run's name, or ``name ·3f2a`` (the id's last characters) where
     several runs share a name; the whole id if even that is not unique."""
-    counts = runs["name"].value_counts()
-    labels = {}
-    for run_id, name in zip(runs["run_id"], runs["name"]):
-        labels[run_id] = name if counts[name] == 1 else f"{name} ·{str(run_id)[-4:]}"
+    names = dict(zip(runs["run_id"], runs["name"]))
+    counts = pd.Series(names).value_counts()
+    labels = {r: n if counts[n] == 1 else f"{n} ·{str(r)[-4:]}" for r, n in names.items()}
     repeated = pd.Series(labels).value_counts()
-    return {r: (f"{runs.loc[runs['run_id'] == r, 'name'].iloc[0]} ({r})" if repeated[l] > 1 else l)
-            for r, l in labels.items()}
+    return {r: f"{names[r]} ({r})" if repeated[label] > 1 else label for r, label in labels.items()}
 
 
 @dataclass(frozen=True)

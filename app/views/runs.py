@@ -69,12 +69,12 @@ event = st.dataframe(
     },
 )
 
+hidden = [run_id for run_id in chosen if run_id not in visible]  # selected, but filtered out
 rows = [row for row in event.selection.rows if row < len(visible)]
 if rows != ticked:  # the user ticked or unticked: the hidden selected runs stay, the visible ones follow
-    state.select_runs([run_id for run_id in chosen if run_id not in visible] + [visible[row] for row in rows])
+    state.select_runs(hidden + [visible[row] for row in rows])
 
 selected = state.selected_runs(runs)
-hidden = [run_id for run_id in chosen if run_id in set(runs["run_id"]) and run_id not in visible]
 how = "selected" if chosen else f"the {len(selected)} newest (tick rows to choose others)"
 note = f" {len(hidden)} selected run{'s' if len(hidden) != 1 else ''} hidden by the filter." if hidden else ""
 st.caption(f"{len(table)} of {len(runs)} runs shown.{note} The other pages show {how}: "
