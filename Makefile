@@ -1,10 +1,12 @@
 # Two commands: `make demo` (four runs training at once + the live dashboard) and `make test`.
-# Both set themselves up from nothing: a .venv with the project installed in it.
+# Both set themselves up from nothing: a .venv with the project installed in it, with the extras
+# each needs (the demo: dashboard and trainers; the tests: every extra and the test tools).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ROOT ?= runs
 PORT ?= 8501
+DEMO_EXTRAS := dashboard,trainers
 # The demo: SGD, SGD-LAWN, Adam and Adam-LAWN train at the same time (one process and one torch
 # thread each) on MNIST-1D (generated locally, offline), a small MLP, batch 32, 150 epochs; LAWN
 # freezes the weight norms after 5. Chosen from measurements (README, "make demo").
@@ -15,15 +17,23 @@ DEMO_ARGS ?= --dataset mnist1d --model mlp --optimizers sgd,adam --lawn both --b
 .PHONY: install browser test demo clean
 
 # pip's output goes to a log (shown when it fails): the first install takes minutes, and says so.
-$(BIN)/.installed: pyproject.toml
-	@echo "install: installing the project and its dependencies into $(VENV), a few minutes the first time (log: $(VENV)/install.log)"
+# One marker per set of extras, so `make demo` then `make test` adds only what the tests need.
+define pip_install
+	@echo "install: installing the project with [$(1)] into $(VENV), a few minutes the first time (log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@{ $(BIN)/python -m pip install --upgrade pip && $(BIN)/python -m pip install -e '.[dev]'; } > $(VENV)/install.log 2>&1 \
+	@{ $(BIN)/python -m pip install --upgrade pip && $(BIN)/python -m pip install -e '.[$(1)]'; } > $(VENV)/install.log 2>&1 \
 	    || { tail -n 25 $(VENV)/install.log; echo "install: pip failed; the whole log is $(VENV)/install.log"; exit 1; }
 	@touch $@
 	@echo "install: done"
+endef
 
-install: $(BIN)/.installed
+$(BIN)/.installed-dev: pyproject.toml
+	$(call pip_install,dev)
+
+$(BIN)/.installed-demo: pyproject.toml
+	$(call pip_install,$(DEMO_EXTRAS))
+
+install: $(BIN)/.installed-dev
 
 # tests/test_browser.py drives Debian's chromium; install it where missing and we may (root, apt),
 # else say why the browser test will be skipped. Never fails the build by itself.
@@ -35,22 +45,21 @@ browser:
 	        || echo "browser: apt-get install chromium failed: tests/test_browser.py will be skipped"; \
 	else echo "browser: no chromium and no root apt-get to install it: tests/test_browser.py will be skipped"; fi
 
-test: install browser
+test: $(BIN)/.installed-dev browser
 	@echo "test: running the whole test suite (pytest, slow tests included)"
 	$(BIN)/python -m pytest -q
 
 # Ctrl-C reaches the dashboard and the sweep (one process group); the sweep passes it on to its runs,
 # which end 'interrupted'. The trap also stops the sweep when the dashboard ends another way, and
 # waits for it, so that every run has written its status when make returns.
-demo: install
+demo: $(BIN)/.installed-demo
 	@mkdir -p $(ROOT)
 	@echo "demo: SGD, SGD-LAWN, Adam and Adam-LAWN training at the same time (log: $(ROOT)/demo-sweep.log)"
 	@echo "demo: dashboard at http://127.0.0.1:$(PORT); Ctrl-C stops both (the runs end 'interrupted')"
 	@$(BIN)/lawn-monitor sweep $(DEMO_ARGS) --root $(ROOT) --no-progress > $(ROOT)/demo-sweep.log 2>&1 & \
 	sweep=$$!; trap 'trap - EXIT INT TERM; kill -TERM $$sweep 2>/dev/null; wait $$sweep; \
 	    echo "demo: stopped; runs that were training are marked interrupted (see $(ROOT)/demo-sweep.log)"' EXIT INT TERM; \
-	LAWN_MONITOR_ROOT=$(ROOT) $(BIN)/streamlit run app --server.headless true --server.address 127.0.0.1 \
-	    --server.port $(PORT) --browser.gatherUsageStats false --client.toolbarMode viewer
+	$(BIN)/lawn-monitor dashboard --root $(ROOT) --port $(PORT) --server.headless true --client.toolbarMode viewer
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

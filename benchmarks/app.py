@@ -14,7 +14,7 @@ metrics every 16 steps, written 100 steps per flush, so 6 per-layer steps a flus
 every 200 steps): 200 runs x 13,900 steps = 200 x 500,469 rows (one such run, built alone) =
 100.1M rows.
 
-Starts ``streamlit run app`` on 127.0.0.1 against the store and opens each page in headless
+Starts ``lawn-monitor dashboard`` on 127.0.0.1 against the store and opens each page in headless
 Chromium (the system's ``chromium`` through Playwright, as tests/test_browser.py does), each load
 in a fresh tab, which is a fresh Streamlit session. A load counts from ``page.goto`` until the
 page's title and its first table or drawn chart are on screen and its script has finished
@@ -45,7 +45,7 @@ from benchmarks.demo import build_demo  # noqa: E402
 from benchmarks.store import build as build_synthetic  # noqa: E402
 from lawn_monitor.store import RunStore  # noqa: E402
 
-RUNS_TTL = 2.0  # app/state.py's cache lifetime of the runs list
+RUNS_TTL = 2.0  # lawn_monitor/dashboard/state.py's cache lifetime of the runs list
 # (url path, page title): every page of app/streamlit_app.py.
 PAGES = [("", "Runs"), ("live", "Live"), ("flattening", "Loss flattening"), ("adaptivity", "Weight adaptivity"),
          ("compare", "Compare")]
@@ -134,10 +134,9 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
     url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app", "--server.headless", "true", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-         "--client.toolbarMode", "viewer"],
-        cwd=REPO, env={**os.environ, "LAWN_MONITOR_ROOT": str(root), "PYTHONPATH": str(REPO)},
+        [sys.executable, "-m", "lawn_monitor.cli", "dashboard", "--root", str(root), "--port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=log, stderr=subprocess.STDOUT)
     empty = Path(tempfile.mkdtemp(prefix="lawn-app-bench-empty-"))
     results = []

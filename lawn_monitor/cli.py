@@ -1,20 +1,29 @@
-"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``runs``, ``compare`` and ``compact``.
+"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``runs``, ``compare``, ``compact`` and ``dashboard``.
 
     lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn
     lawn-monitor sweep --optimizers sgd,adam --lawn both --seeds 0,1
     lawn-monitor runs --status running
     lawn-monitor compare --metric test/acc --by optimizer,lawn,batch_size
     lawn-monitor compact --root s3://bucket/runs
+    lawn-monitor dashboard --root runs --port 8501
+
+``train`` and ``sweep`` come from the trainers (the ``trainers`` extra), which register them as
+entry points of the group ``lawn_monitor.commands``: this package never imports its trainers.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
+from importlib.metadata import entry_points
+from importlib.util import find_spec
+from pathlib import Path
 
 import pandas as pd
 
-USAGE = "usage: lawn-monitor {train,sweep,runs,compare,compact} ... (lawn-monitor COMMAND --help for its options)"
+USAGE = "usage: lawn-monitor {train,sweep,runs,compare,compact,dashboard} ... (lawn-monitor COMMAND --help for its options)"
+PLUGINS = "lawn_monitor.commands"  # entry-point group of commands other packages add (the trainers' train, sweep)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +110,37 @@ def compact(argv: list[str]) -> int:
     return 0
 
 
+def dashboard(argv: list[str]) -> int:
+    parser = _Parser(prog="lawn-monitor dashboard",
+                     description="Serve the dashboard (Streamlit) on this machine. It has no login: it listens on "
+                                 "127.0.0.1 unless --host says otherwise. Other arguments go to `streamlit run`.")
+    parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8501)
+    args, streamlit_args = parser.parse_known_args(argv)
+    for needed in ("streamlit", "altair"):
+        if find_spec(needed) is None:
+            print(f"lawn-monitor dashboard: error: {needed} is missing: pip install 'lawn-monitor[dashboard]'",
+                  file=sys.stderr)
+            return 2
+    if args.root:
+        os.environ["LAWN_MONITOR_ROOT"] = args.root
+    script = Path(__file__).resolve().parent / "dashboard" / "streamlit_app.py"  # run by path, not imported
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false", *streamlit_args]
+    os.execv(sys.executable, command)  # Streamlit in this process: Ctrl-C and exit status are its own
+
+
+def _plugin(command: str):
+    """The ``main(argv) -> int`` another installed package registered for ``command``, or None."""
+    for ep in entry_points(group=PLUGINS, name=command):
+        try:
+            return ep.load()
+        except ImportError as e:
+            sys.exit(f"lawn-monitor {command}: error: {e.name or e} is missing: pip install 'lawn-monitor[trainers]'")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -108,20 +148,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     warnings.simplefilter("default")
-    if command == "train":
-        from trainers.train import main as train_main
-
-        return train_main(rest)
-    if command == "sweep":
-        from trainers.sweep import main as sweep_main
-
-        return sweep_main(rest)
     if command == "runs":
         return runs(rest)
     if command == "compare":
         return compare(rest)
     if command == "compact":
         return compact(rest)
+    if command == "dashboard":
+        return dashboard(rest)
+    plugin = _plugin(command)
+    if plugin is not None:
+        return plugin(rest)
+    if command in ("train", "sweep"):
+        print(f"lawn-monitor: error: {command!r} comes with the trainers: pip install 'lawn-monitor[trainers]'",
+              file=sys.stderr)
+        return 2
     print(f"lawn-monitor: error: unknown command {command!r}; {USAGE}", file=sys.stderr)
     return 2
 

@@ -1,6 +1,7 @@
 """RunStore: DuckDB queries over a store of runs (``<root>/*/run.json`` and Parquet files).
 
-Everything returns pandas DataFrames. Values are always passed to DuckDB as parameters, never
+Results are pandas DataFrames, or Arrow tables or Polars frames with ``RunStore(root,
+output="arrow" | "polars")``; ``RunStore.sql`` runs your own SQL over every row. Values are always passed to DuckDB as parameters, never
 formatted into SQL. The files of a run are listed in Python first: of a run's part and compacted
 files only those not covered by a wider one are read (storage.live_files: every row exactly
 once while compaction runs), and each is checked for Parquet's magic bytes, so a zero-byte or
@@ -9,8 +10,10 @@ folder or an ``s3://`` URL (read through fsspec).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -44,6 +47,42 @@ NOT_COMPUTED = frozenset({
 })
 TEXT_COLUMNS = {"run_id": "object", "layer": "object", "metric": "object"}  # dtypes of empty results
 X_AXES = ("step", "epoch", "time")
+OUTPUTS = ("pandas", "arrow", "polars")
+_calls = threading.local()  # depth of RunStore calls on this thread: only the outermost converts
+
+
+def _output(method):
+    """Return ``method``'s DataFrame in the store's ``output`` format. Calls the store makes to
+    itself (summary reads runs) stay in pandas, and only the caller's result is converted."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        depth = getattr(_calls, "depth", 0)
+        _calls.depth = depth + 1
+        try:
+            result = method(self, *args, **kwargs)
+        finally:
+            _calls.depth = depth
+        return result if depth or self.output == "pandas" else _convert(result, self.output)
+    return wrapper
+
+
+def _convert(df: pd.DataFrame, output: str):
+    """A pandas result as an Arrow table or a Polars frame. Config columns may hold values of
+    several types across runs (a number in one run.json, text in another): those become text."""
+    import pyarrow as pa
+
+    index = df.index.name is not None  # layer_matrix: the layer names are the index
+    try:
+        table = pa.Table.from_pandas(df, preserve_index=index)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        mixed = {c: df[c].map(lambda v: None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+                              else str(v)) for c in df.columns if df[c].dtype == object}
+        table = pa.Table.from_pandas(df.assign(**mixed), preserve_index=index)
+    if output == "arrow":
+        return table
+    import polars as pl
+
+    return pl.from_arrow(table)
 
 
 def _age_seconds(iso: str | None) -> float:
@@ -115,10 +154,15 @@ class RunStore:
         stale_after: seconds without a heartbeat after which a ``running`` run shows as ``stale``
             (its process most likely died).
         storage_options: passed to fsspec for a remote root (endpoint, credentials).
+        output: what queries return: ``"pandas"`` DataFrames (default), ``"arrow"`` tables or
+            ``"polars"`` frames (needs polars).
     """
 
     def __init__(self, root: str | os.PathLike | None = None, stale_after: float = 120.0,
-                 storage_options: dict | None = None) -> None:
+                 storage_options: dict | None = None, output: str = "pandas") -> None:
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        self.output = output
         self.loc = Location(default_root() if root is None else root, storage_options)
         self.root = self.loc.url if self.loc.remote else Path(self.loc.url)
         self.stale_after = stale_after
@@ -297,6 +341,7 @@ class RunStore:
         info = self.run_info(run_id)
         return None if info is None else self._status(info)
 
+    @_output
     def runs(self, status: str | Iterable[str] | None = None, **config_filters) -> pd.DataFrame:
         """One row per run: id, name, status (``stale`` for a silent running run), progress, every
         config key as a column, and ``test_acc`` (latest) / ``best_test_acc``.
@@ -357,6 +402,7 @@ class RunStore:
 
     # --- series -------------------------------------------------------------------------------
 
+    @_output
     def series(
         self,
         run_ids: str | Iterable[str],
@@ -408,6 +454,7 @@ class RunStore:
             if not df.empty else df["value"]
         return df[SERIES_COLUMNS]
 
+    @_output
     def layers(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
         """``metric`` for every layer of one run, long format (layer, step, value), for a
         (layer x step) heatmap: steps cut into at most ``points`` buckets, labelled by their first
@@ -445,6 +492,7 @@ class RunStore:
         listed = [name for name in dict.fromkeys(order) if name in found]
         return listed + sorted(found - set(listed))
 
+    @_output
     def layer_matrix(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
         """The same as :meth:`layers`, pivoted: one row per layer, one column per step bucket."""
         long = self.layers(run_id, metric, points)
@@ -456,6 +504,7 @@ class RunStore:
         df = self._query("SELECT DISTINCT metric FROM read_parquet(?) ORDER BY metric", [], _ids(run_ids), ["metric"])
         return df["metric"].tolist()
 
+    @_output
     def switch_steps(self, run_ids: str | Iterable[str]) -> pd.DataFrame:
         """The step at which each LAWN run entered its constrained phase (runs without one: none)."""
         return self._query(
@@ -466,6 +515,7 @@ class RunStore:
 
     # --- tables -------------------------------------------------------------------------------
 
+    @_output
     def summary(
         self,
         metric: str = "test/acc",
@@ -528,3 +578,43 @@ class RunStore:
         except TypeError:  # values of mixed types in a column: keep the grouping's order
             pass
         return table[[*group, *SUMMARY_STATS, "seeds"]]
+
+    # --- your own SQL -------------------------------------------------------------------------
+
+    def sql(self, query: str, params: Sequence | None = None, run_ids: Iterable[str] | None = None):
+        """Run ``query`` in DuckDB over two views: ``metrics``, every row of the store's runs (or
+        of ``run_ids``) read by the live-file rule (each row once, even while a writer compacts:
+        see docs/storage.md), with columns run_id, step, epoch, wall_time, layer, metric, value;
+        and ``runs``, the table ``runs()`` returns (one row per run, config keys as columns).
+        ``params`` fill the query's ``?``. The result comes in the store's ``output`` format.
+
+            store.sql("SELECT run_id, max(value) FROM metrics WHERE metric = 'test/acc' GROUP BY 1")
+        """
+        ids = None if run_ids is None else _ids(run_ids)
+        runs = RunStore.runs.__wrapped__(self)  # pandas, whatever the output format
+        if ids is not None and not runs.empty:
+            runs = runs[runs["run_id"].isin(ids)]
+        files = self.files(ids)
+        # A connection of its own: the views are this query's, not those of a query running on
+        # another thread (the dashboard shares one store between sessions).
+        con = duckdb.connect()
+        try:
+            self.loc.register(con)
+            if files:
+                con.read_parquet(files).create_view("metrics")
+            else:  # an empty store: the view exists, with no rows
+                con.execute("CREATE VIEW metrics AS SELECT * FROM (VALUES (NULL::VARCHAR, NULL::BIGINT, NULL::DOUBLE, "
+                            "NULL::DOUBLE, NULL::VARCHAR, NULL::VARCHAR, NULL::DOUBLE)) "
+                            "t(run_id, step, epoch, wall_time, layer, metric, value) WHERE false")
+            con.register("runs", runs)
+            result = con.execute(query, list(params or []))
+            if self.output == "pandas":
+                return result.df()
+            table = (getattr(result, "to_arrow_table", None) or result.fetch_arrow_table)()  # DuckDB 2's name
+            if self.output == "arrow":
+                return table
+            import polars as pl
+
+            return pl.from_arrow(table)
+        finally:
+            con.close()

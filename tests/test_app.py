@@ -17,7 +17,7 @@ from torch import nn
 
 from lawn_monitor import Monitor, RunStore
 
-APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
+APP = str(Path(__file__).resolve().parent.parent / "lawn_monitor" / "dashboard" / "streamlit_app.py")
 PAGES = ["runs", "live", "flattening", "adaptivity", "compare"]
 TRACE_TITLE = "Hessian trace: GN proxy ± 1 SE, Hutchinson (◆)"
 

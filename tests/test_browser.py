@@ -1,4 +1,4 @@
-"""The dashboard in a real browser: `streamlit run app` on 127.0.0.1 driven by headless Chromium.
+"""The dashboard in a real browser: `lawn-monitor dashboard` on 127.0.0.1 driven by headless Chromium.
 
 Needs Debian's ``chromium`` (``make test`` installs it where it can) and Playwright's Python package,
 which drives that binary (``executable_path``); Playwright's own browser downloads are never used.
@@ -99,14 +99,13 @@ def server(tiny_store, tmp_path):
 
 @contextmanager
 def streamlit_app(root: Path, tmp_path: Path):
-    """`streamlit run app` on a free port of 127.0.0.1, reading ``root``; yields its URL."""
+    """`lawn-monitor dashboard` on a free port of 127.0.0.1, reading ``root``; yields its URL."""
     port = free_port()
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app", "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer"],
-        cwd=REPO, env={**os.environ, "LAWN_MONITOR_ROOT": str(root)}, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "lawn_monitor.cli", "dashboard", "--root", str(root), "--port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:

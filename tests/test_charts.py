@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.charts import (band_chart, batch_size_chart, color_domain, group_chart, heatmap_chart, layer_chart,
+from lawn_monitor.dashboard.charts import (band_chart, batch_size_chart, color_domain, group_chart, heatmap_chart, layer_chart,
                         metric_chart, thin, threshold_chart, with_se)
-from app.styles import FAMILY_COLORS, DASHED, SOLID, Palette, group_palette, method_palette, run_labels, run_styles
-from app.paper import PAPER_TABLE2, batch_label, figure1_frame, method_name, table2, table2_grid
-from app.tables import aggregate, eta_seconds, filter_options, filter_runs, group_labels, progress_text
+from lawn_monitor.dashboard.styles import FAMILY_COLORS, DASHED, SOLID, Palette, group_palette, method_palette, run_labels, run_styles
+from lawn_monitor.dashboard.paper import PAPER_TABLE2, batch_label, figure1_frame, method_name, table2, table2_grid
+from lawn_monitor.dashboard.tables import aggregate, eta_seconds, filter_options, filter_runs, group_labels, progress_text
 
 
 def runs_frame(n_steps: int = 20) -> pd.DataFrame:
@@ -409,7 +409,7 @@ def test_side_by_side_heatmaps_share_one_colour_domain():
 
 
 def test_growth_relative_to_the_switch():
-    from app.tables import relative_to
+    from lawn_monitor.dashboard.tables import relative_to
 
     df = pd.DataFrame({"layer": ["w", "w", "w", "b", "b", "b"], "step": [1, 11, 21] * 2,
                        "value": [1.0, 2.0, 2.0, 1.0, 1.5, 3.0]})

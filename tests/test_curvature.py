@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
-from app.charts import threshold_chart
-from app.tables import progress_text, sharpness_vs_threshold
+from lawn_monitor.dashboard.charts import threshold_chart
+from lawn_monitor.dashboard.tables import progress_text, sharpness_vs_threshold
 from lawn_monitor import LAWN, Monitor, RunStore
 from lawn_monitor import curvature as C
 from lawn_monitor.probes import (Clock, GNTrace, HessianTrace, OutputStats, ParamNorms, Plan, Probe, ProbeConfig,

@@ -144,7 +144,7 @@ def test_summary_is_table_two_with_stderr_and_filters(tmp_path):
 def test_table2_never_pools_runs_that_differ_beyond_the_seed_and_counts_a_seed_once(tmp_path):
     """The issue's case: after a rerun, runs of 12 and 30 epochs were averaged as if seeds, and seed 0
     counted twice. Configs as the trainer records them; the store and Table 2 as the dashboard reads them."""
-    from app.paper import split_keys, table2, table2_grid
+    from lawn_monitor.dashboard.paper import split_keys, table2, table2_grid
 
     base = {"dataset": "digits", "model": "cnn", "batch_size": 32, "epochs": 30, "free_epochs": 5.0,
             "device": "cpu", "workers": 4, "threads": 0, "curvature_budget": 0.02, "progress": True}
@@ -283,3 +283,50 @@ def test_runs_list_takes_accuracy_from_run_json_and_falls_back_to_the_files(tmp_
     runs = RunStore(tmp_path).runs().set_index("run_id")
     assert runs.loc["new", "test_acc"] == 0.7 and runs.loc["new", "best_test_acc"] == 0.8
     assert runs.loc["old", "test_acc"] == 0.9 and runs.loc["old", "best_test_acc"] == 0.9
+
+
+def test_results_as_arrow_and_polars_equal_pandas(tmp_path):
+    """RunStore(output="arrow" | "polars") returns the same rows as pandas, and config values of
+    mixed types across runs (a number in one run.json, text in another) do not break the conversion."""
+    pl = pytest.importorskip("polars")
+    for seed, lr in ((0, 0.1), (1, "auto")):
+        rows = [(s, "", "train/loss", 1.0 / s) for s in range(1, 41)] + [(s, "fc", "weight_norm", float(s))
+                                                                         for s in range(1, 41)]
+        rows.append((40, "", "test/acc", 0.5 + seed / 10))
+        write(tmp_path, f"r{seed}", rows, config={"optimizer": "sgd", "seed": seed, "lr": lr})
+    frames = {fmt: RunStore(tmp_path, output=fmt) for fmt in ("pandas", "arrow", "polars")}
+    calls = {
+        "runs": lambda s: s.runs(),
+        "series": lambda s: s.series(["r0", "r1"], "train/loss", points=10),
+        "layers": lambda s: s.layers("r0", "weight_norm"),
+        "summary": lambda s: s.summary("test/acc", by=["optimizer", "lr"]),
+    }
+    for name, call in calls.items():
+        expected = call(frames["pandas"])
+        as_arrow, as_polars = call(frames["arrow"]), call(frames["polars"])
+        assert isinstance(as_arrow, pa.Table) and isinstance(as_polars, pl.DataFrame), name
+        assert as_arrow.column_names == list(expected.columns) == as_polars.columns, name
+        assert as_arrow.num_rows == len(expected) == as_polars.height, name
+        for column in ("value", "mean", "step"):
+            if column in expected:
+                assert as_arrow[column].to_pylist() == expected[column].tolist() == as_polars[column].to_list()
+    with pytest.raises(ValueError, match="output must be one of"):
+        RunStore(tmp_path, output="excel")
+
+
+def test_sql_reads_every_row_once_with_runs_as_a_table(tmp_path):
+    """RunStore.sql over the `metrics` and `runs` views: parameters, a join on config, and a live
+    run whose parts are being compacted counted once (the live-file rule)."""
+    write(tmp_path, "done", [(s, "", "train/loss", float(s)) for s in range(1, 101)], config={"optimizer": "adam"})
+    live = write(tmp_path, "live", [(s, "", "train/loss", float(s)) for s in range(1, 61)], flush=7,
+                 config={"optimizer": "sgd"}, status="running")
+    live.sync()  # some parts merged, some not: each row must still count once
+    store = RunStore(tmp_path)
+    counts = store.sql("SELECT r.optimizer, count(*) AS n, count(DISTINCT m.step) AS steps FROM metrics m "
+                       "JOIN runs r USING (run_id) WHERE m.metric = ? GROUP BY 1 ORDER BY 1", ["train/loss"])
+    assert counts.to_dict("records") == [{"optimizer": "adam", "n": 100, "steps": 100},
+                                         {"optimizer": "sgd", "n": 60, "steps": 60}]
+    only = store.sql("SELECT DISTINCT run_id FROM metrics", run_ids=["live"])
+    assert only["run_id"].tolist() == ["live"]
+    live.close("finished")
+    assert RunStore(tmp_path / "empty").sql("SELECT count(*) AS n FROM metrics")["n"].tolist() == [0]

@@ -3,24 +3,17 @@ seeds by config; and the paper's Table 2 and Figure 1 from the finished runs, wi
 numbers beside ours where the dataset matches."""
 import streamlit as st
 
-import state
-from charts import batch_size_chart, group_chart, metric_chart
+from lawn_monitor.dashboard import state
+from lawn_monitor.dashboard.charts import batch_size_chart, group_chart, metric_chart
 from lawn_monitor.metrics import info, metric_table
-from paper import PAPER_TABLE2, figure1_frame, split_keys, table2, table2_grid
-from styles import group_palette
-from tables import BANDS, CONFIG_KEYS, aggregate, as_text, group_labels
+from lawn_monitor.dashboard.paper import PAPER_TABLE2, figure1_frame, split_keys, table2, table2_grid
+from lawn_monitor.dashboard.styles import group_palette
+from lawn_monitor.dashboard.tables import BANDS, CONFIG_KEYS, aggregate, as_text, group_labels
 
 X_TITLES = {"step": "step", "epoch": "epoch", "time": "seconds since start"}
 TABLE_BY = ("dataset", "optimizer", "lawn", "batch_size")
 
-root = state.store_root()
-runs = state.load_runs(root)
-labels = state.run_labels(runs)
-run_ids = state.selected_runs(runs)
-store = state.get_store(root)
-colors = state.palette(runs, run_ids)
-smooth = state.smoothing()
-st.title("Compare")
+root, store, runs, labels, run_ids, colors, smooth = state.page_header("Compare")
 st.caption("Runs: " + ", ".join(labels[run_id] for run_id in run_ids) + " (choose others on the Runs page).")
 
 state.auto_refresh(root, runs, run_ids)

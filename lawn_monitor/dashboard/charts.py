@@ -12,7 +12,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from styles import Palette, method_palette
+from .styles import Palette, method_palette
 
 # Points per line. A dashboard-wide chart cannot show more, and the live view re-sends every
 # chart's data every refresh, so long runs are thinned before they reach the browser.

@@ -8,8 +8,8 @@ import hashlib
 
 import streamlit as st
 
-import state
-from tables import STATUSES, filter_options, filter_runs
+from lawn_monitor.dashboard import state
+from lawn_monitor.dashboard.tables import STATUSES, filter_options, filter_runs
 
 # Name, status and progress first and pinned (always in view), then accuracy and the config that
 # tells runs apart, then when it was made.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import pandas as pd
 import streamlit as st
@@ -20,8 +20,8 @@ from lawn_monitor import RunStore
 from lawn_monitor.metrics import info
 from lawn_monitor.sink import default_root
 
-from charts import metric_chart
-from styles import Palette, run_labels, run_styles  # noqa: F401  (run_labels re-exported for the pages)
+from .charts import metric_chart
+from .styles import Palette, run_labels, run_styles  # noqa: F401  (run_labels re-exported for the pages)
 
 DEFAULT_RUNS = 4  # with nothing selected, the pages show the newest few runs
 DEFAULT_SMOOTHING = 0.6  # TensorBoard's default EMA weight
@@ -179,6 +179,27 @@ def palette(runs: pd.DataFrame, run_ids, faint=()) -> Palette:
     """The shown runs' colours and dashes, from every run's config (the same on every page);
     the runs in ``faint`` are drawn faintly (ended runs beside live ones)."""
     return Palette.of(run_styles(runs), run_ids, faint=faint)
+
+
+class Page(NamedTuple):
+    """What a page that draws the selected runs starts from (``page_header``), in unpacking order."""
+    root: str
+    store: RunStore
+    runs: pd.DataFrame
+    labels: dict[str, str]
+    run_ids: list[str]
+    colors: Palette
+    smooth: float
+
+
+def page_header(title: str) -> Page:
+    """The lines every run-drawing page begins with: its title, the store, the selected runs (in
+    their colours and labels) and the smoothing, read from the sidebar the frame has drawn."""
+    root = store_root()
+    runs = load_runs(root)
+    run_ids = selected_runs(runs)
+    st.title(title)
+    return Page(root, get_store(root), runs, run_labels(runs), run_ids, palette(runs, run_ids), smoothing())
 
 
 def smoothing_input() -> float:

@@ -4,18 +4,11 @@ samples) and their cause, growing weights; the selected runs overlaid so that Ad
 can be compared directly."""
 import streamlit as st
 
-import state
-from charts import band_chart, threshold_chart, with_se
-from tables import sharpness_vs_threshold
+from lawn_monitor.dashboard import state
+from lawn_monitor.dashboard.charts import band_chart, threshold_chart, with_se
+from lawn_monitor.dashboard.tables import sharpness_vs_threshold
 
-root = state.store_root()
-runs = state.load_runs(root)
-labels = state.run_labels(runs)
-run_ids = state.selected_runs(runs)
-store = state.get_store(root)
-colors = state.palette(runs, run_ids)
-smooth = state.smoothing()
-st.title("Loss flattening")
+root, store, runs, labels, run_ids, colors, smooth = state.page_header("Loss flattening")
 st.caption("A run is flattening when its train loss, gradient norm and Hessian trace fall together toward zero "
            "while logit norm, confidence and the share of flattened samples rise, driven by growing weights. "
            "LAWN runs are dashed; their switch is a dashed rule. Runs: "

@@ -5,9 +5,9 @@ finished Adam baseline while Adam-LAWN trains. With nothing training the page ke
 store and shows a run within a few seconds of its start."""
 import streamlit as st
 
-import state
-from charts import band_chart, with_se
-from tables import progress_text
+from lawn_monitor.dashboard import state
+from lawn_monitor.dashboard.charts import band_chart, with_se
+from lawn_monitor.dashboard.tables import progress_text
 
 REFRESH_SECS = 2
 # (metric, title): whole-model panels, one line per run, each on its metric's own scale.

@@ -3,9 +3,9 @@ less; LAWN freezes each layer's norm at the switch. Whole-model lines for every 
 per-layer heatmaps of two runs side by side on one colour scale."""
 import streamlit as st
 
-import state
-from charts import color_domain, heatmap_chart, layer_chart
-from tables import relative_to
+from lawn_monitor.dashboard import state
+from lawn_monitor.dashboard.charts import color_domain, heatmap_chart, layer_chart
+from lawn_monitor.dashboard.tables import relative_to
 
 # (metric, title, diverging around): per-layer heatmaps, the two runs on one colour domain.
 HEATMAPS = [
@@ -19,14 +19,7 @@ MORE_HEATMAPS = [
     ("gn_trace", "Hessian-trace proxy (Gauss-Newton)", None),
 ]
 
-root = state.store_root()
-runs = state.load_runs(root)
-labels = state.run_labels(runs)
-store = state.get_store(root)
-selected = state.selected_runs(runs)
-colors = state.palette(runs, selected)
-smooth = state.smoothing()
-st.title("Weight adaptivity")
+root, store, runs, labels, selected, colors, smooth = state.page_header("Weight adaptivity")
 st.caption("Without LAWN the weights keep growing, so each step moves them relatively less and they lose their "
            "ability to move away from a poor solution; LAWN freezes each layer's norm at its switch (dashed rule). "
            "Runs: " + ", ".join(labels[run_id] for run_id in selected) + " (choose others on the Runs page).")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from styles import is_true
+from .styles import is_true
 
 # Table 2 of the paper (test accuracy %, VGG-19 on CIFAR, ResNet-50 on ImageNet), keyed by our
 # dataset names, the paper's method names and its batch-size labels ("4k" = about 4,000).

@@ -1,1 +1,0 @@
-"""The Streamlit dashboard (`streamlit run app`); a package only so that tests can import app.charts."""
