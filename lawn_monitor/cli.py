@@ -115,7 +115,10 @@ def dashboard(argv: list[str]) -> int:
                      description="Serve the dashboard (Streamlit) on this machine. It has no login: it listens on "
                                  "127.0.0.1 unless --host says otherwise. Other arguments go to `streamlit run`.")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--allow-root", action="append", default=[], metavar="ROOT",
+                        help="another store root the sidebar offers (repeatable); a link can name no other")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 exposes it to the network, with no login")
     parser.add_argument("--port", type=int, default=8501)
     args, streamlit_args = parser.parse_known_args(argv)
     for needed in ("streamlit", "altair"):
@@ -125,9 +128,13 @@ def dashboard(argv: list[str]) -> int:
             return 2
     if args.root:
         os.environ["LAWN_MONITOR_ROOT"] = args.root
+    if args.allow_root:
+        os.environ["LAWN_MONITOR_ALLOWED_ROOTS"] = ",".join(args.allow_root)
     script = Path(__file__).resolve().parent / "dashboard" / "streamlit_app.py"  # run by path, not imported
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
-               "--server.port", str(args.port), "--browser.gatherUsageStats", "false", *streamlit_args]
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
+               # A failing page shows a short message; the traceback, with its server paths, goes to the log.
+               "--client.showErrorDetails", "none", *streamlit_args]
     os.execv(sys.executable, command)  # Streamlit in this process: Ctrl-C and exit status are its own
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -22,8 +23,18 @@ PAGES = ["runs", "live", "flattening", "adaptivity", "compare"]
 TRACE_TITLE = "Hessian trace: GN proxy ± 1 SE, Hutchinson (◆)"
 
 
+@pytest.fixture(autouse=True)
+def restore_roots(monkeypatch):
+    """run_app serves its root (the dashboard reads only roots it was started with): each test's
+    changes to those variables are undone after it."""
+    monkeypatch.delenv("LAWN_MONITOR_ROOT", raising=False)
+    monkeypatch.delenv("LAWN_MONITOR_ALLOWED_ROOTS", raising=False)
+
+
 def run_app(root: Path, page: str = "runs", params: dict | None = None, state: dict | None = None) -> AppTest:
-    """Open ``page`` with ``?root=`` and ``params`` in the URL; fail on any exception on the page."""
+    """Open ``page`` of a dashboard serving ``root`` (as `lawn-monitor dashboard --allow-root`
+    does), with ``?root=`` and ``params`` in the URL; fail on any exception on the page."""
+    os.environ["LAWN_MONITOR_ALLOWED_ROOTS"] = str(root)
     at = AppTest.from_file(APP, default_timeout=60)
     at.query_params["root"] = str(root)
     for key, value in (params or {}).items():
@@ -368,8 +379,8 @@ def test_empty_or_missing_store_says_how_to_start(tmp_path, page, make_dir):
     root = tmp_path / "runs"
     if make_dir:
         root.mkdir()
+    os.environ["LAWN_MONITOR_ROOT"] = str(root)
     at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["root"] = str(root)
     at.run()
     if page != "runs":
         at.switch_page(f"views/{page}.py").run()

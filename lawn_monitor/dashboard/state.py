@@ -10,6 +10,8 @@ selected runs, smoothing) are bound in the sidebar, which every page shows.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -60,18 +62,61 @@ def slider(label: str, key: str, default: float, min_value: float, max_value: fl
 
 # --- the store --------------------------------------------------------------------------------
 
+ALLOWED_ROOTS = "LAWN_MONITOR_ALLOWED_ROOTS"  # roots served besides the default, comma-separated
+log = logging.getLogger("lawn_monitor.dashboard")
+
+
+def normal_root(root: str) -> str | None:
+    """A root as the dashboard compares it: a local folder as an absolute path (string operations
+    only, so the path is never touched), an ``s3://`` URL without its trailing slash; None for any
+    other scheme, which the dashboard never reads."""
+    root = root.strip()
+    if "://" in root:
+        return root.rstrip("/") if root.startswith("s3://") and len(root) > 5 else None
+    return os.path.abspath(os.path.expanduser(root)) if root else None
+
+
+def served_roots() -> list[str]:
+    """The roots this server was started to serve: its default (``$LAWN_MONITOR_ROOT`` or ./runs)
+    first, then those of ``$LAWN_MONITOR_ALLOWED_ROOTS`` (``lawn-monitor dashboard --allow-root``).
+    A URL can choose among these and nothing else: the server reads no folder a visitor names."""
+    listed = [default_root(), *os.environ.get(ALLOWED_ROOTS, "").split(",")]
+    roots = []
+    for root in listed:
+        if not root.strip():
+            continue
+        normal = normal_root(root)
+        if normal is None:
+            log.warning("not serving %s: a store root is a local folder or an s3:// URL", root)
+        elif normal not in roots:
+            roots.append(normal)
+    return roots
+
+
 def store_root() -> str:
     """The store root chosen in the sidebar (the pages read it; the entry script draws the box)."""
-    return st.session_state.get("_root") or str(default_root())
+    return st.session_state.get("_root") or served_roots()[0]
 
 
 def root_input() -> str:
-    """The sidebar's store-root box (``?root=``); it starts at ``$LAWN_MONITOR_ROOT`` or ``./runs``."""
-    default = str(default_root())
-    text = st.sidebar.text_input("Store root", value=default, key="root", bind=BIND,
-                                 help="The folder holding one sub-folder per run (`<root>/<run_id>/run.json`).")
-    # A cleared box means the default store, not the current directory (what Path("") would read).
-    st.session_state["_root"] = text.strip() or default
+    """The sidebar's store-root picker (``?root=``): one of ``served_roots()``. A ``?root=`` naming
+    any other place is refused with a note and the default store shown, without looking at it."""
+    roots = served_roots()
+    wanted = st.query_params.get("root")
+    if wanted is not None and normal_root(wanted) not in roots:
+        log.warning("refused ?root= naming a root this dashboard does not serve")
+        del st.query_params["root"]
+        st.session_state.pop("root", None)
+        st.session_state["_root_refused"] = True
+    elif wanted is not None and wanted != normal_root(wanted):  # a served root in another spelling
+        st.query_params["root"] = st.session_state["root"] = normal_root(wanted)
+    if st.session_state.pop("_root_refused", False):
+        st.sidebar.warning("The link named a store this dashboard does not serve: showing its default store. "
+                           "Start it with `--allow-root` to serve more.")
+    st.session_state["_root"] = st.sidebar.selectbox(
+        "Store root", roots, key="root", bind=BIND,
+        help="The folder holding one sub-folder per run (`<root>/<run_id>/run.json`). The roots on offer are "
+             "those the dashboard was started with (`lawn-monitor dashboard --root ... --allow-root ...`).")
     return st.session_state["_root"]
 
 
@@ -87,12 +132,12 @@ def load_runs(root: str) -> pd.DataFrame:
 
 
 def start_hint(root: str) -> str:
-    where = "does not exist yet" if not Path(root).is_dir() else "holds no runs yet"
+    where = "does not exist yet" if "://" not in root and not Path(root).is_dir() else "holds no runs yet"
     return (
         f"The store root `{root}` {where}. Start a run that writes there, then rerun this page:\n\n"
         f"```\nlawn-monitor train --dataset digits --model cnn --optimizer adam --lawn --root {root}\n```\n\n"
-        "or `make demo` for a small set of runs. Another store: set the root in the sidebar "
-        "(or `?root=...` in the URL, or `LAWN_MONITOR_ROOT` before `streamlit run app`)."
+        "or `make demo` for a small set of runs. Another store: `lawn-monitor dashboard --root PATH` "
+        "(or `--allow-root PATH` to offer it in the sidebar beside this one)."
     )
 
 

@@ -1,8 +1,8 @@
 """The lawn-monitor dashboard: pick runs from the store, watch them live, compare them.
 
     lawn-monitor dashboard                   # reads $LAWN_MONITOR_ROOT, else ./runs
+    lawn-monitor dashboard --root runs --allow-root /data/runs   # a second store on offer
     streamlit run app                        # the same app, from a checkout of the repository
-    http://localhost:8501/?root=/data/runs   # or name the store root in the URL
 
 This file is the frame around the pages in views/: the store root, the URL state and the
 navigation. Queries live in ``lawn_monitor.RunStore``, chart builders in ``charts.py``.
@@ -42,7 +42,12 @@ def main() -> None:
     state.runs_input(runs)
     state.smoothing_input()
     state.zoom_input()
-    page.run()
+    try:
+        page.run()
+    except Exception as exc:  # Streamlit's own stop and rerun are not Exceptions: they pass
+        # The page says what kind of failure; the traceback, with server paths, goes to the log only.
+        state.log.exception("page %s failed", page.title)
+        st.error(f"This page failed ({type(exc).__name__}). The details are in the dashboard's log.")
 
 
 if __name__ == "__main__":  # `streamlit run` runs this file as __main__
