@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import sharding
-from .probes import Clock, Keys, OutputStats, Probe, ProbeConfig, StepContext
+from .probes import Clock, Keys, OutputStats, Probe, ProbeConfig, StepContext, clean_name
 from .sink import SCHEMA, ParquetSink, default_root, new_run_id
 
 
@@ -210,7 +210,7 @@ class Monitor:
                 "total_steps": total_steps,
                 "steps_per_epoch": steps_per_epoch,
                 # The model's parameter order, so heatmaps can list layers input to output.
-                "layers": [name for name, p in model.named_parameters() if p.requires_grad],
+                "layers": [clean_name(name) for name, p in model.named_parameters() if p.requires_grad],
             },
         )
         self.run_dir = self.sink.run_dir
