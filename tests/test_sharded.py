@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lawn_monitor import RunStore
+from lawn_monitor.probes import OutputStats, StepContext, layer_norms
 from tests.sharded_worker import MODES, STEPS, train_unsharded
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,3 +78,41 @@ def test_fsdp2_and_ddp_match_one_process(tmp_path):
         assert rel.max() < 1e-5, (mode, worst.to_dict(), rel.max())
         print(f"{mode}: {len(merged)} values, max relative difference {rel.max():.2e} "
               f"({worst['metric']} {worst['layer']!r} step {worst['step']})")
+
+
+# --- the reduce hooks in one process: "rank 1" hands its sums to "rank 0"'s reduce ------------
+
+
+def test_output_stats_reduce_gives_the_global_batch():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(10, 4) * 5, torch.randint(0, 4, (10,))
+    shares = [slice(0, 6), slice(6, 10)]  # uneven: the loss is weighted by each share's size
+
+    def ctx(i):
+        sl = shares[i]
+        loss = torch.nn.functional.cross_entropy(logits[sl], targets[sl])
+        return StepContext(step=1, loss=loss, logits=logits[sl], targets=targets[sl])
+
+    handed = []
+    OutputStats(reduce=lambda t: handed.append(t) or t).compute(ctx(1))
+    keys, values = OutputStats(reduce=lambda t: t + handed[0]).compute(ctx(0))
+    whole_keys, whole = OutputStats().compute(StepContext(step=1, loss=torch.nn.functional.cross_entropy(logits, targets),
+                                                          logits=logits, targets=targets))
+    assert keys == whole_keys
+    torch.testing.assert_close(values, whole, rtol=1e-6, atol=1e-7)
+
+
+def test_layer_norms_reduce_adds_shards():
+    torch.manual_seed(0)
+    w = [torch.randn(5, 3), torch.randn(4)]
+    g = [torch.randn_like(t) for t in w]
+    prev = [t + 0.1 * torch.randn_like(t) for t in w]
+    rows = [slice(0, 3), slice(3, None)]  # dim-0 shards, as FSDP2 cuts them
+
+    def shard(ts, i):
+        return [t[rows[i]] for t in ts]
+
+    handed = []
+    layer_norms(shard(w, 1), shard(g, 1), shard(prev, 1), reduce=lambda t: handed.append(t) or t)
+    got = layer_norms(shard(w, 0), shard(g, 0), shard(prev, 0), reduce=lambda t: t + handed[0])
+    torch.testing.assert_close(got, layer_norms(w, g, prev), rtol=1e-6, atol=1e-7)
