@@ -10,6 +10,11 @@ Each step runs the probes that are due; their values stay on the device. Once pe
 ``flush_secs`` seconds or ``flush_every`` steps) all buffered values are concatenated and copied
 to the host in ONE transfer, turned into long-format rows and written as one Parquet part file.
 That single copy is the only point where logging makes the GPU wait.
+
+Under torch.distributed (DDP, FSDP2) build the Monitor on every process, after wrapping the
+model, and call ``step`` on every process: process 0 writes the run; the others only join the
+collectives (global norms of FSDP2's shards, the global batch's output statistics) and write
+nothing.
 """
 from __future__ import annotations
 
@@ -30,9 +35,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from .probes import Clock, Keys, Probe, ProbeConfig, StepContext
+from . import sharding
+from .probes import Clock, Keys, OutputStats, Probe, ProbeConfig, StepContext, clean_name
 from .sink import SCHEMA, ParquetSink, default_root, new_run_id
 
 
@@ -60,8 +67,33 @@ def environment(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def _rank_and_world(process_group) -> tuple[int, int]:
+    """This process's rank in ``process_group`` (default: all processes) and the group's size;
+    (0, 1) without an initialized torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(process_group), dist.get_world_size(process_group)
+
+
 class Monitor:
     """Watches one training run and writes it under ``<root>/<run_id>/``.
+
+    Sharded and data-parallel training (torch.distributed initialized, more than one process in
+    ``process_group``): build the Monitor on EVERY process with the same arguments (after
+    ``fully_shard`` or ``DistributedDataParallel``) and call ``step`` on every process on every
+    step. Rank 0 writes the run. The other ranks write nothing (``writes`` is False, ``run_id``
+    and ``run_dir`` are None): they only run the probes that are ``collective``, so that rank 0's
+    collectives complete:
+
+    * under FSDP2 (parameters are DTensors), each process sums the squares of its shards and
+      one all-reduce per step adds all layers' sums; norms, ratios and cosines are taken from
+      the global sums (``sharding.shard_sum``). Under DDP parameters and gradients are the same
+      on every process: nothing is reduced, nothing is counted twice;
+    * the output statistics (``train/loss`` given as each process's mean over its share,
+      ``train/acc``, ``logit_norm``, ``max_prob``, ``flat_frac``) are summed with their counts
+      over ``process_group`` (one all-reduce per step), so rank 0 writes the global batch's;
+    * the curvature probes run on rank 0 alone under DDP (replicated weights); under FSDP2 they
+      are turned off with a warning, since their forward passes would need every process.
 
     Args:
         model: the model being trained (its named parameters are the layers).
@@ -76,7 +108,10 @@ class Monitor:
         loss_fn: the loss for curvature, ``(logits, targets) -> scalar``; default cross-entropy.
         probe_config: cadences and budget of the default probes (``ProbeConfig``).
         probes: an explicit list of probes instead of the defaults.
-        enabled: False makes every call a no-op (e.g. on DDP ranks other than 0).
+        enabled: False makes every call a no-op on this process, collectives included: not for
+            distributed training, where every process builds an enabled Monitor (see above).
+        process_group: the processes that train this model together (default: all of them,
+            when torch.distributed is initialized).
         resume_step: continue the existing run ``run_id`` after this step (its last checkpoint):
             rows it wrote after that step are removed first (``ParquetSink.reopen``), so the
             resumed run leaves no step twice and none missing. Then ``load_state_dict``.
@@ -100,6 +135,7 @@ class Monitor:
         probes: Iterable[Probe] | None = None,
         enabled: bool = True,
         resume_step: int | None = None,
+        process_group=None,
     ) -> None:
         self.enabled = enabled
         self.model = model
@@ -129,20 +165,38 @@ class Monitor:
         self._first_step_seconds: float | None = None  # budget clock's training time at step 1 (warm-up)
         self._last_budget_at: float | None = None
         self._step_times: list[float] = []  # the last few steps' times on the budget's clock
+        self.rank, self.world_size = _rank_and_world(process_group) if enabled else (0, 1)
+        self.writes = enabled and self.rank == 0  # only rank 0 writes the run
+        self.run_id = self.run_dir = None
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
-        self.run_id = run_id or new_run_id(self.name)
         if probes is None:
             cfg = probe_config or ProbeConfig()
-            if cfg.curvature and probe_batch is None:
+            if cfg.curvature and probe_batch is None and self.writes:
                 warnings.warn("Monitor: no probe_batch given, so curvature probes (gn_trace, hessian_trace, "
                               "sharpness) are off; pass probe_batch=(inputs, targets) to turn them on",
                               stacklevel=2)
             probes = cfg.build(probe_batch, loss_fn, total_steps)
         self.probes = list(probes)
+        if self.world_size > 1:
+            for probe in self.probes:  # each process saw its share of the batch: sum the shares
+                if isinstance(probe, OutputStats) and probe.reduce is None:
+                    probe.reduce = sharding.all_reduce_sum(process_group)
+        if any(p.expensive for p in self.probes) and any(sharding.is_sharded(p) for p in model.parameters()):
+            # Their forward passes run on detached copies of the parameters, which under FSDP2 are
+            # this process's shards: the model would need FSDP's all-gathers on every process in
+            # step, on a schedule each process's own budget decides. Not supported yet.
+            if self.writes:
+                warnings.warn("Monitor: curvature probes (gn_trace, hessian_trace, sharpness) are off for "
+                              "FSDP2-sharded parameters; norms, update ratios and output statistics are logged",
+                              stacklevel=2)
+            self.probes = [p for p in self.probes if not p.expensive]
         for probe in self.probes:
             probe.attach(model, optimizer)
+        if not self.writes:  # another process writes the run
+            return
+        self.run_id = run_id or new_run_id(self.name)
         open_sink = ParquetSink if resume_step is None else partial(ParquetSink.reopen, keep_through_step=resume_step)
         self.step_count = resume_step or 0
         self.sink = open_sink(
@@ -156,7 +210,7 @@ class Monitor:
                 "total_steps": total_steps,
                 "steps_per_epoch": steps_per_epoch,
                 # The model's parameter order, so heatmaps can list layers input to output.
-                "layers": [name for name, p in model.named_parameters() if p.requires_grad],
+                "layers": [clean_name(name) for name, p in model.named_parameters() if p.requires_grad],
             },
         )
         self.run_dir = self.sink.run_dir
@@ -173,11 +227,14 @@ class Monitor:
             "budget_seconds": self._budget_time() - self._budget_start,
             "probe_budget": self._probe_budget,
             "first_step_seconds": self._first_step_seconds,
-            "probes": [p.state_dict() for p in self.probes] if self.enabled else [],
+            "probes": [p.state_dict() for p in self.probes] if self.writes else [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not self.enabled:
+            return
+        if not self.writes:  # the collective probes' schedules follow the step alone
+            self.step_count = int(state["step"])
             return
         if len(state["probes"]) != len(self.probes):
             raise ValueError(f"Monitor state has {len(state['probes'])} probes, this Monitor {len(self.probes)}: "
@@ -216,6 +273,14 @@ class Monitor:
         self.step_count += 1
         step, ep, wall = self.step_count, self._epoch(epoch), time.time()
         ctx = StepContext(step=step, loss=loss, logits=logits, targets=targets)
+        if not self.writes:
+            # Another process writes: join the collective probes (unbudgeted, so due on the
+            # same steps as there) and keep nothing.
+            clock = Clock(step, 0.0)
+            for probe in self.probes:
+                if probe.collective and probe.due(clock):
+                    probe.run(ctx)
+            return
         batch = batch_size if batch_size is not None else (len(targets) if targets is not None else None)
         clock = self._clock(batch)
         if step == 1:
@@ -319,7 +384,7 @@ class Monitor:
 
     def log(self, metrics: dict[str, float | Tensor], layer: str = "", epoch: float | None = None) -> None:
         """Record arbitrary scalars at the current step (tensors stay on the device until flush)."""
-        if not self.enabled or not metrics:
+        if not self.writes or not metrics:
             return
         step, ep, wall = self.step_count, self._epoch(epoch), time.time()
         keys: Keys = []
@@ -352,7 +417,7 @@ class Monitor:
     def flush(self, durable: bool = False) -> None:
         """Copy buffered values to the host (one transfer) and write them as one part file;
         ``durable`` also fsyncs every part written so far (before a checkpoint)."""
-        if not self.enabled:
+        if not self.writes:
             return
         if durable:
             self.flush()
@@ -417,7 +482,8 @@ class Monitor:
 
     def close(self, status: str | None = None, error: str | None = None) -> None:
         """Flush what is left and mark the run ``finished`` (or the given status)."""
-        if not self.enabled or self.closed:
+        if not self.writes or self.closed:
+            self.closed = True
             return
         self.flush()
         if status is None:

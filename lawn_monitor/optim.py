@@ -12,6 +12,10 @@ The wrapper shares the inner optimizer's ``param_groups`` and ``state``, so LR s
 the step count and the targets so that a resumed run continues identically.
 
     opt = LAWN(torch.optim.Adam(model.parameters(), lr=1e-3), free_steps=5 * steps_per_epoch)
+
+Under FSDP2 (``fully_shard``: parameters are DTensors sharded over processes; build LAWN after
+sharding) the norms are those of the whole tensors: each process sums its shard's squares and
+one ``all_reduce`` per step adds them for all constrained tensors (``sharding.shard_sum``).
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from . import sharding
 
 __all__ = [
     "LAWN",
@@ -41,21 +47,29 @@ __all__ = [
 
 
 @torch.no_grad()
-def project_to_norm(params: list[Tensor], targets: Tensor) -> None:
-    """Rescale each tensor in place so that its L2 norm equals the matching entry of ``targets``."""
-    norms = torch.stack(torch._foreach_norm(params)).to(targets.dtype)
+def project_to_norm(params: list[Tensor], targets: Tensor, reduce: sharding.Reduce | None = None) -> None:
+    """Rescale each tensor in place so that its L2 norm equals the matching entry of ``targets``.
+
+    With ``reduce`` (``sharding.shard_sum``) the tensors are local shards and the norm is the
+    whole tensor's: one collective for all of them."""
+    norms = sharding.norms(params, reduce).to(targets.dtype)
     scales = targets / norms.clamp_min(torch.finfo(targets.dtype).tiny)
     torch._foreach_mul_(params, list(scales.to(params[0].dtype).unbind()))
 
 
 @torch.no_grad()
-def tangent_project(params: list[Tensor], grads: list[Tensor]) -> None:
+def tangent_project(params: list[Tensor], grads: list[Tensor], reduce: sharding.Reduce | None = None) -> None:
     """Remove, in place, the radial component of each gradient: g <- g - (<g, w> / |w|^2) w.
 
     With the norm held fixed, only the tangential part of the gradient can move a weight.
+    With ``reduce`` the tensors are local shards: both sums are the whole tensors' (one
+    collective for all of them).
     """
-    for w, g in zip(params, grads):
-        coef = (g * w).sum() / (w * w).sum().clamp_min(torch.finfo(w.dtype).tiny)
+    sums = torch.stack([torch.stack([(g * w).sum(), (w * w).sum()]) for w, g in zip(params, grads)], dim=1)
+    if reduce is not None:
+        sums = reduce(sums)
+    for i, (w, g) in enumerate(zip(params, grads)):
+        coef = sums[0, i] / sums[1, i].clamp_min(torch.finfo(w.dtype).tiny)
         g.sub_(w * coef)
 
 
@@ -113,6 +127,8 @@ class LAWN(Optimizer):
             if len(chosen) != len(ids):
                 raise ValueError("LAWN params must all belong to the wrapped optimizer")
         self.constrained_index = chosen  # positions in the flattened param_groups
+        # FSDP2: the constrained tensors' shards are summed over processes (None: not sharded).
+        self._reduce = sharding.shard_sum([all_params[i] for i in chosen])
 
         # What torch.optim.Optimizer.__init__ would set up, minus the param groups (shared).
         self._optimizer_step_pre_hooks = OrderedDict()
@@ -159,9 +175,9 @@ class LAWN(Optimizer):
         """Freeze each constrained tensor's norm at its current value and turn weight decay off."""
         if self.phase == "constrained":
             return
-        params = self.constrained_params()
+        params = [sharding.local(p) for p in self.constrained_params()]
         if params:
-            self.targets = torch.stack(torch._foreach_norm(params)).float()
+            self.targets = sharding.norms(params, self._reduce).float()
         else:
             self.targets = torch.zeros(0)
         self.free_weight_decay = [float(g.get("weight_decay", 0.0)) for g in self.param_groups]
@@ -186,13 +202,16 @@ class LAWN(Optimizer):
             # Gradients must exist before they can be projected: evaluate the closure here.
             with torch.enable_grad():
                 loss = closure()
-        params = self.constrained_params()
-        with_grad = [(p, p.grad) for p in params if p.grad is not None]
-        if self.tangent and with_grad:
-            tangent_project([p for p, _ in with_grad], [g for _, g in with_grad])
+        params = [sharding.local(p) for p in self.constrained_params()]
+        if self.tangent and params:
+            # Every process projects the same tensors (one collective under FSDP2); a tensor
+            # without a gradient this step gets a zero one, which the projection leaves at zero.
+            grads = [sharding.local(p.grad) if p.grad is not None else torch.zeros_like(w)
+                     for p, w in zip(self.constrained_params(), params)]
+            tangent_project(params, grads, self._reduce)
         self.optimizer.step()
         if params:
-            project_to_norm(params, self.targets.to(params[0].device))
+            project_to_norm(params, self.targets.to(params[0].device), self._reduce)
         self.step_count += 1
         return loss
 

@@ -5,7 +5,13 @@ hand-off: ``compute`` returns a list of ``(metric, layer)`` keys and one 1-D ten
 *on the device*. The Monitor keeps those tensors and copies them to the host once per flush, so
 no probe ever makes the GPU wait (no ``.item()`` here).
 
-The math lives in plain tensor functions (``layer_norms``, ``output_stats``) tested alone.
+The math lives in plain tensor functions (``layer_norms``, ``output_sums``) tested alone.
+
+Under torch.distributed a probe may need every process: ``ParamNorms`` when the parameters are
+FSDP2 shards (``sharding.shard_sum``), ``OutputStats`` when it has a ``reduce`` (each process
+saw its share of the batch). Such a probe is ``collective``: every process runs it on the same
+steps (its schedule depends on the step only, never on a budget), and each call makes one
+all-reduce of one stacked tensor.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import curvature
+from . import curvature, sharding
 
 Schedule = Callable[[int], bool]
 Keys = list[tuple[str, str]]  # (metric, layer); layer "" is the whole model
@@ -128,6 +134,7 @@ class Probe:
     STALL = 4.0  # a call is charged at most this many times its predicted cost
 
     expensive = False  # timed (see ``run``), budgeted, and counted in curvature_time
+    collective = False  # joins a collective: every process must run it on the same steps (set by attach)
 
     def __init__(self, every_n: int | Schedule = 1, budget: float | None = None) -> None:
         self.schedule: Schedule = every(every_n) if isinstance(every_n, int) else every_n
@@ -207,17 +214,40 @@ class Probe:
 
 
 @torch.no_grad()
-def layer_norms(weights: list[Tensor], grads: list[Tensor], previous: list[Tensor]) -> Tensor:
+def layer_norms(weights: list[Tensor], grads: list[Tensor], previous: list[Tensor],
+                reduce: sharding.Reduce | None = None) -> Tensor:
     """Per-layer weight, gradient and update norms, and gradient-weight dot products.
 
     Returns a (4, L) float32 tensor on the weights' device: rows are |w|, |g|, |w - w_prev|,
-    <g, w>. ``torch._foreach_norm`` computes all layers in a few fused kernels.
+    <g, w>. ``torch._foreach_norm`` computes all layers in a few fused kernels. With ``reduce``
+    (``sharding.shard_sum``) the tensors are local shards: the squared norms and the dots are
+    summed over the shards in one collective, and the roots taken after.
     """
     # One fused call for all three norms: on a CPU each torch call costs microseconds of
     # dispatch whatever its size, and this runs every step.
     norms = torch.stack(torch._foreach_norm([*weights, *grads, *torch._foreach_sub(weights, previous)]))
     dots = torch.stack([torch.vdot(g.flatten(), w.flatten()) for g, w in zip(grads, weights)])
-    return torch.cat([norms, dots]).float().view(4, len(weights))
+    if reduce is None:
+        return torch.cat([norms, dots]).float().view(4, len(weights))
+    sums = reduce(torch.cat([norms.square(), dots]).double().view(4, len(weights)))
+    return torch.cat([sums[:3].sqrt(), sums[3:]]).float()
+
+
+@torch.no_grad()
+def output_sums(logits: Tensor, targets: Tensor) -> Tensor:
+    """Correct predictions, logit norms, max softmax probabilities and flattened samples
+    (loss under FLAT_LOSS), summed over a batch, and its size: sums, so that processes holding
+    shares of one batch can add theirs before dividing.
+
+    Returns a float32 tensor [correct, logit_norm, max_prob, flat, count] on the logits' device.
+    """
+    logits = logits.detach().float()
+    per_sample = F.cross_entropy(logits, targets, reduction="none")
+    correct = (logits.argmax(dim=1) == targets).float().sum()
+    logit_norm = logits.norm(dim=1).sum()
+    max_prob = logits.softmax(dim=1).amax(dim=1).sum()
+    flat = (per_sample < FLAT_LOSS).float().sum()
+    return torch.stack([correct, logit_norm, max_prob, flat, logit_norm.new_tensor(float(len(targets)))])
 
 
 @torch.no_grad()
@@ -226,13 +256,8 @@ def output_stats(logits: Tensor, targets: Tensor) -> Tensor:
 
     Returns a float32 tensor [acc, logit_norm, max_prob, flat_frac] on the logits' device.
     """
-    logits = logits.detach().float()
-    per_sample = F.cross_entropy(logits, targets, reduction="none")
-    acc = (logits.argmax(dim=1) == targets).float().mean()
-    logit_norm = logits.norm(dim=1).mean()
-    max_prob = logits.softmax(dim=1).amax(dim=1).mean()
-    flat_frac = (per_sample < FLAT_LOSS).float().mean()
-    return torch.stack([acc, logit_norm, max_prob, flat_frac])
+    sums = output_sums(logits, targets)
+    return sums[:4] / sums[4]
 
 
 # --- cheap probes, every step -----------------------------------------------------------------
@@ -310,7 +335,10 @@ class ParamNorms(Probe):
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.optimizer = optimizer
-        self.previous = [p.detach().clone() for p in self.params]
+        # FSDP2: each process holds shards of the layers; their sums are added in one collective.
+        self.reduce = sharding.shard_sum(self.params)
+        self.collective = self.reduce is not None
+        self.previous = [sharding.local(p).detach().clone() for p in self.params]
         self.zeros: dict[int, Tensor] = {}
         invariant = set(scale_invariant_layers(model))
         self.invariant = [i for i, n in enumerate(self.names) if n in invariant]
@@ -332,9 +360,9 @@ class ParamNorms(Probe):
 
     def _grad(self, i: int, p: Tensor) -> Tensor:
         if p.grad is not None:
-            return p.grad.detach()
+            return sharding.local(p.grad.detach())
         if i not in self.zeros:  # a parameter that got no gradient this step
-            self.zeros[i] = torch.zeros_like(p)
+            self.zeros[i] = torch.zeros_like(sharding.local(p))
         return self.zeros[i]
 
     def _lrs(self) -> tuple[list[float], float]:
@@ -365,9 +393,11 @@ class ParamNorms(Probe):
 
     @torch.no_grad()
     def compute(self, ctx):
-        weights = [p.detach() for p in self.params]
+        weights = [sharding.local(p.detach()) for p in self.params]
         grads = [self._grad(i, p) for i, p in enumerate(self.params)]
-        w, g, u, dot = layer_norms(weights, grads, self.previous)
+        # Under FSDP2 the sums are global from here on: every ratio, cosine and total below is
+        # taken from whole layers, never from a process's shards.
+        w, g, u, dot = layer_norms(weights, grads, self.previous, self.reduce)
         torch._foreach_copy_(self.previous, weights)
         tiny = torch.finfo(torch.float32).tiny
         ratio = u / w.clamp_min(tiny)
@@ -393,20 +423,41 @@ class ParamNorms(Probe):
 
 class OutputStats(Probe):
     """``train/loss``, ``train/acc``, ``logit_norm``, ``max_prob``, ``flat_frac`` from the batch
-    the step was computed on: no extra forward pass."""
+    the step was computed on: no extra forward pass.
+
+    ``reduce`` (e.g. ``sharding.all_reduce_sum()``; the Monitor sets it under torch.distributed)
+    sums a tensor over the processes that each computed a share of the global batch: the probe
+    reduces sums and counts, one collective per call, so the values are the global batch's. The
+    loss given to ``Monitor.step`` is then each process's mean over its share (weighted by its
+    share's size; by 1 when no targets are given). Every process must pass the same kinds of
+    values (loss, logits and targets) on the same steps."""
+
+    def __init__(self, every_n: int | Schedule = 1, reduce: sharding.Reduce | None = None) -> None:
+        super().__init__(every_n)
+        self.reduce = reduce
+
+    def attach(self, model, optimizer):
+        self.collective = self.reduce is not None
 
     def compute(self, ctx):
         keys: Keys = []
-        values: list[Tensor] = []
+        sums: list[Tensor] = []
+        stats = ctx.logits is not None and ctx.targets is not None
+        out = output_sums(ctx.logits, ctx.targets) if stats else None
         if ctx.loss is not None:
             keys.append(("train/loss", ""))
-            values.append(ctx.loss.detach().float().reshape(1))
-        if ctx.logits is not None and ctx.targets is not None:
+            count = out[4:] if stats else torch.ones(1, device=ctx.loss.device)
+            sums.append(ctx.loss.detach().float().reshape(1) * count)
+        if stats:
             keys += [("train/acc", ""), ("logit_norm", ""), ("max_prob", ""), ("flat_frac", "")]
-            values.append(output_stats(ctx.logits, ctx.targets))
-        if not values:
+            sums.append(out[:4])
+        if not sums:
             return None
-        return keys, torch.cat(values)
+        count = out[4:] if stats else count
+        total = torch.cat([*sums, count])
+        if self.reduce is not None:
+            total = self.reduce(total)
+        return keys, total[:-1] / total[-1]
 
 
 # --- curvature probes, on the fixed probe batch, slow cadence ----------------------------------

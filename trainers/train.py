@@ -13,8 +13,9 @@ LAWN's state, schedule, RNG, epoch, the Monitor's position); ``--resume RUN_ID``
 same run from there, with each (step, layer, metric) written exactly once.
 
 Under torchrun the batch size is the global one (the paper's), each rank computes on its share,
-and only rank 0 writes; every logged value is reduced over all ranks first, so it is the value
-one process would log for the same global batch.
+and only rank 0 writes; every rank builds the Monitor, which sums the batch statistics over
+ranks (``lawn_monitor.Monitor``: the others join its collectives and write nothing), so every
+logged value is the one a single process would log for the same global batch.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from lawn_monitor import Monitor
 from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
-from lawn_monitor.probes import FLAT_LOSS, ProbeConfig
+from lawn_monitor.probes import ProbeConfig
 from lawn_monitor.sink import default_root
 from lawn_monitor.storage import Location, is_remote
 
@@ -85,22 +86,6 @@ def autocast(device: torch.device, amp: str):
     if amp == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
-
-
-@torch.no_grad()
-def batch_sums(logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
-    """Sums over this rank's share of a batch: loss, correct, logit norm, max prob, flat samples,
-    count. Summed over ranks and divided by the count they are the global batch's means."""
-    logits = logits.float()
-    per_sample = F.cross_entropy(logits, targets, reduction="none")
-    return torch.stack([
-        loss_sum.float(),
-        (logits.argmax(1) == targets).sum().float(),
-        logits.norm(dim=1).sum(),
-        logits.softmax(dim=1).amax(dim=1).sum(),
-        (per_sample < FLAT_LOSS).sum().float(),
-        torch.tensor(float(len(targets)), device=logits.device),
-    ])
 
 
 @torch.no_grad()
@@ -288,7 +273,7 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
         with signals.held():
             monitor = Monitor(net, optimizer, root=root, config=record, name=cfg.name, total_steps=total_steps,
                               steps_per_epoch=steps_per_epoch, flush_secs=cfg.flush_secs, probe_batch=probe_batch,
-                              probe_config=probes, enabled=dist.main,
+                              probe_config=probes,
                               run_id=config.resume, resume_step=checkpoint["step"] if checkpoint else None)
         if checkpoint is not None:
             monitor.load_state_dict(checkpoint["monitor"])
@@ -309,19 +294,18 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                # Batch statistics summed over ranks on the device (no host sync), so rank 0 logs
-                # the global batch's values; the norms the probes read are already global.
-                sums = dist.all_reduce_(batch_sums(logits.detach(), y, loss_sum.detach()))
-                mean = sums / sums[5]
-                monitor.step(loss=mean[0], batch_size=global_batch)
-                monitor.log({"train/acc": mean[1], "logit_norm": mean[2], "max_prob": mean[3], "flat_frac": mean[4]})
+                # Every rank steps the Monitor with its share's mean loss and outputs: it sums
+                # them over ranks on the device (no host sync), so rank 0 logs the global
+                # batch's values; the norms are already global (DDP averaged the gradients).
+                share_loss = loss_sum.detach() / max(len(y), 1)
+                monitor.step(loss=share_loss, logits=logits.detach(), targets=y, batch_size=global_batch)
                 scheduler.step()
                 step += 1
                 bar.update(1)
                 if dist.world == 1 and monitor.diverged:  # known at each flush, without a per-step sync
                     break
             # One sync per epoch; every rank must agree to stop, so rank 0's verdict is shared.
-            if dist.any(monitor.diverged or not torch.isfinite(mean[0]).item(), device):
+            if dist.any(monitor.diverged or not torch.isfinite(share_loss).item(), device):
                 status = "diverged"
                 break
             dist.sync_buffers(net)
@@ -329,7 +313,8 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
                               channels_last=cfg.channels_last)
             monitor.log_eval(**result)
             test_acc = float(result["acc"])
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(mean[0]):.4f}", test_acc=f"{test_acc:.4f}")
+            # The last batch's loss on this rank's share (the whole batch in one process).
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(share_loss):.4f}", test_acc=f"{test_acc:.4f}")
             if dist.main:
                 # Rows through this step reach disk (fsynced: a power cut too) before the
                 # checkpoint that names this step: a resume keeps exactly those and drops the rest.
