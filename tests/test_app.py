@@ -416,13 +416,19 @@ def test_corrupt_files_never_break_a_page(damaged_store, page):
         assert set(main_line(charts(at)["train loss"])["label"]) == {"adam-lawn-s0", "adam-lawn-s1", "sgd-s0"}
 
 
-def test_root_from_the_environment_and_a_cleared_box(sweep_store, monkeypatch):
+def test_root_from_the_environment_and_the_served_roots(sweep_store, tmp_path, monkeypatch):
+    """The default store is $LAWN_MONITOR_ROOT; the sidebar offers it and the allowed roots, and
+    picking one there shows its runs."""
+    other = tmp_path / "other"
+    train_tiny_run(other, "elsewhere", "sgd", lawn=False, steps=10)
     monkeypatch.setenv("LAWN_MONITOR_ROOT", str(sweep_store))
+    monkeypatch.setenv("LAWN_MONITOR_ALLOWED_ROOTS", str(other))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert len(at.dataframe[0].value) == 3 and "root" not in at.query_params
-    at.text_input[0].set_value("  ").run()
+    assert at.sidebar.selectbox[0].options == [str(sweep_store), str(other)]
+    at.sidebar.selectbox[0].set_value(str(other)).run()
     assert not at.exception
-    assert len(at.dataframe[0].value) == 3
+    assert list(at.dataframe[0].value["label"]) == ["elsewhere"]
 
 
 @pytest.fixture
