@@ -4,6 +4,7 @@
     lawn-monitor sweep --optimizers sgd,adam --lawn both --seeds 0,1
     lawn-monitor runs --status running
     lawn-monitor compare --metric test/acc --by optimizer,lawn,batch_size
+    lawn-monitor compare --table2
     lawn-monitor compact --root s3://bucket/runs
     lawn-monitor dashboard --root runs --port 8501
 
@@ -78,11 +79,20 @@ def compare(argv: list[str]) -> int:
     parser.add_argument("--metric", default="test/acc")
     parser.add_argument("--by", default="optimizer,lawn,batch_size", help="comma-separated config keys")
     parser.add_argument("--reduce", choices=("final", "best", "min"), default="final")
+    parser.add_argument("--table2", action="store_true",
+                        help="the paper's Table 2 layout (test accuracy by method and batch size, per dataset, "
+                             "with the paper's numbers beside ours), as markdown")
     args = parser.parse_args(argv)
     store = _store(args.root)
     if store is None:
         return 2
-    table = store.summary(args.metric, by=[k for k in args.by.split(",") if k], reduce=args.reduce)
+    if args.table2:
+        from .paper import TABLE_BY, table2_text
+
+        print(table2_text(store.summary("test/acc", by=TABLE_BY, reduce=args.reduce)))
+        return 0
+    by = [k.strip() for k in args.by.split(",") if k.strip()]
+    table = store.summary(args.metric, by=by, reduce=args.reduce)
     if table.empty:
         print("no finished runs with those config keys and that metric")
         return 0

@@ -11,7 +11,7 @@ import pytest
 from lawn_monitor.dashboard.charts import (band_chart, batch_size_chart, color_domain, group_chart, heatmap_chart, layer_chart,
                         metric_chart, thin, threshold_chart, with_se)
 from lawn_monitor.dashboard.styles import FAMILY_COLORS, DASHED, SOLID, Palette, group_palette, method_palette, run_labels, run_styles
-from lawn_monitor.dashboard.paper import PAPER_TABLE2, batch_label, figure1_frame, method_name, table2, table2_grid
+from lawn_monitor.paper import PAPER_TABLE2, batch_label, figure1_frame, method_name, table2, table2_grid
 from lawn_monitor.dashboard.tables import aggregate, eta_seconds, filter_options, filter_runs, group_labels, progress_text
 
 

@@ -144,7 +144,7 @@ def test_summary_is_table_two_with_stderr_and_filters(tmp_path):
 def test_table2_never_pools_runs_that_differ_beyond_the_seed_and_counts_a_seed_once(tmp_path):
     """The issue's case: after a rerun, runs of 12 and 30 epochs were averaged as if seeds, and seed 0
     counted twice. Configs as the trainer records them; the store and Table 2 as the dashboard reads them."""
-    from lawn_monitor.dashboard.paper import split_keys, table2, table2_grid
+    from lawn_monitor.paper import TABLE_BY, split_keys, table2, table2_grid
 
     base = {"dataset": "digits", "model": "cnn", "batch_size": 32, "epochs": 30, "free_epochs": 5.0,
             "device": "cpu", "workers": 4, "threads": 0, "curvature_budget": 0.02, "progress": True}
@@ -185,10 +185,13 @@ def test_table2_never_pools_runs_that_differ_beyond_the_seed_and_counts_a_seed_o
     assert table["count"].tolist() == [3, 2, 3]
     grid = table2_grid(table)
     assert grid.loc["Adam-LAWN · epochs=30", "32"].startswith("96.00 ± 2.00 (n=3)")
-    from trainers.report import table as markdown_table
+    from lawn_monitor.paper import table2_text
 
-    report = markdown_table(RunStore(tmp_path))
-    assert "| Adam-LAWN (epochs=12) | 81.00 ± 1.41 (n=2) |" in report and "| SGD (epochs=30) |" in report
+    report = table2_text(summary)  # what `lawn-monitor compare --table2` prints
+    assert "| Adam-LAWN · epochs=12 | 81.00 ± 1.41 (n=2) |" in report and "| SGD · epochs=30 |" in report
+    cli = subprocess.run([sys.executable, "-m", "lawn_monitor.cli", "compare", "--table2", "--root", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert cli.strip() == table2_text(RunStore(tmp_path).summary("test/acc", by=TABLE_BY)).strip()
     # Nothing splits when every run is one experiment: the plain method names.
     plain = RunStore(tmp_path).summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"], epochs=30)
     assert "epochs" not in plain.columns and table2(plain, "digits")["method"].tolist() == ["SGD", "Adam-LAWN"]

@@ -1,7 +1,7 @@
 """Recipes: named training configurations as TOML files in ``trainers/recipes/``.
 
 A recipe holds ``TrainConfig`` fields (``dataset = "cifar10"``, ``lr = 0.1``, ...) and may have a
-``[paper]`` table (the paper's number for that cell, for reports; never read by training).
+``[paper]`` table (where the paper reports that cell; its number is in lawn_monitor/paper.py; never read by training).
 ``lawn-monitor train --recipe cifar10-adam-lawn-b256`` starts from it; flags given on the command
 line override it. ``lawn-monitor sweep --recipes 'cifar10-*'`` runs every match (``fnmatch``).
 """
@@ -74,7 +74,7 @@ def load_recipe(name: str) -> dict[str, Any]:
 
 
 def paper_value(name: str) -> dict[str, Any]:
-    """The recipe's ``[paper]`` table (the paper's reported numbers), or {}."""
+    """The recipe's ``[paper]`` table (which of the paper's tables reports the cell), or {}."""
     return dict(tomllib.loads((RECIPE_DIR / f"{name}.toml").read_text()).get("paper", {}))
 
 

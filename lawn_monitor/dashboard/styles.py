@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import altair as alt
 import pandas as pd
 
+from lawn_monitor.paper import is_true
+
 FAMILY_COLORS = {"sgd": "#1f77b4", "adam": "#d62728", "adamw": "#ff7f0e", "adamp": "#2ca02c", "lamb": "#9467bd"}
 OTHER_COLORS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]  # runs without a known optimizer
 SHADES = [0.0, -0.16, 0.14, -0.28, 0.24, -0.08, 0.07]  # lightness offsets for runs sharing a method
@@ -33,15 +35,6 @@ def shade(color: str, offset: float) -> str:
     h, l, s = colorsys.rgb_to_hls(r, g, b)
     r, g, b = colorsys.hls_to_rgb(h, min(max(l + offset, 0.15), 0.8), s)
     return "#" + "".join(f"{round(v * 255):02x}" for v in (r, g, b))
-
-
-def is_true(value) -> bool:
-    """A config flag as run.json or a URL carries it (True, "true", 1, ...); missing is False."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    return bool(value)
 
 
 def family_color(optimizer, fallback_key: str = "") -> str:

@@ -13,24 +13,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from lawn_monitor.paper import PAPER_TABLE2
 
-# Table 2 (and Table 1 for AdamP) of the paper: test accuracy %.
-PAPER = {
-    ("cifar10", "sgd"): {256: 93.99, 4096: 93.48, 10000: 92.99},
-    ("cifar10", "sgd-lawn"): {256: 93.96, 4096: 93.50, 10000: 93.43},
-    ("cifar10", "adam"): {256: 93.48, 4096: 92.93, 10000: 92.63},
-    ("cifar10", "adam-lawn"): {256: 93.91, 4096: 93.74, 10000: 93.84},
-    ("cifar10", "adamp"): {256: 93.75, 10000: 93.76},
-    ("cifar100", "sgd"): {256: 73.49, 4096: 71.68, 10000: 71.07},
-    ("cifar100", "sgd-lawn"): {256: 73.67, 4096: 72.71, 10000: 71.80},
-    ("cifar100", "adam"): {256: 70.84, 4096: 68.91, 10000: 68.61},
-    ("cifar100", "adam-lawn"): {256: 72.99, 4096: 73.12, 10000: 72.97},
-    ("cifar100", "adamp"): {256: 72.87, 10000: 71.93},
-    ("imagenet", "sgd"): {256: 76.00, 16384: 74.48},
-    ("imagenet", "sgd-lawn"): {256: 76.12, 16384: 75.56},
-    ("imagenet", "adam"): {256: 71.16, 16384: 70.60},
-    ("imagenet", "adam-lawn"): {256: 76.18, 16384: 76.07},
+HERE = Path(__file__).resolve().parent
+SIZE_LABELS = {256: "256", 4096: "4k", 10000: "10k", 16384: "16k"}  # our batch sizes, the paper's labels
+
+# The cells of Table 2 (and Table 1 for AdamP) that get a recipe: (dataset, method) -> batch sizes.
+# Their accuracies are lawn_monitor.paper's (the one copy), read by the reports, not by training.
+CELLS = {
+    (dataset, method): [size for size, label in SIZE_LABELS.items() if label in PAPER_TABLE2[dataset][name]]
+    for dataset in ("cifar10", "cifar100", "imagenet")
+    for method, name in (("sgd", "SGD"), ("sgd-lawn", "SGD-LAWN"), ("adam", "Adam"), ("adam-lawn", "Adam-LAWN"),
+                         ("adamp", "AdamP"))
+    if name in PAPER_TABLE2[dataset]
 }
 TABLE = {"adamp": "Table 1"}
 
@@ -42,7 +37,6 @@ SETTINGS = {
     "imagenet": dict(model="resnet50", epochs=90, wd_sgd=1e-4, free=5, warmup=5),
 }
 BASE_LR = {"sgd": 0.1, "adam": 1e-3, "adamp": 1e-3, "lamb": 4e-3}  # at batch 256 (ours)
-SIZE_NAME = {256: "b256", 4096: "b4k", 10000: "b10k", 16384: "b16k"}
 
 
 def scaled_lr(optimizer: str, batch: int, base_batch: int, base_lr: float) -> float:
@@ -78,17 +72,17 @@ def write(name: str, lines: list[tuple[str, object, str]], header: list[str], pa
         text = f"{key} = {fmt(value)}"
         out.append(f"{text:<{width}}  # {why}" if why else text)
     if paper:
-        out += ["", "[paper]  # the paper's reported number for this cell (reports only; training ignores it)"]
+        out += ["", "[paper]  # where the paper reports this cell (its number: lawn_monitor/paper.py)"]
         out += [f"{k} = {fmt(v)}" for k, v in paper.items()]
     (HERE / f"{name}.toml").write_text("\n".join(out) + "\n")
 
 
 def paper_recipes() -> int:
     count = 0
-    for (dataset, method), cells in PAPER.items():
+    for (dataset, method), sizes in CELLS.items():
         s = SETTINGS[dataset]
         optimizer, lawn = method.removesuffix("-lawn"), method.endswith("-lawn")
-        for batch, acc in cells.items():
+        for batch in sizes:
             lr = scaled_lr(optimizer, batch, 256, BASE_LR[optimizer])
             wd = s["wd_sgd"] if optimizer in ("sgd", "adam") else 1e-2
             lines = [
@@ -96,7 +90,7 @@ def paper_recipes() -> int:
                 ("model", s["model"], "paper: VGG-19 with BatchNorm on CIFAR, ResNet-50 on ImageNet"),
                 ("optimizer", optimizer, "paper"),
                 ("lawn", lawn, "paper"),
-                ("batch_size", batch, f"paper: the global batch ({SIZE_NAME[batch][1:]}); per GPU = this / GPUs"),
+                ("batch_size", batch, f"paper: the global batch ({SIZE_LABELS[batch]}); per GPU = this / GPUs"),
                 ("epochs", s["epochs"], "paper"),
                 ("lr", round(lr, 6), f"ours: {BASE_LR[optimizer]:g} at batch 256, "
                                      f"{'linear' if optimizer == 'sgd' else 'square-root'} scaling"),
@@ -121,8 +115,8 @@ def paper_recipes() -> int:
                 "Made by make_recipes.py. On GPUs add --amp bf16 --channels-last (and --compile);",
                 "on N GPUs: torchrun --nproc_per_node N -m trainers.train --recipe THIS --data-root DATA.",
             ]
-            write(f"{dataset}-{method}-{SIZE_NAME[batch]}", lines, header,
-                  {"table": TABLE.get(optimizer, "Table 2"), "test_acc": acc})
+            write(f"{dataset}-{method}-b{SIZE_LABELS[batch]}", lines, header,
+                  {"table": TABLE.get(optimizer, "Table 2")})
             count += 1
     # LAMB and LAMB-LAWN at ImageNet's large batch: not a table cell; the paper mentions LAMB-LAWN.
     for lawn in (False, True):

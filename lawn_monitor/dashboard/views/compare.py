@@ -6,7 +6,7 @@ import streamlit as st
 from lawn_monitor.dashboard import state
 from lawn_monitor.dashboard.charts import batch_size_chart, group_chart, metric_chart
 from lawn_monitor.metrics import info, metric_table
-from lawn_monitor.dashboard.paper import PAPER_TABLE2, figure1_frame, split_keys, table2, table2_grid
+from lawn_monitor.paper import PAPER_TABLE2, figure1_frame, split_keys, table2, table2_grid
 from lawn_monitor.dashboard.styles import group_palette
 from lawn_monitor.dashboard.tables import BANDS, CONFIG_KEYS, aggregate, as_text, group_labels
 

@@ -1,13 +1,15 @@
-"""The LAWN paper's published accuracies, and our runs' summary set beside them (the Table-2 view).
+"""The paper's published accuracies, and our runs' summary set beside them (the Table-2 view).
 
-Pure functions over ``RunStore.summary`` frames; the Compare page only lays them out.
+The one copy of the paper's numbers: the recipe generator (trainers/recipes/make_recipes.py),
+the dashboard's Compare page and ``lawn-monitor compare --table2`` read them from here. Pure
+functions over ``RunStore.summary`` frames.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
-
-from .styles import is_true
 
 # Table 2 of the paper (test accuracy %, VGG-19 on CIFAR, ResNet-50 on ImageNet), keyed by our
 # dataset names, the paper's method names and its batch-size labels ("4k" = about 4,000).
@@ -33,6 +35,15 @@ PAPER_TABLE2: dict[str, dict[str, dict[str, float]]] = {
         "Adam-LAWN": {"256": 76.18, "16k": 76.07},
     },
 }
+def is_true(value) -> bool:
+    """A config flag as run.json or a URL carries it (True, "true", 1, ...); missing is False."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return bool(value)
+
+
 METHOD_ORDER = ["SGD", "SGD-LAWN", "Adam", "Adam-LAWN", "AdamW", "AdamW-LAWN", "AdamP", "AdamP-LAWN"]
 TABLE_BY = ["dataset", "optimizer", "lawn", "batch_size"]  # a cell of Table 2 (with the method's LAWN flag)
 STAT_COLUMNS = {"mean", "std", "stderr", "count", "min", "max", "seeds"}
@@ -141,3 +152,22 @@ def figure1_frame(table: pd.DataFrame) -> pd.DataFrame:
     frame = pd.concat([ours, paper[["method", "batch_size", "accuracy", "std", "source"]]], ignore_index=True)
     frame["batch_size"] = frame["batch_size"].astype(int)
     return frame
+
+
+def table2_text(summary: pd.DataFrame) -> str:
+    """Table 2 as markdown, one table per dataset: a row per method (and per split, see ``table2``),
+    a column per batch size, cells ``ours ± std (n) | paper``. ``summary`` as for ``table2``."""
+    if summary.empty:
+        return "(no finished runs)"
+    datasets = sorted({str(d) for d in summary["dataset"]}) if "dataset" in summary.columns else [None]
+    parts = []
+    for dataset in datasets:
+        grid = table2_grid(table2(summary, dataset))
+        if grid.empty:
+            continue
+        lines = [f"{dataset or 'all runs'}: final test accuracy %, mean ± std over seeds (n) | the paper's",
+                 "", "| method | " + " | ".join(grid.columns) + " |", "|---|" + "---|" * len(grid.columns)]
+        for method, row in grid.iterrows():
+            lines.append(f"| {method} | " + " | ".join("-" if pd.isna(c) else c for c in row) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) if parts else "(no finished runs)"
