@@ -456,6 +456,15 @@ class RunStore:
         df = self._query("SELECT DISTINCT metric FROM read_parquet(?) ORDER BY metric", [], _ids(run_ids), ["metric"])
         return df["metric"].tolist()
 
+    def rows(self, run_id: str, per_layer: bool = False) -> pd.DataFrame:
+        """Every whole-model row of one run (``per_layer``: every row), ordered by metric, layer,
+        step and wall time: what an export to another tracker writes."""
+        return self._query(
+            """SELECT metric, layer, step, epoch, wall_time, value FROM read_parquet(?)
+               WHERE layer = '' OR ? ORDER BY metric, layer, step, wall_time""",
+            [per_layer], [run_id], ["metric", "layer", "step", "epoch", "wall_time", "value"],
+        )
+
     def switch_steps(self, run_ids: str | Iterable[str]) -> pd.DataFrame:
         """The step at which each LAWN run entered its constrained phase (runs without one: none)."""
         return self._query(
