@@ -109,7 +109,7 @@ def import_(argv: list[str]) -> int:
                      description="Import another tracker's logs as finished runs. Every folder under LOGDIR that "
                                  "holds TensorBoard event files becomes one run; importing it again skips it.")
     parser.add_argument("source", choices=("tensorboard",), help="the format of LOGDIR")
-    parser.add_argument("logdir", help="the folder you give `tensorboard --logdir`")
+    parser.add_argument("logdir", metavar="LOGDIR", help="the folder you give `tensorboard --logdir`")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
     parser.add_argument("--name", help="run name (with several runs under LOGDIR: NAME/<folder>); default: the folder")
     parser.add_argument("--force", action="store_true", help="replace runs imported before")
@@ -132,7 +132,7 @@ def export(argv: list[str]) -> int:
                      description="Write runs as another tracker's logs: TensorBoard event files in DIR/<run_id>/, "
                                  "whole-model scalars with their steps and wall times.")
     parser.add_argument("--to", required=True, choices=("tensorboard",), help="the format to write")
-    parser.add_argument("dir", help="output folder (point `tensorboard --logdir` at it)")
+    parser.add_argument("dir", metavar="DIR", help="output folder (point `tensorboard --logdir` at it)")
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to export (default: all)")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
     parser.add_argument("--layers", action="store_true", help="also per-layer scalars, as metric/layer tags")

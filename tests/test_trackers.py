@@ -155,6 +155,7 @@ def test_wandb_offline_run_gets_the_same_values(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # importing mlflow and creating its sqlite tables: about 6 s
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader")  # inside mlflow's sqlite store
 def test_mlflow_run_gets_the_same_values(tmp_path):
     mlflow = pytest.importorskip("mlflow")
     from lawn_monitor.integrations.trackers import MLflowForwarder

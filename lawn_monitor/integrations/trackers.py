@@ -68,8 +68,10 @@ class WandbForwarder:
 
     def __init__(self, run=None, prefix: str = "") -> None:
         if run is None:
-            import wandb
-
+            try:
+                import wandb
+            except ImportError:
+                raise ImportError("WandbForwarder needs wandb: pip install wandb") from None
             run = wandb.run
         if run is None:
             raise ValueError("WandbForwarder: no W&B run; call wandb.init(...) first or pass run=")
@@ -90,7 +92,10 @@ class MLflowForwarder:
     """
 
     def __init__(self, run_id: str | None = None, prefix: str = "") -> None:
-        import mlflow  # noqa: F401  (fail here, before training, if it is missing)
+        try:
+            import mlflow  # noqa: F401  (fail here, before training, if it is missing)
+        except ImportError:
+            raise ImportError("MLflowForwarder needs mlflow: pip install mlflow") from None
 
         self.run_id = run_id
         self.prefix = prefix
