@@ -218,7 +218,7 @@ def import_tensorboard(logdir: str | Path, root, name: str | None = None, force:
         run_id = run_id_for(run_dir, own)
         content = fingerprint(files)
         old = _read_info(loc, run_id)
-        replacing = old is not None
+        replacing = old is not None or bool(loc.listdir(f"{run_id}/metrics"))  # run.json unreadable: files stay
         if old is not None and not force and old.get("status") == "finished":
             same = old.get("fingerprint") == content
             outcome[run_id] = "unchanged" if same else "changed"
