@@ -1,4 +1,5 @@
-"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``runs``, ``compare``, ``compact`` and ``dashboard``.
+"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``runs``, ``compare``, ``compact``, ``import``,
+``export`` and ``dashboard``.
 
     lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn
     lawn-monitor sweep --optimizers sgd,adam --lawn both --seeds 0,1
@@ -6,6 +7,8 @@
     lawn-monitor compare --metric test/acc --by optimizer,lawn,batch_size
     lawn-monitor compare --table2
     lawn-monitor compact --root s3://bucket/runs
+    lawn-monitor import tensorboard tb_logs/
+    lawn-monitor export --to tensorboard tb_export/ --layers
     lawn-monitor dashboard --root runs --port 8501
 
 ``train`` and ``sweep`` come from the trainers (the ``trainers`` extra), which register them as
@@ -23,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-USAGE = "usage: lawn-monitor {train,sweep,runs,compare,compact,dashboard} ... (lawn-monitor COMMAND --help for its options)"
+USAGE = ("usage: lawn-monitor {train,sweep,runs,compare,compact,import,export,dashboard} ... "
+         "(lawn-monitor COMMAND --help for its options)")
 PLUGINS = "lawn_monitor.commands"  # entry-point group of commands other packages add (the trainers' train, sweep)
 
 
@@ -156,6 +160,51 @@ def _plugin(command: str):
         except ImportError as e:
             sys.exit(f"lawn-monitor {command}: error: {e.name or e} is missing: pip install 'lawn-monitor[trainers]'")
     return None
+def import_(argv: list[str]) -> int:
+    parser = _Parser(prog="lawn-monitor import",
+                     description="Import another tracker's logs as finished runs. Every folder under LOGDIR that "
+                                 "holds TensorBoard event files becomes one run; importing it again skips it.")
+    parser.add_argument("source", choices=("tensorboard",), help="the format of LOGDIR")
+    parser.add_argument("logdir", metavar="LOGDIR", help="the folder you give `tensorboard --logdir`")
+    parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
+    parser.add_argument("--name", help="run name (with several runs under LOGDIR: NAME/<folder>); default: the folder")
+    parser.add_argument("--force", action="store_true", help="replace runs imported before")
+    args = parser.parse_args(argv)
+    store = _store(args.root)
+    if store is None:
+        return 2
+    from .integrations.tensorboard import TensorBoardError, import_tensorboard
+
+    try:
+        outcome = import_tensorboard(args.logdir, store.loc.url, name=args.name, force=args.force)
+    except TensorBoardError as exc:
+        print(f"lawn-monitor import: error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if "changed" in outcome.values() else 0
+
+
+def export(argv: list[str]) -> int:
+    parser = _Parser(prog="lawn-monitor export",
+                     description="Write runs as another tracker's logs: TensorBoard event files in DIR/<run_id>/, "
+                                 "whole-model scalars with their steps and wall times.")
+    parser.add_argument("--to", required=True, choices=("tensorboard",), help="the format to write")
+    parser.add_argument("dir", metavar="DIR", help="output folder (point `tensorboard --logdir` at it)")
+    parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to export (default: all)")
+    parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
+    parser.add_argument("--layers", action="store_true", help="also per-layer scalars, as metric/layer tags")
+    parser.add_argument("--force", action="store_true", help="replace event files exported before")
+    args = parser.parse_intermixed_args(argv)  # run ids may follow --root
+    store = _store(args.root)
+    if store is None:
+        return 2
+    from .integrations.tensorboard import TensorBoardError, export_tensorboard
+
+    try:
+        outcome = export_tensorboard(store, args.dir, args.run_ids, layers=args.layers, force=args.force)
+    except TensorBoardError as exc:
+        print(f"lawn-monitor export: error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if "exists" in outcome.values() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lawn-monitor: error: {command!r} comes with the trainers: pip install 'lawn-monitor[trainers]'",
               file=sys.stderr)
         return 2
+    if command == "import":
+        return import_(rest)
+    if command == "export":
+        return export(rest)
     print(f"lawn-monitor: error: unknown command {command!r}; {USAGE}", file=sys.stderr)
     return 2
 

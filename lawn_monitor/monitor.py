@@ -115,6 +115,9 @@ class Monitor:
         resume_step: continue the existing run ``run_id`` after this step (its last checkpoint):
             rows it wrote after that step are removed first (``ParquetSink.reopen``), so the
             resumed run leaves no step twice and none missing. Then ``load_state_dict``.
+        forward_to: a forwarder or a list of them, e.g. ``WandbForwarder(run)`` or
+            ``MLflowForwarder()`` (``lawn_monitor.integrations.trackers``): each flush's rows also
+            go to it (``forward(table)``). One that fails is warned about once; training goes on.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class Monitor:
         enabled: bool = True,
         resume_step: int | None = None,
         process_group=None,
+        forward_to: Any = None,
     ) -> None:
         self.enabled = enabled
         self.model = model
@@ -148,6 +152,9 @@ class Monitor:
         self.step_count = 0
         self.diverged = False
         self.closed = False
+        self.forward_to = [] if forward_to is None else list(forward_to) if isinstance(forward_to, (list, tuple)) \
+            else [forward_to]
+        self._forward_failed: set[int] = set()  # forwarders already warned about
         self._device_rows: list[tuple[int, float, float, Keys, Tensor]] = []
         self._host_rows: list[tuple[int, float, float, str, str, float]] = []
         self._last_flush = time.monotonic()
@@ -472,6 +479,18 @@ class Monitor:
         )
         self.sink.write(table)
         self.sink.heartbeat(step=self.step_count)
+        self._forward(table)
+
+    def _forward(self, table: pa.Table) -> None:
+        """Hand the flush's rows to each forwarder; a tracker's failure must not stop training."""
+        for forwarder in self.forward_to:
+            try:
+                forwarder.forward(table)
+            except Exception as exc:
+                if id(forwarder) not in self._forward_failed:
+                    self._forward_failed.add(id(forwarder))
+                    warnings.warn(f"forwarding to {type(forwarder).__name__} failed, training goes on (warned "
+                                  f"once, later flushes still try): {type(exc).__name__}: {exc}", stacklevel=3)
 
     def _check_divergence(self, metrics: list[str], values: np.ndarray) -> None:
         loss = values[np.fromiter((m == "train/loss" for m in metrics), bool, len(metrics))]

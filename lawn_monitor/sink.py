@@ -58,11 +58,15 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def slug(name: str) -> str:
+    """``name`` as a safe piece of a run id (folder name): ``adam lawn/1`` -> ``adam-lawn-1``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:48] or "run"
+
+
 def new_run_id(name: str) -> str:
     """A sortable, readable, unique id: ``20261128-174512-adam-lawn-3f2a``."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:48] or "run"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{slug}-{secrets.token_hex(2)}"
+    return f"{stamp}-{slug(name)}-{secrets.token_hex(2)}"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -38,7 +38,7 @@ SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
 # untouched (weights, RNG, optimizer state: tested bit for bit); the trainer's derived keys
 # (free_steps, steps_per_epoch, ...) follow from the keys that split already.
 NOT_COMPUTED = frozenset({
-    "name", "root", "device", "progress", "data_root", "download", "flush_secs", "workers", "threads", "resume",
+    "name", "root", "device", "progress", "data_root", "logdir", "run_dir", "download", "flush_secs", "workers", "threads", "resume",
     "recipe", "compile", "channels_last", "world_size",
     "probe_every", "curvature", "probe_size", "gn_every", "gn_points", "hessian_points", "hessian_probes",
     "sharpness_points",
@@ -503,6 +503,15 @@ class RunStore:
         """The metric names these runs have written."""
         df = self._query("SELECT DISTINCT metric FROM read_parquet(?) ORDER BY metric", [], _ids(run_ids), ["metric"])
         return df["metric"].tolist()
+
+    def rows(self, run_id: str, per_layer: bool = False) -> pd.DataFrame:
+        """Every whole-model row of one run (``per_layer``: every row), ordered by metric, layer,
+        step and wall time: what an export to another tracker writes."""
+        return self._query(
+            """SELECT metric, layer, step, epoch, wall_time, value FROM read_parquet(?)
+               WHERE layer = '' OR ? ORDER BY metric, layer, step, wall_time""",
+            [per_layer], [run_id], ["metric", "layer", "step", "epoch", "wall_time", "value"],
+        )
 
     @_output
     def switch_steps(self, run_ids: str | Iterable[str]) -> pd.DataFrame:
