@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LogitsFn = Callable[[object], Tensor]
@@ -143,7 +144,9 @@ def loss_and_grads(
     """Leaves and their gradients with a graph kept for Hessian-vector products. Sequence logits
     (B, T, V) and targets (B, T) reach ``loss_fn`` flattened, (B*T, V) and (B*T,)."""
     params, buffers = functional_state(model, names)
-    with eval_mode(model):
+    # Hessian-vector products differentiate this graph twice: attention must take the math
+    # kernel, as the fused ones (flash, memory-efficient) have no double backward.
+    with eval_mode(model), sdpa_kernel(SDPBackend.MATH):
         logits = _logits(functional_call(model, (params, buffers), (inputs,)), logits_fn)
         if logits.ndim > 2:
             logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
