@@ -294,6 +294,9 @@ class Monitor:
         Returns the hook's handle; ``close`` removes it."""
         if not self.enabled:
             return None
+        if self._hooks:
+            raise ValueError("Monitor.attach: this Monitor records an optimizer's steps already; one Monitor "
+                             "watches one optimizer")
         optimizer = optimizer if optimizer is not None else self.optimizer
         if optimizer is None:
             raise ValueError("Monitor.attach: no optimizer: pass the one that steps the model")

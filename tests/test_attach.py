@@ -168,10 +168,15 @@ def test_attach_unwraps_accelerates_optimizer_and_records_once_per_real_step(tmp
     assert (df.query("metric == 'grad_norm'")["value"] > 0).all()
 
 
-def test_attach_without_hooks_says_what_to_do(tmp_path):
-    monitor = Monitor(make_model(), None, root=tmp_path)
+def test_attach_refuses_what_it_cannot_hook_and_a_second_optimizer(tmp_path):
+    model = make_model()
+    monitor = Monitor(model, None, root=tmp_path)
     with pytest.raises(TypeError, match="pass the torch.optim.Optimizer"):
         monitor.attach(object())
+    monitor.attach(torch.optim.SGD(model.parameters(), lr=0.1))  # becomes the Monitor's optimizer
+    assert monitor.optimizer is not None
+    with pytest.raises(ValueError, match="one Monitor watches one optimizer"):
+        monitor.attach(torch.optim.SGD(model.parameters(), lr=0.1))
     monitor.close()
 
 

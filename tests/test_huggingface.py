@@ -53,7 +53,7 @@ def rows(root, run_id):
     return duckdb.sql(f"SELECT step, layer, metric, value FROM read_parquet({RunStore(root).files([run_id])!r})").df()
 
 
-@pytest.mark.slow  # about 6 s here, most of it the Trainer's own set-up
+@pytest.mark.slow  # 2 to 7 s here (with other jobs running), most of it the Trainer's own set-up
 def test_records_exactly_the_optimizer_steps_of_a_causal_lm(tmp_path):
     root = tmp_path / "runs"
     model = tiny_gpt2()
