@@ -27,6 +27,10 @@ normalizes by batch statistics that themselves depend on the weights).
   off-diagonal blocks cancel in expectation. Right for any network, at the cost of many products.
 
 * ``lanczos_top``: the top Hessian eigenvalue (sharpness) from a few Hessian-vector products.
+
+The model's output goes through ``logits_fn`` (default ``probes.logits_of``: a tensor, a Hugging
+Face ``ModelOutput``, a dict with ``"logits"``). Sequence logits (B, T, V) count each position as
+a sample; positions whose target is -100 are left out (``mask``, ``F.cross_entropy``'s default).
 """
 from __future__ import annotations
 
@@ -38,8 +42,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+LogitsFn = Callable[[object], Tensor]
+
+
+def _logits(output: object, logits_fn: LogitsFn | None) -> Tensor:
+    if logits_fn is None:
+        from .probes import logits_of  # probes imports this module
+
+        logits_fn = logits_of
+    return logits_fn(output)
 
 
 @contextmanager
@@ -80,47 +94,63 @@ def sqrt_output_hessian_times(logits: Tensor, signs: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def output_size(model: nn.Module, inputs: Tensor) -> int:
-    """The number of logits per sample (one sample's forward in eval mode, on copies of the
-    buffers like every probe)."""
+def output_shape(model: nn.Module, inputs: Tensor, logits_fn: LogitsFn | None = None) -> tuple[int, ...]:
+    """The shape of one sample's logits: (C,), or (T, V) for a sequence (one sample's forward
+    in eval mode, on copies of the buffers like every probe)."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params, buffers = functional_state(model, names, requires_grad=False)
     with eval_mode(model):
-        return functional_call(model, (params, buffers), (inputs[:1],)).shape[-1]
+        return tuple(_logits(functional_call(model, (params, buffers), (inputs[:1],)), logits_fn).shape[1:])
 
 
-def gn_trace_groups(model: nn.Module, names: list[str], inputs: Tensor, signs: Tensor) -> Tensor:
+def gn_trace_groups(model: nn.Module, names: list[str], inputs: Tensor, signs: Tensor,
+                    logits_fn: LogitsFn | None = None, mask: Tensor | None = None) -> Tensor:
     """Each group's estimate of each layer's Gauss-Newton trace of softmax cross-entropy: (K, L).
 
     ``inputs`` (K * m samples, or more: the rest is left out) are split into K groups of m;
-    ``signs`` (K, m, C) are Rademacher vectors, one per sample. Group k's estimate is
+    ``signs`` (K, m, *logits shape) are Rademacher vectors, one per sample. Group k's estimate is
     ||g_k||^2 / m per layer, with g_k the gradient of sum_n <logits_n, stopgrad(S_n v_n)> over its
     samples, i.e. sum_n J_n^T S_n v_n: its cross terms between samples vanish in expectation
     because their v are independent, so it is unbiased for the group's mean per-sample GN trace
     (the trace of the GN matrix of the mean loss). One ordinary backward per group, on detached
     copies of the weights: no per-sample gradients held, any module that autograd handles works.
     m = 1 is the per-sample form (no cross terms, the least spread, N backward passes).
+
+    Sequence logits (B, T, V) make each position a sample: m counts the group's positions, those
+    where ``mask`` (B, T) is False left out (their S v is zeroed).
     """
     groups, size = signs.shape[:2]
     params, buffers = functional_state(model, names)
     leaves = [params[n] for n in names]
+    masks = mask[: groups * size].split(size) if mask is not None else [None] * groups
     rows = []
     with eval_mode(model):
-        for x, v in zip(inputs[: groups * size].split(size), signs):
-            logits = functional_call(model, (params, buffers), (x,))
-            grads = torch.autograd.grad(logits, leaves, grad_outputs=sqrt_output_hessian_times(logits, v),
-                                        allow_unused=True, materialize_grads=True)
-            rows.append(torch.stack(torch._foreach_norm(grads)).float())
-    return torch.stack(rows).square() / size
+        for x, v, m in zip(inputs[: groups * size].split(size), signs, masks):
+            logits = _logits(functional_call(model, (params, buffers), (x,)), logits_fn)
+            sv = sqrt_output_hessian_times(logits, v)
+            count = logits[..., 0].numel()  # samples, or positions of a sequence
+            if m is not None:
+                sv = sv * m.unsqueeze(-1).to(sv.dtype)
+                count = m.sum().float()
+            grads = torch.autograd.grad(logits, leaves, grad_outputs=sv, allow_unused=True, materialize_grads=True)
+            rows.append(torch.stack(torch._foreach_norm(grads)).float().square() / count)
+    return torch.stack(rows)
 
 
 def loss_and_grads(
-    model: nn.Module, names: list[str], inputs: Tensor, targets: Tensor, loss_fn: LossFn
+    model: nn.Module, names: list[str], inputs: Tensor, targets: Tensor, loss_fn: LossFn,
+    logits_fn: LogitsFn | None = None,
 ) -> tuple[list[Tensor], tuple[Tensor, ...]]:
-    """Leaves and their gradients with a graph kept for Hessian-vector products."""
+    """Leaves and their gradients with a graph kept for Hessian-vector products. Sequence logits
+    (B, T, V) and targets (B, T) reach ``loss_fn`` flattened, (B*T, V) and (B*T,)."""
     params, buffers = functional_state(model, names)
-    with eval_mode(model):
-        loss = loss_fn(functional_call(model, (params, buffers), (inputs,)), targets)
+    # Hessian-vector products differentiate this graph twice: attention must take the math
+    # kernel, as the fused ones (flash, memory-efficient) have no double backward.
+    with eval_mode(model), sdpa_kernel(SDPBackend.MATH):
+        logits = _logits(functional_call(model, (params, buffers), (inputs,)), logits_fn)
+        if logits.ndim > 2:
+            logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+        loss = loss_fn(logits, targets)
     leaves = [params[n] for n in names]
     return leaves, torch.autograd.grad(loss, leaves, create_graph=True)
 

@@ -6,6 +6,13 @@
         monitor.step(loss=loss, logits=logits, targets=y)
     monitor.close()
 
+or, where a framework owns the loop, let the optimizer say when it stepped:
+
+    monitor.attach(optimizer)  # records every real optimizer step (a step post-hook)
+    ...; monitor.observe(loss=loss, logits=outputs, targets=y)  # each (micro-)batch, before its step
+
+The adapters in ``lawn_monitor.integrations`` do this for Lightning and Hugging Face.
+
 Each step runs the probes that are due; their values stay on the device. Once per flush (every
 ``flush_secs`` seconds or ``flush_every`` steps) all buffered values are concatenated and copied
 to the host in ONE transfer, turned into long-format rows and written as one Parquet part file.
@@ -39,7 +46,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import sharding
-from .probes import Clock, Keys, OutputStats, Probe, ProbeConfig, StepContext, clean_name
+from .probes import (Clock, Keys, LogitsFn, OutputStats, Outputs, Probe, ProbeConfig, StepContext, clean_name,
+                     logits_of)
 from .sink import SCHEMA, ParquetSink, default_root, new_run_id
 
 
@@ -106,6 +114,11 @@ class Monitor:
         probe_batch: ``(inputs, targets)``, a fixed batch from the training set on which the
             curvature probes measure the loss (without one, curvature is off).
         loss_fn: the loss for curvature, ``(logits, targets) -> scalar``; default cross-entropy.
+        logits_fn: takes the logits out of the model's output, for the curvature probes and
+            ``step`` / ``observe``; default ``probes.logits_of`` (a tensor, an object with
+            ``.logits`` such as a Hugging Face ``ModelOutput``, a dict with ``"logits"``).
+            Sequence logits (B, T, V) count each position as a sample, and targets of -100 are
+            left out; for a causal LM, pass targets already shifted (the next tokens).
         probe_config: cadences and budget of the default probes (``ProbeConfig``).
         probes: an explicit list of probes instead of the defaults.
         enabled: False makes every call a no-op on this process, collectives included: not for
@@ -134,6 +147,7 @@ class Monitor:
         flush_every: int | None = None,
         probe_batch: tuple[Tensor, Tensor] | None = None,
         loss_fn=None,
+        logits_fn: LogitsFn = logits_of,
         probe_config: ProbeConfig | None = None,
         probes: Iterable[Probe] | None = None,
         enabled: bool = True,
@@ -175,6 +189,14 @@ class Monitor:
         self.rank, self.world_size = _rank_and_world(process_group) if enabled else (0, 1)
         self.writes = enabled and self.rank == 0  # only rank 0 writes the run
         self.run_id = self.run_dir = None
+        self.logits_fn = logits_fn
+        self._outputs = Outputs()  # what observe() was given since the last recorded step
+        self._samples = 0  # samples observed since the last recorded step (host ints: shapes, no sync)
+        self._last_samples: int | None = None
+        self._outputs_after_step = False  # see attach()
+        self._awaiting: tuple[int, float, float, list[Probe]] | None = None  # a step waiting for its outputs
+        self._hooks: list[Any] = []
+        self._warned_grads = False
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
@@ -184,7 +206,7 @@ class Monitor:
                 warnings.warn("Monitor: no probe_batch given, so curvature probes (gn_trace, hessian_trace, "
                               "sharpness) are off; pass probe_batch=(inputs, targets) to turn them on",
                               stacklevel=2)
-            probes = cfg.build(probe_batch, loss_fn, total_steps)
+            probes = cfg.build(probe_batch, loss_fn, total_steps, logits_fn)
         self.probes = list(probes)
         if self.world_size > 1:
             for probe in self.probes:  # each process saw its share of the batch: sum the shares
@@ -268,35 +290,145 @@ class Monitor:
     def step(
         self,
         loss: Tensor | None = None,
-        logits: Tensor | None = None,
+        logits: Any = None,
         targets: Tensor | None = None,
         batch_size: int | None = None,
         epoch: float | None = None,
+        step: int | None = None,
     ) -> None:
         """Record one optimizer step. Call it right after ``optimizer.step()`` (and before the LR
-        scheduler's step, so that ``lr`` is the rate this step used)."""
+        scheduler's step, so that ``lr`` is the rate this step used). ``step``: the step's own
+        number, for loops that count their steps (they must increase); default the next one.
+        Outputs given to ``observe`` since the last step are part of this one."""
         if not self.enabled:
             return
-        self.step_count += 1
-        step, ep, wall = self.step_count, self._epoch(epoch), time.time()
-        ctx = StepContext(step=step, loss=loss, logits=logits, targets=targets)
-        if not self.writes:
-            # Another process writes: join the collective probes (unbudgeted, so due on the
-            # same steps as there) and keep nothing.
-            clock = Clock(step, 0.0)
-            for probe in self.probes:
-                if probe.collective and probe.due(clock):
-                    probe.run(ctx)
+        self.observe(loss, logits, targets)
+        self._record(batch_size, epoch, step)
+
+    def observe(self, loss: Tensor | float | None = None, logits: Any = None, targets: Tensor | None = None) -> None:
+        """The outputs of one (micro-)batch, for the optimizer step it is part of: under gradient
+        accumulation, every micro-batch's. ``train/loss`` is the mean of the losses given,
+        the output statistics are over all the samples. ``logits`` may be the model's whole
+        output (see ``logits_fn``). Statistics are computed now, on the device, and only their
+        sums kept, so the logits can be freed at once.
+
+        Normally called before the step: its values wait for the next recorded step. After
+        ``attach(..., outputs_after_step=True)`` a step recorded without its last outputs is
+        completed by the next call."""
+        if not self.enabled:
             return
-        batch = batch_size if batch_size is not None else (len(targets) if targets is not None else None)
+        if logits is not None:
+            logits = self.logits_fn(logits)
+        self._outputs.add(loss, logits, targets)
+        if targets is not None:
+            self._samples += len(targets)
+        if self._awaiting is not None:
+            step, epoch, wall, probes = self._awaiting
+            self._awaiting = None
+            ctx = StepContext(step=step, outputs=self._end_window())
+            for probe in probes:
+                self._run(probe, ctx, epoch, wall)
+
+    def _end_window(self) -> Outputs:
+        """The outputs observed for the step just recorded; the next step's start empty."""
+        outputs, self._outputs = self._outputs, Outputs()
+        if self._samples:
+            self._last_samples = self._samples
+        self._samples = 0
+        return outputs
+
+    def attach(self, optimizer: torch.optim.Optimizer | None = None,
+               outputs_after_step: bool = False) -> Any:
+        """Record every real optimizer step by itself: registers a step post-hook on
+        ``optimizer`` (default the Monitor's own), which runs after each ``optimizer.step()``
+        that actually happens, with the gradients still there. So under gradient accumulation
+        only the steps are recorded, not the micro-batches, and a step that
+        ``torch.amp.GradScaler`` skips (inf or NaN gradients) is not recorded: the scaler does
+        not call ``optimizer.step()`` then. Give each batch's outputs to ``observe``.
+
+        A wrapper that keeps torch's hooks (``LAWN``) is hooked itself, so the step recorded is
+        the one it takes (after its projection); one that does not (Accelerate's
+        ``AcceleratedOptimizer``) is unwrapped to the optimizer inside it (``.optimizer``),
+        which steps once per real step. An optimizer passed here that the Monitor was not
+        given becomes its optimizer (for ``lr``, ``phase`` and the probes), before the first step.
+
+        ``outputs_after_step``: the framework hands over a step's last outputs only after its
+        optimizer step (Lightning's ``on_train_batch_end``): the step is recorded at once, and
+        its output statistics when the next ``observe`` arrives.
+
+        Returns the hook's handle; ``close`` removes it."""
+        if not self.enabled:
+            return None
+        if self._hooks:
+            raise ValueError("Monitor.attach: this Monitor records an optimizer's steps already; one Monitor "
+                             "watches one optimizer")
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        if optimizer is None:
+            raise ValueError("Monitor.attach: no optimizer: pass the one that steps the model")
+        if self.optimizer is None:
+            if self.step_count:
+                raise ValueError("Monitor.attach: a Monitor made without an optimizer takes one only before its "
+                                 "first step: pass it to Monitor(model, optimizer)")
+            self.optimizer = optimizer
+            for probe in self.probes:
+                probe.attach(self.model, optimizer)
+        hooked = optimizer
+        while not hasattr(hooked, "_optimizer_step_post_hooks") and hasattr(hooked, "optimizer"):
+            hooked = hooked.optimizer
+        if not hasattr(hooked, "register_step_post_hook") or not hasattr(hooked, "_optimizer_step_post_hooks"):
+            raise TypeError(f"Monitor.attach: cannot hook the steps of a {type(optimizer).__name__}: pass the "
+                            "torch.optim.Optimizer it wraps, or call monitor.step() after each step")
+        self._outputs_after_step = outputs_after_step
+        handle = hooked.register_step_post_hook(self._on_optimizer_step)
+        self._hooks.append(handle)
+        return handle
+
+    def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        self._record()
+
+    def _record(self, batch_size: int | None = None, epoch: float | None = None, step: int | None = None) -> None:
+        if step is None:
+            step = self.step_count + 1
+        elif step <= self.step_count:
+            raise ValueError(f"Monitor.step(step={step}): steps must increase, and step {self.step_count} "
+                             "is recorded already (count optimizer steps from 1)")
+        self.step_count = step
+        ep, wall = self._epoch(epoch), time.time()
+        late = self._outputs_after_step
+        samples = self._last_samples if late else (self._samples or None)
+        ctx = StepContext(step=step, outputs=None if late else self._end_window())
+        if not self.writes:
+            # Another process writes: join the collective probes (their schedules depend on the
+            # step alone, so they are due on the same steps as there) and keep nothing.
+            due = [probe for probe in self.probes if probe.collective and probe.due(Clock(step, 0.0))]
+            waiting = [probe for probe in due if late and probe.uses_outputs]
+            for probe in due:
+                if probe not in waiting:
+                    probe.run(ctx)
+            if waiting:
+                self._awaiting = (step, ep, wall, waiting)
+            return
+        batch = batch_size if batch_size is not None else samples
         clock = self._clock(batch)
         if step == 1:
             self._first_step_seconds = clock.train_seconds
         probe_seconds = probe_budget = 0.0
+        ran, waiting = [], []
         for probe in self.probes:
             if probe.due(clock):
+                if late and probe.uses_outputs:
+                    waiting.append(probe)
+                    continue
                 probe_seconds += self._run(probe, ctx, ep, wall)
                 probe_budget += probe.last_cost if probe.expensive else 0.0
+                ran.append(probe)
+        if waiting:
+            self._awaiting = (step, ep, wall, waiting)
+        if not self._warned_grads and any(getattr(p, "missing_grads", False) for p in ran):
+            self._warned_grads = True
+            warnings.warn(f"Monitor: no parameter has a gradient at step {step}, so its grad_norm and "
+                          "grad_weight_cos are NaN: record the step after optimizer.step() and before "
+                          "zero_grad() (this warning is shown once)", stacklevel=3)
         self._probe_seconds += probe_seconds
         self._probe_budget += probe_budget
         if probe_seconds:
@@ -361,7 +493,7 @@ class Monitor:
         """Run one probe and keep its values; return its time in seconds if it is expensive
         (each expensive probe times itself: see ``CurvatureProbe.run``)."""
         out = probe.run(ctx)
-        if out is not None:
+        if out is not None and self.writes:  # a process that does not write joined a collective only
             self._device_rows.append((ctx.step, epoch, wall, *out))
         return probe.last_seconds if probe.expensive else 0.0
 
@@ -512,6 +644,9 @@ class Monitor:
             self.flush()
         self.sink.close(status, error=error, step=self.step_count, activity=None)
         self.closed = True
+        for handle in self._hooks:  # a closed Monitor records nothing more
+            handle.remove()
+        self._hooks = []
 
     def __enter__(self) -> "Monitor":
         return self

@@ -12,14 +12,20 @@ FSDP2 shards (``sharding.shard_sum``), ``OutputStats`` when it has a ``reduce`` 
 saw its share of the batch). Such a probe is ``collective``: every process runs it on the same
 steps (its schedule depends on the step only, never on a budget), and each call makes one
 all-reduce of one stacked tensor.
+
+Models' outputs come in several shapes: a logits tensor, an object with ``.logits`` (Hugging
+Face's ``ModelOutput``), a dict with ``"logits"``. ``logits_of`` takes the logits out of any of
+them, and sequence logits (B, T, V) count each position as a sample (``flatten_outputs``), with
+targets of ``IGNORE_INDEX`` (padding, the prompt) left out, as in ``F.cross_entropy``.
 """
 from __future__ import annotations
 
 import bisect
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +37,30 @@ Schedule = Callable[[int], bool]
 Keys = list[tuple[str, str]]  # (metric, layer); layer "" is the whole model
 
 FLAT_LOSS = 1e-3  # a sample whose loss is under this counts as flattened (flat_frac)
+IGNORE_INDEX = -100  # a target that is no sample (F.cross_entropy's and Hugging Face's default)
+LogitsFn = Callable[[Any], Tensor]
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits in a model's output: the output itself if it is a tensor, else its ``.logits``
+    (Hugging Face's ``ModelOutput``) or its ``"logits"`` entry. The default ``logits_fn``."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}: pass "
+                    "logits_fn=lambda output: ... to the Monitor to take them out")
+
+
+def flatten_outputs(logits: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Sequence logits (B, T, V) and targets (B, T) as (B*T, V) and (B*T,): each position is a
+    sample. Classification logits (B, C) pass unchanged."""
+    if logits.ndim <= 2:
+        return logits, targets
+    return logits.reshape(-1, logits.shape[-1]), None if targets is None else targets.reshape(-1)
 
 
 def every(n: int) -> Schedule:
@@ -85,12 +115,11 @@ def log_spaced(points: int, total_steps: int | None = None) -> Schedule:
 
 @dataclass
 class StepContext:
-    """What a probe may look at after ``optimizer.step()``."""
+    """What a probe may look at after ``optimizer.step()``: the step, and the outputs of the
+    batches it was computed on (all its micro-batches under gradient accumulation)."""
 
     step: int
-    loss: Tensor | None = None
-    logits: Tensor | None = None
-    targets: Tensor | None = None
+    outputs: "Outputs | None" = None
 
 
 @dataclass
@@ -135,6 +164,7 @@ class Probe:
 
     expensive = False  # timed (see ``run``), budgeted, and counted in curvature_time
     collective = False  # joins a collective: every process must run it on the same steps (set by attach)
+    uses_outputs = False  # reads the step's outputs (StepContext.outputs), which may come after the step
 
     def __init__(self, every_n: int | Schedule = 1, budget: float | None = None) -> None:
         self.schedule: Schedule = every(every_n) if isinstance(every_n, int) else every_n
@@ -251,13 +281,80 @@ def output_sums(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def output_sums(logits: Tensor, targets: Tensor) -> Tensor:
+    """Sums over a batch's samples of [correct, logit norm, max softmax probability, flattened],
+    and their number, as a float32 tensor of 5 on the logits' device.
+
+    Sequence logits count each position as a sample (``flatten_outputs``); targets equal to
+    ``IGNORE_INDEX`` are left out by weighting with a mask, not by indexing, whose result's size
+    would have to be read on the host (a sync).
+    """
+    logits, targets = flatten_outputs(logits.detach().float(), targets)
+    kept = (targets != IGNORE_INDEX).float()
+    per_sample = F.cross_entropy(logits, targets, reduction="none", ignore_index=IGNORE_INDEX)
+    correct = (logits.argmax(dim=1) == targets).float()
+    logit_norm = logits.norm(dim=1)
+    max_prob = logits.softmax(dim=1).amax(dim=1)
+    flat = (per_sample < FLAT_LOSS).float()
+    sums = torch.stack([correct, logit_norm, max_prob, flat]) @ kept
+    return torch.cat([sums, kept.sum().reshape(1)])
+
+
 def output_stats(logits: Tensor, targets: Tensor) -> Tensor:
     """Accuracy, mean logit norm, mean max softmax probability and flat fraction of a batch.
 
-    Returns a float32 tensor [acc, logit_norm, max_prob, flat_frac] on the logits' device.
+    Returns a float32 tensor [acc, logit_norm, max_prob, flat_frac] on the logits' device (NaN
+    where every target is ``IGNORE_INDEX``).
     """
     sums = output_sums(logits, targets)
     return sums[:4] / sums[4]
+
+
+class Outputs:
+    """The outputs of the (micro-)batches since the last recorded step, reduced as they come:
+    the mean of their losses, and output statistics over all their samples. Only sums are
+    kept, on the device, so no batch's logits outlive its own step."""
+
+    def __init__(self) -> None:
+        self.loss: Tensor | None = None  # sum of the losses given
+        self.losses = 0
+        self.sums: Tensor | None = None  # output_sums, added up
+
+    def add(self, loss: Tensor | float | None = None, logits: Tensor | None = None,
+            targets: Tensor | None = None) -> None:
+        if loss is not None:
+            loss = loss.detach().float().reshape(()) if isinstance(loss, Tensor) else torch.tensor(float(loss))
+            self.loss = loss if self.loss is None else self.loss + loss.to(self.loss.device)
+            self.losses += 1
+        if logits is not None and targets is not None:
+            sums = output_sums(logits, targets.to(logits.device))
+            self.sums = sums if self.sums is None else self.sums + sums
+
+    def __bool__(self) -> bool:
+        return self.loss is not None or self.sums is not None
+
+    def totals(self) -> tuple[Keys, Tensor]:
+        """The statistics' keys and their sums, with the sample count last: what processes that
+        each saw a share of the batch add up (``OutputStats(reduce=...)``) before dividing. The
+        loss (a mean per micro-batch) is weighted by the samples, or by 1 without targets."""
+        device = (self.sums if self.sums is not None else self.loss).device
+        count = self.sums[4:] if self.sums is not None else torch.ones(1, device=device)
+        keys: Keys = []
+        parts: list[Tensor] = []
+        if self.loss is not None:
+            keys.append(("train/loss", ""))
+            parts.append((self.loss / self.losses).reshape(1).to(device) * count)
+        if self.sums is not None:
+            keys += [("train/acc", ""), ("logit_norm", ""), ("max_prob", ""), ("flat_frac", "")]
+            parts.append(self.sums[:4])
+        return keys, torch.cat([*parts, count])
+
+    def rows(self) -> tuple[Keys, Tensor] | None:
+        """The statistics' keys and values (means), or None when nothing was observed."""
+        if not self:
+            return None
+        keys, total = self.totals()
+        return keys, total[:-1] / total[-1]
 
 
 # --- cheap probes, every step -----------------------------------------------------------------
@@ -340,6 +437,7 @@ class ParamNorms(Probe):
         self.collective = self.reduce is not None
         self.previous = [sharding.local(p).detach().clone() for p in self.params]
         self.zeros: dict[int, Tensor] = {}
+        self.missing_grads = False  # whether no parameter had a gradient at the last call
         invariant = set(scale_invariant_layers(model))
         self.invariant = [i for i, n in enumerate(self.names) if n in invariant]
         self.keys: Keys = [(m, n) for m in self.METRICS for n in self.names]
@@ -394,10 +492,17 @@ class ParamNorms(Probe):
     @torch.no_grad()
     def compute(self, ctx):
         weights = [sharding.local(p.detach()) for p in self.params]
+        self.missing_grads = all(p.grad is None for p in self.params)
         grads = [self._grad(i, p) for i, p in enumerate(self.params)]
         # Under FSDP2 the sums are global from here on: every ratio, cosine and total below is
         # taken from whole layers, never from a process's shards.
         w, g, u, dot = layer_norms(weights, grads, self.previous, self.reduce)
+        if self.missing_grads:
+            # No gradient at all: the step was recorded after zero_grad(set_to_none=True), or
+            # without a backward. Zeros would read as a vanished gradient (loss flattening), so
+            # grad_norm and grad_weight_cos are NaN instead: not measured. The rows stay, so
+            # every step has the same rows and the charts show a gap.
+            g, dot = torch.full_like(g, math.nan), torch.full_like(dot, math.nan)
         torch._foreach_copy_(self.previous, weights)
         tiny = torch.finfo(torch.float32).tiny
         ratio = u / w.clamp_min(tiny)
@@ -422,8 +527,8 @@ class ParamNorms(Probe):
 
 
 class OutputStats(Probe):
-    """``train/loss``, ``train/acc``, ``logit_norm``, ``max_prob``, ``flat_frac`` from the batch
-    the step was computed on: no extra forward pass.
+    """``train/loss``, ``train/acc``, ``logit_norm``, ``max_prob``, ``flat_frac`` from the batches
+    the step was computed on (``Monitor.observe``): no extra forward pass.
 
     ``reduce`` (e.g. ``sharding.all_reduce_sum()``; the Monitor sets it under torch.distributed)
     sums a tensor over the processes that each computed a share of the global batch: the probe
@@ -439,22 +544,12 @@ class OutputStats(Probe):
     def attach(self, model, optimizer):
         self.collective = self.reduce is not None
 
+    uses_outputs = True
+
     def compute(self, ctx):
-        keys: Keys = []
-        sums: list[Tensor] = []
-        stats = ctx.logits is not None and ctx.targets is not None
-        out = output_sums(ctx.logits, ctx.targets) if stats else None
-        if ctx.loss is not None:
-            keys.append(("train/loss", ""))
-            count = out[4:] if stats else torch.ones(1, device=ctx.loss.device)
-            sums.append(ctx.loss.detach().float().reshape(1) * count)
-        if stats:
-            keys += [("train/acc", ""), ("logit_norm", ""), ("max_prob", ""), ("flat_frac", "")]
-            sums.append(out[:4])
-        if not sums:
+        if not ctx.outputs:
             return None
-        count = out[4:] if stats else count
-        total = torch.cat([*sums, count])
+        keys, total = ctx.outputs.totals()
         if self.reduce is not None:
             total = self.reduce(total)
         return keys, total[:-1] / total[-1]
@@ -477,12 +572,12 @@ class CurvatureProbe(Probe):
 
     def __init__(self, inputs: Tensor, targets: Tensor, loss_fn=F.cross_entropy,
                  every_n: int | Schedule = 1, budget: float | None = None, seed: int = 0,
-                 size: int | None = None) -> None:
+                 size: int | None = None, logits_fn: LogitsFn = logits_of) -> None:
         super().__init__(every_n, budget)
         if size is not None and size < 1:
             raise ValueError(f"a curvature probe needs a probe batch of >= 1 sample, got size={size}")
         self.inputs, self.targets = inputs[:size], targets[:size]
-        self.loss_fn, self.seed = loss_fn, seed
+        self.loss_fn, self.seed, self.logits_fn = loss_fn, seed, logits_fn
 
     def attach(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -561,16 +656,17 @@ class GNTrace(CurvatureProbe):
                              f"{len(self.inputs)} samples: pass a larger probe batch or fewer groups")
         self.groups = groups
         self.group_size = len(self.inputs) // groups
-        self.classes: int | None = None
+        self.shape: tuple[int, ...] | None = None  # one sample's logits: (C,), or (T, V) for a sequence
 
     def units(self):
         return 1.5  # a forward and backward of the probe batch, in a few small pieces
 
     def compute(self, ctx):
-        if self.classes is None:
-            self.classes = curvature.output_size(self.model, self.inputs)
-        signs = curvature.rademacher((self.groups, self.group_size, self.classes), self.generator, self.device)
-        samples = curvature.gn_trace_groups(self.model, self.names, self.inputs, signs)
+        if self.shape is None:
+            self.shape = curvature.output_shape(self.model, self.inputs, self.logits_fn)
+        signs = curvature.rademacher((self.groups, self.group_size, *self.shape), self.generator, self.device)
+        mask = self.targets != IGNORE_INDEX if len(self.shape) > 1 else None  # a sequence's padding
+        samples = curvature.gn_trace_groups(self.model, self.names, self.inputs, signs, self.logits_fn, mask)
         return self.per_layer("gn_trace", samples)
 
 
@@ -588,7 +684,8 @@ class HessianTrace(CurvatureProbe):
         return 1 + 2 * self.num_probes  # each Hessian-vector product is about two backward passes
 
     def compute(self, ctx):
-        leaves, grads = curvature.loss_and_grads(self.model, self.names, self.inputs, self.targets, self.loss_fn)
+        leaves, grads = curvature.loss_and_grads(self.model, self.names, self.inputs, self.targets, self.loss_fn,
+                                                 self.logits_fn)
         samples = curvature.hutchinson_samples(curvature.hvp_fn(leaves, grads), leaves, self.num_probes,
                                                self.generator)
         return self.per_layer("hessian_trace", samples)
@@ -655,7 +752,8 @@ class Sharpness(CurvatureProbe):
         return scales
 
     def compute(self, ctx):
-        leaves, grads = curvature.loss_and_grads(self.model, self.names, self.inputs, self.targets, self.loss_fn)
+        leaves, grads = curvature.loss_and_grads(self.model, self.names, self.inputs, self.targets, self.loss_fn,
+                                                 self.logits_fn)
         hvp = curvature.hvp_fn(leaves, grads)
         keys: Keys = [("sharpness", ""), ("sharpness_threshold", "")]
         values = [self._top("plain", hvp, leaves), curvature.stability_threshold(self.optimizer)]
@@ -701,12 +799,12 @@ class ProbeConfig:
     seed: int = 0  # for the probes' own random draws (Rademacher vectors)
 
     def build(self, probe_batch: tuple[Tensor, Tensor] | None, loss_fn=None,
-              total_steps: int | None = None) -> list[Probe]:
+              total_steps: int | None = None, logits_fn: LogitsFn = logits_of) -> list[Probe]:
         probes: list[Probe] = [ParamNorms(self.every), OutputStats(self.every)]
         if not self.curvature or probe_batch is None:
             return probes
         inputs, targets = probe_batch
-        common = dict(loss_fn=loss_fn or F.cross_entropy, seed=self.seed)
+        common = dict(loss_fn=loss_fn or F.cross_entropy, seed=self.seed, logits_fn=logits_fn)
         groups = min(self.gn_groups, len(inputs[: self.gn_size]))
         probes += [
             GNTrace(inputs, targets, every_n=log_spaced(self.gn_points, total_steps),
