@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lawn_monitor import RunStore
-from lawn_monitor.probes import OutputStats, StepContext, layer_norms
+from lawn_monitor.probes import Outputs, OutputStats, StepContext, layer_norms
 from tests.sharded_worker import MODES, STEPS, train_unsharded
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,16 +88,16 @@ def test_output_stats_reduce_gives_the_global_batch():
     logits, targets = torch.randn(10, 4) * 5, torch.randint(0, 4, (10,))
     shares = [slice(0, 6), slice(6, 10)]  # uneven: the loss is weighted by each share's size
 
-    def ctx(i):
-        sl = shares[i]
+    def ctx(sl):
         loss = torch.nn.functional.cross_entropy(logits[sl], targets[sl])
-        return StepContext(step=1, loss=loss, logits=logits[sl], targets=targets[sl])
+        outputs = Outputs()
+        outputs.add(loss, logits[sl], targets[sl])
+        return StepContext(step=1, outputs=outputs)
 
     handed = []
-    OutputStats(reduce=lambda t: handed.append(t) or t).compute(ctx(1))
-    keys, values = OutputStats(reduce=lambda t: t + handed[0]).compute(ctx(0))
-    whole_keys, whole = OutputStats().compute(StepContext(step=1, loss=torch.nn.functional.cross_entropy(logits, targets),
-                                                          logits=logits, targets=targets))
+    OutputStats(reduce=lambda t: handed.append(t) or t).compute(ctx(shares[1]))
+    keys, values = OutputStats(reduce=lambda t: t + handed[0]).compute(ctx(shares[0]))
+    whole_keys, whole = OutputStats().compute(ctx(slice(None)))
     assert keys == whole_keys
     torch.testing.assert_close(values, whole, rtol=1e-6, atol=1e-7)
 
