@@ -13,6 +13,7 @@ run id) ends it with one line on stderr and exit code 2.
 """
 import os
 import sys
+import threading
 import time
 
 import pyarrow as pa
@@ -46,9 +47,14 @@ def flush_table(run_id: str, i: int) -> pa.Table:
 ANNOUNCE = os.environ.get("STORE_WRITER_ANNOUNCE") == "1"
 
 
+_SAYING = threading.Lock()  # the compactor thread announces merges too: one whole line at a time
+
+
 def say(line: str) -> None:
     if ANNOUNCE:
-        print(line, flush=True)
+        with _SAYING:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
 
 def announce_merges() -> None:
