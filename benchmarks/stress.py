@@ -48,9 +48,9 @@ WRITER = REPO / "tests" / "store_writer.py"
 PHASES = ("flush", "merge", "close")
 
 
-def start(root: Path, run_id: str, flushes: int, resume_from: int) -> tuple[subprocess.Popen, queue.Queue]:
+def start(root: Path, run_id: str, flushes: int, resume_from: int | None) -> tuple[subprocess.Popen, queue.Queue]:
     args = [sys.executable, str(WRITER), str(root), run_id, str(flushes), "0.002"]
-    if resume_from:
+    if resume_from is not None:
         args.append(str(resume_from))
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO), "STORE_WRITER_ANNOUNCE": "1",
@@ -145,9 +145,9 @@ def main() -> int:
             run_id = resumable.pop(rng.randrange(len(resumable)))
             resume_from = runs[run_id] + 1
         else:
-            run_id, resume_from = f"stress-{round_:03d}", 0
+            run_id, resume_from = f"stress-{round_:03d}", None
             runs[run_id] = -1
-        flushes = resume_from + (rng.randint(6, 30) if phase == "close" else 100_000)
+        flushes = (resume_from or 0) + (rng.randint(6, 30) if phase == "close" else 100_000)
         proc, lines = start(root, run_id, flushes, resume_from)
         seen: list[str] = []
         if not wait_for(lines, "ready", seen):

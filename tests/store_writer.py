@@ -70,13 +70,13 @@ def announce_merges() -> None:
 def main() -> int:
     root, run_id, flushes = sys.argv[1], sys.argv[2], int(sys.argv[3])
     pause = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-    start = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    start = int(sys.argv[5]) if len(sys.argv) > 5 else None
     compact.FANOUT = 4
     if ANNOUNCE:
         announce_merges()
     info = {"name": run_id, "config": {"writer": "test"}, "total_steps": flushes * 10}
     try:
-        if start:
+        if start is not None:
             sink = ParquetSink.reopen(root, run_id, info, keep_through_step=STEPS_PER_FLUSH * start - 1)
         else:
             sink = ParquetSink(root, run_id, info)
@@ -84,7 +84,7 @@ def main() -> int:
         print(f"store_writer: error: {exc}", file=sys.stderr)
         return 2
     print("ready", flush=True)
-    for i in range(start, flushes):
+    for i in range(start or 0, flushes):
         sink.write(flush_table(run_id, i))
         say(f"flushed {i}")
         sink.heartbeat(step=STEPS_PER_FLUSH * (i + 1))
