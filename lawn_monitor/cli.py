@@ -107,7 +107,8 @@ def compare(argv: list[str]) -> int:
 def compact(argv: list[str]) -> int:
     parser = _Parser(prog="lawn-monitor compact",
                      description="Merge each ended run's Parquet files into one sorted file (faster queries). "
-                                 "Runs still being written are left to their own writer, which compacts as it goes.")
+                                 "A run whose lock a live process holds (its writer, a resume, another compact) "
+                                 "is left alone; a live writer compacts as it goes.")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
     args = parser.parse_args(argv)
     store = _store(args.root)
@@ -117,10 +118,12 @@ def compact(argv: list[str]) -> int:
 
     runs = store.runs()
     ended = runs.loc[runs["status"] != "running", "run_id"].tolist() if not runs.empty else []
-    merged = compact_store(store.loc, ended)
+    merged, skipped = compact_store(store.loc, ended)
     files = sum(merged.values())
+    for reason in skipped.values():
+        print(f"skipped: {reason}")
     print(f"compacted {sum(1 for n in merged.values() if n)} of {len(ended)} ended runs ({files} files merged); "
-          f"left {len(runs) - len(ended)} running runs to their writers")
+          f"left {len(runs) - len(ended) + len(skipped)} runs to the processes writing them")
     return 0
 
 

@@ -7,33 +7,49 @@ segments are merged, log-structured:
 * while the run is live (in the writer's background thread, after each flush): size-tiered, as
   in log-structured stores: every ``FANOUT`` one-flush parts into one file, every ``FANOUT`` of
   those into one, and so on, so each row is rewritten about log_FANOUT(flushes) times and a run
-  never has more than a few dozen files;
+  at rest has at most FANOUT - 1 files per level (the digits of its flush count in base
+  FANOUT). A backlog (flushes faster than merges) is merged oldest first, and past
+  ``sink.MAX_FILES`` files the writer merges itself instead of waiting for the thread;
 * when the run ends (``final``), and on demand for a whole store (``lawn-monitor compact``):
   everything into one file.
 
 Merged files are sorted by (metric, layer, step) with row groups of ``ROW_GROUP`` rows, so that
 DuckDB skips every row group whose min/max statistics exclude the metric a chart asks for.
 
-Readers never see a row twice or miss one: the merged file is written whole first, and a file
-is read only when no wider segment covers it (``storage.live_files``); the covered files are
-deleted afterwards. A reader that listed a file just before it was deleted retries (RunStore
-does).
+Readers never see a row twice or miss one: the merged file is written whole first (fsynced with
+its folder on disk), and a file is read only when no wider segment covers it
+(``storage.live_files``); the covered files are deleted afterwards. A reader that listed a file
+just before it was deleted retries (RunStore does).
+
+A file that cannot be read (zero bytes, truncated, garbage) is renamed ``<name>.corrupt`` with a
+warning and the rest are merged: readers skip such names (they list only ``*.parquet``), and the
+file stays for a person to look at. Only the holder of the run's lock compacts it (lock.py): its
+writer, or ``lawn-monitor compact`` for a run that no live process holds.
 """
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .lock import LOCK_TIMEOUT, RunLock, RunLockedError
 from .sink import SCHEMA, parquet_bytes
 from .storage import Location, Segment, compact_name, live_files
 
 FANOUT = 16  # segments of one level merged into one of the next
 ROW_GROUP = 16_384  # small enough that a chart query decodes little beyond its own rows
-SORT_KEYS = [("metric", "ascending"), ("layer", "ascending"), ("step", "ascending")]
+
+
+class Unreadable(Exception):
+    """A segment that is not a readable Parquet file of the run's schema."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
 
 
 TEXT = ["run_id", "layer", "metric"]
@@ -42,9 +58,16 @@ DICT_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())
 
 
 def _read(loc: Location, rel: str) -> pa.Table:
-    """A segment with its text columns as dictionaries (cheap to read, sort and write)."""
-    table = pq.read_table(pa.BufferReader(loc.read_bytes(rel)), read_dictionary=TEXT)
-    return table.select(SCHEMA.names).cast(DICT_SCHEMA)
+    """A segment with its text columns as dictionaries (cheap to read, sort and write); raises
+    :class:`Unreadable` if it is not a whole Parquet file with the run's columns."""
+    try:
+        table = pq.read_table(pa.BufferReader(loc.read_bytes(rel)), read_dictionary=TEXT)
+        return table.select(SCHEMA.names).cast(DICT_SCHEMA)
+    except (pa.ArrowException, KeyError, ValueError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise Unreadable(rel.rsplit("/", 1)[-1], reason) from exc
 
 
 def _ranks(column: pa.ChunkedArray) -> np.ndarray:
@@ -63,17 +86,19 @@ def sort_rows(table: pa.Table) -> pa.Table:
     Segments hold consecutive flushes and a writer flushes steps in order, so a stable sort on
     one integer key for (metric, layer) already leaves steps in order; that is several times
     faster than a three-key sort on strings. If steps turn out not to be in order within a group
-    (rows written by hand), fall back to the full sort.
+    (rows written by hand, a resumed run's rows), sort on (key, step), both integers: pyarrow's
+    own sort does not take the dictionary columns the table holds.
     """
     if table.num_rows == 0:
         return table
     metric, layer = _ranks(table["metric"]), _ranks(table["layer"])
     key = metric * (layer.max() + 1) + layer
     order = np.argsort(key, kind="stable")
-    step = table["step"].to_numpy()[order]
+    step = table["step"].to_numpy()
+    ordered = step[order]
     same_group = key[order][1:] == key[order][:-1]
-    if np.any(same_group & (step[1:] < step[:-1])):
-        return table.sort_by(SORT_KEYS)
+    if np.any(same_group & (ordered[1:] < ordered[:-1])):
+        order = np.lexsort((step, key))  # last key first; stable, so equal rows keep their order
     return table.take(pa.array(order))
 
 
@@ -106,50 +131,108 @@ def level(seg: Segment) -> int:
 
 
 def plan(live: list[Segment]) -> list[Segment]:
-    """The next live merge: the last FANOUT segments, when they are all of one level."""
-    tail = live[-FANOUT:]
-    if len(tail) == FANOUT and len({level(s) for s in tail}) == 1:
-        return tail
+    """The next live merge: the oldest FANOUT consecutive segments of one level.
+
+    Merging the oldest such window keeps levels non-increasing from the oldest segment to the
+    newest, so a backlog of one-flush parts is merged whole, FANOUT at a time, instead of being
+    stranded behind a newer merged file (as merging only the newest FANOUT would leave it).
+    """
+    levels = [level(s) for s in live]
+    for start in range(len(live) - FANOUT + 1):
+        if len(set(levels[start:start + FANOUT])) == 1:
+            return live[start:start + FANOUT]
     return []
 
 
-def compact_run(loc: Location, run_id: str, final: bool = False,
-                cache: dict[str, pa.Table] | None = None) -> int:
+def quarantine(loc: Location, run_id: str, name: str, reason: str) -> None:
+    """Rename an unreadable data file to ``<name>.corrupt`` (readers skip it), with a warning."""
+    folder = f"{run_id}/metrics"
+    try:
+        loc.rename(f"{folder}/{name}", f"{folder}/{name}.corrupt")
+    except FileNotFoundError:
+        return
+    warnings.warn(f"{loc.url}/{folder}/{name} is not a readable Parquet file ({reason}): "
+                  f"renamed {name}.corrupt, the other files merged", stacklevel=3)
+
+
+def _whole(loc: Location, rel: str, size: int) -> bool:
+    """Parquet's magic bytes at both ends: a cheap check that a file was written whole."""
+    if size < 12:
+        return False
+    head, tail = loc.head_tail(rel, size)
+    return head == b"PAR1" and tail == b"PAR1"
+
+
+def compact_run(loc: Location, run_id: str, final: bool = False, cache: dict[str, pa.Table] | None = None,
+                on_merge: Callable[[int], None] | None = None) -> int:
     """Merge this run's segments as the policy above says; returns the number of files merged.
 
-    Only the run's own writer (or, for a run that has ended, anyone) may call this: two
-    compactors on one live run could write overlapping segments.
+    Only the holder of the run's lock may call this: two compactors on one run could write
+    overlapping segments. ``on_merge(n)`` is told each time the folder holds ``n`` files fewer.
     """
     folder = f"{run_id}/metrics"
-    live, covered, other = live_files([name for name, _ in loc.listdir(folder)])
-    for seg in covered:  # left behind by a compactor that was killed between merge and delete
-        loc.remove(f"{folder}/{seg.name}")
-    if other:
-        warnings.warn(f"{run_id}: leaving files compaction does not own: {', '.join(other)}", stacklevel=2)
+    on_merge = on_merge or (lambda n: None)
     merged = 0
-    while True:
-        if final:
-            todo = live if len(live) > 1 or any(not s.compacted for s in live) else []
-        else:
-            todo = plan(live)
-        if not todo:
-            return merged
-        new = merge(loc, run_id, todo, cache)
-        # A listing is one snapshot of the folder (one getdents call for a folder this small, one
-        # list page on object storage), so a reader sees the new file or all the old ones.
-        for seg in todo:
-            loc.remove(f"{folder}/{seg.name}")
-        merged += len(todo)
-        live = [s for s in live if s not in todo] + [new]
-        live.sort(key=lambda s: s.lo)
+    warned = False
+    while True:  # once, or again after quarantining a file
+        listing = dict(loc.listdir(folder))
+        live, covered, other = live_files(list(listing))
+        if covered:
+            # Left by a compactor killed between its merge and its deletes. Before deleting what
+            # a merged file covers, make sure that file is whole: if not, it goes, and the
+            # files it covered are live again.
+            broken = [s for s in live if s.compacted and not _whole(loc, f"{folder}/{s.name}", listing[s.name])]
+            if broken:
+                for seg in broken:
+                    quarantine(loc, run_id, seg.name, "empty or truncated")
+                continue
+            for seg in covered:
+                loc.remove(f"{folder}/{seg.name}")
+        if other and not warned:
+            warnings.warn(f"{run_id}: leaving files compaction does not own: {', '.join(other)}", stacklevel=2)
+            warned = True
+        while True:
+            if final:
+                todo = live if len(live) > 1 or any(not s.compacted for s in live) else []
+            else:
+                todo = plan(live)
+            if not todo:
+                return merged
+            try:
+                new = merge(loc, run_id, todo, cache)
+            except Unreadable as bad:
+                quarantine(loc, run_id, bad.name, bad.reason)
+                on_merge(1)
+                break  # list again: the quarantined file's range is gone from the folder
+            # A listing is one snapshot of the folder (one getdents call for a folder this small,
+            # one list page on object storage), so a reader sees the new file or all the old ones.
+            for seg in todo:
+                loc.remove(f"{folder}/{seg.name}")
+            merged += len(todo)
+            on_merge(len(todo) - 1)
+            live = [s for s in live if s not in todo] + [new]
+            live.sort(key=lambda s: s.lo)
 
 
-def compact_store(loc: Location, run_ids: list[str]) -> dict[str, int]:
-    """``lawn-monitor compact``: merge every given run into one file and remove temp files that
-    killed writers left (only for runs that have ended: a live run is left to its writer)."""
-    merged = {}
+def compact_store(loc: Location, run_ids: list[str],
+                  lock_timeout: float = LOCK_TIMEOUT) -> tuple[dict[str, int], dict[str, str]]:
+    """``lawn-monitor compact``: merge each given run into one file and remove the temp files
+    that killed writers left, holding the run's lock meanwhile. A run whose lock a live process
+    holds (its writer, a resume, another compact) is left alone.
+
+    Returns (files merged per compacted run, why each skipped run was skipped).
+    """
+    merged, skipped = {}, {}
     for run_id in run_ids:
-        for name in loc.stray_temps(f"{run_id}/metrics", older_than=0.0):  # the run has ended
-            loc.remove(f"{run_id}/metrics/{name}")
-        merged[run_id] = compact_run(loc, run_id, final=True)
-    return merged
+        try:
+            lock = RunLock(loc, run_id, "compact", timeout=lock_timeout).acquire()
+        except RunLockedError as exc:
+            skipped[run_id] = str(exc)
+            continue
+        try:
+            for name in loc.stray_temps(f"{run_id}/metrics", older_than=0.0):  # no writer: all strays
+                loc.remove(f"{run_id}/metrics/{name}")
+            merged[run_id] = compact_run(loc, run_id, final=True)
+        finally:
+            lock.release()
+    return merged, skipped

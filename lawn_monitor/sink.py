@@ -10,6 +10,9 @@ Every file is written whole (a temp name + ``os.replace`` on disk, a whole-objec
 object storage: see storage.py), so a reader sees either the old file, the new one, or nothing:
 never half a file. A killed writer leaves at most a stray temp file and loses at most the rows
 it had not flushed yet. ``root`` may be a local folder or an ``s3://bucket/prefix`` URL.
+
+One process writes a run at a time: the sink holds the run's lock (lock.py) from open to close,
+and a run id that already has data is refused unless the run is resumed (:meth:`ParquetSink.reopen`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .lock import LOCK_TIMEOUT, RunLock
 from .storage import Location, live_files, part_name
 
 SCHEMA_VERSION = 1
@@ -47,6 +51,13 @@ SCHEMA = pa.schema(
 )
 
 STATUSES = ("running", "finished", "failed", "diverged", "interrupted")
+# Data files a live run may pile up before its writer merges them itself rather than leave it to
+# the background compactor (which falls behind only under flushes faster than it can merge).
+MAX_FILES = 64
+
+
+class RunExistsError(FileExistsError):
+    """A new run was given the id of a run that already has data."""
 
 
 def default_root() -> str:
@@ -100,27 +111,56 @@ class ParquetSink:
         info: fields for run.json (name, config, env, total_steps, ...).
         compact: merge part files while the run is live and into one file at ``close``
             (see compact.py); off only for tests and benchmarks of the raw layout.
+        lock_timeout: seconds after which the lock of a writer on another machine that stopped
+            beating may be taken over (lock.py).
+        lock: the run's lock, already held (``reopen``); by default the sink takes it.
+
+    Raises:
+        RunLockedError: another live process writes (or compacts) this run.
+        RunExistsError: the run already has data (and this is not a resume).
     """
 
     def __init__(self, root: str | os.PathLike | Location, run_id: str, info: dict[str, Any],
-                 compact: bool = True) -> None:
+                 compact: bool = True, lock_timeout: float = LOCK_TIMEOUT, lock: RunLock | None = None) -> None:
         self.loc = root if isinstance(root, Location) else Location(root)
         self.loc.check_root()
         self.root = Path(str(root)) if not self.loc.remote else None
         self.run_id = run_id
+        self.compact = compact
+        resuming = lock is not None
+        self.lock = lock or RunLock(self.loc, run_id, "write", timeout=lock_timeout).acquire()
+        try:
+            if not resuming and self._has_data():
+                raise RunExistsError(f"run {run_id} already exists in {self.loc.url}: resume it "
+                                     f"(lawn-monitor train --resume {run_id}), or pass another run id")
+            self._open(info)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _has_data(self) -> bool:
+        return (self.loc.modified(f"{self.run_id}/run.json") is not None
+                or bool(self.loc.listdir(f"{self.run_id}/metrics")))
+
+    def _open(self, info: dict[str, Any]) -> None:
+        run_id = self.run_id
         self.run_dir = self.root / run_id if self.root is not None else f"{self.loc.url}/{run_id}"
         self.metrics_rel = f"{run_id}/metrics"
         self.metrics_dir = Path(self.run_dir) / "metrics" if self.root is not None else f"{self.run_dir}/metrics"
         self.loc.makedirs(self.metrics_rel)
         live, covered, _ = live_files([name for name, _ in self.loc.listdir(self.metrics_rel)])
         self.seq = max((s.hi for s in live + covered), default=-1) + 1  # continue after a resume
-        self.compact = compact
         self._recent: dict[str, pa.Table] = {}  # part files written but not yet compacted
+        self._files = len(live)  # data files in metrics/ (kept up to date by write and compaction)
+        self._files_lock = threading.Lock()
+        self._rest = 0  # files left after the last merge this thread did itself (see write)
+        self._merging = threading.Lock()  # one compaction pass at a time
         self._unsynced: list[str] = []  # part files not yet fsynced (see sync)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopping = False
         self.rows_written = 0
+        self.closed = False
         self.info = {
             "run_id": run_id,
             "created_at": now_iso(),
@@ -145,6 +185,7 @@ class ParquetSink:
         """Write one complete part file; a reader sees all of its rows or none."""
         if table.num_rows == 0:
             return
+        self.lock.check()
         table = table.cast(SCHEMA)
         name = part_name(self.seq)
         self.loc.write_atomic(f"{self.metrics_rel}/{name}", parquet_bytes(table), durable=False)
@@ -154,8 +195,25 @@ class ParquetSink:
         self.seq += 1
         self.rows_written += table.num_rows
         self._note_accuracy(table)
-        if self.compact:
+        with self._files_lock:
+            self._files += 1
+            files = self._files
+        if not self.compact:
+            return
+        from . import compact as compaction  # compact.py imports this module
+
+        if files > MAX_FILES and files >= self._rest + compaction.FANOUT:
+            # Flushes come faster than the background thread merges them: merge here (after
+            # its pass ends), so the files a reader must open stay bounded.
+            self._compact(final=False)
+            self._rest = self._files
+        else:
             self._wake_compactor()
+
+    def _merged(self, removed: int) -> None:
+        """Called by compaction for each merge (``removed`` = files merged - 1) or quarantine (1)."""
+        with self._files_lock:
+            self._files -= removed
 
     def _note_accuracy(self, table: pa.Table) -> None:
         """Keep the latest and best ``test/acc`` in run.json (written at the next heartbeat or
@@ -207,25 +265,33 @@ class ParquetSink:
     def _compact(self, final: bool) -> None:
         from .compact import compact_run  # compact.py imports this module
 
-        try:
-            compact_run(self.loc, self.run_id, final=final, cache=self._recent)
-        except Exception as exc:  # never let housekeeping stop training; the parts are intact
-            warnings.warn(f"compaction of {self.run_id} failed, parts kept as they are: {exc}", stacklevel=3)
+        with self._merging:
+            try:
+                compact_run(self.loc, self.run_id, final=final, cache=self._recent, on_merge=self._merged)
+            except Exception as exc:  # never let housekeeping stop training; the parts are intact
+                warnings.warn(f"compaction of {self.run_id} failed, parts kept as they are: {exc}", stacklevel=3)
 
     def close(self, status: str, error: str | None = None, **fields: Any) -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
-        if self.compact:
-            self._stop_compactor()
-            self._compact(final=True)
-        self.info.update(fields, status=status, ended_at=now_iso(), heartbeat_at=now_iso())
-        if error:
-            self.info["error"] = error
-        self.write_info()
+        if self.closed:
+            return
+        try:
+            if self.compact:
+                self._stop_compactor()
+                self._compact(final=True)
+            self.info.update(fields, status=status, ended_at=now_iso(), heartbeat_at=now_iso())
+            if error:
+                self.info["error"] = error
+            self.lock.check()  # a run taken over by another writer is not ours to mark
+            self.write_info()
+        finally:
+            self.closed = True
+            self.lock.release()
 
     @classmethod
     def reopen(cls, root: str | os.PathLike | Location, run_id: str, info: dict[str, Any],
-               keep_through_step: int, compact: bool = True) -> "ParquetSink":
+               keep_through_step: int, compact: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> "ParquetSink":
         """Continue an existing run after a restart from a checkpoint taken at ``keep_through_step``.
 
         Rows that the earlier process wrote after that step would be written again by the
@@ -234,13 +300,27 @@ class ParquetSink:
         under its own name (temp name + ``os.replace``): a reader sees each file before or after,
         never broken, and the covering between part and compacted files is kept (a file left
         with no rows is kept, empty). ``run.json`` keeps ``created_at`` and gains a ``resumed``
-        entry; the status is ``running`` again.
+        entry; the status is ``running`` again. The run's lock is taken first: a second resume of
+        the same run fails with :class:`RunLockedError`.
         """
         loc = root if isinstance(root, Location) else Location(root)
         try:
             old = json.loads(loc.read_bytes(f"{run_id}/run.json"))
         except FileNotFoundError:
             raise FileNotFoundError(f"no run {run_id!r} under {loc.url} (no run.json): check --root and the run id")
+        lock = RunLock(loc, run_id, "resume", timeout=lock_timeout).acquire()
+        try:
+            cls._drop_after(loc, run_id, keep_through_step)
+        except BaseException:
+            lock.release()
+            raise
+        resumed = list(old.get("resumed") or []) + [{"at": now_iso(), "from_step": keep_through_step}]
+        info = {**info, "created_at": old.get("created_at", now_iso()), "resumed": resumed}
+        return cls(root, run_id, info, compact=compact, lock=lock)
+
+    @staticmethod
+    def _drop_after(loc: Location, run_id: str, keep_through_step: int) -> None:
+        """Rewrite every data file of the run that holds rows after ``keep_through_step`` without them."""
         folder = f"{run_id}/metrics"
         for name, _ in sorted(loc.listdir(folder)):
             if not name.endswith(".parquet") or name.startswith("."):  # temp files of a killed writer
@@ -254,10 +334,5 @@ class ParquetSink:
             steps = table.column("step").to_numpy()
             if steps.size == 0 or steps.max() <= keep_through_step:
                 continue
-            import pyarrow.compute as pc
-
             kept = table.filter(pc.less_equal(table.column("step"), keep_through_step))
             loc.write_atomic(rel, parquet_bytes(kept.cast(SCHEMA)))
-        resumed = list(old.get("resumed") or []) + [{"at": now_iso(), "from_step": keep_through_step}]
-        info = {**info, "created_at": old.get("created_at", now_iso()), "resumed": resumed}
-        return cls(root, run_id, info, compact=compact)

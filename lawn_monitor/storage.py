@@ -221,10 +221,11 @@ class Location:
     def write_atomic(self, rel: str, data: bytes, durable: bool = True) -> None:
         """Write a whole file so that readers see the old content, the new, or nothing.
 
-        ``durable`` also fsyncs before the rename, so the file survives a power cut, not only a
-        killed process. Part files skip it (a reader skips an empty or truncated file anyway,
-        and it costs milliseconds per flush); files that replace others (compacted segments,
-        run.json) keep it.
+        ``durable`` also fsyncs the file before the rename and the folder after it, so the file
+        survives a power cut, not only a killed process. Part files skip it (a reader skips an
+        empty or truncated file anyway, and it costs milliseconds per flush); files that replace
+        others (compacted segments, run.json) keep it: compaction deletes the parts it merged
+        only once the merged file is on disk.
         """
         full = self._full(rel)
         if self.remote:
@@ -242,6 +243,51 @@ class Location:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if durable:
+            _fsync_dir(path.parent)
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create a file only if no file has that name; False if one has. On disk ``O_EXCL``
+        (atomic, also on NFSv3+); on object storage a conditional put (``If-None-Match: *``,
+        which S3 and moto honour)."""
+        full = self._full(rel)
+        if self.remote:
+            try:
+                self.fs.pipe_file(full, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        try:
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def modified(self, rel: str) -> float | None:
+        """When the storage last saw the file written (seconds since the Unix epoch, by the
+        storage's clock: the local kernel's, or the object store's ``LastModified``); None if
+        there is no such file."""
+        full = self._full(rel)
+        try:
+            if not self.remote:
+                return os.stat(full).st_mtime
+            info = self.fs.info(full, refresh=True)
+        except FileNotFoundError:
+            return None
+        stamp = info.get("LastModified") or info.get("mtime")
+        return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp) if stamp else None
+
+    def rename(self, rel: str, new_rel: str) -> None:
+        """Move a file to a new name (on disk atomically; on object storage copy, then delete)."""
+        if self.remote:
+            self.fs.mv(self._full(rel), self._full(new_rel))
+        else:
+            os.replace(self._full(rel), self._full(new_rel))
 
     def sync(self, rels: list[str], folder: str) -> None:
         """fsync files written with ``durable=False`` (those still there) and their folder, so
@@ -257,11 +303,7 @@ class Location:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        fd = os.open(self._full(folder), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(Path(self._full(folder)))
 
     def remove(self, rel: str) -> None:
         try:
@@ -271,3 +313,12 @@ class Location:
                 os.unlink(self._full(rel))
         except FileNotFoundError:
             pass
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -25,6 +25,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from .lock import holder_gone, read_lock
 from .sink import default_root
 from .storage import Location, live_files
 
@@ -152,7 +153,8 @@ class RunStore:
         root: the store root (folder or ``s3://bucket/prefix``); default ``$LAWN_MONITOR_ROOT``
             or ``./runs``.
         stale_after: seconds without a heartbeat after which a ``running`` run shows as ``stale``
-            (its process most likely died).
+            (its process most likely died). The heartbeat is the beat counter of the run's lock,
+            which the writer advances from a timer thread (lock.py), flushing or not.
         storage_options: passed to fsspec for a remote root (endpoint, credentials).
         output: what queries return: ``"pandas"`` DataFrames (default), ``"arrow"`` tables or
             ``"polars"`` frames (needs polars).
@@ -174,6 +176,7 @@ class RunStore:
         self._signatures: dict[str, tuple] = {}
         self._per_run_cache: dict[tuple, dict[str, tuple]] = {}
         self._frames: OrderedDict[tuple, tuple[tuple, pd.DataFrame]] = OrderedDict()  # see _per_run_frames
+        self._beats: dict[str, tuple[object, float]] = {}  # run -> (lock beat, when it last changed), see _silent
 
     # --- files --------------------------------------------------------------------------------
 
@@ -326,12 +329,35 @@ class RunStore:
             self._warn_once(f"skipping {self.loc.url}/{rel}: unreadable run.json ({exc})")
             return None
 
-    def _status(self, info: dict) -> str:
+    def _status(self, info: dict, run_id: str | None = None) -> str:
         """The recorded status, or ``stale`` for a ``running`` run whose heartbeat stopped."""
         status = info.get("status", "running")
-        if status == "running" and _age_seconds(info.get("heartbeat_at")) > self.stale_after:
+        if status == "running" and self._silent(run_id or info.get("run_id"), info):
             return "stale"
         return status
+
+    def _silent(self, run_id: str | None, info: dict) -> bool:
+        """Whether a ``running`` run's writer has stopped beating for ``stale_after`` seconds.
+
+        Judged on this reader's clocks only, never on a time the writer wrote (another machine's
+        clock may be off by minutes): a writer of this machine that no longer exists is silent at
+        once; otherwise the silence is how long this RunStore has seen the lock's beat counter
+        unchanged (its own monotonic clock), starting, on the first look, from the lock file's
+        age by the storage's modification time. A run without a lock file (written by a version
+        before locks) falls back to run.json's ``heartbeat_at``.
+        """
+        record, modified = read_lock(self.loc, run_id) if run_id else (None, None)
+        if record is None:
+            self._beats.pop(run_id, None)
+            return _age_seconds(info.get("heartbeat_at")) > self.stale_after
+        if holder_gone(record):
+            return True
+        beat, now = (record.get("token"), record.get("beat")), time.monotonic()
+        seen = self._beats.get(run_id)
+        if seen is None or seen[0] != beat:
+            age = 0.0 if seen is not None else max(0.0, time.time() - modified)
+            seen = self._beats[run_id] = (beat, now - age)
+        return now - seen[1] > self.stale_after
 
     def status(self, run_id: str) -> str | None:
         """One run's status as ``runs()`` shows it (None if its run.json is unreadable).
@@ -339,7 +365,7 @@ class RunStore:
         Reads only that run's run.json, so it is cheap enough to poll (the dashboard's live view).
         """
         info = self.run_info(run_id)
-        return None if info is None else self._status(info)
+        return None if info is None else self._status(info, run_id)
 
     @_output
     def runs(self, status: str | Iterable[str] | None = None, **config_filters) -> pd.DataFrame:
@@ -353,7 +379,7 @@ class RunStore:
             info = self.run_info(run_id)
             if info is None:
                 continue
-            status_now = self._status(info)
+            status_now = self._status(info, run_id)
             for name in self.loc.stray_temps(f"{run_id}/metrics", older_than=60.0):
                 self._warn_once(f"skipping {self.loc.url}/{run_id}/metrics/{name}: a temp file left by a killed "
                                 f"writer (lawn-monitor compact removes it once the run has ended)")

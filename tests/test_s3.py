@@ -28,7 +28,9 @@ def bucket(monkeypatch):
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("lawn-runs")
+    fs = s3fs.S3FileSystem()
+    if not fs.exists("lawn-runs"):  # moto keeps its buckets between servers of one process
+        fs.mkdir("lawn-runs")
     yield "s3://lawn-runs/team/runs", env
     s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
@@ -76,3 +78,19 @@ def test_s3_round_trip(bucket):
                          capture_output=True, text=True, env={**__import__("os").environ, **env})
     assert out.returncode == 0, out.stderr
     assert all(run_id in out.stdout for run_id in ids)
+
+
+def test_s3_one_writer_per_run(bucket):
+    from lawn_monitor.lock import RunLockedError
+    from lawn_monitor.sink import ParquetSink
+    from tests.store_writer import flush_table
+
+    root = bucket[0] + "-lock"
+    first = ParquetSink(root, "r", {"name": "r"})  # the lock: a put with If-None-Match: *
+    with pytest.raises(RunLockedError, match="run r is being written by"):
+        ParquetSink(root, "r", {"name": "r"})
+    first.write(flush_table("r", 0))
+    first.close("finished")
+    second = ParquetSink.reopen(root, "r", {"name": "r"}, keep_through_step=9)  # released on close
+    second.close("finished")
+    assert RunStore(root).series("r", "train/loss", points=None)["step"].tolist() == list(range(10))

@@ -39,8 +39,9 @@ from tqdm import tqdm
 
 from lawn_monitor import Monitor
 from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
+from lawn_monitor.lock import RunLockedError
 from lawn_monitor.probes import ProbeConfig
-from lawn_monitor.sink import default_root
+from lawn_monitor.sink import RunExistsError, default_root
 from lawn_monitor.storage import Location, is_remote
 
 from . import signals
@@ -49,7 +50,7 @@ from .data import DataError, load_data
 from .distributed import Dist, init_distributed
 from .models import ModelError, build_model
 
-USER_ERRORS = (ConfigError, DataError, ModelError, NotADirectoryError)
+USER_ERRORS = (ConfigError, DataError, ModelError, NotADirectoryError, RunLockedError, RunExistsError)
 CHECKPOINT = "checkpoint.pt"
 # What a resumed run may change: where and how it runs, not what it computes.
 RESUME_MAY_CHANGE = {"resume", "root", "device", "data_root", "download", "progress", "flush_secs", "workers",
