@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lawn_monitor.sink import SCHEMA, ParquetSink
+from lawn_monitor.schema import SCHEMA
+from lawn_monitor.sink import ParquetSink
 from lawn_monitor.store import RunStore
 
 SCALARS = ["train/loss", "train/acc", "lr", "phase", "logit_norm", "max_prob", "flat_frac", "step_time",

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .lock import LOCK_TIMEOUT, RunLock, RunLockedError
-from .sink import SCHEMA, parquet_bytes
+from .schema import SCHEMA, parquet_bytes
 from .storage import Location, Segment, compact_name, live_files
 
 FANOUT = 16  # segments of one level merged into one of the next

@@ -28,7 +28,7 @@ normalizes by batch statistics that themselves depend on the weights).
 
 * ``lanczos_top``: the top Hessian eigenvalue (sharpness) from a few Hessian-vector products.
 
-The model's output goes through ``logits_fn`` (default ``probes.logits_of``: a tensor, a Hugging
+The model's output goes through ``logits_fn`` (default ``outputs.logits_of``: a tensor, a Hugging
 Face ``ModelOutput``, a dict with ``"logits"``). Sequence logits (B, T, V) count each position as
 a sample; positions whose target is -100 are left out (``mask``, ``F.cross_entropy``'s default).
 """
@@ -44,16 +44,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .outputs import logits_of
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LogitsFn = Callable[[object], Tensor]
 
 
 def _logits(output: object, logits_fn: LogitsFn | None) -> Tensor:
-    if logits_fn is None:
-        from .probes import logits_of  # probes imports this module
-
-        logits_fn = logits_of
-    return logits_fn(output)
+    return (logits_fn or logits_of)(output)
 
 
 @contextmanager

@@ -46,9 +46,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import sharding
-from .probes import (Clock, Keys, LogitsFn, OutputStats, Outputs, Probe, ProbeConfig, StepContext, clean_name,
-                     logits_of)
-from .sink import SCHEMA, ParquetSink, default_root, new_run_id
+from .outputs import Keys, LogitsFn, Outputs, logits_of
+from .probes import Clock, OutputStats, Probe, ProbeConfig, StepContext, clean_name
+from .schema import SCHEMA
+from .sink import ParquetSink, new_run_id
+from .storage import default_root
 
 
 def _git_commit() -> str | None:

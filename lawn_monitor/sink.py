@@ -16,7 +16,6 @@ and a run id that already has data is refused unless the run is resumed (:meth:`
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -33,24 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import compact as compaction
 from .lock import LOCK_TIMEOUT, RunLock
+from .schema import SCHEMA, SCHEMA_VERSION, STATUSES, parquet_bytes
 from .storage import Location, live_files, part_name
 
-SCHEMA_VERSION = 1
-
-SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("step", pa.int64()),
-        ("epoch", pa.float64()),
-        ("wall_time", pa.float64()),
-        ("layer", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
-
-STATUSES = ("running", "finished", "failed", "diverged", "interrupted")
 # Data files a live run may pile up before its writer merges them itself rather than leave it to
 # the background compactor (which falls behind only under flushes faster than it can merge).
 MAX_FILES = 64
@@ -58,11 +44,6 @@ MAX_FILES = 64
 
 class RunExistsError(FileExistsError):
     """A new run was given the id of a run that already has data."""
-
-
-def default_root() -> str:
-    """``$LAWN_MONITOR_ROOT`` if set, else ``./runs``."""
-    return os.environ.get("LAWN_MONITOR_ROOT", "runs")
 
 
 def now_iso() -> str:
@@ -87,19 +68,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_run_json(path: Path, info: dict[str, Any]) -> None:
     atomic_write_bytes(path, json.dumps(info, indent=2, default=str).encode())
-
-
-def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
-    """Encode a table as Parquet: dictionaries for the repetitive text columns only, and
-    min/max statistics only on the columns queries filter by (twice as fast to write as the
-    defaults, and no larger)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size,
-                   use_dictionary=["run_id", "layer", "metric"], write_statistics=["step", "layer", "metric"],
-                   # No Arrow schema in the file: text reads back as plain strings (the storage
-                   # contract), even from compacted files that were built from dictionaries.
-                   store_schema=False)
-    return buf.getvalue()
 
 
 class ParquetSink:
@@ -200,7 +168,6 @@ class ParquetSink:
             files = self._files
         if not self.compact:
             return
-        from . import compact as compaction  # compact.py imports this module
 
         if files > MAX_FILES and files >= self._rest + compaction.FANOUT:
             # Flushes come faster than the background thread merges them: merge here (after
@@ -263,11 +230,10 @@ class ParquetSink:
             self._thread = None
 
     def _compact(self, final: bool) -> None:
-        from .compact import compact_run  # compact.py imports this module
 
         with self._merging:
             try:
-                compact_run(self.loc, self.run_id, final=final, cache=self._recent, on_merge=self._merged)
+                compaction.compact_run(self.loc, self.run_id, final=final, cache=self._recent, on_merge=self._merged)
             except Exception as exc:  # never let housekeeping stop training; the parts are intact
                 warnings.warn(f"compaction of {self.run_id} failed, parts kept as they are: {exc}", stacklevel=3)
 

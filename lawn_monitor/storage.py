@@ -39,6 +39,11 @@ def compact_name(lo: int, hi: int) -> str:
     return f"compact-{lo:08d}-{hi:08d}-{secrets.token_hex(3)}.parquet"
 
 
+def default_root() -> str:
+    """``$LAWN_MONITOR_ROOT`` if set, else ``./runs``."""
+    return os.environ.get("LAWN_MONITOR_ROOT", "runs")
+
+
 @dataclass(frozen=True)
 class Segment:
     """A data file in ``metrics/`` and the range of flush numbers whose rows it holds."""

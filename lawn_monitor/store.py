@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .lock import holder_gone, read_lock
-from .sink import default_root
-from .storage import Location, live_files
+from .storage import Location, default_root, live_files
 
 RUN_COLUMNS = ["run_id", "name", "status", "created_at", "heartbeat_at", "ended_at", "step", "total_steps", "progress"]
 SERIES_COLUMNS = ["run_id", "step", "epoch", "wall_time", "x", "value", "min", "max", "smoothed"]

@@ -10,7 +10,8 @@ from torch.nn import functional as F
 
 from lawn_monitor import LAWN, Monitor, RunStore
 from lawn_monitor import curvature as C
-from lawn_monitor.probes import GNTrace, HessianTrace, ProbeConfig, output_stats
+from lawn_monitor.outputs import output_stats
+from lawn_monitor.probes import GNTrace, HessianTrace, ProbeConfig
 
 TIMED = {"step_time", "samples_per_s"}
 

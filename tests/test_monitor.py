@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lawn_monitor import LAWN, Monitor
-from lawn_monitor.sink import SCHEMA
+from lawn_monitor.schema import SCHEMA
 
 CHEAP_METRICS = {
     "train/loss", "train/acc", "lr", "phase", "weight_norm", "grad_norm", "update_norm", "update_ratio",

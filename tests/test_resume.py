@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from lawn_monitor import RunStore
-from lawn_monitor.sink import SCHEMA, ParquetSink
+from lawn_monitor.schema import SCHEMA
+from lawn_monitor.sink import ParquetSink
 from trainers.config import TrainConfig
 from trainers.train import CHECKPOINT, train
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lawn_monitor import RunStore
-from lawn_monitor.probes import Outputs, OutputStats, StepContext, layer_norms
+from lawn_monitor.outputs import Outputs
+from lawn_monitor.probes import OutputStats, StepContext, layer_norms
 from tests.sharded_worker import MODES, STEPS, train_unsharded
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from lawn_monitor.cli import main  # noqa: E402
 from lawn_monitor.integrations.tensorboard import project_name, tag_names  # noqa: E402
-from lawn_monitor.sink import SCHEMA, ParquetSink  # noqa: E402
+from lawn_monitor.schema import SCHEMA  # noqa: E402
+from lawn_monitor.sink import ParquetSink  # noqa: E402
 from lawn_monitor.store import RunStore  # noqa: E402
 
 STEPS = 50

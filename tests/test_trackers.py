@@ -16,7 +16,7 @@ from torch import nn
 
 from lawn_monitor import Monitor, RunStore
 from lawn_monitor.integrations.trackers import mlflow_name, whole_model
-from lawn_monitor.sink import SCHEMA
+from lawn_monitor.schema import SCHEMA
 
 STEPS = 20
 

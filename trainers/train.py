@@ -41,7 +41,8 @@ from lawn_monitor import Monitor
 from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
 from lawn_monitor.lock import RunLockedError
 from lawn_monitor.probes import ProbeConfig
-from lawn_monitor.sink import RunExistsError, default_root
+from lawn_monitor.sink import RunExistsError
+from lawn_monitor.storage import default_root
 from lawn_monitor.storage import Location, is_remote
 
 from . import signals

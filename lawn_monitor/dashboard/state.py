@@ -20,7 +20,7 @@ import streamlit as st
 
 from lawn_monitor import RunStore
 from lawn_monitor.metrics import info
-from lawn_monitor.sink import default_root
+from lawn_monitor.storage import default_root
 
 from .charts import metric_chart
 from .styles import Palette, run_labels, run_styles  # noqa: F401  (run_labels re-exported for the pages)

@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..monitor import Monitor
-from ..probes import IGNORE_INDEX
+from ..outputs import IGNORE_INDEX
 
 
 def is_causal_lm(model: nn.Module) -> bool:

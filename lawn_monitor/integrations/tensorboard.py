@@ -51,7 +51,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ..metrics import BY_NAME, WHOLE
-from ..sink import SCHEMA, ParquetSink, now_iso, slug
+from ..schema import SCHEMA
+from ..sink import ParquetSink, now_iso, slug
 from ..storage import Location
 
 EVENT_FILES = "*tfevents*"
