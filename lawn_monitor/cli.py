@@ -53,11 +53,15 @@ def runs(argv: list[str]) -> int:
         print(f"no runs in {store.root}: start one with `lawn-monitor train --dataset digits --model cnn`")
         return 0
     cols = [c for c in ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"] if c in df.columns]
+    if df["damage"].notna().any():
+        cols.append("damage")
     df = df[cols].copy()
     if "progress" in df:
         df["progress"] = df["progress"].map(lambda p: "" if pd.isna(p) else f"{100 * p:.0f}%")
     if "test_acc" in df:
         df["test_acc"] = df["test_acc"].map(lambda a: "" if pd.isna(a) else f"{a:.4f}")
+    if "damage" in df:
+        df["damage"] = df["damage"].fillna("")
     _print(df)
     return 0
 
