@@ -77,9 +77,18 @@ def compare(argv: list[str]) -> int:
     store = _store(args.root)
     if store is None:
         return 2
-    table = store.summary(args.metric, by=[k for k in args.by.split(",") if k], reduce=args.reduce)
+    by = [k.strip() for k in args.by.split(",") if k.strip()]  # "--by ," is no key: one group
+    table = store.summary(args.metric, by=by, reduce=args.reduce)
     if table.empty:
-        print("no finished runs with those config keys and that metric")
+        from .store import RUN_COLUMNS
+
+        finished = store.runs(status="finished")
+        keys = sorted(c for c in finished.columns if c not in RUN_COLUMNS and c not in ("test_acc", "best_test_acc"))
+        unknown = [k for k in by if k not in keys]
+        if unknown and keys:
+            print(f"no finished run has config key {', '.join(map(repr, unknown))}: --by takes {', '.join(keys)}")
+        else:
+            print("no finished runs with those config keys and that metric")
         return 0
     _print(table)
     return 0
@@ -97,7 +106,8 @@ def compact(argv: list[str]) -> int:
     from .compact import compact_store
 
     runs = store.runs()
-    ended = runs.loc[runs["status"] != "running", "run_id"].tolist() if not runs.empty else []
+    # A damaged run's state is unknown (its writer may be live): left as it is.
+    ended = runs.loc[~runs["status"].isin(["running", "damaged"]), "run_id"].tolist() if not runs.empty else []
     merged = compact_store(store.loc, ended)
     files = sum(merged.values())
     print(f"compacted {sum(1 for n in merged.values() if n)} of {len(ended)} ended runs ({files} files merged); "

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .storage import Location, live_files, part_name
+from .storage import Location, check_run_id, live_files, part_name
 
 SCHEMA_VERSION = 1
 
@@ -60,7 +60,7 @@ def now_iso() -> str:
 
 def new_run_id(name: str) -> str:
     """A sortable, readable, unique id: ``20261128-174512-adam-lawn-3f2a``."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:48] or "run"
+    slug = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", name)).strip("-.")[:48] or "run"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{slug}-{secrets.token_hex(2)}"
 
@@ -103,7 +103,7 @@ class ParquetSink:
         self.loc = root if isinstance(root, Location) else Location(root)
         self.loc.check_root()
         self.root = Path(str(root)) if not self.loc.remote else None
-        self.run_id = run_id
+        self.run_id = check_run_id(run_id)
         self.run_dir = self.root / run_id if self.root is not None else f"{self.loc.url}/{run_id}"
         self.metrics_rel = f"{run_id}/metrics"
         self.metrics_dir = Path(self.run_dir) / "metrics" if self.root is not None else f"{self.run_dir}/metrics"
@@ -233,6 +233,7 @@ class ParquetSink:
         entry; the status is ``running`` again.
         """
         loc = root if isinstance(root, Location) else Location(root)
+        check_run_id(run_id)
         try:
             old = json.loads(loc.read_bytes(f"{run_id}/run.json"))
         except FileNotFoundError:

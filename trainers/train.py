@@ -40,7 +40,7 @@ from lawn_monitor import Monitor
 from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
 from lawn_monitor.probes import FLAT_LOSS, ProbeConfig
 from lawn_monitor.sink import default_root
-from lawn_monitor.storage import Location, is_remote
+from lawn_monitor.storage import Location, check_run_id, is_remote
 
 from . import signals
 from .config import ConfigError, OneLineParser, TrainConfig, add_config_arguments, given_fields
@@ -214,6 +214,10 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     checkpoint = None
     if config.resume:
         root = _check_root(config.root)
+        try:
+            check_run_id(config.resume)  # a folder inside the root, never "../x"
+        except ValueError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
         checkpoint = load_checkpoint(root, config.resume)
         info = json.loads(Location(root).read_bytes(f"{config.resume}/run.json"))
         if info.get("status") == "finished":
