@@ -276,3 +276,19 @@ def test_compare_by_nothing_or_an_unknown_key(tmp_path, capsys):
     assert rc == 0 and out.splitlines()[1].split()[:2] == ["0.55", "0.070711"]  # one group, both seeds
     rc, out, err = cli(["compare", "--by", "optimizer,nokey", "--root", str(tmp_path)], capsys)
     assert rc == 0 and "no finished run has config key 'nokey': --by takes optimizer, seed" in out
+
+
+def test_lawn_monitor_train_on_a_full_disk_is_one_line_and_failed(tmp_path, monkeypatch, capsys):
+    real = Location.write_atomic
+
+    def write(self, rel, data, durable=True):
+        if "/metrics/" in rel:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, rel, data, durable)
+
+    monkeypatch.setattr(Location, "write_atomic", write)
+    rc, out, err = cli(["train", "--dataset", "synthetic", "--model", "mlp", "--epochs", "1", "--no-curvature",
+                        "--root", str(tmp_path), "--no-progress"], capsys)
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "No space left on device" in err, err
+    run = RunStore(tmp_path).runs().iloc[0]
+    assert run["status"] == "failed"

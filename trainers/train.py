@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lawn_monitor import Monitor
+from lawn_monitor.monitor import MonitorWriteError
 from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
 from lawn_monitor.probes import FLAT_LOSS, ProbeConfig
 from lawn_monitor.sink import default_root
@@ -385,6 +386,9 @@ def run_cli(cfg: TrainConfig) -> int:
             f"the run is marked 'interrupted'; what it logged is kept ({run_dir})" if run_dir
             else "this process had no run record to mark (not created yet, or not rank 0)"), file=sys.stderr)
         return signals.exit_code(exc)
+    except MonitorWriteError as exc:  # its message says what was kept and what to do
+        print(f"lawn-monitor train: failed: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - reported in one line, traceback kept in run.json
         print(f"lawn-monitor train: failed: {type(exc).__name__}: {exc} (traceback in the run's run.json)",
               file=sys.stderr)
