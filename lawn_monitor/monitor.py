@@ -63,6 +63,8 @@ def _close_at_exit() -> None:
     (``diverged`` if the loss had gone non-finite). SIGKILL runs no hook: the run shows as stale."""
     last = getattr(sys, "last_value", None)
     for monitor in list(_OPEN):
+        if monitor._pid != os.getpid():  # a forked child exiting: the run is its parent's
+            continue
         if isinstance(last, KeyboardInterrupt):
             status, error = "interrupted", "KeyboardInterrupt: the program was interrupted"
         elif last is not None:
@@ -206,6 +208,7 @@ class Monitor:
         )
         self.run_dir = self.sink.run_dir
         self._written_step = self.step_count  # rows through this step are on disk
+        self._pid = os.getpid()
         _OPEN.add(self)
 
     # --- checkpoints --------------------------------------------------------------------------
