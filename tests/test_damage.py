@@ -128,6 +128,10 @@ def every_damage(root: Path, a: str) -> None:
     shutil.rmtree(looped / "metrics")
     os.symlink("metrics", looped / "metrics")
     shutil.copytree(root / a, root / os.fsdecode(b"run-\xff"))  # a folder name that is not UTF-8
+    json_loop = root / "damaged-run-json-loop"
+    shutil.copytree(root / a, json_loop)
+    (json_loop / "run.json").unlink()
+    os.symlink("run.json", json_loop / "run.json")
     part_loop = root / a / "metrics" / "part-00000099-abcdef.parquet"
     os.symlink(part_loop.name, part_loop)
     (root / a / "metrics" / os.fsdecode(b"x-\xff.parquet")).write_bytes(b"not parquet")
@@ -143,6 +147,8 @@ def test_loops_names_and_foreign_files_are_skipped_with_a_warning(good_store, tm
     runs, series, layers, summary, caught = read_all(store)
     assert runs.loc[a, "status"] == runs.loc[b, "status"] == "finished"
     assert runs.loc["damaged-metrics-loop", "status"] == "finished"  # its run.json is fine; no data
+    assert runs.loc["damaged-run-json-loop", "status"] == "damaged"
+    assert "cannot be read (Too many levels of symbolic links)" in runs.loc["damaged-run-json-loop", "damage"]
     assert "loop" not in runs.index and not any("\\xff" in r or "\udcff" in r for r in runs.index)
     assert series[series.run_id == a]["value"].tolist() == LOSSES_A
     assert series[series.run_id == b]["value"].tolist() == LOSSES_B
