@@ -67,11 +67,15 @@ def runs(argv: list[str]) -> int:
         print(f"no runs in {store.root}: start one with `lawn-monitor train --dataset digits --model cnn`")
         return 0
     cols = [c for c in ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"] if c in df.columns]
+    if df["damage"].notna().any():
+        cols.append("damage")
     df = df[cols].copy()
     if "progress" in df:
         df["progress"] = df["progress"].map(lambda p: "" if pd.isna(p) else f"{100 * p:.0f}%")
     if "test_acc" in df:
         df["test_acc"] = df["test_acc"].map(lambda a: "" if pd.isna(a) else f"{a:.4f}")
+    if "damage" in df:
+        df["damage"] = df["damage"].fillna("")
     _print(df)
     return 0
 
@@ -95,10 +99,18 @@ def compare(argv: list[str]) -> int:
 
         print(table2_text(store.summary("test/acc", by=TABLE_BY, reduce=args.reduce)))
         return 0
-    by = [k.strip() for k in args.by.split(",") if k.strip()]
+    by = [k.strip() for k in args.by.split(",") if k.strip()]  # "--by ," is no key: one group
     table = store.summary(args.metric, by=by, reduce=args.reduce)
     if table.empty:
-        print("no finished runs with those config keys and that metric")
+        from .store import RUN_COLUMNS
+
+        finished = store.runs(status="finished")
+        keys = sorted(c for c in finished.columns if c not in RUN_COLUMNS and c not in ("test_acc", "best_test_acc"))
+        unknown = [k for k in by if k not in keys]
+        if unknown and keys:
+            print(f"no finished run has config key {', '.join(map(repr, unknown))}: --by takes {', '.join(keys)}")
+        else:
+            print("no finished runs with those config keys and that metric")
         return 0
     _print(table)
     return 0
@@ -117,7 +129,8 @@ def compact(argv: list[str]) -> int:
     from .compact import compact_store
 
     runs = store.runs()
-    ended = runs.loc[runs["status"] != "running", "run_id"].tolist() if not runs.empty else []
+    # A damaged run's state is unknown (its writer may be live): left as it is.
+    ended = runs.loc[~runs["status"].isin(["running", "damaged"]), "run_id"].tolist() if not runs.empty else []
     merged, skipped = compact_store(store.loc, ended)
     files = sum(merged.values())
     for reason in skipped.values():

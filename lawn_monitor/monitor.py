@@ -22,9 +22,16 @@ Under torch.distributed (DDP, FSDP2) build the Monitor on every process, after w
 model, and call ``step`` on every process: process 0 writes the run; the others only join the
 collectives (global norms of FSDP2's shards, the global batch's output statistics) and write
 nothing.
+
+However a run ends, its status is written: ``close()``, the ``with`` block (an exception:
+``failed`` with it; Ctrl-C: ``interrupted``), or, for a program that exits without either, a hook
+at interpreter exit that flushes and records ``failed`` / ``interrupted``. A write that fails (a
+full disk) marks the run ``failed`` with the reason and raises :class:`MonitorWriteError`; the
+rows flushed before it stay readable.
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import statistics
@@ -34,6 +41,7 @@ import sys
 import time
 import traceback
 import warnings
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from functools import partial
@@ -50,7 +58,45 @@ from .outputs import Keys, LogitsFn, Outputs, logits_of
 from .probes import Clock, OutputStats, Probe, ProbeConfig, StepContext, clean_name
 from .schema import SCHEMA
 from .sink import ParquetSink, new_run_id
-from .storage import default_root
+from .storage import check_run_id, default_root
+
+
+class MonitorWriteError(OSError):
+    """The Monitor could not write to its store (a full disk, a lost mount): the run is marked
+    ``failed`` with the reason (where run.json can still be written) and the rows of earlier
+    flushes are kept. ``errno`` is the failed write's."""
+
+
+# Monitors not closed yet: closed at interpreter exit by _close_at_exit (weakly held, so a
+# Monitor the program dropped is not kept alive by this).
+_OPEN: "weakref.WeakSet[Monitor]" = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    """Flush and close every Monitor a program left open as the interpreter exits, recording how
+    the program ended: an uncaught exception (``sys.last_value``, set before exit hooks run) as
+    ``failed`` with it, Ctrl-C as ``interrupted``, an exit without ``close()`` as ``interrupted``
+    (``diverged`` if the loss had gone non-finite). SIGKILL runs no hook: the run shows as stale."""
+    last = getattr(sys, "last_value", None)
+    for monitor in list(_OPEN):
+        if monitor._pid != os.getpid():  # a forked child exiting: the run is its parent's
+            continue
+        if isinstance(last, KeyboardInterrupt):
+            status, error = "interrupted", "KeyboardInterrupt: the program was interrupted"
+        elif last is not None:
+            status, error = "failed", "".join(traceback.format_exception(last))
+        else:
+            status, error = None, "the program exited without Monitor.close() (call it, or use `with Monitor(...)`)"
+        try:
+            if status is None:
+                monitor.flush()  # a non-finite loss still buffered counts
+                status = "diverged" if monitor.diverged else "interrupted"
+            monitor.close(status, error=error)
+        except Exception as exc:  # noqa: BLE001 - at exit there is no one left to raise to
+            print(f"lawn-monitor: could not close run {monitor.run_id} at exit: {exc}", file=sys.stderr)
+
+
+atexit.register(_close_at_exit)
 
 
 def _git_commit() -> str | None:
@@ -227,7 +273,7 @@ class Monitor:
             probe.attach(model, optimizer)
         if not self.writes:  # another process writes the run
             return
-        self.run_id = run_id or new_run_id(self.name)
+        self.run_id = new_run_id(self.name) if run_id is None else check_run_id(run_id)
         open_sink = ParquetSink if resume_step is None else partial(ParquetSink.reopen, keep_through_step=resume_step)
         self.step_count = resume_step or 0
         self.sink = open_sink(
@@ -245,6 +291,9 @@ class Monitor:
             },
         )
         self.run_dir = self.sink.run_dir
+        self._written_step = self.step_count  # rows through this step are on disk
+        self._pid = os.getpid()
+        _OPEN.add(self)
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -562,7 +611,10 @@ class Monitor:
             return
         if durable:
             self.flush()
-            self.sink.sync()
+            try:
+                self.sink.sync()
+            except OSError as exc:
+                self._write_failed(exc)
             return
         device_rows, self._device_rows = self._device_rows, []
         host_rows, self._host_rows = self._host_rows, []
@@ -590,7 +642,6 @@ class Monitor:
                 cols["metric"] += [k[0] for k in keys]
                 cols["layer"] += [k[1] for k in keys]
             values = np.concatenate(parts)
-            self._check_divergence(cols["metric"], values)
         for step, ep, wall, layer, metric, value in host_rows:
             cols["step"].append(step)
             cols["epoch"].append(ep)
@@ -598,6 +649,7 @@ class Monitor:
             cols["layer"].append(layer)
             cols["metric"].append(metric)
         values = np.concatenate([values, np.array([r[5] for r in host_rows], dtype=np.float64)])
+        self._check_divergence(cols["metric"], values)
         n = len(values)
         table = pa.table(
             {
@@ -611,8 +663,12 @@ class Monitor:
             },
             schema=SCHEMA,
         )
-        self.sink.write(table)
-        self.sink.heartbeat(step=self.step_count)
+        try:
+            self.sink.write(table)
+            self.sink.heartbeat(step=self.step_count)
+        except OSError as exc:
+            self._write_failed(exc)
+        self._written_step = self.step_count
         self._forward(table)
 
     def _forward(self, table: pa.Table) -> None:
@@ -627,9 +683,30 @@ class Monitor:
                                   f"once, later flushes still try): {type(exc).__name__}: {exc}", stacklevel=3)
 
     def _check_divergence(self, metrics: list[str], values: np.ndarray) -> None:
+        """``diverged`` on the first non-finite ``train/loss`` (seen here, at the flush, so that
+        no step waits for the device); the expensive probes stop, as there is nothing left to
+        measure, while the cheap ones keep recording what the loop logs."""
         loss = values[np.fromiter((m == "train/loss" for m in metrics), bool, len(metrics))]
-        if loss.size and not np.isfinite(loss).all():
+        if loss.size and not np.isfinite(loss).all() and not self.diverged:
             self.diverged = True
+            for probe in self.probes:
+                if probe.expensive:
+                    probe.stopped = "training diverged (train/loss not finite)"
+
+    def _write_failed(self, exc: OSError):
+        """A write to the store failed: mark the run failed if run.json can still be written,
+        and raise one clear error. Rows flushed before are on disk; this flush's are lost."""
+        self.closed = True
+        _OPEN.discard(self)
+        reason = f"could not write to {self.sink.loc.url}/{self.run_id}: {exc.strerror or exc}"
+        try:
+            self.sink.close("failed", error=reason, step=self._written_step, activity=None)
+            recorded = "the run is marked failed"
+        except OSError:
+            recorded = "its status could not be written either (it will show as stale)"
+        raise MonitorWriteError(exc.errno, f"lawn-monitor: {reason}; {recorded} and its rows through step "
+                                           f"{self._written_step} are kept: free space or fix the store, then "
+                                           f"start a new run or resume from a checkpoint") from exc
 
     # --- ending -------------------------------------------------------------------------------
 
@@ -644,11 +721,15 @@ class Monitor:
         if status == "finished":
             self._final_curvature()
             self.flush()
-        self.sink.close(status, error=error, step=self.step_count, activity=None)
+        try:
+            self.sink.close(status, error=error, step=self.step_count, activity=None)
+        except OSError as exc:
+            self._write_failed(exc)
         self.closed = True
         for handle in self._hooks:  # a closed Monitor records nothing more
             handle.remove()
         self._hooks = []
+        _OPEN.discard(self)
 
     def __enter__(self) -> "Monitor":
         return self
@@ -656,7 +737,11 @@ class Monitor:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.close("interrupted")
-        else:
-            self.close("failed", error="".join(traceback.format_exception(exc_type, exc, tb)))
+            return
+        try:
+            if issubclass(exc_type, KeyboardInterrupt):
+                self.close("interrupted")
+            else:
+                self.close("failed", error="".join(traceback.format_exception(exc_type, exc, tb)))
+        except MonitorWriteError as write_error:  # the block's own exception is the one to raise
+            warnings.warn(str(write_error), stacklevel=2)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -149,6 +150,7 @@ class Probe:
         self.predicted: float | None = None  # the cost the budget expected of the next call
         self.calls = 0
         self.last_step: int | None = None
+        self.stopped: str | None = None  # why this probe runs no more in this run (set on divergence)
 
     def estimate(self, clock: Clock) -> float:
         """Seconds one call should take, before any call has been measured."""
@@ -165,6 +167,8 @@ class Probe:
         return self.budget * clock.total_seconds * share
 
     def affordable(self, clock: Clock) -> bool:
+        if self.stopped is not None:
+            return False
         if self.budget is None:
             return True
         known = self.costs if len(self.costs) >= 3 else [*self.costs, self.estimate(clock)]
@@ -200,13 +204,14 @@ class Probe:
     def state_dict(self) -> dict:
         """Schedule and budget bookkeeping (subclasses add their random state), for checkpoints."""
         return {"pending": self.pending, "spent": self.spent, "costs": self.costs, "calls": self.calls,
-                "last_step": self.last_step}
+                "last_step": self.last_step, "stopped": self.stopped}
 
     def load_state_dict(self, state: dict) -> None:
         self.pending, self.spent = state["pending"], state["spent"]
         old = [state["last_cost"]] if state.get("last_cost") is not None else []  # checkpoints before "costs"
         self.costs, self.last_step = list(state.get("costs", old)), state["last_step"]
         self.calls = state.get("calls", len(self.costs))
+        self.stopped = state.get("stopped")
 
     def compute(self, ctx: StepContext) -> tuple[Keys, Tensor] | None:
         raise NotImplementedError
@@ -478,18 +483,41 @@ class CurvatureProbe(Probe):
         if self.device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            out = self.compute(ctx)
+            out = self._compute_or_stop(ctx)
             end.record()
             end.synchronize()  # the one sync per call
             cost = seconds = start.elapsed_time(end) / 1000
         else:
             started, cpu = time.perf_counter(), time.process_time()
-            out = self.compute(ctx)
+            out = self._compute_or_stop(ctx)
             seconds = time.perf_counter() - started
             cost = time.process_time() - cpu if self.device.type == "cpu" else seconds
         self.charge(cost, ctx.step)
         self.last_seconds = seconds
+        # Non-finite values (recorded as they are) from non-finite weights: a diverged network,
+        # nothing more to measure. One more host read, after the call's own sync above.
+        if out is not None and self.stopped is None and not bool(torch.isfinite(out[1]).all()):
+            self._stop_if_diverged()
         return out
+
+    def _compute_or_stop(self, ctx: StepContext) -> tuple[Keys, Tensor] | None:
+        """``compute``; where it raises on a network whose weights are no longer finite (a
+        diverged run), no row and no further calls instead of the exception. Any other error
+        is a bug and raised."""
+        try:
+            return self.compute(ctx)
+        except (RuntimeError, ValueError, ArithmeticError):
+            if not self._stop_if_diverged():
+                raise
+            return None
+
+    def _stop_if_diverged(self) -> bool:
+        finite = all(bool(torch.isfinite(p.detach()).all()) for p in self.model.parameters())
+        if not finite:
+            self.stopped = "the model's weights are not finite"
+            warnings.warn(f"{type(self).__name__}: {self.stopped}; this curvature probe stops for the rest of "
+                          f"the run", stacklevel=4)
+        return not finite
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "generator": self.generator.get_state()}

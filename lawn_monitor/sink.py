@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from . import compact as compaction
 from .lock import LOCK_TIMEOUT, RunLock
 from .schema import SCHEMA, SCHEMA_VERSION, STATUSES, parquet_bytes
-from .storage import Location, live_files, part_name
+from .storage import Location, check_run_id, live_files, part_name
 
 # Data files a live run may pile up before its writer merges them itself rather than leave it to
 # the background compactor (which falls behind only under flushes faster than it can merge).
@@ -52,7 +52,7 @@ def now_iso() -> str:
 
 def slug(name: str) -> str:
     """``name`` as a safe piece of a run id (folder name): ``adam lawn/1`` -> ``adam-lawn-1``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:48] or "run"
+    return re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", name)).strip("-.")[:48] or "run"
 
 
 def new_run_id(name: str) -> str:
@@ -93,7 +93,7 @@ class ParquetSink:
         self.loc = root if isinstance(root, Location) else Location(root)
         self.loc.check_root()
         self.root = Path(str(root)) if not self.loc.remote else None
-        self.run_id = run_id
+        self.run_id = check_run_id(run_id)
         self.compact = compact
         resuming = lock is not None
         self.lock = lock or RunLock(self.loc, run_id, "write", timeout=lock_timeout).acquire()
@@ -270,6 +270,7 @@ class ParquetSink:
         the same run fails with :class:`RunLockedError`.
         """
         loc = root if isinstance(root, Location) else Location(root)
+        check_run_id(run_id)
         try:
             old = json.loads(loc.read_bytes(f"{run_id}/run.json"))
         except FileNotFoundError:

@@ -23,6 +23,23 @@ from pathlib import Path
 
 PART_RE = re.compile(r"^part-(\d+)-[0-9a-f]+\.parquet$")
 COMPACT_RE = re.compile(r"^compact-(\d+)-(\d+)-[0-9a-f]+\.parquet$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_run_id(run_id: object) -> str:
+    """A run id the writer may use as a folder name: 1 to 128 letters, digits, ``_ . -``, not
+    starting with ``.`` or ``-`` and without ``..``, so it names one folder inside the root and
+    never reaches outside it (``../x``), a hidden name or a temp file's. Raises ValueError."""
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id) or ".." in run_id:
+        raise ValueError(f"run id {run_id!r} is not allowed: use 1-128 letters, digits, '_', '.' or '-', "
+                         f"starting with a letter, digit or '_', without '..' or a path separator")
+    return run_id
+
+
+def plain_name(name: str) -> bool:
+    """Whether a reader may take ``name`` as one folder of the root: no separator, not ``.``/``..``
+    or hidden. Looser than check_run_id: a folder renamed by hand (``my run (copy)``) is read."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
 
 
 def is_remote(root: str | os.PathLike) -> bool:
@@ -145,8 +162,24 @@ class Location:
             return []
         return sorted(p.parent.name for p in root.glob("*/run.json"))
 
-    def listdir(self, rel: str) -> list[tuple[str, int]]:
-        """(name, size) of the files directly in ``rel``; empty if it does not exist."""
+    def metrics_dirs(self) -> list[str]:
+        """Names of the sub-folders that hold data files (``*/metrics/*.parquet``), with a
+        run.json or without (a reader lists those as damaged)."""
+        if self.remote:
+            try:
+                found = self.fs.glob(f"{self.base}/*/metrics/*.parquet", refresh=True)
+            except FileNotFoundError:
+                return []
+            return sorted({p.rsplit("/", 3)[-3] for p in found})
+        root = Path(self.base)
+        if not root.is_dir():
+            return []
+        return sorted({p.parent.parent.name for p in root.glob("*/metrics/*.parquet")})
+
+    def listdir(self, rel: str, skipped: list[str] | None = None) -> list[tuple[str, int]]:
+        """(name, size) of the files directly in ``rel``; empty if it does not exist. Entries that
+        cannot be looked at (a symlink loop, no permission) are left out, and their names added
+        to ``skipped`` when given."""
         if self.remote:
             try:
                 entries = self.fs.ls(self._full(rel), detail=True, refresh=True)
@@ -161,8 +194,14 @@ class Location:
             try:
                 with os.scandir(self._full(rel)) as it:
                     for entry in it:
-                        if entry.is_file():
-                            out.append((entry.name, entry.stat().st_size))
+                        try:
+                            if entry.is_file():
+                                out.append((entry.name, entry.stat().st_size))
+                        except FileNotFoundError:
+                            raise
+                        except OSError:
+                            if skipped is not None:
+                                skipped.append(entry.name)
             except FileNotFoundError:
                 if not os.path.isdir(self._full(rel)):
                     return []

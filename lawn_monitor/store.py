@@ -7,6 +7,13 @@ files only those not covered by a wider one are read (storage.live_files: every 
 once while compaction runs), and each is checked for Parquet's magic bytes, so a zero-byte or
 truncated file is skipped with a warning instead of failing the query. ``root`` may be a local
 folder or an ``s3://`` URL (read through fsspec).
+
+Damage is read around, never fatal to the store: a run whose run.json is unusable (see
+runinfo.py) is listed with status ``damaged`` and the reason in ``damage``, and its Parquet
+data is still read; a folder name that is not UTF-8, a symlink loop, or a Parquet file of
+another schema in ``metrics/`` is skipped. Each is one warning, kept in ``RunStore.warnings``
+for the dashboard to show. A row belongs to the run whose folder holds its file (not to the
+``run_id`` written in it), so a renamed or copied run folder counts as itself.
 """
 from __future__ import annotations
 
@@ -26,9 +33,12 @@ import numpy as np
 import pandas as pd
 
 from .lock import holder_gone, read_lock
-from .storage import Location, default_root, live_files
+from .runinfo import RunInfo, check_run_info
+from .schema import SCHEMA
+from .storage import Location, default_root, live_files, plain_name
 
-RUN_COLUMNS = ["run_id", "name", "status", "created_at", "heartbeat_at", "ended_at", "step", "total_steps", "progress"]
+RUN_COLUMNS = ["run_id", "name", "status", "damage", "created_at", "heartbeat_at", "ended_at", "step", "total_steps",
+               "progress"]
 SERIES_COLUMNS = ["run_id", "step", "epoch", "wall_time", "x", "value", "min", "max", "smoothed"]
 SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
 # Config keys that say where and how a run ran, or what was measured beside it, not what it
@@ -83,6 +93,29 @@ def _convert(df: pd.DataFrame, output: str):
     import polars as pl
 
     return pl.from_arrow(table)
+
+
+# What every query reads in place of ``read_parquet(?)``: the files, with each row's run_id
+# taken from the folder its file is in (<run_id>/metrics/<file>), not from the file. A run
+# folder renamed or copied by hand keeps the old id inside its files; by folder it still counts
+# as the run the store lists. The folder is a per-file constant, so this costs nothing measurable.
+FILES_BY_FOLDER = ("(SELECT * EXCLUDE (filename) REPLACE (string_split(filename, '/')[-3] AS run_id) "
+                   "FROM read_parquet(?, filename = true))")
+TEXT_TYPES = {"VARCHAR"}
+NUMBER_TYPES = {"BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT", "UINTEGER", "DOUBLE", "FLOAT"}
+
+
+def _printable(name: str) -> str:
+    """A file name as text that can be shown anywhere (bytes that are not UTF-8 as \\xNN)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _age_seconds(iso: str | None) -> float:
@@ -172,6 +205,8 @@ class RunStore:
         self._con.execute("SET parquet_metadata_cache = true")
         self.loc.register(self._con)
         self._warned: set[str] = set()
+        self.warnings: list[str] = []  # every warning so far, once each, oldest first (for the dashboard)
+        self._unreadable: set[str] = set()  # data files found unreadable (names never get reused)
         self._signatures: dict[str, tuple] = {}
         self._per_run_cache: dict[tuple, dict[str, tuple]] = {}
         self._frames: OrderedDict[tuple, tuple[tuple, pd.DataFrame]] = OrderedDict()  # see _per_run_frames
@@ -182,10 +217,20 @@ class RunStore:
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
+            self.warnings.append(message)
             warnings.warn(message, stacklevel=3)
 
     def run_ids(self) -> list[str]:
-        return self.loc.run_dirs()
+        """The run folders: those with a run.json, and those with data files but none (listed as
+        damaged). A folder whose name is not UTF-8 is skipped with a warning."""
+        ids = []
+        for name in sorted(set(self.loc.run_dirs()) | set(self.loc.metrics_dirs())):
+            if _utf8(name):
+                ids.append(name)
+            else:
+                self._warn_once(f"skipping {self.loc.url}/{_printable(name)}: its folder name is not UTF-8 text; "
+                                f"rename it to letters, digits, '-', '_' and '.'")
+        return ids
 
     def files(self, run_ids: Iterable[str] | None = None) -> list[str]:
         """The complete data files of these runs (all runs by default); broken ones are skipped."""
@@ -197,13 +242,29 @@ class RunStore:
 
     def _run_files(self, run_id: str) -> list[str]:
         folder = f"{run_id}/metrics"
+        if not plain_name(run_id):  # "../x" or "a/b": not a folder of this store
+            return []
         for _ in range(100):
-            listing = dict(self.loc.listdir(folder))
+            skipped: list[str] = []
+            try:
+                listing = dict(self.loc.listdir(folder, skipped))
+            except OSError as exc:  # a symlink loop, no permission
+                self._warn_once(f"skipping {self.loc.url}/{folder}: cannot be listed ({exc.strerror or exc})")
+                return []
+            for name in dict.fromkeys(skipped):
+                self._warn_once(f"skipping {self.loc.url}/{folder}/{_printable(name)}: cannot be read "
+                                f"(a symlink loop or no permission); remove it")
+            for name in [n for n in listing if not _utf8(n)]:
+                self._warn_once(f"skipping {self.loc.url}/{folder}/{_printable(name)}: its name is not UTF-8 text; "
+                                f"rename or remove it")
+                del listing[name]
             live, _, other = live_files(list(listing))
             good, bad = [], []
             try:
                 for name in sorted([s.name for s in live] + other):
                     rel = f"{folder}/{name}"
+                    if self.loc.query_path(rel) in self._unreadable:
+                        continue  # warned about when found
                     (good if self._is_parquet(rel, listing[name]) else bad).append(rel)
             except FileNotFoundError:  # compaction replaced it since the listing: list again
                 continue
@@ -225,11 +286,14 @@ class RunStore:
 
     def _query(self, sql: str, params: Sequence, run_ids: Iterable[str] | None, columns: list[str],
                files: list[str] | None = None) -> pd.DataFrame:
-        """Run ``sql`` (its first parameter is the file list) over the live files of ``run_ids``.
+        """Run ``sql`` (its first parameter is the file list) over the live files of ``run_ids``;
+        ``read_parquet(?)`` in it reads them by folder (FILES_BY_FOLDER).
 
         A file deleted between listing and reading (compaction finished) means the listing is
-        old: list again and retry. A file that looked whole but is not is dropped with a warning.
+        old: list again and retry. A file that looked whole but is not, or holds other columns,
+        is dropped with a warning.
         """
+        sql = sql.replace("read_parquet(?)", FILES_BY_FOLDER)
         ids = None if run_ids is None else list(run_ids)
         for attempt in range(5):
             files = files if attempt == 0 and files is not None else self.files(ids)
@@ -311,22 +375,50 @@ class RunStore:
         return any(not os.path.exists(f) for f in files)
 
     def _readable(self, cur, path: str) -> bool:
+        """Whether a file reads whole and has the metrics columns (SCHEMA); a file that does
+        not is remembered, so the next listing leaves it out without a failed query first."""
         try:
             cur.execute("SELECT count(*) FROM read_parquet(?)", [path]).fetchall()
-            return True
+            types = dict(cur.execute("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet(?))",
+                                     [path]).fetchall())
         except duckdb.Error as exc:
+            self._unreadable.add(path)
             self._warn_once(f"skipping {path}: unreadable Parquet ({str(exc).splitlines()[0]})")
             return False
+        wrong = [f"{f.name} ({types.get(f.name, 'missing')})" for f in SCHEMA
+                 if types.get(f.name) not in (TEXT_TYPES if str(f.type) == "string" else NUMBER_TYPES)]
+        if wrong:
+            self._unreadable.add(path)
+            self._warn_once(f"skipping {path}: not a lawn-monitor metrics file (columns {', '.join(wrong)}); "
+                            f"move it out of metrics/")
+            return False
+        return True
 
     # --- runs ---------------------------------------------------------------------------------
 
-    def run_info(self, run_id: str) -> dict | None:
+    def _read_info(self, run_id: str) -> RunInfo:
+        """A run's run.json, checked (runinfo.py); each problem is warned about once."""
         rel = f"{run_id}/run.json"
+        if not plain_name(run_id):
+            return RunInfo(damage=f"{run_id!r} is not a folder name")
         try:
-            return json.loads(self.loc.read_bytes(rel))
-        except (OSError, ValueError) as exc:
-            self._warn_once(f"skipping {self.loc.url}/{rel}: unreadable run.json ({exc})")
-            return None
+            found = check_run_info(self.loc.read_bytes(rel))
+        except FileNotFoundError:
+            found = RunInfo(damage="no run.json (its data files are read)")
+        except OSError as exc:  # a symlink loop, a folder of that name, no permission
+            found = RunInfo(damage=f"run.json cannot be read ({exc.strerror or exc})")
+        if found.damage:
+            self._warn_once(f"{self.loc.url}/{run_id}: {found.damage}; listed as damaged, its data still read: "
+                            f"repair its run.json or remove the folder")
+        for problem in found.problems:
+            self._warn_once(f"{self.loc.url}/{rel}: {problem}; read as not recorded")
+        return found
+
+    def run_info(self, run_id: str) -> dict | None:
+        """A run's run.json fields that are usable (runinfo.py: a field of the wrong type is left
+        out), or None when there is no usable run.json."""
+        found = self._read_info(run_id)
+        return found.info if found.info or not found.damage else None
 
     def _status(self, info: dict, run_id: str | None = None) -> str:
         """The recorded status, or ``stale`` for a ``running`` run whose heartbeat stopped."""
@@ -359,27 +451,31 @@ class RunStore:
         return now - seen[1] > self.stale_after
 
     def status(self, run_id: str) -> str | None:
-        """One run's status as ``runs()`` shows it (None if its run.json is unreadable).
+        """One run's status as ``runs()`` shows it (``damaged`` if its run.json is unusable).
 
         Reads only that run's run.json, so it is cheap enough to poll (the dashboard's live view).
         """
-        info = self.run_info(run_id)
-        return None if info is None else self._status(info, run_id)
+        found = self._read_info(run_id)
+        return "damaged" if found.damage else self._status(found.info, run_id)
 
     @_output
     def runs(self, status: str | Iterable[str] | None = None, **config_filters) -> pd.DataFrame:
-        """One row per run: id, name, status (``stale`` for a silent running run), progress, every
-        config key as a column, and ``test_acc`` (latest) / ``best_test_acc``.
+        """One row per run: id, name, status (``stale`` for a silent running run, ``damaged`` for
+        an unusable run.json, with the reason in ``damage``), progress, every config key as a
+        column, and ``test_acc`` (latest) / ``best_test_acc``.
 
         Filter by status and by config values, e.g. ``runs(status="running", optimizer="adam")``.
         """
         rows = []
         for run_id in self.run_ids():
-            info = self.run_info(run_id)
-            if info is None:
-                continue
-            status_now = self._status(info, run_id)
-            for name in self.loc.stray_temps(f"{run_id}/metrics", older_than=60.0):
+            found = self._read_info(run_id)
+            info = found.info
+            status_now = "damaged" if found.damage else self._status(info, run_id)
+            try:
+                strays = self.loc.stray_temps(f"{run_id}/metrics", older_than=60.0)
+            except OSError:  # metrics/ cannot be listed: _run_files says why when it is read
+                strays = []
+            for name in strays:
                 self._warn_once(f"skipping {self.loc.url}/{run_id}/metrics/{name}: a temp file left by a killed "
                                 f"writer (lawn-monitor compact removes it once the run has ended)")
             total = info.get("total_steps")
@@ -388,6 +484,7 @@ class RunStore:
                 "run_id": run_id,
                 "name": info.get("name", run_id),
                 "status": status_now,
+                "damage": found.damage,
                 "created_at": info.get("created_at"),
                 "heartbeat_at": info.get("heartbeat_at"),
                 "ended_at": info.get("ended_at"),

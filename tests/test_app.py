@@ -410,8 +410,9 @@ def damaged_store(sweep_store, tmp_path_factory) -> Path:
 def test_corrupt_files_never_break_a_page(damaged_store, page):
     at = run_app(damaged_store, page)
     assert at.get("vega_lite_chart") or at.dataframe
-    if page == "runs":
-        assert len(at.dataframe[0].value) == 3  # the run with the cut run.json is left out
+    if page == "runs":  # the run with the cut run.json is listed, marked damaged
+        table = at.dataframe[0].value.set_index("run_id")
+        assert len(table) == 4 and table.loc["20260101-000000-broken-0000", "status"] == "damaged"
     if page == "flattening":
         assert set(main_line(charts(at)["train loss"])["label"]) == {"adam-lawn-s0", "adam-lawn-s1", "sgd-s0"}
 

@@ -103,7 +103,8 @@ def test_broken_files_are_skipped_with_a_warning(store):
         df = fresh.series([ids["a"]], "train/loss")
         runs = fresh.runs()
     assert df["value"].tolist() == [1.0, 0.5, 0.25, 0.125, 0.0625]
-    assert set(runs["run_id"]) == set(ids.values())
+    assert set(runs["run_id"]) == {*ids.values(), "broken-run"}  # listed, marked damaged
+    assert runs.set_index("run_id").loc["broken-run", "status"] == "damaged"
     text = " ".join(str(w.message) for w in caught)
     for name in ("zero.parquet", "garbage.parquet", "truncated.parquet", "broken-run"):
         assert name in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,7 @@ class TrainConfig:
         if cfg.weight_decay is None:
             cfg.weight_decay = DEFAULT_WEIGHT_DECAY[cfg.optimizer]
         if cfg.name is None and cfg.recipe:
-            cfg.name = f"{cfg.recipe}-s{cfg.seed}"
+            cfg.name = f"{Path(cfg.recipe).name.removesuffix('.toml')}-s{cfg.seed}"  # a path recipe: its file's name
         if cfg.name is None:
             cfg.name = f"{cfg.optimizer}{'-lawn' if cfg.lawn else ''}-b{cfg.batch_size}-s{cfg.seed}"
         checks = [

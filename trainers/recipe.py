@@ -4,11 +4,16 @@ A recipe holds ``TrainConfig`` fields (``dataset = "cifar10"``, ``lr = 0.1``, ..
 ``[paper]`` table (where the paper reports that cell; its number is in lawn_monitor/paper.py; never read by training).
 ``lawn-monitor train --recipe cifar10-adam-lawn-b256`` starts from it; flags given on the command
 line override it. ``lawn-monitor sweep --recipes 'cifar10-*'`` runs every match (``fnmatch``).
+
+A recipe is named (letters, digits, ``_ . -``) and read from ``trainers/recipes/`` only: a name
+never reaches outside that folder (``--recipe ../x`` is refused). A value with a ``/`` or ending
+in ``.toml`` is a path instead, to a recipe file of your own: it must be an existing ``.toml`` file.
 """
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ from .config import ConfigError, TrainConfig
 RECIPE_DIR = Path(__file__).with_name("recipes")
 # Fields a recipe may not set: they belong to one invocation, not to a configuration.
 NOT_IN_RECIPES = {"recipe", "resume", "root", "name", "progress"}
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def recipe_names() -> list[str]:
@@ -44,17 +50,36 @@ def _type_ok(value: Any, kind: str) -> bool:
     return isinstance(value, str)
 
 
-def load_recipe(name: str) -> dict[str, Any]:
-    """A recipe's TrainConfig fields, checked for names, types and choices (ConfigError)."""
-    path = RECIPE_DIR / f"{name}.toml"
-    if not path.is_file():
-        near = [n for n in recipe_names() if n.split("-")[0] == name.split("-")[0]][:6]
-        raise ConfigError(f"no recipe {name!r} in {RECIPE_DIR}" + (f": similar ones are {', '.join(near)}" if near else
-                          "; `ls trainers/recipes` lists them"))
+def recipe_path(recipe: str) -> Path:
+    """The file a ``--recipe`` value stands for (see the module docstring); ConfigError if none."""
+    if "/" in recipe or "\\" in recipe or recipe.endswith(".toml"):
+        path = Path(recipe).expanduser()
+        if path.suffix != ".toml" or not path.is_file():
+            raise ConfigError(f"--recipe {recipe}: not an existing .toml file; a recipe is a name from {RECIPE_DIR} "
+                              f"(`ls trainers/recipes`) or the path of a .toml file of your own")
+        return path
+    path = RECIPE_DIR / f"{recipe}.toml"
+    if not NAME_RE.match(recipe) or ".." in recipe or not path.is_file():
+        near = [n for n in recipe_names() if n.split("-")[0] == recipe.split("-")[0]][:6]
+        raise ConfigError(f"no recipe {recipe!r} in {RECIPE_DIR}" + (f": similar ones are {', '.join(near)}" if near
+                          else "; `ls trainers/recipes` lists them"))
+    return path
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from exc
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A recipe's TrainConfig fields, checked for names, types and choices (ConfigError). ``name``
+    is a recipe's name or the path of a .toml file (``recipe_path``)."""
+    path = recipe_path(name)
+    raw = _read(path)
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, value in raw.items():
@@ -75,7 +100,7 @@ def load_recipe(name: str) -> dict[str, Any]:
 
 def paper_value(name: str) -> dict[str, Any]:
     """The recipe's ``[paper]`` table (which of the paper's tables reports the cell), or {}."""
-    return dict(tomllib.loads((RECIPE_DIR / f"{name}.toml").read_text()).get("paper", {}))
+    return dict(_read(recipe_path(name)).get("paper", {}))
 
 
 def config_from(given: dict[str, Any], recipe: str | None = None) -> TrainConfig:

@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lawn_monitor import Monitor
+from lawn_monitor.monitor import MonitorWriteError
 from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
 from lawn_monitor.lock import RunLockedError
 from lawn_monitor.probes import ProbeConfig
 from lawn_monitor.sink import RunExistsError
-from lawn_monitor.storage import default_root
-from lawn_monitor.storage import Location, is_remote
+from lawn_monitor.storage import Location, check_run_id, default_root, is_remote
 
 from . import signals
 from .config import ConfigError, OneLineParser, TrainConfig, add_config_arguments, given_fields
@@ -201,6 +201,10 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     checkpoint = None
     if config.resume:
         root = _check_root(config.root)
+        try:
+            check_run_id(config.resume)  # a folder inside the root, never "../x"
+        except ValueError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
         checkpoint = load_checkpoint(root, config.resume)
         info = json.loads(Location(root).read_bytes(f"{config.resume}/run.json"))
         if info.get("status") == "finished":
@@ -368,6 +372,9 @@ def run_cli(cfg: TrainConfig) -> int:
             f"the run is marked 'interrupted'; what it logged is kept ({run_dir})" if run_dir
             else "this process had no run record to mark (not created yet, or not rank 0)"), file=sys.stderr)
         return signals.exit_code(exc)
+    except MonitorWriteError as exc:  # its message says what was kept and what to do
+        print(f"lawn-monitor train: failed: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - reported in one line, traceback kept in run.json
         print(f"lawn-monitor train: failed: {type(exc).__name__}: {exc} (traceback in the run's run.json)",
               file=sys.stderr)

@@ -131,6 +131,15 @@ def load_runs(root: str) -> pd.DataFrame:
     return get_store(root).runs()
 
 
+def store_warnings(root: str) -> None:
+    """The store's warnings so far (damaged runs, skipped files: ``RunStore.warnings``), folded
+    into one line at the top of the page."""
+    notes = get_store(root).warnings
+    if notes:
+        with st.expander(f"{len(notes)} store warning{'s' if len(notes) > 1 else ''}"):
+            st.code("\n".join(notes), language=None, wrap_lines=True)
+
+
 def start_hint(root: str) -> str:
     where = "does not exist yet" if "://" not in root and not Path(root).is_dir() else "holds no runs yet"
     return (

@@ -34,6 +34,7 @@ def main() -> None:
     st.sidebar.title("lawn-monitor")
     root = state.root_input()
     runs = state.load_runs(root)
+    state.store_warnings(root)
     if runs.empty:
         st.title(page.title)
         st.info(state.start_hint(root))

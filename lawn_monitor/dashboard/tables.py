@@ -12,7 +12,7 @@ import pandas as pd
 
 # Config keys offered as filters and as group-by keys, in this order, where the runs have them.
 CONFIG_KEYS = ["dataset", "model", "optimizer", "lawn", "batch_size", "lr", "free_epochs", "epochs", "seed"]
-STATUSES = ["running", "finished", "failed", "diverged", "interrupted", "stale"]
+STATUSES = ["running", "finished", "failed", "diverged", "interrupted", "stale", "damaged"]
 BANDS = {"std": "mean ± std", "stderr": "mean ± standard error", "minmax": "min to max"}
 
 
