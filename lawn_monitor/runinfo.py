@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
-from .sink import STATUSES
+from .schema import STATUSES
 
 
 def _text(value: Any) -> bool:

@@ -192,7 +192,7 @@ class Charts:
     ForwardMsg frames, decoded with Streamlit's own classes): each chart's spec and data sets."""
 
     def __init__(self, page) -> None:
-        self.specs: list[tuple[dict, dict[str, "pandas.DataFrame"]]] = []
+        self.specs: list[tuple[dict, dict]] = []  # (spec, dataset name -> DataFrame)
         page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
 
     def _frame(self, payload) -> None:

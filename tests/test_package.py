@@ -168,3 +168,21 @@ def test_one_version():
     except PackageNotFoundError:
         pytest.skip("the project is not installed (pip install -e .)")
     assert installed == lawn_monitor.__version__
+
+
+def test_storage_contract_document_matches_the_code():
+    """docs/storage.md is the contract for readers outside Python: its row schema is SCHEMA's,
+    every run.json field the reader knows is described, and the statuses are the writer's."""
+    from lawn_monitor.runinfo import FIELDS
+    from lawn_monitor.schema import SCHEMA, STATUSES
+
+    doc = (REPO / "docs" / "storage.md").read_text()
+    rows = doc.split("## Rows", 1)[1].split("##", 1)[0]
+    table = [line.split("|")[1:3] for line in rows.splitlines() if line.startswith("| `")]
+    documented = {name.strip().strip("`"): kind.strip() for name, kind in table}
+    arrow = {"string": "string", "int64": "int64", "double": "float64"}
+    assert documented == {f.name: arrow[str(f.type)] for f in SCHEMA}
+    run_json = doc.split("## run.json", 1)[1].split("## writer.lock", 1)[0]
+    missing = [field for field in FIELDS if f"`{field}`" not in run_json]
+    assert not missing, f"run.json fields the store reads but docs/storage.md does not describe: {missing}"
+    assert all(f"`{status}`" in run_json for status in STATUSES)
