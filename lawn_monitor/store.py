@@ -533,6 +533,7 @@ class RunStore:
         points: int | None = 1000,
         x: str = "step",
         smooth: float = 0.0,
+        with_se: bool = False,
     ) -> pd.DataFrame:
         """``metric`` at ``layer`` ("" = whole model) for these runs, at most ``points`` rows per run.
 
@@ -540,7 +541,9 @@ class RunStore:
         (``value``, at its last ``step``) and its ``min`` and ``max`` (NaN left out), so a spike
         survives downsampling. ``x`` is the step, the epoch, or seconds since the run was created
         (``"time"``). ``smoothed`` is TensorBoard's debiased EMA of ``value`` with weight
-        ``smooth`` (0 = off). ``points=None`` returns every row.
+        ``smooth`` (0 = off). ``points=None`` returns every row. ``with_se`` adds the column
+        ``se``: the standard error the estimate was written with (metric ``<metric>_se``, e.g.
+        ``gn_trace_se``) at each row's step, NaN where there is none.
         """
         if x not in X_AXES:
             raise ValueError(f"x must be one of {', '.join(X_AXES)}, got {x!r}")
@@ -574,7 +577,12 @@ class RunStore:
             df["x"] = df[x].astype("float64")
         df["smoothed"] = df.groupby("run_id", sort=False)["value"].transform(lambda v: ema(v, smooth)) \
             if not df.empty else df["value"]
-        return df[SERIES_COLUMNS]
+        if not with_se:
+            return df[SERIES_COLUMNS]
+        # The estimate and its SE are written at the same steps, so their buckets end on the same steps.
+        se = RunStore.series.__wrapped__(self, ids, f"{metric}_se", layer, points)[["run_id", "step", "value"]]
+        df = df.merge(se.rename(columns={"value": "se"}), on=["run_id", "step"], how="left")
+        return df[[*SERIES_COLUMNS, "se"]]
 
     @_output
     def layers(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lawn_monitor.dashboard.charts import (band_chart, batch_size_chart, color_domain, group_chart, heatmap_chart, layer_chart,
-                        metric_chart, thin, threshold_chart, with_se)
+                        metric_chart, thin, threshold_chart)
 from lawn_monitor.dashboard.styles import FAMILY_COLORS, DASHED, SOLID, Palette, group_palette, method_palette, run_labels, run_styles
 from lawn_monitor.paper import PAPER_TABLE2, batch_label, figure1_frame, method_name, table2, table2_grid
 from lawn_monitor.dashboard.tables import aggregate, eta_seconds, filter_options, filter_runs, group_labels, progress_text
@@ -173,13 +173,6 @@ def test_band_chart_draws_the_se_band_and_the_unbiased_points():
     assert band["low"].tolist() == [3.0, 0.2, 0.5] and band["high"].tolist() == [5.0, 5.0, 1.5]
     assert band_chart(estimate.iloc[0:0], "trace", points=points) is not None  # points alone still draw
     assert band_chart(estimate.iloc[0:0], "trace") is None
-
-
-def test_with_se_joins_by_run_and_step():
-    values = pd.DataFrame({"run_id": ["a", "a", "b"], "step": [1, 2, 1], "value": [1.0, 2.0, 3.0]})
-    se = pd.DataFrame({"run_id": ["a", "b"], "step": [2, 1], "value": [0.1, 0.3]})
-    joined = with_se(values, se)
-    assert joined["se"].fillna(-1).tolist() == [-1, 0.1, 0.3]
 
 
 def marks(spec: dict) -> list[str]:

@@ -333,3 +333,20 @@ def test_sql_reads_every_row_once_with_runs_as_a_table(tmp_path):
     assert only["run_id"].tolist() == ["live"]
     live.close("finished")
     assert RunStore(tmp_path / "empty").sql("SELECT count(*) AS n FROM metrics")["n"].tolist() == [0]
+
+
+def test_series_with_se_brings_the_standard_error_by_step(tmp_path):
+    """gn_trace and its SE are written as two metrics; series(..., with_se=True) joins them by
+    run and step, NaN where an estimate has no SE, and keeps it through downsampling."""
+    rows = []
+    for step in range(1, 201, 5):
+        rows.append((step, "", "gn_trace", float(step)))
+        if step != 6:
+            rows.append((step, "", "gn_trace_se", step / 10))
+    write(tmp_path, "r", rows)
+    full = RunStore(tmp_path).series("r", "gn_trace", points=None, with_se=True)
+    assert full["step"].tolist() == list(range(1, 201, 5))
+    assert np.allclose(full["se"].fillna(-1), [-1 if s == 6 else s / 10 for s in range(1, 201, 5)])
+    few = RunStore(tmp_path).series("r", "gn_trace", points=8, with_se=True)
+    assert np.allclose(few["se"], few["step"] / 10)  # each bucket's last step, its own SE
+    assert "se" not in RunStore(tmp_path).series("r", "gn_trace").columns

@@ -244,12 +244,6 @@ def layer_chart(
     return _zoomable(lines if len(layers) == 1 else alt.layer(*layers), zoom)
 
 
-def with_se(values: pd.DataFrame, se: pd.DataFrame) -> pd.DataFrame:
-    """Join a metric's series with its ``_se`` series (both from ``RunStore.series``) by run and step."""
-    right = se[["run_id", "step", "value"]].rename(columns={"value": "se"})
-    return values.merge(right, on=["run_id", "step"], how="left")
-
-
 def band_chart(
     estimate: pd.DataFrame,
     title: str,

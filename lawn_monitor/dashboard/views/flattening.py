@@ -5,7 +5,7 @@ can be compared directly."""
 import streamlit as st
 
 from lawn_monitor.dashboard import state
-from lawn_monitor.dashboard.charts import band_chart, threshold_chart, with_se
+from lawn_monitor.dashboard.charts import band_chart, threshold_chart
 from lawn_monitor.dashboard.tables import sharpness_vs_threshold
 
 root, store, runs, labels, run_ids, colors, smooth = state.page_header("Loss flattening")
@@ -25,8 +25,8 @@ def draw(panel):
 
 
 state.grid([("train/loss", "train loss", True), ("grad_norm", "gradient norm (whole model)", True)], draw)
-trace = with_se(store.series(run_ids, "gn_trace"), store.series(run_ids, "gn_trace_se"))
-exact = with_se(store.series(run_ids, "hessian_trace"), store.series(run_ids, "hessian_trace_se"))
+trace = store.series(run_ids, "gn_trace", with_se=True)
+exact = store.series(run_ids, "hessian_trace", with_se=True)
 optimizers = dict(zip(runs["run_id"], runs["optimizer"])) if "optimizer" in runs.columns else {}
 sharp, limit = sharpness_vs_threshold(state.labelled(store.series(run_ids, "sharpness"), labels),
                                       state.labelled(store.series(run_ids, "sharpness_precond"), labels),

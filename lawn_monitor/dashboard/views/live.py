@@ -6,7 +6,7 @@ store and shows a run within a few seconds of its start."""
 import streamlit as st
 
 from lawn_monitor.dashboard import state
-from lawn_monitor.dashboard.charts import band_chart, with_se
+from lawn_monitor.dashboard.charts import band_chart
 from lawn_monitor.dashboard.tables import progress_text
 
 REFRESH_SECS = 2
@@ -69,8 +69,8 @@ def draw_charts(store, runs, labels, run_ids, faint, smooth) -> None:
         state.series_chart(store, run_ids, metric, labels, colors, switches, smooth, title=title)
 
     state.grid(PANELS, draw)
-    trace = with_se(store.series(run_ids, "gn_trace"), store.series(run_ids, "gn_trace_se"))
-    exact = with_se(store.series(run_ids, "hessian_trace"), store.series(run_ids, "hessian_trace_se"))
+    trace = store.series(run_ids, "gn_trace", with_se=True)
+    exact = store.series(run_ids, "hessian_trace", with_se=True)
     chart = band_chart(state.labelled(trace, labels), TRACE_TITLE, log_y=True, switches=switches,
                        points=state.labelled(exact, labels), palette=colors, y_title="Hessian trace", zoom=state.zoom())
     state.show(chart, "No curvature yet: the Hessian-trace proxy runs on a budget (see --curvature-budget).")
