@@ -331,7 +331,7 @@ def crop_flip(padded: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, size: int = 
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # (N, size, size, C) -> (N, C, size, size)
 
 
-class DeviceCifarLoader:
+class DeviceCifarLoader(TensorLoader):
     """The whole CIFAR split on one device (uint8, ~150 MB for the training set), augmented there:
     random 4-pixel-pad crops and flips drawn per sample from a generator seeded by (seed, epoch),
     then normalization. Training batches follow ``epoch_order`` like every other loader."""
@@ -341,19 +341,12 @@ class DeviceCifarLoader:
         self.device = torch.device(device)
         x = torch.from_numpy(x).to(self.device)
         self.pad = pad if train else 0
-        self.x = torch.nn.functional.pad(x, (self.pad,) * 4) if self.pad else x  # zero padding, as RandomCrop
-        self.y = torch.from_numpy(y).to(self.device)
+        padded = torch.nn.functional.pad(x, (self.pad,) * 4) if self.pad else x  # zero padding, as RandomCrop
+        super().__init__(padded, torch.from_numpy(y).to(self.device), batch_size, shuffle=train, seed=seed,
+                         rank=rank, world=world)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
-        self.batch_size, self.train = batch_size, train
-        self.seed, self.rank, self.world = seed, rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.y) / self.batch_size)
+        self.train = train
 
     def _normalize(self, x: Tensor) -> Tensor:
         return (x.float() - self.mean) / self.std
@@ -365,11 +358,10 @@ class DeviceCifarLoader:
         return self._normalize(self.x[idx, :, p:p + 32, p:p + 32]), self.y[idx]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.y)
-        if not self.train:
-            for batch in global_batches(n, self.batch_size, False, self.seed, self.epoch):
-                yield self.samples(rank_share(batch, self.rank, self.world))
+        if not self.train:  # the center crops, in order
+            yield from super().__iter__()
             return
+        n = len(self.y)
         # Offsets and flips for the whole epoch, from (seed, epoch): identical on every rank.
         g = torch.Generator().manual_seed(seed_for_augment(self.seed, self.epoch))
         dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(self.device)
