@@ -589,6 +589,25 @@ class Monitor:
             device = values[0].device
             self._device_rows.append((step, ep, wall, keys, torch.cat([v.to(device) for v in values])))
 
+    def latest(self, metric: str) -> tuple[int, Tensor] | None:
+        """The newest value of an output statistic (``train/loss``, ``train/acc``, ``logit_norm``,
+        ``max_prob``, ``flat_frac``) and its step: a 0-d tensor on the device, no host sync (for
+        ``LAWN(free_steps="auto")``). None before the first one, or without an ``OutputStats``
+        probe. Every process of a distributed run gets the global batch's value."""
+        for probe in self.probes if self.enabled else ():
+            last = getattr(probe, "last", None)
+            if isinstance(probe, OutputStats) and last is not None:
+                step, keys, values = last
+                for i, key in enumerate(keys):
+                    if key == (metric, ""):
+                        return step, values[i]
+        return None
+
+    def annotate(self, **fields: Any) -> None:
+        """Write these fields into run.json now (e.g. LAWN's ``lawn_switch``); they stay there."""
+        if self.writes and not self.closed:
+            self.sink.heartbeat(**fields)
+
     def log_eval(
         self,
         loss: float | Tensor | None = None,

@@ -4,7 +4,9 @@ LAWN wraps any ``torch.optim.Optimizer``:
 
 * free phase: the inner optimizer runs unchanged, bit for bit, for ``free_steps`` steps;
 * switch (at the start of step ``free_steps + 1``, or on ``.switch()``): every constrained
-  tensor's current L2 norm becomes its target, and weight decay is turned off;
+  tensor's current L2 norm becomes its target, and weight decay is turned off. With
+  ``free_steps="auto"`` the switch comes at the onset of loss flattening as a ``Monitor`` sees
+  it (``AutoSwitch``);
 * constrained phase: after every inner step each constrained tensor is rescaled to its target.
 
 The wrapper shares the inner optimizer's ``param_groups`` and ``state``, so LR schedulers and
@@ -12,6 +14,10 @@ The wrapper shares the inner optimizer's ``param_groups`` and ``state``, so LR s
 the step count and the targets so that a resumed run continues identically.
 
     opt = LAWN(torch.optim.Adam(model.parameters(), lr=1e-3), free_steps=5 * steps_per_epoch)
+
+Which tensors are constrained (``params``): ``"ndim2"`` (default) every tensor with ``ndim >= 2``,
+i.e. every conv and linear weight; ``"homogeneous"`` (needs ``model=``) the final homogeneous
+sub-network, the part whose weight norms scale the logits (``homogeneous_params``).
 
 Under FSDP2 (``fully_shard``: parameters are DTensors sharded over processes; build LAWN after
 sharding) the norms are those of the whole tensors: each process sums its shard's squares and
@@ -21,10 +27,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -32,6 +39,8 @@ from . import sharding
 
 __all__ = [
     "LAWN",
+    "AutoSwitch",
+    "homogeneous_params",
     "OPTIMIZERS",
     "make_optimizer",
     "project_to_norm",
@@ -73,6 +82,82 @@ def tangent_project(params: list[Tensor], grads: list[Tensor], reduce: sharding.
         g.sub_(w * coef)
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def homogeneous_params(model: nn.Module) -> list[Tensor]:
+    """The weights of the model's final homogeneous sub-network: the affine weight (scale) of the
+    last normalization layer and every tensor with ``ndim >= 2`` registered after it.
+
+    Everything before the last normalization layer is scale-invariant: its weight norms do not
+    change the logits (the normalization divides them out). From the last normalization layer's
+    output on, the network (ReLU, pooling, linear layers) is positively homogeneous in its
+    weights, so their norms, and the last norm layer's scale, set the size of the logits: these
+    are the tensors whose growth LAWN has to stop. Biases, the last norm layer's shift included,
+    stay free (a bias's norm is not a scale). "After" is registration order, which is the
+    forward order for sequential models (VGG, the CNN here, torchvision's ResNets); in a ResNet
+    the last block's skip connection bypasses its norm layer, so there only the residual branch
+    scales with it. A model with no normalization layer is homogeneous as a whole: then this is
+    every ``ndim >= 2`` tensor, as ``"ndim2"``.
+    """
+    modules = list(model.modules())
+    last = max((i for i, m in enumerate(modules) if isinstance(m, NORM_LAYERS)), default=None)
+    if last is None:
+        return [p for p in model.parameters() if p.ndim >= 2]
+    chosen: list[Tensor] = []
+    norm = modules[last]
+    if getattr(norm, "weight", None) is not None:
+        chosen.append(norm.weight)
+    seen = {id(p) for m in modules[: last + 1] for p in m.parameters(recurse=False)}
+    for module in modules[last + 1:]:
+        for p in module.parameters(recurse=False):
+            if p.ndim >= 2 and id(p) not in seen:
+                chosen.append(p)
+                seen.add(id(p))
+    return chosen
+
+
+@dataclass
+class AutoSwitch:
+    """When LAWN with ``free_steps="auto"`` switches: at the onset of loss flattening.
+
+    The signal is the Monitor's ``flat_frac`` (share of a batch's samples with loss under 1e-3),
+    computed on the device by its ``OutputStats`` probe. LAWN adds each new value to a sum on
+    the device (no sync) and, every ``window`` values, reads their mean to the host: one
+    ``.item()`` per ``window`` steps, in the free phase only (none before ``min_steps``, none
+    after the switch). It switches after the first window whose mean is >= ``threshold`` once
+    ``min_steps`` steps are done, and after ``max_steps`` steps in any case. The decision is made
+    at the end of a step, from the values the Monitor has recorded by then (up to the step
+    before: the Monitor records a step after the optimizer's), and takes effect at the start of
+    the next step, exactly as ``free_steps`` would: the LR schedule (``lawn_schedule``) sees it
+    in time to start the warm-up after the switch on that step. The decision depends on the
+    values only, never on wall time, so a rerun or a resumed run switches at the same step.
+
+    Args:
+        max_steps: switch after this many steps anyway (required: a run that never flattens
+            still gets its constrained phase).
+        threshold: mean ``flat_frac`` over a window at or above which LAWN switches.
+        window: ``flat_frac`` values averaged per check (and steps between host reads).
+        min_steps: never switch before this many steps.
+    """
+
+    max_steps: int
+    threshold: float = 0.5
+    window: int = 20
+    min_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_steps, int) or self.max_steps < 0:
+            raise ValueError(f"AutoSwitch(max_steps=...) must be an int >= 0, got {self.max_steps!r}")
+        if not isinstance(self.min_steps, int) or not 0 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"AutoSwitch(min_steps=...) must be an int in [0, max_steps={self.max_steps}], "
+                             f"got {self.min_steps!r}")
+        if not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"AutoSwitch(window=...) must be an int >= 1, got {self.window!r}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"AutoSwitch(threshold=...) is a share of samples in (0, 1], got {self.threshold!r}")
+
+
 # --- the wrapper ------------------------------------------------------------------------------
 
 
@@ -84,31 +169,59 @@ class LAWN(Optimizer):
 
     Args:
         optimizer: the inner optimizer (SGD, Adam, AdamW, AdamP, ...). LAWN steps it.
-        free_steps: optimizer steps in the free phase, after which the norms are frozen.
-        params: which tensors are constrained: ``None`` for every tensor with ``ndim >= 2``
-            (conv and linear weights; biases and norm-layer affine parameters stay free), an
-            iterable of tensors, or a callable ``tensor -> bool``.
+        free_steps: optimizer steps in the free phase, after which the norms are frozen; or
+            ``"auto"``: switch at the onset of loss flattening (``auto``, read from ``monitor``).
+        params: which tensors are constrained: ``"ndim2"`` (or ``None``) for every tensor with
+            ``ndim >= 2`` (conv and linear weights; biases and norm-layer affine parameters stay
+            free), ``"homogeneous"`` for the final homogeneous sub-network of ``model``
+            (``homogeneous_params``), an iterable of tensors, or a callable ``tensor -> bool``.
         tangent: remove the radial component of the gradient before each constrained step.
         reset_moments: clear the inner optimizer's per-parameter state (momentum, Adam moments)
             at the switch.
+        model: the model, for ``params="homogeneous"``.
+        monitor: a ``Monitor`` of this run: ``free_steps="auto"`` reads its ``flat_frac``, and
+            the switch (step, rule, reason) is written to its run.json as ``lawn_switch``. The
+            Monitor takes the optimizer, so it can be set after both exist: ``lawn.monitor = m``.
+        auto: the rule for ``free_steps="auto"`` (``AutoSwitch``; its ``max_steps`` is required).
+
+    ``switch_info`` says how the switch came: ``{"step": first constrained step, "rule":
+    "fixed" | "auto" | "manual", "reason": text}`` (None before it).
     """
 
     def __init__(
         self,
         optimizer: Optimizer,
-        free_steps: int,
-        params: Iterable[Tensor] | ParamSelector | None = None,
+        free_steps: int | str,
+        params: Iterable[Tensor] | ParamSelector | str | None = "ndim2",
         tangent: bool = False,
         reset_moments: bool = False,
+        model: nn.Module | None = None,
+        monitor: Any = None,
+        auto: AutoSwitch | None = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise ValueError(f"LAWN wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if isinstance(optimizer, LAWN):
             raise ValueError("LAWN cannot wrap another LAWN optimizer")
-        if not isinstance(free_steps, int) or free_steps < 0:
-            raise ValueError(f"free_steps must be an int >= 0, got {free_steps!r}")
+        if free_steps == "auto":
+            if not isinstance(auto, AutoSwitch):
+                raise ValueError("free_steps='auto' needs auto=AutoSwitch(max_steps=...): the step by which LAWN "
+                                 "switches anyway")
+        elif not isinstance(free_steps, int) or isinstance(free_steps, bool) or free_steps < 0:
+            raise ValueError(f"free_steps must be an int >= 0 or 'auto', got {free_steps!r}")
         self.optimizer = optimizer
-        self.free_steps = free_steps
+        # None while an automatic switch is still undecided; then the number of free steps.
+        self.free_steps: int | None = None if free_steps == "auto" else free_steps
+        self.auto = auto if free_steps == "auto" else None
+        self.monitor = monitor
+        self.switch_info: dict[str, Any] | None = None
+        self._auto_sum: Tensor | None = None  # this window's flat_frac values, summed on the device
+        self._auto_count = 0
+        self._auto_seen = 0  # the Monitor's step of the last value added
+        self._auto_reason: str | None = None
+        if self.auto is not None and self.auto.max_steps == 0:
+            self.free_steps, self._auto_reason = 0, "max_steps 0: no free phase"
+        self.param_choice = params if isinstance(params, str) else "ndim2" if params is None else "custom"
         self.tangent = bool(tangent)
         self.reset_moments = bool(reset_moments)
         self.step_count = 0
@@ -117,8 +230,15 @@ class LAWN(Optimizer):
         self.free_weight_decay: list[float] = []  # each group's weight decay before the switch
 
         all_params = [p for g in optimizer.param_groups for p in g["params"]]
-        if params is None:
+        if params == "homogeneous":
+            if model is None:
+                raise ValueError("LAWN(params='homogeneous') needs model=: the final homogeneous sub-network is "
+                                 "found from the model's layers")
+            params = homogeneous_params(model)
+        if params is None or params == "ndim2":
             chosen = [i for i, p in enumerate(all_params) if p.ndim >= 2]
+        elif isinstance(params, str):
+            raise ValueError(f"LAWN params={params!r}: use 'ndim2', 'homogeneous', a list of tensors or a callable")
         elif callable(params):
             chosen = [i for i, p in enumerate(all_params) if params(p)]
         else:
@@ -171,8 +291,9 @@ class LAWN(Optimizer):
         return [all_params[i] for i in self.constrained_index]
 
     @torch.no_grad()
-    def switch(self) -> None:
-        """Freeze each constrained tensor's norm at its current value and turn weight decay off."""
+    def switch(self, rule: str = "manual", reason: str = "switch() called") -> None:
+        """Freeze each constrained tensor's norm at its current value and turn weight decay off.
+        ``rule`` and ``reason`` go into ``switch_info`` (and the Monitor's run.json)."""
         if self.phase == "constrained":
             return
         params = [sharding.local(p) for p in self.constrained_params()]
@@ -187,14 +308,54 @@ class LAWN(Optimizer):
         if self.reset_moments:
             self.optimizer.state.clear()
         self.phase = "constrained"
+        if self.free_steps is None:  # a manual switch before the automatic one
+            self.free_steps = self.step_count
+        self.switch_info = {"step": self.step_count + 1, "rule": rule, "reason": reason}
+        if self.monitor is not None and hasattr(self.monitor, "annotate"):
+            self.monitor.annotate(lawn_switch=self.switch_info)
+
+    def _auto_check(self) -> None:
+        """At the end of a free step: add the Monitor's newest flat_frac, and decide at a window's
+        end (one host read) or at max_steps. A decision sets ``free_steps`` to the steps done, so
+        the switch happens at the start of the next step (see ``AutoSwitch``)."""
+        auto, done = self.auto, self.step_count
+        if done >= auto.max_steps:
+            self.free_steps = done
+            self._auto_reason = f"max_steps {auto.max_steps} reached before flat_frac >= {auto.threshold:g}"
+            return
+        if self.monitor is None:
+            raise ValueError("LAWN(free_steps='auto') reads flat_frac from a Monitor: pass monitor= or set "
+                             "lawn.monitor = Monitor(model, lawn, ...) before the first step")
+        latest = self.monitor.latest("flat_frac") if hasattr(self.monitor, "latest") else None
+        if latest is None or latest[0] <= self._auto_seen:
+            return
+        step, value = latest
+        self._auto_seen = step
+        self._auto_sum = value.detach().float() if self._auto_sum is None else self._auto_sum + value.detach().float()
+        self._auto_count += 1
+        if self._auto_count < auto.window:
+            return
+        total, self._auto_sum, self._auto_count = self._auto_sum, None, 0
+        if done < auto.min_steps:
+            return  # no host read before min_steps
+        mean = float(total) / auto.window  # the one sync per window
+        if mean >= auto.threshold:
+            self.free_steps = done
+            self._auto_reason = (f"flat_frac {mean:.3f} >= {auto.threshold:g} (mean of the {auto.window} values "
+                                 f"through step {step})")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        if self.phase == "free" and self.step_count >= self.free_steps:
-            self.switch()
+        if self.phase == "free" and self.free_steps is not None and self.step_count >= self.free_steps:
+            if self.auto is not None:
+                self.switch("auto", self._auto_reason)
+            else:
+                self.switch("fixed", f"free_steps {self.free_steps} done")
         if self.phase == "free":
             loss = self.optimizer.step(closure)
             self.step_count += 1
+            if self.auto is not None and self.free_steps is None:
+                self._auto_check()
             return loss
 
         loss = None
@@ -230,6 +391,11 @@ class LAWN(Optimizer):
                 "free_weight_decay": list(self.free_weight_decay),
                 "tangent": self.tangent,
                 "reset_moments": self.reset_moments,
+                "switch_info": self.switch_info,
+                "auto": None if self.auto is None else {
+                    **asdict(self.auto), "sum": None if self._auto_sum is None else float(self._auto_sum),
+                    "count": self._auto_count, "seen": self._auto_seen,
+                    "reason": self._auto_reason},
             },
         }
 
@@ -242,7 +408,18 @@ class LAWN(Optimizer):
             raise ValueError("LAWN state_dict constrains different parameters than this optimizer")
         self.phase = lawn["phase"]
         self.step_count = int(lawn["step_count"])
-        self.free_steps = int(lawn["free_steps"])
+        self.free_steps = None if lawn["free_steps"] is None else int(lawn["free_steps"])
+        self.switch_info = lawn.get("switch_info")
+        auto = lawn.get("auto")
+        if (auto is None) != (self.auto is None):
+            raise ValueError("LAWN state_dict and this optimizer differ in free_steps='auto': resume with the "
+                             "original run's setting")
+        if auto is not None:
+            self.auto = AutoSwitch(**{k: auto[k] for k in ("max_steps", "threshold", "window", "min_steps")})
+            device = self.constrained_params()[0].device if self.constrained_index else None
+            self._auto_sum = None if auto["sum"] is None else torch.tensor(auto["sum"], device=device)
+            self._auto_count, self._auto_seen = int(auto["count"]), int(auto["seen"])
+            self._auto_reason = auto["reason"]
         self.targets = None if lawn["targets"] is None else lawn["targets"].clone()
         self.free_weight_decay = list(lawn["free_weight_decay"])
         self.tangent = bool(lawn["tangent"])
@@ -250,7 +427,8 @@ class LAWN(Optimizer):
 
     def __repr__(self) -> str:
         return (
-            f"LAWN(free_steps={self.free_steps}, phase={self.phase!r}, tangent={self.tangent}, "
+            f"LAWN(free_steps={'auto' if self.free_steps is None else self.free_steps}, phase={self.phase!r}, "
+            f"params={self.param_choice!r}, tangent={self.tangent}, "
             f"reset_moments={self.reset_moments}, constrained={len(self.constrained_index)},\n"
             f"  {self.optimizer!r})"
         )
@@ -279,15 +457,18 @@ def warmup_decay_factor(step: int, total_steps: int, warmup_steps: int, decay: s
 
 
 def lawn_factor(
-    step: int, total_steps: int, free_steps: int, warmup_steps: int, decay: str = "cosine"
+    step: int, total_steps: int, free_steps: int | None, warmup_steps: int, decay: str = "cosine",
+    free_warmup_steps: int = 0,
 ) -> float:
-    """LR multiplier of LAWN's schedule: constant in the free phase, then warm-up and decay.
+    """LR multiplier of LAWN's schedule: constant in the free phase (after an optional linear
+    warm-up of ``free_warmup_steps`` from step 0, for large batches), then warm-up and decay.
+    ``free_steps`` None: the switch is not decided yet (``free_steps="auto"``), still free.
 
     The warm-up after the switch lets the optimizer settle on the sphere of fixed norms before
     the rate is high again (the paper's three-phase schedule).
     """
-    if step < free_steps:
-        return 1.0
+    if free_steps is None or step < free_steps:
+        return (step + 1) / free_warmup_steps if step < free_warmup_steps else 1.0
     return warmup_decay_factor(step - free_steps, total_steps - free_steps, warmup_steps, decay)
 
 
@@ -298,11 +479,19 @@ def warmup_decay(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, 
 
 
 def lawn_schedule(
-    optimizer: Optimizer, total_steps: int, free_steps: int, warmup_steps: int = 0, decay: str = "cosine"
+    optimizer: Optimizer, total_steps: int, free_steps: int | str, warmup_steps: int = 0, decay: str = "cosine",
+    free_warmup_steps: int = 0,
 ) -> LambdaLR:
-    """LAWN's free / warm-up / decay schedule, stepped once per optimizer step."""
+    """LAWN's free / warm-up / decay schedule, stepped once per optimizer step. ``free_steps="auto"``
+    follows the switch of ``optimizer`` (a LAWN with ``free_steps="auto"``) when it is decided."""
     _decay(0.0, decay)
-    return LambdaLR(optimizer, lambda s: lawn_factor(s, total_steps, free_steps, warmup_steps, decay))
+    if free_steps == "auto":
+        if not isinstance(optimizer, LAWN):
+            raise ValueError("lawn_schedule(free_steps='auto') follows a LAWN optimizer's switch: pass the LAWN")
+        return LambdaLR(optimizer, lambda s: lawn_factor(s, total_steps, optimizer.free_steps, warmup_steps, decay,
+                                                          free_warmup_steps))
+    return LambdaLR(optimizer, lambda s: lawn_factor(s, total_steps, free_steps, warmup_steps, decay,
+                                                     free_warmup_steps))
 
 
 # --- optimizers by name -----------------------------------------------------------------------
@@ -354,9 +543,12 @@ def make_optimizer(
     lr: float,
     weight_decay: float = 0.0,
     lawn: bool = False,
-    free_steps: int = 0,
+    free_steps: int | str = 0,
     tangent: bool = False,
     reset_moments: bool = False,
+    lawn_params: str = "ndim2",
+    model: torch.nn.Module | None = None,
+    auto: AutoSwitch | None = None,
     **kwargs,
 ) -> Optimizer:
     """Build an optimizer by name (``sgd``, ``adam``, ``adamw``, ``adamp``, ``lamb``), wrapped in LAWN if asked."""
@@ -365,4 +557,5 @@ def make_optimizer(
     inner = OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **kwargs)
     if not lawn:
         return inner
-    return LAWN(inner, free_steps=free_steps, tangent=tangent, reset_moments=reset_moments)
+    return LAWN(inner, free_steps=free_steps, params=lawn_params, tangent=tangent, reset_moments=reset_moments,
+                model=model, auto=auto)

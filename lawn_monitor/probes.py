@@ -423,6 +423,7 @@ class OutputStats(Probe):
     def __init__(self, every_n: int | Schedule = 1, reduce: sharding.Reduce | None = None) -> None:
         super().__init__(every_n)
         self.reduce = reduce
+        self.last: tuple[int, Keys, Tensor] | None = None  # the newest values, on the device (Monitor.latest)
 
     def attach(self, model, optimizer):
         self.collective = self.reduce is not None
@@ -435,7 +436,9 @@ class OutputStats(Probe):
         keys, total = ctx.outputs.totals()
         if self.reduce is not None:
             total = self.reduce(total)
-        return keys, total[:-1] / total[-1]
+        values = total[:-1] / total[-1]
+        self.last = (ctx.step, keys, values)
+        return keys, values
 
 
 # --- curvature probes, on the fixed probe batch, slow cadence ----------------------------------

@@ -78,6 +78,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "error": (_text, "text"),
     "activity": (_text, "text"),
     "resumed": (lambda v: isinstance(v, list), "a list"),
+    "lawn_switch": (lambda v: isinstance(v, dict), "an object"),
 }
 # Without a usable value of these the store cannot place the run: it is listed as ``damaged``.
 VITAL = ("status", "config")

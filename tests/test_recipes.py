@@ -9,7 +9,7 @@ import torch
 from lawn_monitor import LAWN
 from lawn_monitor.optim import OPTIMIZERS, make_optimizer
 from trainers.config import DATASETS, MODELS, ConfigError, TrainConfig
-from trainers.recipe import RECIPE_DIR, load_recipe, match_recipes, paper_value, recipe_names
+from trainers.recipe import RECIPE_DIR, load_recipe, match_recipes, paper_value, recipe_names, recipe_why
 from trainers.sweep import build_parser as sweep_parser
 from trainers.sweep import recipe_grid, seed_list
 from trainers.train import build_parser, config_for_cli
@@ -47,12 +47,47 @@ def test_recipe_parses_and_names_known_things(name):
         assert cfg.model == ("resnet50" if name.startswith("imagenet") else "vgg19")
 
 
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_setting_says_why(name):
+    """Each setting is the paper's stated one ("paper", "paper: ...") or carries its reason."""
+    values, why = load_recipe(name), recipe_why(name)
+    assert set(why) == set(values), f"{name}: [why] must cover exactly its settings"
+    for key, reason in why.items():
+        assert isinstance(reason, str) and reason.strip(), f"{name}: {key} has an empty why"
+        if not (reason == "paper" or reason.startswith("paper: ")):
+            assert reason.startswith(("ours", "not a training setting")) and len(reason.split()) >= 3, \
+                f"{name}: {key}: a deviation or unstated value needs its reason, got {reason!r}"
+
+
+SMALL_BATCH = {"cifar10": 256, "cifar100": 256, "imagenet": 256, "digits": 32, "mnist": 256, "mnist1d": 64}
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_recipes_follow_the_papers_rules(name):
+    """Free phase under 10 epochs; no weight decay in a LAWN free phase except SGD-LAWN's; a
+    warm-up in every baseline (2-phase) and after every switch (3-phase); and no run at a large
+    batch starts at its full LR at step 0."""
+    r, why = load_recipe(name), recipe_why(name)
+    assert r["warmup_epochs"] > 0
+    if r["lawn"]:
+        assert 0 < r["free_epochs"] < 10 and r["free_epochs"] <= r["epochs"] / 5
+        if r["optimizer"] == "sgd":
+            assert r["weight_decay"] > 0 and "keeps SGD-LAWN's tuned weight decay" in why["weight_decay"]
+        else:
+            assert r["weight_decay"] == 0 and why["weight_decay"].startswith("paper")
+        assert r["lawn_params"] in ("ndim2", "homogeneous")
+    large = r["batch_size"] > SMALL_BATCH[r["dataset"]]
+    first_warmup = r.get("free_warmup_epochs", 0.0) if r["lawn"] else r["warmup_epochs"]
+    assert first_warmup > 0 or not large, f"{name} starts at a large batch's full LR ({r['lr']:g}) at step 0"
+    assert first_warmup <= r.get("free_epochs", r["epochs"])
+
+
 def test_large_batch_lr_follows_the_scaling_rule():
     sgd, sgd_10k = load_recipe("cifar10-sgd-b256"), load_recipe("cifar10-sgd-b10k")
     assert sgd_10k["lr"] == pytest.approx(sgd["lr"] * 10000 / 256)  # linear for SGD
     adam, adam_10k = load_recipe("cifar10-adam-b256"), load_recipe("cifar10-adam-b10k")
     assert adam_10k["lr"] == pytest.approx(adam["lr"] * math.sqrt(10000 / 256), rel=1e-4)  # square root for Adam
-    assert sgd.get("warmup_epochs", 0) == 0 < sgd_10k["warmup_epochs"]
+    assert sgd["warmup_epochs"] > 0 and sgd_10k["warmup_epochs"] > 0  # the paper's 2-phase schedule
     assert load_recipe("cifar10-adam-lawn-b4k")["free_epochs"] > 0
 
 

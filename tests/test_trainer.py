@@ -69,6 +69,10 @@ def test_digits_lawn_run_end_to_end(tmp_path):
         (["train", "--dataset", "cifar10", "--data-root", "/nonexistent/data"], "cifar10 not found under /nonexistent/data"),
         (["train", "--dataset", "mnist1d", "--model", "cnn"], "use --model mlp"),
         (["train", "--epochs", "many"], "invalid int value"),
+        (["train", "--lawn", "--free-epochs", "soon"], "invalid free_epochs_value value: 'soon'"),
+        (["train", "--lawn", "--free-epochs", "auto", "--epochs", "6", "--auto-min-epochs", "4"],
+         "--auto-min-epochs (4) <= --auto-max-epochs (3)"),
+        (["train", "--lawn", "--lawn-params", "last"], "invalid choice: 'last'"),
         (["sweep", "--optimizers", "sgd,lion"], "unknown optimizer 'lion'"),
         (["frobnicate"], "unknown command"),
     ],
@@ -80,6 +84,28 @@ def test_bad_input_gets_one_line_and_nonzero_exit(argv, message, capsys, tmp_pat
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err + out
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+@pytest.mark.slow
+def test_free_epochs_auto_switches_and_records_why(capsys, tmp_path):
+    """--free-epochs auto: Adam at a high LR memorizes digits' training set, flat_frac climbs,
+    and LAWN switches at its onset, between --auto-min-epochs and --auto-max-epochs."""
+    rc, out, err = run_cli(["train", "--dataset", "digits", "--optimizer", "adam", "--lawn", "--free-epochs", "auto",
+                            "--epochs", "4", "--auto-max-epochs", "3", "--batch-size", "32", "--lr", "0.01", "--no-curvature",
+                            "--no-progress", "--threads", "1", "--probe-every", "1",
+                            "--lawn-params", "homogeneous", "--root", str(tmp_path)], capsys)
+    assert rc == 0, err
+    store = RunStore(tmp_path)
+    run_id = store.runs()["run_id"].iloc[0]
+    info = store.run_info(run_id)
+    switch = info["lawn_switch"]
+    assert switch["rule"] == "auto" and "flat_frac" in switch["reason"], switch
+    spe = info["steps_per_epoch"]
+    assert spe < switch["step"] < 3 * spe  # after --auto-min-epochs 1, before --auto-max-epochs 3
+    assert store.switch_steps(run_id)["step"].tolist() == [switch["step"]]
+    config = info["config"]
+    assert config["free_epochs"] == "auto" and config["free_steps"] == "auto" and config["lawn_params"] == "homogeneous"
+    assert config["auto_switch"] == {"max_steps": 3 * spe, "threshold": 0.5, "window": 20, "min_steps": spe}
 
 
 def test_root_that_is_a_file(capsys, tmp_path):

@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """A bad combination of options; its message is the one line the user sees."""
 
 
+def free_epochs_value(text: str) -> float | str:
+    """``--free-epochs``: a number of epochs, or ``auto``."""
+    return "auto" if text == "auto" else float(text)
+
+
 def _opt(help: str, **kw) -> Any:
     return field(metadata={"help": help, **kw.pop("meta", {})}, **kw)
 
@@ -32,7 +37,21 @@ class TrainConfig:
                       default="cnn", meta={"choices": MODELS})
     optimizer: str = _opt("inner optimizer", default="adam", meta={"choices": OPTIMIZERS})
     lawn: bool = _opt("wrap the optimizer in LAWN (constrain weight norms after the free phase)", default=False)
-    free_epochs: float = _opt("epochs of the free phase before LAWN freezes the norms", default=1.0)
+    free_epochs: float | str = _opt(
+        "epochs of the free phase before LAWN freezes the norms, or auto: switch when the mean flat_frac over a "
+        "window reaches --auto-threshold, not before --auto-min-epochs, by --auto-max-epochs at the latest",
+        default=1.0, meta={"type": free_epochs_value, "metavar": "FLOAT|auto"})
+    auto_threshold: float = _opt("--free-epochs auto: switch when the mean flat_frac over a window reaches this",
+                                 default=0.5)
+    auto_min_epochs: float = _opt("--free-epochs auto: never switch before this epoch", default=1.0)
+    auto_max_epochs: float | None = _opt("--free-epochs auto: switch by this epoch anyway (default: the lesser of "
+                                         "10, the paper's bound for an early switch, and half the epochs)",
+                                         default=None)
+    lawn_params: str = _opt("LAWN: which tensors are constrained: ndim2 (every conv and linear weight) or homogeneous "
+                            "(the last normalization layer's scale and the weights after it)",
+                            default="ndim2", meta={"choices": ("ndim2", "homogeneous")})
+    free_warmup_epochs: float = _opt("LAWN: LR warm-up epochs at the start of the free phase (large batches)",
+                                     default=0.0)
     epochs: int = _opt("training epochs", default=10)
     batch_size: int = _opt("global batch size (samples per optimizer step)", default=64)
     lr: float | None = _opt("peak learning rate (default: 0.1 for sgd, 3e-3 for the Adam family)", default=None)
@@ -104,10 +123,25 @@ class TrainConfig:
             (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
             (cfg.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {cfg.threads}"),
         ]
-        if cfg.lawn:
+        auto = cfg.free_epochs == "auto"
+        if isinstance(cfg.free_epochs, str) and not auto:
+            raise ConfigError(f"--free-epochs {cfg.free_epochs!r}: give a number of epochs or auto")
+        if cfg.lawn and not auto:
             checks.append((0 <= cfg.free_epochs < cfg.epochs,
                            f"--free-epochs ({cfg.free_epochs:g}) must be >= 0 and less than --epochs "
                            f"({cfg.epochs}): LAWN needs epochs left after the free phase"))
+        if cfg.lawn and auto:
+            if cfg.auto_max_epochs is None:
+                cfg.auto_max_epochs = min(10.0, cfg.epochs / 2)
+            checks += [
+                (0 <= cfg.auto_min_epochs <= cfg.auto_max_epochs < cfg.epochs,
+                 f"--auto-min-epochs ({cfg.auto_min_epochs:g}) <= --auto-max-epochs ({cfg.auto_max_epochs:g}) < "
+                 f"--epochs ({cfg.epochs}) must hold, from 0"),
+                (0 < cfg.auto_threshold <= 1, f"--auto-threshold is a share of samples in (0, 1], got "
+                                              f"{cfg.auto_threshold}")]
+        checks.append((cfg.free_warmup_epochs >= 0 and (auto or not cfg.lawn or cfg.free_warmup_epochs <= cfg.free_epochs),
+                       f"--free-warmup-epochs ({cfg.free_warmup_epochs:g}) must be >= 0 and within the free phase "
+                       f"(--free-epochs {cfg.free_epochs})"))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -137,8 +171,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
                 parser.add_argument(flag, action="store_true", help=meta["help"], default=argparse.SUPPRESS)
             continue
         kind = {"int": int, "float": float, "str": str}[str(f.type).split(" |")[0].strip("'")]
-        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=meta.get("choices"),
-                            metavar=None if "choices" in meta else kind.__name__.upper(),
+        parser.add_argument(flag, type=meta.get("type", kind), default=argparse.SUPPRESS, choices=meta.get("choices"),
+                            metavar=None if "choices" in meta else meta.get("metavar", kind.__name__.upper()),
                             help=f"{meta['help']} (default: {f.default})")
 
 

@@ -2,6 +2,8 @@
 
 A recipe holds ``TrainConfig`` fields (``dataset = "cifar10"``, ``lr = 0.1``, ...) and may have a
 ``[paper]`` table (where the paper reports that cell; its number is in lawn_monitor/paper.py; never read by training).
+Its ``[why]`` table gives, for every setting, ``"paper"`` where it is the paper's stated one, else
+the reason for the value (``recipe_why``; tests check that every setting has one).
 ``lawn-monitor train --recipe cifar10-adam-lawn-b256`` starts from it; flags given on the command
 line override it. ``lawn-monitor sweep --recipes 'cifar10-*'`` runs every match (``fnmatch``).
 
@@ -40,6 +42,8 @@ def match_recipes(pattern: str) -> list[str]:
 
 
 def _type_ok(value: Any, kind: str) -> bool:
+    if kind.strip("'") == "float | str":  # a number or a word (free_epochs: auto)
+        return isinstance(value, (int, float, str)) and not isinstance(value, bool)
     base = kind.split(" |")[0].strip("'")
     if base == "bool":
         return isinstance(value, bool)
@@ -83,7 +87,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, value in raw.items():
-        if key == "paper":
+        if key in ("paper", "why"):
             continue
         if key not in fields or key in NOT_IN_RECIPES:
             raise ConfigError(f"recipe {path}: unknown or not allowed key {key!r} (keys are TrainConfig fields "
@@ -94,8 +98,14 @@ def load_recipe(name: str) -> dict[str, Any]:
         choices = field.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"recipe {path}: {key} = {value!r} is not one of {', '.join(choices)}")
-        values[key] = float(value) if str(field.type).startswith("float") else value
+        values[key] = float(value) if str(field.type).startswith("float") and not isinstance(value, str) else value
     return values
+
+
+def recipe_why(name: str) -> dict[str, str]:
+    """The recipe's ``[why]`` table: for each of its settings, ``"paper"`` (``"paper: ..."``) where
+    it is the paper's stated setting, else the reason for the value (ours, or a deviation)."""
+    return dict(_read(recipe_path(name)).get("why", {}))
 
 
 def paper_value(name: str) -> dict[str, Any]:

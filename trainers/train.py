@@ -1,6 +1,7 @@
 """Train one image classifier with SGD, Adam, AdamW, AdamP or LAMB, with or without LAWN, monitored.
 
     lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn --free-epochs 1 --epochs 4
+    lawn-monitor train --dataset digits --optimizer adam --lawn --free-epochs auto --epochs 10
     lawn-monitor train --recipe cifar10-adam-lawn-b256 --data-root data --amp bf16 --channels-last
     torchrun --nproc_per_node 8 -m trainers.train --recipe imagenet-adam-lawn-b16k --data-root /data
     lawn-monitor train --resume 20261129-031500-adam-lawn-b256-s0-3f2a --root runs
@@ -39,7 +40,7 @@ from tqdm import tqdm
 
 from lawn_monitor import Monitor
 from lawn_monitor.monitor import MonitorWriteError
-from lawn_monitor.optim import lawn_schedule, make_optimizer, warmup_decay
+from lawn_monitor.optim import AutoSwitch, lawn_schedule, make_optimizer, warmup_decay
 from lawn_monitor.lock import RunLockedError
 from lawn_monitor.probes import ProbeConfig
 from lawn_monitor.sink import RunExistsError
@@ -233,13 +234,23 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
 
     steps_per_epoch = len(data.train)
     total_steps = cfg.epochs * steps_per_epoch
-    free_steps = round(cfg.free_epochs * steps_per_epoch) if cfg.lawn else 0
+    auto = None
+    if cfg.lawn and cfg.free_epochs == "auto":
+        # The window: values averaged per check and steps between host reads (see AutoSwitch).
+        auto = AutoSwitch(max_steps=round(cfg.auto_max_epochs * steps_per_epoch), threshold=cfg.auto_threshold,
+                          window=max(1, min(20, steps_per_epoch // 2)),
+                          min_steps=round(cfg.auto_min_epochs * steps_per_epoch))
+        free_steps: int | str = "auto"
+    else:
+        free_steps = round(cfg.free_epochs * steps_per_epoch) if cfg.lawn else 0
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    free_warmup_steps = round(cfg.free_warmup_epochs * steps_per_epoch) if cfg.lawn else 0
     optimizer = make_optimizer(cfg.optimizer, net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                lawn=cfg.lawn, free_steps=free_steps, tangent=cfg.tangent,
-                               reset_moments=cfg.reset_moments, **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
+                               reset_moments=cfg.reset_moments, lawn_params=cfg.lawn_params, model=net, auto=auto,
+                               **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
     if cfg.lawn:
-        scheduler = lawn_schedule(optimizer, total_steps, free_steps, warmup_steps, cfg.decay)
+        scheduler = lawn_schedule(optimizer, total_steps, free_steps, warmup_steps, cfg.decay, free_warmup_steps)
     else:
         scheduler = warmup_decay(optimizer, total_steps, warmup_steps, cfg.decay)
     start_epoch = 0
@@ -259,6 +270,8 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
         model = torch.compile(model)
 
     record = {**dataclasses.asdict(cfg), "free_steps": free_steps, "warmup_steps": warmup_steps,
+              "free_warmup_steps": free_warmup_steps,
+              "auto_switch": None if auto is None else dataclasses.asdict(auto),
               "steps_per_epoch": steps_per_epoch, "num_train": data.num_train, "world_size": dist.world,
               "schedule": "lawn" if cfg.lawn else "warmup_decay", "resume": None}
     probes = ProbeConfig(every=cfg.probe_every, curvature=cfg.curvature, gn_points=cfg.gn_points,
@@ -281,6 +294,8 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
                               steps_per_epoch=steps_per_epoch, flush_secs=cfg.flush_secs, probe_batch=probe_batch,
                               probe_config=probes,
                               run_id=config.resume, resume_step=checkpoint["step"] if checkpoint else None)
+        if cfg.lawn:
+            optimizer.monitor = monitor  # --free-epochs auto reads flat_frac from it; the switch goes to run.json
         if checkpoint is not None:
             monitor.load_state_dict(checkpoint["monitor"])
             set_rng_state(checkpoint["rng"])
