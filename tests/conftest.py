@@ -65,3 +65,12 @@ def tiny_store(tmp_path: Path) -> Path:
     finally:
         torch.set_num_threads(threads)
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on tensors this small, intra-op threads only add overhead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,13 +16,7 @@ from lawn_monitor.probes import GNTrace, HessianTrace, ProbeConfig
 TIMED = {"step_time", "samples_per_s"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Intra-op threads only add overhead on tensors this small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model():

@@ -20,12 +20,7 @@ from lawn_monitor.probes import ProbeConfig  # noqa: E402
 STEPS_PER_EPOCH = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # intra-op threads only slow tensors this small down
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Classifier(L.LightningModule):
