@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .schema import READ_STATUSES
+
 USAGE = ("usage: lawn-monitor {train,sweep,runs,compare,compact,import,export,dashboard} ... "
          "(lawn-monitor COMMAND --help for its options)")
 PLUGINS = "lawn_monitor.commands"  # entry-point group of commands other packages add (the trainers' train, sweep)
@@ -57,7 +59,7 @@ def _print(df: pd.DataFrame) -> None:
 def runs(argv: list[str]) -> int:
     parser = _Parser(prog="lawn-monitor runs", description="List the runs in a store.")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
-    parser.add_argument("--status", help="only runs with this status (running, finished, failed, diverged, interrupted, stale)")
+    parser.add_argument("--status", help=f"only runs with this status ({', '.join(READ_STATUSES)})")
     args = parser.parse_args(argv)
     store = _store(args.root)
     if store is None:

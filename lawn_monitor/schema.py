@@ -23,7 +23,10 @@ SCHEMA = pa.schema(
     ]
 )
 
-STATUSES = ("running", "finished", "failed", "diverged", "interrupted")
+STATUSES = ("running", "finished", "failed", "diverged", "interrupted")  # what a writer records
+# What a reader may show besides: ``stale`` (a running run whose writer stopped beating) and
+# ``damaged`` (its run.json is unusable): never written, judged when the store is read.
+READ_STATUSES = (*STATUSES, "stale", "damaged")
 
 
 def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:

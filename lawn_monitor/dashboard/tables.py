@@ -10,9 +10,11 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
+from lawn_monitor.schema import READ_STATUSES
+
 # Config keys offered as filters and as group-by keys, in this order, where the runs have them.
 CONFIG_KEYS = ["dataset", "model", "optimizer", "lawn", "batch_size", "lr", "free_epochs", "epochs", "seed"]
-STATUSES = ["running", "finished", "failed", "diverged", "interrupted", "stale", "damaged"]
+STATUSES = list(READ_STATUSES)
 BANDS = {"std": "mean ± std", "stderr": "mean ± standard error", "minmax": "min to max"}
 
 
