@@ -20,7 +20,6 @@ one ``all_reduce`` per step adds them for all constrained tensors (``sharding.sh
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Callable, Iterable
 
 import torch
@@ -130,15 +129,15 @@ class LAWN(Optimizer):
         # FSDP2: the constrained tensors' shards are summed over processes (None: not sharded).
         self._reduce = sharding.shard_sum([all_params[i] for i in chosen])
 
-        # What torch.optim.Optimizer.__init__ would set up, minus the param groups (shared).
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._zero_grad_profile_name = "Optimizer.zero_grad#LAWN.zero_grad"
-        self._patch_step_function()
+        # A wrapper optimizer is still an optimizer: torch's own __init__ sets up the hook
+        # registries and patches step() so that hooks registered on LAWN fire once per LAWN step.
+        # It also builds a fresh param_groups list and state, which the properties below store
+        # on the inner optimizer: it gets its own objects back at once, so the groups and the
+        # state stay shared (LR schedulers, GradScaler) and nothing it has accumulated is lost.
+        # The copies of the groups keep __init__'s checks from rewriting the inner's own dicts.
+        groups, state = optimizer.param_groups, optimizer.state
+        super().__init__([dict(g) for g in groups], optimizer.defaults)
+        optimizer.param_groups, optimizer.state = groups, state
 
     # The inner optimizer owns groups, defaults and state; its load_state_dict replaces its
     # param_groups list, so these are properties rather than copies of the reference.
