@@ -12,6 +12,7 @@ import torch
 
 from lawn_monitor import RunStore
 from lawn_monitor.cli import main as cli_main
+from lawn_monitor.optim import OPTIMIZERS
 from trainers import train as train_module
 from trainers.config import TrainConfig
 from trainers.data import load_data
@@ -112,6 +113,7 @@ def test_failed_run_keeps_traceback(monkeypatch, capsys, tmp_path):
                             "--root", str(tmp_path), "--no-progress"], capsys)
     assert rc == 1 and "evaluation exploded" in err and len(err.strip().splitlines()) == 1
     run_dir = next(tmp_path.iterdir())
+    assert f"(traceback in {run_dir}/run.json)" in err
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and "RuntimeError: evaluation exploded" in info["error"]
     assert "train/loss" in RunStore(tmp_path).metrics(run_dir.name)  # what was logged is kept
@@ -156,6 +158,28 @@ def test_sweep_then_runs_and_compare(capsys, tmp_path):
     assert rc == 0 and out.count("finished") == 4
     rc, out, err = run_cli(["compare", "--root", str(tmp_path), "--by", "optimizer,lawn"], capsys)
     assert rc == 0 and len(out.strip().splitlines()) == 5  # header + 4 groups
+
+
+def test_failure_before_the_run_exists_names_no_run_json(monkeypatch, capsys, tmp_path):
+    def broken_model(*args, **kwargs):
+        raise RuntimeError("model exploded")
+
+    monkeypatch.setattr(train_module, "build_model", broken_model)
+    rc, out, err = run_cli(["train", "--dataset", "digits", "--root", str(tmp_path), "--no-progress"], capsys)
+    assert rc == 1 and "RuntimeError: model exploded (raised at test_trainer.py:" in err, err
+    assert "run.json" not in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # no run was created
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_trains_with_its_defaults(name, capsys, tmp_path):
+    """No --lr, no --weight-decay: each optimizer's defaults come from lawn_monitor.optim."""
+    rc, out, err = run_cli(["train", "--optimizer", name, "--dataset", "digits", "--model", "mlp", "--epochs", "1",
+                            "--no-curvature", "--root", str(tmp_path), "--no-progress"], capsys)
+    assert rc == 0 and out.startswith("finished:"), err
+    run = RunStore(tmp_path).runs().iloc[0]
+    assert run["lr"] == OPTIMIZERS[name].lr and run["weight_decay"] == OPTIMIZERS[name].weight_decay
+    assert run["test_acc"] > 0.2  # it learned something in one epoch (chance: 0.1)
 
 
 def test_config_defaults_depend_on_the_optimizer():

@@ -8,17 +8,19 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
+from lawn_monitor.optim import OPTIMIZERS
+
 DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 MODELS = ("cnn", "mlp", "vgg19", "resnet18", "resnet50")
-OPTIMIZERS = ("sgd", "adam", "adamw", "adamp", "lamb")
-
-# Defaults that depend on the optimizer when the user gives none.
-DEFAULT_LR = {"sgd": 0.1, "adam": 3e-3, "adamw": 3e-3, "adamp": 3e-3}  # tuned on the CPU-scale sets
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 1e-2, "adamp": 1e-2}
 
 
 class ConfigError(ValueError):
     """A bad combination of options; its message is the one line the user sees."""
+
+
+def _defaults(attr: str) -> str:
+    """``sgd 0.1, adam 0.003, ...``: the optimizers' defaults for --help."""
+    return ", ".join(f"{name} {getattr(spec, attr):g}" for name, spec in OPTIMIZERS.items())
 
 
 def _opt(help: str, **kw) -> Any:
@@ -30,15 +32,14 @@ class TrainConfig:
     dataset: str = _opt("data set", default="digits", meta={"choices": DATASETS})
     model: str = _opt("model: cnn (28x28 or 8x8 images), mlp (anything, flattened), vgg19 (32x32 RGB)",
                       default="cnn", meta={"choices": MODELS})
-    optimizer: str = _opt("inner optimizer", default="adam", meta={"choices": OPTIMIZERS})
+    optimizer: str = _opt("inner optimizer", default="adam", meta={"choices": tuple(OPTIMIZERS)})
     lawn: bool = _opt("wrap the optimizer in LAWN (constrain weight norms after the free phase)", default=False)
     free_epochs: float = _opt("epochs of the free phase before LAWN freezes the norms", default=1.0)
     epochs: int = _opt("training epochs", default=10)
     batch_size: int = _opt("global batch size (samples per optimizer step)", default=64)
-    lr: float | None = _opt("peak learning rate (default: 0.1 for sgd, 3e-3 for the Adam family)", default=None)
-    weight_decay: float | None = _opt(
-        "weight decay in the free phase (LAWN turns it off at the switch); default 5e-4 sgd, 0 adam, 1e-2 adamw/adamp",
-        default=None)
+    lr: float | None = _opt("peak learning rate (default: the optimizer's, " + _defaults("lr") + ")", default=None)
+    weight_decay: float | None = _opt("weight decay in the free phase (LAWN turns it off at the switch); default: the "
+                                      "optimizer's, " + _defaults("weight_decay"), default=None)
     momentum: float = _opt("SGD momentum", default=0.9)
     warmup_epochs: float = _opt("LR warm-up epochs (after the switch for LAWN, from step 0 otherwise)", default=0.0)
     decay: str = _opt("LR decay after warm-up", default="cosine", meta={"choices": ("cosine", "linear", "none")})
@@ -81,9 +82,9 @@ class TrainConfig:
         """Fill optimizer-dependent defaults and check combinations; raises ConfigError."""
         cfg = dataclasses.replace(self)
         if cfg.lr is None:
-            cfg.lr = DEFAULT_LR[cfg.optimizer]
+            cfg.lr = OPTIMIZERS[cfg.optimizer].lr
         if cfg.weight_decay is None:
-            cfg.weight_decay = DEFAULT_WEIGHT_DECAY[cfg.optimizer]
+            cfg.weight_decay = OPTIMIZERS[cfg.optimizer].weight_decay
         if cfg.name is None and cfg.recipe:
             cfg.name = f"{Path(cfg.recipe).name.removesuffix('.toml')}-s{cfg.seed}"  # a path recipe: its file's name
         if cfg.name is None:
@@ -139,7 +140,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         kind = {"int": int, "float": float, "str": str}[str(f.type).split(" |")[0].strip("'")]
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=meta.get("choices"),
                             metavar=None if "choices" in meta else kind.__name__.upper(),
-                            help=f"{meta['help']} (default: {f.default})")
+                            help=meta["help"] if f.default is None else f"{meta['help']} (default: {f.default})")
 
 
 def given_fields(args: argparse.Namespace) -> dict[str, Any]:

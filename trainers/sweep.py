@@ -35,10 +35,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lawn_monitor.optim import OPTIMIZERS
 from lawn_monitor.storage import Location
 
 from . import signals
-from .config import OPTIMIZERS, ConfigError, OneLineParser, TrainConfig, add_config_arguments, given_fields
+from .config import ConfigError, OneLineParser, TrainConfig, add_config_arguments, given_fields
 from .recipe import config_from, match_recipes
 from .train import USER_ERRORS, _check_root, train
 

@@ -337,10 +337,12 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
             monitor.close("interrupted")
             exc.run_dir = monitor.run_dir  # for the one line the command prints
         raise
-    except Exception:
+    except Exception as exc:
         bar.close()
         if monitor is not None:
             monitor.close("failed", error=traceback.format_exc())
+            if dist.main:
+                exc.run_dir = monitor.run_dir  # for the one line the command prints
         raise
     bar.close()
     # The run has ended: a signal now waits until its status is written, and then only stops
@@ -376,8 +378,12 @@ def run_cli(cfg: TrainConfig) -> int:
         print(f"lawn-monitor train: failed: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - reported in one line, traceback kept in run.json
-        print(f"lawn-monitor train: failed: {type(exc).__name__}: {exc} (traceback in the run's run.json)",
-              file=sys.stderr)
+        run_dir = getattr(exc, "run_dir", None)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"lawn-monitor train: failed: {type(exc).__name__}: {exc} " + (
+            f"(traceback in {run_dir}/run.json)" if run_dir else
+            f"(raised at {Path(where.filename).name}:{where.lineno}; this process had no run record to keep "
+            f"the traceback in: not created yet, or not rank 0)"), file=sys.stderr)
         return 1
     if not result.run_id:  # a DDP rank other than 0: rank 0 reports
         return 0 if result.status == "finished" else 3
