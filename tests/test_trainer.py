@@ -1,4 +1,5 @@
 """The trainer end to end on real offline data, its run endings, and its one-line errors."""
+import dataclasses
 import json
 import os
 import signal
@@ -13,10 +14,12 @@ import torch
 from lawn_monitor import RunStore
 from lawn_monitor.cli import main as cli_main
 from lawn_monitor.optim import OPTIMIZERS
+from lawn_monitor.probes import ProbeConfig
 from trainers import train as train_module
-from trainers.config import TrainConfig
+from trainers.config import FLAGS, TrainConfig, config_from_flags, config_from_record, flag_values
 from trainers.data import load_data
 from trainers.models import build_model
+from trainers.train import build_parser
 
 # Real MNIST, when the machine has it: a folder in torchvision's layout (MNIST/raw/*-ubyte).
 MNIST_ROOT = os.environ.get("LAWN_MONITOR_MNIST_ROOT")
@@ -180,6 +183,21 @@ def test_every_optimizer_trains_with_its_defaults(name, capsys, tmp_path):
     run = RunStore(tmp_path).runs().iloc[0]
     assert run["lr"] == OPTIMIZERS[name].lr and run["weight_decay"] == OPTIMIZERS[name].weight_decay
     assert run["test_acc"] > 0.2  # it learned something in one epoch (chance: 0.1)
+
+
+def test_probe_settings_are_a_nested_probe_config_with_the_flags_users_know():
+    args = build_parser().parse_args(["--probe-every", "5", "--no-curvature", "--curvature-budget", "0.1",
+                                      "--gn-points", "7", "--seed", "3"])
+    cfg = config_from_flags({k: v for k, v in vars(args).items() if k in FLAGS}).resolved()
+    assert cfg.probes == ProbeConfig(every=5, curvature=False, budget=0.1, gn_points=7, seed=3)  # the run's seed
+    assert flag_values(cfg)["curvature_budget"] == 0.1 and flag_values(cfg)["probe_every"] == 5
+    record = dataclasses.asdict(cfg)  # as run.json and the checkpoint save it
+    assert record["probes"]["every"] == 5 and "probe_every" not in record
+    assert config_from_record(record) == cfg
+    # A record from before the nesting holds the probe settings by flag name.
+    flat = {k: v for k, v in record.items() if k != "probes"}
+    flat.update(probe_every=5, curvature=False, curvature_budget=0.1, gn_points=7, steps_per_epoch=23)
+    assert config_from_record(flat).resolved() == cfg
 
 
 def test_config_defaults_depend_on_the_optimizer():
