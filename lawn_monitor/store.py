@@ -45,13 +45,15 @@ SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
 # computed: runs that differ only in these and the seed are repeats of one experiment, which
 # summary() averages. Every other key splits a group (a key this list does not know splits too:
 # when in doubt, never pool). The probe keys are here because the Monitor leaves the training
-# untouched (weights, RNG, optimizer state: tested bit for bit); the trainer's derived keys
-# (free_steps, steps_per_epoch, ...) follow from the keys that split already.
+# untouched (weights, RNG, optimizer state: tested bit for bit): the trainer saves them nested
+# under "probes" (a ProbeConfig) beside "probe_size"; runs saved before that, and older ones
+# ("gn_every"), hold them flat. The trainer's derived keys (free_steps, steps_per_epoch, ...)
+# follow from the keys that split already.
 NOT_COMPUTED = frozenset({
     "name", "root", "device", "progress", "data_root", "logdir", "run_dir", "download", "flush_secs", "workers", "threads", "resume",
     "recipe", "compile", "channels_last", "world_size",
-    "probe_every", "curvature", "probe_size", "gn_every", "gn_points", "hessian_points", "hessian_probes",
-    "sharpness_points",
+    "probes", "probe_size",
+    "probe_every", "curvature", "gn_every", "gn_points", "hessian_points", "hessian_probes", "sharpness_points",
     "sharpness_iters", "curvature_budget",
     "free_steps", "warmup_steps", "steps_per_epoch", "num_train", "schedule",
 })

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lawn_monitor import RunStore
-from trainers.config import TrainConfig
+from trainers.config import config_from_flags
 from trainers.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(TrainConfig(**ARGS, root=str(tmp_path / "one")))
+        train(config_from_flags({**ARGS, "root": str(tmp_path / "one")}))
     finally:
         torch.set_num_threads(threads)
 

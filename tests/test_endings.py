@@ -123,7 +123,7 @@ def test_lawn_monitor_train_exits_3_on_divergence_with_curvature_on(tmp_path, ca
                         "--lr", "1e6", "--root", str(tmp_path), "--no-progress"], capsys)
     assert rc == 3 and out.startswith("diverged:"), (out, err)
     run = RunStore(tmp_path).runs().iloc[0]
-    assert run["status"] == "diverged" and run["curvature"]
+    assert run["status"] == "diverged" and run["probes"]["curvature"]
     assert len(RunStore(tmp_path).series(run["run_id"], "train/loss")) > 0
 
 

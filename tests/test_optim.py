@@ -183,6 +183,28 @@ def test_lr_scheduler_and_grad_scaler_accept_lawn():
         assert float(w.norm()) == pytest.approx(float(t), rel=1e-5)
 
 
+def test_lawn_is_an_optimizer_set_up_by_torch():
+    """LAWN runs Optimizer.__init__ (no copy of torch's private hook registries): hooks on LAWN
+    fire once per LAWN step in both phases, and the inner optimizer keeps its very groups and
+    state, even when it has stepped before it was wrapped."""
+    model = tiny_model()
+    inner = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train_steps(model, inner, batches(1))
+    groups, state = inner.param_groups, inner.state
+    moments = {id(p): s["exp_avg"].clone() for p, s in state.items()}
+    opt = LAWN(inner, free_steps=2)
+    assert opt.param_groups is inner.param_groups is groups and opt.state is inner.state is state
+    assert {id(p): s["exp_avg"] for p, s in opt.state.items()}.keys() == moments.keys()
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", o.step_count)))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o.step_count)))
+    train_steps(model, opt, batches(4))
+    assert calls == [(when, n) for n in range(4) for when, n in (("pre", n), ("post", n + 1))]
+    assert opt.phase == "constrained"
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_closure_is_supported():
     model = tiny_model()
     opt = LAWN(torch.optim.SGD(model.parameters(), lr=0.1), free_steps=1, tangent=True)

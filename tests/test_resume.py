@@ -17,7 +17,8 @@ import torch
 from lawn_monitor import RunStore
 from lawn_monitor.schema import SCHEMA
 from lawn_monitor.sink import ParquetSink
-from trainers.config import TrainConfig
+from lawn_monitor.probes import ProbeConfig
+from trainers.config import TrainConfig, config_from_flags
 from trainers.train import CHECKPOINT, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def check_kill_and_resume(tmp_path):
     assert resumed.run_id == killed and resumed.status == "finished"
     info = json.loads(run_json.read_text())
     assert info["status"] == "finished" and info["resumed"][0]["from_step"] == checkpoint["step"]
-    whole = train(TrainConfig(**ARGS, root=str(store.root)))
+    whole = train(config_from_flags({**ARGS, "root": str(store.root)}))
 
     a, b = rows(store, whole.run_id), rows(store, killed)
     keys = ["step", "layer", "metric"]
@@ -101,7 +102,8 @@ def test_resume_refuses_finished_runs_and_changed_flags(tmp_path, capsys):
     from trainers.train import main
 
     root = str(tmp_path)
-    result = train(TrainConfig(dataset="digits", model="mlp", epochs=1, curvature=False, progress=False, root=root))
+    result = train(TrainConfig(dataset="digits", model="mlp", epochs=1, probes=ProbeConfig(curvature=False),
+                                progress=False, root=root))
     assert main(["--resume", result.run_id, "--root", root]) == 2
     assert "has finished" in capsys.readouterr().err
     assert main(["--resume", result.run_id, "--root", root, "--lr", "0.5"]) == 2

@@ -197,6 +197,24 @@ def test_table2_never_pools_runs_that_differ_beyond_the_seed_and_counts_a_seed_o
     assert "epochs" not in plain.columns and table2(plain, "digits")["method"].tolist() == ["SGD", "Adam-LAWN"]
 
 
+def test_runs_saved_with_flat_and_with_nested_probe_settings_pool(tmp_path):
+    """The trainer saves its probe settings nested under "probes"; runs from before saved them
+    flat. Neither layout splits an experiment: the Monitor leaves the training untouched."""
+    import dataclasses
+
+    from lawn_monitor.probes import ProbeConfig
+
+    base = {"dataset": "digits", "optimizer": "adam", "lawn": True, "batch_size": 64, "epochs": 4, "probe_size": 32}
+    flat = {"probe_every": 1, "curvature": True, "gn_points": 32, "curvature_budget": 0.4}
+    write(tmp_path, "old-s0", [(1, "", "test/acc", 0.90)], config={**base, **flat, "seed": 0})
+    time.sleep(0.01)
+    for seed, budget in ((1, 0.4), (2, 0.1)):
+        nested = {"probes": dataclasses.asdict(ProbeConfig(budget=budget, seed=seed)), "probe_size": 16}
+        write(tmp_path, f"new-s{seed}", [(1, "", "test/acc", 0.92)], config={**base, **nested, "seed": seed})
+    summary = RunStore(tmp_path).summary("test/acc", by=["optimizer", "lawn", "batch_size"])
+    assert len(summary) == 1 and summary["count"].tolist() == [3] and summary["seeds"].tolist() == ["0,1,2"]
+
+
 def test_sql_metacharacters_in_every_filter_are_data(tmp_path):
     evil = "x' OR '1'='1'; DROP TABLE t; --"
     write(tmp_path, "r", [(1, "", "train/loss", 1.0), (1, evil, evil, 2.0)], config={"optimizer": evil})

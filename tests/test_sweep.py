@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from lawn_monitor import RunStore
-from trainers.config import TrainConfig, given_fields
+from trainers.config import config_from_flags, given_fields
 from trainers.recipe import config_from
 from trainers.sweep import config_argv
 from trainers.train import build_parser, config_for_cli
@@ -63,7 +63,7 @@ def assert_interrupted_and_readable(root: Path, count: int) -> None:
     {"optimizer": "adam", "warmup_epochs": 0.1, "decay": "none", "tangent": True, "epochs": 10},
 ])
 def test_config_argv_rebuilds_the_config_exactly(given):
-    cfg = TrainConfig(**given).resolved()
+    cfg = config_from_flags(given).resolved()
     rebuilt = config_for_cli(given_fields(build_parser().parse_args(config_argv(cfg)))).resolved()
     assert rebuilt == cfg
 

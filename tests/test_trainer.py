@@ -1,4 +1,5 @@
 """The trainer end to end on real offline data, its run endings, and its one-line errors."""
+import dataclasses
 import json
 import signal
 import subprocess
@@ -10,10 +11,13 @@ import torch
 
 from lawn_monitor import RunStore
 from lawn_monitor.cli import main as cli_main
+from lawn_monitor.optim import OPTIMIZERS
+from lawn_monitor.probes import ProbeConfig
 from trainers import train as train_module
-from trainers.config import TrainConfig
+from trainers.config import FLAGS, TrainConfig, config_from_flags, config_from_record, flag_values
 from trainers.data import load_data
 from trainers.models import build_model
+from trainers.train import build_parser
 
 CHEAP_METRICS = {
     "train/loss", "train/acc", "test/loss", "test/acc", "lr", "phase", "weight_norm", "grad_norm",
@@ -134,6 +138,7 @@ def test_failed_run_keeps_traceback(monkeypatch, capsys, tmp_path):
                             "--root", str(tmp_path), "--no-progress"], capsys)
     assert rc == 1 and "evaluation exploded" in err and len(err.strip().splitlines()) == 1
     run_dir = next(tmp_path.iterdir())
+    assert f"(traceback in {run_dir}/run.json)" in err
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and "RuntimeError: evaluation exploded" in info["error"]
     assert "train/loss" in RunStore(tmp_path).metrics(run_dir.name)  # what was logged is kept
@@ -178,6 +183,43 @@ def test_sweep_then_runs_and_compare(capsys, tmp_path):
     assert rc == 0 and out.count("finished") == 4
     rc, out, err = run_cli(["compare", "--root", str(tmp_path), "--by", "optimizer,lawn"], capsys)
     assert rc == 0 and len(out.strip().splitlines()) == 5  # header + 4 groups
+
+
+def test_failure_before_the_run_exists_names_no_run_json(monkeypatch, capsys, tmp_path):
+    def broken_model(*args, **kwargs):
+        raise RuntimeError("model exploded")
+
+    monkeypatch.setattr(train_module, "build_model", broken_model)
+    rc, out, err = run_cli(["train", "--dataset", "digits", "--root", str(tmp_path), "--no-progress"], capsys)
+    assert rc == 1 and "RuntimeError: model exploded (raised at test_trainer.py:" in err, err
+    assert "run.json" not in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # no run was created
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_trains_with_its_defaults(name, capsys, tmp_path):
+    """No --lr, no --weight-decay: each optimizer's defaults come from lawn_monitor.optim."""
+    rc, out, err = run_cli(["train", "--optimizer", name, "--dataset", "digits", "--model", "mlp", "--epochs", "1",
+                            "--no-curvature", "--root", str(tmp_path), "--no-progress"], capsys)
+    assert rc == 0 and out.startswith("finished:"), err
+    run = RunStore(tmp_path).runs().iloc[0]
+    assert run["lr"] == OPTIMIZERS[name].lr and run["weight_decay"] == OPTIMIZERS[name].weight_decay
+    assert run["test_acc"] > 0.2  # it learned something in one epoch (chance: 0.1)
+
+
+def test_probe_settings_are_a_nested_probe_config_with_the_flags_users_know():
+    args = build_parser().parse_args(["--probe-every", "5", "--no-curvature", "--curvature-budget", "0.1",
+                                      "--gn-points", "7", "--seed", "3"])
+    cfg = config_from_flags({k: v for k, v in vars(args).items() if k in FLAGS}).resolved()
+    assert cfg.probes == ProbeConfig(every=5, curvature=False, budget=0.1, gn_points=7, seed=3)  # the run's seed
+    assert flag_values(cfg)["curvature_budget"] == 0.1 and flag_values(cfg)["probe_every"] == 5
+    record = dataclasses.asdict(cfg)  # as run.json and the checkpoint save it
+    assert record["probes"]["every"] == 5 and "probe_every" not in record
+    assert config_from_record(record) == cfg
+    # A record from before the nesting holds the probe settings by flag name.
+    flat = {k: v for k, v in record.items() if k != "probes"}
+    flat.update(probe_every=5, curvature=False, curvature_budget=0.1, gn_points=7, steps_per_epoch=23)
+    assert config_from_record(flat).resolved() == cfg
 
 
 def test_config_defaults_depend_on_the_optimizer():

@@ -6,15 +6,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from lawn_monitor.optim import OPTIMIZERS
+from lawn_monitor.probes import ProbeConfig
 
 DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 MODELS = ("cnn", "mlp", "vgg19", "resnet18", "resnet50")
-OPTIMIZERS = ("sgd", "adam", "adamw", "adamp", "lamb")
-
-# Defaults that depend on the optimizer when the user gives none.
-DEFAULT_LR = {"sgd": 0.1, "adam": 3e-3, "adamw": 3e-3, "adamp": 3e-3}  # tuned on the CPU-scale sets
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 1e-2, "adamp": 1e-2}
 
 
 class ConfigError(ValueError):
@@ -26,6 +24,11 @@ def free_epochs_value(text: str) -> float | str:
     return "auto" if text == "auto" else float(text)
 
 
+def _defaults(attr: str) -> str:
+    """``sgd 0.1, adam 0.003, ...``: the optimizers' defaults for --help."""
+    return ", ".join(f"{name} {getattr(spec, attr):g}" for name, spec in OPTIMIZERS.items())
+
+
 def _opt(help: str, **kw) -> Any:
     return field(metadata={"help": help, **kw.pop("meta", {})}, **kw)
 
@@ -35,7 +38,7 @@ class TrainConfig:
     dataset: str = _opt("data set", default="digits", meta={"choices": DATASETS})
     model: str = _opt("model: cnn (28x28 or 8x8 images), mlp (anything, flattened), vgg19 (32x32 RGB)",
                       default="cnn", meta={"choices": MODELS})
-    optimizer: str = _opt("inner optimizer", default="adam", meta={"choices": OPTIMIZERS})
+    optimizer: str = _opt("inner optimizer", default="adam", meta={"choices": tuple(OPTIMIZERS)})
     lawn: bool = _opt("wrap the optimizer in LAWN (constrain weight norms after the free phase)", default=False)
     free_epochs: float | str = _opt(
         "epochs of the free phase before LAWN freezes the norms, or auto: switch when the mean flat_frac over a "
@@ -54,10 +57,9 @@ class TrainConfig:
                                      default=0.0)
     epochs: int = _opt("training epochs", default=10)
     batch_size: int = _opt("global batch size (samples per optimizer step)", default=64)
-    lr: float | None = _opt("peak learning rate (default: 0.1 for sgd, 3e-3 for the Adam family)", default=None)
-    weight_decay: float | None = _opt(
-        "weight decay in the free phase (LAWN turns it off at the switch); default 5e-4 sgd, 0 adam, 1e-2 adamw/adamp",
-        default=None)
+    lr: float | None = _opt("peak learning rate (default: the optimizer's, " + _defaults("lr") + ")", default=None)
+    weight_decay: float | None = _opt("weight decay in the free phase (LAWN turns it off at the switch); default: the "
+                                      "optimizer's, " + _defaults("weight_decay"), default=None)
     momentum: float = _opt("SGD momentum", default=0.9)
     warmup_epochs: float = _opt("LR warm-up epochs (after the switch for LAWN, from step 0 otherwise)", default=0.0)
     decay: str = _opt("LR decay after warm-up", default="cosine", meta={"choices": ("cosine", "linear", "none")})
@@ -81,32 +83,25 @@ class TrainConfig:
     resume: str | None = _opt("continue run RUN_ID from its last checkpoint (<root>/RUN_ID/checkpoint.pt)",
                               default=None)
     flush_secs: float = _opt("seconds between metric flushes to Parquet", default=2.0)
-    probe_every: int = _opt("cheap probes (norms, update ratios, output stats) every N steps", default=1)
-    curvature: bool = _opt("curvature probes (gn_trace, hessian_trace, sharpness)", default=True,
-                           meta={"negate": "--no-curvature"})
     probe_size: int = _opt("samples in the fixed probe batch the curvature is measured on (the GN trace and the "
                            "sharpness use the first 16, Hutchinson the first 32)", default=32)
-    gn_points: int = _opt("Gauss-Newton trace proxy: points over the run, dense early (held to the budget)",
-                          default=32)
-    hessian_points: int = _opt("Hutchinson tr(H): points over the run, dense early (held to the budget)", default=3)
-    hessian_probes: int = _opt("Rademacher vectors per Hutchinson estimate", default=20)
-    sharpness_points: int = _opt("top Hessian eigenvalue: points over the run, dense early (held to the budget)",
-                                 default=8)
-    curvature_budget: float = _opt("curvature may take at most this fraction of training time (it takes a few "
-                                   "percent where steps take tens of ms; short CPU runs use most of it)", default=0.4)
-    progress: bool = _opt("show a progress bar", default=True, meta={"negate": "--no-progress"})
+    # What the Monitor measures and how often: the Monitor's own config, saved nested in the
+    # run's record. Its flags are listed in PROBE_FLAGS; its seed is the run's (resolved()).
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
+    progress: bool = _opt("show a progress bar", default=True)
 
     def resolved(self) -> "TrainConfig":
         """Fill optimizer-dependent defaults and check combinations; raises ConfigError."""
         cfg = dataclasses.replace(self)
         if cfg.lr is None:
-            cfg.lr = DEFAULT_LR[cfg.optimizer]
+            cfg.lr = OPTIMIZERS[cfg.optimizer].lr
         if cfg.weight_decay is None:
-            cfg.weight_decay = DEFAULT_WEIGHT_DECAY[cfg.optimizer]
+            cfg.weight_decay = OPTIMIZERS[cfg.optimizer].weight_decay
         if cfg.name is None and cfg.recipe:
             cfg.name = f"{Path(cfg.recipe).name.removesuffix('.toml')}-s{cfg.seed}"  # a path recipe: its file's name
         if cfg.name is None:
             cfg.name = f"{cfg.optimizer}{'-lawn' if cfg.lawn else ''}-b{cfg.batch_size}-s{cfg.seed}"
+        cfg.probes = probes = dataclasses.replace(cfg.probes, seed=cfg.seed)
         checks = [
             (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
             (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
@@ -114,12 +109,13 @@ class TrainConfig:
             (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
             (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}"),
             (cfg.flush_secs > 0, f"--flush-secs must be > 0, got {cfg.flush_secs}"),
-            (min(cfg.probe_every, cfg.gn_points, cfg.hessian_points, cfg.sharpness_points) >= 1,
+            (min(probes.every, probes.gn_points, probes.hessian_points, probes.sharpness_points) >= 1,
              "--probe-every, --gn-points, --hessian-points and --sharpness-points must be >= 1"),
             (cfg.probe_size >= 2, f"--probe-size must be >= 2 (the GN trace's standard error needs two groups), "
                                   f"got {cfg.probe_size}"),
-            (cfg.hessian_probes >= 2, f"--hessian-probes must be >= 2 (for a standard error), got {cfg.hessian_probes}"),
-            (cfg.curvature_budget > 0, f"--curvature-budget must be > 0, got {cfg.curvature_budget}"),
+            (probes.hessian_probes >= 2, f"--hessian-probes must be >= 2 (for a standard error), "
+                                         f"got {probes.hessian_probes}"),
+            (probes.budget > 0, f"--curvature-budget must be > 0, got {probes.budget}"),
             (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
             (cfg.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {cfg.threads}"),
         ]
@@ -148,6 +144,87 @@ class TrainConfig:
         return cfg
 
 
+# The probe settings the command line offers: flag name -> (ProbeConfig field, help). A flag
+# keeps a longer name where the field's would be vague on its own (--probe-every, not --every);
+# runs saved before the probes were nested hold these same names in their config.
+PROBE_FLAGS = {
+    "probe_every": ("every", "cheap probes (norms, update ratios, output stats) every N steps"),
+    "curvature": ("curvature", "curvature probes (gn_trace, hessian_trace, sharpness)"),
+    "gn_points": ("gn_points", "Gauss-Newton trace proxy: points over the run, dense early (held to the budget)"),
+    "hessian_points": ("hessian_points", "Hutchinson tr(H): points over the run, dense early (held to the budget)"),
+    "hessian_probes": ("hessian_probes", "Rademacher vectors per Hutchinson estimate"),
+    "sharpness_points": ("sharpness_points",
+                         "top Hessian eigenvalue: points over the run, dense early (held to the budget)"),
+    "curvature_budget": ("budget", "curvature may take at most this fraction of training time (it takes a few "
+                                   "percent where steps take tens of ms; short CPU runs use most of it)"),
+}
+
+
+class Flag(NamedTuple):
+    """One command-line flag (and recipe key): a TrainConfig field, or a ProbeConfig field by
+    its PROBE_FLAGS name."""
+
+    name: str  # --name-with-dashes on the command line
+    type: str  # "bool", "int", "float" or "str" (a field that may be None: its other type)
+    default: Any
+    help: str
+    choices: tuple | None = None
+    parse: Any = None  # turns the command line's text into the value, where the type alone does not
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        """What the user types: ``--no-X`` for a boolean that is on by default."""
+        dashed = self.name.replace("_", "-")
+        return f"--no-{dashed}" if self.type == "bool" and self.default else f"--{dashed}"
+
+
+def _base_type(kind) -> str:
+    return str(kind).split(" |")[0].strip("'")
+
+
+def _flags() -> dict[str, Flag]:
+    flags = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "probes":
+            probe_fields = {p.name: p for p in dataclasses.fields(ProbeConfig)}
+            for name, (field_name, help) in PROBE_FLAGS.items():
+                p = probe_fields[field_name]
+                flags[name] = Flag(name, _base_type(p.type), p.default, help)
+        else:
+            flags[f.name] = Flag(f.name, _base_type(f.type), f.default, f.metadata["help"], f.metadata.get("choices"),
+                                 f.metadata.get("type"), f.metadata.get("metavar"))
+    return flags
+
+
+FLAGS = _flags()  # by name, in --help's order
+
+
+def config_from_flags(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from flag values by name (the command line's, a recipe's): probe flags go
+    into its ProbeConfig. Raises TypeError for a name that is no flag, as TrainConfig does."""
+    probes = {PROBE_FLAGS[k][0]: v for k, v in values.items() if k in PROBE_FLAGS}
+    rest = {k: v for k, v in values.items() if k not in PROBE_FLAGS}
+    return TrainConfig(**rest, probes=ProbeConfig(**probes))
+
+
+def flag_values(cfg: TrainConfig) -> dict[str, Any]:
+    """The inverse of config_from_flags: every flag's value in ``cfg``."""
+    values = {k: getattr(cfg, k) for k in FLAGS if k not in PROBE_FLAGS}
+    values.update({k: getattr(cfg.probes, field_name) for k, (field_name, _) in PROBE_FLAGS.items()})
+    return values
+
+
+def config_from_record(record: dict[str, Any]) -> TrainConfig:
+    """The config a run saved (run.json's ``config``, a checkpoint's), without the keys the
+    trainer derives. A record from before the probes were nested has them by flag name."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"probes"}
+    values = {k: v for k, v in record.items() if k in names}
+    probes = {PROBE_FLAGS[k][0]: v for k, v in record.items() if k in PROBE_FLAGS}
+    probes.update(record.get("probes") or {})
+    return TrainConfig(**values, probes=ProbeConfig(**probes))
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (what is wrong and where to look), exit 2."""
 
@@ -156,31 +233,25 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field. Flags the user does not give stay out of the namespace (the field's
+    """One flag per entry of FLAGS. Flags the user does not give stay out of the namespace (the
     default is only shown in --help), so that a recipe's values hold unless a flag overrides them."""
-    for f in dataclasses.fields(TrainConfig):
+    for f in FLAGS.values():
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        meta = f.metadata
-        if f.type in (bool, "bool"):
-            if f.default:
-                parser.add_argument(meta["negate"], dest=f.name, action="store_false", help=meta["help"],
-                                    default=argparse.SUPPRESS)
-            else:
-                parser.add_argument(flag, action="store_true", help=meta["help"], default=argparse.SUPPRESS)
+        if f.type == "bool":
+            parser.add_argument(f.flag, dest=f.name, action="store_false" if f.default else "store_true",
+                                help=f.help, default=argparse.SUPPRESS)
             continue
-        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" |")[0].strip("'")]
-        parser.add_argument(flag, type=meta.get("type", kind), default=argparse.SUPPRESS, choices=meta.get("choices"),
-                            metavar=None if "choices" in meta else meta.get("metavar", kind.__name__.upper()),
-                            help=f"{meta['help']} (default: {f.default})")
+        kind = {"int": int, "float": float, "str": str}[f.type]
+        parser.add_argument(f.flag, type=f.parse or kind, default=argparse.SUPPRESS, choices=f.choices,
+                            metavar=None if f.choices else f.metavar or kind.__name__.upper(),
+                            help=f.help if f.default is None else f"{f.help} (default: {f.default})")
 
 
 def given_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields the user gave as flags."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names}
+    """The flags the user gave, by name (config_from_flags makes the TrainConfig)."""
+    return {k: v for k, v in vars(args).items() if k in FLAGS}
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-    return TrainConfig(**{**given_fields(args), **overrides})
+    return config_from_flags({**given_fields(args), **overrides})

@@ -1,9 +1,10 @@
 """Recipes: named training configurations as TOML files in ``trainers/recipes/``.
 
-A recipe holds ``TrainConfig`` fields (``dataset = "cifar10"``, ``lr = 0.1``, ...) and may have a
-``[paper]`` table (where the paper reports that cell; its number is in lawn_monitor/paper.py; never read by training).
-Its ``[why]`` table gives, for every setting, ``"paper"`` where it is the paper's stated one, else
-the reason for the value (``recipe_why``; tests check that every setting has one).
+A recipe holds values of the train command's flags, ``_`` for ``-`` (``dataset = "cifar10"``,
+``lr = 0.1``, ``probe_every = 10``, ...) and may have a ``[paper]`` table (where the paper
+reports that cell; its number is in lawn_monitor/paper.py; never read by training). Its ``[why]``
+table gives, for every setting, ``"paper"`` where it is the paper's stated one, else the reason
+for the value (``recipe_why``; tests check that every setting has one).
 ``lawn-monitor train --recipe cifar10-adam-lawn-b256`` starts from it; flags given on the command
 line override it. ``lawn-monitor sweep --recipes 'cifar10-*'`` runs every match (``fnmatch``).
 
@@ -13,14 +14,13 @@ in ``.toml`` is a path instead, to a recipe file of your own: it must be an exis
 """
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig
+from .config import FLAGS, ConfigError, TrainConfig, config_from_flags
 
 RECIPE_DIR = Path(__file__).with_name("recipes")
 # Fields a recipe may not set: they belong to one invocation, not to a configuration.
@@ -41,10 +41,7 @@ def match_recipes(pattern: str) -> list[str]:
     return names
 
 
-def _type_ok(value: Any, kind: str) -> bool:
-    if kind.strip("'") == "float | str":  # a number or a word (free_epochs: auto)
-        return isinstance(value, (int, float, str)) and not isinstance(value, bool)
-    base = kind.split(" |")[0].strip("'")
+def _type_ok(value: Any, base: str) -> bool:
     if base == "bool":
         return isinstance(value, bool)
     if base == "int":
@@ -80,25 +77,32 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def load_recipe(name: str) -> dict[str, Any]:
-    """A recipe's TrainConfig fields, checked for names, types and choices (ConfigError). ``name``
+    """A recipe's flag values by name, checked for names, types and choices (ConfigError). ``name``
     is a recipe's name or the path of a .toml file (``recipe_path``)."""
     path = recipe_path(name)
     raw = _read(path)
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, value in raw.items():
         if key in ("paper", "why"):
             continue
-        if key not in fields or key in NOT_IN_RECIPES:
-            raise ConfigError(f"recipe {path}: unknown or not allowed key {key!r} (keys are TrainConfig fields "
-                              f"except {', '.join(sorted(NOT_IN_RECIPES))})")
-        field = fields[key]
-        if not _type_ok(value, str(field.type)):
-            raise ConfigError(f"recipe {path}: {key} = {value!r} should be {str(field.type).strip(chr(39))}")
-        choices = field.metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(f"recipe {path}: {key} = {value!r} is not one of {', '.join(choices)}")
-        values[key] = float(value) if str(field.type).startswith("float") and not isinstance(value, str) else value
+        if key not in FLAGS or key in NOT_IN_RECIPES:
+            raise ConfigError(f"recipe {path}: unknown or not allowed key {key!r} (keys are the train command's "
+                              f"flags, with _ for -, except {', '.join(sorted(NOT_IN_RECIPES))})")
+        flag = FLAGS[key]
+        if flag.parse is not None and isinstance(value, str):  # a word the flag takes (free_epochs = "auto")
+            try:
+                value = flag.parse(value)
+            except ValueError:
+                raise ConfigError(f"recipe {path}: {key} = {value!r} is not a value --{key.replace('_', '-')} "
+                                  "takes") from None
+        if isinstance(value, str) and flag.parse is not None:
+            values[key] = value
+            continue
+        if not _type_ok(value, flag.type):
+            raise ConfigError(f"recipe {path}: {key} = {value!r} should be {flag.type}")
+        if flag.choices and value not in flag.choices:
+            raise ConfigError(f"recipe {path}: {key} = {value!r} is not one of {', '.join(flag.choices)}")
+        values[key] = float(value) if flag.type == "float" else value
     return values
 
 
@@ -116,4 +120,4 @@ def paper_value(name: str) -> dict[str, Any]:
 def config_from(given: dict[str, Any], recipe: str | None = None) -> TrainConfig:
     """A TrainConfig from a recipe (if any) with ``given`` (flags typed by the user) on top."""
     base = load_recipe(recipe) if recipe else {}
-    return TrainConfig(**{**base, **given, "recipe": recipe})
+    return config_from_flags({**base, **given, "recipe": recipe})

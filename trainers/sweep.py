@@ -35,10 +35,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lawn_monitor.optim import OPTIMIZERS
 from lawn_monitor.storage import Location
 
 from . import signals
-from .config import OPTIMIZERS, ConfigError, OneLineParser, TrainConfig, add_config_arguments, given_fields
+from .config import (FLAGS, ConfigError, OneLineParser, TrainConfig, add_config_arguments, config_from_flags,
+                     flag_values, given_fields)
 from .recipe import config_from, match_recipes
 from .train import USER_ERRORS, _check_root, train
 
@@ -97,15 +99,15 @@ def config_argv(cfg: TrainConfig) -> list[str]:
     explicitly (so a recipe named in it cannot bring back a value the sweep overrode), booleans
     as their flag where they differ from the default."""
     argv = []
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(cfg, f.name)
+    for name, value in flag_values(cfg).items():
+        flag = FLAGS[name]
         if value is None:
             continue
         if isinstance(value, bool):
-            if value != f.default:
-                argv.append(f.metadata.get("negate") or "--" + f.name.replace("_", "-"))
+            if value != flag.default:
+                argv.append(flag.flag)
             continue
-        argv += ["--" + f.name.replace("_", "-"), repr(value) if isinstance(value, float) else str(value)]
+        argv += [flag.flag, repr(value) if isinstance(value, float) else str(value)]
     return argv
 
 
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{', '.join(grid_flags)} cannot be combined with --recipes: the recipes set them")
             configs = recipe_grid(args.recipes, given_fields(args), args.seeds)
         else:
-            configs = grid(TrainConfig(**given_fields(args)), args.optimizers or ["sgd", "adam"], args.lawn_mode or "both",
+            configs = grid(config_from_flags(given_fields(args)), args.optimizers or ["sgd", "adam"], args.lawn_mode or "both",
                            args.batch_sizes or [64], args.seeds)
         if args.parallel > 1:
             _check_root(configs[0].root)

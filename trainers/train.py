@@ -42,13 +42,13 @@ from lawn_monitor import Monitor
 from lawn_monitor.monitor import MonitorWriteError
 from lawn_monitor.optim import AutoSwitch, lawn_schedule, make_optimizer, warmup_decay
 from lawn_monitor.lock import RunLockedError
-from lawn_monitor.probes import ProbeConfig
 from lawn_monitor.sink import RunExistsError
 from lawn_monitor.storage import Location, check_run_id, default_root, is_remote
 
 from . import signals
-from .config import ConfigError, OneLineParser, TrainConfig, add_config_arguments, given_fields
-from .data import DataError, load_data
+from .config import (ConfigError, OneLineParser, TrainConfig, add_config_arguments, config_from_flags,
+                     config_from_record, given_fields)
+from .data import Data, DataError, load_data
 from .distributed import Dist, init_distributed
 from .models import ModelError, build_model
 
@@ -180,42 +180,33 @@ def _alive(pid: int | None) -> bool:
 
 def resumed_config(saved: dict[str, Any], current: TrainConfig) -> TrainConfig:
     """The resumed run's own config, with only the fields a resume may change taken from now."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in saved.items() if k in names}
-    values.update({k: getattr(current, k) for k in RESUME_MAY_CHANGE})
-    return TrainConfig(**values)
+    return dataclasses.replace(config_from_record(saved), **{k: getattr(current, k) for k in RESUME_MAY_CHANGE})
 
 
-# --- training ---------------------------------------------------------------------------------
+# --- training: the stages, in the order _train runs them -------------------------------------
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train as configured. Raises the USER_ERRORS for bad input before anything is written."""
-    dist, device_name = init_distributed(config.device)
+def resume_point(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """The run to continue and its last checkpoint. A resume continues the run's own config (only
+    RESUME_MAY_CHANGE comes from now), and refuses a run that has finished or that a live process
+    on this machine still trains: two writers would interleave its files."""
+    root = _check_root(config.root)
     try:
-        return _train(config, dist, device_name)
-    finally:
-        dist.close()
+        check_run_id(config.resume)  # a folder inside the root, never "../x"
+    except ValueError as exc:
+        raise ConfigError(f"--resume: {exc}") from None
+    checkpoint = load_checkpoint(root, config.resume)
+    info = json.loads(Location(root).read_bytes(f"{config.resume}/run.json"))
+    if info.get("status") == "finished":
+        raise ConfigError(f"--resume {config.resume}: that run has finished; start a new one instead")
+    if info.get("status") == "running" and info.get("host") == socket.gethostname() and _alive(info.get("pid")):
+        raise ConfigError(f"--resume {config.resume}: process {info['pid']} on this machine is still training it; "
+                          f"stop that process first (two writers would interleave the run's files)")
+    return resumed_config(checkpoint["config"], config), checkpoint
 
 
-def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
-    checkpoint = None
-    if config.resume:
-        root = _check_root(config.root)
-        try:
-            check_run_id(config.resume)  # a folder inside the root, never "../x"
-        except ValueError as exc:
-            raise ConfigError(f"--resume: {exc}") from None
-        checkpoint = load_checkpoint(root, config.resume)
-        info = json.loads(Location(root).read_bytes(f"{config.resume}/run.json"))
-        if info.get("status") == "finished":
-            raise ConfigError(f"--resume {config.resume}: that run has finished; start a new one instead")
-        if info.get("status") == "running" and info.get("host") == socket.gethostname() and _alive(info.get("pid")):
-            raise ConfigError(f"--resume {config.resume}: process {info['pid']} on this machine is still training it; "
-                              f"stop that process first (two writers would interleave the run's files)")
-        config = resumed_config(checkpoint["config"], config)
-    cfg = dataclasses.replace(config, device=device_name).resolved()
-    root = _check_root(cfg.root)
+def set_up(cfg: TrainConfig, dist: Dist) -> torch.device:
+    """The device and torch's global settings, checked before anything is built."""
     device = resolve_device(cfg.device)
     if cfg.batch_size % dist.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide by the "
@@ -225,6 +216,29 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")  # TF32 matmuls and convolutions
+    return device
+
+
+@dataclass
+class Parts:
+    """What build() makes: everything a step needs besides the Monitor."""
+
+    data: Data
+    net: torch.nn.Module  # the plain module: the Monitor, evaluation and checkpoints use it
+    model: torch.nn.Module  # the forward the step runs: DDP and/or compiled around net
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    total_steps: int
+    free_steps: int | str  # "auto": LAWN decides (auto)
+    warmup_steps: int
+    free_warmup_steps: int
+    auto: AutoSwitch | None
+
+
+def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[str, Any] | None) -> Parts:
+    """Data, model, optimizer and schedule, seeded so that a run is reproducible, with their
+    state from ``checkpoint`` when resuming (the data order follows from the seed and epoch)."""
     seed_everything(cfg.seed)
     data = load_data(cfg.dataset, cfg.batch_size, seed=cfg.seed, data_root=cfg.data_root, device=device,
                      download=cfg.download, rank=dist.rank, world=dist.world, workers=cfg.workers)
@@ -253,36 +267,119 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
         scheduler = lawn_schedule(optimizer, total_steps, free_steps, warmup_steps, cfg.decay, free_warmup_steps)
     else:
         scheduler = warmup_decay(optimizer, total_steps, warmup_steps, cfg.decay)
-    start_epoch = 0
     if checkpoint is not None:
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        start_epoch = checkpoint["epoch"]
 
-    # The forward the step runs: DDP (averages gradients over ranks) and/or compiled. The
-    # Monitor, evaluation and checkpoints use the plain module `net`, which shares its weights.
+    # DDP averages gradients over ranks; both wrappers share net's weights.
     model: torch.nn.Module = net
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
+    return Parts(data, net, model, optimizer, scheduler, steps_per_epoch, total_steps, free_steps, warmup_steps,
+                 free_warmup_steps, auto)
 
-    record = {**dataclasses.asdict(cfg), "free_steps": free_steps, "warmup_steps": warmup_steps,
-              "free_warmup_steps": free_warmup_steps,
-              "auto_switch": None if auto is None else dataclasses.asdict(auto),
-              "steps_per_epoch": steps_per_epoch, "num_train": data.num_train, "world_size": dist.world,
-              "schedule": "lawn" if cfg.lawn else "warmup_decay", "resume": None}
-    probes = ProbeConfig(every=cfg.probe_every, curvature=cfg.curvature, gn_points=cfg.gn_points,
-                         hessian_points=cfg.hessian_points, hessian_probes=cfg.hessian_probes,
-                         sharpness_points=cfg.sharpness_points, budget=cfg.curvature_budget, seed=cfg.seed)
-    probe_batch = data.probe_batch(cfg.probe_size, cfg.seed) if cfg.curvature and dist.main else None
-    if probe_batch is not None and cfg.channels_last and probe_batch[0].ndim == 4:
-        probe_batch = (probe_batch[0].contiguous(memory_format=torch.channels_last), probe_batch[1])
+
+def run_record(cfg: TrainConfig, parts: Parts, dist: Dist) -> dict[str, Any]:
+    """The run's ``config`` in run.json and in each checkpoint: the whole config (the probes
+    nested), and what the trainer derived from it, so that a reader needs no trainer."""
+    return {**dataclasses.asdict(cfg), "free_steps": parts.free_steps, "warmup_steps": parts.warmup_steps,
+            "free_warmup_steps": parts.free_warmup_steps,
+            "auto_switch": None if parts.auto is None else dataclasses.asdict(parts.auto),
+            "steps_per_epoch": parts.steps_per_epoch, "num_train": parts.data.num_train, "world_size": dist.world,
+            "schedule": "lawn" if cfg.lawn else "warmup_decay", "resume": None}
+
+
+def probe_batch(cfg: TrainConfig, parts: Parts, dist: Dist) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The fixed batch the curvature is measured on; only rank 0 measures it."""
+    if not (cfg.probes.curvature and dist.main):
+        return None
+    batch = parts.data.probe_batch(cfg.probe_size, cfg.seed)
+    if cfg.channels_last and batch[0].ndim == 4:
+        batch = (batch[0].contiguous(memory_format=torch.channels_last), batch[1])
+    return batch
+
+
+def train_epoch(cfg: TrainConfig, parts: Parts, monitor: Monitor, dist: Dist, device: torch.device, epoch: int,
+                step: int, bar: tqdm) -> tuple[int, torch.Tensor]:
+    """One pass over the training data, or until the Monitor has seen a divergence (in one
+    process; under DDP the ranks agree on it at the epoch's end). Returns the step count and
+    this rank's last batch's mean loss."""
+    parts.data.train.set_epoch(epoch)
+    for i, (x, y) in enumerate(parts.data.train):
+        x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+        # The global batch's size (the last one of an epoch may be short): each rank's
+        # loss is its share's sum over it, times the world size that DDP divides by, so
+        # the averaged gradient is the gradient of the global batch's mean loss.
+        global_batch = min(cfg.batch_size, parts.data.num_train - i * cfg.batch_size)
+        with autocast(device, cfg.amp):
+            logits = parts.model(x)
+        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+        loss = loss_sum * (dist.world / global_batch)
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parts.optimizer.step()
+        # Every rank steps the Monitor with its share's mean loss and outputs: it sums
+        # them over ranks on the device (no host sync), so rank 0 logs the global
+        # batch's values; the norms are already global (DDP averaged the gradients).
+        share_loss = loss_sum.detach() / max(len(y), 1)
+        monitor.step(loss=share_loss, logits=logits.detach(), targets=y, batch_size=global_batch)
+        parts.scheduler.step()
+        step += 1
+        bar.update(1)
+        if dist.world == 1 and monitor.diverged:  # known at each flush, without a per-step sync
+            break
+    return step, share_loss
+
+
+def end_epoch(cfg: TrainConfig, parts: Parts, monitor: Monitor, dist: Dist, device: torch.device, loc: Location,
+              record: dict[str, Any], epoch: int, step: int) -> float:
+    """Evaluate on the test split, then make the epoch durable: its rows reach disk before the
+    checkpoint that names its step, so a resume keeps exactly those rows. Returns test accuracy."""
+    dist.sync_buffers(parts.net)
+    result = evaluate(parts.net, parts.data.test, device, topk5=parts.data.num_classes > 10, dist=dist, amp=cfg.amp,
+                      channels_last=cfg.channels_last)
+    monitor.log_eval(**result)
+    test_acc = float(result["acc"])
+    if dist.main:
+        monitor.flush(durable=True)  # fsynced: a power cut too
+        save_checkpoint(loc, monitor.run_id, {
+            "config": record, "epoch": epoch + 1, "step": step, "test_acc": test_acc,
+            "model": parts.net.state_dict(), "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(), "rng": rng_state(), "monitor": monitor.state_dict(),
+        })
+    dist.barrier()
+    return test_acc
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train as configured. Raises the USER_ERRORS for bad input before anything is written."""
+    dist, device_name = init_distributed(config.device)
+    try:
+        return _train(config, dist, device_name)
+    finally:
+        dist.close()
+
+
+def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
+    """The stages above, in order: resume point, set-up, build, Monitor, then per epoch the
+    training steps and the end of the epoch; a run ends with its status written."""
+    checkpoint = None
+    if config.resume:
+        config, checkpoint = resume_point(config)
+    cfg = dataclasses.replace(config, device=device_name).resolved()
+    root = _check_root(cfg.root)
+    device = set_up(cfg, dist)
+    parts = build(cfg, dist, device, checkpoint)
+    record = run_record(cfg, parts, dist)
+    batch = probe_batch(cfg, parts, dist)
     loc = Location(root)
-    step = checkpoint["step"] if checkpoint else 0
-    bar = tqdm(total=total_steps, initial=step, desc=cfg.name, disable=not (cfg.progress and dist.main),
+
+    start_epoch, step = (checkpoint["epoch"], checkpoint["step"]) if checkpoint else (0, 0)
+    bar = tqdm(total=parts.total_steps, initial=step, desc=cfg.name, disable=not (cfg.progress and dist.main),
                unit="step", dynamic_ncols=True)
     status, test_acc = "finished", checkpoint.get("test_acc") if checkpoint else None
     monitor = None
@@ -290,78 +387,43 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
         # Held: a signal between writing run.json and holding the Monitor that can close it
         # would leave the run "running"; it takes effect when the block ends, in this try.
         with signals.held():
-            monitor = Monitor(net, optimizer, root=root, config=record, name=cfg.name, total_steps=total_steps,
-                              steps_per_epoch=steps_per_epoch, flush_secs=cfg.flush_secs, probe_batch=probe_batch,
-                              probe_config=probes,
+            monitor = Monitor(parts.net, parts.optimizer, root=root, config=record, name=cfg.name,
+                              total_steps=parts.total_steps, steps_per_epoch=parts.steps_per_epoch,
+                              flush_secs=cfg.flush_secs, probe_batch=batch, probe_config=cfg.probes,
                               run_id=config.resume, resume_step=checkpoint["step"] if checkpoint else None)
         if cfg.lawn:
-            optimizer.monitor = monitor  # --free-epochs auto reads flat_frac from it; the switch goes to run.json
+            parts.optimizer.monitor = monitor  # --free-epochs auto reads flat_frac from it; the switch goes to run.json
         if checkpoint is not None:
             monitor.load_state_dict(checkpoint["monitor"])
             set_rng_state(checkpoint["rng"])
-        run_id = monitor.run_id if dist.main else ""
         for epoch in range(start_epoch, cfg.epochs):
-            data.train.set_epoch(epoch)
-            for i, (x, y) in enumerate(data.train):
-                x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
-                # The global batch's size (the last one of an epoch may be short): each rank's
-                # loss is its share's sum over it, times the world size that DDP divides by, so
-                # the averaged gradient is the gradient of the global batch's mean loss.
-                global_batch = min(cfg.batch_size, data.num_train - i * cfg.batch_size)
-                with autocast(device, cfg.amp):
-                    logits = model(x)
-                loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-                loss = loss_sum * (dist.world / global_batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                # Every rank steps the Monitor with its share's mean loss and outputs: it sums
-                # them over ranks on the device (no host sync), so rank 0 logs the global
-                # batch's values; the norms are already global (DDP averaged the gradients).
-                share_loss = loss_sum.detach() / max(len(y), 1)
-                monitor.step(loss=share_loss, logits=logits.detach(), targets=y, batch_size=global_batch)
-                scheduler.step()
-                step += 1
-                bar.update(1)
-                if dist.world == 1 and monitor.diverged:  # known at each flush, without a per-step sync
-                    break
+            step, share_loss = train_epoch(cfg, parts, monitor, dist, device, epoch, step, bar)
             # One sync per epoch; every rank must agree to stop, so rank 0's verdict is shared.
             if dist.any(monitor.diverged or not torch.isfinite(share_loss).item(), device):
                 status = "diverged"
                 break
-            dist.sync_buffers(net)
-            result = evaluate(net, data.test, device, topk5=data.num_classes > 10, dist=dist, amp=cfg.amp,
-                              channels_last=cfg.channels_last)
-            monitor.log_eval(**result)
-            test_acc = float(result["acc"])
+            test_acc = end_epoch(cfg, parts, monitor, dist, device, loc, record, epoch, step)
             # The last batch's loss on this rank's share (the whole batch in one process).
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(share_loss):.4f}", test_acc=f"{test_acc:.4f}")
-            if dist.main:
-                # Rows through this step reach disk (fsynced: a power cut too) before the
-                # checkpoint that names this step: a resume keeps exactly those and drops the rest.
-                monitor.flush(durable=True)
-                save_checkpoint(loc, run_id, {
-                    "config": record, "epoch": epoch + 1, "step": step, "test_acc": test_acc,
-                    "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "monitor": monitor.state_dict(),
-                })
-            dist.barrier()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under signals.interrupt_on_signals
         bar.close()
         if monitor is not None and dist.main:
             monitor.close("interrupted")
             exc.run_dir = monitor.run_dir  # for the one line the command prints
         raise
-    except Exception:
+    except Exception as exc:
         bar.close()
         if monitor is not None:
             monitor.close("failed", error=traceback.format_exc())
+            if dist.main:
+                exc.run_dir = monitor.run_dir  # for the one line the command prints
         raise
     bar.close()
     # The run has ended: a signal now waits until its status is written, and then only stops
     # what comes next (signals.received(): a sweep starts no further run).
     with signals.held(deliver=False):
         monitor.close(status)
+    run_id = monitor.run_id if dist.main else ""
     run_dir = monitor.run_dir if dist.main else Path(root) / "-"
     return TrainResult(run_id, run_dir, status, test_acc)
 
@@ -391,8 +453,12 @@ def run_cli(cfg: TrainConfig) -> int:
         print(f"lawn-monitor train: failed: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - reported in one line, traceback kept in run.json
-        print(f"lawn-monitor train: failed: {type(exc).__name__}: {exc} (traceback in the run's run.json)",
-              file=sys.stderr)
+        run_dir = getattr(exc, "run_dir", None)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"lawn-monitor train: failed: {type(exc).__name__}: {exc} " + (
+            f"(traceback in {run_dir}/run.json)" if run_dir else
+            f"(raised at {Path(where.filename).name}:{where.lineno}; this process had no run record to keep "
+            f"the traceback in: not created yet, or not rank 0)"), file=sys.stderr)
         return 1
     if not result.run_id:  # a DDP rank other than 0: rank 0 reports
         return 0 if result.status == "finished" else 3
@@ -412,7 +478,7 @@ def config_for_cli(given: dict[str, Any]) -> TrainConfig:
             flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise ConfigError(f"{flags} cannot change when resuming: the run continues with its own config "
                               f"(only --{', --'.join(sorted(k.replace('_', '-') for k in RESUME_MAY_CHANGE - {'resume'}))} may)")
-        return TrainConfig(**given)
+        return config_from_flags(given)
     return config_from({k: v for k, v in given.items() if k != "recipe"}, given.get("recipe"))
 
 
