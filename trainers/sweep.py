@@ -35,11 +35,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lawn_monitor.cli import OneLineParser
 from lawn_monitor.optim import OPTIMIZERS
 from lawn_monitor.storage import Location
 
 from . import signals
-from .config import (FLAGS, ConfigError, OneLineParser, TrainConfig, add_config_arguments, config_from_flags,
+from .config import (FLAGS, ConfigError, TrainConfig, add_config_arguments, config_from_flags,
                      flag_values, given_fields)
 from .recipe import config_from, match_recipes
 from .train import USER_ERRORS, _check_root, train

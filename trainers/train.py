@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lawn_monitor import Monitor
+from lawn_monitor.cli import OneLineParser
 from lawn_monitor.monitor import MonitorWriteError
 from lawn_monitor.optim import AutoSwitch, lawn_schedule, make_optimizer, warmup_decay
 from lawn_monitor.lock import RunLockedError
@@ -46,7 +47,7 @@ from lawn_monitor.sink import RunExistsError
 from lawn_monitor.storage import Location, check_run_id, default_root, is_remote
 
 from . import signals
-from .config import (ConfigError, OneLineParser, TrainConfig, add_config_arguments, config_from_flags,
+from .config import (ConfigError, TrainConfig, add_config_arguments, config_from_flags,
                      config_from_record, given_fields)
 from .data import Data, DataError, load_data
 from .distributed import Dist, init_distributed
