@@ -26,9 +26,8 @@ import socket
 import threading
 import time
 import warnings
-from datetime import datetime, timezone
 
-from .storage import Location
+from .storage import Location, now_iso
 
 LOCK_NAME = "writer.lock"
 HEARTBEAT_SECS = 5.0  # how often a holder rewrites its lock
@@ -37,10 +36,6 @@ LOCK_TIMEOUT = 120.0  # seconds without a rewrite after which a lock on another 
 
 class RunLockedError(RuntimeError):
     """Another live process holds the run's lock (or took it over from this one)."""
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _pid_namespace() -> str:
@@ -122,7 +117,7 @@ class RunLock:
         self.timeout, self.heartbeat_secs = timeout, heartbeat_secs
         self.token = secrets.token_hex(8)
         self.beat = 0
-        self.started_at = _now_iso()
+        self.started_at = now_iso()
         self.lost: str | None = None  # set by a beat that found another holder's token
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,7 +125,7 @@ class RunLock:
     def _record(self) -> bytes:
         return json.dumps({
             "host": socket.gethostname(), "pid": os.getpid(), "pid_ns": _pid_namespace(), "token": self.token,
-            "purpose": self.purpose, "started_at": self.started_at, "beat": self.beat, "heartbeat_at": _now_iso(),
+            "purpose": self.purpose, "started_at": self.started_at, "beat": self.beat, "heartbeat_at": now_iso(),
         }).encode()
 
     def acquire(self) -> "RunLock":

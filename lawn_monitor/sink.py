@@ -23,7 +23,7 @@ import secrets
 import socket
 import threading
 import warnings
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from . import compact as compaction
 from .lock import LOCK_TIMEOUT, RunLock
 from .schema import SCHEMA, SCHEMA_VERSION, STATUSES, parquet_bytes
-from .storage import Location, check_run_id, live_files, part_name
+from .storage import Location, check_run_id, live_files, now_iso, part_name
 
 # Data files a live run may pile up before its writer merges them itself rather than leave it to
 # the background compactor (which falls behind only under flushes faster than it can merge).
@@ -44,10 +44,6 @@ MAX_FILES = 64
 
 class RunExistsError(FileExistsError):
     """A new run was given the id of a run that already has data."""
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def slug(name: str) -> str:
@@ -59,15 +55,6 @@ def new_run_id(name: str) -> str:
     """A sortable, readable, unique id: ``20261128-174512-adam-lawn-3f2a``."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{slug(name)}-{secrets.token_hex(2)}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a local file whole (temp name, fsync, ``os.replace``)."""
-    Location(path.parent).write_atomic(path.name, data)
-
-
-def write_run_json(path: Path, info: dict[str, Any]) -> None:
-    atomic_write_bytes(path, json.dumps(info, indent=2, default=str).encode())
 
 
 class ParquetSink:

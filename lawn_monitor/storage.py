@@ -19,6 +19,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 PART_RE = re.compile(r"^part-(\d+)-[0-9a-f]+\.parquet$")
@@ -54,6 +55,11 @@ def part_name(seq: int) -> str:
 def compact_name(lo: int, hi: int) -> str:
     """The rows of parts ``lo..hi`` (inclusive), merged and sorted by (metric, layer, step)."""
     return f"compact-{lo:08d}-{hi:08d}-{secrets.token_hex(3)}.parquet"
+
+
+def now_iso() -> str:
+    """Now, in UTC, as run.json and the lock write times (ISO 8601, milliseconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def default_root() -> str:

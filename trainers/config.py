@@ -245,7 +245,3 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
 def given_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The flags the user gave, by name (config_from_flags makes the TrainConfig)."""
     return {k: v for k, v in vars(args).items() if k in FLAGS}
-
-
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-    return config_from_flags({**given_fields(args), **overrides})

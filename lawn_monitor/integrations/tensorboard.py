@@ -52,7 +52,8 @@ import pyarrow as pa
 
 from ..metrics import BY_NAME, WHOLE
 from ..schema import SCHEMA
-from ..sink import ParquetSink, now_iso, slug
+from ..sink import ParquetSink, slug
+from ..storage import now_iso
 from ..storage import Location
 
 EVENT_FILES = "*tfevents*"
