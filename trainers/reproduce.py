@@ -74,15 +74,14 @@ class Setting:
 SEARCH = (
     Setting("mnist1d-mlp-b32", dict(dataset="mnist1d", model="mlp", batch_size=32, epochs=150, warmup_epochs=2.0,
                                     free_epochs=5.0, weight_decay=0.0),
-            "the project's demo setting: the MNIST-1D MLP at batch 32 for 150 epochs (4,700 steps past the "
-            "point where Adam fits the training set), no weight decay for any method"),
+            "the project's demo setting: the MNIST-1D MLP at a small batch, trained far past the point where Adam "
+            "fits the training set, no weight decay for any method"),
     Setting("digits-cnn-b32", dict(dataset="digits", model="cnn", batch_size=32, epochs=60, warmup_epochs=2.0,
                                    free_epochs=5.0, weight_decay=0.0),
             "real 8x8 scans and a convolutional network, three times the recipes' epochs, no weight decay"),
     Setting("mnist-mlp-b128", dict(dataset="mnist", model="mlp", batch_size=128, epochs=15, warmup_epochs=1.0,
                                    free_epochs=3.0, weight_decay=0.0),
-            "real MNIST: 60,000 training images, 7,000 steps, two and a half times the recipes' epochs at half "
-            "their small batch, no weight decay"),
+            "real MNIST, two and a half times the recipes' epochs at half their small batch, no weight decay"),
 )
 
 
@@ -252,9 +251,12 @@ def _g(value, digits: int = 3) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}g}"
 
 
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if np.isfinite(std) else "")
+
+
 def _acc(row) -> str:
-    std = f" ± {row.acc_std:.2f}" if np.isfinite(row.acc_std) else ""
-    return f"{row.acc:.2f}{std} (n={row.n})"
+    return f"{_pm(row.acc, row.acc_std)} (n={row.n})"
 
 
 def _onset(row) -> str:
@@ -266,6 +268,10 @@ def _onset(row) -> str:
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {m: i for i, m in enumerate(method_name(o, l) for o, l in METHODS)}
     return df.assign(_r=df["method"].map(rank)).sort_values(["dataset", "batch_size", "_r"], kind="stable")
+
+
+def _default(name: str):
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
 def versions() -> str:
@@ -445,36 +451,36 @@ def auto_text(auto: pd.DataFrame) -> list[str]:
             how = f"on flat_frac in {on_flat} of {len(runs)}, at the cap in {len(runs) - on_flat}"
             free = "auto"
         else:
-            how, free = "fixed", f"{free_key:g} epochs"
+            how, free = "fixed", f"{free_key:g} epoch" + ("" if free_key == 1 else "s")
         lines.append(f"| {first.dataset} | {first.batch_size} | {first.method} | {free} | {_acc(row)} | "
                      f"{_g(row.switch_step, 4)} ({_g(epoch, 2)}) | {how} | {_g(row.flat_frac, 2)} |")
     return lines
 
 
 def auto_verdicts(auto: pd.DataFrame) -> list[str]:
+    """Per recipe: where auto's accuracy falls among the fixed free phases, beside the seeds' noise."""
     out = []
     if auto.empty:
         return out
     for recipe, runs in auto.groupby("recipe", sort=True):
-        table = {}
+        acc = {}  # free phase -> (mean, std) of test accuracy, %
         for free, group in runs.groupby(runs["free"].map(_free_tag)):
-            table[free] = (group["test/acc"].mean() * 100, group["test/acc"].std() * 100, len(group),
-                           group["switch_step"].mean() / group["steps_per_epoch"].mean())
-        if "auto" not in table or len(table) < 2:
+            acc[free] = (group["test/acc"].mean() * 100, group["test/acc"].std() * 100)
+        fixed = {k: v for k, v in acc.items() if k != "auto"}
+        if "auto" not in acc or not fixed:
             continue
-        fixed = {k: v for k, v in table.items() if k != "auto"}
-        best = max(fixed, key=lambda k: fixed[k][0])
-        worst = min(fixed, key=lambda k: fixed[k][0])
-        a = table["auto"]
+        mine = runs[runs["free"] == "auto"]
+        epoch = (mine["switch_step"] / mine["steps_per_epoch"]).mean()
+        best, worst = max(fixed, key=lambda k: fixed[k][0]), min(fixed, key=lambda k: fixed[k][0])
+        a = acc["auto"]
         rank = 1 + sum(v[0] > a[0] for v in fixed.values())
+        noise = max((v[1] for v in acc.values() if np.isfinite(v[1])), default=float("nan"))
         first = runs.iloc[0]
-        out.append(f"- {first.dataset} {first.batch_size} {first.method}: auto switched at epoch {a[3]:.2f} on "
-                   f"average and reached {a[0]:.2f} ± {a[1]:.2f}; the best fixed free phase ({best} epochs) "
-                   f"{fixed[best][0]:.2f} ± {fixed[best][1]:.2f}, the worst ({worst}) {fixed[worst][0]:.2f} ± "
-                   f"{fixed[worst][1]:.2f}. Auto ranks {rank} of {len(table)}, {a[0] - fixed[best][0]:+.2f} points "
-                   f"from the best fixed choice; the spread over fixed choices is "
-                   f"{fixed[best][0] - fixed[worst][0]:.2f} points against seed stds up to "
-                   f"{max(v[1] for v in table.values() if np.isfinite(v[1])) if any(np.isfinite(v[1]) for v in table.values()) else float('nan'):.2f}.")
+        out.append(f"- {first.dataset} {first.batch_size} {first.method}: auto switched at epoch {epoch:.2f} on "
+                   f"average and reached {_pm(*a)}; the best fixed free phase ({best} epochs) {_pm(*fixed[best])}, "
+                   f"the worst ({worst} epochs) {_pm(*fixed[worst])}. Auto ranks {rank} of {len(acc)}, "
+                   f"{a[0] - fixed[best][0]:+.2f} points from the best fixed choice; the fixed choices span "
+                   f"{fixed[best][0] - fixed[worst][0]:.2f} points, against seed stds of up to {noise:.2f}.")
     return out
 
 
@@ -507,14 +513,13 @@ def search_verdict(table: pd.DataFrame) -> list[str]:
         return ["(SGD and Adam have not both finished: no verdict.)"]
     s, a = by["SGD"], by["Adam"]
     first = _earlier(a.onset, s.onset)
-    onset = lambda r: "never" if r.flattened == 0 else f"at step {r.onset:.0f}"  # noqa: E731
-    text = (f"Adam's flat fraction first exceeds 0.5 {onset(a)}, SGD's {onset(s)}: "
-            f"{'Adam flattens first' if first else 'Adam does not flatten first'}. "
-            f"Adam ends {s.acc - a.acc:+.2f} points below SGD" if a.acc <= s.acc else
-            f"Adam's flat fraction first exceeds 0.5 {onset(a)}, SGD's {onset(s)}: "
-            f"{'Adam flattens first' if first else 'Adam does not flatten first'}. Adam ends {a.acc - s.acc:.2f} "
-            f"points above SGD")
-    text += f" ({a.acc:.2f} against {s.acc:.2f})."
+    def onset(r) -> str:
+        return "never exceeds 0.5" if r.flattened == 0 else f"first exceeds 0.5 at step {r.onset:.0f}"
+
+    text = (f"Adam's flat fraction {onset(a)}, SGD's {onset(s)}: "
+            f"{'Adam flattens first' if first else 'Adam does not flatten first'}. Adam ends "
+            f"{abs(s.acc - a.acc):.2f} points {'below' if a.acc <= s.acc else 'above'} SGD ({a.acc:.2f} against "
+            f"{s.acc:.2f}).")
     if "Adam-LAWN" in by:
         lawn = by["Adam-LAWN"]
         gap = s.acc - a.acc
@@ -572,6 +577,11 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
                        for r in frame["run_id"]}) if not frame.empty else []
     torches = sorted({str(((store.run_info(r) or {}).get("env") or {}).get("torch", "?"))
                       for r in frame["run_id"]}) if not frame.empty else []
+    auto_plan = [p for p in planned if p.stage == "auto"]
+    auto_cfg = next(p.cfg for p in auto_plan if p.cfg.free_epochs == "auto")
+    auto_fixed = sorted({p.cfg.free_epochs for p in auto_plan} - {"auto"})
+    auto_seeds = sorted({p.cfg.seed for p in auto_plan})
+    auto_recipes = list(dict.fromkeys(p.labels["recipe"] for p in auto_plan))
     command = "python -m trainers.reproduce --root runs/repro --parallel 2" + (" --quick" if quick else "")
     text = [
         "# Reproducing the paper at CPU scale",
@@ -596,9 +606,10 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "",
         "It trains every planned run that the store does not already hold finished (so it can be stopped and "
         "resumed), then writes this page from `RunStore` alone; `--stages doc` rewrites the page without training. "
-        f"Every run is given `--curvature-budget {CURVATURE_BUDGET:g}` (curvature probes may take a tenth of its "
-        "time instead of the default 0.4), so that the whole regeneration fits in about an hour of a shared 2-core "
-        "CPU; the Gauss-Newton trace is still measured at up to 32 points per run, the last near its end.",
+        f"Every run is given `--curvature-budget {CURVATURE_BUDGET:g}` (curvature probes may take that share of its "
+        f"time instead of the default {_default('curvature_budget'):g}), so that the whole regeneration fits in about "
+        f"an hour of a shared 2-core CPU; the Gauss-Newton trace is still measured at up to "
+        f"{_default('gn_points')} points per run, the last near its end.",
         "",
         f"Page written with {versions()}. The runs recorded torch {', '.join(torches) or '-'} and git commit "
         f"{', '.join(recorded) or '-'} (the training code is the same in each: this page's generator is the only "
@@ -646,12 +657,16 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "",
         "## The automatic switch against fixed free phases",
         "",
-        "`--free-epochs auto` switches when the smoothed flat fraction reaches 0.5, not before epoch 1 and by epoch "
-        "10 at the latest (`--auto-threshold`, `--auto-min-epochs`, `--auto-max-epochs`). Compared here with fixed "
-        "free phases of 1, 3, 5 and 10 epochs (of 20), 3 seeds each, on the small-batch LAWN recipes of digits and "
-        "MNIST-1D, for SGD-LAWN and Adam-LAWN: the two sets where a run takes seconds, at the batch where the "
-        "switch has the most steps to choose from. The free phase of 3 epochs is the recipe's own (those runs are "
-        "the sweep's). MNIST is left out for time (6 epochs leave no room for a free phase of 10).",
+        f"`--free-epochs auto` switches when the mean flat fraction over a window of steps reaches "
+        f"{auto_cfg.auto_threshold:g}, not before epoch {auto_cfg.auto_min_epochs:g} and by epoch "
+        f"{auto_cfg.auto_max_epochs:g} at the latest (`--auto-threshold`, `--auto-min-epochs`, `--auto-max-epochs`; "
+        f"the last defaults to the lesser of 10 and half the epochs). Compared here with fixed free phases of "
+        f"{', '.join(f'{f:g}' for f in auto_fixed)} epochs (of {auto_cfg.epochs}), {len(auto_seeds)} seed"
+        f"{'s' if len(auto_seeds) > 1 else ''} each, on "
+        f"{', '.join(f'`{r}`' for r in auto_recipes)}: SGD-LAWN and Adam-LAWN on the two sets where a run takes "
+        "seconds, at the small batch, where the switch has the most steps to choose from. Each recipe's own free "
+        "phase is one of the fixed ones, and those runs are the sweep's. MNIST is left out for time, and because "
+        "its recipes' 6 epochs leave no room for the longer free phases.",
         "",
         *auto_text(auto_runs),
         "",
