@@ -15,9 +15,10 @@ Stages, in order (``--stages`` picks some):
   may flatten before SGD (``SEARCH``), 4 methods x 3 seeds;
 * ``doc``: the page, written from ``RunStore`` alone: every number on it is computed there.
 
-Every stage is resumable: a planned run whose name a finished run of the same configuration
-already has in the store is not run again. After each training stage the page is rewritten, so
-a valid page exists at every point, and it lists the planned runs that have not finished.
+Every stage is resumable: a planned run whose name a run of the same configuration that ended
+(finished, or diverged: training it again would end the same way) already has in the store is
+not run again. After each training stage the page is rewritten, so
+a valid page exists at every point, and it lists the planned runs that have not ended.
 ``--quick`` plans a few short runs (1 seed, 4 epochs) to check the machinery; give it its own
 ``--root`` and ``--out``.
 """
@@ -143,9 +144,15 @@ def same_config(recorded: dict, cfg: TrainConfig) -> bool:
     return True
 
 
+# How a run of a configuration can end for good: training it again would end the same way. A run
+# that failed, was interrupted or was killed is trained again.
+ENDED = ("finished", "diverged")
+
+
 def finished_runs(store: RunStore, planned: list[Planned]) -> dict[str, str]:
-    """Planned run name -> the run id of its latest finished run of the same configuration."""
-    runs = store.runs(status="finished")
+    """Planned run name -> the run id of its latest run of the same configuration that ended
+    (ENDED: finished, or diverged)."""
+    runs = store.runs(status=ENDED)
     found = {}
     if runs.empty:
         return found
@@ -163,7 +170,7 @@ def run_stage(root: str, planned: list[Planned], parallel: int) -> None:
     todo = [p.cfg for p in planned if p.cfg.name not in done]
     todo = list({c.name: c for c in todo}.values())  # the auto stage shares runs with the sweep
     stage = planned[0].stage if planned else "?"
-    print(f"reproduce: {stage}: {len(planned)} runs planned, {len(planned) - len(todo)} finished already, "
+    print(f"reproduce: {stage}: {len(planned)} runs planned, {len(planned) - len(todo)} ended already, "
           f"{len(todo)} to run", flush=True)
     if not todo:
         return
@@ -179,7 +186,7 @@ def run_stage(root: str, planned: list[Planned], parallel: int) -> None:
 
 
 def run_frame(store: RunStore, planned: list[Planned]) -> pd.DataFrame:
-    """One row per finished planned run: its labels and config, ``onset`` (the first step at
+    """One row per planned run that ended (ENDED): its labels and config, ``onset`` (the first step at
     which flat_frac exceeds FLAT; NaN if never), the PER_STEP metrics averaged over the last
     END_SHARE of its steps, the AT_LAST metrics' last values, its switch step and rule, and the
     seconds it ran."""
@@ -191,7 +198,7 @@ def run_frame(store: RunStore, planned: list[Planned]) -> pd.DataFrame:
             continue
         info = store.run_info(run_id) or {}
         switch = info.get("lawn_switch") or {}
-        rows.append({"stage": p.stage, **p.labels, "name": p.cfg.name, "run_id": run_id,
+        rows.append({"stage": p.stage, **p.labels, "name": p.cfg.name, "run_id": run_id, "status": info.get("status"),
                      "dataset": p.cfg.dataset, "optimizer": p.cfg.optimizer, "lawn": p.cfg.lawn,
                      "batch_size": p.cfg.batch_size, "seed": p.cfg.seed, "method": method_name(p.cfg.optimizer, p.cfg.lawn),
                      "total_steps": info.get("total_steps"), "steps_per_epoch": info.get("steps_per_epoch"),
@@ -234,7 +241,7 @@ def cells(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         key = key if isinstance(key, tuple) else (key,)
         crossed = runs["onset"].dropna()
         row = dict(zip(by, key))
-        row.update({"n": len(runs), "acc": runs["test/acc"].mean() * 100, "acc_std": runs["test/acc"].std() * 100,
+        row.update({"n": len(runs), "diverged": int((runs["status"] == "diverged").sum()), "acc": runs["test/acc"].mean() * 100, "acc_std": runs["test/acc"].std() * 100,
                     "onset": crossed.mean() if len(crossed) else np.nan, "flattened": len(crossed),
                     "total_steps": runs["total_steps"].mean(), "switch_step": runs["switch_step"].mean(),
                     "steps_per_epoch": runs["steps_per_epoch"].mean()})
@@ -256,7 +263,7 @@ def _pm(mean: float, std: float) -> str:
 
 
 def _acc(row) -> str:
-    return f"{_pm(row.acc, row.acc_std)} (n={row.n})"
+    return f"{_pm(row.acc, row.acc_std)} (n={row.n}" + (f", {row.diverged} diverged" if row.diverged else "") + ")"
 
 
 def _onset(row) -> str:
@@ -540,7 +547,7 @@ def missing_text(planned: list[Planned], frame: pd.DataFrame, store: RunStore) -
         if p.cfg.name not in have and p.cfg.name not in {m.cfg.name for m in missing}:
             missing.append(p)
     if not missing:
-        return ["Every planned run has finished."]
+        return ["Every planned run has ended (finished or diverged)."]
     runs = store.runs() if Path(str(store.root)).exists() else pd.DataFrame()
     status = {}
     if not runs.empty:
@@ -549,7 +556,7 @@ def missing_text(planned: list[Planned], frame: pd.DataFrame, store: RunStore) -
     by_stage: dict[str, list[str]] = {}
     for p in missing:
         by_stage.setdefault(p.stage, []).append(f"{p.cfg.name} ({status.get(p.cfg.name, 'not run')})")
-    return [f"{len(missing)} planned runs have no finished run of the planned configuration:"] + \
+    return [f"{len(missing)} planned runs have no finished (or diverged) run of the planned configuration:"] + \
         [f"- {stage} ({len(names)}): {', '.join(names)}" for stage, names in by_stage.items()]
 
 
@@ -604,7 +611,7 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         command,
         "```",
         "",
-        "It trains every planned run that the store does not already hold finished (so it can be stopped and "
+        "It trains every planned run that the store does not already hold ended, finished or diverged (so it can be stopped and "
         "resumed), then writes this page from `RunStore` alone; `--stages doc` rewrites the page without training. "
         f"Every run is given `--curvature-budget {CURVATURE_BUDGET:g}` (curvature probes may take that share of its "
         f"time instead of the default {_default('curvature_budget'):g}), so that the whole regeneration fits in about "
@@ -689,7 +696,7 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
     page = "\n".join(text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
-    print(f"reproduce: wrote {out} ({len(frame)} finished runs)", flush=True)
+    print(f"reproduce: wrote {out} ({frame['run_id'].nunique() if not frame.empty else 0} runs)", flush=True)
     return page
 
 
