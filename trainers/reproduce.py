@@ -322,9 +322,36 @@ def _earlier(x, y) -> bool:
     return np.isfinite(x) and (not np.isfinite(y) or x < y)
 
 
+# The paper's mechanism as claims that one cell can support or contradict: (claim, method a,
+# method b, metric, the sign of (a - b) that supports it, what the numbers are).
+CLAIMS = (
+    ("Adam's logits grow larger than SGD's (flattening by logit growth)", "Adam", "SGD", "logit_norm", +1,
+     "final logit norm, Adam against SGD"),
+    ("Adam ends where the loss is flatter (lower curvature) than SGD", "Adam", "SGD", "gn_trace", -1,
+     "final Gauss-Newton trace, Adam against SGD"),
+    ("LAWN stops Adam's flattening", "Adam-LAWN", "Adam", "flat_frac", -1,
+     "final flat fraction, Adam-LAWN against Adam"),
+    ("LAWN holds the weight norms that Adam lets grow", "Adam-LAWN", "Adam", "weight_growth", -1,
+     "whole-model weight growth, Adam-LAWN against Adam"),
+    ("LAWN keeps Adam's weight adaptivity", "Adam-LAWN", "Adam", "update_ratio_per_lr", +1,
+     "relative update per unit LR, Adam-LAWN against Adam"),
+    ("LAWN keeps Adam out of the flattest regions", "Adam-LAWN", "Adam", "gn_trace", +1,
+     "final Gauss-Newton trace, Adam-LAWN against Adam"),
+    ("LAWN improves Adam's test accuracy", "Adam-LAWN", "Adam", "acc", +1,
+     "test accuracy %, Adam-LAWN against Adam"),
+    ("SGD generalizes better than Adam", "SGD", "Adam", "acc", +1, "test accuracy %, SGD against Adam"),
+)
+
+
+def _tell(n: int, m: int) -> str:
+    return "supports the paper in every cell" if n == m else "contradicts it in every cell" if n == 0 else \
+        f"supports the paper in {n} of {m} cells and contradicts it in the others"
+
+
 def verdicts(sweep: pd.DataFrame) -> list[str]:
-    """The paper's mechanism, claim by claim, against the sweep's cells (sentences from numbers)."""
-    out = []
+    """The paper's mechanism, claim by claim, against the sweep's cells (sentences from numbers),
+    then a line that sums them up."""
+    out, tally = [], []
 
     def onset(row) -> str:
         return "never" if row.flattened == 0 else f"step {row.onset:.0f}"
@@ -334,62 +361,58 @@ def verdicts(sweep: pd.DataFrame) -> list[str]:
         first = [f"{d} {b}: Adam {onset(a)}, SGD {onset(s)}" for d, b, a, s in pairs]
         n = sum(_earlier(a.onset, s.onset) for _, _, a, s in pairs)
         neither = sum(not np.isfinite(a.onset) and not np.isfinite(s.onset) for _, _, a, s in pairs)
-        out.append(f"- **Adam flattens before SGD** (the paper's starting point). Flat fraction first above 0.5 "
-                   f"({'; '.join(first)}). Adam flattens first in {n} of {len(pairs)} cells"
-                   + (f"; in {neither} neither reaches it" if neither else "") + ". "
-                   + ("This supports the paper." if n == len(pairs) else
-                      "This contradicts the paper in the other cells." if n else "This contradicts the paper."))
-        logit = [(d, b, a.logit_norm, s.logit_norm) for d, b, a, s in pairs]
-        n = sum(x > y for *_, x, y in logit)
-        out.append(f"- **Adam's logits grow larger than SGD's** (flattening by logit growth). Final logit norm, Adam "
-                   f"against SGD: {'; '.join(f'{d} {b}: {_g(x)} vs {_g(y)}' for d, b, x, y in logit)}. Larger for "
-                   f"Adam in {n} of {len(logit)} cells.")
-        trace = [(d, b, a.gn_trace, s.gn_trace) for d, b, a, s in pairs]
-        n = sum(x < y for *_, x, y in trace)
-        out.append(f"- **Adam ends in flatter regions (lower curvature) than SGD.** Final Gauss-Newton trace, Adam "
-                   f"against SGD: {'; '.join(f'{d} {b}: {_g(x)} vs {_g(y)}' for d, b, x, y in trace)}. Lower for "
-                   f"Adam in {n} of {len(trace)} cells.")
-    pairs = list(_pairs(sweep, "Adam-LAWN", "Adam"))
-    if pairs:
-        flat = [(d, b, a.flat_frac, s.flat_frac) for d, b, a, s in pairs]
-        n = sum(x < y for *_, x, y in flat)
-        out.append(f"- **LAWN stops Adam's flattening.** LAWN takes Adam's final flat fraction "
-                   f"{'; '.join(f'{d} {b}: from {_g(y, 2)} to {_g(x, 2)}' for d, b, x, y in flat)}: lower with LAWN "
-                   f"in {n} of {len(flat)} cells.")
-        growth = [(d, b, a.weight_growth, s.weight_growth) for d, b, a, s in pairs]
-        n = sum(x < y for *_, x, y in growth)
-        out.append(f"- **LAWN holds the weight norms that Adam lets grow.** Whole-model weight growth, Adam-LAWN "
-                   f"against Adam: {'; '.join(f'{d} {b}: {_g(x)} vs {_g(y)}' for d, b, x, y in growth)}. Smaller "
-                   f"with LAWN in {n} of {len(growth)} cells.")
-        ratio = [(d, b, a.update_ratio_per_lr, s.update_ratio_per_lr) for d, b, a, s in pairs]
-        n = sum(x > y for *_, x, y in ratio)
-        out.append(f"- **LAWN keeps Adam's weight adaptivity** (relative update per unit LR). Adam-LAWN against "
-                   f"Adam: {'; '.join(f'{d} {b}: {_g(x)} vs {_g(y)}' for d, b, x, y in ratio)}. Higher with LAWN "
-                   f"in {n} of {len(ratio)} cells.")
-        trace = [(d, b, a.gn_trace, s.gn_trace) for d, b, a, s in pairs]
-        n = sum(x > y for *_, x, y in trace)
-        out.append(f"- **LAWN keeps Adam out of the flattest regions.** Final Gauss-Newton trace, Adam-LAWN against "
-                   f"Adam: {'; '.join(f'{d} {b}: {_g(x)} vs {_g(y)}' for d, b, x, y in trace)}. Higher with LAWN in "
-                   f"{n} of {len(trace)} cells.")
+        out.append(f"- **Adam flattens before SGD** (the paper's starting point). Flat fraction first above 0.5: "
+                   f"{'; '.join(first)}. Adam flattens first in {n} of {len(pairs)} cells"
+                   + (f" (in {neither} neither gets there)" if neither else "") + f": this {_tell(n, len(pairs))}.")
+        tally.append(("Adam flattens before SGD", n, len(pairs)))
+    for claim, a_name, b_name, metric, sign, what in CLAIMS:
+        pairs = list(_pairs(sweep, a_name, b_name))
+        if not pairs:
+            continue
+        values = [(d, b, getattr(a, metric), getattr(o, metric)) for d, b, a, o in pairs]
+        n = sum(sign * (x - y) > 0 for *_, x, y in values)
+        digits = 4 if metric == "acc" else 3
+        out.append(f"- **{claim}.** {what[0].upper() + what[1:]}: "
+                   f"{'; '.join(f'{d} {b}: {_g(x, digits)} vs {_g(y, digits)}' for d, b, x, y in values)}. "
+                   f"This {_tell(n, len(values))}.")
+        tally.append((claim, n, len(values)))
     adam = {(d, b): (a, s) for d, b, a, s in _pairs(sweep, "Adam", "SGD")}
     lawn = {(d, b): a for d, b, a, _ in _pairs(sweep, "Adam-LAWN", "Adam")}
-    rows = []
-    for key, (a, s) in adam.items():
-        if key in lawn:
-            rows.append((key, a, s, lawn[key]))
-    if rows:
-        below = [(k, a, s, l) for k, a, s, l in rows if a.acc < s.acc]
-        text = "; ".join(f"{k[0]} {k[1]}: SGD {s.acc:.2f}, Adam {a.acc:.2f}, Adam-LAWN {l.acc:.2f}"
-                         for k, a, s, l in rows)
+    rows = [(key, a, s, lawn[key]) for key, (a, s) in adam.items() if key in lawn]
+    below = [(k, a, s, l) for k, a, s, l in rows if a.acc < s.acc]
+    if below:
         closed = [k for k, a, s, l in below if l.acc >= s.acc]
-        out.append(f"- **Accuracy follows** (the paper: Adam below SGD, Adam-LAWN at SGD's level or above). {text}. "
-                   f"Adam is below SGD in {len(below)} of {len(rows)} cells"
-                   + (f"; of those, Adam-LAWN reaches SGD in {len(closed)}"
-                      + (f" ({', '.join(f'{k[0]} {k[1]}' for k in closed)})" if closed else "") if below else "")
-                   + ". Cells where Adam flattens first and is below SGD: "
-                   + (", ".join(f"{k[0]} {k[1]}" for k, a, s, l in below if _earlier(a.onset, s.onset))
-                      or "none") + ".")
+        both = [k for k, a, s, l in below if _earlier(a.onset, s.onset)]
+        out.append(f"- **Adam-LAWN closes Adam's gap to SGD.** Of the {len(below)} cells where Adam is below SGD "
+                   f"({', '.join(f'{k[0]} {k[1]}' for k, *_ in below)}), Adam-LAWN reaches SGD in {len(closed)}"
+                   + (f" ({', '.join(f'{k[0]} {k[1]}' for k in closed)})" if closed else "")
+                   + f"; Adam also flattens first in {len(both)} of them"
+                   + (f" ({', '.join(f'{k[0]} {k[1]}' for k in both)})" if both else "") + ".")
+        tally.append(("Adam-LAWN closes Adam's gap to SGD", len(closed), len(below)))
+    if tally:
+        every = [c for c, n, m in tally if n == m]
+        none = [c for c, n, m in tally if n == 0]
+        mixed = [f"{c} ({n} of {m})" for c, n, m in tally if 0 < n < m]
+        out.insert(0, f"In sum: the sweep supports in every cell: {'; '.join(every) or 'no claim'}. It contradicts in "
+                      f"every cell: {'; '.join(none) or 'no claim'}. Mixed (cells supporting): "
+                      f"{'; '.join(mixed) or 'none'}.")
+        out.insert(1, "")
     return out
+
+
+def collapsed_text(runs: pd.DataFrame, points: float = 10.0) -> str:
+    """The seeds whose accuracy is more than ``points`` below the best seed of their cell: what a
+    mean and a std over three seeds hide (a run that trained to chance, or never recovered)."""
+    found = []
+    for _, cell in runs.groupby(["dataset", "batch_size", "method"], sort=True):
+        best = cell["test/acc"].max()
+        low = cell[cell["test/acc"] < best - points / 100]
+        found += [f"`{r.name}` ends at {100 * r.acc:.2f}% ({r.status}; the cell's best seed {100 * best:.2f}%)"
+                  for r in low.rename(columns={"test/acc": "acc"}).itertuples()]
+    if not found:
+        return f"No seed ends more than {points:g} points below the best seed of its cell."
+    return (f"Seeds more than {points:g} points below the best seed of their cell, which the mean and std above "
+            f"include as they are: {'; '.join(found)}.")
 
 
 def accuracy_text(sweep_runs: pd.DataFrame) -> str:
@@ -646,6 +669,8 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "## Measured: final test accuracy %, mean ± std over seeds",
         "",
         accuracy_text(sweep_runs),
+        "",
+        collapsed_text(sweep_runs) if not sweep_runs.empty else "",
         "",
         "The paper's Table 2 (test accuracy %):",
         "",
