@@ -683,7 +683,8 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         f"the logits), `weight_growth` (whole-model weight norm over its value at the first step) and "
         f"`update_ratio_per_lr` (update norm / weight norm / LR): means over the last {END_SHARE:.0%} of the run's "
         f"steps, since one batch's value is noisy. `gn_trace`: the last Gauss-Newton trace of the loss on the fixed "
-        f"probe batch (the Hessian-trace proxy). Test accuracy: the final evaluation.",
+        f"probe batch (the Hessian-trace proxy). Test accuracy: the final evaluation. In a cell that holds a seed "
+        f"that collapsed (named under the accuracy table), that seed dominates the means.",
         "",
         *(mechanism_table(sweep) if not sweep.empty else ["No sweep run has finished."]),
         "",
