@@ -700,6 +700,13 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "",
         *(verdicts(sweep) if not sweep.empty else ["No sweep run has finished."]),
         "",
+        "Read with care: the claims about LAWN's weight growth and relative updates hold partly by construction "
+        "(LAWN freezes each layer's norm, so the whole-model norm stops growing at the switch and an update of a "
+        "given size stays as large relative to the weights), and smaller norms mean smaller logits and so fewer "
+        "samples under the flat-loss threshold. The claims that are not built in are the ones about Adam against "
+        "SGD (flattening, logits, curvature) and about accuracy. SGD's weight decay (Adam has none, as in the "
+        "paper's baselines) holds SGD's weights and logits down, which works against the logit claim.",
+        "",
         "## The automatic switch against fixed free phases",
         "",
         f"`--free-epochs auto` switches when the mean flat fraction over a window of steps reaches "
