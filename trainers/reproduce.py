@@ -301,6 +301,28 @@ def versions() -> str:
             f"{platform.platform()}, git commit {commit}")
 
 
+# What a run computes with: the library and the trainers, but not this file (it only plans and reports).
+TRAINING_CODE = ["lawn_monitor", "trainers", ":!trainers/reproduce.py"]
+
+
+def same_code(commits: list[str]) -> str:
+    """Whether the training code at each commit the runs recorded is the code of this checkout."""
+    differ = []
+    for commit in commits:
+        try:
+            same = subprocess.run(["git", "diff", "--quiet", commit, "--", *TRAINING_CODE], cwd=PROJECT_DIR,
+                                  capture_output=True).returncode == 0
+        except OSError:
+            return "whether their training code is this checkout's could not be checked (no git)."
+        if not same:
+            differ.append(commit[:7])
+    if differ:
+        return (f"the training code (lawn_monitor/, trainers/ but for this page's generator) differs from this "
+                f"checkout's at {', '.join(differ)}.")
+    return ("the training code (lawn_monitor/, trainers/ but for this page's generator) at each of them is this "
+            "checkout's, byte for byte (git diff).")
+
+
 def mechanism_table(sweep: pd.DataFrame) -> list[str]:
     lines = ["| data set | batch | method | test acc % | steps | flat_frac > 0.5 from step | flat_frac | logit_norm | "
              "weight_growth | update_ratio_per_lr | gn_trace |",
@@ -614,7 +636,7 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
     sweep_runs, auto_runs, search_runs = pick("sweep"), pick("auto"), pick("search")
     sweep = cells(sweep_runs, ["dataset", "batch_size", "method"]) if not sweep_runs.empty else pd.DataFrame()
     recipes = match_recipes("cpu-digits-*" if quick else "cpu-*")
-    recorded = sorted({str(((store.run_info(r) or {}).get("env") or {}).get("git_commit", "?"))[:7]
+    recorded = sorted({str(((store.run_info(r) or {}).get("env") or {}).get("git_commit", "?"))
                        for r in frame["run_id"]}) if not frame.empty else []
     torches = sorted({str(((store.run_info(r) or {}).get("env") or {}).get("torch", "?"))
                       for r in frame["run_id"]}) if not frame.empty else []
@@ -653,9 +675,8 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         f"an hour of a shared 2-core CPU; the Gauss-Newton trace is still measured at up to "
         f"{_default('gn_points')} points per run, the last near its end.",
         "",
-        f"Page written with {versions()}. The runs recorded torch {', '.join(torches) or '-'} and git commit "
-        f"{', '.join(recorded) or '-'} (the training code is the same in each: this page's generator is the only "
-        "change since).",
+        f"Page written with {versions()}. The runs recorded torch {', '.join(torches) or '-'} and git commits "
+        f"{', '.join(c[:7] for c in recorded) or '-'}; {same_code(recorded)}",
         "",
         f"Wall times, measured from the runs' records: {stage_times(frame, store) if not frame.empty else 'no runs'}.",
         "",
