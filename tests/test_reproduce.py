@@ -108,3 +108,18 @@ def test_plans_are_resumable_and_share_the_recipes_own_free_phase(tmp_path):
     cfg = auto[0].cfg
     assert reproduce.same_config(dataclasses.asdict(dataclasses.replace(cfg, threads=1, root="elsewhere")), cfg)
     assert not reproduce.same_config(dataclasses.asdict(dataclasses.replace(cfg, lr=cfg.lr * 2)), cfg)
+
+
+def test_search_summary_says_where_adam_flattens_first_and_what_lawn_does():
+    import pandas as pd
+
+    key = reproduce.SEARCH[0].key
+    rows = []
+    for method, onset, acc in (("SGD", np.nan, 0.76), ("Adam", 900, 0.70), ("Adam-LAWN", 950, 0.73)):
+        for seed in (0, 1):
+            rows.append({"setting": key, "method": method, "onset": onset, "test/acc": acc, "status": "finished",
+                         "total_steps": 1000, "switch_step": np.nan, "steps_per_epoch": 10,
+                         **{m: 0.0 for m in (*reproduce.PER_STEP, "gn_trace")}})
+    text = reproduce.search_summary(pd.DataFrame(rows))
+    assert text == (f"Adam flattens before SGD in 1 of 1 settings tried ({key}). There, in {key} Adam is 6.00 points "
+                    f"below SGD and Adam-LAWN closes 50% of that gap (73.00 against 76.00).")

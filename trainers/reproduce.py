@@ -546,8 +546,38 @@ def auto_verdicts(auto: pd.DataFrame) -> list[str]:
     return out
 
 
+def search_summary(search: pd.DataFrame) -> str:
+    """One line over every setting tried: where Adam flattens first, and what Adam-LAWN does there."""
+    first, not_first, outcome = [], [], []
+    for setting in SEARCH:
+        runs = search[search["setting"] == setting.key] if not search.empty else search
+        if runs.empty:
+            continue
+        by = {row.method: row for row in cells(runs, ["method"]).itertuples()}
+        if not {"SGD", "Adam"} <= set(by):
+            continue
+        s, a = by["SGD"], by["Adam"]
+        if not _earlier(a.onset, s.onset):
+            not_first.append(setting.key)
+            continue
+        first.append(setting.key)
+        lawn = by.get("Adam-LAWN")
+        if a.acc >= s.acc:
+            outcome.append(f"in {setting.key} Adam is not below SGD ({a.acc:.2f} against {s.acc:.2f})")
+        elif lawn is not None:
+            outcome.append(f"in {setting.key} Adam is {s.acc - a.acc:.2f} points below SGD and Adam-LAWN "
+                           + ("reaches SGD" if lawn.acc >= s.acc else
+                              f"closes {100 * (lawn.acc - a.acc) / (s.acc - a.acc):.0f}% of that gap")
+                           + f" ({lawn.acc:.2f} against {s.acc:.2f})")
+    if not first and not not_first:
+        return "No setting of the search has finished runs of both SGD and Adam yet."
+    return (f"Adam flattens before SGD in {len(first)} of {len(first) + len(not_first)} settings tried"
+            + (f" ({', '.join(first)})" if first else "") + (f"; not in {', '.join(not_first)}" if not_first else "")
+            + "." + (f" There, {'; '.join(outcome)}." if outcome else ""))
+
+
 def search_text(search: pd.DataFrame) -> list[str]:
-    out = []
+    out = [search_summary(search), ""]
     for setting in SEARCH:
         runs = search[search["setting"] == setting.key] if not search.empty else search
         flags = " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
