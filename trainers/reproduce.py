@@ -519,8 +519,13 @@ def auto_text(auto: pd.DataFrame) -> list[str]:
     return lines
 
 
-def auto_verdicts(auto: pd.DataFrame) -> list[str]:
-    """Per recipe: where auto's accuracy falls among the fixed free phases, beside the seeds' noise."""
+def _epochs(free: str) -> str:
+    return f"{free} epoch" + ("" if free == "1" else "s")
+
+
+def auto_verdicts(auto: pd.DataFrame, sweep_runs: pd.DataFrame) -> list[str]:
+    """Per recipe: where auto's accuracy falls among the fixed free phases, beside the seeds' noise
+    and beside the same optimizer without LAWN (the sweep's runs)."""
     out = []
     if auto.empty:
         return out
@@ -533,16 +538,28 @@ def auto_verdicts(auto: pd.DataFrame) -> list[str]:
             continue
         mine = runs[runs["free"] == "auto"]
         epoch = (mine["switch_step"] / mine["steps_per_epoch"]).mean()
+        at_cap = sum("max_steps" in r for r in mine["switch_reason"])
         best, worst = max(fixed, key=lambda k: fixed[k][0]), min(fixed, key=lambda k: fixed[k][0])
         a = acc["auto"]
         rank = 1 + sum(v[0] > a[0] for v in fixed.values())
         noise = max((v[1] for v in acc.values() if np.isfinite(v[1])), default=float("nan"))
         first = runs.iloc[0]
-        out.append(f"- {first.dataset} {first.batch_size} {first.method}: auto switched at epoch {epoch:.2f} on "
-                   f"average and reached {_pm(*a)}; the best fixed free phase ({best} epochs) {_pm(*fixed[best])}, "
-                   f"the worst ({worst} epochs) {_pm(*fixed[worst])}. Auto ranks {rank} of {len(acc)}, "
-                   f"{a[0] - fixed[best][0]:+.2f} points from the best fixed choice; the fixed choices span "
-                   f"{fixed[best][0] - fixed[worst][0]:.2f} points, against seed stds of up to {noise:.2f}.")
+        text = (f"- {first.dataset} {first.batch_size} {first.method}: auto switched at epoch {epoch:.2f} on "
+                f"average" + (f" (at the cap in {at_cap} of {len(mine)} seeds: flat_frac never reached the threshold"
+                              + (", so they switch where the fixed free phase of the cap's length does)"
+                                 if at_cap == len(mine) else ")") if at_cap else "")
+                + f" and reached {_pm(*a)}; the best fixed free phase ({_epochs(best)}) {_pm(*fixed[best])}, the worst "
+                f"({_epochs(worst)}) {_pm(*fixed[worst])}. Auto ranks {rank} of {len(acc)}, "
+                f"{a[0] - fixed[best][0]:+.2f} points from the best fixed choice; the fixed choices span "
+                f"{fixed[best][0] - fixed[worst][0]:.2f} points, against seed stds of up to {noise:.2f}.")
+        if not sweep_runs.empty:
+            base = sweep_runs[(sweep_runs["dataset"] == first.dataset) & (sweep_runs["batch_size"] == first.batch_size)
+                              & (sweep_runs["optimizer"] == first.optimizer) & ~sweep_runs["lawn"].astype(bool)]
+            if not base.empty:
+                b = base["test/acc"].mean() * 100
+                text += (f" Without LAWN ({method_name(first.optimizer, False)}, the sweep): {b:.2f}; auto is "
+                         f"{a[0] - b:+.2f} points from it, the best fixed choice {fixed[best][0] - b:+.2f}.")
+        out.append(text)
     return out
 
 
@@ -773,7 +790,7 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "",
         *auto_text(auto_runs),
         "",
-        *auto_verdicts(auto_runs),
+        *auto_verdicts(auto_runs, sweep_runs),
         "",
         "## The search for a setting where Adam flattens first",
         "",
