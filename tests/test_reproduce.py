@@ -75,6 +75,9 @@ def test_mechanism_numbers_match_the_rows(tmp_path):
         for metric in reproduce.PER_STEP:
             assert row[metric] == pytest.approx(c[metric][last:].mean()), (name, metric)
         assert row["gn_trace"] == pytest.approx(c["gn_trace"][-1])
+        epoch_mean = np.convolve(c["flat_frac"], np.ones(10) / 10, mode="valid")  # steps_per_epoch = 10
+        late = np.flatnonzero(epoch_mean > 0.5)
+        assert (np.isnan(row["sustained"]) if len(late) == 0 else row["sustained"] == late[0] + 10), name
     # The same numbers straight from RunStore: the onset is the first step over 0.5.
     direct = store.sql("SELECT run_id, min(step) AS s FROM metrics WHERE metric = 'flat_frac' AND layer = '' "
                        "AND value > 0.5 GROUP BY run_id", run_ids=list(frame["run_id"]))
@@ -117,9 +120,11 @@ def test_search_summary_says_where_adam_flattens_first_and_what_lawn_does():
     rows = []
     for method, onset, acc in (("SGD", np.nan, 0.76), ("Adam", 900, 0.70), ("Adam-LAWN", 950, 0.73)):
         for seed in (0, 1):
-            rows.append({"setting": key, "method": method, "onset": onset, "test/acc": acc, "status": "finished",
+            rows.append({"setting": key, "method": method, "onset": onset, "sustained": onset, "test/acc": acc,
+                         "status": "finished",
                          "total_steps": 1000, "switch_step": np.nan, "steps_per_epoch": 10,
                          **{m: 0.0 for m in (*reproduce.PER_STEP, "gn_trace")}})
     text = reproduce.search_summary(pd.DataFrame(rows))
-    assert text == (f"Adam flattens before SGD in 1 of 1 settings tried ({key}). There, in {key} Adam is 6.00 points "
-                    f"below SGD and Adam-LAWN closes 50% of that gap (73.00 against 76.00).")
+    assert text == (f"Adam flattens before SGD in 1 of 1 settings tried ({key}); by the epoch mean of the flat "
+                    f"fraction, in 1 ({key}). Where Adam flattens first: in {key} Adam is 6.00 points below SGD and "
+                    f"Adam-LAWN closes 50% of that gap (73.00 against 76.00).")

@@ -225,10 +225,27 @@ def run_frame(store: RunStore, planned: list[Planned]) -> pd.DataFrame:
                       [list(AT_LAST)], run_ids=run_ids)
     wide = pd.concat([ends, lasts]).pivot_table(index="run_id", columns="metric", values="value", aggfunc="first")
     frame = frame.merge(onset, on="run_id", how="left").merge(wide, left_on="run_id", right_index=True, how="left")
+    frame["sustained"] = frame["run_id"].map(sustained_onsets(store, frame))
     for metric in (*PER_STEP, *AT_LAST):
         if metric not in frame.columns:
             frame[metric] = np.nan
     return frame
+
+
+def sustained_onsets(store: RunStore, frame: pd.DataFrame) -> dict[str, float]:
+    """Run id -> the first step at which flat_frac's mean over the epoch that ends there exceeds
+    FLAT (NaN if never): the onset without the luck of one batch, which at a small batch can cross
+    0.5 long before most batches do."""
+    flat = store.sql("SELECT run_id, step, value FROM metrics WHERE metric = 'flat_frac' AND layer = '' "
+                     "ORDER BY run_id, step", run_ids=list(frame["run_id"]))
+    per_epoch = dict(zip(frame["run_id"], frame["steps_per_epoch"]))
+    found = {}
+    for run_id, rows in flat.groupby("run_id"):
+        window = max(1, int(per_epoch.get(run_id) or 1))
+        mean = rows["value"].rolling(window, min_periods=window).mean()
+        over = rows["step"][mean > FLAT]
+        found[run_id] = float(over.iloc[0]) if len(over) else float("nan")
+    return found
 
 
 def _seconds(info: dict) -> float:
@@ -244,11 +261,12 @@ def cells(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     rows = []
     for key, runs in frame.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        crossed = runs["onset"].dropna()
+        crossed, sustained = runs["onset"].dropna(), runs["sustained"].dropna()
         row = dict(zip(by, key))
         row.update({"n": len(runs), "diverged": int((runs["status"] == "diverged").sum()),
                     "acc": runs["test/acc"].mean() * 100, "acc_std": runs["test/acc"].std() * 100,
                     "onset": crossed.mean() if len(crossed) else np.nan, "flattened": len(crossed),
+                    "sustained": sustained.mean() if len(sustained) else np.nan, "sustained_n": len(sustained),
                     "total_steps": runs["total_steps"].mean(), "switch_step": runs["switch_step"].mean(),
                     "steps_per_epoch": runs["steps_per_epoch"].mean()})
         for metric in (*PER_STEP, "gn_trace"):
@@ -272,10 +290,11 @@ def _acc(row) -> str:
     return f"{_pm(row.acc, row.acc_std)} (n={row.n}" + (f", {row.diverged} diverged" if row.diverged else "") + ")"
 
 
-def _onset(row) -> str:
-    if row.flattened == 0:
+def _onset(row, sustained: bool = False) -> str:
+    step, count = (row.sustained, row.sustained_n) if sustained else (row.onset, row.flattened)
+    if count == 0:
         return "never"
-    return f"{row.onset:.0f}" + ("" if row.flattened == row.n else f" ({row.flattened} of {row.n} seeds; others never)")
+    return f"{step:.0f}" + ("" if count == row.n else f" ({count} of {row.n} seeds; others never)")
 
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
@@ -324,12 +343,13 @@ def same_code(commits: list[str]) -> str:
 
 
 def mechanism_table(sweep: pd.DataFrame) -> list[str]:
-    lines = ["| data set | batch | method | test acc % | steps | flat_frac > 0.5 from step | flat_frac | logit_norm | "
-             "weight_growth | update_ratio_per_lr | gn_trace |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data set | batch | method | test acc % | steps | flat_frac > 0.5 from step | its epoch mean > 0.5 "
+             "from step | flat_frac | logit_norm | weight_growth | update_ratio_per_lr | gn_trace |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in _order(sweep).itertuples():
         lines.append(f"| {row.dataset} | {row.batch_size} | {row.method} | {_acc(row)} | {row.total_steps:.0f} | "
-                     f"{_onset(row)} | {_g(row.flat_frac, 2)} | {_g(row.logit_norm)} | {_g(row.weight_growth)} | "
+                     f"{_onset(row)} | {_onset(row, sustained=True)} | {_g(row.flat_frac, 2)} | {_g(row.logit_norm)} | "
+                     f"{_g(row.weight_growth)} | "
                      f"{_g(row.update_ratio_per_lr)} | {_g(row.gn_trace)} |")
     return lines
 
@@ -390,6 +410,12 @@ def verdicts(sweep: pd.DataFrame) -> list[str]:
                    f"{'; '.join(first)}. Adam flattens first in {n} of {len(pairs)} cells"
                    + (f" (in {neither} neither gets there)" if neither else "") + f": this {_tell(n, len(pairs))}.")
         tally.append(("Adam flattens before SGD", n, len(pairs)))
+        late = [f"{d} {b}: Adam {_onset(a, True)}, SGD {_onset(s, True)}" for d, b, a, s in pairs]
+        n = sum(_earlier(a.sustained, s.sustained) for _, _, a, s in pairs)
+        out.append(f"- **Adam flattens before SGD, by the epoch mean** (no single lucky batch). Epoch mean of the "
+                   f"flat fraction first above 0.5 at step: {'; '.join(late)}. Adam first in {n} of {len(pairs)} "
+                   f"cells: this {_tell(n, len(pairs))}.")
+        tally.append(("Adam flattens before SGD, by the epoch mean", n, len(pairs)))
     for claim, a_name, b_name, metric, sign, what in CLAIMS:
         pairs = list(_pairs(sweep, a_name, b_name))
         if not pairs:
@@ -565,7 +591,7 @@ def auto_verdicts(auto: pd.DataFrame, sweep_runs: pd.DataFrame) -> list[str]:
 
 def search_summary(search: pd.DataFrame) -> str:
     """One line over every setting tried: where Adam flattens first, and what Adam-LAWN does there."""
-    first, not_first, outcome = [], [], []
+    first, not_first, outcome, late = [], [], [], []
     for setting in SEARCH:
         runs = search[search["setting"] == setting.key] if not search.empty else search
         if runs.empty:
@@ -574,6 +600,8 @@ def search_summary(search: pd.DataFrame) -> str:
         if not {"SGD", "Adam"} <= set(by):
             continue
         s, a = by["SGD"], by["Adam"]
+        if _earlier(a.sustained, s.sustained):
+            late.append(setting.key)
         if not _earlier(a.onset, s.onset):
             not_first.append(setting.key)
             continue
@@ -590,7 +618,8 @@ def search_summary(search: pd.DataFrame) -> str:
         return "No setting of the search has finished runs of both SGD and Adam yet."
     return (f"Adam flattens before SGD in {len(first)} of {len(first) + len(not_first)} settings tried"
             + (f" ({', '.join(first)})" if first else "") + (f"; not in {', '.join(not_first)}" if not_first else "")
-            + "." + (f" There, {'; '.join(outcome)}." if outcome else ""))
+            + f"; by the epoch mean of the flat fraction, in {len(late)}" + (f" ({', '.join(late)})" if late else "")
+            + "." + (f" Where Adam flattens first: {'; '.join(outcome)}." if outcome else ""))
 
 
 def search_text(search: pd.DataFrame) -> list[str]:
@@ -605,12 +634,12 @@ def search_text(search: pd.DataFrame) -> list[str]:
             out += ["No run of this setting has finished.", ""]
             continue
         table = _order(cells(runs, ["dataset", "batch_size", "method"]))
-        out += ["| method | test acc % | steps | flat_frac > 0.5 from step | flat_frac | train loss | logit_norm | "
-                "weight_growth | update_ratio_per_lr | gn_trace |", "|---|---|---|---|---|---|---|---|---|---|"]
+        out += ["| method | test acc % | steps | flat_frac > 0.5 from step | its epoch mean > 0.5 from step | "
+                "flat_frac | train loss | logit_norm | weight_growth | update_ratio_per_lr | gn_trace |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in table.itertuples():
             out.append(f"| {row.method} | {_acc(row)} | {row.total_steps:.0f} | {_onset(row)} | "
-                       f"{_g(row.flat_frac, 2)} | "
-                       f"{_g(row.train_loss)} | "
+                       f"{_onset(row, sustained=True)} | {_g(row.flat_frac, 2)} | {_g(row.train_loss)} | "
                        f"{_g(row.logit_norm)} | {_g(row.weight_growth)} | {_g(row.update_ratio_per_lr)} | "
                        f"{_g(row.gn_trace)} |")
         out += ["", *search_verdict(table), ""]
@@ -622,12 +651,17 @@ def search_verdict(table: pd.DataFrame) -> list[str]:
     if not {"SGD", "Adam"} <= set(by):
         return ["(SGD and Adam have not both finished: no verdict.)"]
     s, a = by["SGD"], by["Adam"]
-    first = _earlier(a.onset, s.onset)
+    first, late = _earlier(a.onset, s.onset), _earlier(a.sustained, s.sustained)
+
     def onset(r) -> str:
         return "never exceeds 0.5" if r.flattened == 0 else f"first exceeds 0.5 at step {r.onset:.0f}"
 
+    def epoch_mean(r) -> str:
+        return "never" if r.sustained_n == 0 else f"at step {r.sustained:.0f}"
+
     text = (f"Adam's flat fraction {onset(a)}, SGD's {onset(s)}: "
-            f"{'Adam flattens first' if first else 'Adam does not flatten first'}. Adam ends "
+            f"{'Adam flattens first' if first else 'Adam does not flatten first'}. By the epoch mean, Adam's crosses "
+            f"0.5 {epoch_mean(a)}, SGD's {epoch_mean(s)}: Adam {'is' if late else 'is not'} first. Adam ends "
             f"{abs(s.acc - a.acc):.2f} points {'below' if a.acc <= s.acc else 'above'} SGD ({a.acc:.2f} against "
             f"{s.acc:.2f}).")
     if "Adam-LAWN" in by:
@@ -750,7 +784,10 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "## The mechanism, per cell",
         "",
         f"Mean over seeds. `flat_frac > 0.5 from step`: the first step at which more than half of the training "
-        f"batch had loss under 1e-3 (mean over the seeds that got there). `flat_frac`, `logit_norm` (mean L2 norm of "
+        f"batch had loss under 1e-3 (mean over the seeds that got there; a small batch can get there by luck "
+        f"long before most batches do). `its epoch mean > 0.5 from step`: the first step at which flat_frac's mean "
+        f"over the epoch ending there exceeds 0.5, the onset without that luck. `flat_frac`, `logit_norm` (mean L2 "
+        f"norm of "
         f"the logits), `weight_growth` (whole-model weight norm over its value at the first step) and "
         f"`update_ratio_per_lr` (update norm / weight norm / LR): means over the last {END_SHARE:.0%} of the run's "
         f"steps, since one batch's value is noisy. `gn_trace`: the last Gauss-Newton trace of the loss on the fixed "
