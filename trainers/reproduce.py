@@ -389,7 +389,7 @@ CLAIMS = (
 
 
 def _tell(n: int, m: int) -> str:
-    return "supports the paper in every cell" if n == m else "contradicts it in every cell" if n == 0 else \
+    return "supports the paper in every cell" if n == m else "contradicts the paper in every cell" if n == 0 else \
         f"supports the paper in {n} of {m} cells and contradicts it in the others"
 
 
