@@ -509,8 +509,8 @@ def setups_text(recipes: list[str], runs: pd.DataFrame, store: RunStore) -> list
         lines.append(f"| {dataset} | {_num_train(store, num)} | {model} | {epochs} | {' / '.join(map(str, batches))} | "
                      + ", ".join(" / ".join(f"{lr.get((o, b), float('nan')):g}" for b in batches)
                                  for o in ("sgd", "adam"))
-                     + f" | {wd.get('sgd')}, {wd.get('adam')} | {lawn.get('free_epochs', '-')} epochs, "
-                       f"{lawn.get('warmup_epochs', '-')} epoch | {base.get('warmup_epochs', '-')} epoch |")
+                     + f" | {wd.get('sgd'):g}, {wd.get('adam'):g} | {_epochs(lawn.get('free_epochs'))}, "
+                       f"{_epochs(lawn.get('warmup_epochs'))} | {_epochs(base.get('warmup_epochs'))} |")
     return lines
 
 
@@ -545,8 +545,12 @@ def auto_text(auto: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _epochs(free: str) -> str:
-    return f"{free} epoch" + ("" if free == "1" else "s")
+def _epochs(value) -> str:
+    """``3`` or ``"3"`` -> "3 epochs", 1 -> "1 epoch"; None -> "-"."""
+    if value is None:
+        return "-"
+    text = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+    return f"{text} epoch" + ("" if text == "1" else "s")
 
 
 def auto_verdicts(auto: pd.DataFrame, sweep_runs: pd.DataFrame) -> list[str]:
