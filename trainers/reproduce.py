@@ -223,10 +223,12 @@ def run_frame(store: RunStore, planned: list[Planned]) -> pd.DataFrame:
     lasts = store.sql("SELECT run_id, metric, arg_max(value, (step, wall_time)) AS value FROM metrics "
                       "WHERE layer = '' AND metric IN (SELECT unnest(?)) GROUP BY run_id, metric",
                       [list(AT_LAST)], run_ids=run_ids)
-    wide = pd.concat([ends, lasts]).pivot_table(index="run_id", columns="metric", values="value", aggfunc="first")
+    best = store.sql("SELECT run_id, 'best_acc' AS metric, max(value) AS value FROM metrics "
+                     "WHERE metric = 'test/acc' AND layer = '' GROUP BY run_id", run_ids=run_ids)
+    wide = pd.concat([ends, lasts, best]).pivot_table(index="run_id", columns="metric", values="value", aggfunc="first")
     frame = frame.merge(onset, on="run_id", how="left").merge(wide, left_on="run_id", right_index=True, how="left")
     frame["sustained"] = frame["run_id"].map(sustained_onsets(store, frame))
-    for metric in (*PER_STEP, *AT_LAST):
+    for metric in (*PER_STEP, *AT_LAST, "best_acc"):
         if metric not in frame.columns:
             frame[metric] = np.nan
     return frame
@@ -466,6 +468,17 @@ def collapsed_text(runs: pd.DataFrame, points: float = 10.0) -> str:
             f"include as they are: {'; '.join(found)}.")
 
 
+def fallen_text(runs: pd.DataFrame, points: float = 20.0) -> str:
+    """The runs whose final test accuracy is more than ``points`` below their own best: they
+    trained, then fell apart (a cell's mean hides whether it never trained or collapsed late)."""
+    low = runs[runs["test/acc"] < runs["best_acc"] - points / 100]
+    if low.empty:
+        return f"No run ends more than {points:g} points below its own best test accuracy."
+    return (f"Runs that end more than {points:g} points below their own best test accuracy (they trained, then "
+            f"fell apart): " + "; ".join(f"`{r['name']}` {100 * r['test/acc']:.2f}% after {100 * r['best_acc']:.2f}%"
+                                         for _, r in low.iterrows()) + ".")
+
+
 def accuracy_text(sweep_runs: pd.DataFrame) -> str:
     """Table 2's layout from the sweep's runs: ``table2_text`` over a summary frame built from
     exactly these runs (the store holds the other stages' runs too)."""
@@ -646,7 +659,7 @@ def search_text(search: pd.DataFrame) -> list[str]:
                        f"{_onset(row, sustained=True)} | {_g(row.flat_frac, 2)} | {_g(row.train_loss)} | "
                        f"{_g(row.logit_norm)} | {_g(row.weight_growth)} | {_g(row.update_ratio_per_lr)} | "
                        f"{_g(row.gn_trace)} |")
-        out += ["", *search_verdict(table), ""]
+        out += ["", *search_verdict(table), "", fallen_text(runs), ""]
     return out
 
 
@@ -780,6 +793,8 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         accuracy_text(sweep_runs),
         "",
         collapsed_text(sweep_runs) if not sweep_runs.empty else "",
+        "",
+        fallen_text(sweep_runs) if not sweep_runs.empty else "",
         "",
         "The paper's Table 2 (test accuracy %):",
         "",
