@@ -107,7 +107,11 @@ def test_plans_are_resumable_and_share_the_recipes_own_free_phase(tmp_path):
     assert len(own) == 12 and all(p.labels["free"] == 3.0 for p in own)
     assert {p.cfg.free_epochs for p in auto} == {"auto", 1.0, 3.0, 5.0, 10.0}
     search = reproduce.plan("search", str(tmp_path))
-    assert all(p.cfg.weight_decay == 0 for p in search) and len({p.cfg.name for p in search}) == len(search)
+    assert len({p.cfg.name for p in search}) == len(search) == 4 * 3 * len(reproduce.SEARCH)
+    no_decay = {s.key for s in reproduce.SEARCH if s.flags.get("weight_decay") == 0}
+    assert all(p.cfg.weight_decay == 0 for p in search if p.labels["setting"] in no_decay)
+    assert {p.cfg.optimizer: p.cfg.weight_decay for p in search if p.labels["setting"] not in no_decay} == \
+        {"sgd": 5e-4, "adam": 0.0}  # the trainer's defaults, as the page says
     cfg = auto[0].cfg
     assert reproduce.same_config(dataclasses.asdict(dataclasses.replace(cfg, threads=1, root="elsewhere")), cfg)
     assert not reproduce.same_config(dataclasses.asdict(dataclasses.replace(cfg, lr=cfg.lr * 2)), cfg)
