@@ -41,7 +41,7 @@ from lawn_monitor import RunStore
 from lawn_monitor.paper import PAPER_TABLE2, method_name, table2_text
 from lawn_monitor.store import NOT_COMPUTED, _canonical
 
-from .config import ConfigError, TrainConfig
+from .config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, ConfigError, TrainConfig
 from .recipe import config_from, load_recipe, match_recipes
 from .sweep import ParallelSweep, run_in_process
 
@@ -856,9 +856,10 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "",
         "In the recipes above SGD keeps weight decay and training stops soon after the training set is fitted. "
         "The paper's mechanism needs long training past zero training error. Each setting below trains every method "
-        "for many epochs, at the trainer's default LRs (0.1 for SGD with momentum 0.9, 3e-3 for Adam); the flags are "
-        "under each heading (`--weight-decay 0`: no weight decay for any method; without it, the trainer's defaults: "
-        "5e-4 for SGD, none for Adam). The question: does Adam flatten before SGD, and if it does, "
+        f"for many epochs, at the trainer's default LRs ({DEFAULT_LR['sgd']:g} for SGD with momentum "
+        f"{_default('momentum'):g}, {DEFAULT_LR['adam']:g} for Adam); the flags are under each heading "
+        f"(`--weight-decay 0`: no weight decay for any method; without it, the trainer's defaults: "
+        f"{DEFAULT_WEIGHT_DECAY['sgd']:g} for SGD, {DEFAULT_WEIGHT_DECAY['adam']:g} for Adam). The question: does Adam flatten before SGD, and if it does, "
         "does Adam-LAWN close the gap?",
         "",
         *search_text(search_runs),
