@@ -88,7 +88,7 @@ SEARCH = (
             "real MNIST, two and a half times the recipes' epochs at half their small batch, no weight decay"),
     Setting("mnist1d-mlp-b32-wd", dict(dataset="mnist1d", model="mlp", batch_size=32, epochs=150, warmup_epochs=2.0,
                                        free_epochs=5.0),
-            "the demo setting with the weight decay of the paper's baselines, the trainer's defaults (5e-4 for SGD, "
+            "the demo setting with the weight decay of the paper's baselines, the trainer's defaults (some for SGD, "
             "none for Adam; LAWN turns it off at the switch): does the paper's ordering appear when SGD keeps it?"),
 )
 
