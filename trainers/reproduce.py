@@ -667,6 +667,15 @@ def search_text(search: pd.DataFrame) -> list[str]:
     return out
 
 
+def _noise(a, b) -> str:
+    """", within the seeds' spread (...)" where two cells' accuracies differ by no more than the
+    larger of their stds over seeds, else ""."""
+    spread = np.nanmax([a.acc_std, b.acc_std])
+    if np.isfinite(spread) and abs(a.acc - b.acc) <= spread:
+        return f", within the seeds' spread (stds {a.acc_std:.2f} and {b.acc_std:.2f})"
+    return ""
+
+
 def search_verdict(table: pd.DataFrame) -> list[str]:
     by = {row.method: row for row in table.itertuples()}
     if not {"SGD", "Adam"} <= set(by):
@@ -684,14 +693,15 @@ def search_verdict(table: pd.DataFrame) -> list[str]:
             f"{'Adam flattens first' if first else 'Adam does not flatten first'}. By the epoch mean, Adam's crosses "
             f"0.5 {epoch_mean(a)}, SGD's {epoch_mean(s)}: Adam {'is' if late else 'is not'} first. Adam ends "
             f"{abs(s.acc - a.acc):.2f} points {'below' if a.acc <= s.acc else 'above'} SGD ({a.acc:.2f} against "
-            f"{s.acc:.2f}).")
+            f"{s.acc:.2f}){_noise(a, s)}.")
     if "Adam-LAWN" in by:
         lawn = by["Adam-LAWN"]
         gap = s.acc - a.acc
         if gap > 0:
             closed = (lawn.acc - a.acc) / gap
             text += (f" Adam-LAWN reaches {lawn.acc:.2f}: it closes {100 * closed:.0f}% of Adam's gap to SGD"
-                     + (" (the paper's claim holds here)." if lawn.acc >= s.acc else "."))
+                     + (" (the paper's claim holds here" + (", if only within that noise)." if _noise(a, s) else ").")
+                        if lawn.acc >= s.acc else "."))
         else:
             text += f" Adam-LAWN reaches {lawn.acc:.2f}; there is no gap to close."
         text += f" LAWN takes Adam's final flat fraction from {_g(a.flat_frac, 2)} to {_g(lawn.flat_frac, 2)}."
@@ -859,7 +869,8 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         f"for many epochs, at the trainer's default LRs ({DEFAULT_LR['sgd']:g} for SGD with momentum "
         f"{_default('momentum'):g}, {DEFAULT_LR['adam']:g} for Adam); the flags are under each heading "
         f"(`--weight-decay 0`: no weight decay for any method; without it, the trainer's defaults: "
-        f"{DEFAULT_WEIGHT_DECAY['sgd']:g} for SGD, {DEFAULT_WEIGHT_DECAY['adam']:g} for Adam). The question: does Adam flatten before SGD, and if it does, "
+        f"{DEFAULT_WEIGHT_DECAY['sgd']:g} for SGD, {DEFAULT_WEIGHT_DECAY['adam']:g} for Adam). The question: does "
+        "Adam flatten before SGD, and if it does, "
         "does Adam-LAWN close the gap?",
         "",
         *search_text(search_runs),
