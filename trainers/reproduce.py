@@ -308,6 +308,22 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(_r=df["method"].map(rank)).sort_values(["dataset", "batch_size", "_r"], kind="stable")
 
 
+def gn_coverage(store: RunStore, frame: pd.DataFrame) -> str:
+    """How many Gauss-Newton trace points the runs got under that budget, and how late the last one
+    came (the mechanism table's gn_trace is the last)."""
+    if frame.empty:
+        return ""
+    points = store.sql("SELECT run_id, count(*) AS n, max(step) AS last FROM metrics WHERE metric = 'gn_trace' "
+                       "AND layer = '' GROUP BY run_id", run_ids=list(frame["run_id"].unique()))
+    if points.empty:
+        return "No run measured the Gauss-Newton trace."
+    steps = frame.drop_duplicates("run_id").set_index("run_id")["total_steps"]
+    share = points["last"] / points["run_id"].map(steps)
+    return (f"Under it the runs measured the Gauss-Newton trace at {points['n'].min()} to {points['n'].max()} points "
+            f"each (at most {_default('gn_points')}), the last at {share.min():.0%} to {share.max():.0%} of the run's "
+            f"steps ({share.mean():.0%} on average).")
+
+
 def _default(name: str):
     return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 
@@ -784,8 +800,7 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "without training. "
         f"Every run is given `--curvature-budget {CURVATURE_BUDGET:g}` (curvature probes may take that share of its "
         f"time instead of the default {_default('curvature_budget'):g}), so that the whole regeneration fits in about "
-        f"an hour of a shared 2-core CPU; the Gauss-Newton trace is still measured at up to "
-        f"{_default('gn_points')} points per run, the last near its end.",
+        f"an hour of a shared 2-core CPU. {gn_coverage(store, frame)}",
         "",
         f"Page written with {versions()}. The runs recorded torch {', '.join(torches) or '-'} and git commits "
         f"{', '.join(c[:7] for c in recorded) or '-'}; {same_code(recorded)}",
