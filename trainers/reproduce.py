@@ -38,10 +38,11 @@ import pandas as pd
 import torch
 
 from lawn_monitor import RunStore
+from lawn_monitor.optim import OPTIMIZERS
 from lawn_monitor.paper import PAPER_TABLE2, method_name, table2_text
 from lawn_monitor.store import NOT_COMPUTED, _canonical
 
-from .config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, ConfigError, TrainConfig
+from .config import FLAGS, ConfigError, TrainConfig, config_from_flags
 from .recipe import config_from, load_recipe, match_recipes
 from .sweep import ParallelSweep, run_in_process
 
@@ -131,8 +132,8 @@ def plan(stage: str, root: str, quick: bool = False) -> list[Planned]:
                 for optimizer, lawn in METHODS:
                     flags = {**setting.flags, **({"epochs": 4, "free_epochs": 1.0} if quick else {})}
                     name = f"search-{setting.key}-{optimizer}{'-lawn' if lawn else ''}-s{seed}"
-                    cfg = TrainConfig(**common, **flags, optimizer=optimizer, lawn=lawn, seed=seed, name=name)
-                    cfg = cfg.resolved()
+                    cfg = config_from_flags({**common, **flags, "optimizer": optimizer, "lawn": lawn, "seed": seed,
+                                             "name": name}).resolved()
                     out.append(Planned(stage, cfg, {"setting": setting.key}))
     return out
 
@@ -325,7 +326,8 @@ def gn_coverage(store: RunStore, frame: pd.DataFrame) -> str:
 
 
 def _default(name: str):
-    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+    """A train flag's default (a probe flag's too)."""
+    return FLAGS[name].default
 
 
 def versions() -> str:
@@ -881,10 +883,10 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
         "",
         "In the recipes above SGD keeps weight decay and training stops soon after the training set is fitted. "
         "The paper's mechanism needs long training past zero training error. Each setting below trains every method "
-        f"for many epochs, at the trainer's default LRs ({DEFAULT_LR['sgd']:g} for SGD with momentum "
-        f"{_default('momentum'):g}, {DEFAULT_LR['adam']:g} for Adam); the flags are under each heading "
+        f"for many epochs, at the trainer's default LRs ({OPTIMIZERS['sgd'].lr:g} for SGD with momentum "
+        f"{_default('momentum'):g}, {OPTIMIZERS['adam'].lr:g} for Adam); the flags are under each heading "
         f"(`--weight-decay 0`: no weight decay for any method; without it, the trainer's defaults: "
-        f"{DEFAULT_WEIGHT_DECAY['sgd']:g} for SGD, {DEFAULT_WEIGHT_DECAY['adam']:g} for Adam). The question: does "
+        f"{OPTIMIZERS['sgd'].weight_decay:g} for SGD, {OPTIMIZERS['adam'].weight_decay:g} for Adam). The question: does "
         "Adam flatten before SGD, and if it does, "
         "does Adam-LAWN close the gap?",
         "",
