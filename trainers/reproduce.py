@@ -349,19 +349,22 @@ TRAINING_CODE = ["lawn_monitor", "trainers", ":!trainers/reproduce.py"]
 
 
 def same_code(commits: list[str]) -> str:
-    """Whether the training code at each commit the runs recorded is the code of this checkout."""
-    differ = []
+    """Whether the training code at each commit the runs recorded is the code of this checkout;
+    where not, which files differ (a reader can judge whether they touch what was measured)."""
+    differ: dict[str, list[str]] = {}
     for commit in commits:
         try:
-            same = subprocess.run(["git", "diff", "--quiet", commit, "--", *TRAINING_CODE], cwd=PROJECT_DIR,
-                                  capture_output=True).returncode == 0
-        except OSError:
+            names = subprocess.run(["git", "diff", "--name-only", commit, "--", *TRAINING_CODE], cwd=PROJECT_DIR,
+                                   capture_output=True, text=True, check=True).stdout.split()
+        except (OSError, subprocess.CalledProcessError):
             return "whether their training code is this checkout's could not be checked (no git)."
-        if not same:
-            differ.append(commit[:7])
+        if names:
+            differ[commit[:7]] = names
     if differ:
+        files = sorted({name for names in differ.values() for name in names})
         return (f"the training code (lawn_monitor/, trainers/ but for this page's generator) differs from this "
-                f"checkout's at {', '.join(differ)}.")
+                f"checkout's at {', '.join(differ)}, in {', '.join(files)} (`git diff COMMIT -- FILE` shows how); "
+                f"everything else is this checkout's, byte for byte.")
     return ("the training code (lawn_monitor/, trainers/ but for this page's generator) at each of them is this "
             "checkout's, byte for byte (git diff).")
 
