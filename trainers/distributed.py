@@ -6,6 +6,7 @@ DistributedDataParallel copy of the model on its share of every global batch.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -53,6 +54,11 @@ class Dist:
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
+            # DDP modules sit in reference cycles that hold the process group: collect them while
+            # it is alive. Left to interpreter exit, gloo's threads are torn down in no set order
+            # and a rank aborts ("terminate called without an active exception") after a run
+            # that finished.
+            gc.collect()
             dist.destroy_process_group()
 
 
