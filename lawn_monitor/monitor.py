@@ -242,6 +242,7 @@ class Monitor:
         self._samples = 0  # samples observed since the last recorded step (host ints: shapes, no sync)
         self._last_samples: int | None = None
         self._outputs_after_step = False  # see attach()
+        self._own_steps = False  # the loop numbers its steps (step=N): the next one is not known ahead
         self._awaiting: tuple[int, float, float, list[Probe]] | None = None  # a step waiting for its outputs
         self._hooks: list[Any] = []
         self._warned_grads = False
@@ -353,6 +354,7 @@ class Monitor:
         Outputs given to ``observe`` since the last step are part of this one."""
         if not self.enabled:
             return
+        self._own_steps = self._own_steps or step is not None
         self.observe(loss, logits, targets)
         self._record(batch_size, epoch, step)
 
@@ -368,6 +370,8 @@ class Monitor:
         completed by the next call."""
         if not self.enabled:
             return
+        if logits is not None and not self._statistics_wanted():
+            logits = None  # no output statistics at this step: the loss alone is summed (no softmax)
         if logits is not None:
             logits = self.logits_fn(logits)
         self._outputs.add(loss, logits, targets)
@@ -379,6 +383,15 @@ class Monitor:
             ctx = StepContext(step=step, outputs=self._end_window())
             for probe in probes:
                 self._run(probe, ctx, epoch, wall)
+
+    def _statistics_wanted(self) -> bool:
+        """Whether a probe that reads the outputs will run at the step these outputs belong to:
+        with ``probe_every`` N, the other steps need no softmax over their logits. When the step
+        is not known ahead (``step=N``, outputs after the step), always."""
+        if self._own_steps or self._outputs_after_step or self._awaiting is not None:
+            return True
+        step = self.step_count + 1
+        return any(p.uses_outputs and (p.pending or p.schedule(step)) for p in self.probes)
 
     def _end_window(self) -> Outputs:
         """The outputs observed for the step just recorded; the next step's start empty."""

@@ -267,3 +267,31 @@ def test_root_that_is_a_file_is_refused(tmp_path):
     file.write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
         Monitor(make_model(), None, root=file)
+
+
+def test_output_statistics_are_computed_only_on_the_steps_that_record_them(tmp_path, monkeypatch):
+    """With probe_every 5 the logits' softmax runs on 1 step in 5, not on every step; the
+    statistics still land on exactly those steps."""
+    import lawn_monitor.outputs as outputs
+    from lawn_monitor import RunStore
+    from lawn_monitor.probes import ProbeConfig
+
+    calls = []
+    real = outputs.output_sums
+    monkeypatch.setattr(outputs, "output_sums", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, opt, root=tmp_path, probe_config=ProbeConfig(every=5, curvature=False))
+    for _ in range(20):
+        x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        monitor.step(loss=loss, logits=logits, targets=y)
+    monitor.close()
+    assert len(calls) == 4
+    store = RunStore(tmp_path)
+    assert store.series(store.run_ids(), "flat_frac", points=None)["step"].tolist() == [5, 10, 15, 20]
