@@ -23,6 +23,7 @@ cold server; the repeats are spaced past the app's 2 s cache of the runs list, s
 lists the store again. Pages show what they show by default: the newest runs.
 Beside the page times it prints the RunStore queries behind them, timed alone in this process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,15 +46,27 @@ from benchmarks.demo import build_demo  # noqa: E402
 from benchmarks.store import build as build_synthetic  # noqa: E402
 from lawn_monitor.store import RunStore  # noqa: E402
 
+LAYER_METRICS = ("weight_norm", "update_ratio", "grad_norm", "gn_trace")
 RUNS_TTL = 2.0  # lawn_monitor/dashboard/state.py's cache lifetime of the runs list
 # (url path, page title): every page of app/streamlit_app.py.
-PAGES = [("", "Runs"), ("live", "Live"), ("flattening", "Loss flattening"), ("adaptivity", "Weight adaptivity"),
-         ("compare", "Compare")]
-DRAWN = ("[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, "
-         "[data-testid='stVegaLiteChart'] svg")
-SCRIPT_DONE = ("() => document.querySelector('[data-testid=stApp]')"
-               "?.getAttribute('data-test-script-state') === 'notRunning'")
-LARGE = {"runs": 200, "layers": 50, "steps": 13_900, "layer_every": 16, "steps_per_flush": 100}  # about 100M rows (see above)
+PAGES = [
+    ("", "Runs"),
+    ("live", "Live"),
+    ("flattening", "Loss flattening"),
+    ("adaptivity", "Weight adaptivity"),
+    ("compare", "Compare"),
+]
+DRAWN = "[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
+SCRIPT_DONE = (
+    "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'"
+)
+LARGE = {
+    "runs": 200,
+    "layers": 50,
+    "steps": 13_900,
+    "layer_every": 16,
+    "steps_per_flush": 100,
+}  # about 100M rows (see above)
 SMALL = {"runs": 20, "layers": 20, "steps": 2_000, "layer_every": 10, "steps_per_flush": 100}
 
 
@@ -64,8 +77,9 @@ def build_store(kind: str, root: Path) -> None:
         return
     shape = LARGE if kind == "large" else SMALL
     print(f"building {kind}: benchmarks/store.py's sweep, {shape}", flush=True)
-    rows, _, _ = build_synthetic(root, shape["runs"], shape["layers"], shape["steps"], shape["layer_every"],
-                                 shape["steps_per_flush"])
+    rows, _, _ = build_synthetic(
+        root, shape["runs"], shape["layers"], shape["steps"], shape["layer_every"], shape["steps_per_flush"]
+    )
     print(f"built {rows:,} rows in {time.perf_counter() - started:.0f} s", flush=True)
 
 
@@ -110,17 +124,34 @@ def print_queries(root: Path) -> None:
     store = RunStore(root)
     ids = store.runs()["run_id"].head(4).tolist()  # what the pages show by default: the newest 4
     store = RunStore(root)  # a fresh one: its first queries are cold, as in a new server
-    flattening = ["train/loss", "grad_norm", "gn_trace", "gn_trace_se", "hessian_trace", "hessian_trace_se",
-                  "sharpness", "sharpness_threshold", "logit_norm", "max_prob", "flat_frac"]
+    flattening = [
+        "train/loss",
+        "grad_norm",
+        "gn_trace",
+        "gn_trace_se",
+        "hessian_trace",
+        "hessian_trace_se",
+        "sharpness",
+        "sharpness_threshold",
+        "logit_norm",
+        "max_prob",
+        "flat_frac",
+    ]
     print("RunStore queries alone (this process; then: median of 3):")
     print(f"  runs()                                  {timed(store.runs)}   (every page)")
-    print(f"  series(4 runs, 11 flattening metrics)   "
-          f"{timed(lambda: [store.series(ids, m) for m in flattening])}   (Loss flattening)")
-    print(f"  layers(2 runs x 4 heatmap metrics)      "
-          f"{timed(lambda: [store.layers(r, m) for r in ids[:2] for m in ('weight_norm', 'update_ratio', 'grad_norm', 'gn_trace')])}"
-          f"   (Weight adaptivity)")
-    print(f"  summary(test/acc, by 4 keys, final)     "
-          f"{timed(lambda: store.summary('test/acc', by=['dataset', 'optimizer', 'lawn', 'batch_size']))}   (Compare)")
+    print(
+        f"  series(4 runs, 11 flattening metrics)   "
+        f"{timed(lambda: [store.series(ids, m) for m in flattening])}   (Loss flattening)"
+    )
+    print(
+        f"  layers(2 runs x 4 heatmap metrics)      "
+        f"{timed(lambda: [store.layers(r, m) for r in ids[:2] for m in LAYER_METRICS])}"
+        f"   (Weight adaptivity)"
+    )
+    print(
+        f"  summary(test/acc, by 4 keys, final)     "
+        f"{timed(lambda: store.summary('test/acc', by=['dataset', 'optimizer', 'lawn', 'batch_size']))}   (Compare)"
+    )
     print(f"  series(4 runs, test/acc)                {timed(lambda: store.series(ids, 'test/acc'))}   (Compare)")
     print(f"  metrics(4 runs)                         {timed(lambda: store.metrics(ids))}   (Compare)")
     print(f"  switch_steps(4 runs)                    {timed(lambda: store.switch_steps(ids))}   (Live, ...)")
@@ -134,10 +165,27 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
     url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()
     server = subprocess.Popen(
-        [sys.executable, "-m", "lawn_monitor.cli", "dashboard", "--root", str(root), "--port", str(port),
-         "--server.headless", "true", "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "lawn_monitor.cli",
+            "dashboard",
+            "--root",
+            str(root),
+            "--port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.fileWatcherType",
+            "none",
+            "--client.toolbarMode",
+            "viewer",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     empty = Path(tempfile.mkdtemp(prefix="lawn-app-bench-empty-"))
     results = []
     try:
@@ -155,8 +203,11 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
         pages = [("(empty store)", f"/?root={empty}", None, 0.0)]
         pages += [(title, f"/{path}", title, RUNS_TTL) for path, title in PAGES if not only or path in only]
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            browser = p.chromium.launch(
+                executable_path=chromium,
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+            )
             context = browser.new_context(viewport={"width": 1280, "height": 1800})
             try:
                 for name, path, title, ttl in pages:
@@ -168,9 +219,11 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
                         frames.append(frame)
                         warm.append(done)
                     results.append((name, cold, statistics.median(warm), max(warm), statistics.median(frames)))
-                    print(f"  {name:18s} first {cold:6.2f} s   then median {statistics.median(warm):6.2f} s, "
-                          f"max {max(warm):6.2f} s   (of which the page frame: median {statistics.median(frames):.2f} s)",
-                          flush=True)
+                    print(
+                        f"  {name:18s} first {cold:6.2f} s   then median {statistics.median(warm):6.2f} s, "
+                        f"max {max(warm):6.2f} s   (of which the page frame: median {statistics.median(frames):.2f} s)",
+                        flush=True,
+                    )
             finally:
                 browser.close()
     finally:
@@ -182,9 +235,14 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, help="the store to time (built there first with --build if missing or empty)")
-    parser.add_argument("--build", choices=("demo", "large", "small"),
-                        help="what to build when the store is missing or empty (default: small)")
+    parser.add_argument(
+        "--store", type=Path, help="the store to time (built there first with --build if missing or empty)"
+    )
+    parser.add_argument(
+        "--build",
+        choices=("demo", "large", "small"),
+        help="what to build when the store is missing or empty (default: small)",
+    )
     parser.add_argument("--pages", help="comma-separated url paths to time (default: all; '' is Runs): live,compare")
     parser.add_argument("--repeat", type=int, default=5, help="warm loads per page")
     parser.add_argument("--keep", action="store_true", help="keep a store built in a temporary folder")
@@ -195,8 +253,10 @@ def main() -> None:
     only = None if args.pages is None else [p.strip().strip("/") for p in args.pages.split(",")]
     known = {path for path, _ in PAGES}
     if only and set(only) - known:
-        sys.exit(f"benchmarks/app.py: unknown page(s) {sorted(set(only) - known)}: choose from "
-                 f"{', '.join(repr(p) for p in sorted(known))}")
+        sys.exit(
+            f"benchmarks/app.py: unknown page(s) {sorted(set(only) - known)}: choose from "
+            f"{', '.join(repr(p) for p in sorted(known))}"
+        )
 
     tmp = None
     root = args.store

@@ -12,6 +12,7 @@ was created) of train loss, flat fraction, logit norm and whole-model weight nor
 of the LAWN switch. Run it on an otherwise idle machine for the demo's own speed; the load
 average is printed before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,12 @@ SIGNALS = ["train/loss", "flat_frac", "logit_norm", "weight_norm"]
 
 def demo_args() -> list[str]:
     """``make demo``'s sweep flags, from the Makefile (one place says what the demo runs)."""
-    out = subprocess.run(["make", "--no-print-directory", "-s", "--eval", "print-demo-args: ; @echo $(DEMO_ARGS)",
-                          "print-demo-args"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-s", "--eval", "print-demo-args: ; @echo $(DEMO_ARGS)", "print-demo-args"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0 or not out.stdout.strip():
         sys.exit(f"benchmarks: could not read DEMO_ARGS from the Makefile with make: {out.stderr.strip()}")
     return shlex.split(out.stdout)
@@ -60,8 +65,10 @@ def report(root: Path) -> None:
     ids, names = runs["run_id"].tolist(), dict(zip(runs["run_id"], runs["name"]))
     for run in runs.itertuples():
         trained = pd.Timestamp(run.ended_at) - pd.Timestamp(run.created_at) if run.ended_at else None
-        print(f"  {run.name:18s} {run.status:11s} trained {trained.total_seconds() if trained else float('nan'):5.0f} s"
-              f"  test_acc {run.test_acc:.4f}")
+        print(
+            f"  {run.name:18s} {run.status:11s} trained {trained.total_seconds() if trained else float('nan'):5.0f} s"
+            f"  test_acc {run.test_acc:.4f}"
+        )
     span = store.series(ids, "train/loss", points=None, x="time")["x"].max()
     marks = [m for m in MARKS if m <= span]
     for metric in SIGNALS:
@@ -69,9 +76,13 @@ def report(root: Path) -> None:
         rows = []
         for run_id in ids:
             d = df[df["run_id"] == run_id]
-            rows.append({"run": names[run_id],
-                         **{f"{m} s": d.loc[(d["x"] > m - 5) & (d["x"] <= m), "value"].mean() for m in marks},
-                         "end": d["value"].tail(50).mean()})
+            rows.append(
+                {
+                    "run": names[run_id],
+                    **{f"{m} s": d.loc[(d["x"] > m - 5) & (d["x"] <= m), "value"].mean() for m in marks},
+                    "end": d["value"].tail(50).mean(),
+                }
+            )
         print(f"{metric}, mean over the 5 s before each mark (seconds since the run was created):")
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
     switches = store.switch_steps(ids)

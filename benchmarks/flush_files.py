@@ -4,10 +4,11 @@
 
 A tiny model under a Monitor with ``flush_every=1`` (a part file every step, the fastest the
 Monitor flushes) and live compaction; with ``--sink``, no training at all: 36-row tables written
-straight to a ParquetSink, back to back (several times faster than any monitored loop). A watcher thread lists the run's ``metrics/`` folder as
-often as it can meanwhile; the script prints the most data files it saw at once, the files left
+straight to a ParquetSink, back to back (several times faster than any monitored loop). A watcher thread lists the run's
+``metrics/`` folder as often as it can meanwhile; the script prints the most data files it saw at once, the files left
 just before ``close`` and after it, and the seconds per flush.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,17 @@ from lawn_monitor.sink import ParquetSink
 def flush_table(run_id: str, i: int) -> pa.Table:
     """One flush of a small model: 3 steps x 4 metrics x 3 layers."""
     n = 36
-    return pa.table({"run_id": [run_id] * n, "step": [3 * i + k // 12 for k in range(n)], "epoch": [0.0] * n,
-                     "wall_time": [time.time()] * n, "layer": ["", "0.weight", "2.weight"] * 12,
-                     "metric": [m for m in ("train/loss", "grad_norm", "weight_norm", "update_ratio") for _ in range(3)] * 3,
-                     "value": [float(i)] * n})
+    return pa.table(
+        {
+            "run_id": [run_id] * n,
+            "step": [3 * i + k // 12 for k in range(n)],
+            "epoch": [0.0] * n,
+            "wall_time": [time.time()] * n,
+            "layer": ["", "0.weight", "2.weight"] * 12,
+            "metric": [m for m in ("train/loss", "grad_norm", "weight_norm", "update_ratio") for _ in range(3)] * 3,
+            "value": [float(i)] * n,
+        }
+    )
 
 
 def count(folder: Path) -> int:
@@ -57,8 +65,15 @@ def main() -> None:
         sink = ParquetSink(root, "flush-files", {"name": "flush-files"})
         folder = root / "flush-files" / "metrics"
     else:
-        monitor = Monitor(model, opt, root=root, name="flush-files", total_steps=args.flushes, flush_every=1,
-                          probe_config=ProbeConfig(curvature=False))
+        monitor = Monitor(
+            model,
+            opt,
+            root=root,
+            name="flush-files",
+            total_steps=args.flushes,
+            flush_every=1,
+            probe_config=ProbeConfig(curvature=False),
+        )
         folder = Path(monitor.run_dir) / "metrics"
     most, samples, done = [0], [0], threading.Event()
 
@@ -89,9 +104,11 @@ def main() -> None:
         monitor.close()
     done.set()
     watcher.join()
-    print(f"{args.flushes} flushes in {seconds:.1f} s ({1000 * seconds / args.flushes:.2f} ms a flush); "
-          f"most data files at once: {most[0]} (after each flush and {samples[0]} listings by a watcher); "
-          f"{before_close} before close, {count(folder)} after; run in {root}")
+    print(
+        f"{args.flushes} flushes in {seconds:.1f} s ({1000 * seconds / args.flushes:.2f} ms a flush); "
+        f"most data files at once: {most[0]} (after each flush and {samples[0]} listings by a watcher); "
+        f"{before_close} before close, {count(folder)} after; run in {root}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ per-block ratios; and the share of the monitored time spent in curvature probes.
 * everything every step: every curvature probe as the defaults configure it, on every step (what
   it would cost to watch curvature naively).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,9 +100,17 @@ def measure(name: str, device, steps: int, block: int, batch: int, side: int, pr
         curvature = RunStore(root).series(monitor.run_id, "curvature_time", points=None)["value"].sum()
         monitor.close()
     deciles = statistics.quantiles(ratios, n=10) if len(ratios) >= 2 else [ratios[0]] * 9
-    return {"case": name, "device": device.type, "steps": steps, "ratio": mon_t / bare_t, "p10": deciles[0],
-            "p90": deciles[-1], "bare_ms": 1000 * bare_t / steps, "monitored_ms": 1000 * mon_t / steps,
-            "curvature": curvature / mon_t}
+    return {
+        "case": name,
+        "device": device.type,
+        "steps": steps,
+        "ratio": mon_t / bare_t,
+        "p10": deciles[0],
+        "p90": deciles[-1],
+        "bare_ms": 1000 * bare_t / steps,
+        "monitored_ms": 1000 * mon_t / steps,
+        "curvature": curvature / mon_t,
+    }
 
 
 def cheap(probe_batch, steps):
@@ -114,9 +123,15 @@ def defaults(probe_batch, steps):
 
 def everything(probe_batch, steps):
     x, y, cfg = *probe_batch, ProbeConfig()
-    return {"probes": [ParamNorms(), OutputStats(), GNTrace(x, y, size=cfg.gn_size, groups=cfg.gn_groups),
-                       HessianTrace(x, y, size=cfg.hessian_size, num_probes=cfg.hessian_probes),
-                       Sharpness(x, y, size=cfg.sharpness_size, iters=cfg.sharpness_iters)]}
+    return {
+        "probes": [
+            ParamNorms(),
+            OutputStats(),
+            GNTrace(x, y, size=cfg.gn_size, groups=cfg.gn_groups),
+            HessianTrace(x, y, size=cfg.hessian_size, num_probes=cfg.hessian_probes),
+            Sharpness(x, y, size=cfg.sharpness_size, iters=cfg.sharpness_iters),
+        ]
+    }
 
 
 def main() -> None:
@@ -131,22 +146,31 @@ def main() -> None:
     parser.add_argument("--cases", default="cheap,defaults,small,everything", help="comma-separated subset")
     args = parser.parse_args()
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; SmallCNN (3 conv layers), Adam, "
-          f"probe batch of one training batch; 1x28x28 inputs, batch {args.batch} (small: 1x8x8, batch 64); "
-          f"blocks of {args.block} steps")
-    print(f"{'case':<24}{'device':<8}{'steps':>7}{'ratio':>8}{'p10':>8}{'p90':>8}{'bare ms':>10}{'monitored ms':>14}"
-          f"{'curvature':>11}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; SmallCNN (3 conv layers), Adam, "
+        f"probe batch of one training batch; 1x28x28 inputs, batch {args.batch} (small: 1x8x8, batch 64); "
+        f"blocks of {args.block} steps"
+    )
+    print(
+        f"{'case':<24}{'device':<8}{'steps':>7}{'ratio':>8}{'p10':>8}{'p90':>8}{'bare ms':>10}{'monitored ms':>14}"
+        f"{'curvature':>11}"
+    )
     for device in map(torch.device, devices):
         # name, probes, steps, steps per block, batch, input side
-        cases = {"cheap": ("cheap probes", cheap, args.cheap_steps, args.block, args.batch, 28),
-                 "defaults": ("defaults, whole run", defaults, args.steps, args.block, args.batch, 28),
-                 "small": ("defaults, small steps", defaults, args.small_steps, 10, 64, 8),
-                 "everything": ("everything every step", everything, args.every_steps, 1, args.batch, 28)}
+        cases = {
+            "cheap": ("cheap probes", cheap, args.cheap_steps, args.block, args.batch, 28),
+            "defaults": ("defaults, whole run", defaults, args.steps, args.block, args.batch, 28),
+            "small": ("defaults, small steps", defaults, args.small_steps, 10, 64, 8),
+            "everything": ("everything every step", everything, args.every_steps, 1, args.batch, 28),
+        }
         for key in args.cases.split(","):
             name, probes_for, steps, block, batch, side = cases[key]
             r = measure(name, device, steps, block, batch, side, probes_for)
-            print(f"{r['case']:<24}{r['device']:<8}{r['steps']:>7}{r['ratio']:>8.3f}{r['p10']:>8.3f}{r['p90']:>8.3f}"
-                  f"{r['bare_ms']:>10.2f}{r['monitored_ms']:>14.2f}{r['curvature']:>10.1%}", flush=True)
+            print(
+                f"{r['case']:<24}{r['device']:<8}{r['steps']:>7}{r['ratio']:>8.3f}{r['p10']:>8.3f}{r['p90']:>8.3f}"
+                f"{r['bare_ms']:>10.2f}{r['monitored_ms']:>14.2f}{r['curvature']:>10.1%}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Then it writes the same scalars of one run with ``torch.utils.tensorboard`` and 
 TensorBoard's own ``EventAccumulator``, against ``RunStore.series`` at full fidelity, and prints
 the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,30 @@ from lawn_monitor.schema import SCHEMA
 from lawn_monitor.sink import ParquetSink
 from lawn_monitor.store import RunStore
 
-SCALARS = ["train/loss", "train/acc", "lr", "phase", "logit_norm", "max_prob", "flat_frac", "step_time",
-           "samples_per_s", "weight_norm", "grad_norm", "update_ratio"]
-LAYER_METRICS = ["weight_norm", "grad_norm", "update_norm", "update_ratio", "grad_weight_cos", "gn_trace",
-                 "gn_trace_se", "hessian_trace"]
+SCALARS = [
+    "train/loss",
+    "train/acc",
+    "lr",
+    "phase",
+    "logit_norm",
+    "max_prob",
+    "flat_frac",
+    "step_time",
+    "samples_per_s",
+    "weight_norm",
+    "grad_norm",
+    "update_ratio",
+]
+LAYER_METRICS = [
+    "weight_norm",
+    "grad_norm",
+    "update_norm",
+    "update_ratio",
+    "grad_weight_cos",
+    "gn_trace",
+    "gn_trace_se",
+    "hessian_trace",
+]
 
 
 class RunShape:
@@ -60,11 +81,23 @@ class RunShape:
     def table(self, run_id: pa.Array, start: int, rng: np.random.Generator, t0: float) -> pa.Table:
         step = np.concatenate([self.scalar_step, self.layer_step]) + start
         value = np.exp(-step / 5000.0) * (1 + 0.1 * rng.standard_normal(self.n))
-        return pa.table([run_id, pa.array(step), pa.array(step / 200.0), pa.array(t0 + step * 0.05),
-                         self.layer, self.metric, pa.array(value)], schema=SCHEMA)
+        return pa.table(
+            [
+                run_id,
+                pa.array(step),
+                pa.array(step / 200.0),
+                pa.array(t0 + step * 0.05),
+                self.layer,
+                self.metric,
+                pa.array(value),
+            ],
+            schema=SCHEMA,
+        )
 
 
-def build(root: Path, runs: int, layers: int, steps: int, layer_every: int, steps_per_flush: int) -> tuple[int, float, float]:
+def build(
+    root: Path, runs: int, layers: int, steps: int, layer_every: int, steps_per_flush: int
+) -> tuple[int, float, float]:
     """Write the store; returns (rows, seconds inside sink.write, seconds from open to close)."""
     shape = RunShape(layers, steps_per_flush, layer_every)
     rng = np.random.default_rng(0)
@@ -76,12 +109,20 @@ def build(root: Path, runs: int, layers: int, steps: int, layer_every: int, step
         batch = batch_sizes[(r // 4) % len(batch_sizes)]
         seed = r // (4 * len(batch_sizes))
         run_id = f"bench-{r:04d}-{opt}{'-lawn' if lawn else ''}-b{batch}-s{seed}"
-        config = {"dataset": "cifar10", "model": "vgg19", "optimizer": opt, "lawn": lawn, "batch_size": batch,
-                  "seed": seed, "epochs": steps // 200}
+        config = {
+            "dataset": "cifar10",
+            "model": "vgg19",
+            "optimizer": opt,
+            "lawn": lawn,
+            "batch_size": batch,
+            "seed": seed,
+            "epochs": steps // 200,
+        }
         t0 = time.time()
         start = time.perf_counter()
-        sink = ParquetSink(root, run_id, {"name": run_id, "config": config, "total_steps": steps,
-                                          "layers": shape.layers})
+        sink = ParquetSink(
+            root, run_id, {"name": run_id, "config": config, "total_steps": steps, "layers": shape.layers}
+        )
         run_col = pa.array([run_id] * shape.n, pa.string())
         acc_run = pa.array([run_id], pa.string())
         for first in range(0, steps, steps_per_flush):
@@ -91,9 +132,20 @@ def build(root: Path, runs: int, layers: int, steps: int, layer_every: int, step
             writing += time.perf_counter() - w
             if (first + steps_per_flush) % 200 == 0:  # an epoch: test accuracy
                 s = first + steps_per_flush - 1
-                sink.write(pa.table([acc_run, pa.array([s]), pa.array([s / 200.0]), pa.array([t0 + s * 0.05]),
-                                     pa.array([""]), pa.array(["test/acc"]),
-                                     pa.array([0.9 + 0.05 * rng.random()])], schema=SCHEMA))
+                sink.write(
+                    pa.table(
+                        [
+                            acc_run,
+                            pa.array([s]),
+                            pa.array([s / 200.0]),
+                            pa.array([t0 + s * 0.05]),
+                            pa.array([""]),
+                            pa.array(["test/acc"]),
+                            pa.array([0.9 + 0.05 * rng.random()]),
+                        ],
+                        schema=SCHEMA,
+                    )
+                )
             rows += shape.n
         sink.close("finished", step=steps)
         busy += time.perf_counter() - start
@@ -140,8 +192,10 @@ def tensorboard_ratio(store: RunStore, run_id: str, tmp: Path) -> None:
     t_tb = min(timed(load_tb, 2)[1:])
     t_ours = min(timed(load_ours, 2)[1:])
     assert load_tb() == load_ours() == n
-    print(f"one run's {len(SCALARS)} scalars ({n:,} points, full fidelity): TensorBoard EventAccumulator "
-          f"{t_tb:.0f} ms, RunStore (fresh store each time) {t_ours:.0f} ms: {t_tb / t_ours:.1f}x faster")
+    print(
+        f"one run's {len(SCALARS)} scalars ({n:,} points, full fidelity): TensorBoard EventAccumulator "
+        f"{t_tb:.0f} ms, RunStore (fresh store each time) {t_ours:.0f} ms: {t_tb / t_ours:.1f}x faster"
+    )
 
 
 def main() -> None:
@@ -160,18 +214,24 @@ def main() -> None:
     root = args.store or tmp / "store"
     try:
         if not args.skip_build:
-            print(f"building {args.runs} runs x {args.layers} layers x {len(LAYER_METRICS)} per-layer metrics "
-                  f"(every {args.layer_every} steps) + {len(SCALARS)} scalars x {args.steps} steps "
-                  f"in {root}, {args.steps_per_flush} steps per flush", flush=True)
-            rows, writing, busy = build(root, args.runs, args.layers, args.steps, args.layer_every,
-                                        args.steps_per_flush)
+            print(
+                f"building {args.runs} runs x {args.layers} layers x {len(LAYER_METRICS)} per-layer metrics "
+                f"(every {args.layer_every} steps) + {len(SCALARS)} scalars x {args.steps} steps "
+                f"in {root}, {args.steps_per_flush} steps per flush",
+                flush=True,
+            )
+            rows, writing, busy = build(
+                root, args.runs, args.layers, args.steps, args.layer_every, args.steps_per_flush
+            )
             size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
             files = len(list(root.rglob("*.parquet")))
-            print(f"sink: {rows:,} rows; the writer waits {writing:.1f} s in write() = "
-                  f"{rows / writing / 1e6:.2f}M rows/s; open to close (live compaction in its thread, "
-                  f"final merge) {busy:.1f} s = {rows / busy / 1e6:.2f}M rows/s; {size / 1e9:.2f} GB in "
-                  f"{files} files; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
-                  flush=True)
+            print(
+                f"sink: {rows:,} rows; the writer waits {writing:.1f} s in write() = "
+                f"{rows / writing / 1e6:.2f}M rows/s; open to close (live compaction in its thread, "
+                f"final merge) {busy:.1f} s = {rows / busy / 1e6:.2f}M rows/s; {size / 1e9:.2f} GB in "
+                f"{files} files; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
+                flush=True,
+            )
         store = RunStore(root)
         runs = store.runs()
         total = store._query("SELECT count(*) AS n FROM read_parquet(?)", [], None, ["n"])["n"].iloc[0]
@@ -192,7 +252,7 @@ def main() -> None:
             warm = RunStore(root)
             fn(warm)
             cold = (time.perf_counter() - t) * 1000
-            _, p50, p95 = timed(lambda: fn(warm), args.repeat)
+            _, p50, p95 = timed(lambda fn=fn, warm=warm: fn(warm), args.repeat)
             print(f"{name:28s} {cold:8.1f} {p50:8.1f} {p95:8.1f}", flush=True)
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
         tensorboard_ratio(store, ten[0], tmp)

@@ -19,6 +19,7 @@ Counted per run, and printed summed over runs:
 * lost: confirmed flushes missing (only the flush being written when the writer died may be
   absent or present: that is the last flush interval; "unconfirmed kept" counts those present).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,9 +53,14 @@ def start(root: Path, run_id: str, flushes: int, resume_from: int | None) -> tup
     args = [sys.executable, str(WRITER), str(root), run_id, str(flushes), "0.002"]
     if resume_from is not None:
         args.append(str(resume_from))
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "STORE_WRITER_ANNOUNCE": "1",
-                                 "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "STORE_WRITER_ANNOUNCE": "1", "PYTHONWARNINGS": "ignore"},
+    )
     lines: queue.Queue = queue.Queue()
 
     def pump() -> None:
@@ -99,8 +105,15 @@ def confirmed(seen: list[str]) -> int:
 def check(root: Path, runs: dict[str, int]) -> dict[str, int]:
     """Sum over runs of unreadable files, duplicate rows, gaps and lost flushes."""
     store = RunStore(root, stale_after=0.0)
-    totals = {"unreadable": 0, "quarantined": 0, "duplicates": 0, "partial": 0, "gaps": 0, "lost": 0,
-              "unconfirmed kept": 0}
+    totals = {
+        "unreadable": 0,
+        "quarantined": 0,
+        "duplicates": 0,
+        "partial": 0,
+        "gaps": 0,
+        "lost": 0,
+        "unconfirmed kept": 0,
+    }
     for run_id, last in runs.items():
         folder = root / run_id / "metrics"
         names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
@@ -113,8 +126,9 @@ def check(root: Path, runs: dict[str, int]) -> dict[str, int]:
                 totals["unreadable"] += 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rows = store._query("SELECT step, layer, metric FROM read_parquet(?)", [], [run_id],
-                                ["step", "layer", "metric"])
+            rows = store._query(
+                "SELECT step, layer, metric FROM read_parquet(?)", [], [run_id], ["step", "layer", "metric"]
+            )
         totals["duplicates"] += int(len(rows) - len(rows.drop_duplicates()))
         per_flush = rows.drop_duplicates().groupby(rows["step"] // STEPS_PER_FLUSH).size()
         totals["partial"] += int((per_flush != ROWS_PER_FLUSH).sum())
@@ -182,12 +196,16 @@ def main() -> int:
         merged, skipped = compact_store(Location(root), sorted(runs))
     after = check(root, runs)
     total = sum(kills.values())
-    print(f"{total} SIGKILLs ({', '.join(f'{n} {p}' for p, n in kills.items())}); {finished} writers finished "
-          f"before their kill; {refused} refused to start; {len(runs)} runs; {time.monotonic() - started:.0f} s")
+    print(
+        f"{total} SIGKILLs ({', '.join(f'{n} {p}' for p, n in kills.items())}); {finished} writers finished "
+        f"before their kill; {refused} refused to start; {len(runs)} runs; {time.monotonic() - started:.0f} s"
+    )
     for label, totals in (("after the kills", before), ("after compact", after)):
         print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
-    print(f"compact: {sum(merged.values())} files merged in {len(merged)} runs, {len(skipped)} skipped, "
-          f"{sum('taking over the lock' in str(w.message) for w in taken)} stale locks taken over; store in {root}")
+    print(
+        f"compact: {sum(merged.values())} files merged in {len(merged)} runs, {len(skipped)} skipped, "
+        f"{sum('taking over the lock' in str(w.message) for w in taken)} stale locks taken over; store in {root}"
+    )
     bad = any(totals[k] for totals in (before, after) for k in ("unreadable", "duplicates", "partial", "gaps", "lost"))
     return 1 if bad else 0
 

@@ -11,6 +11,7 @@ flushes. "Bare" is the loop anyone would write: forward, loss, backward, step, n
 Throughput counts from the end of step 1 to the end of the last step, so start-up (data, model,
 first-step compilation) is out of both. The pair runs ``--repeat`` times, alternating.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,14 +33,27 @@ from trainers.train import autocast, train
 
 def ours(args, device: str) -> float:
     with tempfile.TemporaryDirectory() as root:
-        result = train(TrainConfig(dataset="synthetic", model=args.model, optimizer="adam", lawn=True,
-                                   free_epochs=1.0, epochs=args.epochs, batch_size=args.batch_size, device=device,
-                                   amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                                   root=root, progress=False))
+        result = train(
+            TrainConfig(
+                dataset="synthetic",
+                model=args.model,
+                optimizer="adam",
+                lawn=True,
+                free_epochs=1.0,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                device=device,
+                amp=args.amp,
+                channels_last=args.channels_last,
+                compile=args.compile,
+                root=root,
+                progress=False,
+            )
+        )
         files = RunStore(root).files([result.run_id])
         first, last, steps = duckdb.sql(
-            f"SELECT min(wall_time), max(wall_time), max(step) FROM read_parquet({files!r}) "
-            "WHERE metric = 'train/loss'").fetchall()[0]
+            f"SELECT min(wall_time), max(wall_time), max(step) FROM read_parquet({files!r}) WHERE metric = 'train/loss'"
+        ).fetchall()[0]
     return (steps - 1) * args.batch_size / (last - first)
 
 
@@ -93,8 +107,10 @@ def main() -> None:
         pairs = [(bare(args, device), ours(args, device)) for _ in range(args.repeat)]
         b, o = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
         flags = f"amp={args.amp} channels_last={args.channels_last} compile={args.compile}"
-        print(f"{device:>5} {args.model} batch {args.batch_size} ({flags}): bare {b:,.0f} img/s, "
-              f"ours {o:,.0f} img/s, ours/bare {o / b:.2f}  (median of {args.repeat})")
+        print(
+            f"{device:>5} {args.model} batch {args.batch_size} ({flags}): bare {b:,.0f} img/s, "
+            f"ours {o:,.0f} img/s, ours/bare {o / b:.2f}  (median of {args.repeat})"
+        )
 
 
 if __name__ == "__main__":

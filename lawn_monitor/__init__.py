@@ -3,6 +3,7 @@
 ``LAWN``, ``Monitor`` and ``RunStore`` are imported on first use, so that the read side (the
 dashboard, ``RunStore``, the sink in a writer process) starts without importing torch.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -14,6 +14,7 @@
 ``train`` and ``sweep`` come from the trainers (the ``trainers`` extra), which register them as
 entry points of the group ``lawn_monitor.commands``: this package never imports its trainers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ import pandas as pd
 
 from .schema import READ_STATUSES
 
-USAGE = ("usage: lawn-monitor {train,sweep,runs,compare,compact,import,export,dashboard} ... "
-         "(lawn-monitor COMMAND --help for its options)")
+USAGE = (
+    "usage: lawn-monitor {train,sweep,runs,compare,compact,import,export,dashboard} ... "
+    "(lawn-monitor COMMAND --help for its options)"
+)
 PLUGINS = "lawn_monitor.commands"  # entry-point group of commands other packages add (the trainers' train, sweep)
 
 
@@ -71,7 +74,11 @@ def runs(argv: list[str]) -> int:
     if df.empty:
         print(f"no runs in {store.root}: start one with `lawn-monitor train --dataset digits --model cnn`")
         return 0
-    cols = [c for c in ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"] if c in df.columns]
+    cols = [
+        c
+        for c in ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"]
+        if c in df.columns
+    ]
     if df["damage"].notna().any():
         cols.append("damage")
     df = df[cols].copy()
@@ -86,15 +93,20 @@ def runs(argv: list[str]) -> int:
 
 
 def compare(argv: list[str]) -> int:
-    parser = OneLineParser(prog="lawn-monitor compare",
-                     description="Group finished runs by config keys: mean, std, count of a metric's final or best value.")
+    parser = OneLineParser(
+        prog="lawn-monitor compare",
+        description="Group finished runs by config keys: mean, std, count of a metric's final or best value.",
+    )
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
     parser.add_argument("--metric", default="test/acc")
     parser.add_argument("--by", default="optimizer,lawn,batch_size", help="comma-separated config keys")
     parser.add_argument("--reduce", choices=("final", "best", "min"), default="final")
-    parser.add_argument("--table2", action="store_true",
-                        help="the paper's Table 2 layout (test accuracy by method and batch size, per dataset, "
-                             "with the paper's numbers beside ours), as markdown")
+    parser.add_argument(
+        "--table2",
+        action="store_true",
+        help="the paper's Table 2 layout (test accuracy by method and batch size, per dataset, "
+        "with the paper's numbers beside ours), as markdown",
+    )
     args = parser.parse_args(argv)
     store = _store(args.root)
     if store is None:
@@ -122,10 +134,12 @@ def compare(argv: list[str]) -> int:
 
 
 def compact(argv: list[str]) -> int:
-    parser = OneLineParser(prog="lawn-monitor compact",
-                     description="Merge each ended run's Parquet files into one sorted file (faster queries). "
-                                 "A run whose lock a live process holds (its writer, a resume, another compact) "
-                                 "is left alone; a live writer compacts as it goes.")
+    parser = OneLineParser(
+        prog="lawn-monitor compact",
+        description="Merge each ended run's Parquet files into one sorted file (faster queries). "
+        "A run whose lock a live process holds (its writer, a resume, another compact) "
+        "is left alone; a live writer compacts as it goes.",
+    )
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
     args = parser.parse_args(argv)
     store = _store(args.root)
@@ -140,36 +154,61 @@ def compact(argv: list[str]) -> int:
     files = sum(merged.values())
     for reason in skipped.values():
         print(f"skipped: {reason}")
-    print(f"compacted {sum(1 for n in merged.values() if n)} of {len(ended)} ended runs ({files} files merged); "
-          f"left {len(runs) - len(ended) + len(skipped)} runs to the processes writing them")
+    print(
+        f"compacted {sum(1 for n in merged.values() if n)} of {len(ended)} ended runs ({files} files merged); "
+        f"left {len(runs) - len(ended) + len(skipped)} runs to the processes writing them"
+    )
     return 0
 
 
 def dashboard(argv: list[str]) -> int:
-    parser = OneLineParser(prog="lawn-monitor dashboard",
-                     description="Serve the dashboard (Streamlit) on this machine. It has no login: it listens on "
-                                 "127.0.0.1 unless --host says otherwise. Other arguments go to `streamlit run`.")
+    parser = OneLineParser(
+        prog="lawn-monitor dashboard",
+        description="Serve the dashboard (Streamlit) on this machine. It has no login: it listens on "
+        "127.0.0.1 unless --host says otherwise. Other arguments go to `streamlit run`.",
+    )
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
-    parser.add_argument("--allow-root", action="append", default=[], metavar="ROOT",
-                        help="another store root the sidebar offers (repeatable); a link can name no other")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on; 0.0.0.0 exposes it to the network, with no login")
+    parser.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="ROOT",
+        help="another store root the sidebar offers (repeatable); a link can name no other",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes it to the network, with no login"
+    )
     parser.add_argument("--port", type=int, default=8501)
     args, streamlit_args = parser.parse_known_args(argv)
     for needed in ("streamlit", "altair"):
         if find_spec(needed) is None:
-            print(f"lawn-monitor dashboard: error: {needed} is missing: pip install 'lawn-monitor[dashboard]'",
-                  file=sys.stderr)
+            print(
+                f"lawn-monitor dashboard: error: {needed} is missing: pip install 'lawn-monitor[dashboard]'",
+                file=sys.stderr,
+            )
             return 2
     if args.root:
         os.environ["LAWN_MONITOR_ROOT"] = args.root
     if args.allow_root:
         os.environ["LAWN_MONITOR_ALLOWED_ROOTS"] = ",".join(args.allow_root)
     script = Path(__file__).resolve().parent / "dashboard" / "streamlit_app.py"  # run by path, not imported
-    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
-               "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
-               # A failing page shows a short message; the traceback, with its server paths, goes to the log.
-               "--client.showErrorDetails", "none", *streamlit_args]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.address",
+        args.host,
+        "--server.port",
+        str(args.port),
+        "--browser.gatherUsageStats",
+        "false",
+        # A failing page shows a short message; the traceback, with its server paths, goes to the log.
+        "--client.showErrorDetails",
+        "none",
+        *streamlit_args,
+    ]
     os.execv(sys.executable, command)  # Streamlit in this process: Ctrl-C and exit status are its own
 
 
@@ -181,10 +220,14 @@ def _plugin(command: str):
         except ImportError as e:
             sys.exit(f"lawn-monitor {command}: error: {e.name or e} is missing: pip install 'lawn-monitor[trainers]'")
     return None
+
+
 def import_(argv: list[str]) -> int:
-    parser = OneLineParser(prog="lawn-monitor import",
-                     description="Import another tracker's logs as finished runs. Every folder under LOGDIR that "
-                                 "holds TensorBoard event files becomes one run; importing it again skips it.")
+    parser = OneLineParser(
+        prog="lawn-monitor import",
+        description="Import another tracker's logs as finished runs. Every folder under LOGDIR that "
+        "holds TensorBoard event files becomes one run; importing it again skips it.",
+    )
     parser.add_argument("source", choices=("tensorboard",), help="the format of LOGDIR")
     parser.add_argument("logdir", metavar="LOGDIR", help="the folder you give `tensorboard --logdir`")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
@@ -205,9 +248,11 @@ def import_(argv: list[str]) -> int:
 
 
 def export(argv: list[str]) -> int:
-    parser = OneLineParser(prog="lawn-monitor export",
-                     description="Write runs as another tracker's logs: TensorBoard event files in DIR/<run_id>/, "
-                                 "whole-model scalars with their steps and wall times.")
+    parser = OneLineParser(
+        prog="lawn-monitor export",
+        description="Write runs as another tracker's logs: TensorBoard event files in DIR/<run_id>/, "
+        "whole-model scalars with their steps and wall times.",
+    )
     parser.add_argument("--to", required=True, choices=("tensorboard",), help="the format to write")
     parser.add_argument("dir", metavar="DIR", help="output folder (point `tensorboard --logdir` at it)")
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to export (default: all)")
@@ -247,8 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     if plugin is not None:
         return plugin(rest)
     if command in ("train", "sweep"):
-        print(f"lawn-monitor: error: {command!r} comes with the trainers: pip install 'lawn-monitor[trainers]'",
-              file=sys.stderr)
+        print(
+            f"lawn-monitor: error: {command!r} comes with the trainers: pip install 'lawn-monitor[trainers]'",
+            file=sys.stderr,
+        )
         return 2
     if command == "import":
         return import_(rest)

@@ -26,10 +26,11 @@ warning and the rest are merged: readers skip such names (they list only ``*.par
 file stays for a person to look at. Only the holder of the run's lock compacts it (lock.py): its
 writer, or ``lawn-monitor compact`` for a run that no live process holds.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -53,8 +54,9 @@ class Unreadable(Exception):
 
 
 TEXT = ["run_id", "layer", "metric"]
-DICT_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in TEXT else f
-                         for f in SCHEMA])
+DICT_SCHEMA = pa.schema(
+    [pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in TEXT else f for f in SCHEMA]
+)
 
 
 def _read(loc: Location, rel: str) -> pa.Table:
@@ -72,8 +74,11 @@ def _read(loc: Location, rel: str) -> pa.Table:
 
 def _ranks(column: pa.ChunkedArray) -> np.ndarray:
     """Integer codes for a (dictionary) text column whose order is the strings' order."""
-    encoded = column.combine_chunks() if pa.types.is_dictionary(column.type) else \
-        pc.dictionary_encode(column).combine_chunks()
+    encoded = (
+        column.combine_chunks()
+        if pa.types.is_dictionary(column.type)
+        else pc.dictionary_encode(column).combine_chunks()
+    )
     order = pc.sort_indices(encoded.dictionary).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
@@ -139,8 +144,8 @@ def plan(live: list[Segment]) -> list[Segment]:
     """
     levels = [level(s) for s in live]
     for start in range(len(live) - FANOUT + 1):
-        if len(set(levels[start:start + FANOUT])) == 1:
-            return live[start:start + FANOUT]
+        if len(set(levels[start : start + FANOUT])) == 1:
+            return live[start : start + FANOUT]
     return []
 
 
@@ -151,8 +156,11 @@ def quarantine(loc: Location, run_id: str, name: str, reason: str) -> None:
         loc.rename(f"{folder}/{name}", f"{folder}/{name}.corrupt")
     except FileNotFoundError:
         return
-    warnings.warn(f"{loc.url}/{folder}/{name} is not a readable Parquet file ({reason}): "
-                  f"renamed {name}.corrupt, the other files merged", stacklevel=3)
+    warnings.warn(
+        f"{loc.url}/{folder}/{name} is not a readable Parquet file ({reason}): "
+        f"renamed {name}.corrupt, the other files merged",
+        stacklevel=3,
+    )
 
 
 def _whole(loc: Location, rel: str, size: int) -> bool:
@@ -163,8 +171,13 @@ def _whole(loc: Location, rel: str, size: int) -> bool:
     return head == b"PAR1" and tail == b"PAR1"
 
 
-def compact_run(loc: Location, run_id: str, final: bool = False, cache: dict[str, pa.Table] | None = None,
-                on_merge: Callable[[int], None] | None = None) -> int:
+def compact_run(
+    loc: Location,
+    run_id: str,
+    final: bool = False,
+    cache: dict[str, pa.Table] | None = None,
+    on_merge: Callable[[int], None] | None = None,
+) -> int:
     """Merge this run's segments as the policy above says; returns the number of files merged.
 
     Only the holder of the run's lock may call this: two compactors on one run could write
@@ -214,8 +227,9 @@ def compact_run(loc: Location, run_id: str, final: bool = False, cache: dict[str
             live.sort(key=lambda s: s.lo)
 
 
-def compact_store(loc: Location, run_ids: list[str],
-                  lock_timeout: float = LOCK_TIMEOUT) -> tuple[dict[str, int], dict[str, str]]:
+def compact_store(
+    loc: Location, run_ids: list[str], lock_timeout: float = LOCK_TIMEOUT
+) -> tuple[dict[str, int], dict[str, str]]:
     """``lawn-monitor compact``: merge each given run into one file and remove the temp files
     that killed writers left, holding the run's lock meanwhile. A run whose lock a live process
     holds (its writer, a resume, another compact) is left alone.

@@ -32,11 +32,12 @@ The model's output goes through ``logits_fn`` (default ``outputs.logits_of``: a 
 Face ``ModelOutput``, a dict with ``"logits"``). Sequence logits (B, T, V) count each position as
 a sample; positions whose target is -100 are left out (``mask``, ``F.cross_entropy``'s default).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -101,8 +102,14 @@ def output_shape(model: nn.Module, inputs: Tensor, logits_fn: LogitsFn | None = 
         return tuple(_logits(functional_call(model, (params, buffers), (inputs[:1],)), logits_fn).shape[1:])
 
 
-def gn_trace_groups(model: nn.Module, names: list[str], inputs: Tensor, signs: Tensor,
-                    logits_fn: LogitsFn | None = None, mask: Tensor | None = None) -> Tensor:
+def gn_trace_groups(
+    model: nn.Module,
+    names: list[str],
+    inputs: Tensor,
+    signs: Tensor,
+    logits_fn: LogitsFn | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
     """Each group's estimate of each layer's Gauss-Newton trace of softmax cross-entropy: (K, L).
 
     ``inputs`` (K * m samples, or more: the rest is left out) are split into K groups of m;
@@ -136,7 +143,11 @@ def gn_trace_groups(model: nn.Module, names: list[str], inputs: Tensor, signs: T
 
 
 def loss_and_grads(
-    model: nn.Module, names: list[str], inputs: Tensor, targets: Tensor, loss_fn: LossFn,
+    model: nn.Module,
+    names: list[str],
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: LossFn,
     logits_fn: LogitsFn | None = None,
 ) -> tuple[list[Tensor], tuple[Tensor, ...]]:
     """Leaves and their gradients with a graph kept for Hessian-vector products. Sequence logits
@@ -160,8 +171,9 @@ def hvp_fn(leaves: list[Tensor], grads: tuple[Tensor, ...]) -> Callable[[list[Te
     return hvp
 
 
-def rademacher(shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
-               dtype: torch.dtype = torch.float32) -> Tensor:
+def rademacher(
+    shape: tuple[int, ...], generator: torch.Generator, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Independent random signs (+1 or -1, each with probability 1/2)."""
     return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype).mul_(2).sub_(1)
 

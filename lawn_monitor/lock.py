@@ -17,6 +17,7 @@ file rewritten for ``timeout`` seconds (its holder died on another machine). Age
 the storage's modification time on the reader's clock, never from the time the holder wrote into
 the file, so a holder whose clock is off cannot make its lock look fresh or stale.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,8 +108,14 @@ class RunLock:
         heartbeat_secs: how often the holder rewrites it (default ``HEARTBEAT_SECS``).
     """
 
-    def __init__(self, loc: Location, run_id: str, purpose: str = "write", timeout: float = LOCK_TIMEOUT,
-                 heartbeat_secs: float | None = None) -> None:
+    def __init__(
+        self,
+        loc: Location,
+        run_id: str,
+        purpose: str = "write",
+        timeout: float = LOCK_TIMEOUT,
+        heartbeat_secs: float | None = None,
+    ) -> None:
         heartbeat_secs = HEARTBEAT_SECS if heartbeat_secs is None else heartbeat_secs
         if heartbeat_secs * 2 >= timeout:
             raise ValueError(f"lock timeout ({timeout} s) must be more than twice the heartbeat ({heartbeat_secs} s)")
@@ -123,12 +130,20 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def _record(self) -> bytes:
-        return json.dumps({
-            "host": socket.gethostname(), "pid": os.getpid(), "pid_ns": _pid_namespace(), "token": self.token,
-            "purpose": self.purpose, "started_at": self.started_at, "beat": self.beat, "heartbeat_at": now_iso(),
-        }).encode()
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "pid_ns": _pid_namespace(),
+                "token": self.token,
+                "purpose": self.purpose,
+                "started_at": self.started_at,
+                "beat": self.beat,
+                "heartbeat_at": now_iso(),
+            }
+        ).encode()
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock, or raise :class:`RunLockedError` naming its live holder."""
         self.loc.makedirs(self.run_id)
         for _ in range(50):
@@ -145,8 +160,10 @@ class RunLock:
             reason = stale_reason(record, modified, self.timeout)
             if reason is None:
                 doing = "compacted" if record.get("purpose") == "compact" else "written"
-                raise RunLockedError(f"run {self.run_id} is being {doing} by {describe(record)}; "
-                                     f"wait for it to end, or pass another run id")
+                raise RunLockedError(
+                    f"run {self.run_id} is being {doing} by {describe(record)}; "
+                    f"wait for it to end, or pass another run id"
+                )
             warnings.warn(f"run {self.run_id}: taking over the lock of {describe(record)}: {reason}", stacklevel=3)
             self._remove_stale(record)
         raise RunLockedError(f"run {self.run_id}: its lock kept changing hands; try again")
@@ -184,9 +201,11 @@ class RunLock:
         """Rewrite the lock with the next beat, after checking it is still ours."""
         record, _ = read_lock(self.loc, self.run_id)
         if record is None or record.get("token") != self.token:
-            self.lost = (f"run {self.run_id}: this process lost its lock to "
-                         f"{describe(record) if record else 'nobody (the lock file was removed)'}; "
-                         f"another process may be writing the run")
+            self.lost = (
+                f"run {self.run_id}: this process lost its lock to "
+                f"{describe(record) if record else 'nobody (the lock file was removed)'}; "
+                f"another process may be writing the run"
+            )
             return
         self.beat += 1
         self.loc.write_atomic(self.rel, self._record(), durable=False)
@@ -206,7 +225,7 @@ class RunLock:
         if record is not None and record.get("token") == self.token:
             self.loc.remove(self.rel)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -6,6 +6,7 @@ axis titles and its metric descriptions.
 ``tests/test_metrics.py`` checks that the README carries exactly this table, so the two cannot
 drift apart.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,58 +28,180 @@ class Metric:
 
 
 METRICS: list[Metric] = [
-    Metric("train/loss", WHOLE, "mean cross-entropy of the training batch; falls toward zero as the loss flattens",
-           "train loss (nats)", log=True),
-    Metric("train/acc", WHOLE, "share of the training batch classified correctly", "train accuracy (%)",
-           percent=True),
-    Metric("test/loss", WHOLE, "mean cross-entropy over the whole evaluation set", "test loss (nats)", log=True, smooth=False),
-    Metric("test/acc", WHOLE, "top-1 accuracy over the whole evaluation set: the number in the paper's tables",
-           "test accuracy (%)", percent=True, smooth=False),
-    Metric("test/acc5", WHOLE, "top-5 accuracy over the evaluation set (more than 10 classes)",
-           "test top-5 accuracy (%)", percent=True, smooth=False),
-    Metric("lr", WHOLE, "learning rate of the first param group: the schedule (LAWN: free, warm-up, decay)",
-           "learning rate", smooth=False),
-    Metric("phase", WHOLE, "LAWN phase: 0 free, 1 constrained (always 0 without LAWN)", "phase (1: constrained)", smooth=False),
-    Metric("weight_norm", EACH, "L2 norm of the weights; grows without LAWN, frozen by LAWN after the switch",
-           "weight norm (L2)"),
-    Metric("weight_growth", EACH, "weight norm / its value at the first step: keeps rising without LAWN, "
-           "constant after LAWN's switch", "weight growth (x first step)"),
-    Metric("grad_norm", EACH, "L2 norm of the gradient; collapses as the loss flattens", "gradient norm (L2)",
-           log=True),
-    Metric("update_norm", EACH, "L2 norm of the step actually taken (after LAWN's rescaling and weight decay)",
-           "update norm (L2)", log=True),
-    Metric("update_ratio", EACH, "update norm / weight norm: how far a step moves the weights relative to their "
-           "size (adaptivity), LR schedule included", "update / weight norm", log=True),
-    Metric("update_ratio_per_lr", EACH, "update ratio / learning rate: adaptivity with the LR schedule divided "
-           "out; falls as weights grow, holds under LAWN", "update ratio per unit LR", log=True),
-    Metric("effective_lr", "each parameter that feeds a normalization layer", "lr / weight norm^2 of a "
-           "scale-invariant weight (conv or linear right before BatchNorm/LayerNorm/GroupNorm): the step its "
-           "direction sees; shrinks as such weights grow", "lr / |w|²", log=True),
-    Metric("grad_weight_cos", EACH, "cosine between gradient and weights: the radial share of the gradient",
-           "cosine(gradient, weights)"),
+    Metric(
+        "train/loss",
+        WHOLE,
+        "mean cross-entropy of the training batch; falls toward zero as the loss flattens",
+        "train loss (nats)",
+        log=True,
+    ),
+    Metric("train/acc", WHOLE, "share of the training batch classified correctly", "train accuracy (%)", percent=True),
+    Metric(
+        "test/loss",
+        WHOLE,
+        "mean cross-entropy over the whole evaluation set",
+        "test loss (nats)",
+        log=True,
+        smooth=False,
+    ),
+    Metric(
+        "test/acc",
+        WHOLE,
+        "top-1 accuracy over the whole evaluation set: the number in the paper's tables",
+        "test accuracy (%)",
+        percent=True,
+        smooth=False,
+    ),
+    Metric(
+        "test/acc5",
+        WHOLE,
+        "top-5 accuracy over the evaluation set (more than 10 classes)",
+        "test top-5 accuracy (%)",
+        percent=True,
+        smooth=False,
+    ),
+    Metric(
+        "lr",
+        WHOLE,
+        "learning rate of the first param group: the schedule (LAWN: free, warm-up, decay)",
+        "learning rate",
+        smooth=False,
+    ),
+    Metric(
+        "phase",
+        WHOLE,
+        "LAWN phase: 0 free, 1 constrained (always 0 without LAWN)",
+        "phase (1: constrained)",
+        smooth=False,
+    ),
+    Metric(
+        "weight_norm",
+        EACH,
+        "L2 norm of the weights; grows without LAWN, frozen by LAWN after the switch",
+        "weight norm (L2)",
+    ),
+    Metric(
+        "weight_growth",
+        EACH,
+        "weight norm / its value at the first step: keeps rising without LAWN, constant after LAWN's switch",
+        "weight growth (x first step)",
+    ),
+    Metric(
+        "grad_norm", EACH, "L2 norm of the gradient; collapses as the loss flattens", "gradient norm (L2)", log=True
+    ),
+    Metric(
+        "update_norm",
+        EACH,
+        "L2 norm of the step actually taken (after LAWN's rescaling and weight decay)",
+        "update norm (L2)",
+        log=True,
+    ),
+    Metric(
+        "update_ratio",
+        EACH,
+        "update norm / weight norm: how far a step moves the weights relative to their "
+        "size (adaptivity), LR schedule included",
+        "update / weight norm",
+        log=True,
+    ),
+    Metric(
+        "update_ratio_per_lr",
+        EACH,
+        "update ratio / learning rate: adaptivity with the LR schedule divided "
+        "out; falls as weights grow, holds under LAWN",
+        "update ratio per unit LR",
+        log=True,
+    ),
+    Metric(
+        "effective_lr",
+        "each parameter that feeds a normalization layer",
+        "lr / weight norm^2 of a "
+        "scale-invariant weight (conv or linear right before BatchNorm/LayerNorm/GroupNorm): the step its "
+        "direction sees; shrinks as such weights grow",
+        "lr / |w|²",
+        log=True,
+    ),
+    Metric(
+        "grad_weight_cos",
+        EACH,
+        "cosine between gradient and weights: the radial share of the gradient",
+        "cosine(gradient, weights)",
+    ),
     Metric("logit_norm", WHOLE, "mean L2 norm of the logits; grows as the loss flattens", "logit norm (L2)"),
-    Metric("max_prob", WHOLE, "mean largest softmax probability; saturates toward 1 as the loss flattens",
-           "max softmax probability"),
-    Metric("flat_frac", WHOLE, "share of the training batch whose loss is under 1e-3 (flattened samples)",
-           "flattened samples (%)", percent=True),
-    Metric("gn_trace", EACH, "Hessian-trace proxy: the Gauss-Newton trace of softmax cross-entropy on the fixed "
-           "probe batch (eval mode), from random signs pushed through a square root of the output Hessian (no "
-           "sampled labels); collapses as the loss flattens", "Hessian trace (GN proxy)", log=True, smooth=False),
-    Metric("gn_trace_se", EACH, "standard error of gn_trace, between groups of the probe batch", "standard error",
-           log=True, smooth=False),
-    Metric("hessian_trace", EACH, "unbiased Hutchinson estimate of the Hessian trace on the probe batch "
-           "(slow cadence)", "Hessian trace (Hutchinson)", log=True, smooth=False),
+    Metric(
+        "max_prob",
+        WHOLE,
+        "mean largest softmax probability; saturates toward 1 as the loss flattens",
+        "max softmax probability",
+    ),
+    Metric(
+        "flat_frac",
+        WHOLE,
+        "share of the training batch whose loss is under 1e-3 (flattened samples)",
+        "flattened samples (%)",
+        percent=True,
+    ),
+    Metric(
+        "gn_trace",
+        EACH,
+        "Hessian-trace proxy: the Gauss-Newton trace of softmax cross-entropy on the fixed "
+        "probe batch (eval mode), from random signs pushed through a square root of the output Hessian (no "
+        "sampled labels); collapses as the loss flattens",
+        "Hessian trace (GN proxy)",
+        log=True,
+        smooth=False,
+    ),
+    Metric(
+        "gn_trace_se",
+        EACH,
+        "standard error of gn_trace, between groups of the probe batch",
+        "standard error",
+        log=True,
+        smooth=False,
+    ),
+    Metric(
+        "hessian_trace",
+        EACH,
+        "unbiased Hutchinson estimate of the Hessian trace on the probe batch (slow cadence)",
+        "Hessian trace (Hutchinson)",
+        log=True,
+        smooth=False,
+    ),
     Metric("hessian_trace_se", EACH, "standard error of hessian_trace", "standard error", log=True, smooth=False),
-    Metric("sharpness", WHOLE, "top Hessian eigenvalue on the probe batch (warm-started Lanczos): what SGD's "
-           "threshold bounds", "sharpness (top eigenvalue)", log=True, smooth=False),
-    Metric("sharpness_precond", WHOLE, "Adam family only: top eigenvalue of Adam's preconditioned Hessian P^-1 H "
-           "(P = sqrt(v_hat) + eps), the quantity Adam's threshold bounds", "preconditioned sharpness", log=True,
-           smooth=False),
-    Metric("sharpness_threshold", WHOLE, "edge-of-stability line at the current LR: (2+2 momentum)/lr for SGD, "
-           "(2+2 beta1)/((1-beta1) lr) for Adam, inf where the LR is 0", "stability threshold", log=True,
-           smooth=False),
-    Metric("curvature_time", WHOLE, "seconds the curvature probes took at this step (held to the budget)",
-           "curvature time (s)", log=True, smooth=False),
+    Metric(
+        "sharpness",
+        WHOLE,
+        "top Hessian eigenvalue on the probe batch (warm-started Lanczos): what SGD's threshold bounds",
+        "sharpness (top eigenvalue)",
+        log=True,
+        smooth=False,
+    ),
+    Metric(
+        "sharpness_precond",
+        WHOLE,
+        "Adam family only: top eigenvalue of Adam's preconditioned Hessian P^-1 H "
+        "(P = sqrt(v_hat) + eps), the quantity Adam's threshold bounds",
+        "preconditioned sharpness",
+        log=True,
+        smooth=False,
+    ),
+    Metric(
+        "sharpness_threshold",
+        WHOLE,
+        "edge-of-stability line at the current LR: (2+2 momentum)/lr for SGD, "
+        "(2+2 beta1)/((1-beta1) lr) for Adam, inf where the LR is 0",
+        "stability threshold",
+        log=True,
+        smooth=False,
+    ),
+    Metric(
+        "curvature_time",
+        WHOLE,
+        "seconds the curvature probes took at this step (held to the budget)",
+        "curvature time (s)",
+        log=True,
+        smooth=False,
+    ),
     Metric("step_time", WHOLE, "seconds per training step, curvature probes excluded", "step time (s)", log=True),
     Metric("samples_per_s", WHOLE, "training throughput", "samples per second"),
 ]
@@ -96,8 +219,13 @@ def metric_table(names=None):
     import pandas as pd
 
     chosen = [info(n) for n in names] if names is not None else METRICS
-    return pd.DataFrame({"metric": [m.name for m in chosen], "logged for": [m.layers for m in chosen],
-                         "what it shows": [m.meaning for m in chosen]})
+    return pd.DataFrame(
+        {
+            "metric": [m.name for m in chosen],
+            "logged for": [m.layers for m in chosen],
+            "what it shows": [m.meaning for m in chosen],
+        }
+    )
 
 
 def markdown_table() -> str:

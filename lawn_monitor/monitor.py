@@ -29,23 +29,25 @@ at interpreter exit that flushes and records ``failed`` / ``interrupted``. A wri
 full disk) marks the run ``failed`` with the reason and raises :class:`MonitorWriteError`; the
 rows flushed before it stay readable.
 """
+
 from __future__ import annotations
 
 import atexit
 import math
 import os
-import statistics
 import platform
+import statistics
 import subprocess
 import sys
 import time
 import traceback
 import warnings
 import weakref
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from functools import partial
-from typing import Any, Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -69,7 +71,7 @@ class MonitorWriteError(OSError):
 
 # Monitors not closed yet: closed at interpreter exit by _close_at_exit (weakly held, so a
 # Monitor the program dropped is not kept alive by this).
-_OPEN: "weakref.WeakSet[Monitor]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[Monitor] = weakref.WeakSet()
 
 
 def _close_at_exit() -> None:
@@ -102,7 +104,10 @@ atexit.register(_close_at_exit)
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or None
@@ -214,8 +219,9 @@ class Monitor:
         self.step_count = 0
         self.diverged = False
         self.closed = False
-        self.forward_to = [] if forward_to is None else list(forward_to) if isinstance(forward_to, (list, tuple)) \
-            else [forward_to]
+        self.forward_to = (
+            [] if forward_to is None else list(forward_to) if isinstance(forward_to, (list, tuple)) else [forward_to]
+        )
         self._forward_failed: set[int] = set()  # forwarders already warned about
         self._device_rows: list[tuple[int, float, float, Keys, Tensor]] = []
         self._host_rows: list[tuple[int, float, float, str, str, float]] = []
@@ -252,9 +258,11 @@ class Monitor:
         if probes is None:
             cfg = probe_config or ProbeConfig()
             if cfg.curvature and probe_batch is None and self.writes:
-                warnings.warn("Monitor: no probe_batch given, so curvature probes (gn_trace, hessian_trace, "
-                              "sharpness) are off; pass probe_batch=(inputs, targets) to turn them on",
-                              stacklevel=2)
+                warnings.warn(
+                    "Monitor: no probe_batch given, so curvature probes (gn_trace, hessian_trace, "
+                    "sharpness) are off; pass probe_batch=(inputs, targets) to turn them on",
+                    stacklevel=2,
+                )
             probes = cfg.build(probe_batch, loss_fn, total_steps, logits_fn)
         self.probes = list(probes)
         if self.world_size > 1:
@@ -266,9 +274,11 @@ class Monitor:
             # this process's shards: the model would need FSDP's all-gathers on every process in
             # step, on a schedule each process's own budget decides. Not supported yet.
             if self.writes:
-                warnings.warn("Monitor: curvature probes (gn_trace, hessian_trace, sharpness) are off for "
-                              "FSDP2-sharded parameters; norms, update ratios and output statistics are logged",
-                              stacklevel=2)
+                warnings.warn(
+                    "Monitor: curvature probes (gn_trace, hessian_trace, sharpness) are off for "
+                    "FSDP2-sharded parameters; norms, update ratios and output statistics are logged",
+                    stacklevel=2,
+                )
             self.probes = [p for p in self.probes if not p.expensive]
         for probe in self.probes:
             probe.attach(model, optimizer)
@@ -318,8 +328,10 @@ class Monitor:
             self.step_count = int(state["step"])
             return
         if len(state["probes"]) != len(self.probes):
-            raise ValueError(f"Monitor state has {len(state['probes'])} probes, this Monitor {len(self.probes)}: "
-                             "resume with the probe settings of the original run")
+            raise ValueError(
+                f"Monitor state has {len(state['probes'])} probes, this Monitor {len(self.probes)}: "
+                "resume with the probe settings of the original run"
+            )
         self.step_count = int(state["step"])
         self._started_at = time.monotonic() - state["train_seconds"]
         self._probe_seconds = state["probe_seconds"]
@@ -401,8 +413,7 @@ class Monitor:
         self._samples = 0
         return outputs
 
-    def attach(self, optimizer: torch.optim.Optimizer | None = None,
-               outputs_after_step: bool = False) -> Any:
+    def attach(self, optimizer: torch.optim.Optimizer | None = None, outputs_after_step: bool = False) -> Any:
         """Record every real optimizer step by itself: registers a step post-hook on
         ``optimizer`` (default the Monitor's own), which runs after each ``optimizer.step()``
         that actually happens, with the gradients still there. So under gradient accumulation
@@ -424,15 +435,18 @@ class Monitor:
         if not self.enabled:
             return None
         if self._hooks:
-            raise ValueError("Monitor.attach: this Monitor records an optimizer's steps already; one Monitor "
-                             "watches one optimizer")
+            raise ValueError(
+                "Monitor.attach: this Monitor records an optimizer's steps already; one Monitor watches one optimizer"
+            )
         optimizer = optimizer if optimizer is not None else self.optimizer
         if optimizer is None:
             raise ValueError("Monitor.attach: no optimizer: pass the one that steps the model")
         if self.optimizer is None:
             if self.step_count:
-                raise ValueError("Monitor.attach: a Monitor made without an optimizer takes one only before its "
-                                 "first step: pass it to Monitor(model, optimizer)")
+                raise ValueError(
+                    "Monitor.attach: a Monitor made without an optimizer takes one only before its "
+                    "first step: pass it to Monitor(model, optimizer)"
+                )
             self.optimizer = optimizer
             for probe in self.probes:
                 probe.attach(self.model, optimizer)
@@ -440,8 +454,10 @@ class Monitor:
         while not hasattr(hooked, "_optimizer_step_post_hooks") and hasattr(hooked, "optimizer"):
             hooked = hooked.optimizer
         if not hasattr(hooked, "register_step_post_hook") or not hasattr(hooked, "_optimizer_step_post_hooks"):
-            raise TypeError(f"Monitor.attach: cannot hook the steps of a {type(optimizer).__name__}: pass the "
-                            "torch.optim.Optimizer it wraps, or call monitor.step() after each step")
+            raise TypeError(
+                f"Monitor.attach: cannot hook the steps of a {type(optimizer).__name__}: pass the "
+                "torch.optim.Optimizer it wraps, or call monitor.step() after each step"
+            )
         self._outputs_after_step = outputs_after_step
         handle = hooked.register_step_post_hook(self._on_optimizer_step)
         self._hooks.append(handle)
@@ -454,8 +470,10 @@ class Monitor:
         if step is None:
             step = self.step_count + 1
         elif step <= self.step_count:
-            raise ValueError(f"Monitor.step(step={step}): steps must increase, and step {self.step_count} "
-                             "is recorded already (count optimizer steps from 1)")
+            raise ValueError(
+                f"Monitor.step(step={step}): steps must increase, and step {self.step_count} "
+                "is recorded already (count optimizer steps from 1)"
+            )
         self.step_count = step
         ep, wall = self._epoch(epoch), time.time()
         late = self._outputs_after_step
@@ -490,9 +508,12 @@ class Monitor:
             self._awaiting = (step, ep, wall, waiting)
         if not self._warned_grads and any(getattr(p, "missing_grads", False) for p in ran):
             self._warned_grads = True
-            warnings.warn(f"Monitor: no parameter has a gradient at step {step}, so its grad_norm and "
-                          "grad_weight_cos are NaN: record the step after optimizer.step() and before "
-                          "zero_grad() (this warning is shown once)", stacklevel=3)
+            warnings.warn(
+                f"Monitor: no parameter has a gradient at step {step}, so its grad_norm and "
+                "grad_weight_cos are NaN: record the step after optimizer.step() and before "
+                "zero_grad() (this warning is shown once)",
+                stacklevel=3,
+            )
         self._probe_seconds += probe_seconds
         self._probe_budget += probe_budget
         if probe_seconds:
@@ -502,7 +523,10 @@ class Monitor:
             self._step_times = [*self._step_times, budget_now - self._last_budget_at - probe_budget][-20:]
         self._last_budget_at = budget_now
 
-        host = [("lr", self._lr()), ("phase", 1.0 if getattr(self.optimizer, "phase", "free") == "constrained" else 0.0)]
+        host = [
+            ("lr", self._lr()),
+            ("phase", 1.0 if getattr(self.optimizer, "phase", "free") == "constrained" else 0.0),
+        ]
         now = time.monotonic()
         if self._last_step_at is not None:
             # Wall time between calls, less this call's curvature probes; on a GPU it only
@@ -536,8 +560,7 @@ class Monitor:
             pace = (train_seconds - self._first_step_seconds) / (step - 1)
         else:  # resumed from a checkpoint that did not record it
             pace = train_seconds / step
-        return Clock(step, train_seconds, train_seconds + (total_steps - step) * pace, total_steps, batch_size,
-                     typical)
+        return Clock(step, train_seconds, train_seconds + (total_steps - step) * pace, total_steps, batch_size, typical)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -666,7 +689,7 @@ class Monitor:
             parts = []
             for step, ep, wall, keys, tensor in device_rows:
                 d, n = tensor.device, tensor.numel()
-                parts.append(host[d][offsets[d]:offsets[d] + n])
+                parts.append(host[d][offsets[d] : offsets[d] + n])
                 offsets[d] += n
                 cols["step"] += [step] * n
                 cols["epoch"] += [ep] * n
@@ -674,7 +697,7 @@ class Monitor:
                 cols["metric"] += [k[0] for k in keys]
                 cols["layer"] += [k[1] for k in keys]
             values = np.concatenate(parts)
-        for step, ep, wall, layer, metric, value in host_rows:
+        for step, ep, wall, layer, metric, _value in host_rows:
             cols["step"].append(step)
             cols["epoch"].append(ep)
             cols["wall_time"].append(wall)
@@ -711,8 +734,11 @@ class Monitor:
             except Exception as exc:
                 if id(forwarder) not in self._forward_failed:
                     self._forward_failed.add(id(forwarder))
-                    warnings.warn(f"forwarding to {type(forwarder).__name__} failed, training goes on (warned "
-                                  f"once, later flushes still try): {type(exc).__name__}: {exc}", stacklevel=3)
+                    warnings.warn(
+                        f"forwarding to {type(forwarder).__name__} failed, training goes on (warned "
+                        f"once, later flushes still try): {type(exc).__name__}: {exc}",
+                        stacklevel=3,
+                    )
 
     def _check_divergence(self, metrics: list[str], values: np.ndarray) -> None:
         """``diverged`` on the first non-finite ``train/loss`` (seen here, at the flush, so that
@@ -736,9 +762,12 @@ class Monitor:
             recorded = "the run is marked failed"
         except OSError:
             recorded = "its status could not be written either (it will show as stale)"
-        raise MonitorWriteError(exc.errno, f"lawn-monitor: {reason}; {recorded} and its rows through step "
-                                           f"{self._written_step} are kept: free space or fix the store, then "
-                                           f"start a new run or resume from a checkpoint") from exc
+        raise MonitorWriteError(
+            exc.errno,
+            f"lawn-monitor: {reason}; {recorded} and its rows through step "
+            f"{self._written_step} are kept: free space or fix the store, then "
+            f"start a new run or resume from a checkpoint",
+        ) from exc
 
     # --- ending -------------------------------------------------------------------------------
 
@@ -763,7 +792,7 @@ class Monitor:
         self._hooks = []
         _OPEN.discard(self)
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

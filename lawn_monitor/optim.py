@@ -23,11 +23,13 @@ Under FSDP2 (``fully_shard``: parameters are DTensors sharded over processes; bu
 sharding) the norms are those of the whole tensors: each process sums its shard's squares and
 one ``all_reduce`` per step adds them for all constrained tensors (``sharding.shard_sum``).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -109,7 +111,7 @@ def homogeneous_params(model: nn.Module) -> list[Tensor]:
     if getattr(norm, "weight", None) is not None:
         chosen.append(norm.weight)
     seen = {id(p) for m in modules[: last + 1] for p in m.parameters(recurse=False)}
-    for module in modules[last + 1:]:
+    for module in modules[last + 1 :]:
         for p in module.parameters(recurse=False):
             if p.ndim >= 2 and id(p) not in seen:
                 chosen.append(p)
@@ -150,8 +152,9 @@ class AutoSwitch:
         if not isinstance(self.max_steps, int) or self.max_steps < 0:
             raise ValueError(f"AutoSwitch(max_steps=...) must be an int >= 0, got {self.max_steps!r}")
         if not isinstance(self.min_steps, int) or not 0 <= self.min_steps <= self.max_steps:
-            raise ValueError(f"AutoSwitch(min_steps=...) must be an int in [0, max_steps={self.max_steps}], "
-                             f"got {self.min_steps!r}")
+            raise ValueError(
+                f"AutoSwitch(min_steps=...) must be an int in [0, max_steps={self.max_steps}], got {self.min_steps!r}"
+            )
         if not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"AutoSwitch(window=...) must be an int >= 1, got {self.window!r}")
         if not 0.0 < self.threshold <= 1.0:
@@ -205,8 +208,9 @@ class LAWN(Optimizer):
             raise ValueError("LAWN cannot wrap another LAWN optimizer")
         if free_steps == "auto":
             if not isinstance(auto, AutoSwitch):
-                raise ValueError("free_steps='auto' needs auto=AutoSwitch(max_steps=...): the step by which LAWN "
-                                 "switches anyway")
+                raise ValueError(
+                    "free_steps='auto' needs auto=AutoSwitch(max_steps=...): the step by which LAWN switches anyway"
+                )
         elif not isinstance(free_steps, int) or isinstance(free_steps, bool) or free_steps < 0:
             raise ValueError(f"free_steps must be an int >= 0 or 'auto', got {free_steps!r}")
         self.optimizer = optimizer
@@ -232,8 +236,10 @@ class LAWN(Optimizer):
         all_params = [p for g in optimizer.param_groups for p in g["params"]]
         if params == "homogeneous":
             if model is None:
-                raise ValueError("LAWN(params='homogeneous') needs model=: the final homogeneous sub-network is "
-                                 "found from the model's layers")
+                raise ValueError(
+                    "LAWN(params='homogeneous') needs model=: the final homogeneous sub-network is "
+                    "found from the model's layers"
+                )
             params = homogeneous_params(model)
         if params is None or params == "ndim2":
             chosen = [i for i, p in enumerate(all_params) if p.ndim >= 2]
@@ -324,8 +330,10 @@ class LAWN(Optimizer):
             self._auto_reason = f"max_steps {auto.max_steps} reached before flat_frac >= {auto.threshold:g}"
             return
         if self.monitor is None:
-            raise ValueError("LAWN(free_steps='auto') reads flat_frac from a Monitor: pass monitor= or set "
-                             "lawn.monitor = Monitor(model, lawn, ...) before the first step")
+            raise ValueError(
+                "LAWN(free_steps='auto') reads flat_frac from a Monitor: pass monitor= or set "
+                "lawn.monitor = Monitor(model, lawn, ...) before the first step"
+            )
         latest = self.monitor.latest("flat_frac") if hasattr(self.monitor, "latest") else None
         if latest is None or latest[0] <= self._auto_seen:
             return
@@ -341,8 +349,9 @@ class LAWN(Optimizer):
         mean = float(total) / auto.window  # the one sync per window
         if mean >= auto.threshold:
             self.free_steps = done
-            self._auto_reason = (f"flat_frac {mean:.3f} >= {auto.threshold:g} (mean of the {auto.window} values "
-                                 f"through step {step})")
+            self._auto_reason = (
+                f"flat_frac {mean:.3f} >= {auto.threshold:g} (mean of the {auto.window} values through step {step})"
+            )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -367,8 +376,10 @@ class LAWN(Optimizer):
         if self.tangent and params:
             # Every process projects the same tensors (one collective under FSDP2); a tensor
             # without a gradient this step gets a zero one, which the projection leaves at zero.
-            grads = [sharding.local(p.grad) if p.grad is not None else torch.zeros_like(w)
-                     for p, w in zip(self.constrained_params(), params)]
+            grads = [
+                sharding.local(p.grad) if p.grad is not None else torch.zeros_like(w)
+                for p, w in zip(self.constrained_params(), params)
+            ]
             tangent_project(params, grads, self._reduce)
         self.optimizer.step()
         if params:
@@ -392,10 +403,15 @@ class LAWN(Optimizer):
                 "tangent": self.tangent,
                 "reset_moments": self.reset_moments,
                 "switch_info": self.switch_info,
-                "auto": None if self.auto is None else {
-                    **asdict(self.auto), "sum": None if self._auto_sum is None else float(self._auto_sum),
-                    "count": self._auto_count, "seen": self._auto_seen,
-                    "reason": self._auto_reason},
+                "auto": None
+                if self.auto is None
+                else {
+                    **asdict(self.auto),
+                    "sum": None if self._auto_sum is None else float(self._auto_sum),
+                    "count": self._auto_count,
+                    "seen": self._auto_seen,
+                    "reason": self._auto_reason,
+                },
             },
         }
 
@@ -412,8 +428,9 @@ class LAWN(Optimizer):
         self.switch_info = lawn.get("switch_info")
         auto = lawn.get("auto")
         if (auto is None) != (self.auto is None):
-            raise ValueError("LAWN state_dict and this optimizer differ in free_steps='auto': resume with the "
-                             "original run's setting")
+            raise ValueError(
+                "LAWN state_dict and this optimizer differ in free_steps='auto': resume with the original run's setting"
+            )
         if auto is not None:
             self.auto = AutoSwitch(**{k: auto[k] for k in ("max_steps", "threshold", "window", "min_steps")})
             device = self.constrained_params()[0].device if self.constrained_index else None
@@ -457,7 +474,11 @@ def warmup_decay_factor(step: int, total_steps: int, warmup_steps: int, decay: s
 
 
 def lawn_factor(
-    step: int, total_steps: int, free_steps: int | None, warmup_steps: int, decay: str = "cosine",
+    step: int,
+    total_steps: int,
+    free_steps: int | None,
+    warmup_steps: int,
+    decay: str = "cosine",
     free_warmup_steps: int = 0,
 ) -> float:
     """LR multiplier of LAWN's schedule: constant in the free phase (after an optional linear
@@ -479,7 +500,11 @@ def warmup_decay(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, 
 
 
 def lawn_schedule(
-    optimizer: Optimizer, total_steps: int, free_steps: int | str, warmup_steps: int = 0, decay: str = "cosine",
+    optimizer: Optimizer,
+    total_steps: int,
+    free_steps: int | str,
+    warmup_steps: int = 0,
+    decay: str = "cosine",
     free_warmup_steps: int = 0,
 ) -> LambdaLR:
     """LAWN's free / warm-up / decay schedule, stepped once per optimizer step. ``free_steps="auto"``
@@ -488,10 +513,13 @@ def lawn_schedule(
     if free_steps == "auto":
         if not isinstance(optimizer, LAWN):
             raise ValueError("lawn_schedule(free_steps='auto') follows a LAWN optimizer's switch: pass the LAWN")
-        return LambdaLR(optimizer, lambda s: lawn_factor(s, total_steps, optimizer.free_steps, warmup_steps, decay,
-                                                          free_warmup_steps))
-    return LambdaLR(optimizer, lambda s: lawn_factor(s, total_steps, free_steps, warmup_steps, decay,
-                                                     free_warmup_steps))
+        return LambdaLR(
+            optimizer,
+            lambda s: lawn_factor(s, total_steps, optimizer.free_steps, warmup_steps, decay, free_warmup_steps),
+        )
+    return LambdaLR(
+        optimizer, lambda s: lawn_factor(s, total_steps, free_steps, warmup_steps, decay, free_warmup_steps)
+    )
 
 
 # --- optimizers by name -----------------------------------------------------------------------
@@ -524,8 +552,7 @@ def _lamb(params, lr, weight_decay, betas=(0.9, 0.999), **_):
     # pytorch-optimizer's Lamb was the other candidate; it skips the bias correction.
     from timm.optim import Lamb
 
-    return Lamb(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=1e-6, max_grad_norm=None,
-                always_adapt=True)
+    return Lamb(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=1e-6, max_grad_norm=None, always_adapt=True)
 
 
 @dataclass(frozen=True)
@@ -571,5 +598,12 @@ def make_optimizer(
     inner = OPTIMIZERS[name].build(params, lr=lr, weight_decay=weight_decay, **kwargs)
     if not lawn:
         return inner
-    return LAWN(inner, free_steps=free_steps, params=lawn_params, tangent=tangent, reset_moments=reset_moments,
-                model=model, auto=auto)
+    return LAWN(
+        inner,
+        free_steps=free_steps,
+        params=lawn_params,
+        tangent=tangent,
+        reset_moments=reset_moments,
+        model=model,
+        auto=auto,
+    )

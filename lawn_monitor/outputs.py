@@ -4,10 +4,11 @@ Face's ``ModelOutput``, a dict), sequence logits (B, T, V) as one sample per pos
 softmax probability, flattened samples) as sums, so micro-batches and processes add theirs up
 before dividing. Used by the output-statistics probe and by the curvature probes.
 """
+
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,10 @@ def logits_of(output: Any) -> Tensor:
     logits = getattr(output, "logits", None)
     if isinstance(logits, Tensor):
         return logits
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}: pass "
-                    "logits_fn=lambda output: ... to the Monitor to take them out")
+    raise TypeError(
+        f"cannot find logits in a model output of type {type(output).__name__}: pass "
+        "logits_fn=lambda output: ... to the Monitor to take them out"
+    )
 
 
 def flatten_outputs(logits: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -82,8 +85,9 @@ class Outputs:
         self.losses = 0
         self.sums: Tensor | None = None  # output_sums, added up
 
-    def add(self, loss: Tensor | float | None = None, logits: Tensor | None = None,
-            targets: Tensor | None = None) -> None:
+    def add(
+        self, loss: Tensor | float | None = None, logits: Tensor | None = None, targets: Tensor | None = None
+    ) -> None:
         if loss is not None:
             loss = loss.detach().float().reshape(()) if isinstance(loss, Tensor) else torch.tensor(float(loss))
             self.loss = loss if self.loss is None else self.loss + loss.to(self.loss.device)

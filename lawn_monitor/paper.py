@@ -4,6 +4,7 @@ The one copy of the paper's numbers: the recipe generator (trainers/recipes/make
 the dashboard's Compare page and ``lawn-monitor compare --table2`` read them from here. Pure
 functions over ``RunStore.summary`` frames.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,6 +36,8 @@ PAPER_TABLE2: dict[str, dict[str, dict[str, float]]] = {
         "Adam-LAWN": {"256": 76.18, "16k": 76.07},
     },
 }
+
+
 def is_true(value) -> bool:
     """A config flag as run.json or a URL carries it (True, "true", 1, ...); missing is False."""
     if isinstance(value, str):
@@ -104,8 +107,19 @@ def table2(summary: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
     method and batch size that differ in more than the seed (``split_keys``) stay apart: the
     method is named with them (``Adam · epochs=30``), so each row is one experiment.
     """
-    columns = ["dataset", "method", "variant", "batch_size", "mean", "std", "stderr", "count", "seeds", "paper",
-               "delta"]
+    columns = [
+        "dataset",
+        "method",
+        "variant",
+        "batch_size",
+        "mean",
+        "std",
+        "stderr",
+        "count",
+        "seeds",
+        "paper",
+        "delta",
+    ]
     if summary.empty:
         return pd.DataFrame(columns=columns)
     df = _dataset_rows(summary, dataset)
@@ -136,8 +150,14 @@ def table2_grid(table: pd.DataFrame) -> pd.DataFrame:
     for row in table.itertuples():
         ours = f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if np.isfinite(row.std) else "") + f" (n={int(row.count)})"
         paper = "" if np.isnan(row.paper) else f" | paper {row.paper:.2f}"
-        cells.append({"method": row.method, "batch size": batch_label(row.batch_size),
-                      "_size": int(row.batch_size), "cell": ours + paper})
+        cells.append(
+            {
+                "method": row.method,
+                "batch size": batch_label(row.batch_size),
+                "_size": int(row.batch_size),
+                "cell": ours + paper,
+            }
+        )
     long = pd.DataFrame(cells)
     order = list(dict.fromkeys(long.sort_values("_size", kind="stable")["batch size"]))
     grid = long.pivot_table(index="method", columns="batch size", values="cell", aggfunc="first", sort=False)
@@ -165,8 +185,12 @@ def table2_text(summary: pd.DataFrame) -> str:
         grid = table2_grid(table2(summary, dataset))
         if grid.empty:
             continue
-        lines = [f"{dataset or 'all runs'}: final test accuracy %, mean ± std over seeds (n) | the paper's",
-                 "", "| method | " + " | ".join(grid.columns) + " |", "|---|" + "---|" * len(grid.columns)]
+        lines = [
+            f"{dataset or 'all runs'}: final test accuracy %, mean ± std over seeds (n) | the paper's",
+            "",
+            "| method | " + " | ".join(grid.columns) + " |",
+            "|---|" + "---|" * len(grid.columns),
+        ]
         for method, row in grid.iterrows():
             lines.append(f"| {method} | " + " | ".join("-" if pd.isna(c) else c for c in row) + " |")
         parts.append("\n".join(lines))

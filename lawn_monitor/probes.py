@@ -18,14 +18,15 @@ Face's ``ModelOutput``), a dict with ``"logits"``. ``logits_of`` takes the logit
 them, and sequence logits (B, T, V) count each position as a sample (``flatten_outputs``), with
 targets of ``IGNORE_INDEX`` (padding, the prompt) left out, as in ``F.cross_entropy``.
 """
+
 from __future__ import annotations
 
 import bisect
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from . import curvature, sharding
 from .outputs import IGNORE_INDEX, Keys, LogitsFn, Outputs, logits_of
 
 Schedule = Callable[[int], bool]
+
 
 def every(n: int) -> Schedule:
     """Due on steps n, 2n, 3n, ... (every step for n = 1)."""
@@ -180,7 +182,7 @@ class Probe:
             self.pending = True
         return self.pending and self.affordable(clock)
 
-    def run(self, ctx: "StepContext") -> tuple[Keys, Tensor] | None:
+    def run(self, ctx: StepContext) -> tuple[Keys, Tensor] | None:
         """``compute``, and the bookkeeping of one call."""
         out = self.compute(ctx)
         self.charge(0.0, ctx.step)
@@ -194,7 +196,7 @@ class Probe:
             charged = min(seconds, self.STALL * self.predicted)
         self.spent += charged
         if self.calls:
-            self.costs = [*self.costs, seconds][-self.RECENT:]
+            self.costs = [*self.costs, seconds][-self.RECENT :]
         self.calls += 1
         self.last_cost, self.last_step = seconds, step
 
@@ -203,8 +205,14 @@ class Probe:
 
     def state_dict(self) -> dict:
         """Schedule and budget bookkeeping (subclasses add their random state), for checkpoints."""
-        return {"pending": self.pending, "spent": self.spent, "costs": self.costs, "calls": self.calls,
-                "last_step": self.last_step, "stopped": self.stopped}
+        return {
+            "pending": self.pending,
+            "spent": self.spent,
+            "costs": self.costs,
+            "calls": self.calls,
+            "last_step": self.last_step,
+            "stopped": self.stopped,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.pending, self.spent = state["pending"], state["spent"]
@@ -221,8 +229,9 @@ class Probe:
 
 
 @torch.no_grad()
-def layer_norms(weights: list[Tensor], grads: list[Tensor], previous: list[Tensor],
-                reduce: sharding.Reduce | None = None) -> Tensor:
+def layer_norms(
+    weights: list[Tensor], grads: list[Tensor], previous: list[Tensor], reduce: sharding.Reduce | None = None
+) -> Tensor:
     """Per-layer weight, gradient and update norms, and gradient-weight dot products.
 
     Returns a (4, L) float32 tensor on the weights' device: rows are |w|, |g|, |w - w_prev|,
@@ -247,7 +256,7 @@ def clean_name(name: str) -> str:
     """Parameter names without the wrappers' prefixes (DDP's ``module.``, compile's ``_orig_mod.``)."""
     for prefix in ("module.", "_orig_mod."):
         while name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     return name.replace("._orig_mod.", ".")
 
 
@@ -283,9 +292,13 @@ def scale_invariant_layers(model: nn.Module) -> list[str]:
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
     found = []
     for (name, layer), (_, nxt) in zip(leaves, leaves[1:]):
-        if (isinstance(layer, WEIGHTED_LAYERS) and isinstance(nxt, NORM_LAYERS)
-                and getattr(layer, "weight", None) is not None and layer.weight.requires_grad
-                and _width(layer) == _width(nxt)):
+        if (
+            isinstance(layer, WEIGHTED_LAYERS)
+            and isinstance(nxt, NORM_LAYERS)
+            and getattr(layer, "weight", None) is not None
+            and layer.weight.requires_grad
+            and _width(layer) == _width(nxt)
+        ):
             found.append(clean_name(f"{name}.weight" if name else "weight"))
     return found
 
@@ -307,8 +320,15 @@ class ParamNorms(Probe):
     the probe keeps a copy of the weights from the previous step: one model-sized buffer.
     """
 
-    METRICS = ("weight_norm", "grad_norm", "update_norm", "update_ratio", "grad_weight_cos", "weight_growth",
-               "update_ratio_per_lr")
+    METRICS = (
+        "weight_norm",
+        "grad_norm",
+        "update_norm",
+        "update_ratio",
+        "grad_weight_cos",
+        "weight_growth",
+        "update_ratio_per_lr",
+    )
 
     def attach(self, model, optimizer):
         named = [(clean_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
@@ -398,8 +418,17 @@ class ParamNorms(Probe):
         growth = norms / self.reference
         lrs, lr_first = self._lrs()
         per_lr = [1.0 / lr if lr > 0 else math.nan for lr in lrs]  # the LR divided out; 0: undefined
-        totals = torch.stack([w_all, g_all, u_all, ratio_all, dot.sum() / (w_all * g_all).clamp_min(tiny),
-                              growth[-1], ratio_all * (1.0 / lr_first if lr_first > 0 else math.nan)])
+        totals = torch.stack(
+            [
+                w_all,
+                g_all,
+                u_all,
+                ratio_all,
+                dot.sum() / (w_all * g_all).clamp_min(tiny),
+                growth[-1],
+                ratio_all * (1.0 / lr_first if lr_first > 0 else math.nan),
+            ]
+        )
         parts = [w, g, u, ratio, cos, growth[:-1], self._times(ratio, per_lr), totals]
         if self.invariant:
             if self.invariant_index is None:
@@ -456,9 +485,17 @@ class CurvatureProbe(Probe):
 
     expensive = True
 
-    def __init__(self, inputs: Tensor, targets: Tensor, loss_fn=F.cross_entropy,
-                 every_n: int | Schedule = 1, budget: float | None = None, seed: int = 0,
-                 size: int | None = None, logits_fn: LogitsFn = logits_of) -> None:
+    def __init__(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        loss_fn=F.cross_entropy,
+        every_n: int | Schedule = 1,
+        budget: float | None = None,
+        seed: int = 0,
+        size: int | None = None,
+        logits_fn: LogitsFn = logits_of,
+    ) -> None:
         super().__init__(every_n, budget)
         if size is not None and size < 1:
             raise ValueError(f"a curvature probe needs a probe batch of >= 1 sample, got size={size}")
@@ -518,8 +555,10 @@ class CurvatureProbe(Probe):
         finite = all(bool(torch.isfinite(p.detach()).all()) for p in self.model.parameters())
         if not finite:
             self.stopped = "the model's weights are not finite"
-            warnings.warn(f"{type(self).__name__}: {self.stopped}; this curvature probe stops for the rest of "
-                          f"the run", stacklevel=4)
+            warnings.warn(
+                f"{type(self).__name__}: {self.stopped}; this curvature probe stops for the rest of the run",
+                stacklevel=4,
+            )
         return not finite
 
     def state_dict(self) -> dict:
@@ -542,7 +581,7 @@ class CurvatureProbe(Probe):
         """Rows for per-layer samples (n, L): mean and SE per layer and of the per-sample totals."""
         mean, se = curvature.mean_and_se(samples)
         total, total_se = curvature.mean_and_se(samples.sum(dim=1))
-        keys = [(metric, l) for l in self.layers] + [(f"{metric}_se", l) for l in self.layers]
+        keys = [(metric, name) for name in self.layers] + [(f"{metric}_se", name) for name in self.layers]
         keys += [(metric, ""), (f"{metric}_se", "")]
         return keys, torch.cat([mean, se, total.reshape(1), total_se.reshape(1)])
 
@@ -561,8 +600,10 @@ class GNTrace(CurvatureProbe):
         if groups < 2:
             raise ValueError(f"the GN trace needs >= 2 groups for a standard error, got {groups}")
         if len(self.inputs) < groups:
-            raise ValueError(f"the GN trace splits its probe batch into {groups} groups, but it has "
-                             f"{len(self.inputs)} samples: pass a larger probe batch or fewer groups")
+            raise ValueError(
+                f"the GN trace splits its probe batch into {groups} groups, but it has "
+                f"{len(self.inputs)} samples: pass a larger probe batch or fewer groups"
+            )
         self.groups = groups
         self.group_size = len(self.inputs) // groups
         self.shape: tuple[int, ...] | None = None  # one sample's logits: (C,), or (T, V) for a sequence
@@ -593,10 +634,10 @@ class HessianTrace(CurvatureProbe):
         return 1 + 2 * self.num_probes  # each Hessian-vector product is about two backward passes
 
     def compute(self, ctx):
-        leaves, grads = curvature.loss_and_grads(self.model, self.names, self.inputs, self.targets, self.loss_fn,
-                                                 self.logits_fn)
-        samples = curvature.hutchinson_samples(curvature.hvp_fn(leaves, grads), leaves, self.num_probes,
-                                               self.generator)
+        leaves, grads = curvature.loss_and_grads(
+            self.model, self.names, self.inputs, self.targets, self.loss_fn, self.logits_fn
+        )
+        samples = curvature.hutchinson_samples(curvature.hvp_fn(leaves, grads), leaves, self.num_probes, self.generator)
         return self.per_layer("hessian_trace", samples)
 
 
@@ -661,8 +702,9 @@ class Sharpness(CurvatureProbe):
         return scales
 
     def compute(self, ctx):
-        leaves, grads = curvature.loss_and_grads(self.model, self.names, self.inputs, self.targets, self.loss_fn,
-                                                 self.logits_fn)
+        leaves, grads = curvature.loss_and_grads(
+            self.model, self.names, self.inputs, self.targets, self.loss_fn, self.logits_fn
+        )
         hvp = curvature.hvp_fn(leaves, grads)
         keys: Keys = [("sharpness", ""), ("sharpness_threshold", "")]
         values = [self._top("plain", hvp, leaves), curvature.stability_threshold(self.optimizer)]
@@ -707,8 +749,13 @@ class ProbeConfig:
     budget: float = 0.4  # curvature takes at most this fraction of training time
     seed: int = 0  # for the probes' own random draws (Rademacher vectors)
 
-    def build(self, probe_batch: tuple[Tensor, Tensor] | None, loss_fn=None,
-              total_steps: int | None = None, logits_fn: LogitsFn = logits_of) -> list[Probe]:
+    def build(
+        self,
+        probe_batch: tuple[Tensor, Tensor] | None,
+        loss_fn=None,
+        total_steps: int | None = None,
+        logits_fn: LogitsFn = logits_of,
+    ) -> list[Probe]:
         probes: list[Probe] = [ParamNorms(self.every), OutputStats(self.every)]
         if not self.curvature or probe_batch is None:
             return probes
@@ -716,13 +763,32 @@ class ProbeConfig:
         common = dict(loss_fn=loss_fn or F.cross_entropy, seed=self.seed, logits_fn=logits_fn)
         groups = min(self.gn_groups, len(inputs[: self.gn_size]))
         probes += [
-            GNTrace(inputs, targets, every_n=log_spaced(self.gn_points, total_steps),
-                    budget=self.budget * BUDGET_SHARES["gn_trace"], size=self.gn_size, groups=groups, **common),
-            HessianTrace(inputs, targets, every_n=log_spaced(self.hessian_points, total_steps),
-                         budget=self.budget * BUDGET_SHARES["hessian_trace"], size=self.hessian_size,
-                         num_probes=self.hessian_probes, **common),
-            Sharpness(inputs, targets, every_n=log_spaced(self.sharpness_points, total_steps),
-                      budget=self.budget * BUDGET_SHARES["sharpness"], size=self.sharpness_size,
-                      iters=self.sharpness_iters, **common),
+            GNTrace(
+                inputs,
+                targets,
+                every_n=log_spaced(self.gn_points, total_steps),
+                budget=self.budget * BUDGET_SHARES["gn_trace"],
+                size=self.gn_size,
+                groups=groups,
+                **common,
+            ),
+            HessianTrace(
+                inputs,
+                targets,
+                every_n=log_spaced(self.hessian_points, total_steps),
+                budget=self.budget * BUDGET_SHARES["hessian_trace"],
+                size=self.hessian_size,
+                num_probes=self.hessian_probes,
+                **common,
+            ),
+            Sharpness(
+                inputs,
+                targets,
+                every_n=log_spaced(self.sharpness_points, total_steps),
+                budget=self.budget * BUDGET_SHARES["sharpness"],
+                size=self.sharpness_size,
+                iters=self.sharpness_iters,
+                **common,
+            ),
         ]
         return probes

@@ -13,13 +13,15 @@ Any other field of the wrong type is left out, as if the run had not written it 
 ``heartbeat_at`` that is a number, a ``layers`` that is not a list of names), and named in the
 problems; the run keeps its status. Fields this list does not know are kept as they are.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from .schema import STATUSES
 

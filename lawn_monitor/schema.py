@@ -2,6 +2,7 @@
 columns of every Parquet file, the statuses a writer records in run.json, and how rows are
 encoded. Owned here, so that the writer (sink), the compactor and the readers share one copy.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,9 +35,15 @@ def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     min/max statistics only on the columns queries filter by (twice as fast to write as the
     defaults, and no larger)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size,
-                   use_dictionary=["run_id", "layer", "metric"], write_statistics=["step", "layer", "metric"],
-                   # No Arrow schema in the file: text reads back as plain strings (the storage
-                   # contract), even from compacted files that were built from dictionaries.
-                   store_schema=False)
+    pq.write_table(
+        table,
+        buf,
+        compression="zstd",
+        row_group_size=row_group_size,
+        use_dictionary=["run_id", "layer", "metric"],
+        write_statistics=["step", "layer", "metric"],
+        # No Arrow schema in the file: text reads back as plain strings (the storage
+        # contract), even from compacted files that were built from dictionaries.
+        store_schema=False,
+    )
     return buf.getvalue()

@@ -11,9 +11,10 @@ gradients before the step): nothing is reduced, and nothing is counted twice.
 ``shard_sum(params)`` returns that reduction as a function of a stacked tensor of per-layer
 sums (``None`` when no parameter is sharded); the math functions take it as ``reduce``.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -56,8 +57,10 @@ def shard_sum(params: list[Tensor]) -> Reduce | None:
         return None
     meshes = {tuple(p.device_mesh.mesh.flatten().tolist()) for p in sharded}
     if len(meshes) > 1 or sharded[0].device_mesh.ndim != 1:
-        raise NotImplementedError("per-layer norms of parameters on a multi-dimensional or on several device "
-                                  "meshes (HSDP, tensor parallelism) are not supported: use one 1-D mesh (FSDP2's default)")
+        raise NotImplementedError(
+            "per-layer norms of parameters on a multi-dimensional or on several device "
+            "meshes (HSDP, tensor parallelism) are not supported: use one 1-D mesh (FSDP2's default)"
+        )
     mesh = sharded[0].device_mesh
     group, first = mesh.get_group(), mesh.get_local_rank() == 0
     split = [is_sharded(p) and any(pl.is_shard() for pl in p.placements) for p in params]

@@ -14,6 +14,7 @@ it had not flushed yet. ``root`` may be a local folder or an ``s3://bucket/prefi
 One process writes a run at a time: the sink holds the run's lock (lock.py) from open to close,
 and a run id that already has data is refused unless the run is resumed (:meth:`ParquetSink.reopen`).
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,15 @@ class ParquetSink:
         RunExistsError: the run already has data (and this is not a resume).
     """
 
-    def __init__(self, root: str | os.PathLike | Location, run_id: str, info: dict[str, Any],
-                 compact: bool = True, lock_timeout: float = LOCK_TIMEOUT, lock: RunLock | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike | Location,
+        run_id: str,
+        info: dict[str, Any],
+        compact: bool = True,
+        lock_timeout: float = LOCK_TIMEOUT,
+        lock: RunLock | None = None,
+    ) -> None:
         self.loc = root if isinstance(root, Location) else Location(root)
         self.loc.check_root()
         self.root = Path(str(root)) if not self.loc.remote else None
@@ -86,16 +94,19 @@ class ParquetSink:
         self.lock = lock or RunLock(self.loc, run_id, "write", timeout=lock_timeout).acquire()
         try:
             if not resuming and self._has_data():
-                raise RunExistsError(f"run {run_id} already exists in {self.loc.url}: resume it "
-                                     f"(lawn-monitor train --resume {run_id}), or pass another run id")
+                raise RunExistsError(
+                    f"run {run_id} already exists in {self.loc.url}: resume it "
+                    f"(lawn-monitor train --resume {run_id}), or pass another run id"
+                )
             self._open(info)
         except BaseException:
             self.lock.release()
             raise
 
     def _has_data(self) -> bool:
-        return (self.loc.modified(f"{self.run_id}/run.json") is not None
-                or bool(self.loc.listdir(f"{self.run_id}/metrics")))
+        return self.loc.modified(f"{self.run_id}/run.json") is not None or bool(
+            self.loc.listdir(f"{self.run_id}/metrics")
+        )
 
     def _open(self, info: dict[str, Any]) -> None:
         run_id = self.run_id
@@ -243,8 +254,15 @@ class ParquetSink:
             self.lock.release()
 
     @classmethod
-    def reopen(cls, root: str | os.PathLike | Location, run_id: str, info: dict[str, Any],
-               keep_through_step: int, compact: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> "ParquetSink":
+    def reopen(
+        cls,
+        root: str | os.PathLike | Location,
+        run_id: str,
+        info: dict[str, Any],
+        keep_through_step: int,
+        compact: bool = True,
+        lock_timeout: float = LOCK_TIMEOUT,
+    ) -> ParquetSink:
         """Continue an existing run after a restart from a checkpoint taken at ``keep_through_step``.
 
         Rows that the earlier process wrote after that step would be written again by the
@@ -261,7 +279,9 @@ class ParquetSink:
         try:
             old = json.loads(loc.read_bytes(f"{run_id}/run.json"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"no run {run_id!r} under {loc.url} (no run.json): check --root and the run id")
+            raise FileNotFoundError(
+                f"no run {run_id!r} under {loc.url} (no run.json): check --root and the run id"
+            ) from None
         lock = RunLock(loc, run_id, "resume", timeout=lock_timeout).acquire()
         try:
             cls._drop_after(loc, run_id, keep_through_step)

@@ -12,6 +12,7 @@ It also names the part files (:func:`part_name`, :func:`compact_name`) and decid
 files in a ``metrics/`` folder make up a consistent view (:func:`live_files`): the rule that lets
 compaction run while a reader reads, with every row seen exactly once.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 PART_RE = re.compile(r"^part-(\d+)-[0-9a-f]+\.parquet$")
@@ -32,8 +33,10 @@ def check_run_id(run_id: object) -> str:
     starting with ``.`` or ``-`` and without ``..``, so it names one folder inside the root and
     never reaches outside it (``../x``), a hidden name or a temp file's. Raises ValueError."""
     if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id) or ".." in run_id:
-        raise ValueError(f"run id {run_id!r} is not allowed: use 1-128 letters, digits, '_', '.' or '-', "
-                         f"starting with a letter, digit or '_', without '..' or a path separator")
+        raise ValueError(
+            f"run id {run_id!r} is not allowed: use 1-128 letters, digits, '_', '.' or '-', "
+            f"starting with a letter, digit or '_', without '..' or a path separator"
+        )
     return run_id
 
 
@@ -59,7 +62,7 @@ def compact_name(lo: int, hi: int) -> str:
 
 def now_iso() -> str:
     """Now, in UTC, as run.json and the lock write times (ISO 8601, milliseconds)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def default_root() -> str:

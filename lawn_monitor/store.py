@@ -1,8 +1,8 @@
 """RunStore: DuckDB queries over a store of runs (``<root>/*/run.json`` and Parquet files).
 
 Results are pandas DataFrames, or Arrow tables or Polars frames with ``RunStore(root,
-output="arrow" | "polars")``; ``RunStore.sql`` runs your own SQL over every row. Values are always passed to DuckDB as parameters, never
-formatted into SQL. The files of a run are listed in Python first: of a run's part and compacted
+output="arrow" | "polars")``; ``RunStore.sql`` runs your own SQL over every row. Values are always passed to DuckDB as
+parameters, never formatted into SQL. The files of a run are listed in Python first: of a run's part and compacted
 files only those not covered by a wider one are read (storage.live_files: every row exactly
 once while compaction runs), and each is checked for Parquet's magic bytes, so a zero-byte or
 truncated file is skipped with a warning instead of failing the query. ``root`` may be a local
@@ -15,6 +15,7 @@ another schema in ``metrics/`` is skipped. Each is one warning, kept in ``RunSto
 for the dashboard to show. A row belongs to the run whose folder holds its file (not to the
 ``run_id`` written in it), so a renamed or copied run folder counts as itself.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,9 +25,9 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import duckdb
 import numpy as np
@@ -37,8 +38,18 @@ from .runinfo import RunInfo, check_run_info
 from .schema import SCHEMA
 from .storage import Location, default_root, live_files, plain_name
 
-RUN_COLUMNS = ["run_id", "name", "status", "damage", "created_at", "heartbeat_at", "ended_at", "step", "total_steps",
-               "progress"]
+RUN_COLUMNS = [
+    "run_id",
+    "name",
+    "status",
+    "damage",
+    "created_at",
+    "heartbeat_at",
+    "ended_at",
+    "step",
+    "total_steps",
+    "progress",
+]
 SERIES_COLUMNS = ["run_id", "step", "epoch", "wall_time", "x", "value", "min", "max", "smoothed"]
 SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
 # Config keys that say where and how a run ran, or what was measured beside it, not what it
@@ -49,14 +60,44 @@ SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
 # under "probes" (a ProbeConfig) beside "probe_size"; runs saved before that, and older ones
 # ("gn_every"), hold them flat. The trainer's derived keys (free_steps, steps_per_epoch, ...)
 # follow from the keys that split already.
-NOT_COMPUTED = frozenset({
-    "name", "root", "device", "progress", "data_root", "logdir", "run_dir", "download", "flush_secs", "workers", "threads", "resume",
-    "recipe", "compile", "channels_last", "world_size",
-    "probes", "probe_size",
-    "probe_every", "curvature", "gn_every", "gn_points", "hessian_points", "hessian_probes", "sharpness_points",
-    "sharpness_iters", "curvature_budget",
-    "free_steps", "warmup_steps", "free_warmup_steps", "auto_switch", "steps_per_epoch", "num_train", "schedule",
-})
+NOT_COMPUTED = frozenset(
+    {
+        "name",
+        "root",
+        "device",
+        "progress",
+        "data_root",
+        "logdir",
+        "run_dir",
+        "download",
+        "flush_secs",
+        "workers",
+        "threads",
+        "resume",
+        "recipe",
+        "compile",
+        "channels_last",
+        "world_size",
+        "probes",
+        "probe_size",
+        "probe_every",
+        "curvature",
+        "gn_every",
+        "gn_points",
+        "hessian_points",
+        "hessian_probes",
+        "sharpness_points",
+        "sharpness_iters",
+        "curvature_budget",
+        "free_steps",
+        "warmup_steps",
+        "free_warmup_steps",
+        "auto_switch",
+        "steps_per_epoch",
+        "num_train",
+        "schedule",
+    }
+)
 TEXT_COLUMNS = {"run_id": "object", "layer": "object", "metric": "object"}  # dtypes of empty results
 X_AXES = ("step", "epoch", "time")
 OUTPUTS = ("pandas", "arrow", "polars")
@@ -66,6 +107,7 @@ _calls = threading.local()  # depth of RunStore calls on this thread: only the o
 def _output(method):
     """Return ``method``'s DataFrame in the store's ``output`` format. Calls the store makes to
     itself (summary reads runs) stay in pandas, and only the caller's result is converted."""
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         depth = getattr(_calls, "depth", 0)
@@ -75,6 +117,7 @@ def _output(method):
         finally:
             _calls.depth = depth
         return result if depth or self.output == "pandas" else _convert(result, self.output)
+
     return wrapper
 
 
@@ -87,8 +130,13 @@ def _convert(df: pd.DataFrame, output: str):
     try:
         table = pa.Table.from_pandas(df, preserve_index=index)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        mixed = {c: df[c].map(lambda v: None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
-                              else str(v)) for c in df.columns if df[c].dtype == object}
+        mixed = {
+            c: df[c].map(
+                lambda v: None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v)
+            )
+            for c in df.columns
+            if df[c].dtype == object
+        }
         table = pa.Table.from_pandas(df.assign(**mixed), preserve_index=index)
     if output == "arrow":
         return table
@@ -101,8 +149,10 @@ def _convert(df: pd.DataFrame, output: str):
 # taken from the folder its file is in (<run_id>/metrics/<file>), not from the file. A run
 # folder renamed or copied by hand keeps the old id inside its files; by folder it still counts
 # as the run the store lists. The folder is a per-file constant, so this costs nothing measurable.
-FILES_BY_FOLDER = ("(SELECT * EXCLUDE (filename) REPLACE (string_split(filename, '/')[-3] AS run_id) "
-                   "FROM read_parquet(?, filename = true))")
+FILES_BY_FOLDER = (
+    "(SELECT * EXCLUDE (filename) REPLACE (string_split(filename, '/')[-3] AS run_id) "
+    "FROM read_parquet(?, filename = true))"
+)
 TEXT_TYPES = {"VARCHAR"}
 NUMBER_TYPES = {"BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT", "UINTEGER", "DOUBLE", "FLOAT"}
 
@@ -128,8 +178,8 @@ def _age_seconds(iso: str | None) -> float:
     except ValueError:
         return float("inf")
     if then.tzinfo is None:
-        then = then.replace(tzinfo=timezone.utc)
-    return (datetime.now(timezone.utc) - then).total_seconds()
+        then = then.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - then).total_seconds()
 
 
 def _timestamp(iso: str | None) -> float:
@@ -138,7 +188,7 @@ def _timestamp(iso: str | None) -> float:
     except (TypeError, ValueError):
         return float("nan")
     if then.tzinfo is None:
-        then = then.replace(tzinfo=timezone.utc)
+        then = then.replace(tzinfo=UTC)
     return then.timestamp()
 
 
@@ -194,8 +244,13 @@ class RunStore:
             ``"polars"`` frames (needs polars).
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, stale_after: float = 120.0,
-                 storage_options: dict | None = None, output: str = "pandas") -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        stale_after: float = 120.0,
+        storage_options: dict | None = None,
+        output: str = "pandas",
+    ) -> None:
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         self.output = output
@@ -230,8 +285,10 @@ class RunStore:
             if _utf8(name):
                 ids.append(name)
             else:
-                self._warn_once(f"skipping {self.loc.url}/{_printable(name)}: its folder name is not UTF-8 text; "
-                                f"rename it to letters, digits, '-', '_' and '.'")
+                self._warn_once(
+                    f"skipping {self.loc.url}/{_printable(name)}: its folder name is not UTF-8 text; "
+                    f"rename it to letters, digits, '-', '_' and '.'"
+                )
         return ids
 
     def files(self, run_ids: Iterable[str] | None = None) -> list[str]:
@@ -254,11 +311,15 @@ class RunStore:
                 self._warn_once(f"skipping {self.loc.url}/{folder}: cannot be listed ({exc.strerror or exc})")
                 return []
             for name in dict.fromkeys(skipped):
-                self._warn_once(f"skipping {self.loc.url}/{folder}/{_printable(name)}: cannot be read "
-                                f"(a symlink loop or no permission); remove it")
+                self._warn_once(
+                    f"skipping {self.loc.url}/{folder}/{_printable(name)}: cannot be read "
+                    f"(a symlink loop or no permission); remove it"
+                )
             for name in [n for n in listing if not _utf8(n)]:
-                self._warn_once(f"skipping {self.loc.url}/{folder}/{_printable(name)}: its name is not UTF-8 text; "
-                                f"rename or remove it")
+                self._warn_once(
+                    f"skipping {self.loc.url}/{folder}/{_printable(name)}: its name is not UTF-8 text; "
+                    f"rename or remove it"
+                )
                 del listing[name]
             live, _, other = live_files(list(listing))
             good, bad = [], []
@@ -286,8 +347,14 @@ class RunStore:
         head, tail = self.loc.head_tail(rel, size)
         return head == b"PAR1" and tail == b"PAR1"
 
-    def _query(self, sql: str, params: Sequence, run_ids: Iterable[str] | None, columns: list[str],
-               files: list[str] | None = None) -> pd.DataFrame:
+    def _query(
+        self,
+        sql: str,
+        params: Sequence,
+        run_ids: Iterable[str] | None,
+        columns: list[str],
+        files: list[str] | None = None,
+    ) -> pd.DataFrame:
         """Run ``sql`` (its first parameter is the file list) over the live files of ``run_ids``;
         ``read_parquet(?)`` in it reads them by folder (FILES_BY_FOLDER).
 
@@ -304,7 +371,7 @@ class RunStore:
             cur = self._con.cursor()
             try:
                 return cur.execute(sql, [files, *params]).df()
-            except duckdb.Error as exc:
+            except duckdb.Error:
                 if self._vanished(files):
                     time.sleep(0.05 * (attempt + 1))
                     continue
@@ -381,18 +448,26 @@ class RunStore:
         not is remembered, so the next listing leaves it out without a failed query first."""
         try:
             cur.execute("SELECT count(*) FROM read_parquet(?)", [path]).fetchall()
-            types = dict(cur.execute("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet(?))",
-                                     [path]).fetchall())
+            types = dict(
+                cur.execute(
+                    "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet(?))", [path]
+                ).fetchall()
+            )
         except duckdb.Error as exc:
             self._unreadable.add(path)
             self._warn_once(f"skipping {path}: unreadable Parquet ({str(exc).splitlines()[0]})")
             return False
-        wrong = [f"{f.name} ({types.get(f.name, 'missing')})" for f in SCHEMA
-                 if types.get(f.name) not in (TEXT_TYPES if str(f.type) == "string" else NUMBER_TYPES)]
+        wrong = [
+            f"{f.name} ({types.get(f.name, 'missing')})"
+            for f in SCHEMA
+            if types.get(f.name) not in (TEXT_TYPES if str(f.type) == "string" else NUMBER_TYPES)
+        ]
         if wrong:
             self._unreadable.add(path)
-            self._warn_once(f"skipping {path}: not a lawn-monitor metrics file (columns {', '.join(wrong)}); "
-                            f"move it out of metrics/")
+            self._warn_once(
+                f"skipping {path}: not a lawn-monitor metrics file (columns {', '.join(wrong)}); "
+                f"move it out of metrics/"
+            )
             return False
         return True
 
@@ -410,8 +485,10 @@ class RunStore:
         except OSError as exc:  # a symlink loop, a folder of that name, no permission
             found = RunInfo(damage=f"run.json cannot be read ({exc.strerror or exc})")
         if found.damage:
-            self._warn_once(f"{self.loc.url}/{run_id}: {found.damage}; listed as damaged, its data still read: "
-                            f"repair its run.json or remove the folder")
+            self._warn_once(
+                f"{self.loc.url}/{run_id}: {found.damage}; listed as damaged, its data still read: "
+                f"repair its run.json or remove the folder"
+            )
         for problem in found.problems:
             self._warn_once(f"{self.loc.url}/{rel}: {problem}; read as not recorded")
         return found
@@ -478,8 +555,10 @@ class RunStore:
             except OSError:  # metrics/ cannot be listed: _run_files says why when it is read
                 strays = []
             for name in strays:
-                self._warn_once(f"skipping {self.loc.url}/{run_id}/metrics/{name}: a temp file left by a killed "
-                                f"writer (lawn-monitor compact removes it once the run has ended)")
+                self._warn_once(
+                    f"skipping {self.loc.url}/{run_id}/metrics/{name}: a temp file left by a killed "
+                    f"writer (lawn-monitor compact removes it once the run has ended)"
+                )
             total = info.get("total_steps")
             step = info.get("step") or 0
             row = {
@@ -511,17 +590,22 @@ class RunStore:
                 return df.iloc[0:0]
             df = df[df[key] == value]
         known = df["_acc"].notna()
-        from_json = pd.DataFrame([(r, *a) for r, a in zip(df.loc[known, "run_id"], df.loc[known, "_acc"])],
-                                 columns=["run_id", "test_acc", "best_test_acc"])
+        from_json = pd.DataFrame(
+            [(r, *a) for r, a in zip(df.loc[known, "run_id"], df.loc[known, "_acc"])],
+            columns=["run_id", "test_acc", "best_test_acc"],
+        )
         from_files = self._per_run(
             """SELECT run_id, arg_max(value, (step, wall_time)) AS test_acc, max(value) AS best_test_acc
                FROM read_parquet(?) WHERE metric = 'test/acc' AND layer = '' GROUP BY run_id""",
-            [], df.loc[~known, "run_id"], ["run_id", "test_acc", "best_test_acc"],
+            [],
+            df.loc[~known, "run_id"],
+            ["run_id", "test_acc", "best_test_acc"],
         )
         parts = [d for d in (from_json, from_files) if not d.empty]
         acc = pd.concat(parts) if parts else from_files
-        df = df.drop(columns="_acc").merge(acc.astype({"test_acc": "float64", "best_test_acc": "float64"}),
-                                           on="run_id", how="left")
+        df = df.drop(columns="_acc").merge(
+            acc.astype({"test_acc": "float64", "best_test_acc": "float64"}), on="run_id", how="left"
+        )
         return df.sort_values("created_at", ascending=False, ignore_index=True)
 
     # --- series -------------------------------------------------------------------------------
@@ -567,7 +651,8 @@ class RunStore:
                FROM s JOIN r USING (run_id)
                GROUP BY run_id, (step - lo) // width
                ORDER BY run_id, step""",
-            [metric, layer, float(points) if points else float("inf")], ids,
+            [metric, layer, float(points) if points else float("inf")],
+            ids,
             ["run_id", "step", "epoch", "wall_time", "value", "min", "max"],
         ).copy()
         if x == "time":
@@ -577,8 +662,11 @@ class RunStore:
             df["x"] = df["wall_time"] - start.fillna(first)  # no run.json time: the first row
         else:
             df["x"] = df[x].astype("float64")
-        df["smoothed"] = df.groupby("run_id", sort=False)["value"].transform(lambda v: ema(v, smooth)) \
-            if not df.empty else df["value"]
+        df["smoothed"] = (
+            df.groupby("run_id", sort=False)["value"].transform(lambda v: ema(v, smooth))
+            if not df.empty
+            else df["value"]
+        )
         if not with_se:
             return df[SERIES_COLUMNS]
         # The estimate and its SE are written at the same steps, so their buckets end on the same steps.
@@ -600,7 +688,9 @@ class RunStore:
                           FROM s, r)
                SELECT run_id, layer, bucket AS step, arg_max(value, (step, wall_time)) AS value
                FROM b GROUP BY run_id, layer, bucket""",
-            [metric, float(points) if points else float("inf")], [run_id], ["run_id", "layer", "step", "value"],
+            [metric, float(points) if points else float("inf")],
+            [run_id],
+            ["run_id", "layer", "step", "value"],
         )
         if df.empty:
             return df[["layer", "step", "value"]]
@@ -617,8 +707,9 @@ class RunStore:
         """The layers these runs logged ``metric`` for, in model order (run.json ``layers``),
         layers no run.json lists last, by name."""
         ids = _ids(run_ids)
-        df = self._query("SELECT DISTINCT layer FROM read_parquet(?) WHERE metric = ? AND layer <> ''",
-                         [metric], ids, ["layer"])
+        df = self._query(
+            "SELECT DISTINCT layer FROM read_parquet(?) WHERE metric = ? AND layer <> ''", [metric], ids, ["layer"]
+        )
         found = set(df["layer"])
         order = [name for run_id in ids for name in (self.run_info(run_id) or {}).get("layers") or []]
         listed = [name for name in dict.fromkeys(order) if name in found]
@@ -642,7 +733,9 @@ class RunStore:
         return self._query(
             """SELECT metric, layer, step, epoch, wall_time, value FROM read_parquet(?)
                WHERE layer = '' OR ? ORDER BY metric, layer, step, wall_time""",
-            [per_layer], [run_id], ["metric", "layer", "step", "epoch", "wall_time", "value"],
+            [per_layer],
+            [run_id],
+            ["metric", "layer", "step", "epoch", "wall_time", "value"],
         )
 
     @_output
@@ -651,7 +744,9 @@ class RunStore:
         return self._query(
             """SELECT run_id, min(step) AS step, min(epoch) AS epoch FROM read_parquet(?)
                WHERE metric = 'phase' AND layer = '' AND value >= 1 GROUP BY run_id ORDER BY run_id""",
-            [], _ids(run_ids), ["run_id", "step", "epoch"],
+            [],
+            _ids(run_ids),
+            ["run_id", "step", "epoch"],
         )
 
     # --- tables -------------------------------------------------------------------------------
@@ -687,14 +782,17 @@ class RunStore:
         per_run = self._per_run(
             f"SELECT run_id, {aggs[reduce]} AS value FROM read_parquet(?) "  # one of three literals
             "WHERE metric = ? AND layer = '' GROUP BY run_id",
-            [metric], runs["run_id"], ["run_id", "value"],
+            [metric],
+            runs["run_id"],
+            ["run_id", "value"],
         )
         merged = runs.merge(per_run, on="run_id")
         if merged.empty:
             return pd.DataFrame(columns=out_cols)
         not_config = set(RUN_COLUMNS) | {"test_acc", "best_test_acc", "value"}
-        others = [k for k in merged.columns
-                  if k not in not_config and k not in NOT_COMPUTED and k != "seed" and k not in by]
+        others = [
+            k for k in merged.columns if k not in not_config and k not in NOT_COMPUTED and k != "seed" and k not in by
+        ]
         keys = pd.DataFrame({k: merged[k].map(_canonical) for k in [*by, *others]}, index=merged.index)
         keys["_all"] = ""  # one group when ``by`` is empty
         varies = keys.groupby([*by, "_all"])[others].nunique().max() if others else pd.Series(dtype=int)
@@ -709,9 +807,17 @@ class RunStore:
         for _, members in keys.loc[latest].groupby([*group, "_all"], sort=False).groups.items():
             first, values = merged.loc[members[0]], merged.loc[members, "value"]
             seeds = sorted({s for s in seed[members] if s != "null"}, key=lambda t: (len(t), t))
-            rows.append({**{k: first[k] for k in group}, "mean": values.mean(), "std": values.std(),
-                         "count": int(values.count()), "min": values.min(), "max": values.max(),
-                         "seeds": ",".join(seeds)})
+            rows.append(
+                {
+                    **{k: first[k] for k in group},
+                    "mean": values.mean(),
+                    "std": values.std(),
+                    "count": int(values.count()),
+                    "min": values.min(),
+                    "max": values.max(),
+                    "seeds": ",".join(seeds),
+                }
+            )
         table = pd.DataFrame(rows)
         table["stderr"] = table["std"] / np.sqrt(table["count"])
         try:
@@ -744,9 +850,11 @@ class RunStore:
             if files:
                 con.read_parquet(files).create_view("metrics")
             else:  # an empty store: the view exists, with no rows
-                con.execute("CREATE VIEW metrics AS SELECT * FROM (VALUES (NULL::VARCHAR, NULL::BIGINT, NULL::DOUBLE, "
-                            "NULL::DOUBLE, NULL::VARCHAR, NULL::VARCHAR, NULL::DOUBLE)) "
-                            "t(run_id, step, epoch, wall_time, layer, metric, value) WHERE false")
+                con.execute(
+                    "CREATE VIEW metrics AS SELECT * FROM (VALUES (NULL::VARCHAR, NULL::BIGINT, NULL::DOUBLE, "
+                    "NULL::DOUBLE, NULL::VARCHAR, NULL::VARCHAR, NULL::DOUBLE)) "
+                    "t(run_id, step, epoch, wall_time, layer, metric, value) WHERE false"
+                )
             con.register("runs", runs)
             result = con.execute(query, list(params or []))
             if self.output == "pandas":

@@ -1,4 +1,5 @@
 """Shared test fixtures: stores written by real (tiny) monitored training runs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,9 @@ from lawn_monitor import LAWN, Monitor
 from lawn_monitor.probes import ProbeConfig
 
 # Curvature on a schedule rather than a budget (tiny runs have no time to budget), few vectors.
-TINY_PROBES = ProbeConfig(gn_points=10, hessian_points=3, hessian_probes=8, sharpness_points=3, sharpness_iters=5,
-                          budget=1e6)
-
+TINY_PROBES = ProbeConfig(
+    gn_points=10, hessian_points=3, hessian_probes=8, sharpness_points=3, sharpness_iters=5, budget=1e6
+)
 
 
 def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int = 30, seed: int = 0) -> str:
@@ -28,11 +29,24 @@ def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int
     if lawn:
         opt = LAWN(opt, free_steps=10)
     config = {
-        "dataset": "random", "model": "mlp", "optimizer": optimizer, "lawn": lawn,
-        "batch_size": len(x), "seed": seed,
+        "dataset": "random",
+        "model": "mlp",
+        "optimizer": optimizer,
+        "lawn": lawn,
+        "batch_size": len(x),
+        "seed": seed,
     }
-    monitor = Monitor(model, opt, root=root, config=config, name=name, total_steps=steps, steps_per_epoch=1,
-                      probe_batch=(x[:16], y[:16]), probe_config=TINY_PROBES)
+    monitor = Monitor(
+        model,
+        opt,
+        root=root,
+        config=config,
+        name=name,
+        total_steps=steps,
+        steps_per_epoch=1,
+        probe_batch=(x[:16], y[:16]),
+        probe_config=TINY_PROBES,
+    )
     loss_fn = nn.CrossEntropyLoss()
     for step in range(1, steps + 1):
         opt.zero_grad()

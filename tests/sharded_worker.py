@@ -9,6 +9,7 @@ projection, then under DDP with SGD-LAWN. A Monitor is built on every rank; rank
 writes, its all-reduce calls per Monitor step and per LAWN step, LAWN's norms against its targets)
 for the test to check. ``train_unsharded`` is the one-process reference on the whole batches.
 """
+
 from __future__ import annotations
 
 import gc
@@ -45,7 +46,9 @@ def make_optimizer(mode: str, params) -> LAWN:
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(100 + step)
-    return torch.randn(GLOBAL_BATCH, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (GLOBAL_BATCH,), generator=g)
+    return torch.randn(GLOBAL_BATCH, 6, generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (GLOBAL_BATCH,), generator=g
+    )
 
 
 def train_unsharded(mode: str, root: Path) -> None:
@@ -99,13 +102,25 @@ def train_sharded(mode: str, root: Path, rank: int, world: int) -> dict:
         warnings.simplefilter("always")
         # A probe batch: under FSDP2 the curvature probes must be turned off, with one warning.
         # Under DDP they run on rank 0 alone (on a schedule here, not a budget): nothing waits for it.
-        monitor = Monitor(model, opt, root=root, name=mode, flush_every=1000, probe_batch=(x0[:8], y0[:8]),
-                          total_steps=STEPS, probe_config=ProbeConfig(gn_points=2, hessian_points=1,
-                                                                      hessian_probes=2, sharpness_points=1,
-                                                                      sharpness_iters=3, budget=1e6))
-    seen = {"writes": monitor.writes, "run_dir": str(monitor.run_dir) if monitor.run_dir else None,
-            "warnings": [str(w.message) for w in caught if "FSDP2" in str(w.message)],
-            "monitor_all_reduces": [], "lawn_all_reduces": []}
+        monitor = Monitor(
+            model,
+            opt,
+            root=root,
+            name=mode,
+            flush_every=1000,
+            probe_batch=(x0[:8], y0[:8]),
+            total_steps=STEPS,
+            probe_config=ProbeConfig(
+                gn_points=2, hessian_points=1, hessian_probes=2, sharpness_points=1, sharpness_iters=3, budget=1e6
+            ),
+        )
+    seen = {
+        "writes": monitor.writes,
+        "run_dir": str(monitor.run_dir) if monitor.run_dir else None,
+        "warnings": [str(w.message) for w in caught if "FSDP2" in str(w.message)],
+        "monitor_all_reduces": [],
+        "lawn_all_reduces": [],
+    }
     share = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     for step in range(1, STEPS + 1):
         x, y = batch(step)

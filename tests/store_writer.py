@@ -11,6 +11,7 @@ also ``flushed I`` after flush I is written, ``merging`` as a merge starts and `
 ``close`` (for a reader that keeps reading its output). A run another process holds (or a reused
 run id) ends it with one line on stderr and exit code 2.
 """
+
 import os
 import sys
 import threading

@@ -1,4 +1,5 @@
 """The dashboard end to end through Streamlit's AppTest, every page, on stores written by real runs."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,9 @@ def charts(at: AppTest) -> dict[str, list[tuple[dict, pd.DataFrame]]]:
         named = {ds.name: pa.ipc.open_stream(ds.data.data).read_pandas() for ds in element.proto.datasets}
         layers = spec.get("layer", [spec])
         title = spec.get("title", layers[0].get("title", {})).get("text", f"untitled {i}")
-        found[title] = [(layer, named.get((layer.get("data") or spec.get("data") or {}).get("name")))
-                        for layer in layers]
+        found[title] = [
+            (layer, named.get((layer.get("data") or spec.get("data") or {}).get("name"))) for layer in layers
+        ]
     return found
 
 
@@ -75,8 +77,12 @@ def of_mark(layers, kind: str) -> list[pd.DataFrame]:
 
 
 def texts(at: AppTest) -> str:
-    return "\n".join(e.value for kind in ("markdown", "caption", "info", "title", "subheader") for e in at.get(kind)
-                     if isinstance(e.value, str))
+    return "\n".join(
+        e.value
+        for kind in ("markdown", "caption", "info", "title", "subheader")
+        for e in at.get(kind)
+        if isinstance(e.value, str)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +107,7 @@ def ids(sweep_store) -> dict[str, str]:
 
 
 # --- Runs -------------------------------------------------------------------------------------
+
 
 def test_runs_page_lists_every_run(sweep_store):
     at = run_app(sweep_store)
@@ -155,8 +162,11 @@ def test_a_filter_never_moves_or_drops_the_selection(sweep_store, ids):
     assert sorted(at.session_state["runs"]) == sorted(adam + [ids["sgd-0"]])
     at.switch_page("views/compare.py").run()
     caption = next(c.value for c in at.caption if c.value.startswith("Runs:"))
-    assert set(caption[len("Runs: "):caption.index(" (choose")].split(", ")) == {"adam-lawn-s0", "adam-lawn-s1",
-                                                                                  "sgd-s0"}
+    assert set(caption[len("Runs: ") : caption.index(" (choose")].split(", ")) == {
+        "adam-lawn-s0",
+        "adam-lawn-s1",
+        "sgd-s0",
+    }
 
 
 def _ticked(table) -> list[int]:
@@ -166,6 +176,7 @@ def _ticked(table) -> list[int]:
 
 
 # --- Live -------------------------------------------------------------------------------------
+
 
 def test_live_page_shows_ended_runs_with_their_switch(sweep_store, ids):
     at = run_app(sweep_store, "live", params={"runs": ["adam-lawn-s0", "sgd-s0"]})
@@ -182,8 +193,10 @@ def test_live_page_shows_ended_runs_with_their_switch(sweep_store, ids):
     assert set(hutchinson["step"]) == {1, 5, 30} and hutchinson["se"].notna().all()
     assert set(main_line(found["test accuracy"])["step"]) == {10, 20, 30}
     assert main_line(found["test accuracy"])["value"].max() > 1  # accuracy in %
-    assert sorted(p.text for p in at.get("progress")) == ["adam-lawn-s0: step 30 / 30 (100%), done",
-                                                          "sgd-s0: step 30 / 30 (100%), done"]
+    assert sorted(p.text for p in at.get("progress")) == [
+        "adam-lawn-s0: step 30 / 30 (100%), done",
+        "sgd-s0: step 30 / 30 (100%), done",
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:Monitor. no probe_batch")
@@ -225,8 +238,9 @@ def test_live_draws_ended_selected_runs_faintly_and_analysis_pages_offer_refresh
     baseline = train_tiny_run(root, "adam", "adam", lawn=False, steps=20)
     model = nn.Linear(4, 2)
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
-    monitor = Monitor(model, opt, root=root, name="adam-lawn-live", config={"optimizer": "adam", "lawn": True},
-                      total_steps=10)
+    monitor = Monitor(
+        model, opt, root=root, name="adam-lawn-live", config={"optimizer": "adam", "lawn": True}, total_steps=10
+    )
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
     for _ in range(3):
         opt.zero_grad()
@@ -254,12 +268,20 @@ def test_live_draws_ended_selected_runs_faintly_and_analysis_pages_offer_refresh
 
 # --- Loss flattening --------------------------------------------------------------------------
 
+
 def test_flattening_page_overlays_the_signals(sweep_store, ids):
     at = run_app(sweep_store, "flattening", params={"runs": ["adam-lawn-s0", "sgd-s0"]})
     found = charts(at)
-    assert {"train loss", "gradient norm (whole model)", TRACE_TITLE, "sharpness vs. stability threshold (dotted)",
-            "logit norm (mean L2)", "weight norm (whole model)", "max softmax probability",
-            "flattened samples (loss < 1e-3)"} == set(found)
+    assert {
+        "train loss",
+        "gradient norm (whole model)",
+        TRACE_TITLE,
+        "sharpness vs. stability threshold (dotted)",
+        "logit norm (mean L2)",
+        "weight norm (whole model)",
+        "max softmax probability",
+        "flattened samples (loss < 1e-3)",
+    } == set(found)
     for title in ("train loss", "logit norm (mean L2)", "max softmax probability", "weight norm (whole model)"):
         assert set(main_line(found[title])["label"]) == {"adam-lawn-s0", "sgd-s0"}, title
     sharp = found["sharpness vs. stability threshold (dotted)"]
@@ -285,19 +307,25 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
 
 # --- Weight adaptivity ------------------------------------------------------------------------
 
+
 def test_adaptivity_page_tells_growth_from_freeze(sweep_store, ids):
     at = run_app(sweep_store, "adaptivity", params={"a": "adam-lawn-s0", "b": "sgd-s0"})
     assert [s.value for s in at.selectbox][:2] == [ids["adam-lawn-0"], ids["sgd-0"]]
     found = charts(at)
     every = {"adam-lawn-s0", "adam-lawn-s1", "sgd-s0"}  # nothing chosen on the Runs page: the newest runs
-    for title in ("weight norm (whole model)", "weight growth (whole model)", "update ratio, raw (whole model)",
-                  "learning rate (why the raw ratio falls)"):
+    for title in (
+        "weight norm (whole model)",
+        "weight growth (whole model)",
+        "update ratio, raw (whole model)",
+        "learning rate (why the raw ratio falls)",
+    ):
         assert set(main_line(found[title])["label"]) == every, title
     growth = main_line(found["weight growth (whole model)"])
     assert growth.sort_values("step").groupby("label")["value"].first().round(6).eq(1.0).all()
     specs = [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
-    heat = [s for s in specs if s.get("layer", [s])[0]["mark"]["type"] == "rect"
-            or s.get("mark", {}).get("type") == "rect"]
+    heat = [
+        s for s in specs if s.get("layer", [s])[0]["mark"]["type"] == "rect" or s.get("mark", {}).get("type") == "rect"
+    ]
     assert len(heat) == 4  # weight growth and update ratio per unit LR, two runs each
     cells = heat[0]["layer"][0]
     assert cells["encoding"]["y"]["sort"] == ["0.weight", "0.bias", "2.weight", "2.bias"]  # model order
@@ -313,10 +341,19 @@ def test_adaptivity_page_tells_growth_from_freeze(sweep_store, ids):
 
 # --- Compare ----------------------------------------------------------------------------------
 
+
 def test_compare_smooths_and_averages_seeds(sweep_store, ids):
-    at = run_app(sweep_store, "compare", params={"runs": ["adam-lawn-s0", "adam-lawn-s1", "sgd-s0"],
-                                                 "metric": "train/loss", "smooth": "0.6",
-                                                 "group": ["optimizer", "lawn"], "band": "stderr"})
+    at = run_app(
+        sweep_store,
+        "compare",
+        params={
+            "runs": ["adam-lawn-s0", "adam-lawn-s1", "sgd-s0"],
+            "metric": "train/loss",
+            "smooth": "0.6",
+            "group": ["optimizer", "lawn"],
+            "band": "stderr",
+        },
+    )
     title = "train/loss (smoothed 0.6), mean and mean ± standard error per group"
     group = main_line(charts(at)[title])
     assert set(group["label"]) == {"optimizer=adam, lawn=True", "optimizer=sgd, lawn=False"}
@@ -342,8 +379,11 @@ def test_compare_one_line_per_run_over_epoch(sweep_store, ids):
 
 def test_compare_one_layer_of_a_per_layer_metric(sweep_store, ids):
     run_ids = [ids["adam-lawn-0"], ids["sgd-0"]]
-    at = run_app(sweep_store, "compare", params={"runs": ["adam-lawn-s0", "sgd-s0"], "metric": "update_ratio",
-                                                 "layer": "2.weight", "smooth": "0"})
+    at = run_app(
+        sweep_store,
+        "compare",
+        params={"runs": ["adam-lawn-s0", "sgd-s0"], "metric": "update_ratio", "layer": "2.weight", "smooth": "0"},
+    )
     assert at.selectbox[1].options == ["(whole model)", "0.weight", "0.bias", "2.weight", "2.bias"]
     lines = main_line(charts(at)["update_ratio of 2.weight"])
     expected = RunStore(sweep_store).series(run_ids, "update_ratio", "2.weight")
@@ -372,6 +412,7 @@ def test_view_state_survives_moving_between_pages(sweep_store):
 
 
 # --- stores that are empty, missing or damaged ------------------------------------------------
+
 
 @pytest.mark.parametrize("page", PAGES)
 @pytest.mark.parametrize("make_dir", [False, True])

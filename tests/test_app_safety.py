@@ -1,6 +1,7 @@
 """The dashboard trusts no URL: ``?root=`` chooses only among the roots the server was started
 with (never reading, or revealing anything about, a place a visitor names), other schemes are
 refused, and no query parameter, however odd, breaks a page or shows a traceback."""
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,15 @@ def test_root_outside_the_served_ones_is_refused_untouched(served, tmp_path):
     WATCHED.add("secret-store")
     TOUCHED.clear()
     try:
-        for root in (str(outside), f"{outside}/../secret-store", "ftp://example.invalid/runs",
-                     "file:///etc", "s3://someone-elses-bucket/runs", "/etc", "x" * 5000):
+        for root in (
+            str(outside),
+            f"{outside}/../secret-store",
+            "ftp://example.invalid/runs",
+            "file:///etc",
+            "s3://someone-elses-bucket/runs",
+            "/etc",
+            "x" * 5000,
+        ):
             at = open_page("runs", {"root": root})
             assert not at.exception, (root, [e.value for e in at.exception])
             assert at.sidebar.selectbox[0].value == str(served), root
@@ -101,8 +109,11 @@ CASES = (
     + [("runs", "optimizer", v) for v in ("rmsprop", "\x00")]
     + [("flattening", key, v) for key in ("log", "refresh") for v in ("maybe", "-1", "nan")]
     + [("adaptivity", key, v) for key in ("a", "b", "since", "more") for v in ("no-such-run", "1e308")]
-    + [("compare", key, v) for key in ("metric", "x", "layer", "group", "band", "dataset", "reduce")
-       for v in ("no-such", "nan", "x" * 5000)]
+    + [
+        ("compare", key, v)
+        for key in ("metric", "x", "layer", "group", "band", "dataset", "reduce")
+        for v in ("no-such", "nan", "x" * 5000)
+    ]
 )
 
 

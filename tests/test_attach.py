@@ -1,5 +1,6 @@
 """Monitor.attach (an optimizer step post-hook) and observe: exactly the real optimizer steps, the
 same rows as monitor.step() in a hand-written loop, and model outputs of every shape."""
+
 import math
 import warnings
 
@@ -51,7 +52,7 @@ def test_hook_records_the_real_steps_of_a_lawn_optimizer_with_accumulation(tmp_p
     assert handle is not None and hook_opt._optimizer_step_post_hooks
     window = []
     for i, (x, y) in enumerate(batches(8), 1):
-        for model, opt in ((hand_model, hand_opt), (hook_model, hook_opt)):
+        for model, _opt in ((hand_model, hand_opt), (hook_model, hook_opt)):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             (loss / 2).backward()
@@ -218,8 +219,9 @@ def test_monitor_takes_model_outputs_of_any_shape(tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     ids, targets = sequence_batch()
     every_point = ProbeConfig(gn_groups=2, hessian_probes=4, sharpness_iters=3, budget=1e6)  # no time budget
-    monitor = Monitor(model, opt, root=tmp_path, flush_every=1000, probe_batch=(ids, targets), total_steps=2,
-                      probe_config=every_point)
+    monitor = Monitor(
+        model, opt, root=tmp_path, flush_every=1000, probe_batch=(ids, targets), total_steps=2, probe_config=every_point
+    )
     for _ in range(2):
         output = model(ids)
         loss = F.cross_entropy(output.logits.flatten(0, 1), targets.flatten())

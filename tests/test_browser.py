@@ -5,6 +5,7 @@ which drives that binary (``executable_path``); Playwright's own browser downloa
 Set ``LAWN_MONITOR_CHROMIUM`` to use another Chromium build. Screenshots of every page are saved
 under the test's temporary folder (``pytest --basetemp=DIR`` keeps them somewhere known).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,13 @@ pytestmark = pytest.mark.skipif(
     reason="no chromium binary: `apt-get install chromium` (make test does this as root), or set LAWN_MONITOR_CHROMIUM",
 )
 # (url path, the page's title): the Runs page is the default one, at /.
-PAGES = [("", "Runs"), ("live", "Live"), ("flattening", "Loss flattening"),
-         ("adaptivity", "Weight adaptivity"), ("compare", "Compare")]
+PAGES = [
+    ("", "Runs"),
+    ("live", "Live"),
+    ("flattening", "Loss flattening"),
+    ("adaptivity", "Weight adaptivity"),
+    ("compare", "Compare"),
+]
 LIVE_NAME = "live-writer"
 
 
@@ -60,10 +66,24 @@ class Writer(threading.Thread):
         model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
-        monitor = Monitor(model, opt, root=self.root, name=LIVE_NAME, total_steps=1_000_000, flush_secs=0.2,
-                          probe_batch=(x[:16], y[:16]), probe_config=TINY_PROBES,
-                          config={"dataset": "random", "model": "mlp", "optimizer": "adam", "lawn": False,
-                                  "batch_size": 32, "seed": 0})
+        monitor = Monitor(
+            model,
+            opt,
+            root=self.root,
+            name=LIVE_NAME,
+            total_steps=1_000_000,
+            flush_secs=0.2,
+            probe_batch=(x[:16], y[:16]),
+            probe_config=TINY_PROBES,
+            config={
+                "dataset": "random",
+                "model": "mlp",
+                "optimizer": "adam",
+                "lawn": False,
+                "batch_size": 32,
+                "seed": 0,
+            },
+        )
         with monitor:
             while not self.stop.is_set():
                 opt.zero_grad()
@@ -103,9 +123,25 @@ def streamlit_app(root: Path, tmp_path: Path):
     port = free_port()
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lawn_monitor.cli", "dashboard", "--root", str(root), "--port", str(port),
-         "--server.headless", "true", "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "lawn_monitor.cli",
+            "dashboard",
+            "--root",
+            str(root),
+            "--port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.fileWatcherType",
+            "none",
+            "--client.toolbarMode",
+            "viewer",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -133,8 +169,9 @@ def streamlit_app(root: Path, tmp_path: Path):
 @contextmanager
 def browser_page():
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
         try:
             # Streamlit scrolls inside its main block, not the document: a tall window shows whole pages.
             yield browser.new_page(viewport={"width": 1280, "height": 1800})
@@ -145,12 +182,15 @@ def browser_page():
 def wait_rendered(page, title: str) -> None:
     """Wait for the page's title, for its script to finish, and for at least one table or chart."""
     page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
-    page.locator("[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, "
-                 "[data-testid='stVegaLiteChart'] svg").first.wait_for(timeout=30_000)
+    page.locator(
+        "[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
+    ).first.wait_for(timeout=30_000)
     # Then for the script to finish (on Live, for a moment between two fragment reruns), and for
     # Vega to draw what arrived last.
-    page.wait_for_function("() => document.querySelector('[data-testid=stApp]')"
-                           "?.getAttribute('data-test-script-state') === 'notRunning'", timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'",
+        timeout=30_000,
+    )
     page.wait_for_timeout(500)
 
 
@@ -186,6 +226,7 @@ def test_every_page_in_a_browser(server, tmp_path):
 
 
 # --- what the browser was sent: every chart's Vega-Lite spec and data ----------------------------
+
 
 class Charts:
     """Collects the Vega-Lite charts Streamlit sends a page over its websocket (the protobuf
@@ -247,8 +288,10 @@ def adam_pair(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ids = {"adam": train_tiny_run(root, "adam", "adam", lawn=False, steps=60),
-               "adam-lawn": train_tiny_run(root, "adam-lawn", "adam", lawn=True, steps=60)}
+        ids = {
+            "adam": train_tiny_run(root, "adam", "adam", lawn=False, steps=60),
+            "adam-lawn": train_tiny_run(root, "adam-lawn", "adam", lawn=True, steps=60),
+        }
     finally:
         torch.set_num_threads(threads)
     return root, ids
@@ -272,7 +315,7 @@ def test_one_colour_per_run_everywhere_and_growth_against_freeze(adam_pair, tmp_
 
     # Every chart of every page gives each run one colour and one dash: the same everywhere.
     together: dict[str, set] = {}
-    for path, colours in per_page.items():
+    for colours in per_page.values():
         for label, values in colours.items():
             together.setdefault(label, set()).update(values)
     assert {"adam", "adam-lawn"} <= set(together)
@@ -290,8 +333,9 @@ def test_one_colour_per_run_everywhere_and_growth_against_freeze(adam_pair, tmp_
     (t_lawn, lawn_spec, lawn), (t_adam, adam_spec, adam) = heatmaps[:2]
     assert (t_lawn, t_adam) == ("adam-lawn", "adam")
     assert lawn_spec["encoding"]["color"]["scale"]["domain"] == adam_spec["encoding"]["color"]["scale"]["domain"]
-    switch = int(next(df for t, layer, df in adaptivity
-                      if t == "adam-lawn" and layer["mark"]["type"] == "rule")["step"].iloc[0])
+    switch = int(
+        next(df for t, layer, df in adaptivity if t == "adam-lawn" and layer["mark"]["type"] == "rule")["step"].iloc[0]
+    )
     for layer in ("0.weight", "2.weight"):  # constrained by LAWN
         after = lawn[(lawn["layer"] == layer) & (lawn["step"] >= switch)].sort_values("step")["value"]
         assert len(after) > 5 and (after - after.iloc[0]).abs().max() < 1e-3, layer
@@ -301,11 +345,14 @@ def test_one_colour_per_run_everywhere_and_growth_against_freeze(adam_pair, tmp_
 
 # --- the Live page, the selection and the history (issue: a Live page that is live) --------------
 
+
 def settle(page) -> None:
     """Wait for the script (and a rerun it triggers) to finish and for Vega to draw."""
     page.wait_for_timeout(300)
-    page.wait_for_function("() => document.querySelector('[data-testid=stApp]')"
-                           "?.getAttribute('data-test-script-state') === 'notRunning'", timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'",
+        timeout=30_000,
+    )
     page.wait_for_timeout(500)
 
 
@@ -353,7 +400,7 @@ def tick_rows(page, labels: list[str], shown: list[str]) -> None:
 
 def shown_runs(page) -> list[str]:
     text = page.get_by_text(re.compile(r"^Runs: ")).first.inner_text()
-    return sorted(text[len("Runs: "):text.index(" (choose")].split(", "))
+    return sorted(text[len("Runs: ") : text.index(" (choose")].split(", "))
 
 
 def test_ticks_survive_a_filter_that_hides_them(tiny_store, tmp_path):

@@ -1,4 +1,5 @@
 """The dashboard's chart builders, checked as Vega-Lite specs (no browser, no Streamlit)."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,36 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lawn_monitor.dashboard.charts import (band_chart, batch_size_chart, color_domain, group_chart, heatmap_chart, layer_chart,
-                        metric_chart, thin, threshold_chart)
-from lawn_monitor.dashboard.styles import FAMILY_COLORS, DASHED, SOLID, Palette, group_palette, method_palette, run_labels, run_styles
+from lawn_monitor.dashboard.charts import (
+    band_chart,
+    batch_size_chart,
+    color_domain,
+    group_chart,
+    heatmap_chart,
+    layer_chart,
+    metric_chart,
+    thin,
+    threshold_chart,
+)
+from lawn_monitor.dashboard.styles import (
+    DASHED,
+    FAMILY_COLORS,
+    SOLID,
+    Palette,
+    group_palette,
+    method_palette,
+    run_labels,
+    run_styles,
+)
+from lawn_monitor.dashboard.tables import (
+    aggregate,
+    eta_seconds,
+    filter_options,
+    filter_runs,
+    group_labels,
+    progress_text,
+)
 from lawn_monitor.paper import PAPER_TABLE2, batch_label, figure1_frame, method_name, table2, table2_grid
-from lawn_monitor.dashboard.tables import aggregate, eta_seconds, filter_options, filter_runs, group_labels, progress_text
 
 
 def runs_frame(n_steps: int = 20) -> pd.DataFrame:
@@ -58,8 +84,14 @@ def test_metric_chart_marks_the_lawn_switch_in_the_runs_colour():
     assert data_of(spec, rules)[["label", "step"]].to_dict("records") == [{"label": "adam-lawn", "step": 11}]
 
 
-@pytest.mark.parametrize("switches", [None, pd.DataFrame(columns=["run_id", "step", "epoch"]),
-                                      pd.DataFrame({"run_id": ["other"], "step": [5], "epoch": [0.5]})])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        None,
+        pd.DataFrame(columns=["run_id", "step", "epoch"]),
+        pd.DataFrame({"run_id": ["other"], "step": [5], "epoch": [0.5]}),
+    ],
+)
 def test_metric_chart_without_a_switch_of_its_runs_has_no_rule(switches):
     assert isinstance(metric_chart(runs_frame(), "loss", switches=switches), alt.Chart)
 
@@ -85,11 +117,13 @@ def test_nothing_to_draw_gives_none(values):
 
 
 def test_layer_chart_draws_one_line_per_layer_on_a_log_axis():
-    df = pd.DataFrame({
-        "layer": ["0.weight"] * 5 + ["2.weight"] * 5,
-        "step": list(range(1, 6)) * 2,
-        "value": [1.0, 1.1, 1.2, np.inf, 1.3, 2.0, 2.1, 2.2, 2.3, 2.4],
-    })
+    df = pd.DataFrame(
+        {
+            "layer": ["0.weight"] * 5 + ["2.weight"] * 5,
+            "step": list(range(1, 6)) * 2,
+            "value": [1.0, 1.1, 1.2, np.inf, 1.3, 2.0, 2.1, 2.2, 2.3, 2.4],
+        }
+    )
     chart = layer_chart(df, "adam-lawn")
     assert isinstance(chart, alt.Chart)
     spec = chart.to_dict()
@@ -113,22 +147,31 @@ def test_thin_caps_points_per_series_and_keeps_the_last():
 
 
 def test_run_labels_are_short_and_unique():
-    runs = pd.DataFrame({"run_id": ["20261129-101500-adam-3f2a", "20261129-101700-adam-9c01", "x-sgd-0001"],
-                         "name": ["adam", "adam", "sgd"]})
-    assert run_labels(runs) == {"20261129-101500-adam-3f2a": "adam ·3f2a", "20261129-101700-adam-9c01": "adam ·9c01",
-                                "x-sgd-0001": "sgd"}
+    runs = pd.DataFrame(
+        {
+            "run_id": ["20261129-101500-adam-3f2a", "20261129-101700-adam-9c01", "x-sgd-0001"],
+            "name": ["adam", "adam", "sgd"],
+        }
+    )
+    assert run_labels(runs) == {
+        "20261129-101500-adam-3f2a": "adam ·3f2a",
+        "20261129-101700-adam-9c01": "adam ·9c01",
+        "x-sgd-0001": "sgd",
+    }
     same_tail = pd.DataFrame({"run_id": ["a-0001", "b-0001"], "name": ["adam", "adam"]})
     assert run_labels(same_tail) == {"a-0001": "adam (a-0001)", "b-0001": "adam (b-0001)"}
 
 
 def test_a_run_colour_comes_from_its_config_and_stays_when_runs_are_added():
-    runs = pd.DataFrame({
-        "run_id": ["s", "sl", "a0", "al", "a1", "x"],
-        "name": ["sgd", "sgd-lawn", "adam-s0", "adam-lawn", "adam-s1", "mine"],
-        "optimizer": ["sgd", "sgd", "adam", "adam", "adam", None],
-        "lawn": [False, True, False, "True", False, None],
-        "created_at": ["2026-01-01T00:00:0%d" % i for i in range(6)],
-    })
+    runs = pd.DataFrame(
+        {
+            "run_id": ["s", "sl", "a0", "al", "a1", "x"],
+            "name": ["sgd", "sgd-lawn", "adam-s0", "adam-lawn", "adam-s1", "mine"],
+            "optimizer": ["sgd", "sgd", "adam", "adam", "adam", None],
+            "lawn": [False, True, False, "True", False, None],
+            "created_at": [f"2026-01-01T00:00:0{i}" for i in range(6)],
+        }
+    )
     styles = run_styles(runs)
     assert styles["s"].color == FAMILY_COLORS["sgd"] and styles["a0"].color == FAMILY_COLORS["adam"]
     assert styles["al"].color == FAMILY_COLORS["adam"] and styles["al"].lawn and not styles["a0"].lawn
@@ -136,8 +179,21 @@ def test_a_run_colour_comes_from_its_config_and_stays_when_runs_are_added():
     red = lambda c: int(c[1:3], 16) > int(c[5:7], 16)  # noqa: E731
     assert red(styles["a1"].color) and not red(styles["s"].color)
     # Another run added later (or a page showing fewer runs) changes nobody's style.
-    later = pd.concat([runs, pd.DataFrame({"run_id": ["n"], "name": ["sgd"], "optimizer": ["sgd"], "lawn": [False],
-                                          "created_at": ["2026-01-02T00:00:00"]})], ignore_index=True)
+    later = pd.concat(
+        [
+            runs,
+            pd.DataFrame(
+                {
+                    "run_id": ["n"],
+                    "name": ["sgd"],
+                    "optimizer": ["sgd"],
+                    "lawn": [False],
+                    "created_at": ["2026-01-02T00:00:00"],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
     assert all(run_styles(later)[r].color == styles[r].color for r in runs["run_id"])
     assert run_styles(runs.iloc[::-1])["a1"] == styles["a1"]
     palette = Palette.of(styles, ["al", "a0"])
@@ -147,13 +203,21 @@ def test_a_run_colour_comes_from_its_config_and_stays_when_runs_are_added():
 
 
 def test_group_and_method_palettes_follow_the_runs_colours():
-    runs = pd.DataFrame({"run_id": ["a0", "a1", "s0"], "name": ["adam-s0", "adam-s1", "sgd"],
-                         "optimizer": ["adam", "adam", "sgd"], "lawn": [True, True, False],
-                         "created_at": ["1", "2", "3"]})
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a0", "a1", "s0"],
+            "name": ["adam-s0", "adam-s1", "sgd"],
+            "optimizer": ["adam", "adam", "sgd"],
+            "lawn": [True, True, False],
+            "created_at": ["1", "2", "3"],
+        }
+    )
     styles = run_styles(runs)
     groups = group_palette(styles, {"a0": "optimizer=adam", "a1": "optimizer=adam", "s0": "optimizer=sgd"})
-    assert dict(zip(groups.labels, groups.colors)) == {"optimizer=adam": styles["a0"].color,
-                                                       "optimizer=sgd": FAMILY_COLORS["sgd"]}
+    assert dict(zip(groups.labels, groups.colors)) == {
+        "optimizer=adam": styles["a0"].color,
+        "optimizer=sgd": FAMILY_COLORS["sgd"],
+    }
     assert dict(zip(groups.labels, groups.dashed)) == {"optimizer=adam": True, "optimizer=sgd": False}
     methods = method_palette(["SGD", "Adam", "Adam-LAWN"])
     colors = dict(zip(methods.labels, methods.colors))
@@ -161,8 +225,9 @@ def test_group_and_method_palettes_follow_the_runs_colours():
 
 
 def test_band_chart_draws_the_se_band_and_the_unbiased_points():
-    estimate = pd.DataFrame({"run_id": "a", "label": "adam", "step": [1, 2, 3], "value": [4.0, 2.0, 1.0],
-                             "se": [1.0, 3.0, 0.5]})
+    estimate = pd.DataFrame(
+        {"run_id": "a", "label": "adam", "step": [1, 2, 3], "value": [4.0, 2.0, 1.0], "se": [1.0, 3.0, 0.5]}
+    )
     points = pd.DataFrame({"run_id": "a", "label": "adam", "step": [2], "value": [2.5], "se": [0.25]})
     chart = band_chart(estimate, "trace", log_y=True, points=points)
     spec = chart.to_dict()
@@ -200,11 +265,13 @@ def test_layer_chart_draws_the_reference_ratio():
 
 
 def test_heatmap_spans_each_bucket_keeps_layer_order_and_marks_the_switch():
-    df = pd.DataFrame({
-        "layer": ["features.0.weight"] * 3 + ["classifier.weight"] * 3,
-        "step": [1, 11, 21] * 2,
-        "value": [1.0, 2.0, 3.0, 0.5, 0.0, 0.25],  # a zero has no colour on a log scale
-    })
+    df = pd.DataFrame(
+        {
+            "layer": ["features.0.weight"] * 3 + ["classifier.weight"] * 3,
+            "step": [1, 11, 21] * 2,
+            "value": [1.0, 2.0, 3.0, 0.5, 0.0, 0.25],  # a zero has no colour on a log scale
+        }
+    )
     chart = heatmap_chart(df, "weight norm", switch_step=11)
     spec = chart.to_dict()
     cells, rule = layers_of(spec)
@@ -264,16 +331,21 @@ def test_aggregate_averages_seeds_with_each_band():
 
 def test_aggregate_lines_up_runs_logged_at_different_times():
     # Two seeds on a time axis: never the same x, yet 4 bins give 4 averaged points.
-    df = pd.concat([series_of({"a": [1.0, 2.0, 3.0, 4.0]}, steps=[0.0, 1.1, 2.1, 3.1]),
-                    series_of({"b": [3.0, 4.0, 5.0, 6.0]}, steps=[0.2, 1.0, 2.0, 3.0])])
+    df = pd.concat(
+        [
+            series_of({"a": [1.0, 2.0, 3.0, 4.0]}, steps=[0.0, 1.1, 2.1, 3.1]),
+            series_of({"b": [3.0, 4.0, 5.0, 6.0]}, steps=[0.2, 1.0, 2.0, 3.0]),
+        ]
+    )
     agg = aggregate(df, {"a": "g", "b": "g"}, "std", bins=4)
     assert agg["runs"].tolist() == [2, 2, 2, 2]
     assert agg["value"].tolist() == [2.0, 3.0, 4.0, 5.0]
 
 
 def test_group_chart_draws_mean_and_band():
-    agg = pd.DataFrame({"label": "g", "x": [1.0, 2.0], "value": [1.0, 0.5], "low": [-1.0, 0.4],
-                        "high": [2.0, 0.6], "runs": [2, 2]})
+    agg = pd.DataFrame(
+        {"label": "g", "x": [1.0, 2.0], "value": [1.0, 0.5], "low": [-1.0, 0.4], "high": [2.0, 0.6], "runs": [2, 2]}
+    )
     chart = group_chart(agg, "loss", log_y=True)
     spec = chart.to_dict()
     assert marks(spec) == ["area", "line"]
@@ -285,16 +357,28 @@ def test_group_chart_draws_mean_and_band():
 def test_group_labels_name_the_shared_config():
     runs = pd.DataFrame({"run_id": ["a", "b"], "optimizer": ["adam", "sgd"], "batch_size": [256.0, 4096.0]})
     assert group_labels(runs, ["optimizer", "batch_size"], {}) == {
-        "a": "optimizer=adam, batch_size=256", "b": "optimizer=sgd, batch_size=4096"}
+        "a": "optimizer=adam, batch_size=256",
+        "b": "optimizer=sgd, batch_size=4096",
+    }
     assert group_labels(runs, [], {"a": "x", "b": "y"}) == {"a": "x", "b": "y"}
 
 
 def test_filters_compare_as_text_like_the_url():
-    runs = pd.DataFrame({"run_id": list("abcd"), "status": ["running", "finished", "finished", "failed"],
-                         "optimizer": ["adam", "adam", "sgd", "sgd"], "lawn": [True, False, True, False],
-                         "batch_size": [256, 256, 4096, 256], "seed": [0, 0, 0, 0]})
-    assert filter_options(runs) == {"optimizer": ["adam", "sgd"], "lawn": ["False", "True"],
-                                    "batch_size": ["256", "4096"]}  # seed has one value: no filter
+    runs = pd.DataFrame(
+        {
+            "run_id": list("abcd"),
+            "status": ["running", "finished", "finished", "failed"],
+            "optimizer": ["adam", "adam", "sgd", "sgd"],
+            "lawn": [True, False, True, False],
+            "batch_size": [256, 256, 4096, 256],
+            "seed": [0, 0, 0, 0],
+        }
+    )
+    assert filter_options(runs) == {
+        "optimizer": ["adam", "sgd"],
+        "lawn": ["False", "True"],
+        "batch_size": ["256", "4096"],
+    }  # seed has one value: no filter
     assert filter_runs(runs, [], {})["run_id"].tolist() == list("abcd")
     assert filter_runs(runs, ["finished"], {"lawn": ["True"]})["run_id"].tolist() == ["c"]
     assert filter_runs(runs, [], {"batch_size": ["256"], "optimizer": []})["run_id"].tolist() == ["a", "b", "d"]
@@ -302,8 +386,12 @@ def test_filters_compare_as_text_like_the_url():
 
 
 def test_eta_from_the_pace_so_far():
-    info = {"step": 100, "total_steps": 400, "created_at": "2026-01-01T00:00:00+00:00",
-            "heartbeat_at": "2026-01-01T00:00:50+00:00"}
+    info = {
+        "step": 100,
+        "total_steps": 400,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "heartbeat_at": "2026-01-01T00:00:50+00:00",
+    }
     assert eta_seconds(info) == 150.0
     assert progress_text("adam", info) == "adam: step 100 / 400 (25%), ETA 2 min 30 s"
     assert eta_seconds({**info, "step": 0}) is None
@@ -322,15 +410,20 @@ def test_paper_names_and_batch_labels():
 
 
 def test_table2_sets_our_runs_beside_the_paper():
-    summary = pd.DataFrame({
-        "dataset": ["cifar10", "cifar10", "cifar10", "digits"],
-        "optimizer": ["adam", "adam", "sgd", "adam"],
-        "lawn": [True, False, False, True],
-        "batch_size": [4096, 256, 256, 32],
-        "mean": [0.9370, 0.9350, 0.9400, 0.98], "std": [0.001, np.nan, 0.002, 0.0],
-        "stderr": [0.0005, np.nan, 0.001, 0.0], "count": [4, 1, 2, 3],
-        "min": [0.936, 0.935, 0.938, 0.98], "max": [0.938, 0.935, 0.942, 0.98],
-    })
+    summary = pd.DataFrame(
+        {
+            "dataset": ["cifar10", "cifar10", "cifar10", "digits"],
+            "optimizer": ["adam", "adam", "sgd", "adam"],
+            "lawn": [True, False, False, True],
+            "batch_size": [4096, 256, 256, 32],
+            "mean": [0.9370, 0.9350, 0.9400, 0.98],
+            "std": [0.001, np.nan, 0.002, 0.0],
+            "stderr": [0.0005, np.nan, 0.001, 0.0],
+            "count": [4, 1, 2, 3],
+            "min": [0.936, 0.935, 0.938, 0.98],
+            "max": [0.938, 0.935, 0.942, 0.98],
+        }
+    )
     table = table2(summary, "cifar10")
     assert table["method"].tolist() == ["SGD", "Adam", "Adam-LAWN"]  # the paper's order
     adam_lawn = table.iloc[2]
@@ -367,8 +460,19 @@ def test_a_spike_inside_a_downsampling_bucket_stays_in_the_chart(tmp_path):
     values[201] = 50.0  # step 202
     sink = ParquetSink(tmp_path, "spiky", {"name": "spiky", "config": {}})
     n = len(values)
-    sink.write(pa.table({"run_id": ["spiky"] * n, "step": list(range(1, n + 1)), "epoch": [0.0] * n,
-                         "wall_time": [0.0] * n, "layer": [""] * n, "metric": ["train/loss"] * n, "value": values}))
+    sink.write(
+        pa.table(
+            {
+                "run_id": ["spiky"] * n,
+                "step": list(range(1, n + 1)),
+                "epoch": [0.0] * n,
+                "wall_time": [0.0] * n,
+                "layer": [""] * n,
+                "metric": ["train/loss"] * n,
+                "value": values,
+            }
+        )
+    )
     sink.close("finished")
     df = RunStore(tmp_path).series("spiky", "train/loss", points=100, smooth=0.6).assign(label="spiky")
     assert 50.0 not in df["value"].tolist()  # no bucket ends on the spike...
@@ -404,8 +508,9 @@ def test_side_by_side_heatmaps_share_one_colour_domain():
 def test_growth_relative_to_the_switch():
     from lawn_monitor.dashboard.tables import relative_to
 
-    df = pd.DataFrame({"layer": ["w", "w", "w", "b", "b", "b"], "step": [1, 11, 21] * 2,
-                       "value": [1.0, 2.0, 2.0, 1.0, 1.5, 3.0]})
+    df = pd.DataFrame(
+        {"layer": ["w", "w", "w", "b", "b", "b"], "step": [1, 11, 21] * 2, "value": [1.0, 2.0, 2.0, 1.0, 1.5, 3.0]}
+    )
     out = relative_to(df, 11)
     assert out["value"].tolist() == [0.5, 1.0, 1.0, 1.0 / 1.5, 1.0, 2.0]
     assert relative_to(df, 99)["value"].tolist()[-1] == 1.0  # ended before: its last value

@@ -1,5 +1,6 @@
 """Compaction that cannot fail on data: out-of-order steps, unreadable parts, two compacts at once,
 and a bounded number of files however fast the writer flushes."""
+
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import warnings
 import pyarrow.parquet as pq
 import pytest
 
-from lawn_monitor import RunStore, compact, sink as sink_module
+from lawn_monitor import RunStore, compact
+from lawn_monitor import sink as sink_module
 from lawn_monitor.compact import compact_run, compact_store, plan
 from lawn_monitor.sink import ParquetSink
 from lawn_monitor.storage import Location, Segment
@@ -49,8 +51,9 @@ def test_unreadable_parts_are_quarantined_and_the_rest_merged(tmp_path, damage):
     folder = raw_run(tmp_path, "r", range(6))
     victim = folder / data_files(folder)[2]  # flush 2
     data = victim.read_bytes()
-    victim.write_bytes({"zero-byte": b"", "truncated": data[: len(data) // 2],
-                        "garbage": b"PAR1" + os.urandom(200) + b"PAR1"}[damage])
+    victim.write_bytes(
+        {"zero-byte": b"", "truncated": data[: len(data) // 2], "garbage": b"PAR1" + os.urandom(200) + b"PAR1"}[damage]
+    )
     with pytest.warns(UserWarning, match=rf"{victim.name} is not a readable Parquet file .*renamed"):
         compact_run(Location(tmp_path), "r", final=True)
     assert (folder / f"{victim.name}.corrupt").exists()
@@ -79,8 +82,10 @@ def test_two_compact_commands_at_once(tmp_path):
         raw_run(tmp_path, f"r{r}", range(150))
     cmd = [sys.executable, "-m", "lawn_monitor.cli", "compact", "--root", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "Traceback" not in err, err
@@ -94,8 +99,10 @@ def test_compact_store_in_two_threads_merges_each_run_once(tmp_path):
     for r in range(3):
         raw_run(tmp_path, f"r{r}", range(40))
     results = []
-    threads = [threading.Thread(target=lambda: results.append(compact_store(Location(tmp_path), ["r0", "r1", "r2"])))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(compact_store(Location(tmp_path), ["r0", "r1", "r2"])))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:

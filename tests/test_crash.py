@@ -1,4 +1,5 @@
 """Crash safety and concurrent reads: SIGKILLed writers, compaction under a reader's feet."""
+
 import os
 import random
 import signal
@@ -12,7 +13,7 @@ import pytest
 
 from lawn_monitor import RunStore
 from lawn_monitor.compact import compact_store
-from tests.store_writer import LAYERS, METRICS, ROWS_PER_FLUSH, STEPS_PER_FLUSH
+from tests.store_writer import ROWS_PER_FLUSH, STEPS_PER_FLUSH
 
 WRITER = Path(__file__).with_name("store_writer.py")
 REPO = WRITER.parent.parent
@@ -25,7 +26,10 @@ def start_writer(root, run_id, flushes, pause=0.0):
 def spawn_writer(root, run_id, flushes, pause=0.0):
     return subprocess.Popen(
         [sys.executable, str(WRITER), str(root), run_id, str(flushes), str(pause)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -40,7 +44,9 @@ def check_whole_flushes(store: RunStore, run_id: str) -> int:
         """SELECT count(*) AS rows, count(DISTINCT (step, layer, metric)) AS distinct_rows,
                   coalesce(max(step), -1) AS max_step, count(DISTINCT step) AS steps
            FROM read_parquet(?)""",
-        [], [run_id], ["rows", "distinct_rows", "max_step", "steps"],
+        [],
+        [run_id],
+        ["rows", "distinct_rows", "max_step", "steps"],
     )
     if counts.empty:  # killed before its first flush: no data files at all
         return 0
@@ -101,7 +107,8 @@ def test_reader_sees_monotone_counts_and_no_duplicates_while_compaction_runs(tmp
         for run_id in writers:
             seen[run_id].append(check_whole_flushes(store, run_id))
             if writers[run_id].poll() is None and any(
-                    name.startswith("compact-") for name, _ in store.loc.listdir(f"{run_id}/metrics")):
+                name.startswith("compact-") for name, _ in store.loc.listdir(f"{run_id}/metrics")
+            ):
                 compacted_while_live.add(run_id)
     for p in writers.values():
         assert p.wait(timeout=30) == 0, p.stderr.read().decode()

@@ -1,5 +1,6 @@
 """Curvature probes against brute force on toys (exact Hessian, exact Gauss-Newton, exact spectrum),
 their budget and schedules, the trainer's point counts, and how the dashboard shows them."""
+
 import json
 import math
 import statistics
@@ -13,12 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
-from lawn_monitor.dashboard.charts import threshold_chart
-from lawn_monitor.dashboard.tables import progress_text, sharpness_vs_threshold
 from lawn_monitor import LAWN, Monitor, RunStore
 from lawn_monitor import curvature as C
-from lawn_monitor.probes import (Clock, GNTrace, HessianTrace, OutputStats, ParamNorms, Plan, Probe, ProbeConfig,
-                                 Sharpness, every, log_spaced)
+from lawn_monitor.dashboard.charts import threshold_chart
+from lawn_monitor.dashboard.tables import progress_text, sharpness_vs_threshold
+from lawn_monitor.probes import (
+    Clock,
+    GNTrace,
+    HessianTrace,
+    OutputStats,
+    ParamNorms,
+    Probe,
+    ProbeConfig,
+    Sharpness,
+    every,
+    log_spaced,
+)
 from trainers.config import TrainConfig
 from trainers.train import train
 
@@ -100,8 +111,10 @@ def test_the_gn_trace_of_a_relu_network_is_its_hessian_trace_layer_by_layer():
 def test_the_square_root_of_the_output_hessian():
     logits = torch.randn(5, 7, dtype=torch.float64)
     p = logits.softmax(1)
-    columns = torch.stack([C.sqrt_output_hessian_times(logits, torch.eye(7, dtype=torch.float64)[j].expand(5, 7))
-                           for j in range(7)], dim=2)  # S for each row, column by column
+    columns = torch.stack(
+        [C.sqrt_output_hessian_times(logits, torch.eye(7, dtype=torch.float64)[j].expand(5, 7)) for j in range(7)],
+        dim=2,
+    )  # S for each row, column by column
     assert torch.allclose(columns @ columns.transpose(1, 2), torch.diag_embed(p) - p[:, :, None] * p[:, None, :])
 
 
@@ -205,8 +218,9 @@ def test_lanczos_finds_the_top_eigenvalue_and_a_warm_start_needs_few_products():
     q, _ = torch.linalg.qr(torch.randn(60, 60, dtype=torch.float64))
     # Close top eigenvalues (10 and 9.5), a larger negative one: the top is the largest, not the
     # largest in magnitude.
-    eigenvalues = torch.cat([torch.tensor([10.0, 9.5, -12.0], dtype=torch.float64),
-                             torch.linspace(-3, 3, 57, dtype=torch.float64)])
+    eigenvalues = torch.cat(
+        [torch.tensor([10.0, 9.5, -12.0], dtype=torch.float64), torch.linspace(-3, 3, 57, dtype=torch.float64)]
+    )
     A = q @ torch.diag(eigenvalues) @ q.T
 
     def hvp(v):
@@ -280,10 +294,13 @@ def train_bn(tmp_path, with_curvature: bool):
     probes = [ParamNorms(), OutputStats()]
     if with_curvature:
         common = dict(every_n=1)
-        probes += [GNTrace(x[:16], y[:16], **common), HessianTrace(x[:16], y[:16], num_probes=4, **common),
-                   Sharpness(x[:16], y[:16], iters=5, **common)]
+        probes += [
+            GNTrace(x[:16], y[:16], **common),
+            HessianTrace(x[:16], y[:16], num_probes=4, **common),
+            Sharpness(x[:16], y[:16], iters=5, **common),
+        ]
     monitor = Monitor(model, opt, root=tmp_path / str(with_curvature), probes=probes, flush_every=3)
-    for step in range(8):
+    for _step in range(8):
         idx = torch.randint(0, 64, (16,))  # global RNG: a probe that used it would shift these
         logits = model(x[idx])
         loss = F.cross_entropy(logits, y[idx])
@@ -309,8 +326,16 @@ def test_curvature_probes_never_change_training(tmp_path):
         for name, value in state.items():
             assert torch.equal(value, sb["inner"]["state"][key][name]), (key, name)
     metrics = set(RunStore(monitor.run_dir.parent).metrics(monitor.run_id))
-    assert {"gn_trace", "gn_trace_se", "hessian_trace", "hessian_trace_se", "sharpness",
-            "sharpness_threshold", "sharpness_precond", "curvature_time"} <= metrics
+    assert {
+        "gn_trace",
+        "gn_trace_se",
+        "hessian_trace",
+        "hessian_trace_se",
+        "sharpness",
+        "sharpness_threshold",
+        "sharpness_precond",
+        "curvature_time",
+    } <= metrics
 
 
 # --- schedules and the budget ----------------------------------------------------------------
@@ -456,10 +481,16 @@ def test_the_trainer_draws_a_curvature_curve_on_digits_with_the_defaults(tmp_pat
 
 
 def test_live_progress_says_measuring_curvature_not_done():
-    info = {"step": 400, "total_steps": 400, "created_at": "2026-01-01T00:00:00+00:00",
-            "heartbeat_at": "2026-01-01T00:00:50+00:00"}
-    assert progress_text("adam", {**info, "activity": "measuring curvature"}) == \
-        "adam: step 400 / 400 (100%), measuring curvature"
+    info = {
+        "step": 400,
+        "total_steps": 400,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "heartbeat_at": "2026-01-01T00:00:50+00:00",
+    }
+    assert (
+        progress_text("adam", {**info, "activity": "measuring curvature"})
+        == "adam: step 400 / 400 (100%), measuring curvature"
+    )
     assert progress_text("adam", {**info, "activity": None}) == "adam: step 400 / 400 (100%), done"
 
 
@@ -468,11 +499,21 @@ def frame(run_id: str, label: str, steps: list[int], values: list[float]) -> pd.
 
 
 def test_each_run_s_sharpness_faces_its_own_stability_line():
-    sharp = pd.concat([frame("a", "adam", [1, 2, 3], [5.0, 6.0, 7.0]), frame("s", "sgd", [1, 2, 3], [9.0, 8.0, 7.0]),
-                       frame("l", "lamb", [1, 2], [3.0, 4.0])])
+    sharp = pd.concat(
+        [
+            frame("a", "adam", [1, 2, 3], [5.0, 6.0, 7.0]),
+            frame("s", "sgd", [1, 2, 3], [9.0, 8.0, 7.0]),
+            frame("l", "lamb", [1, 2], [3.0, 4.0]),
+        ]
+    )
     precond = frame("a", "adam", [1, 2, 3], [500.0, 600.0, 700.0])
-    limit = pd.concat([frame("a", "adam", [1, 2, 3], [760.0, math.inf, 760.0]),
-                       frame("s", "sgd", [1, 2, 3], [38.0, 38.0, math.inf]), frame("l", "lamb", [1, 2], [9.0, 9.0])])
+    limit = pd.concat(
+        [
+            frame("a", "adam", [1, 2, 3], [760.0, math.inf, 760.0]),
+            frame("s", "sgd", [1, 2, 3], [38.0, 38.0, math.inf]),
+            frame("l", "lamb", [1, 2], [9.0, 9.0]),
+        ]
+    )
     values, lines = sharpness_vs_threshold(sharp, precond, limit, {"a": "adam", "s": "sgd", "l": "lamb"})
     shown = {label: group["value"].tolist() for label, group in values.groupby("label")}
     assert shown == {"adam": [500.0, 600.0, 700.0], "sgd": [9.0, 8.0, 7.0], "lamb": [3.0, 4.0]}

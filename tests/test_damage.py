@@ -1,6 +1,7 @@
 """A store that reads around damage: bad run.json files, symlink loops, names that are not UTF-8,
 foreign Parquet files, renamed run folders. Each is listed or skipped with a warning; the other
 runs read as before, through the API, the command line and every dashboard page."""
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,7 @@ def test_a_damaged_run_json_is_marked_and_the_rest_read(kind, good_store, tmp_pa
     else:  # the field is read as not recorded; the run keeps its status
         assert victim["status"] in ("finished", "stale") and pd.isna(victim["damage"])
     # Its data still reads (by folder), the others' as before; Table 2 counts the good seeds.
-    assert series.groupby("run_id")["value"].apply(list).to_dict() == {a: LOSSES_A, b: LOSSES_B,
-                                                                       "copy-of-a": LOSSES_A}
+    assert series.groupby("run_id")["value"].apply(list).to_dict() == {a: LOSSES_A, b: LOSSES_B, "copy-of-a": LOSSES_A}
     assert all(len(df) for df in layers.values())
     assert summary["count"].tolist() == [2]
     assert store.status("copy-of-a") == victim["status"]
@@ -110,8 +110,9 @@ def test_a_damaged_run_json_is_marked_and_the_rest_read(kind, good_store, tmp_pa
 
 
 def test_check_run_info_never_raises_and_keeps_unknown_fields():
-    found = check_run_info(json.dumps({"status": "finished", "config": {"lr": 0.1}, "mine": [1],
-                                       "heartbeat_at": 3, "step": True}).encode())
+    found = check_run_info(
+        json.dumps({"status": "finished", "config": {"lr": 0.1}, "mine": [1], "heartbeat_at": 3, "step": True}).encode()
+    )
     assert found.damage is None and found.info == {"status": "finished", "config": {"lr": 0.1}, "mine": [1]}
     assert [p.split(" ")[0] for p in found.problems] == ["heartbeat_at", "step"]
     for raw in (b"\xff\xfe", b"   ", b"[", b"true", b'{"config": "x", "status": null}'):
@@ -136,8 +137,20 @@ def every_damage(root: Path, a: str) -> None:
     os.symlink(part_loop.name, part_loop)
     (root / a / "metrics" / os.fsdecode(b"x-\xff.parquet")).write_bytes(b"not parquet")
     pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), root / a / "metrics" / "aaa-foreign.parquet")
-    pq.write_table(pa.table({"run_id": ["z"], "step": ["one"], "epoch": [0.0], "wall_time": [0.0], "layer": [""],
-                             "metric": ["train/loss"], "value": [1.0]}), root / a / "metrics" / "zzz-foreign.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "run_id": ["z"],
+                "step": ["one"],
+                "epoch": [0.0],
+                "wall_time": [0.0],
+                "layer": [""],
+                "metric": ["train/loss"],
+                "value": [1.0],
+            }
+        ),
+        root / a / "metrics" / "zzz-foreign.parquet",
+    )
 
 
 def test_loops_names_and_foreign_files_are_skipped_with_a_warning(good_store, tmp_path):
@@ -154,9 +167,14 @@ def test_loops_names_and_foreign_files_are_skipped_with_a_warning(good_store, tm
     assert series[series.run_id == b]["value"].tolist() == LOSSES_B
     assert summary["count"].tolist() == [2] and summary["mean"].tolist() == pytest.approx([0.6])
     text = "\n".join(store.warnings)
-    for words in ("damaged-metrics-loop/metrics: cannot be listed", "part-00000099-abcdef.parquet: cannot be read",
-                  "run-\\xff: its folder name is not UTF-8", "x-\\xff.parquet: its name is not UTF-8",
-                  "aaa-foreign.parquet: not a lawn-monitor metrics file", "zzz-foreign.parquet: not a lawn-monitor"):
+    for words in (
+        "damaged-metrics-loop/metrics: cannot be listed",
+        "part-00000099-abcdef.parquet: cannot be read",
+        "run-\\xff: its folder name is not UTF-8",
+        "x-\\xff.parquet: its name is not UTF-8",
+        "aaa-foreign.parquet: not a lawn-monitor metrics file",
+        "zzz-foreign.parquet: not a lawn-monitor",
+    ):
         assert words in text
     text.encode("utf-8")  # printable anywhere: no lone surrogates
     assert len(caught) == len(store.warnings)  # each once, however many queries

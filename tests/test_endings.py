@@ -1,6 +1,7 @@
 """How a monitored run ends when things go wrong: divergence with curvature on, a full disk, a
 program that exits without close(), and names (run ids, recipes) that would reach outside their
 folders. Every ending is written to run.json with its reason, and what was flushed stays readable."""
+
 from __future__ import annotations
 
 import errno
@@ -19,8 +20,8 @@ from conftest import TINY_PROBES
 from torch import nn
 
 from lawn_monitor import Monitor, RunStore
-from lawn_monitor.cli import main as cli_main
 from lawn_monitor import monitor as monitor_module
+from lawn_monitor.cli import main as cli_main
 from lawn_monitor.monitor import MonitorWriteError
 from lawn_monitor.probes import Clock, CurvatureProbe, StepContext
 from lawn_monitor.sink import ParquetSink, new_run_id
@@ -58,8 +59,9 @@ def test_divergence_with_curvature_on_is_recorded_and_stops_the_probes(tmp_path)
     run ends ``diverged`` with every row on disk, and the curvature probes stop at the divergence."""
     model, x, y = tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    monitor = Monitor(model, opt, root=tmp_path, total_steps=20, flush_every=1, probe_batch=(x, y),
-                      probe_config=TINY_PROBES)
+    monitor = Monitor(
+        model, opt, root=tmp_path, total_steps=20, flush_every=1, probe_batch=(x, y), probe_config=TINY_PROBES
+    )
     for step in range(1, 21):
         if step == 8:
             with torch.no_grad():
@@ -119,8 +121,25 @@ def test_a_probe_that_raises_on_a_diverged_network_stops_instead(tmp_path):
 
 @pytest.mark.slow
 def test_lawn_monitor_train_exits_3_on_divergence_with_curvature_on(tmp_path, capsys):
-    rc, out, err = cli(["train", "--dataset", "digits", "--model", "cnn", "--epochs", "1", "--optimizer", "sgd",
-                        "--lr", "1e6", "--root", str(tmp_path), "--no-progress"], capsys)
+    rc, out, err = cli(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "cnn",
+            "--epochs",
+            "1",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e6",
+            "--root",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 3 and out.startswith("diverged:"), (out, err)
     run = RunStore(tmp_path).runs().iloc[0]
     assert run["status"] == "diverged" and run["probes"]["curvature"]
@@ -200,12 +219,19 @@ if sys.argv[2] == "raise":
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ending, status, words", [("exit", "interrupted", "without Monitor.close()"),
-                                                   ("raise", "failed", "RuntimeError: the loop broke")])
+@pytest.mark.parametrize(
+    "ending, status, words",
+    [("exit", "interrupted", "without Monitor.close()"), ("raise", "failed", "RuntimeError: the loop broke")],
+)
 def test_a_program_that_exits_without_close_records_how(tmp_path, ending, status, words):
     """Every row was still buffered (flush_secs is huge): the exit hook writes them and the status."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(PROGRAM), str(tmp_path), ending], cwd=PROJECT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PROGRAM), str(tmp_path), ending],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (proc.returncode == 0) == (ending == "exit"), proc.stderr
     written = json.loads((tmp_path / "bare" / "run.json").read_text())
     assert written["status"] == status and words in written["error"] and written["ended_at"]
@@ -287,8 +313,22 @@ def test_lawn_monitor_train_on_a_full_disk_is_one_line_and_failed(tmp_path, monk
         return real(self, rel, data, durable)
 
     monkeypatch.setattr(Location, "write_atomic", write)
-    rc, out, err = cli(["train", "--dataset", "synthetic", "--model", "mlp", "--epochs", "1", "--no-curvature",
-                        "--root", str(tmp_path), "--no-progress"], capsys)
+    rc, out, err = cli(
+        [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp",
+            "--epochs",
+            "1",
+            "--no-curvature",
+            "--root",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "No space left on device" in err, err
     run = RunStore(tmp_path).runs().iloc[0]
     assert run["status"] == "failed"

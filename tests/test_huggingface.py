@@ -1,6 +1,7 @@
 """The Hugging Face callback, through a real transformers.Trainer on a CPU with a tiny GPT-2 built
 from a config (no download): exactly the optimizer steps under gradient_accumulation_steps, the
 causal LM's (B, T, V) logits against its shifted labels, curvature through its ModelOutput."""
+
 import json
 import math
 
@@ -37,8 +38,9 @@ class Tokens(torch.utils.data.Dataset):
 
 def tiny_gpt2():
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=32,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -54,16 +56,43 @@ def test_records_exactly_the_optimizer_steps_of_a_causal_lm(tmp_path):
     model = tiny_gpt2()
     assert is_causal_lm(model)
     probe_ids = Tokens(8, seed=1).ids
-    one_point = ProbeConfig(gn_points=1, gn_size=4, gn_groups=2, hessian_points=1, hessian_probes=4, hessian_size=4,
-                            sharpness_points=1, sharpness_iters=3, sharpness_size=4, budget=1e6)
-    callback = LawnMonitorCallback(root=root, name="gpt2", flush_every=1000, probe_config=one_point,
-                                   probe_batch=(probe_ids, next_token_targets(probe_ids)))
+    one_point = ProbeConfig(
+        gn_points=1,
+        gn_size=4,
+        gn_groups=2,
+        hessian_points=1,
+        hessian_probes=4,
+        hessian_size=4,
+        sharpness_points=1,
+        sharpness_iters=3,
+        sharpness_size=4,
+        budget=1e6,
+    )
+    callback = LawnMonitorCallback(
+        root=root,
+        name="gpt2",
+        flush_every=1000,
+        probe_config=one_point,
+        probe_batch=(probe_ids, next_token_targets(probe_ids)),
+    )
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=8,
-        gradient_accumulation_steps=2, num_train_epochs=1, learning_rate=1e-3, report_to=[], use_cpu=True,
-        save_strategy="no", eval_strategy="epoch", logging_strategy="no", disable_tqdm=True, seed=0)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(24, seed=0),
-                                   eval_dataset=Tokens(8, seed=2), callbacks=[callback])
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        gradient_accumulation_steps=2,
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        eval_strategy="epoch",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Tokens(24, seed=0), eval_dataset=Tokens(8, seed=2), callbacks=[callback]
+    )
     trainer.train()
     steps = trainer.state.global_step
     assert steps == 3  # 24 sequences, 4 a micro-batch, 2 micro-batches a step

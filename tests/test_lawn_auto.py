@@ -1,6 +1,7 @@
 """LAWN's choices beyond the fixed free phase: the automatic switch at the onset of loss flattening
 (``free_steps="auto"``), which tensors it constrains (``params="homogeneous"``), and the free
 phase's warm-up. Small synthetic runs under a real Monitor, read back with RunStore."""
+
 import copy
 
 import pytest
@@ -14,17 +15,34 @@ from lawn_monitor.probes import ProbeConfig
 NO_CURVATURE = ProbeConfig(curvature=False)
 
 
-def memorize(root, lr: float, noisy: bool = False, auto: AutoSwitch | None = None, steps: int = 80, seed: int = 0,
-             state_at: int | None = None):
+def memorize(
+    root,
+    lr: float,
+    noisy: bool = False,
+    auto: AutoSwitch | None = None,
+    steps: int = 80,
+    seed: int = 0,
+    state_at: int | None = None,
+):
     """A tiny MLP fits 32 random samples with Adam; ``noisy`` draws new labels every step (nothing
     to memorize: the loss never flattens). Returns (run id, the LAWN, its state at ``state_at``)."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 4))
     x, y = torch.randn(32, 10), torch.randint(0, 4, (32,))
-    opt = LAWN(torch.optim.Adam(model.parameters(), lr=lr), free_steps="auto",
-               auto=auto or AutoSwitch(max_steps=60, threshold=0.5, window=5, min_steps=10))
-    monitor = Monitor(model, opt, root=root, config={"lawn": True, "free_epochs": "auto"}, name="auto",
-                      total_steps=steps, probe_config=NO_CURVATURE)
+    opt = LAWN(
+        torch.optim.Adam(model.parameters(), lr=lr),
+        free_steps="auto",
+        auto=auto or AutoSwitch(max_steps=60, threshold=0.5, window=5, min_steps=10),
+    )
+    monitor = Monitor(
+        model,
+        opt,
+        root=root,
+        config={"lawn": True, "free_epochs": "auto"},
+        name="auto",
+        total_steps=steps,
+        probe_config=NO_CURVATURE,
+    )
     opt.monitor = monitor
     sched = lawn_schedule(opt, total_steps=steps, free_steps="auto", warmup_steps=5)
     saved = None
@@ -85,15 +103,33 @@ def test_auto_state_resumes_to_the_same_switch(tmp_path):
     auto = saved["opt"]["lawn"]["auto"]
     assert auto["count"] > 0 and auto["seen"] >= 11 and auto["window"] == 5  # mid-window, carried
     torch.manual_seed(0)
-    opt = LAWN(torch.optim.Adam([nn.Parameter(torch.zeros(64, 10)), nn.Parameter(torch.zeros(64)),
-                                 nn.Parameter(torch.zeros(4, 64)), nn.Parameter(torch.zeros(4))], lr=3e-2),
-               free_steps="auto", auto=AutoSwitch(max_steps=1))
+    opt = LAWN(
+        torch.optim.Adam(
+            [
+                nn.Parameter(torch.zeros(64, 10)),
+                nn.Parameter(torch.zeros(64)),
+                nn.Parameter(torch.zeros(4, 64)),
+                nn.Parameter(torch.zeros(4)),
+            ],
+            lr=3e-2,
+        ),
+        free_steps="auto",
+        auto=AutoSwitch(max_steps=1),
+    )
     opt.load_state_dict(saved["opt"])
     assert opt.auto == ref.auto and opt._auto_count == auto["count"] and opt.step_count == 12
     with pytest.raises(ValueError, match="free_steps='auto'"):
-        LAWN(torch.optim.Adam([nn.Parameter(torch.zeros(64, 10)), nn.Parameter(torch.zeros(64)),
-                               nn.Parameter(torch.zeros(4, 64)), nn.Parameter(torch.zeros(4))]),
-             free_steps=5).load_state_dict(saved["opt"])
+        LAWN(
+            torch.optim.Adam(
+                [
+                    nn.Parameter(torch.zeros(64, 10)),
+                    nn.Parameter(torch.zeros(64)),
+                    nn.Parameter(torch.zeros(4, 64)),
+                    nn.Parameter(torch.zeros(4)),
+                ]
+            ),
+            free_steps=5,
+        ).load_state_dict(saved["opt"])
 
 
 def test_auto_needs_a_rule_and_a_monitor():
@@ -109,9 +145,19 @@ def test_auto_needs_a_rule_and_a_monitor():
 
 
 def test_homogeneous_params_are_the_last_norm_scale_and_what_follows():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
-                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 8), nn.ReLU(),
-                          nn.Linear(8, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
     chosen = homogeneous_params(model)
     assert [id(p) for p in chosen] == [id(model[4].weight), id(model[8].weight), id(model[10].weight)]
     opt = LAWN(torch.optim.SGD(model.parameters(), lr=0.1), free_steps=0, params="homogeneous", model=model)
@@ -125,7 +171,8 @@ def test_homogeneous_params_are_the_last_norm_scale_and_what_follows():
 
 
 def test_free_phase_warmup():
-    assert [lawn_factor(s, 100, 20, 10, free_warmup_steps=4) for s in (0, 1, 3, 4, 19)] == \
-        pytest.approx([0.25, 0.5, 1.0, 1.0, 1.0])
+    assert [lawn_factor(s, 100, 20, 10, free_warmup_steps=4) for s in (0, 1, 3, 4, 19)] == pytest.approx(
+        [0.25, 0.5, 1.0, 1.0, 1.0]
+    )
     assert lawn_factor(20, 100, 20, 10, free_warmup_steps=4) == pytest.approx(0.1)  # then the switch's warm-up
     assert lawn_factor(50, 100, None, 10, free_warmup_steps=4) == 1.0  # auto, not decided yet: free

@@ -1,6 +1,7 @@
 """The Lightning callback, through a real lightning.pytorch.Trainer on a CPU: exactly the
 optimizer steps under accumulate_grad_batches, the losses of their micro-batches, validation
 metrics, how the run ended, and resuming from a Lightning checkpoint on the same run."""
+
 import json
 import signal
 
@@ -60,9 +61,19 @@ def loader():
 
 
 def trainer(tmp_path, epochs, callback, **kwargs):
-    return L.Trainer(max_epochs=epochs, accumulate_grad_batches=2, accelerator="cpu", devices=1, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
-                     default_root_dir=tmp_path, num_sanity_val_steps=0, **kwargs)
+    return L.Trainer(
+        max_epochs=epochs,
+        accumulate_grad_batches=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
 
 
 def rows(root, run_id):
@@ -76,8 +87,9 @@ def test_records_exactly_the_optimizer_steps(tmp_path):
     model = Classifier()
     probe_batch = next(iter(loader()))  # curvature calls the LightningModule's forward
     every_point = ProbeConfig(gn_groups=2, hessian_probes=4, sharpness_iters=3, budget=1e6)
-    callback = LawnMonitorCallback(root=root, name="lit", flush_every=1000, probe_batch=probe_batch,
-                                   probe_config=every_point)
+    callback = LawnMonitorCallback(
+        root=root, name="lit", flush_every=1000, probe_batch=probe_batch, probe_config=every_point
+    )
     fit = trainer(tmp_path, 2, callback, enable_checkpointing=False)
     fit.fit(model, loader(), loader())
     assert fit.global_step == 2 * STEPS_PER_EPOCH
@@ -103,17 +115,34 @@ def test_resumes_from_a_lightning_checkpoint_on_the_same_run(tmp_path):
     one run, steps 1..9 each exactly once (those written after the checkpoint dropped)."""
     root = tmp_path / "runs"
     saves = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
-    first = L.Trainer(max_epochs=2, accumulate_grad_batches=2, accelerator="cpu", devices=1, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      callbacks=[LawnMonitorCallback(root=root, flush_every=1000), saves])
+    first = L.Trainer(
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[LawnMonitorCallback(root=root, flush_every=1000), saves],
+    )
     first.fit(Classifier(), loader(), loader())
     (run,) = RunStore(root).runs()["run_id"]
     assert rows(root, run)["step"].max() == 2 * STEPS_PER_EPOCH
     checkpoint = sorted((tmp_path / "ckpt").glob("epoch=0*.ckpt"))[0]
 
-    second = L.Trainer(max_epochs=3, accumulate_grad_batches=2, accelerator="cpu", devices=1, logger=False,
-                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                       enable_checkpointing=False, callbacks=[LawnMonitorCallback(root=root, flush_every=1000)])
+    second = L.Trainer(
+        max_epochs=3,
+        accumulate_grad_batches=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        callbacks=[LawnMonitorCallback(root=root, flush_every=1000)],
+    )
     second.fit(Classifier(), loader(), loader(), ckpt_path=checkpoint)
     assert second.global_step == 3 * STEPS_PER_EPOCH
     assert list(RunStore(root).runs()["run_id"]) == [run]  # the same run, continued

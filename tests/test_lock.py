@@ -1,5 +1,6 @@
 """One writer per run (lock.py): a second writer, a reused run id, a second resume and a compact of
 a live run are refused in one line; a dead writer's lock is taken over; liveness from the beat."""
+
 import json
 import os
 import signal
@@ -95,10 +96,20 @@ def fake_holder(tmp_path, age):
     """A lock of a process on another machine, last rewritten ``age`` seconds ago."""
     path = tmp_path / "r" / LOCK_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "f00d", "purpose": "write",
-                                "started_at": "2026-01-01T00:00:00+00:00", "beat": 7,
-                                # its clock is a day ahead: never read for ages
-                                "heartbeat_at": "2099-01-01T00:00:00+00:00"}))
+    path.write_text(
+        json.dumps(
+            {
+                "host": "elsewhere",
+                "pid": 1,
+                "token": "f00d",
+                "purpose": "write",
+                "started_at": "2026-01-01T00:00:00+00:00",
+                "beat": 7,
+                # its clock is a day ahead: never read for ages
+                "heartbeat_at": "2099-01-01T00:00:00+00:00",
+            }
+        )
+    )
     os.utime(path, (time.time() - age, time.time() - age))
 
 
@@ -142,8 +153,9 @@ def test_heartbeat_keeps_a_silent_writer_live_and_a_stopped_one_turns_stale(tmp_
 
 def test_a_fresh_reader_judges_a_lock_by_its_age_on_the_storage(tmp_path):
     (tmp_path / "r" / "metrics").mkdir(parents=True)
-    (tmp_path / "r" / "run.json").write_text(json.dumps({"run_id": "r", "status": "running",
-                                                         "heartbeat_at": "2099-01-01T00:00:00+00:00"}))
+    (tmp_path / "r" / "run.json").write_text(
+        json.dumps({"run_id": "r", "status": "running", "heartbeat_at": "2099-01-01T00:00:00+00:00"})
+    )
     fake_holder(tmp_path, age=300)
     assert RunStore(tmp_path, stale_after=120).status("r") == "stale"
     fake_holder(tmp_path, age=10)

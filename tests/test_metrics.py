@@ -1,4 +1,5 @@
 """The metric descriptions: one source for the README's table and the dashboard."""
+
 from pathlib import Path
 
 from conftest import train_tiny_run

@@ -1,4 +1,5 @@
 """The Monitor's values against plain autograd recomputation, and the Parquet / run.json contract."""
+
 import json
 import math
 
@@ -11,9 +12,24 @@ from lawn_monitor import LAWN, Monitor
 from lawn_monitor.schema import SCHEMA
 
 CHEAP_METRICS = {
-    "train/loss", "train/acc", "lr", "phase", "weight_norm", "grad_norm", "update_norm", "update_ratio",
-    "grad_weight_cos", "logit_norm", "max_prob", "flat_frac", "step_time", "samples_per_s", "test/loss", "test/acc",
-    "weight_growth", "update_ratio_per_lr",
+    "train/loss",
+    "train/acc",
+    "lr",
+    "phase",
+    "weight_norm",
+    "grad_norm",
+    "update_norm",
+    "update_ratio",
+    "grad_weight_cos",
+    "logit_norm",
+    "max_prob",
+    "flat_frac",
+    "step_time",
+    "samples_per_s",
+    "test/loss",
+    "test/acc",
+    "weight_growth",
+    "update_ratio_per_lr",
 }
 
 
@@ -36,8 +52,15 @@ def frame(run_dir):
 def test_values_match_brute_force(tmp_path):
     model = make_model()
     opt = LAWN(torch.optim.Adam(model.parameters(), lr=1e-2), free_steps=2)
-    monitor = Monitor(model, opt, root=tmp_path, config={"optimizer": "adam", "lawn": True}, name="bf",
-                      steps_per_epoch=4, flush_every=1000)
+    monitor = Monitor(
+        model,
+        opt,
+        root=tmp_path,
+        config={"optimizer": "adam", "lawn": True},
+        name="bf",
+        steps_per_epoch=4,
+        flush_every=1000,
+    )
     g = torch.Generator().manual_seed(0)
     expected = {}
     first = {}  # weight norms at the first step, the reference of weight_growth
@@ -106,8 +129,13 @@ def test_adaptivity_metrics_per_param_group_lr_and_scale_invariant_layers(tmp_pa
     adaptivity value against a hand computation from the weights before and after each step."""
     torch.manual_seed(0)
     model = BNNet()
-    opt = torch.optim.SGD([{"params": [model.conv.weight, *model.bn.parameters()], "lr": 0.05},
-                           {"params": model.head.parameters(), "lr": 0.2}], momentum=0.9)
+    opt = torch.optim.SGD(
+        [
+            {"params": [model.conv.weight, *model.bn.parameters()], "lr": 0.05},
+            {"params": model.head.parameters(), "lr": 0.2},
+        ],
+        momentum=0.9,
+    )
     monitor = Monitor(model, opt, root=tmp_path, name="groups", flush_every=1000)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 1, 6, 6, generator=g), torch.randint(0, 4, (16,), generator=g)
@@ -174,8 +202,9 @@ def test_weight_growth_is_constant_after_the_lawn_switch(tmp_path):
 def test_parquet_and_run_json_contract(tmp_path):
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with Monitor(model, opt, root=tmp_path, config={"optimizer": "sgd", "seed": 3}, name="my run/1",
-                 total_steps=6, flush_every=2) as monitor:
+    with Monitor(
+        model, opt, root=tmp_path, config={"optimizer": "sgd", "seed": 3}, name="my run/1", total_steps=6, flush_every=2
+    ) as monitor:
         for _ in range(6):
             x, y = torch.randn(4, 5), torch.randint(0, 4, (4,))
             logits = model(x)
@@ -190,13 +219,24 @@ def test_parquet_and_run_json_contract(tmp_path):
     # Three flushes (every 2 steps), merged at close into one file sorted by (metric, layer, step).
     assert [p.name[:25] for p in parts] == ["compact-00000000-00000002"] and parts[0].suffix == ".parquet"
     rows = pq.read_table(parts[0]).to_pandas()
-    assert rows[["metric", "layer", "step"]].equals(rows[["metric", "layer", "step"]].sort_values(
-        ["metric", "layer", "step"], ignore_index=True))
+    assert rows[["metric", "layer", "step"]].equals(
+        rows[["metric", "layer", "step"]].sort_values(["metric", "layer", "step"], ignore_index=True)
+    )
     assert not list(run_dir.rglob("*.tmp"))
     for table in read_rows(run_dir):
         assert table.schema.equals(SCHEMA)
     info = json.loads((run_dir / "run.json").read_text())
-    for key in ("run_id", "name", "created_at", "status", "heartbeat_at", "ended_at", "config", "env", "schema_version"):
+    for key in (
+        "run_id",
+        "name",
+        "created_at",
+        "status",
+        "heartbeat_at",
+        "ended_at",
+        "config",
+        "env",
+        "schema_version",
+    ):
         assert key in info
     assert info["status"] == "finished" and info["step"] == 6 and info["total_steps"] == 6
     assert info["config"] == {"optimizer": "sgd", "seed": 3}

@@ -1,4 +1,5 @@
 """LAWN's exactness against the plain optimizer and its own invariants, checked step by step."""
+
 import copy
 
 import pytest
@@ -61,8 +62,7 @@ def test_free_phase_is_bit_identical_to_the_inner_optimizer(name):
 @pytest.mark.parametrize("tangent", [False, True])
 def test_constrained_norms_equal_targets_after_every_step(name, tangent):
     model = tiny_model()
-    opt = make_optimizer(name, model.parameters(), lr=5e-2, weight_decay=1e-2, lawn=True, free_steps=3,
-                         tangent=tangent)
+    opt = make_optimizer(name, model.parameters(), lr=5e-2, weight_decay=1e-2, lawn=True, free_steps=3, tangent=tangent)
     weights = [p for p in model.parameters() if p.ndim >= 2]
     biases = [p for p in model.parameters() if p.ndim < 2]
     norms_at_switch = []

@@ -6,6 +6,7 @@ dependencies at load time (optional ones inside the function that needs them); t
 the integrations and the command line sit on top and nothing in the core imports them; no module imports one that
 imports it back, however indirectly (an import inside a function counts too).
 """
+
 from __future__ import annotations
 
 import ast
@@ -57,8 +58,12 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def test_lawn_monitor_imports_neither_trainers_nor_app():
-    wrong = [(name, target) for name, path in MODULES.items() for target, _ in imports(path)
-             if target.split(".")[0] in ("trainers", "app")]
+    wrong = [
+        (name, target)
+        for name, path in MODULES.items()
+        for target, _ in imports(path)
+        if target.split(".")[0] in ("trainers", "app")
+    ]
     assert not wrong, f"lawn_monitor must not depend on the trainers or the checkout's app: {wrong}"
 
 
@@ -89,7 +94,7 @@ def test_no_import_cycle_inside_lawn_monitor():
         path.append(node)
         for nxt in sorted(graph[node]):
             if nxt in on_path:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in done:
                 visit(nxt, path, on_path, done)
         on_path.discard(node)
@@ -118,8 +123,25 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
 def test_core_works_without_any_extra(tmp_path):
     """`pip install lawn-monitor` without extras: Monitor, LAWN and RunStore import and work with
     the extras' packages made unimportable (as if never installed)."""
-    blocked = ["streamlit", "altair", "sklearn", "timm", "torchvision", "mnist1d", "adamp", "tqdm", "polars",
-               "s3fs", "fsspec", "tbparse", "tensorboard", "lightning", "transformers", "wandb", "mlflow"]
+    blocked = [
+        "streamlit",
+        "altair",
+        "sklearn",
+        "timm",
+        "torchvision",
+        "mnist1d",
+        "adamp",
+        "tqdm",
+        "polars",
+        "s3fs",
+        "fsspec",
+        "tbparse",
+        "tensorboard",
+        "lightning",
+        "transformers",
+        "wandb",
+        "mlflow",
+    ]
     script = f"""
 import sys
 for name in {blocked!r}:
@@ -160,9 +182,10 @@ def test_dependencies_and_extras():
 
 
 def test_one_version():
+    from importlib.metadata import PackageNotFoundError, version
+
     import lawn_monitor
 
-    from importlib.metadata import PackageNotFoundError, version
     try:
         installed = version("lawn-monitor")
     except PackageNotFoundError:

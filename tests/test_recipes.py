@@ -1,22 +1,25 @@
 """Recipes: every file parses into a valid config; recipes under flags; sweeps over patterns; LAMB."""
+
 import math
 
 import pytest
-
-from lawn_monitor.paper import method_name, paper_accuracy
 import torch
 
 from lawn_monitor import LAWN
 from lawn_monitor.optim import OPTIMIZERS, make_optimizer
-from trainers.config import DATASETS, MODELS, ConfigError, TrainConfig
+from lawn_monitor.paper import method_name, paper_accuracy
+from trainers.config import DATASETS, MODELS, ConfigError, TrainConfig, given_fields
 from trainers.recipe import RECIPE_DIR, load_recipe, match_recipes, paper_value, recipe_names, recipe_why
 from trainers.sweep import build_parser as sweep_parser
 from trainers.sweep import recipe_grid, seed_list
 from trainers.train import build_parser, config_for_cli
-from trainers.config import given_fields
 
-TABLE2 = [f"{d}-{m}-{b}" for d in ("cifar10", "cifar100") for m in ("sgd", "sgd-lawn", "adam", "adam-lawn")
-          for b in ("b256", "b4k", "b10k")]
+TABLE2 = [
+    f"{d}-{m}-{b}"
+    for d in ("cifar10", "cifar100")
+    for m in ("sgd", "sgd-lawn", "adam", "adam-lawn")
+    for b in ("b256", "b4k", "b10k")
+]
 TABLE2 += [f"imagenet-{m}-{b}" for m in ("sgd", "sgd-lawn", "adam", "adam-lawn") for b in ("b256", "b16k")]
 TABLE1 = [f"{d}-adamp-{b}" for d in ("cifar10", "cifar100") for b in ("b256", "b10k")]
 
@@ -39,7 +42,9 @@ def test_recipe_parses_and_names_known_things(name):
     assert cfg.name == f"{name}-s0"
     if name in TABLE2 + TABLE1:
         assert paper_value(name)["table"] == ("Table 1" if name in TABLE1 else "Table 2")
-        accuracy = paper_accuracy(values["dataset"], method_name(values["optimizer"], values["lawn"]), values["batch_size"])
+        accuracy = paper_accuracy(
+            values["dataset"], method_name(values["optimizer"], values["lawn"]), values["batch_size"]
+        )
         assert 60 < accuracy < 100  # the cell is one the paper reports (lawn_monitor.paper, the one copy)
         assert cfg.lawn == ("-lawn-" in name)
         assert cfg.batch_size == {"b256": 256, "b4k": 4096, "b10k": 10000, "b16k": 16384}[name.rsplit("-", 1)[1]]
@@ -55,8 +60,9 @@ def test_every_setting_says_why(name):
     for key, reason in why.items():
         assert isinstance(reason, str) and reason.strip(), f"{name}: {key} has an empty why"
         if not (reason == "paper" or reason.startswith("paper: ")):
-            assert reason.startswith(("ours", "not a training setting")) and len(reason.split()) >= 3, \
+            assert reason.startswith(("ours", "not a training setting")) and len(reason.split()) >= 3, (
                 f"{name}: {key}: a deviation or unstated value needs its reason, got {reason!r}"
+            )
 
 
 SMALL_BATCH = {"cifar10": 256, "cifar100": 256, "imagenet": 256, "digits": 32, "mnist": 256, "mnist1d": 64}
@@ -110,8 +116,11 @@ def test_bad_recipes_are_one_line_errors(tmp_path, monkeypatch, capsys):
     (bad / "wrongtype.toml").write_text('dataset = "cifar10"\nepochs = "ten"\n')
     (bad / "choice.toml").write_text('dataset = "cifar11"\n')
     monkeypatch.setattr("trainers.recipe.RECIPE_DIR", bad)
-    for name, message in [("typo", "unknown or not allowed key 'learning_rate'"), ("wrongtype", "epochs = 'ten'"),
-                          ("choice", "'cifar11' is not one of")]:
+    for name, message in [
+        ("typo", "unknown or not allowed key 'learning_rate'"),
+        ("wrongtype", "epochs = 'ten'"),
+        ("choice", "'cifar11' is not one of"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             load_recipe(name)
 

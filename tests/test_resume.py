@@ -1,5 +1,6 @@
 """Kill a training process after a checkpoint, resume it, and compare it with an uninterrupted run:
 no (step, layer, metric) twice, none missing, the same values and the same final weights."""
+
 import json
 import os
 import signal
@@ -15,17 +16,28 @@ import pytest
 import torch
 
 from lawn_monitor import RunStore
+from lawn_monitor.probes import ProbeConfig
 from lawn_monitor.schema import SCHEMA
 from lawn_monitor.sink import ParquetSink
-from lawn_monitor.probes import ProbeConfig
 from trainers.config import TrainConfig, config_from_flags
 from trainers.train import CHECKPOINT, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Digits, MLP, Adam-LAWN switching after epoch 2; the kill comes after epoch 3's checkpoint, so
 # the resumed run must restore LAWN's targets, the optimizer, the schedule and the data order.
-ARGS = dict(dataset="digits", model="mlp", optimizer="adam", lawn=True, free_epochs=2.0, epochs=12, batch_size=64,
-            seed=1, curvature=False, flush_secs=0.02, progress=False)
+ARGS = dict(
+    dataset="digits",
+    model="mlp",
+    optimizer="adam",
+    lawn=True,
+    free_epochs=2.0,
+    epochs=12,
+    batch_size=64,
+    seed=1,
+    curvature=False,
+    flush_secs=0.02,
+    progress=False,
+)
 STEPS_PER_EPOCH = 23  # 1,437 training digits / 64
 
 
@@ -45,12 +57,19 @@ def test_killed_run_resumes_without_duplicate_or_missing_rows(tmp_path):
 
 def check_kill_and_resume(tmp_path):
     store = RunStore(tmp_path / "runs")
-    flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
-             for k, v in ARGS.items() if v is not False]
+    flags = [
+        f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
+        for k, v in ARGS.items()
+        if v is not False
+    ]
     flags = [f for f in flags if f not in ("--curvature", "--progress")] + ["--no-curvature", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "trainers.train", *flags, "--root", str(store.root)],
-                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainers.train", *flags, "--root", str(store.root)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         run_json = None
@@ -89,9 +108,13 @@ def check_kill_and_resume(tmp_path):
     assert merged["step"].max() == 12 * STEPS_PER_EPOCH
     # Same computation on the same CPU, from the same state: the same numbers (timings aside).
     timed = merged["metric"].isin(["step_time", "samples_per_s"])
-    torch.testing.assert_close(torch.tensor(merged.loc[~timed, "value_x"].to_numpy()),
-                               torch.tensor(merged.loc[~timed, "value_y"].to_numpy()), rtol=1e-6, atol=1e-9,
-                               equal_nan=True)
+    torch.testing.assert_close(
+        torch.tensor(merged.loc[~timed, "value_x"].to_numpy()),
+        torch.tensor(merged.loc[~timed, "value_y"].to_numpy()),
+        rtol=1e-6,
+        atol=1e-9,
+        equal_nan=True,
+    )
     final_whole = torch.load(Path(whole.run_dir) / CHECKPOINT, weights_only=False)["model"]
     final_resumed = torch.load(run_json.parent / CHECKPOINT, weights_only=False)["model"]
     for name, tensor in final_whole.items():
@@ -102,8 +125,11 @@ def test_resume_refuses_finished_runs_and_changed_flags(tmp_path, capsys):
     from trainers.train import main
 
     root = str(tmp_path)
-    result = train(TrainConfig(dataset="digits", model="mlp", epochs=1, probes=ProbeConfig(curvature=False),
-                                progress=False, root=root))
+    result = train(
+        TrainConfig(
+            dataset="digits", model="mlp", epochs=1, probes=ProbeConfig(curvature=False), progress=False, root=root
+        )
+    )
     assert main(["--resume", result.run_id, "--root", root]) == 2
     assert "has finished" in capsys.readouterr().err
     assert main(["--resume", result.run_id, "--root", root, "--lr", "0.5"]) == 2
@@ -127,8 +153,18 @@ def test_resume_refuses_finished_runs_and_changed_flags(tmp_path, capsys):
 def test_reopen_rewrites_every_data_file_without_later_steps(tmp_path):
     def table(steps):
         n = len(steps)
-        return pa.table({"run_id": ["r"] * n, "step": steps, "epoch": [0.0] * n, "wall_time": [0.0] * n,
-                         "layer": [""] * n, "metric": ["m"] * n, "value": [1.0] * n}, schema=SCHEMA)
+        return pa.table(
+            {
+                "run_id": ["r"] * n,
+                "step": steps,
+                "epoch": [0.0] * n,
+                "wall_time": [0.0] * n,
+                "layer": [""] * n,
+                "metric": ["m"] * n,
+                "value": [1.0] * n,
+            },
+            schema=SCHEMA,
+        )
 
     sink = ParquetSink(tmp_path, "r", {"name": "r"}, compact=False)
     sink.write(table([1, 2]))

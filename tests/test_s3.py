@@ -3,6 +3,7 @@
 The S3 server is moto's, started by the test on 127.0.0.1 (never a real cloud); the client side
 is the real s3fs, configured the way a user would: AWS_* environment variables.
 """
+
 import subprocess
 import sys
 
@@ -21,8 +22,12 @@ def bucket(monkeypatch):
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     import s3fs
@@ -39,11 +44,22 @@ def bucket(monkeypatch):
 def train_run(root, optimizer, seed, steps=12):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2) if optimizer == "adam" else \
-        torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = (
+        torch.optim.Adam(model.parameters(), lr=1e-2)
+        if optimizer == "adam"
+        else torch.optim.SGD(model.parameters(), lr=0.1)
+    )
     x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
-    with Monitor(model, opt, root=root, config={"optimizer": optimizer, "seed": seed}, name=optimizer,
-                 total_steps=steps, flush_every=4, probe_batch=(x, y)) as monitor:
+    with Monitor(
+        model,
+        opt,
+        root=root,
+        config={"optimizer": optimizer, "seed": seed},
+        name=optimizer,
+        total_steps=steps,
+        flush_every=4,
+        probe_batch=(x, y),
+    ) as monitor:
         for _ in range(steps):
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
@@ -74,8 +90,12 @@ def test_s3_round_trip(bucket):
     assert sorted(k.rsplit("/", 1)[-1][:8] for k in keys if ids[0] in k) == ["compact-", "run.json"]
     assert not [k for k in keys if k.endswith(".tmp")]
     # The command line reads the same bucket.
-    out = subprocess.run([sys.executable, "-m", "lawn_monitor.cli", "runs", "--root", root],
-                         capture_output=True, text=True, env={**__import__("os").environ, **env})
+    out = subprocess.run(
+        [sys.executable, "-m", "lawn_monitor.cli", "runs", "--root", root],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env},
+    )
     assert out.returncode == 0, out.stderr
     assert all(run_id in out.stdout for run_id in ids)
 

@@ -1,6 +1,7 @@
 """Sharded training: two processes (torchrun, gloo on CPU) under FSDP2 and under DDP write, from
 rank 0 only, the per-layer values one process writes training the same model on the same global
 batches (tests/sharded_worker.py has the training)."""
+
 import json
 import os
 import subprocess
@@ -19,8 +20,15 @@ from tests.sharded_worker import MODES, STEPS, train_unsharded
 
 REPO = Path(__file__).resolve().parents[1]
 TIMED = ("step_time", "samples_per_s", "curvature_time")
-CURVATURE = ("gn_trace", "gn_trace_se", "hessian_trace", "hessian_trace_se", "sharpness", "sharpness_threshold",
-             "sharpness_precond")
+CURVATURE = (
+    "gn_trace",
+    "gn_trace_se",
+    "hessian_trace",
+    "hessian_trace_se",
+    "sharpness",
+    "sharpness_threshold",
+    "sharpness_precond",
+)
 
 
 def metric_rows(root: Path):
@@ -32,8 +40,16 @@ def metric_rows(root: Path):
 
 @pytest.mark.slow
 def test_fsdp2_and_ddp_match_one_process(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "sharded_worker.py"), str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "sharded_worker.py"),
+        str(tmp_path / "two"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -67,8 +83,15 @@ def test_fsdp2_and_ddp_match_one_process(tmp_path):
         assert not b.duplicated(keys).any()
         merged = a.merge(b, on=keys, how="outer", indicator=True)
         assert (merged["_merge"] == "both").all(), merged[merged["_merge"] != "both"].head()  # FSDP2 keeps the names
-        assert {"weight_norm", "grad_norm", "update_ratio", "grad_weight_cos", "train/loss", "train/acc",
-                "flat_frac"} <= set(merged["metric"])
+        assert {
+            "weight_norm",
+            "grad_norm",
+            "update_ratio",
+            "grad_weight_cos",
+            "train/loss",
+            "train/acc",
+            "flat_frac",
+        } <= set(merged["metric"])
         layers = ["0.weight", "0.bias", "2.weight", "2.bias"]
         assert set(merged["layer"]) == {"", *layers}
         assert json.loads(next((tmp_path / "two" / mode).glob("*/run.json")).read_text())["layers"] == layers
@@ -77,8 +100,10 @@ def test_fsdp2_and_ddp_match_one_process(tmp_path):
         rel = np.abs(got - want) / np.maximum(np.abs(want), 1e-12)
         worst = merged.iloc[int(np.argmax(rel))]
         assert rel.max() < 1e-5, (mode, worst.to_dict(), rel.max())
-        print(f"{mode}: {len(merged)} values, max relative difference {rel.max():.2e} "
-              f"({worst['metric']} {worst['layer']!r} step {worst['step']})")
+        print(
+            f"{mode}: {len(merged)} values, max relative difference {rel.max():.2e} "
+            f"({worst['metric']} {worst['layer']!r} step {worst['step']})"
+        )
 
 
 # --- the reduce hooks in one process: "rank 1" hands its sums to "rank 0"'s reduce ------------

@@ -1,7 +1,8 @@
 """RunStore queries over a store written by the real sink."""
+
 import json
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import torch
@@ -32,12 +33,28 @@ def write_run(root, name, config, losses, accs=(), lawn_switch=None, status="fin
 @pytest.fixture
 def store(tmp_path):
     ids = {
-        "a": write_run(tmp_path, "adam-lawn", {"optimizer": "adam", "lawn": True, "batch_size": 64, "seed": 0},
-                       [1.0, 0.5, 0.25, 0.125, 0.0625], accs=[0.5, 0.9], lawn_switch=3),
-        "b": write_run(tmp_path, "adam-lawn", {"optimizer": "adam", "lawn": True, "batch_size": 64, "seed": 1},
-                       [1.0, 0.6, 0.3], accs=[0.8]),
-        "c": write_run(tmp_path, "sgd", {"optimizer": "sgd", "lawn": False, "batch_size": 64, "seed": 0},
-                       [2.0, 1.0], accs=[0.7, 0.6]),
+        "a": write_run(
+            tmp_path,
+            "adam-lawn",
+            {"optimizer": "adam", "lawn": True, "batch_size": 64, "seed": 0},
+            [1.0, 0.5, 0.25, 0.125, 0.0625],
+            accs=[0.5, 0.9],
+            lawn_switch=3,
+        ),
+        "b": write_run(
+            tmp_path,
+            "adam-lawn",
+            {"optimizer": "adam", "lawn": True, "batch_size": 64, "seed": 1},
+            [1.0, 0.6, 0.3],
+            accs=[0.8],
+        ),
+        "c": write_run(
+            tmp_path,
+            "sgd",
+            {"optimizer": "sgd", "lawn": False, "batch_size": 64, "seed": 0},
+            [2.0, 1.0],
+            accs=[0.7, 0.6],
+        ),
     }
     return RunStore(tmp_path), ids
 
@@ -115,7 +132,7 @@ def test_silent_running_run_shows_as_stale(tmp_path):
     path = tmp_path / run_id / "run.json"
     info = json.loads(path.read_text())
     info["status"] = "running"
-    info["heartbeat_at"] = (datetime.now(timezone.utc) - timedelta(minutes=10)).isoformat()
+    info["heartbeat_at"] = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
     path.write_text(json.dumps(info))
     assert RunStore(tmp_path).runs()["status"].tolist() == ["stale"]
     assert RunStore(tmp_path, stale_after=3600).runs()["status"].tolist() == ["running"]

@@ -1,5 +1,6 @@
 """RunStore's chart queries: downsampling that keeps spikes, x axes, TensorBoard's EMA, layer
 buckets, the Table-2 summary, and the `compact` command. Stores are written by the real sink."""
+
 import math
 import subprocess
 import sys
@@ -20,12 +21,20 @@ def write(root, run_id, rows, config=None, flush=500, compact=True, status="fini
     info = {"name": run_id, "config": config or {}, "layers": layers or []}
     sink = ParquetSink(root, run_id, info, compact=compact)
     for i in range(0, len(rows), flush):
-        chunk = rows[i:i + flush]
-        sink.write(pa.table({
-            "run_id": [run_id] * len(chunk), "step": [r[0] for r in chunk],
-            "epoch": [r[0] / 100 for r in chunk], "wall_time": [1e9 + r[0] for r in chunk],
-            "layer": [r[1] for r in chunk], "metric": [r[2] for r in chunk], "value": [r[3] for r in chunk],
-        }))
+        chunk = rows[i : i + flush]
+        sink.write(
+            pa.table(
+                {
+                    "run_id": [run_id] * len(chunk),
+                    "step": [r[0] for r in chunk],
+                    "epoch": [r[0] / 100 for r in chunk],
+                    "wall_time": [1e9 + r[0] for r in chunk],
+                    "layer": [r[1] for r in chunk],
+                    "metric": [r[2] for r in chunk],
+                    "value": [r[3] for r in chunk],
+                }
+            )
+        )
     if status != "running":
         sink.close(status)
     return sink
@@ -40,7 +49,7 @@ def tensorboard_ema(values, weight):
             continue
         last = last * weight + (1 - weight) * v
         n += 1
-        out.append(last / (1 - weight ** n) if weight != 1 else last)
+        out.append(last / (1 - weight**n) if weight != 1 else last)
     return out
 
 
@@ -119,10 +128,19 @@ def test_summary_is_table_two_with_stderr_and_filters(tmp_path):
     accs = {("adam", True): [0.93, 0.94, 0.95], ("adam", False): [0.90, 0.92], ("sgd", False): [0.94]}
     for (opt, lawn), values in accs.items():
         for seed, acc in enumerate(values):
-            write(tmp_path, f"{opt}-{lawn}-{seed}", [(1, "", "test/acc", 0.5), (2, "", "test/acc", acc)],
-                  config={"optimizer": opt, "lawn": lawn, "batch_size": 256, "seed": seed, "dataset": "digits"})
-    write(tmp_path, "crashed", [(1, "", "test/acc", 0.1)], config={"optimizer": "adam", "lawn": True,
-          "batch_size": 256, "dataset": "digits"}, status="failed")
+            write(
+                tmp_path,
+                f"{opt}-{lawn}-{seed}",
+                [(1, "", "test/acc", 0.5), (2, "", "test/acc", acc)],
+                config={"optimizer": opt, "lawn": lawn, "batch_size": 256, "seed": seed, "dataset": "digits"},
+            )
+    write(
+        tmp_path,
+        "crashed",
+        [(1, "", "test/acc", 0.1)],
+        config={"optimizer": "adam", "lawn": True, "batch_size": 256, "dataset": "digits"},
+        status="failed",
+    )
     store = RunStore(tmp_path)
     table = store.summary("test/acc", by=["optimizer", "lawn"]).set_index(["optimizer", "lawn"])
     row = table.loc[("adam", True)]
@@ -146,10 +164,22 @@ def test_table2_never_pools_runs_that_differ_beyond_the_seed_and_counts_a_seed_o
     counted twice. Configs as the trainer records them; the store and Table 2 as the dashboard reads them."""
     from lawn_monitor.paper import TABLE_BY, split_keys, table2, table2_grid
 
-    base = {"dataset": "digits", "model": "cnn", "batch_size": 32, "epochs": 30, "free_epochs": 5.0,
-            "device": "cpu", "workers": 4, "threads": 0, "curvature_budget": 0.02, "progress": True}
-    methods = {"sgd": {"optimizer": "sgd", "lawn": False, "lr": 0.1},
-               "adam-lawn": {"optimizer": "adam", "lawn": True, "lr": 0.003}}
+    base = {
+        "dataset": "digits",
+        "model": "cnn",
+        "batch_size": 32,
+        "epochs": 30,
+        "free_epochs": 5.0,
+        "device": "cpu",
+        "workers": 4,
+        "threads": 0,
+        "curvature_budget": 0.02,
+        "progress": True,
+    }
+    methods = {
+        "sgd": {"optimizer": "sgd", "lawn": False, "lr": 0.1},
+        "adam-lawn": {"optimizer": "adam", "lawn": True, "lr": 0.003},
+    }
 
     def run(run_id, method, seed, acc, **changes):
         config = {**base, **methods[method], "seed": seed, "name": f"{method}-s{seed}", **changes}
@@ -161,13 +191,23 @@ def test_table2_never_pools_runs_that_differ_beyond_the_seed_and_counts_a_seed_o
         run(f"a-sgd-s{seed}", "sgd", seed, acc - 0.1)
     run("b-adam-lawn-s0-rerun", "adam-lawn", 0, 0.96)  # seed 0 again: replaces the first run of it
     # Seed 1 again where only keys that do not change what is computed differ: the same experiment.
-    run("b-adam-lawn-s1-gpu", "adam-lawn", 1, 0.98, device="cuda", workers=0, threads=1, curvature_budget=0.1,
-        progress=False)
+    run(
+        "b-adam-lawn-s1-gpu",
+        "adam-lawn",
+        1,
+        0.98,
+        device="cuda",
+        workers=0,
+        threads=1,
+        curvature_budget=0.1,
+        progress=False,
+    )
     run("c-adam-lawn-12ep-s0", "adam-lawn", 0, 0.80, epochs=12)  # another experiment
     run("c-adam-lawn-12ep-s1", "adam-lawn", 1, 0.82, epochs=12)
     run("d-sgd-failed", "sgd", 3, 0.0)
     (tmp_path / "d-sgd-failed" / "run.json").write_text(
-        (tmp_path / "d-sgd-failed" / "run.json").read_text().replace('"finished"', '"failed"'))
+        (tmp_path / "d-sgd-failed" / "run.json").read_text().replace('"finished"', '"failed"')
+    )
 
     summary = RunStore(tmp_path).summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"])
     assert list(summary.columns[:5]) == ["dataset", "optimizer", "lawn", "batch_size", "epochs"]  # what splits
@@ -189,8 +229,12 @@ def test_table2_never_pools_runs_that_differ_beyond_the_seed_and_counts_a_seed_o
 
     report = table2_text(summary)  # what `lawn-monitor compare --table2` prints
     assert "| Adam-LAWN · epochs=12 | 81.00 ± 1.41 (n=2) |" in report and "| SGD · epochs=30 |" in report
-    cli = subprocess.run([sys.executable, "-m", "lawn_monitor.cli", "compare", "--table2", "--root", str(tmp_path)],
-                         capture_output=True, text=True, check=True).stdout
+    cli = subprocess.run(
+        [sys.executable, "-m", "lawn_monitor.cli", "compare", "--table2", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert cli.strip() == table2_text(RunStore(tmp_path).summary("test/acc", by=TABLE_BY)).strip()
     # Nothing splits when every run is one experiment: the plain method names.
     plain = RunStore(tmp_path).summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"], epochs=30)
@@ -230,12 +274,22 @@ def test_sql_metacharacters_in_every_filter_are_data(tmp_path):
 def test_compact_command_merges_a_store_and_keeps_every_row(tmp_path):
     for i in range(3):
         write(tmp_path, f"r{i}", [(s, "", "train/loss", float(s)) for s in range(300)], flush=10, compact=False)
-    write(tmp_path, "live", [(s, "", "train/loss", float(s)) for s in range(30)], flush=10, compact=False,
-          status="running")
+    write(
+        tmp_path,
+        "live",
+        [(s, "", "train/loss", float(s)) for s in range(30)],
+        flush=10,
+        compact=False,
+        status="running",
+    )
     before = RunStore(tmp_path).series(["r0", "r1", "r2", "live"], "train/loss", points=None)
     assert len(list((tmp_path / "r0" / "metrics").glob("*.parquet"))) == 30
-    out = subprocess.run([sys.executable, "-m", "lawn_monitor.cli", "compact", "--root", str(tmp_path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "lawn_monitor.cli", "compact", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "compacted 3 of 3 ended runs (90 files merged)" in out
     for i in range(3):
         assert len(list((tmp_path / f"r{i}" / "metrics").glob("*.parquet"))) == 1
@@ -250,8 +304,19 @@ def test_cached_per_run_results_follow_new_rows(tmp_path):
     store = RunStore(tmp_path)
     assert store.runs().set_index("run_id")["test_acc"].to_dict() == {"live": 0.5, "done": 0.7}
     assert store.summary(by=["optimizer"], status=None)["mean"].tolist() == [pytest.approx(0.6)]
-    sink.write(pa.table({"run_id": ["live"], "step": [2], "epoch": [0.02], "wall_time": [1e9 + 2],
-                         "layer": [""], "metric": ["test/acc"], "value": [0.9]}))
+    sink.write(
+        pa.table(
+            {
+                "run_id": ["live"],
+                "step": [2],
+                "epoch": [0.02],
+                "wall_time": [1e9 + 2],
+                "layer": [""],
+                "metric": ["test/acc"],
+                "value": [0.9],
+            }
+        )
+    )
     sink.close("finished")
     runs = store.runs().set_index("run_id")
     assert runs["test_acc"].to_dict() == {"live": 0.9, "done": 0.7} and runs.loc["live", "best_test_acc"] == 0.9
@@ -264,14 +329,27 @@ def test_series_reads_an_ended_run_once_and_a_live_one_as_it_grows(tmp_path):
     store = RunStore(tmp_path)
     queried = []
     query = store._query
-    store._query = lambda sql, params, run_ids, columns, files=None: (queried.append(list(run_ids)),
-                                                                       query(sql, params, run_ids, columns, files))[1]
+    store._query = lambda sql, params, run_ids, columns, files=None: (
+        queried.append(list(run_ids)),
+        query(sql, params, run_ids, columns, files),
+    )[1]
     first = store.series(["live", "done"], "train/loss")
     assert queried == [["done", "live"]] and len(first) == 20
     assert store.series(["done", "live"], "train/loss").equals(first)  # nothing changed: no query
     assert queried == [["done", "live"]]
-    sink.write(pa.table({"run_id": ["live"], "step": [11], "epoch": [0.11], "wall_time": [1e9 + 11],
-                         "layer": [""], "metric": ["train/loss"], "value": [0.05]}))
+    sink.write(
+        pa.table(
+            {
+                "run_id": ["live"],
+                "step": [11],
+                "epoch": [0.11],
+                "wall_time": [1e9 + 11],
+                "layer": [""],
+                "metric": ["train/loss"],
+                "value": [0.05],
+            }
+        )
+    )
     grown = store.series(["live", "done"], "train/loss")
     assert queried[-1] == ["live"]  # only the run whose files changed is read again
     assert grown.loc[grown["run_id"] == "live", "step"].max() == 11 and len(grown) == 21
@@ -311,8 +389,9 @@ def test_results_as_arrow_and_polars_equal_pandas(tmp_path):
     mixed types across runs (a number in one run.json, text in another) do not break the conversion."""
     pl = pytest.importorskip("polars")
     for seed, lr in ((0, 0.1), (1, "auto")):
-        rows = [(s, "", "train/loss", 1.0 / s) for s in range(1, 41)] + [(s, "fc", "weight_norm", float(s))
-                                                                         for s in range(1, 41)]
+        rows = [(s, "", "train/loss", 1.0 / s) for s in range(1, 41)] + [
+            (s, "fc", "weight_norm", float(s)) for s in range(1, 41)
+        ]
         rows.append((40, "", "test/acc", 0.5 + seed / 10))
         write(tmp_path, f"r{seed}", rows, config={"optimizer": "sgd", "seed": seed, "lr": lr})
     frames = {fmt: RunStore(tmp_path, output=fmt) for fmt in ("pandas", "arrow", "polars")}
@@ -339,14 +418,25 @@ def test_sql_reads_every_row_once_with_runs_as_a_table(tmp_path):
     """RunStore.sql over the `metrics` and `runs` views: parameters, a join on config, and a live
     run whose parts are being compacted counted once (the live-file rule)."""
     write(tmp_path, "done", [(s, "", "train/loss", float(s)) for s in range(1, 101)], config={"optimizer": "adam"})
-    live = write(tmp_path, "live", [(s, "", "train/loss", float(s)) for s in range(1, 61)], flush=7,
-                 config={"optimizer": "sgd"}, status="running")
+    live = write(
+        tmp_path,
+        "live",
+        [(s, "", "train/loss", float(s)) for s in range(1, 61)],
+        flush=7,
+        config={"optimizer": "sgd"},
+        status="running",
+    )
     live.sync()  # some parts merged, some not: each row must still count once
     store = RunStore(tmp_path)
-    counts = store.sql("SELECT r.optimizer, count(*) AS n, count(DISTINCT m.step) AS steps FROM metrics m "
-                       "JOIN runs r USING (run_id) WHERE m.metric = ? GROUP BY 1 ORDER BY 1", ["train/loss"])
-    assert counts.to_dict("records") == [{"optimizer": "adam", "n": 100, "steps": 100},
-                                         {"optimizer": "sgd", "n": 60, "steps": 60}]
+    counts = store.sql(
+        "SELECT r.optimizer, count(*) AS n, count(DISTINCT m.step) AS steps FROM metrics m "
+        "JOIN runs r USING (run_id) WHERE m.metric = ? GROUP BY 1 ORDER BY 1",
+        ["train/loss"],
+    )
+    assert counts.to_dict("records") == [
+        {"optimizer": "adam", "n": 100, "steps": 100},
+        {"optimizer": "sgd", "n": 60, "steps": 60},
+    ]
     only = store.sql("SELECT DISTINCT run_id FROM metrics", run_ids=["live"])
     assert only["run_id"].tolist() == ["live"]
     live.close("finished")

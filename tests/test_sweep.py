@@ -1,5 +1,6 @@
 """`lawn-monitor sweep --parallel N` and how runs end when SIGINT or SIGTERM arrives: directly, through
 the sweep, and through `make demo`. Every run here is a real `lawn-monitor train` process."""
+
 import json
 import os
 import shutil
@@ -29,8 +30,15 @@ def cli(*args: str) -> list[str]:
 
 
 def start(argv: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, **kwargs)
+    return subprocess.Popen(
+        argv,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        **kwargs,
+    )
 
 
 def wait_for_steps(root: Path, runs: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -57,11 +65,24 @@ def assert_interrupted_and_readable(root: Path, count: int) -> None:
         assert 0 < len(loss) <= run.step and loss["step"].max() <= run.step, run.name
 
 
-@pytest.mark.parametrize("given", [
-    {"optimizer": "sgd", "lawn": True, "batch_size": 32, "seed": 3, "free_epochs": 2.5, "lr": 0.05,
-     "curvature": False, "progress": False, "root": "/tmp/x y", "threads": 1},
-    {"optimizer": "adam", "warmup_epochs": 0.1, "decay": "none", "tangent": True, "epochs": 10},
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        {
+            "optimizer": "sgd",
+            "lawn": True,
+            "batch_size": 32,
+            "seed": 3,
+            "free_epochs": 2.5,
+            "lr": 0.05,
+            "curvature": False,
+            "progress": False,
+            "root": "/tmp/x y",
+            "threads": 1,
+        },
+        {"optimizer": "adam", "warmup_epochs": 0.1, "decay": "none", "tangent": True, "epochs": 10},
+    ],
+)
 def test_config_argv_rebuilds_the_config_exactly(given):
     cfg = config_from_flags(given).resolved()
     rebuilt = config_for_cli(given_fields(build_parser().parse_args(config_argv(cfg)))).resolved()
@@ -87,16 +108,35 @@ def test_parallel_must_be_positive(capsys, tmp_path):
 
 
 def sweep(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cli("sweep", *args, "--root", str(root)), cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        cli("sweep", *args, "--root", str(root)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 @pytest.mark.slow
 def test_parallel_sweep_trains_runs_side_by_side_one_thread_each(tmp_path):
     # Long enough (a few seconds each) that the two first runs overlap however unevenly their
     # processes start on a loaded machine.
-    proc = sweep(tmp_path, "--dataset", "digits", "--model", "mlp", "--optimizers", "sgd,adam,adamw", "--lawn", "off",
-                 "--epochs", "12", "--parallel", "2")
+    proc = sweep(
+        tmp_path,
+        "--dataset",
+        "digits",
+        "--model",
+        "mlp",
+        "--optimizers",
+        "sgd,adam,adamw",
+        "--lawn",
+        "off",
+        "--epochs",
+        "12",
+        "--parallel",
+        "2",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = RunStore(tmp_path).runs().sort_values("created_at", ignore_index=True)
     assert (runs["status"] == "finished").all() and len(runs) == 3
@@ -114,8 +154,20 @@ def test_parallel_sweep_trains_runs_side_by_side_one_thread_each(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_sweep_goes_on_after_runs_diverge(tmp_path):
-    proc = sweep(tmp_path, *ENDLESS[:4], "--epochs", "3", "--lr", "1e4", "--optimizers", "sgd,adam,adamw",
-                 "--lawn", "off", "--parallel", "2")
+    proc = sweep(
+        tmp_path,
+        *ENDLESS[:4],
+        "--epochs",
+        "3",
+        "--lr",
+        "1e4",
+        "--optimizers",
+        "sgd,adam,adamw",
+        "--lawn",
+        "off",
+        "--parallel",
+        "2",
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr  # not every run finished
     status = RunStore(tmp_path).runs().set_index("name")["status"].to_dict()
     # SGD at lr 1e4 blows up; all three runs started (the third after one of the first two ended)
@@ -139,8 +191,9 @@ def interrupt(proc, root: Path, runs: int, send) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_sigint_to_a_parallel_sweep_leaves_every_started_run_interrupted(tmp_path):
-    proc = start(cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "both", "--parallel", "2",
-                     "--root", str(tmp_path)))
+    proc = start(
+        cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "both", "--parallel", "2", "--root", str(tmp_path))
+    )
     out, err = interrupt(proc, tmp_path, 2, lambda: proc.send_signal(signal.SIGINT))
     assert proc.returncode == 130, err
     assert "Traceback" not in out + err
@@ -152,8 +205,10 @@ def test_sigint_to_a_parallel_sweep_leaves_every_started_run_interrupted(tmp_pat
 def test_ctrl_c_in_a_terminal_reaches_sweep_and_runs_at_once(tmp_path):
     """A terminal's Ctrl-C signals the whole process group: every run gets SIGINT twice (from the
     terminal and from the sweep) and still ends interrupted, the sweep exits 130."""
-    proc = start(cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "off", "--parallel", "2",
-                     "--root", str(tmp_path)), start_new_session=True)
+    proc = start(
+        cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "off", "--parallel", "2", "--root", str(tmp_path)),
+        start_new_session=True,
+    )
     out, err = interrupt(proc, tmp_path, 2, lambda: os.killpg(proc.pid, signal.SIGINT))
     assert proc.returncode == 130, err
     assert_interrupted_and_readable(tmp_path, 2)
@@ -171,8 +226,9 @@ def test_sigterm_to_train_marks_the_run_interrupted(tmp_path):
 @pytest.mark.slow
 def test_sigterm_to_an_in_process_sweep(tmp_path):
     """--parallel 1 trains in the sweep's own process: SIGTERM ends the current run, starts no other."""
-    proc = start(cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "off", "--root", str(tmp_path),
-                     "--no-progress"))
+    proc = start(
+        cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "off", "--root", str(tmp_path), "--no-progress")
+    )
     out, err = interrupt(proc, tmp_path, 1, lambda: proc.send_signal(signal.SIGTERM))
     assert proc.returncode == 143, err
     assert "sweep interrupted by SIGTERM: sgd-b64-s0 is marked 'interrupted'; 1 more runs not started" in err
@@ -208,8 +264,18 @@ def test_ctrl_c_on_make_demo_ends_its_runs_interrupted(tmp_path):
     root = tmp_path / "runs"
     port = free_port()
     demo_args = " ".join([*ENDLESS, "--optimizers", "sgd,adam", "--lawn", "both", "--parallel", "4"])
-    proc = start(["make", "--no-print-directory", "demo", f"VENV={fake_venv(tmp_path / 'venv')}", f"ROOT={root}",
-                  f"PORT={port}", f"DEMO_ARGS={demo_args}"], start_new_session=True)
+    proc = start(
+        [
+            "make",
+            "--no-print-directory",
+            "demo",
+            f"VENV={fake_venv(tmp_path / 'venv')}",
+            f"ROOT={root}",
+            f"PORT={port}",
+            f"DEMO_ARGS={demo_args}",
+        ],
+        start_new_session=True,
+    )
     try:
         wait_for_steps(root, 4, proc)
         os.killpg(proc.pid, signal.SIGINT)

@@ -1,5 +1,6 @@
 """TensorBoard import and export: event files written by torch's SummaryWriter go into the store
 and come back out with the same tags, steps, values and wall times."""
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,23 @@ from lawn_monitor.store import RunStore  # noqa: E402
 STEPS = 50
 T0 = 1_700_000_000.0
 # tag -> the metric it becomes in the store (layer "" unless a per-layer metric).
-TAGS = {"Loss/train": "train/loss", "test/acc": "test/acc", "lr": "lr", "epoch": "epoch", "custom/thing": "custom/thing"}
+TAGS = {
+    "Loss/train": "train/loss",
+    "test/acc": "test/acc",
+    "lr": "lr",
+    "epoch": "epoch",
+    "custom/thing": "custom/thing",
+}
 
 
 def value(tag: str, step: int) -> float:
-    return {"Loss/train": 2.0 / step, "test/acc": 0.5 + step / 200, "lr": 0.1 * 0.97 ** step,
-            "epoch": step // 10, "custom/thing": math.sin(step)}[tag]
+    return {
+        "Loss/train": 2.0 / step,
+        "test/acc": 0.5 + step / 200,
+        "lr": 0.1 * 0.97**step,
+        "epoch": step // 10,
+        "custom/thing": math.sin(step),
+    }[tag]
 
 
 def write_logdir(run_dir: Path, steps: range = range(1, STEPS + 1)) -> None:
@@ -114,8 +126,9 @@ def test_second_import_skips_and_force_replaces(tmp_path, capsys):
     assert code == 1 and "--force replaces it" in stdout
     assert RunStore(root).series(run_id, "train/loss", points=None)["step"].max() == 10
 
-    code, stdout, _ = run(capsys, "import", "tensorboard", str(logdir), "--root", str(root), "--force",
-                          "--name", "adam-1")
+    code, stdout, _ = run(
+        capsys, "import", "tensorboard", str(logdir), "--root", str(root), "--force", "--name", "adam-1"
+    )
     assert code == 0 and stdout.startswith("replaced")
     store = RunStore(root)
     assert store.run_ids() == [run_id] and store.runs().loc[0, "name"] == "adam-1"
@@ -176,20 +189,42 @@ def test_store_to_tensorboard_and_back_keeps_layers(tmp_path, capsys):
     """A run written by the Monitor's sink, exported with --layers and imported again: the same
     rows, per-layer values back at their layers."""
     root, out, back = tmp_path / "runs", tmp_path / "export", tmp_path / "back"
-    rows = [(s, float(s) / 4, T0 + s, layer, metric, v * s)
-            for s in range(1, 21)
-            for layer, metric, v in [("", "train/loss", 1.0), ("", "val/acc", 0.25), ("fc.weight", "grad_norm", 0.5),
-                                     ("fc.bias", "grad_norm", 2.0), ("", "grad_norm", 3.0)]]
+    rows = [
+        (s, float(s) / 4, T0 + s, layer, metric, v * s)
+        for s in range(1, 21)
+        for layer, metric, v in [
+            ("", "train/loss", 1.0),
+            ("", "val/acc", 0.25),
+            ("fc.weight", "grad_norm", 0.5),
+            ("fc.bias", "grad_norm", 2.0),
+            ("", "grad_norm", 3.0),
+        ]
+    ]
     steps, epochs, walls, layers, metrics, values = zip(*rows)
-    table = pa.table({"run_id": ["r1"] * len(rows), "step": steps, "epoch": epochs, "wall_time": walls,
-                      "layer": layers, "metric": metrics, "value": values}, schema=SCHEMA)
+    table = pa.table(
+        {
+            "run_id": ["r1"] * len(rows),
+            "step": steps,
+            "epoch": epochs,
+            "wall_time": walls,
+            "layer": layers,
+            "metric": metrics,
+            "value": values,
+        },
+        schema=SCHEMA,
+    )
     sink = ParquetSink(root, "r1", {"name": "r1", "config": {}})
     sink.write(table)
     sink.close("finished")
 
     assert run(capsys, "export", "--to", "tensorboard", str(out), "--root", str(root), "--layers")[0] == 0
-    assert set(read_back(out)["tag"]) == {"train/loss", "val/acc", "grad_norm", "grad_norm/fc.weight",
-                                          "grad_norm/fc.bias"}
+    assert set(read_back(out)["tag"]) == {
+        "train/loss",
+        "val/acc",
+        "grad_norm",
+        "grad_norm/fc.weight",
+        "grad_norm/fc.bias",
+    }
     assert run(capsys, "import", "tensorboard", str(out), "--root", str(back))[0] == 0
     store = RunStore(back)
     [run_id] = store.run_ids()
@@ -217,7 +252,10 @@ def test_tag_mapping():
     assert project_name("test/loss") == ("test/loss", "")
     # Two tags that would become one name keep their own.
     assert tag_names(["loss", "train/loss", "val_loss"]) == {
-        "loss": ("loss", ""), "train/loss": ("train/loss", ""), "val_loss": ("val/loss", "")}
+        "loss": ("loss", ""),
+        "train/loss": ("train/loss", ""),
+        "val_loss": ("val/loss", ""),
+    }
     assert tag_names(["lr-Adam", "lr-SGD"]) == {"lr-Adam": ("lr-Adam", ""), "lr-SGD": ("lr-SGD", "")}
 
 
@@ -235,5 +273,6 @@ def test_new_style_scalars_and_several_runs(tmp_path, capsys):
     store = RunStore(root)
     assert sorted(store.runs()["name"]) == ["exp/adam/seed0", "exp/sgd"]
     for run_id in store.run_ids():
-        np.testing.assert_allclose(store.series(run_id, "val/acc", points=None)["value"],
-                                   [s / 10 for s in range(1, 6)], rtol=1e-6)
+        np.testing.assert_allclose(
+            store.series(run_id, "val/acc", points=None)["value"], [s / 10 for s in range(1, 6)], rtol=1e-6
+        )

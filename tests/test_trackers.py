@@ -1,5 +1,6 @@
 """Forwarding the Monitor's whole-model scalars to W&B (offline) and MLflow (local sqlite): once
 per flush, the same steps and values the store holds, and never an error that stops training."""
+
 from __future__ import annotations
 
 import math
@@ -54,9 +55,18 @@ class Broken:
 
 
 def test_whole_model_rows_by_step():
-    table = pa.table({"run_id": ["r"] * 4, "step": [2, 1, 2, 1], "epoch": [math.nan] * 4,
-                      "wall_time": [10.0, 9.0, 11.0, 9.5], "layer": ["", "", "", "fc.weight"],
-                      "metric": ["loss", "loss", "loss", "grad_norm"], "value": [0.5, 1.0, 0.4, 3.0]}, schema=SCHEMA)
+    table = pa.table(
+        {
+            "run_id": ["r"] * 4,
+            "step": [2, 1, 2, 1],
+            "epoch": [math.nan] * 4,
+            "wall_time": [10.0, 9.0, 11.0, 9.5],
+            "layer": ["", "", "", "fc.weight"],
+            "metric": ["loss", "loss", "loss", "grad_norm"],
+            "value": [0.5, 1.0, 0.4, 3.0],
+        },
+        schema=SCHEMA,
+    )
     assert whole_model(table) == [(1, 9.0, {"loss": 1.0}), (2, 11.0, {"loss": 0.4})]
 
 
@@ -114,8 +124,8 @@ def wandb_history(run_dir: Path) -> list[tuple[int, dict[str, str]]] | None:
         if 32768 - pos % 32768 < 7:  # block trailer: padding
             pos += 32768 - pos % 32768
             continue
-        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         record = chunk if kind in (1, 2) else record + chunk
         if kind in (1, 4):
@@ -123,8 +133,12 @@ def wandb_history(run_dir: Path) -> list[tuple[int, dict[str, str]]] | None:
             parsed.ParseFromString(record)
             ended |= parsed.WhichOneof("record_type") == "exit"
             if parsed.WhichOneof("record_type") == "history":
-                rows.append((parsed.history.step.num,
-                             {i.key or "/".join(i.nested_key): i.value_json for i in parsed.history.item}))
+                rows.append(
+                    (
+                        parsed.history.step.num,
+                        {i.key or "/".join(i.nested_key): i.value_json for i in parsed.history.item},
+                    )
+                )
     return rows if ended else None
 
 
@@ -136,8 +150,9 @@ def test_wandb_offline_run_gets_the_same_values(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    run = wandb.init(dir=str(tmp_path), project="lawn", mode="offline",
-                     settings=wandb.Settings(console="off", x_disable_stats=True))
+    run = wandb.init(
+        dir=str(tmp_path), project="lawn", mode="offline", settings=wandb.Settings(console="off", x_disable_stats=True)
+    )
     try:
         run_id = train(tmp_path / "runs", WandbForwarder(run, prefix="lawn/"))
     finally:

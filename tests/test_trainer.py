@@ -1,4 +1,5 @@
 """The trainer end to end on real offline data, its run endings, and its one-line errors."""
+
 import dataclasses
 import json
 import signal
@@ -20,9 +21,22 @@ from trainers.models import build_model
 from trainers.train import build_parser
 
 CHEAP_METRICS = {
-    "train/loss", "train/acc", "test/loss", "test/acc", "lr", "phase", "weight_norm", "grad_norm",
-    "update_norm", "update_ratio", "grad_weight_cos", "logit_norm", "max_prob", "flat_frac",
-    "step_time", "samples_per_s",
+    "train/loss",
+    "train/acc",
+    "test/loss",
+    "test/acc",
+    "lr",
+    "phase",
+    "weight_norm",
+    "grad_norm",
+    "update_norm",
+    "update_ratio",
+    "grad_weight_cos",
+    "logit_norm",
+    "max_prob",
+    "flat_frac",
+    "step_time",
+    "samples_per_s",
 }
 
 
@@ -41,10 +55,30 @@ def test_digits_lawn_run_end_to_end(tmp_path):
     """The issue's command, as a user types it, in a fresh process."""
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "lawn_monitor.cli", "train", "--dataset", "digits", "--model", "cnn",
-         "--optimizer", "adam", "--lawn", "--free-epochs", "1", "--epochs", "4", "--batch-size", "64",
-         "--root", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lawn_monitor.cli",
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "cnn",
+            "--optimizer",
+            "adam",
+            "--lawn",
+            "--free-epochs",
+            "1",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "64",
+            "--root",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
@@ -70,12 +104,17 @@ def test_digits_lawn_run_end_to_end(tmp_path):
         (["train", "--model", "resnet999"], "invalid choice: 'resnet999'"),
         (["train", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
         (["train", "--lawn", "--free-epochs", "4", "--epochs", "4"], "--free-epochs (4) must be"),
-        (["train", "--dataset", "cifar10", "--data-root", "/nonexistent/data"], "cifar10 not found under /nonexistent/data"),
+        (
+            ["train", "--dataset", "cifar10", "--data-root", "/nonexistent/data"],
+            "cifar10 not found under /nonexistent/data",
+        ),
         (["train", "--dataset", "mnist1d", "--model", "cnn"], "use --model mlp"),
         (["train", "--epochs", "many"], "invalid int value"),
         (["train", "--lawn", "--free-epochs", "soon"], "invalid free_epochs_value value: 'soon'"),
-        (["train", "--lawn", "--free-epochs", "auto", "--epochs", "6", "--auto-min-epochs", "4"],
-         "--auto-min-epochs (4) <= --auto-max-epochs (3)"),
+        (
+            ["train", "--lawn", "--free-epochs", "auto", "--epochs", "6", "--auto-min-epochs", "4"],
+            "--auto-min-epochs (4) <= --auto-max-epochs (3)",
+        ),
         (["train", "--lawn", "--lawn-params", "last"], "invalid choice: 'last'"),
         (["sweep", "--optimizers", "sgd,lion"], "unknown optimizer 'lion'"),
         (["frobnicate"], "unknown command"),
@@ -94,10 +133,37 @@ def test_bad_input_gets_one_line_and_nonzero_exit(argv, message, capsys, tmp_pat
 def test_free_epochs_auto_switches_and_records_why(capsys, tmp_path):
     """--free-epochs auto: Adam at a high LR memorizes digits' training set, flat_frac climbs,
     and LAWN switches at its onset, between --auto-min-epochs and --auto-max-epochs."""
-    rc, out, err = run_cli(["train", "--dataset", "digits", "--optimizer", "adam", "--lawn", "--free-epochs", "auto",
-                            "--epochs", "4", "--auto-max-epochs", "3", "--batch-size", "32", "--lr", "0.01", "--no-curvature",
-                            "--no-progress", "--threads", "1", "--probe-every", "1",
-                            "--lawn-params", "homogeneous", "--root", str(tmp_path)], capsys)
+    rc, out, err = run_cli(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--optimizer",
+            "adam",
+            "--lawn",
+            "--free-epochs",
+            "auto",
+            "--epochs",
+            "4",
+            "--auto-max-epochs",
+            "3",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.01",
+            "--no-curvature",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--probe-every",
+            "1",
+            "--lawn-params",
+            "homogeneous",
+            "--root",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert rc == 0, err
     store = RunStore(tmp_path)
     run_id = store.runs()["run_id"].iloc[0]
@@ -122,8 +188,25 @@ def test_root_that_is_a_file(capsys, tmp_path):
 
 
 def test_diverged_run_stops_cleanly(capsys, tmp_path):
-    rc, out, err = run_cli(["train", "--dataset", "synthetic", "--model", "mlp", "--optimizer", "sgd", "--lr", "1e4",
-                            "--epochs", "3", "--root", str(tmp_path), "--no-progress"], capsys)
+    rc, out, err = run_cli(
+        [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e4",
+            "--epochs",
+            "3",
+            "--root",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 3 and out.startswith("diverged:")
     run = RunStore(tmp_path).runs().iloc[0]
     assert run["status"] == "diverged" and run["step"] < run["total_steps"]
@@ -134,8 +217,10 @@ def test_failed_run_keeps_traceback(monkeypatch, capsys, tmp_path):
         raise RuntimeError("evaluation exploded")
 
     monkeypatch.setattr(train_module, "evaluate", broken_eval)
-    rc, out, err = run_cli(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2",
-                            "--root", str(tmp_path), "--no-progress"], capsys)
+    rc, out, err = run_cli(
+        ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--root", str(tmp_path), "--no-progress"],
+        capsys,
+    )
     assert rc == 1 and "evaluation exploded" in err and len(err.strip().splitlines()) == 1
     run_dir = next(tmp_path.iterdir())
     assert f"(traceback in {run_dir}/run.json)" in err
@@ -147,9 +232,26 @@ def test_failed_run_keeps_traceback(monkeypatch, capsys, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_marks_the_run_interrupted(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lawn_monitor.cli", "train", "--dataset", "synthetic", "--model", "mlp",
-         "--epochs", "1000", "--root", str(tmp_path), "--flush-secs", "0.2", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lawn_monitor.cli",
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp",
+            "--epochs",
+            "1000",
+            "--root",
+            str(tmp_path),
+            "--flush-secs",
+            "0.2",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -172,9 +274,27 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_then_runs_and_compare(capsys, tmp_path):
-    rc, out, err = run_cli(["sweep", "--dataset", "digits", "--model", "mlp", "--optimizers", "sgd,adam",
-                            "--lawn", "both", "--epochs", "2", "--free-epochs", "1", "--root", str(tmp_path),
-                            "--no-progress"], capsys)
+    rc, out, err = run_cli(
+        [
+            "sweep",
+            "--dataset",
+            "digits",
+            "--model",
+            "mlp",
+            "--optimizers",
+            "sgd,adam",
+            "--lawn",
+            "both",
+            "--epochs",
+            "2",
+            "--free-epochs",
+            "1",
+            "--root",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     runs = RunStore(tmp_path).runs()
     assert sorted(runs["name"]) == ["adam-b64-s0", "adam-lawn-b64-s0", "sgd-b64-s0", "sgd-lawn-b64-s0"]
@@ -199,8 +319,24 @@ def test_failure_before_the_run_exists_names_no_run_json(monkeypatch, capsys, tm
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_trains_with_its_defaults(name, capsys, tmp_path):
     """No --lr, no --weight-decay: each optimizer's defaults come from lawn_monitor.optim."""
-    rc, out, err = run_cli(["train", "--optimizer", name, "--dataset", "digits", "--model", "mlp", "--epochs", "1",
-                            "--no-curvature", "--root", str(tmp_path), "--no-progress"], capsys)
+    rc, out, err = run_cli(
+        [
+            "train",
+            "--optimizer",
+            name,
+            "--dataset",
+            "digits",
+            "--model",
+            "mlp",
+            "--epochs",
+            "1",
+            "--no-curvature",
+            "--root",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 0 and out.startswith("finished:"), err
     run = RunStore(tmp_path).runs().iloc[0]
     assert run["lr"] == OPTIMIZERS[name].lr and run["weight_decay"] == OPTIMIZERS[name].weight_decay
@@ -208,8 +344,9 @@ def test_every_optimizer_trains_with_its_defaults(name, capsys, tmp_path):
 
 
 def test_probe_settings_are_a_nested_probe_config_with_the_flags_users_know():
-    args = build_parser().parse_args(["--probe-every", "5", "--no-curvature", "--curvature-budget", "0.1",
-                                      "--gn-points", "7", "--seed", "3"])
+    args = build_parser().parse_args(
+        ["--probe-every", "5", "--no-curvature", "--curvature-budget", "0.1", "--gn-points", "7", "--seed", "3"]
+    )
     cfg = config_from_flags({k: v for k, v in vars(args).items() if k in FLAGS}).resolved()
     assert cfg.probes == ProbeConfig(every=5, curvature=False, budget=0.1, gn_points=7, seed=3)  # the run's seed
     assert flag_values(cfg)["curvature_budget"] == 0.1 and flag_values(cfg)["probe_every"] == 5
@@ -228,8 +365,10 @@ def test_config_defaults_depend_on_the_optimizer():
     assert cfg.lr == 3e-3 and cfg.weight_decay == 0.0 and cfg.name == "adam-lawn-b32-s7"
 
 
-@pytest.mark.parametrize("dataset, model, shape", [("digits", "cnn", (1, 8, 8)), ("mnist1d", "mlp", (40,)),
-                                                   ("synthetic", "vgg19", (3, 32, 32))])
+@pytest.mark.parametrize(
+    "dataset, model, shape",
+    [("digits", "cnn", (1, 8, 8)), ("mnist1d", "mlp", (40,)), ("synthetic", "vgg19", (3, 32, 32))],
+)
 def test_each_model_trains_a_step(dataset, model, shape):
     data = load_data(dataset, batch_size=8)
     assert data.input_shape == shape and data.num_classes == 10

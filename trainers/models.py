@@ -1,5 +1,6 @@
 """Models for the trainers: a small CNN and an MLP for CPU-scale runs; the paper's VGG-19 and a
 ResNet-18 for CIFAR (32x32 inputs), and torchvision's ResNet-50 for ImageNet."""
+
 from __future__ import annotations
 
 import math
@@ -123,22 +124,30 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, datas
         return MLP(math.prod(input_shape), num_classes)
     if name == "cnn":
         if len(input_shape) != 3:
-            raise ModelError(f"--model cnn needs images, but {dataset or 'this data set'} has inputs of shape "
-                             f"{tuple(input_shape)}: use --model mlp")
+            raise ModelError(
+                f"--model cnn needs images, but {dataset or 'this data set'} has inputs of shape "
+                f"{tuple(input_shape)}: use --model mlp"
+            )
         return SmallCNN(input_shape[0], num_classes)
     if name == "vgg19":
         if tuple(input_shape) != (3, 32, 32):
-            raise ModelError(f"--model vgg19 needs 32x32 RGB images (cifar10, cifar100, synthetic), "
-                             f"not {dataset or 'inputs of shape'} {tuple(input_shape)}")
+            raise ModelError(
+                f"--model vgg19 needs 32x32 RGB images (cifar10, cifar100, synthetic), "
+                f"not {dataset or 'inputs of shape'} {tuple(input_shape)}"
+            )
         return VGG19(num_classes)
     if name == "resnet18":
         if tuple(input_shape) != (3, 32, 32):
-            raise ModelError(f"--model resnet18 is the CIFAR variant and needs 32x32 RGB images, "
-                             f"not {dataset or 'inputs of shape'} {tuple(input_shape)}: use resnet50 for ImageNet")
+            raise ModelError(
+                f"--model resnet18 is the CIFAR variant and needs 32x32 RGB images, "
+                f"not {dataset or 'inputs of shape'} {tuple(input_shape)}: use resnet50 for ImageNet"
+            )
         return ResNet18(num_classes)
     if name == "resnet50":
         if len(input_shape) != 3 or input_shape[0] != 3:
-            raise ModelError(f"--model resnet50 needs RGB images, not {dataset or 'inputs of shape'} {tuple(input_shape)}")
+            raise ModelError(
+                f"--model resnet50 needs RGB images, not {dataset or 'inputs of shape'} {tuple(input_shape)}"
+            )
         from torchvision.models import resnet50  # torchvision's, untouched: the paper's ImageNet model
 
         return resnet50(weights=None, num_classes=num_classes)

@@ -12,6 +12,7 @@ A recipe is named (letters, digits, ``_ . -``) and read from ``trainers/recipes/
 never reaches outside that folder (``--recipe ../x`` is refused). A value with a ``/`` or ending
 in ``.toml`` is a path instead, to a recipe file of your own: it must be an existing ``.toml`` file.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -36,8 +37,10 @@ def match_recipes(pattern: str) -> list[str]:
     """The recipe names matching a shell pattern (``cifar10-*``), sorted; ConfigError if none."""
     names = [n for n in recipe_names() if fnmatch.fnmatchcase(n, pattern)]
     if not names:
-        raise ConfigError(f"no recipe matches {pattern!r} in {RECIPE_DIR}: try one of "
-                          f"{', '.join(sorted({n.split('-')[0] + '-*' for n in recipe_names()}))}")
+        raise ConfigError(
+            f"no recipe matches {pattern!r} in {RECIPE_DIR}: try one of "
+            f"{', '.join(sorted({n.split('-')[0] + '-*' for n in recipe_names()}))}"
+        )
     return names
 
 
@@ -56,14 +59,18 @@ def recipe_path(recipe: str) -> Path:
     if "/" in recipe or "\\" in recipe or recipe.endswith(".toml"):
         path = Path(recipe).expanduser()
         if path.suffix != ".toml" or not path.is_file():
-            raise ConfigError(f"--recipe {recipe}: not an existing .toml file; a recipe is a name from {RECIPE_DIR} "
-                              f"(`ls trainers/recipes`) or the path of a .toml file of your own")
+            raise ConfigError(
+                f"--recipe {recipe}: not an existing .toml file; a recipe is a name from {RECIPE_DIR} "
+                f"(`ls trainers/recipes`) or the path of a .toml file of your own"
+            )
         return path
     path = RECIPE_DIR / f"{recipe}.toml"
     if not NAME_RE.match(recipe) or ".." in recipe or not path.is_file():
         near = [n for n in recipe_names() if n.split("-")[0] == recipe.split("-")[0]][:6]
-        raise ConfigError(f"no recipe {recipe!r} in {RECIPE_DIR}" + (f": similar ones are {', '.join(near)}" if near
-                          else "; `ls trainers/recipes` lists them"))
+        raise ConfigError(
+            f"no recipe {recipe!r} in {RECIPE_DIR}"
+            + (f": similar ones are {', '.join(near)}" if near else "; `ls trainers/recipes` lists them")
+        )
     return path
 
 
@@ -86,15 +93,18 @@ def load_recipe(name: str) -> dict[str, Any]:
         if key in ("paper", "why"):
             continue
         if key not in FLAGS or key in NOT_IN_RECIPES:
-            raise ConfigError(f"recipe {path}: unknown or not allowed key {key!r} (keys are the train command's "
-                              f"flags, with _ for -, except {', '.join(sorted(NOT_IN_RECIPES))})")
+            raise ConfigError(
+                f"recipe {path}: unknown or not allowed key {key!r} (keys are the train command's "
+                f"flags, with _ for -, except {', '.join(sorted(NOT_IN_RECIPES))})"
+            )
         flag = FLAGS[key]
         if flag.parse is not None and isinstance(value, str):  # a word the flag takes (free_epochs = "auto")
             try:
                 value = flag.parse(value)
             except ValueError:
-                raise ConfigError(f"recipe {path}: {key} = {value!r} is not a value --{key.replace('_', '-')} "
-                                  "takes") from None
+                raise ConfigError(
+                    f"recipe {path}: {key} = {value!r} is not a value --{key.replace('_', '-')} takes"
+                ) from None
         if isinstance(value, str) and flag.parse is not None:
             values[key] = value
             continue

@@ -22,6 +22,7 @@ a valid page exists at every point, and it lists the planned runs that have not 
 ``--quick`` plans a few short runs (1 seed, 4 epochs) to check the machinery; give it its own
 ``--root`` and ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,43 +61,91 @@ METHODS = (("sgd", False), ("sgd", True), ("adam", False), ("adam", True))
 
 # The auto-switch comparison: the small-batch LAWN recipes of the two sets where a run takes
 # seconds and the free phase of the recipe (3 epochs) sits inside the range compared.
-AUTO_RECIPES = ("cpu-digits-sgd-lawn-b32", "cpu-digits-adam-lawn-b32", "cpu-mnist1d-sgd-lawn-b64",
-                "cpu-mnist1d-adam-lawn-b64")
+AUTO_RECIPES = (
+    "cpu-digits-sgd-lawn-b32",
+    "cpu-digits-adam-lawn-b32",
+    "cpu-mnist1d-sgd-lawn-b64",
+    "cpu-mnist1d-adam-lawn-b64",
+)
 FIXED_FREE = (1.0, 3.0, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
 class Setting:
     """One setting of the search for a CPU-scale case of the paper's ordering."""
+
     key: str
     flags: dict
     why: str
 
 
 SEARCH = (
-    Setting("mnist1d-mlp-b32", dict(dataset="mnist1d", model="mlp", batch_size=32, epochs=150, warmup_epochs=2.0,
-                                    free_epochs=5.0, weight_decay=0.0),
-            "the project's demo setting: the MNIST-1D MLP at a small batch, trained far past the point where Adam "
-            "fits the training set, no weight decay for any method"),
-    Setting("digits-cnn-b32", dict(dataset="digits", model="cnn", batch_size=32, epochs=60, warmup_epochs=2.0,
-                                   free_epochs=5.0, weight_decay=0.0),
-            "real 8x8 scans and a convolutional network, three times the recipes' epochs, no weight decay"),
-    Setting("mnist1d-mlp-b256", dict(dataset="mnist1d", model="mlp", batch_size=256, epochs=150, warmup_epochs=2.0,
-                                     free_epochs=5.0, weight_decay=0.0),
-            "the demo setting at a larger batch (the paper's LAWN gains are largest at large batches), same LRs"),
-    Setting("mnist-mlp-b128", dict(dataset="mnist", model="mlp", batch_size=128, epochs=15, warmup_epochs=1.0,
-                                   free_epochs=3.0, weight_decay=0.0),
-            "real MNIST, two and a half times the recipes' epochs at half their small batch, no weight decay"),
-    Setting("mnist1d-mlp-b32-wd", dict(dataset="mnist1d", model="mlp", batch_size=32, epochs=150, warmup_epochs=2.0,
-                                       free_epochs=5.0),
-            "the demo setting with the weight decay of the paper's baselines, the trainer's defaults (some for SGD, "
-            "none for Adam; LAWN turns it off at the switch): does the paper's ordering appear when SGD keeps it?"),
+    Setting(
+        "mnist1d-mlp-b32",
+        dict(
+            dataset="mnist1d",
+            model="mlp",
+            batch_size=32,
+            epochs=150,
+            warmup_epochs=2.0,
+            free_epochs=5.0,
+            weight_decay=0.0,
+        ),
+        "the project's demo setting: the MNIST-1D MLP at a small batch, trained far past the point where Adam "
+        "fits the training set, no weight decay for any method",
+    ),
+    Setting(
+        "digits-cnn-b32",
+        dict(
+            dataset="digits",
+            model="cnn",
+            batch_size=32,
+            epochs=60,
+            warmup_epochs=2.0,
+            free_epochs=5.0,
+            weight_decay=0.0,
+        ),
+        "real 8x8 scans and a convolutional network, three times the recipes' epochs, no weight decay",
+    ),
+    Setting(
+        "mnist1d-mlp-b256",
+        dict(
+            dataset="mnist1d",
+            model="mlp",
+            batch_size=256,
+            epochs=150,
+            warmup_epochs=2.0,
+            free_epochs=5.0,
+            weight_decay=0.0,
+        ),
+        "the demo setting at a larger batch (the paper's LAWN gains are largest at large batches), same LRs",
+    ),
+    Setting(
+        "mnist-mlp-b128",
+        dict(
+            dataset="mnist",
+            model="mlp",
+            batch_size=128,
+            epochs=15,
+            warmup_epochs=1.0,
+            free_epochs=3.0,
+            weight_decay=0.0,
+        ),
+        "real MNIST, two and a half times the recipes' epochs at half their small batch, no weight decay",
+    ),
+    Setting(
+        "mnist1d-mlp-b32-wd",
+        dict(dataset="mnist1d", model="mlp", batch_size=32, epochs=150, warmup_epochs=2.0, free_epochs=5.0),
+        "the demo setting with the weight decay of the paper's baselines, the trainer's defaults (some for SGD, "
+        "none for Adam; LAWN turns it off at the switch): does the paper's ordering appear when SGD keeps it?",
+    ),
 )
 
 
 @dataclass
 class Planned:
     """A run the reproduction needs: its stage, what it stands for, and its configuration."""
+
     stage: str
     cfg: TrainConfig
     labels: dict = field(default_factory=dict)  # recipe / free / setting, for the page's tables
@@ -123,8 +172,9 @@ def plan(stage: str, root: str, quick: bool = False) -> list[Planned]:
                 own = load_recipe(recipe)["free_epochs"]
                 for free in ("auto", *fixed):
                     name = f"{recipe}-s{seed}" if free == own else f"{recipe}-free{_free_tag(free)}-s{seed}"
-                    cfg = config_from({**common, **short, "seed": seed, "free_epochs": free, "name": name},
-                                      recipe).resolved()
+                    cfg = config_from(
+                        {**common, **short, "seed": seed, "free_epochs": free, "name": name}, recipe
+                    ).resolved()
                     out.append(Planned(stage, cfg, {"recipe": recipe, "free": free}))
     elif stage == "search":
         for setting in SEARCH[:1] if quick else SEARCH:  # settings outermost: the first gets its seeds first
@@ -132,8 +182,9 @@ def plan(stage: str, root: str, quick: bool = False) -> list[Planned]:
                 for optimizer, lawn in METHODS:
                     flags = {**setting.flags, **({"epochs": 4, "free_epochs": 1.0} if quick else {})}
                     name = f"search-{setting.key}-{optimizer}{'-lawn' if lawn else ''}-s{seed}"
-                    cfg = config_from_flags({**common, **flags, "optimizer": optimizer, "lawn": lawn, "seed": seed,
-                                             "name": name}).resolved()
+                    cfg = config_from_flags(
+                        {**common, **flags, "optimizer": optimizer, "lawn": lawn, "seed": seed, "name": name}
+                    ).resolved()
                     out.append(Planned(stage, cfg, {"setting": setting.key}))
     return out
 
@@ -179,8 +230,11 @@ def run_stage(root: str, planned: list[Planned], parallel: int) -> None:
     todo = [p.cfg for p in planned if p.cfg.name not in done]
     todo = list({c.name: c for c in todo}.values())  # the auto stage shares runs with the sweep
     stage = planned[0].stage if planned else "?"
-    print(f"reproduce: {stage}: {len(planned)} runs planned, {len(planned) - len(todo)} ended already, "
-          f"{len(todo)} to run", flush=True)
+    print(
+        f"reproduce: {stage}: {len(planned)} runs planned, {len(planned) - len(todo)} ended already, "
+        f"{len(todo)} to run",
+        flush=True,
+    )
     if not todo:
         return
     started = time.monotonic()
@@ -207,29 +261,55 @@ def run_frame(store: RunStore, planned: list[Planned]) -> pd.DataFrame:
             continue
         info = store.run_info(run_id) or {}
         switch = info.get("lawn_switch") or {}
-        rows.append({"stage": p.stage, **p.labels, "name": p.cfg.name, "run_id": run_id, "status": info.get("status"),
-                     "dataset": p.cfg.dataset, "optimizer": p.cfg.optimizer, "lawn": p.cfg.lawn,
-                     "batch_size": p.cfg.batch_size, "seed": p.cfg.seed,
-                     "method": method_name(p.cfg.optimizer, p.cfg.lawn),
-                     "total_steps": info.get("total_steps"), "steps_per_epoch": info.get("steps_per_epoch"),
-                     "switch_step": switch.get("step", np.nan), "switch_reason": switch.get("reason", ""),
-                     "seconds": _seconds(info)})
+        rows.append(
+            {
+                "stage": p.stage,
+                **p.labels,
+                "name": p.cfg.name,
+                "run_id": run_id,
+                "status": info.get("status"),
+                "dataset": p.cfg.dataset,
+                "optimizer": p.cfg.optimizer,
+                "lawn": p.cfg.lawn,
+                "batch_size": p.cfg.batch_size,
+                "seed": p.cfg.seed,
+                "method": method_name(p.cfg.optimizer, p.cfg.lawn),
+                "total_steps": info.get("total_steps"),
+                "steps_per_epoch": info.get("steps_per_epoch"),
+                "switch_step": switch.get("step", np.nan),
+                "switch_reason": switch.get("reason", ""),
+                "seconds": _seconds(info),
+            }
+        )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
     run_ids = list(frame["run_id"])
-    onset = store.sql("SELECT run_id, min(step) AS onset FROM metrics WHERE metric = 'flat_frac' AND layer = '' "
-                      "AND value > ? GROUP BY run_id", [FLAT], run_ids=run_ids)
+    onset = store.sql(
+        "SELECT run_id, min(step) AS onset FROM metrics WHERE metric = 'flat_frac' AND layer = '' "
+        "AND value > ? GROUP BY run_id",
+        [FLAT],
+        run_ids=run_ids,
+    )
     ends = store.sql(
         """WITH last AS (SELECT run_id, max(step) AS last FROM metrics WHERE layer = '' GROUP BY run_id)
            SELECT run_id, metric, avg(value) AS value FROM metrics JOIN last USING (run_id)
            WHERE layer = '' AND metric IN (SELECT unnest(?)) AND step > last - greatest(1, ceil(last * ?))
-           GROUP BY run_id, metric""", [list(PER_STEP), END_SHARE], run_ids=run_ids)
-    lasts = store.sql("SELECT run_id, metric, arg_max(value, (step, wall_time)) AS value FROM metrics "
-                      "WHERE layer = '' AND metric IN (SELECT unnest(?)) GROUP BY run_id, metric",
-                      [list(AT_LAST)], run_ids=run_ids)
-    best = store.sql("SELECT run_id, 'best_acc' AS metric, max(value) AS value FROM metrics "
-                     "WHERE metric = 'test/acc' AND layer = '' GROUP BY run_id", run_ids=run_ids)
+           GROUP BY run_id, metric""",
+        [list(PER_STEP), END_SHARE],
+        run_ids=run_ids,
+    )
+    lasts = store.sql(
+        "SELECT run_id, metric, arg_max(value, (step, wall_time)) AS value FROM metrics "
+        "WHERE layer = '' AND metric IN (SELECT unnest(?)) GROUP BY run_id, metric",
+        [list(AT_LAST)],
+        run_ids=run_ids,
+    )
+    best = store.sql(
+        "SELECT run_id, 'best_acc' AS metric, max(value) AS value FROM metrics "
+        "WHERE metric = 'test/acc' AND layer = '' GROUP BY run_id",
+        run_ids=run_ids,
+    )
     wide = pd.concat([ends, lasts, best]).pivot_table(index="run_id", columns="metric", values="value", aggfunc="first")
     frame = frame.merge(onset, on="run_id", how="left").merge(wide, left_on="run_id", right_index=True, how="left")
     frame["sustained"] = frame["run_id"].map(sustained_onsets(store, frame))
@@ -243,8 +323,10 @@ def sustained_onsets(store: RunStore, frame: pd.DataFrame) -> dict[str, float]:
     """Run id -> the first step at which flat_frac's mean over the epoch that ends there exceeds
     FLAT (NaN if never): the onset without the luck of one batch, which at a small batch can cross
     0.5 long before most batches do."""
-    flat = store.sql("SELECT run_id, step, value FROM metrics WHERE metric = 'flat_frac' AND layer = '' "
-                     "ORDER BY run_id, step", run_ids=list(frame["run_id"]))
+    flat = store.sql(
+        "SELECT run_id, step, value FROM metrics WHERE metric = 'flat_frac' AND layer = '' ORDER BY run_id, step",
+        run_ids=list(frame["run_id"]),
+    )
     per_epoch = dict(zip(frame["run_id"], frame["steps_per_epoch"]))
     found = {}
     for run_id, rows in flat.groupby("run_id"):
@@ -270,12 +352,21 @@ def cells(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         key = key if isinstance(key, tuple) else (key,)
         crossed, sustained = runs["onset"].dropna(), runs["sustained"].dropna()
         row = dict(zip(by, key))
-        row.update({"n": len(runs), "diverged": int((runs["status"] == "diverged").sum()),
-                    "acc": runs["test/acc"].mean() * 100, "acc_std": runs["test/acc"].std() * 100,
-                    "onset": crossed.mean() if len(crossed) else np.nan, "flattened": len(crossed),
-                    "sustained": sustained.mean() if len(sustained) else np.nan, "sustained_n": len(sustained),
-                    "total_steps": runs["total_steps"].mean(), "switch_step": runs["switch_step"].mean(),
-                    "steps_per_epoch": runs["steps_per_epoch"].mean()})
+        row.update(
+            {
+                "n": len(runs),
+                "diverged": int((runs["status"] == "diverged").sum()),
+                "acc": runs["test/acc"].mean() * 100,
+                "acc_std": runs["test/acc"].std() * 100,
+                "onset": crossed.mean() if len(crossed) else np.nan,
+                "flattened": len(crossed),
+                "sustained": sustained.mean() if len(sustained) else np.nan,
+                "sustained_n": len(sustained),
+                "total_steps": runs["total_steps"].mean(),
+                "switch_step": runs["switch_step"].mean(),
+                "steps_per_epoch": runs["steps_per_epoch"].mean(),
+            }
+        )
         for metric in (*PER_STEP, "gn_trace"):
             row[metric.replace("/", "_")] = runs[metric].mean()  # train/loss -> train_loss (a field name)
         rows.append(row)
@@ -314,15 +405,20 @@ def gn_coverage(store: RunStore, frame: pd.DataFrame) -> str:
     came (the mechanism table's gn_trace is the last)."""
     if frame.empty:
         return ""
-    points = store.sql("SELECT run_id, count(*) AS n, max(step) AS last FROM metrics WHERE metric = 'gn_trace' "
-                       "AND layer = '' GROUP BY run_id", run_ids=list(frame["run_id"].unique()))
+    points = store.sql(
+        "SELECT run_id, count(*) AS n, max(step) AS last FROM metrics WHERE metric = 'gn_trace' "
+        "AND layer = '' GROUP BY run_id",
+        run_ids=list(frame["run_id"].unique()),
+    )
     if points.empty:
         return "No run measured the Gauss-Newton trace."
     steps = frame.drop_duplicates("run_id").set_index("run_id")["total_steps"]
     share = points["last"] / points["run_id"].map(steps)
-    return (f"Under it the runs measured the Gauss-Newton trace at {points['n'].min()} to {points['n'].max()} points "
-            f"each (at most {_default('gn_points')}), the last at {share.min():.0%} to {share.max():.0%} of the run's "
-            f"steps ({share.mean():.0%} on average).")
+    return (
+        f"Under it the runs measured the Gauss-Newton trace at {points['n'].min()} to {points['n'].max()} points "
+        f"each (at most {_default('gn_points')}), the last at {share.min():.0%} to {share.max():.0%} of the run's "
+        f"steps ({share.mean():.0%} on average)."
+    )
 
 
 def _default(name: str):
@@ -332,16 +428,23 @@ def _default(name: str):
 
 def versions() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":!docs/reproduction.md"], cwd=PROJECT_DIR,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs/reproduction.md"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         commit += " (with uncommitted changes)" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown (not a git checkout)"
-    return (f"torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}, "
-            f"{platform.platform()}, git commit {commit}")
+    return (
+        f"torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}, "
+        f"{platform.platform()}, git commit {commit}"
+    )
 
 
 # What a run computes with: the library and the trainers, but not this file (it only plans and reports).
@@ -354,30 +457,43 @@ def same_code(commits: list[str]) -> str:
     differ: dict[str, list[str]] = {}
     for commit in commits:
         try:
-            names = subprocess.run(["git", "diff", "--name-only", commit, "--", *TRAINING_CODE], cwd=PROJECT_DIR,
-                                   capture_output=True, text=True, check=True).stdout.split()
+            names = subprocess.run(
+                ["git", "diff", "--name-only", commit, "--", *TRAINING_CODE],
+                cwd=PROJECT_DIR,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
         except (OSError, subprocess.CalledProcessError):
             return "whether their training code is this checkout's could not be checked (no git)."
         if names:
             differ[commit[:7]] = names
     if differ:
         files = sorted({name for names in differ.values() for name in names})
-        return (f"the training code (lawn_monitor/, trainers/ but for this page's generator) differs from this "
-                f"checkout's at {', '.join(differ)}, in {', '.join(files)} (`git diff COMMIT -- FILE` shows how); "
-                f"everything else is this checkout's, byte for byte.")
-    return ("the training code (lawn_monitor/, trainers/ but for this page's generator) at each of them is this "
-            "checkout's, byte for byte (git diff).")
+        return (
+            f"the training code (lawn_monitor/, trainers/ but for this page's generator) differs from this "
+            f"checkout's at {', '.join(differ)}, in {', '.join(files)} (`git diff COMMIT -- FILE` shows how); "
+            f"everything else is this checkout's, byte for byte."
+        )
+    return (
+        "the training code (lawn_monitor/, trainers/ but for this page's generator) at each of them is this "
+        "checkout's, byte for byte (git diff)."
+    )
 
 
 def mechanism_table(sweep: pd.DataFrame) -> list[str]:
-    lines = ["| data set | batch | method | test acc % | steps | flat_frac > 0.5 from step | its epoch mean > 0.5 "
-             "from step | flat_frac | logit_norm | weight_growth | update_ratio_per_lr | gn_trace |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data set | batch | method | test acc % | steps | flat_frac > 0.5 from step | its epoch mean > 0.5 "
+        "from step | flat_frac | logit_norm | weight_growth | update_ratio_per_lr | gn_trace |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in _order(sweep).itertuples():
-        lines.append(f"| {row.dataset} | {row.batch_size} | {row.method} | {_acc(row)} | {row.total_steps:.0f} | "
-                     f"{_onset(row)} | {_onset(row, sustained=True)} | {_g(row.flat_frac, 2)} | {_g(row.logit_norm)} | "
-                     f"{_g(row.weight_growth)} | "
-                     f"{_g(row.update_ratio_per_lr)} | {_g(row.gn_trace)} |")
+        lines.append(
+            f"| {row.dataset} | {row.batch_size} | {row.method} | {_acc(row)} | {row.total_steps:.0f} | "
+            f"{_onset(row)} | {_onset(row, sustained=True)} | {_g(row.flat_frac, 2)} | {_g(row.logit_norm)} | "
+            f"{_g(row.weight_growth)} | "
+            f"{_g(row.update_ratio_per_lr)} | {_g(row.gn_trace)} |"
+        )
     return lines
 
 
@@ -397,27 +513,67 @@ def _earlier(x, y) -> bool:
 # The paper's mechanism as claims that one cell can support or contradict: (claim, method a,
 # method b, metric, the sign of (a - b) that supports it, what the numbers are).
 CLAIMS = (
-    ("Adam's logits grow larger than SGD's (flattening by logit growth)", "Adam", "SGD", "logit_norm", +1,
-     "final logit norm, Adam against SGD"),
-    ("Adam ends where the loss is flatter (lower curvature) than SGD", "Adam", "SGD", "gn_trace", -1,
-     "final Gauss-Newton trace, Adam against SGD"),
-    ("LAWN stops Adam's flattening", "Adam-LAWN", "Adam", "flat_frac", -1,
-     "final flat fraction, Adam-LAWN against Adam"),
-    ("LAWN holds the weight norms that Adam lets grow", "Adam-LAWN", "Adam", "weight_growth", -1,
-     "whole-model weight growth, Adam-LAWN against Adam"),
-    ("LAWN keeps Adam's weight adaptivity", "Adam-LAWN", "Adam", "update_ratio_per_lr", +1,
-     "relative update per unit LR, Adam-LAWN against Adam"),
-    ("LAWN keeps Adam out of the flattest regions", "Adam-LAWN", "Adam", "gn_trace", +1,
-     "final Gauss-Newton trace, Adam-LAWN against Adam"),
-    ("LAWN improves Adam's test accuracy", "Adam-LAWN", "Adam", "acc", +1,
-     "test accuracy %, Adam-LAWN against Adam"),
+    (
+        "Adam's logits grow larger than SGD's (flattening by logit growth)",
+        "Adam",
+        "SGD",
+        "logit_norm",
+        +1,
+        "final logit norm, Adam against SGD",
+    ),
+    (
+        "Adam ends where the loss is flatter (lower curvature) than SGD",
+        "Adam",
+        "SGD",
+        "gn_trace",
+        -1,
+        "final Gauss-Newton trace, Adam against SGD",
+    ),
+    (
+        "LAWN stops Adam's flattening",
+        "Adam-LAWN",
+        "Adam",
+        "flat_frac",
+        -1,
+        "final flat fraction, Adam-LAWN against Adam",
+    ),
+    (
+        "LAWN holds the weight norms that Adam lets grow",
+        "Adam-LAWN",
+        "Adam",
+        "weight_growth",
+        -1,
+        "whole-model weight growth, Adam-LAWN against Adam",
+    ),
+    (
+        "LAWN keeps Adam's weight adaptivity",
+        "Adam-LAWN",
+        "Adam",
+        "update_ratio_per_lr",
+        +1,
+        "relative update per unit LR, Adam-LAWN against Adam",
+    ),
+    (
+        "LAWN keeps Adam out of the flattest regions",
+        "Adam-LAWN",
+        "Adam",
+        "gn_trace",
+        +1,
+        "final Gauss-Newton trace, Adam-LAWN against Adam",
+    ),
+    ("LAWN improves Adam's test accuracy", "Adam-LAWN", "Adam", "acc", +1, "test accuracy %, Adam-LAWN against Adam"),
     ("SGD generalizes better than Adam", "SGD", "Adam", "acc", +1, "test accuracy %, SGD against Adam"),
 )
 
 
 def _tell(n: int, m: int) -> str:
-    return "supports the paper in every cell" if n == m else "contradicts the paper in every cell" if n == 0 else \
-        f"supports the paper in {n} of {m} cells and contradicts it in the others"
+    return (
+        "supports the paper in every cell"
+        if n == m
+        else "contradicts the paper in every cell"
+        if n == 0
+        else f"supports the paper in {n} of {m} cells and contradicts it in the others"
+    )
 
 
 def verdicts(sweep: pd.DataFrame) -> list[str]:
@@ -433,15 +589,20 @@ def verdicts(sweep: pd.DataFrame) -> list[str]:
         first = [f"{d} {b}: Adam {onset(a)}, SGD {onset(s)}" for d, b, a, s in pairs]
         n = sum(_earlier(a.onset, s.onset) for _, _, a, s in pairs)
         neither = sum(not np.isfinite(a.onset) and not np.isfinite(s.onset) for _, _, a, s in pairs)
-        out.append(f"- **Adam flattens before SGD** (the paper's starting point). Flat fraction first above 0.5: "
-                   f"{'; '.join(first)}. Adam flattens first in {n} of {len(pairs)} cells"
-                   + (f" (in {neither} neither gets there)" if neither else "") + f": this {_tell(n, len(pairs))}.")
+        out.append(
+            f"- **Adam flattens before SGD** (the paper's starting point). Flat fraction first above 0.5: "
+            f"{'; '.join(first)}. Adam flattens first in {n} of {len(pairs)} cells"
+            + (f" (in {neither} neither gets there)" if neither else "")
+            + f": this {_tell(n, len(pairs))}."
+        )
         tally.append(("Adam flattens before SGD", n, len(pairs)))
         late = [f"{d} {b}: Adam {_onset(a, True)}, SGD {_onset(s, True)}" for d, b, a, s in pairs]
         n = sum(_earlier(a.sustained, s.sustained) for _, _, a, s in pairs)
-        out.append(f"- **Adam flattens before SGD, by the epoch mean** (no single lucky batch). Epoch mean of the "
-                   f"flat fraction first above 0.5 at step: {'; '.join(late)}. Adam first in {n} of {len(pairs)} "
-                   f"cells: this {_tell(n, len(pairs))}.")
+        out.append(
+            f"- **Adam flattens before SGD, by the epoch mean** (no single lucky batch). Epoch mean of the "
+            f"flat fraction first above 0.5 at step: {'; '.join(late)}. Adam first in {n} of {len(pairs)} "
+            f"cells: this {_tell(n, len(pairs))}."
+        )
         tally.append(("Adam flattens before SGD, by the epoch mean", n, len(pairs)))
     for claim, a_name, b_name, metric, sign, what in CLAIMS:
         pairs = list(_pairs(sweep, a_name, b_name))
@@ -450,9 +611,11 @@ def verdicts(sweep: pd.DataFrame) -> list[str]:
         values = [(d, b, getattr(a, metric), getattr(o, metric)) for d, b, a, o in pairs]
         n = sum(sign * (x - y) > 0 for *_, x, y in values)
         digits = 4 if metric == "acc" else 3
-        out.append(f"- **{claim}.** {what[0].upper() + what[1:]}: "
-                   f"{'; '.join(f'{d} {b}: {_g(x, digits)} vs {_g(y, digits)}' for d, b, x, y in values)}. "
-                   f"This {_tell(n, len(values))}.")
+        out.append(
+            f"- **{claim}.** {what[0].upper() + what[1:]}: "
+            f"{'; '.join(f'{d} {b}: {_g(x, digits)} vs {_g(y, digits)}' for d, b, x, y in values)}. "
+            f"This {_tell(n, len(values))}."
+        )
         tally.append((claim, n, len(values)))
     adam = {(d, b): (a, s) for d, b, a, s in _pairs(sweep, "Adam", "SGD")}
     lawn = {(d, b): a for d, b, a, _ in _pairs(sweep, "Adam-LAWN", "Adam")}
@@ -461,19 +624,25 @@ def verdicts(sweep: pd.DataFrame) -> list[str]:
     if below:
         closed = [k for k, a, s, l in below if l.acc >= s.acc]
         both = [k for k, a, s, l in below if _earlier(a.onset, s.onset)]
-        out.append(f"- **Adam-LAWN closes Adam's gap to SGD.** Of the {len(below)} cells where Adam is below SGD "
-                   f"({', '.join(f'{k[0]} {k[1]}' for k, *_ in below)}), Adam-LAWN reaches SGD in {len(closed)}"
-                   + (f" ({', '.join(f'{k[0]} {k[1]}' for k in closed)})" if closed else "")
-                   + f"; Adam also flattens first in {len(both)} of them"
-                   + (f" ({', '.join(f'{k[0]} {k[1]}' for k in both)})" if both else "") + ".")
+        out.append(
+            f"- **Adam-LAWN closes Adam's gap to SGD.** Of the {len(below)} cells where Adam is below SGD "
+            f"({', '.join(f'{k[0]} {k[1]}' for k, *_ in below)}), Adam-LAWN reaches SGD in {len(closed)}"
+            + (f" ({', '.join(f'{k[0]} {k[1]}' for k in closed)})" if closed else "")
+            + f"; Adam also flattens first in {len(both)} of them"
+            + (f" ({', '.join(f'{k[0]} {k[1]}' for k in both)})" if both else "")
+            + "."
+        )
         tally.append(("Adam-LAWN closes Adam's gap to SGD", len(closed), len(below)))
     if tally:
         every = [c for c, n, m in tally if n == m]
         none = [c for c, n, m in tally if n == 0]
         mixed = [f"{c} ({n} of {m})" for c, n, m in tally if 0 < n < m]
-        out.insert(0, f"In sum: the sweep supports in every cell: {'; '.join(every) or 'no claim'}. It contradicts in "
-                      f"every cell: {'; '.join(none) or 'no claim'}. Mixed (cells supporting): "
-                      f"{'; '.join(mixed) or 'none'}.")
+        out.insert(
+            0,
+            f"In sum: the sweep supports in every cell: {'; '.join(every) or 'no claim'}. It contradicts in "
+            f"every cell: {'; '.join(none) or 'no claim'}. Mixed (cells supporting): "
+            f"{'; '.join(mixed) or 'none'}.",
+        )
         out.insert(1, "")
     return out
 
@@ -485,12 +654,16 @@ def collapsed_text(runs: pd.DataFrame, points: float = 10.0) -> str:
     for _, cell in runs.groupby(["dataset", "batch_size", "method"], sort=True):
         best = cell["test/acc"].max()
         low = cell[cell["test/acc"] < best - points / 100]
-        found += [f"`{r.name}` ends at {100 * r.acc:.2f}% ({r.status}; the cell's best seed {100 * best:.2f}%)"
-                  for r in low.rename(columns={"test/acc": "acc"}).itertuples()]
+        found += [
+            f"`{r.name}` ends at {100 * r.acc:.2f}% ({r.status}; the cell's best seed {100 * best:.2f}%)"
+            for r in low.rename(columns={"test/acc": "acc"}).itertuples()
+        ]
     if not found:
         return f"No seed ends more than {points:g} points below the best seed of its cell."
-    return (f"Seeds more than {points:g} points below the best seed of their cell, which the mean and std above "
-            f"include as they are: {'; '.join(found)}.")
+    return (
+        f"Seeds more than {points:g} points below the best seed of their cell, which the mean and std above "
+        f"include as they are: {'; '.join(found)}."
+    )
 
 
 def fallen_text(runs: pd.DataFrame, points: float = 20.0) -> str:
@@ -499,9 +672,14 @@ def fallen_text(runs: pd.DataFrame, points: float = 20.0) -> str:
     low = runs[runs["test/acc"] < runs["best_acc"] - points / 100]
     if low.empty:
         return f"No run ends more than {points:g} points below its own best test accuracy."
-    return (f"Runs that end more than {points:g} points below their own best test accuracy (they trained, then "
-            f"fell apart): " + "; ".join(f"`{r['name']}` {100 * r['test/acc']:.2f}% after {100 * r['best_acc']:.2f}%"
-                                         for _, r in low.iterrows()) + ".")
+    return (
+        f"Runs that end more than {points:g} points below their own best test accuracy (they trained, then "
+        f"fell apart): "
+        + "; ".join(
+            f"`{r['name']}` {100 * r['test/acc']:.2f}% after {100 * r['best_acc']:.2f}%" for _, r in low.iterrows()
+        )
+        + "."
+    )
 
 
 def accuracy_text(sweep_runs: pd.DataFrame) -> str:
@@ -510,10 +688,21 @@ def accuracy_text(sweep_runs: pd.DataFrame) -> str:
     rows = []
     for (dataset, optimizer, lawn, batch), runs in sweep_runs.groupby(["dataset", "optimizer", "lawn", "batch_size"]):
         acc = runs["test/acc"]
-        rows.append({"dataset": dataset, "optimizer": optimizer, "lawn": lawn, "batch_size": batch,
-                     "mean": acc.mean(), "std": acc.std(), "stderr": acc.std() / np.sqrt(acc.count()),
-                     "count": int(acc.count()), "min": acc.min(), "max": acc.max(),
-                     "seeds": ",".join(str(s) for s in sorted(runs["seed"]))})
+        rows.append(
+            {
+                "dataset": dataset,
+                "optimizer": optimizer,
+                "lawn": lawn,
+                "batch_size": batch,
+                "mean": acc.mean(),
+                "std": acc.std(),
+                "stderr": acc.std() / np.sqrt(acc.count()),
+                "count": int(acc.count()),
+                "min": acc.min(),
+                "max": acc.max(),
+                "seeds": ",".join(str(s) for s in sorted(runs["seed"])),
+            }
+        )
     return table2_text(pd.DataFrame(rows)) if rows else "(no finished runs)"
 
 
@@ -529,9 +718,11 @@ def paper_text() -> str:
 
 
 def setups_text(recipes: list[str], runs: pd.DataFrame, store: RunStore) -> list[str]:
-    lines = ["| data set | training samples | model | epochs | small / large batch | LR SGD, Adam (small / large) | "
-             "weight decay SGD, Adam | LAWN free phase, warm-up after it | baselines' warm-up |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data set | training samples | model | epochs | small / large batch | LR SGD, Adam (small / large) | "
+        "weight decay SGD, Adam | LAWN free phase, warm-up after it | baselines' warm-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     by_set: dict[str, dict[str, dict]] = {}
     for recipe in recipes:
         values = load_recipe(recipe)
@@ -544,11 +735,12 @@ def setups_text(recipes: list[str], runs: pd.DataFrame, store: RunStore) -> list
         base = next((v for v in found.values() if not v.get("lawn")), {})
         model, epochs = next(iter(found.values()))["model"], next(iter(found.values()))["epochs"]
         num = runs.loc[runs["dataset"] == dataset, "run_id"] if not runs.empty else []
-        lines.append(f"| {dataset} | {_num_train(store, num)} | {model} | {epochs} | {' / '.join(map(str, batches))} | "
-                     + ", ".join(" / ".join(f"{lr.get((o, b), float('nan')):g}" for b in batches)
-                                 for o in ("sgd", "adam"))
-                     + f" | {wd.get('sgd'):g}, {wd.get('adam'):g} | {_epochs(lawn.get('free_epochs'))}, "
-                       f"{_epochs(lawn.get('warmup_epochs'))} | {_epochs(base.get('warmup_epochs'))} |")
+        lines.append(
+            f"| {dataset} | {_num_train(store, num)} | {model} | {epochs} | {' / '.join(map(str, batches))} | "
+            + ", ".join(" / ".join(f"{lr.get((o, b), float('nan')):g}" for b in batches) for o in ("sgd", "adam"))
+            + f" | {wd.get('sgd'):g}, {wd.get('adam'):g} | {_epochs(lawn.get('free_epochs'))}, "
+            f"{_epochs(lawn.get('warmup_epochs'))} | {_epochs(base.get('warmup_epochs'))} |"
+        )
     return lines
 
 
@@ -562,13 +754,16 @@ def _num_train(store: RunStore, run_ids) -> str:
 
 
 def auto_text(auto: pd.DataFrame) -> list[str]:
-    lines = ["| data set | batch | method | free phase | test acc % | switch at step (epoch) | switched how | "
-             "flat_frac at the end |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data set | batch | method | free phase | test acc % | switch at step (epoch) | switched how | "
+        "flat_frac at the end |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     if auto.empty:
         return lines
     auto = auto.assign(free_key=auto["free"].map(lambda f: -1.0 if f == "auto" else float(f)))
     ordered = auto.sort_values(["recipe", "free_key"])
-    for (recipe, free_key), runs in ordered.groupby(["recipe", "free_key"], sort=False):
+    for (_recipe, free_key), runs in ordered.groupby(["recipe", "free_key"], sort=False):
         row = cells(runs, ["recipe"]).iloc[0]
         first = runs.iloc[0]
         epoch = row.switch_step / row.steps_per_epoch if row.steps_per_epoch else np.nan
@@ -578,8 +773,10 @@ def auto_text(auto: pd.DataFrame) -> list[str]:
             free = "auto"
         else:
             how, free = "fixed", f"{free_key:g} epoch" + ("" if free_key == 1 else "s")
-        lines.append(f"| {first.dataset} | {first.batch_size} | {first.method} | {free} | {_acc(row)} | "
-                     f"{_g(row.switch_step, 4)} ({_g(epoch, 2)}) | {how} | {_g(row.flat_frac, 2)} |")
+        lines.append(
+            f"| {first.dataset} | {first.batch_size} | {first.method} | {free} | {_acc(row)} | "
+            f"{_g(row.switch_step, 4)} ({_g(epoch, 2)}) | {how} | {_g(row.flat_frac, 2)} |"
+        )
     return lines
 
 
@@ -597,7 +794,7 @@ def auto_verdicts(auto: pd.DataFrame, sweep_runs: pd.DataFrame) -> list[str]:
     out = []
     if auto.empty:
         return out
-    for recipe, runs in auto.groupby("recipe", sort=True):
+    for _recipe, runs in auto.groupby("recipe", sort=True):
         acc = {}  # free phase -> (mean, std) of test accuracy, %
         for free, group in runs.groupby(runs["free"].map(_free_tag)):
             acc[free] = (group["test/acc"].mean() * 100, group["test/acc"].std() * 100)
@@ -612,21 +809,37 @@ def auto_verdicts(auto: pd.DataFrame, sweep_runs: pd.DataFrame) -> list[str]:
         rank = 1 + sum(v[0] > a[0] for v in fixed.values())
         noise = max((v[1] for v in acc.values() if np.isfinite(v[1])), default=float("nan"))
         first = runs.iloc[0]
-        text = (f"- {first.dataset} {first.batch_size} {first.method}: auto switched at epoch {epoch:.2f} on "
-                f"average" + (f" (at the cap in {at_cap} of {len(mine)} seeds: flat_frac never reached the threshold"
-                              + (", so they switch where the fixed free phase of the cap's length does)"
-                                 if at_cap == len(mine) else ")") if at_cap else "")
-                + f" and reached {_pm(*a)}; the best fixed free phase ({_epochs(best)}) {_pm(*fixed[best])}, the worst "
-                f"({_epochs(worst)}) {_pm(*fixed[worst])}. Auto ranks {rank} of {len(acc)}, "
-                f"{a[0] - fixed[best][0]:+.2f} points from the best fixed choice; the fixed choices span "
-                f"{fixed[best][0] - fixed[worst][0]:.2f} points, against seed stds of up to {noise:.2f}.")
+        text = (
+            f"- {first.dataset} {first.batch_size} {first.method}: auto switched at epoch {epoch:.2f} on "
+            f"average"
+            + (
+                f" (at the cap in {at_cap} of {len(mine)} seeds: flat_frac never reached the threshold"
+                + (
+                    ", so they switch where the fixed free phase of the cap's length does)"
+                    if at_cap == len(mine)
+                    else ")"
+                )
+                if at_cap
+                else ""
+            )
+            + f" and reached {_pm(*a)}; the best fixed free phase ({_epochs(best)}) {_pm(*fixed[best])}, the worst "
+            f"({_epochs(worst)}) {_pm(*fixed[worst])}. Auto ranks {rank} of {len(acc)}, "
+            f"{a[0] - fixed[best][0]:+.2f} points from the best fixed choice; the fixed choices span "
+            f"{fixed[best][0] - fixed[worst][0]:.2f} points, against seed stds of up to {noise:.2f}."
+        )
         if not sweep_runs.empty:
-            base = sweep_runs[(sweep_runs["dataset"] == first.dataset) & (sweep_runs["batch_size"] == first.batch_size)
-                              & (sweep_runs["optimizer"] == first.optimizer) & ~sweep_runs["lawn"].astype(bool)]
+            base = sweep_runs[
+                (sweep_runs["dataset"] == first.dataset)
+                & (sweep_runs["batch_size"] == first.batch_size)
+                & (sweep_runs["optimizer"] == first.optimizer)
+                & ~sweep_runs["lawn"].astype(bool)
+            ]
             if not base.empty:
                 b = base["test/acc"].mean() * 100
-                text += (f" Without LAWN ({method_name(first.optimizer, False)}, the sweep): {b:.2f}; auto is "
-                         f"{a[0] - b:+.2f} points from it, the best fixed choice {fixed[best][0] - b:+.2f}.")
+                text += (
+                    f" Without LAWN ({method_name(first.optimizer, False)}, the sweep): {b:.2f}; auto is "
+                    f"{a[0] - b:+.2f} points from it, the best fixed choice {fixed[best][0] - b:+.2f}."
+                )
         out.append(text)
     return out
 
@@ -652,44 +865,65 @@ def search_summary(search: pd.DataFrame) -> str:
         if a.acc >= s.acc:
             outcome.append(f"in {setting.key} Adam is not below SGD ({a.acc:.2f} against {s.acc:.2f})")
         elif lawn is not None:
-            outcome.append(f"in {setting.key} Adam is {s.acc - a.acc:.2f} points below SGD and Adam-LAWN "
-                           + ("reaches SGD" if lawn.acc >= s.acc else
-                              f"closes {100 * (lawn.acc - a.acc) / (s.acc - a.acc):.0f}% of that gap")
-                           + f" ({lawn.acc:.2f} against {s.acc:.2f})")
+            outcome.append(
+                f"in {setting.key} Adam is {s.acc - a.acc:.2f} points below SGD and Adam-LAWN "
+                + (
+                    "reaches SGD"
+                    if lawn.acc >= s.acc
+                    else f"closes {100 * (lawn.acc - a.acc) / (s.acc - a.acc):.0f}% of that gap"
+                )
+                + f" ({lawn.acc:.2f} against {s.acc:.2f})"
+            )
     if not first and not not_first:
         return "No setting of the search has finished runs of both SGD and Adam yet."
-    return (f"Adam flattens before SGD in {len(first)} of {len(first) + len(not_first)} settings tried"
-            + (f" ({', '.join(first)})" if first else "") + (f"; not in {', '.join(not_first)}" if not_first else "")
-            + f"; by the epoch mean of the flat fraction, in {len(late)}" + (f" ({', '.join(late)})" if late else "")
-            + "." + (f" Where Adam flattens first: {'; '.join(outcome)}." if outcome else ""))
+    return (
+        f"Adam flattens before SGD in {len(first)} of {len(first) + len(not_first)} settings tried"
+        + (f" ({', '.join(first)})" if first else "")
+        + (f"; not in {', '.join(not_first)}" if not_first else "")
+        + f"; by the epoch mean of the flat fraction, in {len(late)}"
+        + (f" ({', '.join(late)})" if late else "")
+        + "."
+        + (f" Where Adam flattens first: {'; '.join(outcome)}." if outcome else "")
+    )
 
 
 def search_text(search: pd.DataFrame) -> list[str]:
     out = [search_summary(search), ""]
     for setting in SEARCH:
         runs = search[search["setting"] == setting.key] if not search.empty else search
-        flags = " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
-                         for k, v in setting.flags.items())
-        out += [f"### {setting.key}", "", f"`{flags}` (LAWN's free phase: `--free-epochs`; everything else as the "
-                                          f"trainer's defaults): {setting.why}.", ""]
+        flags = " ".join(
+            f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+            for k, v in setting.flags.items()
+        )
+        out += [
+            f"### {setting.key}",
+            "",
+            f"`{flags}` (LAWN's free phase: `--free-epochs`; everything else as the "
+            f"trainer's defaults): {setting.why}.",
+            "",
+        ]
         if runs.empty:
             out += ["No run of this setting has finished.", ""]
             continue
         table = _order(cells(runs, ["dataset", "batch_size", "method"]))
-        out += ["| method | test acc % | steps | flat_frac > 0.5 from step | its epoch mean > 0.5 from step | "
-                "flat_frac | train loss | logit_norm | weight_growth | update_ratio_per_lr | gn_trace |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "| method | test acc % | steps | flat_frac > 0.5 from step | its epoch mean > 0.5 from step | "
+            "flat_frac | train loss | logit_norm | weight_growth | update_ratio_per_lr | gn_trace |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in table.itertuples():
-            out.append(f"| {row.method} | {_acc(row)} | {row.total_steps:.0f} | {_onset(row)} | "
-                       f"{_onset(row, sustained=True)} | {_g(row.flat_frac, 2)} | {_g(row.train_loss)} | "
-                       f"{_g(row.logit_norm)} | {_g(row.weight_growth)} | {_g(row.update_ratio_per_lr)} | "
-                       f"{_g(row.gn_trace)} |")
+            out.append(
+                f"| {row.method} | {_acc(row)} | {row.total_steps:.0f} | {_onset(row)} | "
+                f"{_onset(row, sustained=True)} | {_g(row.flat_frac, 2)} | {_g(row.train_loss)} | "
+                f"{_g(row.logit_norm)} | {_g(row.weight_growth)} | {_g(row.update_ratio_per_lr)} | "
+                f"{_g(row.gn_trace)} |"
+            )
         out += ["", *search_verdict(table), "", fallen_text(runs), ""]
     return out
 
 
 def _noise(a, b) -> str:
-    """", within the seeds' spread (...)" where two cells' accuracies differ by no more than the
+    """ ", within the seeds' spread (...)" where two cells' accuracies differ by no more than the
     larger of their stds over seeds, else ""."""
     spread = np.nanmax([a.acc_std, b.acc_std])
     if np.isfinite(spread) and abs(a.acc - b.acc) <= spread:
@@ -710,19 +944,23 @@ def search_verdict(table: pd.DataFrame) -> list[str]:
     def epoch_mean(r) -> str:
         return "never" if r.sustained_n == 0 else f"at step {r.sustained:.0f}"
 
-    text = (f"Adam's flat fraction {onset(a)}, SGD's {onset(s)}: "
-            f"{'Adam flattens first' if first else 'Adam does not flatten first'}. By the epoch mean, Adam's crosses "
-            f"0.5 {epoch_mean(a)}, SGD's {epoch_mean(s)}: Adam {'is' if late else 'is not'} first. Adam ends "
-            f"{abs(s.acc - a.acc):.2f} points {'below' if a.acc <= s.acc else 'above'} SGD ({a.acc:.2f} against "
-            f"{s.acc:.2f}){_noise(a, s)}.")
+    text = (
+        f"Adam's flat fraction {onset(a)}, SGD's {onset(s)}: "
+        f"{'Adam flattens first' if first else 'Adam does not flatten first'}. By the epoch mean, Adam's crosses "
+        f"0.5 {epoch_mean(a)}, SGD's {epoch_mean(s)}: Adam {'is' if late else 'is not'} first. Adam ends "
+        f"{abs(s.acc - a.acc):.2f} points {'below' if a.acc <= s.acc else 'above'} SGD ({a.acc:.2f} against "
+        f"{s.acc:.2f}){_noise(a, s)}."
+    )
     if "Adam-LAWN" in by:
         lawn = by["Adam-LAWN"]
         gap = s.acc - a.acc
         if gap > 0:
             closed = (lawn.acc - a.acc) / gap
-            text += (f" Adam-LAWN reaches {lawn.acc:.2f}: it closes {100 * closed:.0f}% of Adam's gap to SGD"
-                     + (" (the paper's claim holds here" + (", if only within that noise)." if _noise(a, s) else ").")
-                        if lawn.acc >= s.acc else "."))
+            text += f" Adam-LAWN reaches {lawn.acc:.2f}: it closes {100 * closed:.0f}% of Adam's gap to SGD" + (
+                " (the paper's claim holds here" + (", if only within that noise)." if _noise(a, s) else ").")
+                if lawn.acc >= s.acc
+                else "."
+            )
         else:
             text += f" Adam-LAWN reaches {lawn.acc:.2f}; there is no gap to close."
         text += f" LAWN takes Adam's final flat fraction from {_g(a.flat_frac, 2)} to {_g(lawn.flat_frac, 2)}."
@@ -745,8 +983,9 @@ def missing_text(planned: list[Planned], frame: pd.DataFrame, store: RunStore) -
     by_stage: dict[str, list[str]] = {}
     for p in missing:
         by_stage.setdefault(p.stage, []).append(f"{p.cfg.name} ({status.get(p.cfg.name, 'not run')})")
-    return [f"{len(missing)} planned runs have no finished (or diverged) run of the planned configuration:"] + \
-        [f"- {stage} ({len(names)}): {', '.join(names)}" for stage, names in by_stage.items()]
+    return [f"{len(missing)} planned runs have no finished (or diverged) run of the planned configuration:"] + [
+        f"- {stage} ({len(names)}): {', '.join(names)}" for stage, names in by_stage.items()
+    ]
 
 
 def stage_times(frame: pd.DataFrame, store: RunStore) -> str:
@@ -756,8 +995,10 @@ def stage_times(frame: pd.DataFrame, store: RunStore) -> str:
         infos = [store.run_info(r) or {} for r in runs["run_id"].unique()]
         start = min(pd.Timestamp(i["created_at"]) for i in infos)
         end = max(pd.Timestamp(i["ended_at"]) for i in infos)
-        parts.append(f"{stage}: {runs['run_id'].nunique()} runs, {(end - start).total_seconds():.0f} s from the first "
-                     f"start to the last end, {runs.drop_duplicates('run_id')['seconds'].sum():.0f} s of run time")
+        parts.append(
+            f"{stage}: {runs['run_id'].nunique()} runs, {(end - start).total_seconds():.0f} s from the first "
+            f"start to the last end, {runs.drop_duplicates('run_id')['seconds'].sum():.0f} s of run time"
+        )
     return "; ".join(parts)
 
 
@@ -769,10 +1010,16 @@ def write_doc(root: str, out: Path, quick: bool = False) -> str:
     sweep_runs, auto_runs, search_runs = pick("sweep"), pick("auto"), pick("search")
     sweep = cells(sweep_runs, ["dataset", "batch_size", "method"]) if not sweep_runs.empty else pd.DataFrame()
     recipes = match_recipes("cpu-digits-*" if quick else "cpu-*")
-    recorded = sorted({str(((store.run_info(r) or {}).get("env") or {}).get("git_commit", "?"))
-                       for r in frame["run_id"]}) if not frame.empty else []
-    torches = sorted({str(((store.run_info(r) or {}).get("env") or {}).get("torch", "?"))
-                      for r in frame["run_id"]}) if not frame.empty else []
+    recorded = (
+        sorted({str(((store.run_info(r) or {}).get("env") or {}).get("git_commit", "?")) for r in frame["run_id"]})
+        if not frame.empty
+        else []
+    )
+    torches = (
+        sorted({str(((store.run_info(r) or {}).get("env") or {}).get("torch", "?")) for r in frame["run_id"]})
+        if not frame.empty
+        else []
+    )
     auto_plan = [p for p in planned if p.stage == "auto"]
     auto_cfg = next(p.cfg for p in auto_plan if p.cfg.free_epochs == "auto")
     auto_fixed = sorted({p.cfg.free_epochs for p in auto_plan} - {"auto"})
@@ -917,8 +1164,11 @@ def main(argv: list[str] | None = None) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown or args.parallel < 1:
-        parser.error(f"unknown stage {', '.join(unknown)}: choose from {', '.join(STAGES)}" if unknown
-                     else f"--parallel must be at least 1, got {args.parallel}")
+        parser.error(
+            f"unknown stage {', '.join(unknown)}: choose from {', '.join(STAGES)}"
+            if unknown
+            else f"--parallel must be at least 1, got {args.parallel}"
+        )
     try:
         written = False
         for stage in stages:

@@ -11,12 +11,13 @@ close it, or while the status is being written), the code runs ``with held():`` 
 takes effect when the block ends. Outside ``interrupt_on_signals()`` (the library, tests) these
 are no-ops and Python's own Ctrl-C handling applies.
 """
+
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

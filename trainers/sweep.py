@@ -21,6 +21,7 @@ Ctrl-C or SIGTERM stops the sweep: no further run starts, and every run already 
 ``interrupted`` with what it logged kept; the sweep waits until each has written its status and
 exits 130 (SIGINT) or 143 (SIGTERM).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,7 @@ from lawn_monitor.optim import OPTIMIZERS
 from lawn_monitor.storage import Location
 
 from . import signals
-from .config import (FLAGS, ConfigError, TrainConfig, add_config_arguments, config_from_flags,
-                     flag_values, given_fields)
+from .config import FLAGS, ConfigError, TrainConfig, add_config_arguments, config_from_flags, flag_values, given_fields
 from .recipe import config_from, match_recipes
 from .train import USER_ERRORS, _check_root, train
 
@@ -55,7 +55,8 @@ def _csv(kind):
         try:
             return [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+            raise ValueError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
+
     parse.__name__ = f"list of {kind.__name__}"
     return parse
 
@@ -70,7 +71,7 @@ def seed_list(text: str) -> list[int]:
             return list(range(count))
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"expected a count of seeds (3) or a comma-separated list (0,1,2), got {text!r}")
+        raise ValueError(f"expected a count of seeds (3) or a comma-separated list (0,1,2), got {text!r}") from None
 
 
 seed_list.__name__ = "seeds"
@@ -82,7 +83,9 @@ def recipe_grid(pattern: str, given: dict, seeds: list[int]) -> list[TrainConfig
     return [config_from({**given, "seed": seed}, name).resolved() for seed in seeds for name in names]
 
 
-def grid(base: TrainConfig, optimizers: list[str], lawn: str, batch_sizes: list[int], seeds: list[int]) -> list[TrainConfig]:
+def grid(
+    base: TrainConfig, optimizers: list[str], lawn: str, batch_sizes: list[int], seeds: list[int]
+) -> list[TrainConfig]:
     """The sweep's configs, in the order they run (seed outermost, so a partial sweep covers all methods)."""
     for name in optimizers:
         if name not in OPTIMIZERS:
@@ -114,17 +117,31 @@ def config_argv(cfg: TrainConfig) -> list[str]:
 
 def build_parser(prog: str = "lawn-monitor sweep") -> OneLineParser:
     parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", help="run the recipes matching this pattern, e.g. 'cifar10-*' or 'cpu-*' "
-                                          "(instead of --optimizers/--lawn/--batch-sizes)")
+    parser.add_argument(
+        "--recipes",
+        help="run the recipes matching this pattern, e.g. 'cifar10-*' or 'cpu-*' "
+        "(instead of --optimizers/--lawn/--batch-sizes)",
+    )
     parser.add_argument("--optimizers", type=_csv(str), help="comma-separated (default: sgd,adam)")
     # dest lawn_mode: "lawn" is a TrainConfig field, and given_fields() must not mistake this for it.
-    parser.add_argument("--lawn", dest="lawn_mode", choices=("both", "on", "off"), help="LAWN off, on, or both (default)")
+    parser.add_argument(
+        "--lawn", dest="lawn_mode", choices=("both", "on", "off"), help="LAWN off, on, or both (default)"
+    )
     parser.add_argument("--batch-sizes", type=_csv(int), help="comma-separated (default: 64)")
-    parser.add_argument("--seeds", type=seed_list, default=[0], help="a count (3: seeds 0,1,2) or a comma-separated "
-                                                                     "list (default: seed 0)")
-    parser.add_argument("--parallel", type=int, default=1, metavar="N",
-                        help="train N runs at once, one process and one torch thread each (default: 1, "
-                             "one after another in this process)")
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=[0],
+        help="a count (3: seeds 0,1,2) or a comma-separated list (default: seed 0)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N runs at once, one process and one torch thread each (default: 1, "
+        "one after another in this process)",
+    )
     add_config_arguments(parser, skip=("optimizer", "lawn", "batch_size", "seed", "name", "recipe", "resume"))
     return parser
 
@@ -156,8 +173,13 @@ def run_in_process(configs: list[TrainConfig]) -> tuple[list[Outcome], int | Non
                     return outcomes, 2
                 except KeyboardInterrupt as exc:
                     run_dir = getattr(exc, "run_dir", None)
-                    outcomes.append(Outcome(cfg.name, "interrupted" if run_dir else "not started",
-                                            run_dir=str(run_dir) if run_dir else None))
+                    outcomes.append(
+                        Outcome(
+                            cfg.name,
+                            "interrupted" if run_dir else "not started",
+                            run_dir=str(run_dir) if run_dir else None,
+                        )
+                    )
                     raise
                 except Exception as exc:  # noqa: BLE001 - recorded in run.json; the sweep goes on
                     print(f"  failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -167,9 +189,12 @@ def run_in_process(configs: list[TrainConfig]) -> tuple[list[Outcome], int | Non
     except KeyboardInterrupt as exc:
         current = outcomes[-1] if outcomes else None
         stopped = f"{current.name} is marked 'interrupted'; " if current and current.status == "interrupted" else ""
-        print(f"sweep interrupted by {signals.signal_name(exc)}: {stopped}"
-              f"{len(configs) - len(outcomes)} more runs not started", file=sys.stderr)
-        outcomes += [Outcome(cfg.name, "not started") for cfg in configs[len(outcomes):]]
+        print(
+            f"sweep interrupted by {signals.signal_name(exc)}: {stopped}"
+            f"{len(configs) - len(outcomes)} more runs not started",
+            file=sys.stderr,
+        )
+        outcomes += [Outcome(cfg.name, "not started") for cfg in configs[len(outcomes) :]]
         return outcomes, signals.exit_code(exc)
     return outcomes, None
 
@@ -180,6 +205,7 @@ def run_in_process(configs: list[TrainConfig]) -> tuple[list[Outcome], int | Non
 @dataclass
 class Child:
     """One run of a parallel sweep: a ``lawn-monitor train`` process."""
+
     place: str  # "[2/4] adam-b64-s0", the prefix of its lines
     cfg: TrainConfig
     proc: subprocess.Popen
@@ -252,10 +278,20 @@ class ParallelSweep:
         cfg = self.configs[index]
         # No progress bars: four of them would garble the terminal; the sweep reports instead.
         cfg = dataclasses.replace(cfg, progress=False, threads=cfg.threads or 1)
-        env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.Popen([sys.executable, "-m", "lawn_monitor.cli", "train", *config_argv(cfg)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(cfg.threads),
+            "MKL_NUM_THREADS": str(cfg.threads),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lawn_monitor.cli", "train", *config_argv(cfg)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         place = f"[{index + 1}/{len(self.configs)}] {cfg.name}"
         child = Child(place, cfg, proc, time.monotonic())
         for pipe, err in ((proc.stdout, False), (proc.stderr, True)):
@@ -277,8 +313,9 @@ class ParallelSweep:
         elif status == "running":  # the process died without writing its end (SIGKILL, OOM)
             status = "killed"
         self.user_error |= child.run_id is None and rc == 2
-        outcome = Outcome(child.cfg.name, status, info.get("test_acc"),
-                          f"{self.loc.url}/{child.run_id}" if child.run_id else None)
+        outcome = Outcome(
+            child.cfg.name, status, info.get("test_acc"), f"{self.loc.url}/{child.run_id}" if child.run_id else None
+        )
         acc = "" if outcome.test_acc is None else f", test_acc {outcome.test_acc:.4f}"
         self.say(f"{child.place}: {status} after {time.monotonic() - child.started:.0f} s{acc} (exit {rc})")
         return outcome
@@ -289,8 +326,10 @@ class ParallelSweep:
             info = self._info(child.run_id) if child.run_id else {}
             total, step = info.get("total_steps"), info.get("step") or 0
             parts.append(f"{child.cfg.name} {100 * step / total:.0f}%" if total else f"{child.cfg.name} starting")
-        self.say(f"sweep, {time.monotonic() - self.started:.0f} s: {done} of {len(self.configs)} ended; "
-                 f"training: {', '.join(parts) or 'none'}; waiting to start: {queued}")
+        self.say(
+            f"sweep, {time.monotonic() - self.started:.0f} s: {done} of {len(self.configs)} ended; "
+            f"training: {', '.join(parts) or 'none'}; waiting to start: {queued}"
+        )
 
     def _on_signal(self, signum: int, frame) -> None:
         # Only records it: the main loop forwards it (it knows every child, even one started a
@@ -327,16 +366,26 @@ class ParallelSweep:
                 if self.signum is not None:
                     if not announced:
                         announced = True
-                        self.say(f"sweep: {signal.Signals(self.signum).name}: stopping {len(running)} runs (each "
-                                 f"ends 'interrupted', what it logged kept); {len(queue)} not started", err=True)
+                        self.say(
+                            f"sweep: {signal.Signals(self.signum).name}: stopping {len(running)} runs (each "
+                            f"ends 'interrupted', what it logged kept); {len(queue)} not started",
+                            err=True,
+                        )
                     self._forward(running)
                     if self.repeated:
                         self.repeated = False
-                        self.say("sweep: still waiting for " + ", ".join(c.cfg.name for c in running.values())
-                                 + " to write their status", err=True)
+                        self.say(
+                            "sweep: still waiting for "
+                            + ", ".join(c.cfg.name for c in running.values())
+                            + " to write their status",
+                            err=True,
+                        )
                 if self.user_error and queue:
-                    self.say("sweep: a run stopped on bad input (above); starting no more, letting the "
-                             f"{len(running)} running ones finish", err=True)
+                    self.say(
+                        "sweep: a run stopped on bad input (above); starting no more, letting the "
+                        f"{len(running)} running ones finish",
+                        err=True,
+                    )
                 if self.signum is not None or self.user_error:
                     outcomes.update({i: Outcome(self.configs[i].name, "not started") for i in queue})
                     queue = []
@@ -363,14 +412,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.parallel < 1:
             raise ConfigError(f"--parallel must be at least 1 (runs at once), got {args.parallel}")
         if args.recipes:
-            grid_flags = [f for f, v in (("--optimizers", args.optimizers), ("--lawn", args.lawn_mode),
-                                         ("--batch-sizes", args.batch_sizes)) if v is not None]
+            grid_flags = [
+                f
+                for f, v in (
+                    ("--optimizers", args.optimizers),
+                    ("--lawn", args.lawn_mode),
+                    ("--batch-sizes", args.batch_sizes),
+                )
+                if v is not None
+            ]
             if grid_flags:
                 raise ConfigError(f"{', '.join(grid_flags)} cannot be combined with --recipes: the recipes set them")
             configs = recipe_grid(args.recipes, given_fields(args), args.seeds)
         else:
-            configs = grid(config_from_flags(given_fields(args)), args.optimizers or ["sgd", "adam"], args.lawn_mode or "both",
-                           args.batch_sizes or [64], args.seeds)
+            configs = grid(
+                config_from_flags(given_fields(args)),
+                args.optimizers or ["sgd", "adam"],
+                args.lawn_mode or "both",
+                args.batch_sizes or [64],
+                args.seeds,
+            )
         if args.parallel > 1:
             _check_root(configs[0].root)
     except ConfigError as exc:

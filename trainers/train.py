@@ -18,6 +18,7 @@ and only rank 0 writes; every rank builds the Monitor, which sums the batch stat
 ranks (``lawn_monitor.Monitor``: the others join its collectives and write nothing), so every
 logged value is the one a single process would log for the same global batch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,15 +41,14 @@ from tqdm import tqdm
 
 from lawn_monitor import Monitor
 from lawn_monitor.cli import OneLineParser
+from lawn_monitor.lock import RunLockedError
 from lawn_monitor.monitor import MonitorWriteError
 from lawn_monitor.optim import AutoSwitch, lawn_schedule, make_optimizer, warmup_decay
-from lawn_monitor.lock import RunLockedError
 from lawn_monitor.sink import RunExistsError
 from lawn_monitor.storage import Location, check_run_id, default_root, is_remote
 
 from . import signals
-from .config import (ConfigError, TrainConfig, add_config_arguments, config_from_flags,
-                     config_from_record, given_fields)
+from .config import ConfigError, TrainConfig, add_config_arguments, config_from_flags, config_from_record, given_fields
 from .data import Data, DataError, load_data
 from .distributed import Dist, init_distributed
 from .models import ModelError, build_model
@@ -56,8 +56,18 @@ from .models import ModelError, build_model
 USER_ERRORS = (ConfigError, DataError, ModelError, NotADirectoryError, RunLockedError, RunExistsError)
 CHECKPOINT = "checkpoint.pt"
 # What a resumed run may change: where and how it runs, not what it computes.
-RESUME_MAY_CHANGE = {"resume", "root", "device", "data_root", "download", "progress", "flush_secs", "workers",
-                     "compile", "threads"}
+RESUME_MAY_CHANGE = {
+    "resume",
+    "root",
+    "device",
+    "data_root",
+    "download",
+    "progress",
+    "flush_secs",
+    "workers",
+    "compile",
+    "threads",
+}
 
 
 @dataclass
@@ -93,8 +103,15 @@ def autocast(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, topk5: bool, dist: Dist = Dist(),
-             amp: str = "off", channels_last: bool = False) -> dict[str, torch.Tensor]:
+def evaluate(
+    model: torch.nn.Module,
+    loader,
+    device: torch.device,
+    topk5: bool,
+    dist: Dist | None = None,
+    amp: str = "off",
+    channels_last: bool = False,
+) -> dict[str, torch.Tensor]:
     """Mean loss and accuracy over a whole split (each rank its share, summed over ranks); the
     sums stay on the device."""
     model.eval()
@@ -110,7 +127,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, topk5: bool, 
             sums[2] += (logits.topk(5, dim=1).indices == y[:, None]).any(dim=1).sum()
         sums[3] += len(y)
     model.train()
-    dist.all_reduce_(sums)
+    (dist or Dist()).all_reduce_(sums)
     out = {"loss": sums[0] / sums[3], "acc": sums[1] / sums[3]}
     if topk5:
         out["acc5"] = sums[2] / sums[3]
@@ -148,15 +165,21 @@ def load_checkpoint(root: str, run_id: str) -> dict[str, Any]:
     try:
         data = loc.read_bytes(f"{run_id}/{CHECKPOINT}")
     except FileNotFoundError:
-        raise ConfigError(f"--resume {run_id}: no {root}/{run_id}/{CHECKPOINT} (a run checkpoints after each epoch; "
-                          f"check --root and the run id with `lawn-monitor runs --root {root}`)") from None
+        raise ConfigError(
+            f"--resume {run_id}: no {root}/{run_id}/{CHECKPOINT} (a run checkpoints after each epoch; "
+            f"check --root and the run id with `lawn-monitor runs --root {root}`)"
+        ) from None
     # Our own file, with numpy's RNG state in it: not loadable with weights_only.
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -201,8 +224,10 @@ def resume_point(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     if info.get("status") == "finished":
         raise ConfigError(f"--resume {config.resume}: that run has finished; start a new one instead")
     if info.get("status") == "running" and info.get("host") == socket.gethostname() and _alive(info.get("pid")):
-        raise ConfigError(f"--resume {config.resume}: process {info['pid']} on this machine is still training it; "
-                          f"stop that process first (two writers would interleave the run's files)")
+        raise ConfigError(
+            f"--resume {config.resume}: process {info['pid']} on this machine is still training it; "
+            f"stop that process first (two writers would interleave the run's files)"
+        )
     return resumed_config(checkpoint["config"], config), checkpoint
 
 
@@ -210,8 +235,10 @@ def set_up(cfg: TrainConfig, dist: Dist) -> torch.device:
     """The device and torch's global settings, checked before anything is built."""
     device = resolve_device(cfg.device)
     if cfg.batch_size % dist.world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide by the "
-                          f"{dist.world} processes (per-rank batch = global / processes)")
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch: it must divide by the "
+            f"{dist.world} processes (per-rank batch = global / processes)"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
@@ -241,8 +268,17 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
     """Data, model, optimizer and schedule, seeded so that a run is reproducible, with their
     state from ``checkpoint`` when resuming (the data order follows from the seed and epoch)."""
     seed_everything(cfg.seed)
-    data = load_data(cfg.dataset, cfg.batch_size, seed=cfg.seed, data_root=cfg.data_root, device=device,
-                     download=cfg.download, rank=dist.rank, world=dist.world, workers=cfg.workers)
+    data = load_data(
+        cfg.dataset,
+        cfg.batch_size,
+        seed=cfg.seed,
+        data_root=cfg.data_root,
+        device=device,
+        download=cfg.download,
+        rank=dist.rank,
+        world=dist.world,
+        workers=cfg.workers,
+    )
     net = build_model(cfg.model, data.input_shape, data.num_classes, cfg.dataset).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -252,18 +288,31 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
     auto = None
     if cfg.lawn and cfg.free_epochs == "auto":
         # The window: values averaged per check and steps between host reads (see AutoSwitch).
-        auto = AutoSwitch(max_steps=round(cfg.auto_max_epochs * steps_per_epoch), threshold=cfg.auto_threshold,
-                          window=max(1, min(20, steps_per_epoch // 2)),
-                          min_steps=round(cfg.auto_min_epochs * steps_per_epoch))
+        auto = AutoSwitch(
+            max_steps=round(cfg.auto_max_epochs * steps_per_epoch),
+            threshold=cfg.auto_threshold,
+            window=max(1, min(20, steps_per_epoch // 2)),
+            min_steps=round(cfg.auto_min_epochs * steps_per_epoch),
+        )
         free_steps: int | str = "auto"
     else:
         free_steps = round(cfg.free_epochs * steps_per_epoch) if cfg.lawn else 0
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     free_warmup_steps = round(cfg.free_warmup_epochs * steps_per_epoch) if cfg.lawn else 0
-    optimizer = make_optimizer(cfg.optimizer, net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               lawn=cfg.lawn, free_steps=free_steps, tangent=cfg.tangent,
-                               reset_moments=cfg.reset_moments, lawn_params=cfg.lawn_params, model=net, auto=auto,
-                               **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}))
+    optimizer = make_optimizer(
+        cfg.optimizer,
+        net.parameters(),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        lawn=cfg.lawn,
+        free_steps=free_steps,
+        tangent=cfg.tangent,
+        reset_moments=cfg.reset_moments,
+        lawn_params=cfg.lawn_params,
+        model=net,
+        auto=auto,
+        **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}),
+    )
     if cfg.lawn:
         scheduler = lawn_schedule(optimizer, total_steps, free_steps, warmup_steps, cfg.decay, free_warmup_steps)
     else:
@@ -277,21 +326,40 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
     model: torch.nn.Module = net
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.compile:
         model = torch.compile(model)
-    return Parts(data, net, model, optimizer, scheduler, steps_per_epoch, total_steps, free_steps, warmup_steps,
-                 free_warmup_steps, auto)
+    return Parts(
+        data,
+        net,
+        model,
+        optimizer,
+        scheduler,
+        steps_per_epoch,
+        total_steps,
+        free_steps,
+        warmup_steps,
+        free_warmup_steps,
+        auto,
+    )
 
 
 def run_record(cfg: TrainConfig, parts: Parts, dist: Dist) -> dict[str, Any]:
     """The run's ``config`` in run.json and in each checkpoint: the whole config (the probes
     nested), and what the trainer derived from it, so that a reader needs no trainer."""
-    return {**dataclasses.asdict(cfg), "free_steps": parts.free_steps, "warmup_steps": parts.warmup_steps,
-            "free_warmup_steps": parts.free_warmup_steps,
-            "auto_switch": None if parts.auto is None else dataclasses.asdict(parts.auto),
-            "steps_per_epoch": parts.steps_per_epoch, "num_train": parts.data.num_train, "world_size": dist.world,
-            "schedule": "lawn" if cfg.lawn else "warmup_decay", "resume": None}
+    return {
+        **dataclasses.asdict(cfg),
+        "free_steps": parts.free_steps,
+        "warmup_steps": parts.warmup_steps,
+        "free_warmup_steps": parts.free_warmup_steps,
+        "auto_switch": None if parts.auto is None else dataclasses.asdict(parts.auto),
+        "steps_per_epoch": parts.steps_per_epoch,
+        "num_train": parts.data.num_train,
+        "world_size": dist.world,
+        "schedule": "lawn" if cfg.lawn else "warmup_decay",
+        "resume": None,
+    }
 
 
 def probe_batch(cfg: TrainConfig, parts: Parts, dist: Dist) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -304,8 +372,9 @@ def probe_batch(cfg: TrainConfig, parts: Parts, dist: Dist) -> tuple[torch.Tenso
     return batch
 
 
-def train_epoch(cfg: TrainConfig, parts: Parts, monitor: Monitor, dist: Dist, device: torch.device, epoch: int,
-                step: int, bar: tqdm) -> tuple[int, torch.Tensor]:
+def train_epoch(
+    cfg: TrainConfig, parts: Parts, monitor: Monitor, dist: Dist, device: torch.device, epoch: int, step: int, bar: tqdm
+) -> tuple[int, torch.Tensor]:
     """One pass over the training data, or until the Monitor has seen a divergence (in one
     process; under DDP the ranks agree on it at the epoch's end). Returns the step count and
     this rank's last batch's mean loss."""
@@ -336,22 +405,48 @@ def train_epoch(cfg: TrainConfig, parts: Parts, monitor: Monitor, dist: Dist, de
     return step, share_loss
 
 
-def end_epoch(cfg: TrainConfig, parts: Parts, monitor: Monitor, dist: Dist, device: torch.device, loc: Location,
-              record: dict[str, Any], epoch: int, step: int) -> float:
+def end_epoch(
+    cfg: TrainConfig,
+    parts: Parts,
+    monitor: Monitor,
+    dist: Dist,
+    device: torch.device,
+    loc: Location,
+    record: dict[str, Any],
+    epoch: int,
+    step: int,
+) -> float:
     """Evaluate on the test split, then make the epoch durable: its rows reach disk before the
     checkpoint that names its step, so a resume keeps exactly those rows. Returns test accuracy."""
     dist.sync_buffers(parts.net)
-    result = evaluate(parts.net, parts.data.test, device, topk5=parts.data.num_classes > 10, dist=dist, amp=cfg.amp,
-                      channels_last=cfg.channels_last)
+    result = evaluate(
+        parts.net,
+        parts.data.test,
+        device,
+        topk5=parts.data.num_classes > 10,
+        dist=dist,
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+    )
     monitor.log_eval(**result)
     test_acc = float(result["acc"])
     if dist.main:
         monitor.flush(durable=True)  # fsynced: a power cut too
-        save_checkpoint(loc, monitor.run_id, {
-            "config": record, "epoch": epoch + 1, "step": step, "test_acc": test_acc,
-            "model": parts.net.state_dict(), "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(), "rng": rng_state(), "monitor": monitor.state_dict(),
-        })
+        save_checkpoint(
+            loc,
+            monitor.run_id,
+            {
+                "config": record,
+                "epoch": epoch + 1,
+                "step": step,
+                "test_acc": test_acc,
+                "model": parts.net.state_dict(),
+                "optimizer": parts.optimizer.state_dict(),
+                "scheduler": parts.scheduler.state_dict(),
+                "rng": rng_state(),
+                "monitor": monitor.state_dict(),
+            },
+        )
     dist.barrier()
     return test_acc
 
@@ -380,18 +475,34 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     loc = Location(root)
 
     start_epoch, step = (checkpoint["epoch"], checkpoint["step"]) if checkpoint else (0, 0)
-    bar = tqdm(total=parts.total_steps, initial=step, desc=cfg.name, disable=not (cfg.progress and dist.main),
-               unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=parts.total_steps,
+        initial=step,
+        desc=cfg.name,
+        disable=not (cfg.progress and dist.main),
+        unit="step",
+        dynamic_ncols=True,
+    )
     status, test_acc = "finished", checkpoint.get("test_acc") if checkpoint else None
     monitor = None
     try:
         # Held: a signal between writing run.json and holding the Monitor that can close it
         # would leave the run "running"; it takes effect when the block ends, in this try.
         with signals.held():
-            monitor = Monitor(parts.net, parts.optimizer, root=root, config=record, name=cfg.name,
-                              total_steps=parts.total_steps, steps_per_epoch=parts.steps_per_epoch,
-                              flush_secs=cfg.flush_secs, probe_batch=batch, probe_config=cfg.probes,
-                              run_id=config.resume, resume_step=checkpoint["step"] if checkpoint else None)
+            monitor = Monitor(
+                parts.net,
+                parts.optimizer,
+                root=root,
+                config=record,
+                name=cfg.name,
+                total_steps=parts.total_steps,
+                steps_per_epoch=parts.steps_per_epoch,
+                flush_secs=cfg.flush_secs,
+                probe_batch=batch,
+                probe_config=cfg.probes,
+                run_id=config.resume,
+                resume_step=checkpoint["step"] if checkpoint else None,
+            )
         if cfg.lawn:
             parts.optimizer.monitor = monitor  # --free-epochs auto reads flat_frac from it; the switch goes to run.json
         if checkpoint is not None:
@@ -446,9 +557,15 @@ def run_cli(cfg: TrainConfig) -> int:
         return 2
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
-        print(f"interrupted by {signals.signal_name(exc)}: " + (
-            f"the run is marked 'interrupted'; what it logged is kept ({run_dir})" if run_dir
-            else "this process had no run record to mark (not created yet, or not rank 0)"), file=sys.stderr)
+        print(
+            f"interrupted by {signals.signal_name(exc)}: "
+            + (
+                f"the run is marked 'interrupted'; what it logged is kept ({run_dir})"
+                if run_dir
+                else "this process had no run record to mark (not created yet, or not rank 0)"
+            ),
+            file=sys.stderr,
+        )
         return signals.exit_code(exc)
     except MonitorWriteError as exc:  # its message says what was kept and what to do
         print(f"lawn-monitor train: failed: {exc}", file=sys.stderr)
@@ -456,10 +573,16 @@ def run_cli(cfg: TrainConfig) -> int:
     except Exception as exc:  # noqa: BLE001 - reported in one line, traceback kept in run.json
         run_dir = getattr(exc, "run_dir", None)
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        print(f"lawn-monitor train: failed: {type(exc).__name__}: {exc} " + (
-            f"(traceback in {run_dir}/run.json)" if run_dir else
-            f"(raised at {Path(where.filename).name}:{where.lineno}; this process had no run record to keep "
-            f"the traceback in: not created yet, or not rank 0)"), file=sys.stderr)
+        print(
+            f"lawn-monitor train: failed: {type(exc).__name__}: {exc} "
+            + (
+                f"(traceback in {run_dir}/run.json)"
+                if run_dir
+                else f"(raised at {Path(where.filename).name}:{where.lineno}; this process had no run record to keep "
+                f"the traceback in: not created yet, or not rank 0)"
+            ),
+            file=sys.stderr,
+        )
         return 1
     if not result.run_id:  # a DDP rank other than 0: rank 0 reports
         return 0 if result.status == "finished" else 3
@@ -477,8 +600,10 @@ def config_for_cli(given: dict[str, Any]) -> TrainConfig:
         fixed = sorted(set(given) - RESUME_MAY_CHANGE)
         if fixed:
             flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
-            raise ConfigError(f"{flags} cannot change when resuming: the run continues with its own config "
-                              f"(only --{', --'.join(sorted(k.replace('_', '-') for k in RESUME_MAY_CHANGE - {'resume'}))} may)")
+            raise ConfigError(
+                f"{flags} cannot change when resuming: the run continues with its own config "
+                f"(only --{', --'.join(sorted(k.replace('_', '-') for k in RESUME_MAY_CHANGE - {'resume'}))} may)"
+            )
         return config_from_flags(given)
     return config_from({k: v for k, v in given.items() if k != "recipe"}, given.get("recipe"))
 

@@ -4,6 +4,7 @@ Nothing here touches Streamlit or the store, so every chart is built and checked
 browser (tests/test_charts.py). A builder returns ``None`` when nothing is left to draw, and the
 page says so instead of showing an empty frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,9 @@ def _layered(*layers) -> alt.LayerChart:
     """Layers over one set of scales, each with its own legend: only the main layer draws one (its
     secondary layers say ``legend=None``, which on a merged legend would hide it, and their faint
     marks would otherwise lend the swatches their faint look)."""
-    return alt.layer(*layers).resolve_legend(color="independent", stroke="independent", fill="independent",
-                                             strokeDash="independent")
+    return alt.layer(*layers).resolve_legend(
+        color="independent", stroke="independent", fill="independent", strokeDash="independent"
+    )
 
 
 # One gridline per decade or so, not one per minor tick. A y title longer than the plot is tall
@@ -85,8 +87,12 @@ HEIGHT = 340
 
 
 def _y(log_y: bool, title: str | None, field: str = "value") -> alt.Y:
-    return alt.Y(f"{field}:Q", title=title, scale=alt.Scale(type="log" if log_y else "linear", zero=False),
-                 axis=LOG_AXIS if log_y else LINEAR_AXIS)
+    return alt.Y(
+        f"{field}:Q",
+        title=title,
+        scale=alt.Scale(type="log" if log_y else "linear", zero=False),
+        axis=LOG_AXIS if log_y else LINEAR_AXIS,
+    )
 
 
 def _palette(palette: Palette | None, data: pd.DataFrame) -> Palette:
@@ -120,8 +126,11 @@ def _switch_rules(switches: pd.DataFrame | None, data: pd.DataFrame, x: str, pal
     return (
         alt.Chart(rules_data)
         .mark_rule(strokeDash=[6, 4], opacity=0.8)
-        .encode(x=f"{x}:Q", stroke=palette.stroke(),
-                tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip(f"{x}:Q", title=f"LAWN switch at {x}")])
+        .encode(
+            x=f"{x}:Q",
+            stroke=palette.stroke(),
+            tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip(f"{x}:Q", title=f"LAWN switch at {x}")],
+        )
     )
 
 
@@ -166,14 +175,18 @@ def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, pe
         data = as_percent(data)
     palette = _palette(palette, data)
     smoothed = "smoothed" in data.columns and not np.allclose(
-        data["smoothed"].to_numpy(float), data["value"].to_numpy(float), equal_nan=True)
+        data["smoothed"].to_numpy(float), data["value"].to_numpy(float), equal_nan=True
+    )
     if smoothed and log_y:
         data = data[data["smoothed"] > 0]
     main = "smoothed" if smoothed else "value"
     x_enc = alt.X(f"{x}:Q", title=x_title or x, axis=X_AXIS)
     fmt = ".2f" if percent else ".4g"
-    tooltip = [alt.Tooltip("label:N", title="run"), alt.Tooltip(f"{x}:Q", format=".4g", title=x_title or x),
-               alt.Tooltip("value:Q", format=fmt, title="value")]
+    tooltip = [
+        alt.Tooltip("label:N", title="run"),
+        alt.Tooltip(f"{x}:Q", format=".4g", title=x_title or x),
+        alt.Tooltip("value:Q", format=fmt, title="value"),
+    ]
     if smoothed:
         tooltip.append(alt.Tooltip("smoothed:Q", format=fmt))
     if "shown" in data.columns:  # what a run's value is, where runs show different things (sharpness)
@@ -181,17 +194,29 @@ def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, pe
     layers = []  # drawn in this order: the faint range and raw line under the main line
     spread = _ranges(data, log_y)
     if not spread.empty:
-        layers.append(alt.Chart(spread).mark_area(opacity=RANGE_OPACITY, interpolate="step-after")
-                      .encode(x=x_enc, y=_y(log_y, y_title, "min"), y2="max:Q", fill=palette.fill()))
+        layers.append(
+            alt.Chart(spread)
+            .mark_area(opacity=RANGE_OPACITY, interpolate="step-after")
+            .encode(x=x_enc, y=_y(log_y, y_title, "min"), y2="max:Q", fill=palette.fill())
+        )
     if smoothed:
-        layers.append(alt.Chart(data).mark_line(opacity=RAW_OPACITY, strokeWidth=1)
-                      .encode(x=x_enc, y=_y(log_y, y_title), stroke=palette.stroke()))
+        layers.append(
+            alt.Chart(data)
+            .mark_line(opacity=RAW_OPACITY, strokeWidth=1)
+            .encode(x=x_enc, y=_y(log_y, y_title), stroke=palette.stroke())
+        )
     faint = palette.opacity()
     layers.append(
         alt.Chart(data)
         .mark_line(point=points, strokeWidth=2)
-        .encode(x=x_enc, y=_y(log_y, y_title, main), color=palette.color(), strokeDash=palette.dash(),
-                tooltip=tooltip, **({"opacity": faint} if faint is not None else {}))
+        .encode(
+            x=x_enc,
+            y=_y(log_y, y_title, main),
+            color=palette.color(),
+            strokeDash=palette.dash(),
+            tooltip=tooltip,
+            **({"opacity": faint} if faint is not None else {}),
+        )
     )
     rules = _switch_rules(switches, data, x, palette)
     if rules is not None:
@@ -222,8 +247,12 @@ def layer_chart(
         .encode(
             x=alt.X("step:Q", title="step", axis=X_AXIS),
             y=_y(True, y_title),
-            color=alt.Color("layer:N", title="layer", sort=list(dict.fromkeys(data["layer"])),
-                            legend=alt.Legend(orient="bottom", columns=3, labelLimit=300, symbolType="stroke")),
+            color=alt.Color(
+                "layer:N",
+                title="layer",
+                sort=list(dict.fromkeys(data["layer"])),
+                legend=alt.Legend(orient="bottom", columns=3, labelLimit=300, symbolType="stroke"),
+            ),
             tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", format=".4g")],
         )
         .properties(title=_title(title, dropped, log_y=True))
@@ -267,21 +296,36 @@ def band_chart(
     if line is not None:
         band_data, _ = plottable(estimate[["run_id", "label", "step", "value", "se"]], log_y)
         band_data = _bounds(thin(band_data, by="run_id"), log_y)
-        layers.append(alt.Chart(band_data).mark_area(opacity=SE_OPACITY)
-                      .encode(x="step:Q", y=alt.Y("low:Q", title=y_title), y2="high:Q", fill=palette.fill()))
+        layers.append(
+            alt.Chart(band_data)
+            .mark_area(opacity=SE_OPACITY)
+            .encode(x="step:Q", y=alt.Y("low:Q", title=y_title), y2="high:Q", fill=palette.fill())
+        )
         layers.extend(line[0])
     if points is not None:
         dots, _ = plottable(points[["run_id", "label", "step", "value", "se"]], log_y)
         if not dots.empty:
             dots = _bounds(dots, log_y)
-            tooltip = [alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
-                       alt.Tooltip("value:Q", format=".4g"), alt.Tooltip("se:Q", format=".2g", title="SE")]
-            layers.append(alt.Chart(dots).mark_rule()
-                          .encode(x="step:Q", y=alt.Y("low:Q", title=y_title), y2="high:Q", stroke=palette.stroke()))
+            tooltip = [
+                alt.Tooltip("label:N", title="run"),
+                alt.Tooltip("step:Q"),
+                alt.Tooltip("value:Q", format=".4g"),
+                alt.Tooltip("se:Q", format=".2g", title="SE"),
+            ]
+            layers.append(
+                alt.Chart(dots)
+                .mark_rule()
+                .encode(x="step:Q", y=alt.Y("low:Q", title=y_title), y2="high:Q", stroke=palette.stroke())
+            )
             # The points carry the legend only when there is no line to carry it.
-            colour = {"color": palette.color()} if line is None else {"fill": palette.fill(), "stroke": palette.stroke()}
-            layers.append(alt.Chart(dots).mark_point(filled=True, size=60, shape="diamond", opacity=1)
-                          .encode(x="step:Q", y=_y(log_y, y_title), tooltip=tooltip, **colour))
+            colour = (
+                {"color": palette.color()} if line is None else {"fill": palette.fill(), "stroke": palette.stroke()}
+            )
+            layers.append(
+                alt.Chart(dots)
+                .mark_point(filled=True, size=60, shape="diamond", opacity=1)
+                .encode(x="step:Q", y=_y(log_y, y_title), tooltip=tooltip, **colour)
+            )
     if not layers:
         return None
     return _zoomable(_layered(*layers).properties(title=alt.TitleParams(title, anchor="start"), height=HEIGHT), zoom)
@@ -300,8 +344,11 @@ def color_domain(frames: list[pd.DataFrame], log_color: bool = True, center: flo
     """One colour domain for several heatmaps (so that one colour means one value on all of them):
     [min, max] of their drawable values; around ``center`` it is symmetric (on a log scale
     [center / m, center * m]), so that ``center`` is the middle colour. None if nothing is drawable."""
-    values = pd.concat([plottable(f[["value"]], log_color)[0]["value"] for f in frames if not f.empty]) \
-        if any(not f.empty for f in frames) else pd.Series(dtype=float)
+    values = (
+        pd.concat([plottable(f[["value"]], log_color)[0]["value"] for f in frames if not f.empty])
+        if any(not f.empty for f in frames)
+        else pd.Series(dtype=float)
+    )
     if values.empty:
         return None
     lo, hi = float(values.min()), float(values.max())
@@ -354,8 +401,12 @@ def heatmap_chart(
         alt.Chart(data)
         .mark_rect()
         .encode(
-            x=alt.X("step:Q", title="step", axis=X_AXIS,
-                    scale=alt.Scale(domain=[float(steps[0]), float(data["step_end"].max())], nice=False)),
+            x=alt.X(
+                "step:Q",
+                title="step",
+                axis=X_AXIS,
+                scale=alt.Scale(domain=[float(steps[0]), float(data["step_end"].max())], nice=False),
+            ),
             x2="step_end:Q",
             y=alt.Y("layer:N", sort=order, title=None, axis=alt.Axis(labelLimit=220, labelOverlap=False)),
             color=alt.Color("value:Q", title=None, legend=legend, scale=alt.Scale(**scale)),
@@ -404,18 +455,32 @@ def threshold_chart(
         # estimates and the line where it is lowest (where they would meet it), and clips the rest.
         lo = min(estimates["value"].min(), limit["value"].min())
         hi = max(estimates["value"].max(), limit["value"].min())
-        y = alt.Y("value:Q", title=y_title, axis=LOG_AXIS if log_y else LINEAR_AXIS,
-                  scale=alt.Scale(type="log" if log_y else "linear", zero=False,
-                                  domain=[lo / 2, hi * 3] if log_y else [lo - 0.1 * abs(hi - lo), hi * 1.3]))
+        y = alt.Y(
+            "value:Q",
+            title=y_title,
+            axis=LOG_AXIS if log_y else LINEAR_AXIS,
+            scale=alt.Scale(
+                type="log" if log_y else "linear",
+                zero=False,
+                domain=[lo / 2, hi * 3] if log_y else [lo - 0.1 * abs(hi - lo), hi * 1.3],
+            ),
+        )
         layers = [layer if layer.encoding.y is alt.Undefined else layer.encode(y=y) for layer in layers]
     if not limit.empty:
         layers.append(
             alt.Chart(thin(limit, by="run_id"))
             .mark_line(strokeDash=[2, 3], strokeWidth=1.5, clip=True)
-            .encode(x="step:Q", y=y, detail=["label:N", "segment:N"],
-                    **({"color": palette.color()} if drawn is None else {"stroke": palette.stroke()}),
-                    tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip("step:Q"),
-                             alt.Tooltip("value:Q", format=".4g", title="threshold")])
+            .encode(
+                x="step:Q",
+                y=y,
+                detail=["label:N", "segment:N"],
+                **({"color": palette.color()} if drawn is None else {"stroke": palette.stroke()}),
+                tooltip=[
+                    alt.Tooltip("label:N", title="run"),
+                    alt.Tooltip("step:Q"),
+                    alt.Tooltip("value:Q", format=".4g", title="threshold"),
+                ],
+            )
         )
     if not layers:
         return None
@@ -448,12 +513,24 @@ def group_chart(
     line = (
         alt.Chart(data)
         .mark_line(strokeWidth=2)
-        .encode(x=x_enc, y=_y(log_y, y_title), color=palette.color(title="group"), strokeDash=palette.dash(),
-                tooltip=[alt.Tooltip("label:N", title="group"), alt.Tooltip("x:Q", format=".4g", title=x_title),
-                         alt.Tooltip("value:Q", format=".4g", title="mean"), alt.Tooltip("runs:Q")])
+        .encode(
+            x=x_enc,
+            y=_y(log_y, y_title),
+            color=palette.color(title="group"),
+            strokeDash=palette.dash(),
+            tooltip=[
+                alt.Tooltip("label:N", title="group"),
+                alt.Tooltip("x:Q", format=".4g", title=x_title),
+                alt.Tooltip("value:Q", format=".4g", title="mean"),
+                alt.Tooltip("runs:Q"),
+            ],
+        )
     )
-    band = alt.Chart(data).mark_area(opacity=SE_OPACITY).encode(
-        x=x_enc, y=alt.Y("low:Q", title=y_title), y2="high:Q", fill=palette.fill())
+    band = (
+        alt.Chart(data)
+        .mark_area(opacity=SE_OPACITY)
+        .encode(x=x_enc, y=alt.Y("low:Q", title=y_title), y2="high:Q", fill=palette.fill())
+    )
     return _zoomable(_layered(band, line).properties(title=_title(title, dropped, log_y), height=HEIGHT), zoom)
 
 
@@ -474,11 +551,21 @@ def batch_size_chart(frame: pd.DataFrame, title: str, palette: Palette | None = 
     lines = (
         alt.Chart(data)
         .mark_line(point=True)
-        .encode(x=x, y=alt.Y("accuracy:Q", title="test accuracy (%)", scale=alt.Scale(zero=False)), color=color,
-                strokeDash=alt.StrokeDash("source:N", title="source", sort=["ours", "paper"],
-                                          legend=alt.Legend(orient="bottom")),
-                tooltip=["method:N", "source:N", "batch_size:Q", alt.Tooltip("accuracy:Q", format=".2f"),
-                         alt.Tooltip("std:Q", format=".2f")])
+        .encode(
+            x=x,
+            y=alt.Y("accuracy:Q", title="test accuracy (%)", scale=alt.Scale(zero=False)),
+            color=color,
+            strokeDash=alt.StrokeDash(
+                "source:N", title="source", sort=["ours", "paper"], legend=alt.Legend(orient="bottom")
+            ),
+            tooltip=[
+                "method:N",
+                "source:N",
+                "batch_size:Q",
+                alt.Tooltip("accuracy:Q", format=".2f"),
+                alt.Tooltip("std:Q", format=".2f"),
+            ],
+        )
         .properties(title=alt.TitleParams(title, anchor="start"))
     )
     ours = data[(data["source"] == "ours") & data["std"].notna()]

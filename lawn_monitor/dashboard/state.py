@@ -7,13 +7,15 @@ back, and *replaces* the URL when a widget changes rather than adding a history 
 leaves the page instead of stepping through widget clicks. The app-wide ones (store root,
 selected runs, smoothing) are bound in the sidebar, which every page shows.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -35,6 +37,7 @@ BIND = "query-params"
 
 
 # --- widgets bound to a URL key (the key is the query parameter's name) ---------------------------
+
 
 def selectbox(label: str, options: Sequence, key: str, default, **kwargs):
     options = list(options)
@@ -111,12 +114,18 @@ def root_input() -> str:
     elif wanted is not None and wanted != normal_root(wanted):  # a served root in another spelling
         st.query_params["root"] = st.session_state["root"] = normal_root(wanted)
     if st.session_state.pop("_root_refused", False):
-        st.sidebar.warning("The link named a store this dashboard does not serve: showing its default store. "
-                           "Start it with `--allow-root` to serve more.")
+        st.sidebar.warning(
+            "The link named a store this dashboard does not serve: showing its default store. "
+            "Start it with `--allow-root` to serve more."
+        )
     st.session_state["_root"] = st.sidebar.selectbox(
-        "Store root", roots, key="root", bind=BIND,
+        "Store root",
+        roots,
+        key="root",
+        bind=BIND,
         help="The folder holding one sub-folder per run (`<root>/<run_id>/run.json`). The roots on offer are "
-             "those the dashboard was started with (`lawn-monitor dashboard --root ... --allow-root ...`).")
+        "those the dashboard was started with (`lawn-monitor dashboard --root ... --allow-root ...`).",
+    )
     return st.session_state["_root"]
 
 
@@ -157,10 +166,14 @@ def runs_input(runs: pd.DataFrame) -> list[str]:
     if "_select" in st.session_state:  # a selection made on a page in the last run (select_runs)
         st.session_state["runs"] = st.session_state.pop("_select")
     with st.sidebar:
-        return multiselect("Runs", runs["run_id"].tolist(), key="runs", format_func=labels.get,
-                           placeholder=f"the {DEFAULT_RUNS} newest",
-                           help="The runs the pages show; none chosen means the newest few. Tick rows on the Runs "
-                                "page, or pick here.")
+        return multiselect(
+            "Runs",
+            runs["run_id"].tolist(),
+            key="runs",
+            format_func=labels.get,
+            placeholder=f"the {DEFAULT_RUNS} newest",
+            help="The runs the pages show; none chosen means the newest few. Tick rows on the Runs page, or pick here.",
+        )
 
 
 def select_runs(run_ids: list[str]) -> None:
@@ -203,7 +216,7 @@ def show(chart, empty: str) -> None:
 def grid(items: Sequence, draw: Callable, columns: int = 2) -> None:
     """Lay ``draw(item)`` out in rows of ``columns``."""
     for start in range(0, len(items), columns):
-        for column, item in zip(st.columns(columns), items[start:start + columns]):
+        for column, item in zip(st.columns(columns), items[start : start + columns]):
             with column:
                 draw(item)
 
@@ -229,6 +242,7 @@ def finished_key(runs: pd.DataFrame) -> tuple:
 
 # --- what every chart shares: colours, smoothing ------------------------------------------------
 
+
 def palette(runs: pd.DataFrame, run_ids, faint=()) -> Palette:
     """The shown runs' colours and dashes, from every run's config (the same on every page);
     the runs in ``faint`` are drawn faintly (ended runs beside live ones)."""
@@ -237,6 +251,7 @@ def palette(runs: pd.DataFrame, run_ids, faint=()) -> Palette:
 
 class Page(NamedTuple):
     """What a page that draws the selected runs starts from (``page_header``), in unpacking order."""
+
     root: str
     store: RunStore
     runs: pd.DataFrame
@@ -259,10 +274,17 @@ def page_header(title: str) -> Page:
 def smoothing_input() -> float:
     """The sidebar's smoothing slider (TensorBoard's EMA weight), shared by every page."""
     with st.sidebar:
-        return slider("Smoothing", key="smooth", default=DEFAULT_SMOOTHING, min_value=0.0, max_value=0.99, step=0.01,
-                      help="TensorBoard's debiased exponential moving average over each run's points, drawn over "
-                           "the faint raw line; 0 turns it off. Slow-cadence metrics (evaluation, curvature) are "
-                           "never smoothed.")
+        return slider(
+            "Smoothing",
+            key="smooth",
+            default=DEFAULT_SMOOTHING,
+            min_value=0.0,
+            max_value=0.99,
+            step=0.01,
+            help="TensorBoard's debiased exponential moving average over each run's points, drawn over "
+            "the faint raw line; 0 turns it off. Slow-cadence metrics (evaluation, curvature) are "
+            "never smoothed.",
+        )
 
 
 def smoothing() -> float:
@@ -275,23 +297,46 @@ def zoom_input() -> bool:
     pages of small multiples load in about two seconds without it (benchmarks/app.py). Compare's
     main chart always has it."""
     with st.sidebar:
-        return checkbox("Zoom and pan charts", key="zoom", default=False,
-                        help="Drag a chart to pan, scroll to zoom, double-click to reset.")
+        return checkbox(
+            "Zoom and pan charts",
+            key="zoom",
+            default=False,
+            help="Drag a chart to pan, scroll to zoom, double-click to reset.",
+        )
 
 
 def zoom() -> bool:
     return bool(st.session_state.get("zoom", False))
 
 
-def series_chart(store: RunStore, run_ids: list[str], metric: str, labels: dict[str, str], colors: Palette,
-                 switches: pd.DataFrame | None = None, smooth: float = 0.0, title: str | None = None,
-                 log_y: bool | None = None, layer: str = "", points: bool = False) -> None:
+def series_chart(
+    store: RunStore,
+    run_ids: list[str],
+    metric: str,
+    labels: dict[str, str],
+    colors: Palette,
+    switches: pd.DataFrame | None = None,
+    smooth: float = 0.0,
+    title: str | None = None,
+    log_y: bool | None = None,
+    layer: str = "",
+    points: bool = False,
+) -> None:
     """One metric of these runs as a line chart, with the metric's own axis title, units, scale
     (log where it shrinks by decades) and smoothing; or a line saying there is nothing yet."""
     meta = info(metric)
     df = store.series(run_ids, metric, layer, points=GRID_POINTS, smooth=smooth if meta.smooth else 0.0)
-    chart = metric_chart(labelled(df, labels), title or meta.axis, meta.log if log_y is None else log_y, switches,
-                         palette=colors, y_title=meta.axis, percent=meta.percent, points=points, zoom=zoom())
+    chart = metric_chart(
+        labelled(df, labels),
+        title or meta.axis,
+        meta.log if log_y is None else log_y,
+        switches,
+        palette=colors,
+        y_title=meta.axis,
+        percent=meta.percent,
+        points=points,
+        zoom=zoom(),
+    )
     show(chart, f"No {title or metric} data yet.")
 
 
@@ -322,9 +367,13 @@ def auto_refresh(root: str, runs: pd.DataFrame, run_ids: list[str]) -> None:
     if not training:
         return
     n = len(training)
-    if not checkbox(f"Auto-refresh while {'this run trains' if n == 1 else f'these {n} runs train'}",
-                    key="refresh", default=True, help=f"Redraws the page every {REFRESH_SECS} s while selected runs "
-                                                       "are still training (they show in the Runs table as running)."):
+    if not checkbox(
+        f"Auto-refresh while {'this run trains' if n == 1 else f'these {n} runs train'}",
+        key="refresh",
+        default=True,
+        help=f"Redraws the page every {REFRESH_SECS} s while selected runs "
+        "are still training (they show in the Runs table as running).",
+    ):
         return
     store = get_store(root)
     seen = {r: (store.run_info(r) or {}).get("step") for r in training}

@@ -7,6 +7,7 @@
 This file is the frame around the pages in views/: the store root, the URL state and the
 navigation. Queries live in ``lawn_monitor.RunStore``, chart builders in ``charts.py``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,9 @@ def main() -> None:
     pages = [
         st.Page(VIEWS / "runs.py", title="Runs", icon=":material/table_rows:", default=True),  # at /
         st.Page(VIEWS / "live.py", title="Live", icon=":material/monitor_heart:", url_path="live"),
-        st.Page(VIEWS / "flattening.py", title="Loss flattening", icon=":material/trending_down:",
-                url_path="flattening"),
+        st.Page(
+            VIEWS / "flattening.py", title="Loss flattening", icon=":material/trending_down:", url_path="flattening"
+        ),
         st.Page(VIEWS / "adaptivity.py", title="Weight adaptivity", icon=":material/grid_on:", url_path="adaptivity"),
         st.Page(VIEWS / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     ]

@@ -9,6 +9,7 @@
 Nothing depends on which runs a page shows or in which order, so a run has the same colour on
 every chart of every page and after a rerun. Pure functions; no Streamlit here.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -31,9 +32,9 @@ FAINT = 0.35  # opacity of runs drawn for comparison only (ended runs beside liv
 
 def shade(color: str, offset: float) -> str:
     """``color`` (#rrggbb) with its HLS lightness moved by ``offset`` (clamped to stay visible)."""
-    r, g, b = (int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
-    h, l, s = colorsys.rgb_to_hls(r, g, b)
-    r, g, b = colorsys.hls_to_rgb(h, min(max(l + offset, 0.15), 0.8), s)
+    r, g, b = (int(color[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    h, light, s = colorsys.rgb_to_hls(r, g, b)
+    r, g, b = colorsys.hls_to_rgb(h, min(max(light + offset, 0.15), 0.8), s)
     return "#" + "".join(f"{round(v * 255):02x}" for v in (r, g, b))
 
 
@@ -70,8 +71,15 @@ def run_styles(runs: pd.DataFrame) -> dict[str, RunStyle]:
     optimizer = runs["optimizer"] if "optimizer" in runs.columns else pd.Series(None, index=runs.index)
     lawn = runs["lawn"].map(is_true) if "lawn" in runs.columns else pd.Series(False, index=runs.index)
     created = runs["created_at"].astype(str) if "created_at" in runs.columns else pd.Series("", index=runs.index)
-    table = pd.DataFrame({"run_id": runs["run_id"], "optimizer": optimizer.astype(object), "lawn": lawn,
-                          "created": created, "name": runs["name"]})
+    table = pd.DataFrame(
+        {
+            "run_id": runs["run_id"],
+            "optimizer": optimizer.astype(object),
+            "lawn": lawn,
+            "created": created,
+            "name": runs["name"],
+        }
+    )
     table["family"] = [family_color(o, n) for o, n in zip(table["optimizer"], table["name"])]
     table = table.sort_values(["created", "run_id"], kind="stable")
     table["rank"] = table.groupby(["family", "lawn"], sort=False).cumcount()
@@ -92,31 +100,46 @@ class Palette:
     faint: tuple[bool, ...] = ()  # drawn faintly (ended runs beside live ones); empty: none
 
     @classmethod
-    def of(cls, styles: dict[str, RunStyle], run_ids, faint=()) -> "Palette":
+    def of(cls, styles: dict[str, RunStyle], run_ids, faint=()) -> Palette:
         ids = [r for r in dict.fromkeys(run_ids) if r in styles]
         chosen = [styles[r] for r in ids]
         faint = set(faint)
-        return cls(tuple(s.label for s in chosen), tuple(s.color for s in chosen), tuple(s.lawn for s in chosen),
-                   tuple(r in faint for r in ids) if faint else ())
+        return cls(
+            tuple(s.label for s in chosen),
+            tuple(s.color for s in chosen),
+            tuple(s.lawn for s in chosen),
+            tuple(r in faint for r in ids) if faint else (),
+        )
 
     def opacity(self) -> alt.Opacity | None:
         """Full opacity, or FAINT for the faint runs; None when no run is faint."""
         if not any(self.faint):
             return None
-        return alt.Opacity("label:N", scale=alt.Scale(domain=list(self.labels),
-                                                      range=[FAINT if f else 1.0 for f in self.faint]), legend=None)
+        return alt.Opacity(
+            "label:N",
+            scale=alt.Scale(domain=list(self.labels), range=[FAINT if f else 1.0 for f in self.faint]),
+            legend=None,
+        )
 
     @classmethod
-    def default(cls, labels) -> "Palette":
+    def default(cls, labels) -> Palette:
         """For labels without runs behind them: fixed colours by the label's hash, solid lines."""
         labels = tuple(dict.fromkeys(labels))
         return cls(labels, tuple(family_color(None, label) for label in labels), tuple(False for _ in labels))
 
     def _legend(self) -> alt.Legend:
         # Below the plot, wrapping in up to 2 columns: a half-width chart keeps its full width.
-        return alt.Legend(title=None, orient="bottom", direction="horizontal", symbolType="stroke",
-                          symbolStrokeWidth=2.5, symbolSize=300, symbolOpacity=1, labelLimit=360,
-                          columns=max(1, min(len(self.labels), 2)))
+        return alt.Legend(
+            title=None,
+            orient="bottom",
+            direction="horizontal",
+            symbolType="stroke",
+            symbolStrokeWidth=2.5,
+            symbolSize=300,
+            symbolOpacity=1,
+            labelLimit=360,
+            columns=max(1, min(len(self.labels), 2)),
+        )
 
     def _scale(self) -> alt.Scale:
         return alt.Scale(domain=list(self.labels), range=list(self.colors))
@@ -137,14 +160,19 @@ class Palette:
 
     def dash(self) -> alt.StrokeDash:
         """LAWN runs dashed; on the same field and domain as ``color``, so the two share one legend."""
-        return alt.StrokeDash("label:N", scale=alt.Scale(domain=list(self.labels),
-                                                         range=[DASHED if d else SOLID for d in self.dashed]),
-                              legend=self._legend())
+        return alt.StrokeDash(
+            "label:N",
+            scale=alt.Scale(domain=list(self.labels), range=[DASHED if d else SOLID for d in self.dashed]),
+            legend=self._legend(),
+        )
 
-    def lighter_for_lawn(self) -> "Palette":
+    def lighter_for_lawn(self) -> Palette:
         """LAWN as a lighter shade instead of dashes (for charts whose dashes mean something else)."""
-        return Palette(self.labels, tuple(shade(c, LIGHTER) if d else c for c, d in zip(self.colors, self.dashed)),
-                       tuple(False for _ in self.labels))
+        return Palette(
+            self.labels,
+            tuple(shade(c, LIGHTER) if d else c for c, d in zip(self.colors, self.dashed)),
+            tuple(False for _ in self.labels),
+        )
 
 
 def method_palette(methods) -> Palette:
@@ -178,5 +206,5 @@ def group_palette(styles: dict[str, RunStyle], groups: dict[str, str]) -> Palett
 
 
 def _hue(color: str) -> float:
-    r, g, b = (int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    r, g, b = (int(color[i : i + 2], 16) / 255 for i in (1, 3, 5))
     return round(colorsys.rgb_to_hls(r, g, b)[0], 3)

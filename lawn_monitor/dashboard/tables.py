@@ -2,10 +2,11 @@
 
 Nothing here touches Streamlit; tests/test_charts.py checks them on hand-made frames.
 """
+
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -20,12 +21,14 @@ BANDS = {"std": "mean ± std", "stderr": "mean ± standard error", "minmax": "mi
 
 def as_text(values: pd.Series) -> pd.Series:
     """Config values as the URL carries them: 256 (not 256.0), True, adam; missing is ""."""
+
     def one(v) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return ""
         if isinstance(v, float) and v.is_integer():
             return str(int(v))
         return str(v)
+
     return values.map(one)
 
 
@@ -66,7 +69,7 @@ def _seconds(iso) -> float:
     except ValueError:
         return float("nan")
     if then.tzinfo is None:
-        then = then.replace(tzinfo=timezone.utc)
+        then = then.replace(tzinfo=UTC)
     return then.timestamp()
 
 
@@ -114,10 +117,7 @@ def group_labels(runs: pd.DataFrame, by: list[str], names: dict[str, str]) -> di
     if not by:
         return dict(names)
     text = {key: as_text(runs[key]) if key in runs.columns else pd.Series("", index=runs.index) for key in by}
-    return {
-        run_id: ", ".join(f"{key}={text[key].iloc[i]}" for key in by)
-        for i, run_id in enumerate(runs["run_id"])
-    }
+    return {run_id: ", ".join(f"{key}={text[key].iloc[i]}" for key in by) for i, run_id in enumerate(runs["run_id"])}
 
 
 def aggregate(df: pd.DataFrame, groups: dict[str, str], band: str, bins: int = 1000) -> pd.DataFrame:
@@ -143,8 +143,14 @@ def aggregate(df: pd.DataFrame, groups: dict[str, str], band: str, bins: int = 1
         group = group.assign(bin=np.minimum((group["x"] - lo) // width, bins - 1))
         per_run = group.sort_values("x").groupby(["run_id", "bin"]).agg(x=("x", "last"), value=("value", "last"))
         cell = per_run.groupby("bin")
-        out = cell.agg(x=("x", "mean"), value=("value", "mean"), std=("value", "std"), runs=("value", "count"),
-                       min=("value", "min"), max=("value", "max")).reset_index(drop=True)
+        out = cell.agg(
+            x=("x", "mean"),
+            value=("value", "mean"),
+            std=("value", "std"),
+            runs=("value", "count"),
+            min=("value", "min"),
+            max=("value", "max"),
+        ).reset_index(drop=True)
         spread = out["std"].fillna(0.0)
         if band == "stderr":
             spread = spread / np.sqrt(out["runs"])
@@ -172,8 +178,9 @@ def relative_to(df: pd.DataFrame, step: int) -> pd.DataFrame:
 ADAM_FAMILY = ("adam", "adamw", "adamp", "lamb")
 
 
-def sharpness_vs_threshold(sharp: pd.DataFrame, precond: pd.DataFrame, threshold: pd.DataFrame,
-                           optimizers: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def sharpness_vs_threshold(
+    sharp: pd.DataFrame, precond: pd.DataFrame, threshold: pd.DataFrame, optimizers: dict[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each run's sharpness beside the stability line that applies to it (frames: run_id, label,
     step, value, from ``RunStore.series``; ``optimizers``: run id -> optimizer name, where known).
 
@@ -195,5 +202,7 @@ def sharpness_vs_threshold(sharp: pd.DataFrame, precond: pd.DataFrame, threshold
         lines.append(threshold[threshold["run_id"] == run_id])
     columns = ["run_id", "label", "step", "value", "shown"]
     empty = pd.DataFrame(columns=columns)
-    return (pd.concat(values, ignore_index=True) if values else empty,
-            pd.concat(lines, ignore_index=True) if lines else empty)
+    return (
+        pd.concat(values, ignore_index=True) if values else empty,
+        pd.concat(lines, ignore_index=True) if lines else empty,
+    )

@@ -16,6 +16,7 @@ training ends. Curvature (``probe_batch=(input_ids, targets)``) calls the model 
 ids; for a causal LM the targets are the next tokens, e.g.
 ``F.pad(input_ids[:, 1:], (0, 1), value=-100)``.
 """
+
 from __future__ import annotations
 
 from typing import Any

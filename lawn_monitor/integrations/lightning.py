@@ -17,12 +17,13 @@ returns them, reach the Monitor in ``on_train_batch_end``, which Lightning calls
 optimizer step: the Monitor writes those statistics for the step just recorded. Validation
 metrics logged as ``val_loss`` / ``val_acc`` (``self.log``) are recorded as ``test/loss`` /
 ``test/acc``. Every process builds a Monitor; under torch.distributed only rank 0 writes, the
-others join the probes' collectives (see "Sharded training" in the README). The run ends ``finished`` with ``fit``, ``failed`` on an exception and
-``interrupted`` on Ctrl-C. The Monitor's place (run id, step, probe schedules) is saved in
-Lightning's checkpoints, so ``trainer.fit(..., ckpt_path=...)`` continues the same run, with no
-step twice. Curvature (``probe_batch=(inputs, targets)``) calls the LightningModule's
+others join the probes' collectives (see "Sharded training" in the README). The run ends
+``finished`` with ``fit``, ``failed`` on an exception and ``interrupted`` on Ctrl-C. The Monitor's place (run id, step,
+probe schedules) is saved in Lightning's checkpoints, so ``trainer.fit(..., ckpt_path=...)``
+continues the same run, with no step twice. Curvature (``probe_batch=(inputs, targets)``) calls the LightningModule's
 ``forward`` on the inputs.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,10 @@ class LawnMonitorCallback(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
-            raise ValueError(f"LawnMonitorCallback watches one optimizer; this LightningModule has "
-                             f"{len(trainer.optimizers)}: build a Monitor per optimizer by hand")
+            raise ValueError(
+                f"LawnMonitorCallback watches one optimizer; this LightningModule has "
+                f"{len(trainer.optimizers)}: build a Monitor per optimizer by hand"
+            )
         optimizer = trainer.optimizers[0]
         kwargs = {**self._trainer_lengths(trainer), **self.monitor_kwargs}
         restored, self._restored = self._restored, None

@@ -35,6 +35,7 @@ pass ``force``, which replaces it; an import that died half-way is replaced.
 Export writes each run's whole-model scalars (and with ``layers``, per-layer ones as
 ``metric/layer``) with their steps and wall times as an event file in ``DIR/<run_id>/``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,9 +43,9 @@ import json
 import math
 import re
 import warnings
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -53,16 +54,31 @@ import pyarrow as pa
 from ..metrics import BY_NAME, WHOLE
 from ..schema import SCHEMA
 from ..sink import ParquetSink, slug
-from ..storage import now_iso
-from ..storage import Location
+from ..storage import Location, now_iso
 
 EVENT_FILES = "*tfevents*"
-SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-          "test": "test", "eval": "eval"}
+SPLITS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "eval": "eval",
+}
 QUANTITIES = {"loss": "loss", "acc": "acc", "accuracy": "acc"}
-PLAIN = {"loss": "train/loss", "acc": "train/acc", "accuracy": "train/acc", "lr": "lr", "learning_rate": "lr",
-         "learning-rate": "lr", "train/lr": "lr", "train/learning_rate": "lr", "epoch": "epoch",
-         "train/epoch": "epoch"}
+PLAIN = {
+    "loss": "train/loss",
+    "acc": "train/acc",
+    "accuracy": "train/acc",
+    "lr": "lr",
+    "learning_rate": "lr",
+    "learning-rate": "lr",
+    "train/lr": "lr",
+    "train/learning_rate": "lr",
+    "epoch": "epoch",
+    "train/epoch": "epoch",
+}
 PER_LAYER = {m.name for m in BY_NAME.values() if m.layers != WHOLE}
 
 
@@ -71,10 +87,11 @@ class TensorBoardError(Exception):
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
 # --- tag names ---------------------------------------------------------------------------------
+
 
 def project_name(tag: str) -> tuple[str, str]:
     """The (metric, layer) a tag maps to by the rules above, ignoring other tags of the run."""
@@ -108,6 +125,7 @@ def tag_names(tags: Iterable[str]) -> dict[str, tuple[str, str]]:
 
 # --- reading event files ------------------------------------------------------------------------
 
+
 def find_runs(logdir: Path) -> dict[Path, list[Path]]:
     """Event files grouped by their folder (one run each), in path order."""
     runs: dict[Path, list[Path]] = {}
@@ -136,8 +154,14 @@ def read_scalars(files: list[Path]) -> pd.DataFrame:
             scalar = df["value"].map(lambda v: np.ndim(v) == 0 and np.asarray(v).dtype.kind in "biuf")
             frames.append(df.loc[scalar, ["tag", "step", "value", "wall_time"]])
     if not frames:
-        return pd.DataFrame({"tag": pd.Series(dtype=object), "step": pd.Series(dtype="int64"),
-                             "value": pd.Series(dtype="float64"), "wall_time": pd.Series(dtype="float64")})
+        return pd.DataFrame(
+            {
+                "tag": pd.Series(dtype=object),
+                "step": pd.Series(dtype="int64"),
+                "value": pd.Series(dtype="float64"),
+                "wall_time": pd.Series(dtype="float64"),
+            }
+        )
     df = pd.concat(frames, ignore_index=True)
     return df.astype({"step": "int64", "value": "float64", "wall_time": "float64"})
 
@@ -166,19 +190,23 @@ def to_table(run_id: str, scalars: pd.DataFrame) -> tuple[pa.Table, list[str]]:
         at = np.searchsorted(known["step"].to_numpy(), scalars["step"].to_numpy(), side="right") - 1
         epoch = np.where(at >= 0, known["value"].to_numpy()[np.maximum(at, 0)], math.nan)
     n = len(scalars)
-    table = pa.table({
-        "run_id": pa.array([run_id] * n, pa.string()),
-        "step": pa.array(scalars["step"].to_numpy(), pa.int64()),
-        "epoch": pa.array(epoch, pa.float64()),
-        "wall_time": pa.array(scalars["wall_time"].to_numpy(), pa.float64()),
-        "layer": pa.array(layer.tolist(), pa.string()),
-        "metric": pa.array(metric.tolist(), pa.string()),
-        "value": pa.array(scalars["value"].to_numpy(), pa.float64()),
-    }, schema=SCHEMA)
+    table = pa.table(
+        {
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "step": pa.array(scalars["step"].to_numpy(), pa.int64()),
+            "epoch": pa.array(epoch, pa.float64()),
+            "wall_time": pa.array(scalars["wall_time"].to_numpy(), pa.float64()),
+            "layer": pa.array(layer.tolist(), pa.string()),
+            "metric": pa.array(metric.tolist(), pa.string()),
+            "value": pa.array(scalars["value"].to_numpy(), pa.float64()),
+        },
+        schema=SCHEMA,
+    )
     return table, [x for x in dict.fromkeys(layer) if x]
 
 
 # --- import -------------------------------------------------------------------------------------
+
 
 def _remove_run(loc: Location, run_id: str) -> None:
     """Delete a run: run.json first, so that no reader lists a run whose files are going."""
@@ -194,8 +222,9 @@ def _read_info(loc: Location, run_id: str) -> dict | None:
         return None
 
 
-def import_tensorboard(logdir: str | Path, root, name: str | None = None, force: bool = False,
-                       echo: Callable[[str], None] = print) -> dict[str, str]:
+def import_tensorboard(
+    logdir: str | Path, root, name: str | None = None, force: bool = False, echo: Callable[[str], None] = print
+) -> dict[str, str]:
     """Import every run under ``logdir`` into the store at ``root``; one line per run to ``echo``.
 
     Returns run id -> ``imported``, ``replaced``, ``unchanged`` (skipped) or ``changed``
@@ -207,8 +236,9 @@ def import_tensorboard(logdir: str | Path, root, name: str | None = None, force:
         raise TensorBoardError(f"{logdir} is not a folder: pass the folder you give `tensorboard --logdir`")
     runs = find_runs(logdir)
     if not runs:
-        raise TensorBoardError(f"no TensorBoard event files (*tfevents*) under {logdir}: "
-                               "pass the folder you give `tensorboard --logdir`")
+        raise TensorBoardError(
+            f"no TensorBoard event files (*tfevents*) under {logdir}: pass the folder you give `tensorboard --logdir`"
+        )
     loc = Location(root)
     loc.check_root()
     outcome: dict[str, str] = {}
@@ -224,8 +254,10 @@ def import_tensorboard(logdir: str | Path, root, name: str | None = None, force:
         if old is not None and not force and old.get("status") == "finished":
             same = old.get("fingerprint") == content
             outcome[run_id] = "unchanged" if same else "changed"
-            echo(f"skipped {run_dir}: already imported as {run_id}" + ("" if same else
-                 " and its event files have changed since; --force replaces it"))
+            echo(
+                f"skipped {run_dir}: already imported as {run_id}"
+                + ("" if same else " and its event files have changed since; --force replaces it")
+            )
             continue
         scalars = read_scalars(files)
         if scalars.empty:
@@ -236,35 +268,50 @@ def import_tensorboard(logdir: str | Path, root, name: str | None = None, force:
             _remove_run(loc, run_id)
         table, layers = to_table(run_id, scalars)
         last_step = int(scalars["step"].max())
-        sink = ParquetSink(loc, run_id, {
-            "name": run_name,
-            "created_at": _iso(float(scalars["wall_time"].min())),
-            "config": {"source": "tensorboard", "logdir": str(logdir.resolve()), "run_dir": rel},
-            "env": {},
-            "step": last_step,
-            "total_steps": last_step,
-            "steps_per_epoch": None,
-            "layers": layers,
-            "fingerprint": content,
-            "imported_at": now_iso(),
-        })
+        sink = ParquetSink(
+            loc,
+            run_id,
+            {
+                "name": run_name,
+                "created_at": _iso(float(scalars["wall_time"].min())),
+                "config": {"source": "tensorboard", "logdir": str(logdir.resolve()), "run_dir": rel},
+                "env": {},
+                "step": last_step,
+                "total_steps": last_step,
+                "steps_per_epoch": None,
+                "layers": layers,
+                "fingerprint": content,
+                "imported_at": now_iso(),
+            },
+        )
         sink.write(table)
         sink.close("finished")
         sink.info["ended_at"] = _iso(float(scalars["wall_time"].max()))  # when the run ended, not the import
         sink.write_info()
         outcome[run_id] = "replaced" if replacing else "imported"
-        echo(f"{outcome[run_id]} {run_dir} as {run_id}: {table.num_rows} values of "
-             f"{len(scalars['tag'].unique())} tags, steps {int(scalars['step'].min())}-{last_step}")
+        echo(
+            f"{outcome[run_id]} {run_dir} as {run_id}: {table.num_rows} values of "
+            f"{len(scalars['tag'].unique())} tags, steps {int(scalars['step'].min())}-{last_step}"
+        )
     if len(empty) == len(runs):
-        raise TensorBoardError(f"the event files under {logdir} hold no readable scalars (damaged, or only "
-                               "images/histograms/text): nothing imported")
+        raise TensorBoardError(
+            f"the event files under {logdir} hold no readable scalars (damaged, or only "
+            "images/histograms/text): nothing imported"
+        )
     return outcome
 
 
 # --- export -------------------------------------------------------------------------------------
 
-def export_tensorboard(store, out_dir: str | Path, run_ids: list[str] | None = None, layers: bool = False,
-                       force: bool = False, echo: Callable[[str], None] = print) -> dict[str, str]:
+
+def export_tensorboard(
+    store,
+    out_dir: str | Path,
+    run_ids: list[str] | None = None,
+    layers: bool = False,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, str]:
     """Write runs of ``store`` (a RunStore; default all runs) as event files in
     ``out_dir/<run_id>/``. Returns run id -> ``exported``, ``exists`` (skipped: the folder already
     holds event files; ``force`` replaces them) or ``empty`` (no rows to write)."""
@@ -276,8 +323,9 @@ def export_tensorboard(store, out_dir: str | Path, run_ids: list[str] | None = N
     ids = known if not run_ids else list(run_ids)
     missing = [r for r in ids if r not in known]
     if missing:
-        raise TensorBoardError(f"no run {missing[0]!r} under {store.root}: `lawn-monitor runs --root "
-                               f"{store.root}` lists them")
+        raise TensorBoardError(
+            f"no run {missing[0]!r} under {store.root}: `lawn-monitor runs --root {store.root}` lists them"
+        )
     if not ids:
         raise TensorBoardError(f"no runs under {store.root}: nothing to export (check --root)")
     out_dir = Path(out_dir)

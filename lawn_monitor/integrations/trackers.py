@@ -26,6 +26,7 @@ refuses) and such parts are dropped: ``top1@val`` -> ``top1_val``. Values go in 
 most 1000 (MLflow's limit per request), each with its step and wall time; infinities are
 stored by MLflow as the largest float.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,9 @@ def whole_model(table: pa.Table) -> list[tuple[int, float, dict[str, float]]]:
     in step order; a metric given twice at one step keeps the value written last."""
     rows = table.filter(pc.equal(table["layer"], ""))
     by_step: dict[int, tuple[float, dict[str, float]]] = {}
-    for step, wall, metric, value in zip(rows["step"].to_pylist(), rows["wall_time"].to_pylist(),
-                                         rows["metric"].to_pylist(), rows["value"].to_pylist()):
+    for step, wall, metric, value in zip(
+        rows["step"].to_pylist(), rows["wall_time"].to_pylist(), rows["metric"].to_pylist(), rows["value"].to_pylist()
+    ):
         wall_then, values = by_step.setdefault(step, (wall, {}))
         values[metric] = value
         by_step[step] = (max(wall_then, wall), values)
@@ -118,4 +120,4 @@ class MLflowForwarder:
             stamp = int(1000 * (wall if math.isfinite(wall) else time.time()))  # milliseconds
             metrics += [Metric(mlflow_name(self.prefix + name), value, stamp, step) for name, value in values.items()]
         for i in range(0, len(metrics), MLFLOW_BATCH):
-            self._client.log_batch(run_id, metrics=metrics[i:i + MLFLOW_BATCH])
+            self._client.log_batch(run_id, metrics=metrics[i : i + MLFLOW_BATCH])

