@@ -79,13 +79,21 @@ def runs(argv: list[str]) -> int:
         for c in ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"]
         if c in df.columns
     ]
+    if df["study"].notna().any():  # tuning studies: which trial each run is, and each study's winner
+        cols[-1:-1] = ["val_acc"]
+        cols += ["study", "trial", "best"]
     if df["damage"].notna().any():
         cols.append("damage")
     df = df[cols].copy()
     if "progress" in df:
         df["progress"] = df["progress"].map(lambda p: "" if pd.isna(p) else f"{100 * p:.0f}%")
-    if "test_acc" in df:
-        df["test_acc"] = df["test_acc"].map(lambda a: "" if pd.isna(a) else f"{a:.4f}")
+    for acc in ("test_acc", "val_acc"):
+        if acc in df:
+            df[acc] = df[acc].map(lambda a: "" if pd.isna(a) else f"{a:.4f}")
+    if "study" in df:
+        df["study"] = df["study"].fillna("")
+        df["trial"] = df["trial"].map(lambda t: "" if pd.isna(t) else str(t))
+        df["best"] = df["best"].map(lambda b: "best" if b else "")
     if "damage" in df:
         df["damage"] = df["damage"].fillna("")
     _print(df)
