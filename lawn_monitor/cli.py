@@ -1,8 +1,9 @@
-"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``runs``, ``compare``, ``compact``, ``import``,
+"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``tune``, ``runs``, ``compare``, ``compact``, ``import``,
 ``export`` and ``dashboard``.
 
     lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn
     lawn-monitor sweep --optimizers sgd,adam --lawn both --seeds 0,1
+    lawn-monitor tune --method adam-lawn --trials 20
     lawn-monitor runs --status running
     lawn-monitor compare --metric test/acc --by optimizer,lawn,batch_size
     lawn-monitor compare --table2
@@ -11,7 +12,7 @@
     lawn-monitor export --to tensorboard tb_export/ --layers
     lawn-monitor dashboard --root runs --port 8501
 
-``train`` and ``sweep`` come from the trainers (the ``trainers`` extra), which register them as
+``train``, ``sweep`` and ``tune`` come from the trainers (the ``trainers`` extra), which register them as
 entry points of the group ``lawn_monitor.commands``: this package never imports its trainers.
 """
 
@@ -30,7 +31,7 @@ import pandas as pd
 from .schema import READ_STATUSES
 
 USAGE = (
-    "usage: lawn-monitor {train,sweep,runs,compare,compact,import,export,dashboard} ... "
+    "usage: lawn-monitor {train,sweep,tune,runs,compare,compact,import,export,dashboard} ... "
     "(lawn-monitor COMMAND --help for its options)"
 )
 PLUGINS = "lawn_monitor.commands"  # entry-point group of commands other packages add (the trainers' train, sweep)
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     plugin = _plugin(command)
     if plugin is not None:
         return plugin(rest)
-    if command in ("train", "sweep"):
+    if command in ("train", "sweep", "tune"):
         print(
             f"lawn-monitor: error: {command!r} comes with the trainers: pip install 'lawn-monitor[trainers]'",
             file=sys.stderr,

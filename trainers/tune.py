@@ -236,6 +236,9 @@ NOT_COMPARED = {
     "threads",
     "flush_secs",
     "compile",
+    "channels_last",
+    "probes",
+    "probe_size",
 }
 
 
@@ -331,7 +334,10 @@ def tune(
 ) -> optuna.Study:
     """Tune ``method`` on ``base``'s setting until its study holds ``trials`` finished trials, in
     this process (``parallel`` 1) or in ``parallel`` worker processes. ``seed`` seeds the sampler
-    (each worker, and each restart, its own stream). Raises ConfigError for bad input."""
+    (each worker, and each restart, its own stream). Raises ConfigError for bad input.
+
+    A launcher that places workers itself (other machines, a cluster) runs ``tune(...,
+    parallel=1, worker=i)`` in each, with one ``storage`` URL they all reach."""
     if trials < 1 or parallel < 1:
         raise ConfigError(f"--trials and --parallel must be >= 1, got {trials} and {parallel}")
     name = study or study_name(base, method)
