@@ -58,7 +58,7 @@ def test_val_metrics_at_every_evaluation_and_pruned_runs(tmp_path):
     assert row["num_val"] == 144 and row["num_train"] == 1293
     # A run a tuner stops after its first epoch ends "pruned", a status the store lists.
     seen = []
-    pruned = train(tiny(epochs=3, root=str(tmp_path)), on_epoch=lambda e, acc: seen.append((e, acc)) or True)
+    pruned = train(tiny(epochs=2, root=str(tmp_path)), on_epoch=lambda e, acc: seen.append((e, acc)) or True)
     assert pruned.status == "pruned" and [e for e, _ in seen] == [1] and "val_acc" in seen[0][1]
     assert store.runs(status="pruned")["run_id"].tolist() == [pruned.run_id]
     off = train(tiny(root=str(tmp_path), val_fraction=0.0))  # no split: no val rows
@@ -86,8 +86,8 @@ def test_methods_and_their_configs():
 
 @pytest.mark.slow
 def test_tune_runs_trials_as_tagged_runs(tmp_path):
-    study = tune(tiny(epochs=2), "adam-lawn", trials=2, root=str(tmp_path))
-    assert study.study_name == "digits-mlp-adam-lawn-b256-e2"
+    study = tune(tiny(), "adam-lawn", trials=2, root=str(tmp_path))
+    assert study.study_name == "digits-mlp-adam-lawn-b256-e1"
     runs = RunStore(tmp_path).runs().sort_values("trial")
     assert runs["study"].tolist() == [study.study_name] * 2 and runs["trial"].tolist() == [0, 1]
     assert runs["status"].tolist() == ["finished"] * 2
@@ -100,12 +100,12 @@ def test_tune_runs_trials_as_tagged_runs(tmp_path):
     assert runs.loc[runs["best"], "trial"].tolist() == [winner.number]
     cfg = best_config(study.study_name, str(tmp_path))
     assert cfg.lr == pytest.approx(winner.params["lr"]) and cfg.optimizer == "adam" and cfg.lawn
-    assert cfg.epochs == 2 and cfg.name is None
+    assert cfg.epochs == 1 and cfg.name is None
     # Asking for more trials carries the same study on.
-    assert len(tune(tiny(epochs=2), "adam-lawn", trials=3, root=str(tmp_path)).trials) == 3
+    assert len(tune(tiny(), "adam-lawn", trials=3, root=str(tmp_path)).trials) == 3
     # The same name on another setting is refused, in one line.
     with pytest.raises(ConfigError, match="other settings.*batch_size=256"):
-        tune(tiny(epochs=2, batch_size=128), "adam-lawn", trials=1, root=str(tmp_path), study=study.study_name)
+        tune(tiny(batch_size=128), "adam-lawn", trials=1, root=str(tmp_path), study=study.study_name)
 
 
 def wait_for_running_trial(proc: subprocess.Popen, study: str, root: Path) -> optuna.trial.FrozenTrial:
