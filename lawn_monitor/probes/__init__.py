@@ -29,12 +29,21 @@ from __future__ import annotations
 from .base import Clock, Probe, StepContext, clean_name
 from .config import BUDGET_SHARES, ProbeConfig
 from .curvature import CurvatureProbe, GNTrace, HessianTrace, Sharpness
-from .norms import NORM_LAYERS, WEIGHTED_LAYERS, ParamNorms, layer_norms, scale_invariant_layers
+from .norms import (
+    EFFECTIVE_LR_EXPONENT,
+    NORM_LAYERS,
+    WEIGHTED_LAYERS,
+    ParamNorms,
+    layer_norms,
+    scale_invariant_layers,
+    update_family,
+)
 from .output_stats import OutputStats
 from .schedules import LOG_OFFSET, Plan, Schedule, every, log_spaced
 
 __all__ = [
     "BUDGET_SHARES",
+    "EFFECTIVE_LR_EXPONENT",
     "LOG_OFFSET",
     "NORM_LAYERS",
     "WEIGHTED_LAYERS",
@@ -55,4 +64,5 @@ __all__ = [
     "layer_norms",
     "log_spaced",
     "scale_invariant_layers",
+    "update_family",
 ]

@@ -134,10 +134,11 @@ class GNTrace(CurvatureProbe):
     """``gn_trace`` (+ ``_se``): the Gauss-Newton trace of softmax cross-entropy (the mean over
     the probe batch), per layer and in total, from Rademacher vectors through a square root of
     the output Hessian (``curvature.gn_trace_groups``). The probe batch is split into ``groups``
-    groups, one backward each; the estimate is the mean of the groups' estimates and ``_se``
-    their standard error, which covers the random vectors and also which samples the probe
-    batch happens to hold (an SE for the trace over the training set, conservative for this
-    batch's own trace). Assumes a softmax cross-entropy loss; ``loss_fn`` is not used."""
+    groups, one forward each; the estimate is the mean of the groups' estimates. ``_se`` is the
+    error of that estimate against this probe batch's exact trace: each group takes a second,
+    independent draw of the vectors (one more backward), and the differences between the two
+    draws give the SE (``curvature.paired_se``: scaled so that +-2 SE is a 95% interval with
+    ``groups`` degrees of freedom). Assumes a softmax cross-entropy loss; ``loss_fn`` is not used."""
 
     def __init__(self, *args, groups: int = 4, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -153,15 +154,22 @@ class GNTrace(CurvatureProbe):
         self.shape: tuple[int, ...] | None = None  # one sample's logits: (C,), or (T, V) for a sequence
 
     def units(self):
-        return 1.5  # a forward and backward of the probe batch, in a few small pieces
+        return 2.5  # a forward and two backward passes of the probe batch, in a few small pieces
 
     def compute(self, ctx):
         if self.shape is None:
             self.shape = curvature.output_shape(self.model, self.inputs, self.logits_fn)
-        signs = curvature.rademacher((self.groups, self.group_size, *self.shape), self.generator, self.device)
+        shape = (self.groups, self.group_size, *self.shape)
+        signs = curvature.rademacher(shape, self.generator, self.device)
+        second = curvature.rademacher(shape, self.generator, self.device)
         mask = self.targets != IGNORE_INDEX if len(self.shape) > 1 else None  # a sequence's padding
-        samples = curvature.gn_trace_groups(self.model, self.names, self.inputs, signs, self.logits_fn, mask)
-        return self.per_layer("gn_trace", samples)
+        first, again = curvature.gn_trace_groups(
+            self.model, self.names, self.inputs, signs, self.logits_fn, mask, second=second
+        )
+        se, total_se = curvature.paired_se(first, again), curvature.paired_se(first.sum(1), again.sum(1))
+        keys = [("gn_trace", name) for name in self.layers] + [("gn_trace_se", name) for name in self.layers]
+        keys += [("gn_trace", ""), ("gn_trace_se", "")]
+        return keys, torch.cat([first.mean(0), se, first.sum(1).mean().reshape(1), total_se.reshape(1)])
 
 
 class HessianTrace(CurvatureProbe):

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import sharding
+from ..metrics import LR_FLOOR
 from ..outputs import Keys
 from .base import Probe, clean_name
 
@@ -77,6 +78,32 @@ def scale_invariant_layers(model: nn.Module) -> list[str]:
     return found
 
 
+# How a scale-invariant weight's direction turns per step, by optimizer family: the angle is
+# about lr * c / |w|^EXPONENT with c free of |w|. SGD's gradient shrinks as 1/|w| (scale
+# invariance), so its step turns the direction by lr |g| / |w| ~ lr / |w|^2; Adam's step has a
+# size set by lr alone (its normalized direction does not scale with the gradient): lr / |w|;
+# a trust-ratio optimizer (LAMB, LARS) steps lr * |w| per tensor: an angle of about lr.
+EFFECTIVE_LR_EXPONENT = {"sgd": 2, "adam": 1, "trust_ratio": 0}
+TRUST_RATIO_NAMES = ("lamb", "lars")
+
+
+def update_family(optimizer: torch.optim.Optimizer | None) -> str:
+    """``"sgd"``, ``"adam"`` or ``"trust_ratio"``: how the optimizer's step scales with the weights
+    (``EFFECTIVE_LR_EXPONENT``). A wrapper (LAWN) is looked through to the optimizer it steps.
+    Adam-type: a param group with ``betas`` (Adam, AdamW, AdamP, NAdam, RAdam, Adamax); LAMB and
+    LARS by their class name, and LAMB counts as Adam-type where it skips the trust ratio (timm's
+    ``always_adapt=False`` with no weight decay). Anything else is SGD-type."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer  # type: ignore[union-attr]
+    if optimizer is None or not optimizer.param_groups:
+        return "sgd"
+    group = optimizer.param_groups[0]
+    if type(optimizer).__name__.lower().startswith(TRUST_RATIO_NAMES):
+        skips = group.get("always_adapt") is False and not group.get("weight_decay")
+        return "adam" if skips else "trust_ratio"
+    return "adam" if "betas" in group else "sgd"
+
+
 class ParamNorms(Probe):
     """Per-layer (and whole-model) norms, update ratios and the adaptivity measures:
 
@@ -85,10 +112,13 @@ class ParamNorms(Probe):
     * ``weight_growth``: weight norm over its value at the first step (LAWN holds it constant
       after the switch; without LAWN it keeps rising);
     * ``update_ratio_per_lr``: update ratio over the layer's learning rate, so that the LR
-      schedule is divided out and what is left is how far a unit of LR moves the weights (NaN
-      where the LR is 0);
-    * ``effective_lr``: lr / weight_norm^2 for the scale-invariant layers
-      (``scale_invariant_layers``), the step size their direction actually sees.
+      schedule is divided out and what is left is how far a unit of LR moves the weights. NaN
+      (undefined) where the LR is below ``LR_FLOOR`` of the highest LR that layer has had so far
+      in the run: near the end of a schedule that decays to 0 the step is mostly noise and
+      weight decay divided by a vanishing LR, and would dominate any mean;
+    * ``effective_lr``: for the scale-invariant layers (``scale_invariant_layers``), the step size
+      their direction actually sees: lr / weight_norm^2 under SGD-type updates, lr / weight_norm
+      under Adam-type ones, lr under LAMB (``update_family``, ``EFFECTIVE_LR_EXPONENT``).
 
     The update is the step actually taken (after LAWN's rescaling, weight decay, everything), so
     the probe keeps a copy of the weights from the previous step: one model-sized buffer.
@@ -122,16 +152,20 @@ class ParamNorms(Probe):
         self.keys += [("effective_lr", self.names[i]) for i in self.invariant]
         self.reference: Tensor | None = None  # weight norms at the first step: each layer's, then the total
         self.invariant_index: Tensor | None = None
+        self.exponent = EFFECTIVE_LR_EXPONENT[update_family(optimizer)]  # effective_lr = lr / |w|^exponent
+        self.last: tuple[int, Keys, Tensor] | None = None
+        self.peak_lrs: list[float] | None = None  # the highest LR each layer has had, then the first group's
         self._index: dict[tuple, Tensor] = {}  # layer indices per distinct LR, kept on the device
 
     def state_dict(self) -> dict:
         reference = None if self.reference is None else self.reference.cpu()
-        return {**super().state_dict(), "reference": reference}
+        return {**super().state_dict(), "reference": reference, "peak_lrs": self.peak_lrs}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         reference = state.get("reference")  # absent in checkpoints of older versions: start anew
         self.reference = None if reference is None else reference.to(self.params[0].device)
+        self.peak_lrs = state.get("peak_lrs")
 
     def _grad(self, i: int, p: Tensor) -> Tensor:
         if p.grad is not None:
@@ -151,6 +185,14 @@ class ParamNorms(Probe):
             return [lrs[0]] * len(self.params), lrs[0]
         by_param = {id(p): lr for group, lr in zip(groups, lrs) for p in group.get("params", ())}
         return [by_param.get(id(p), math.nan) for p in self.params], lrs[0]
+
+    def _per_lr(self, lrs: list[float]) -> list[float]:
+        """1 / lr for each LR (each layer's, then the first group's), NaN where it is below
+        ``LR_FLOOR`` of the highest that entry has had so far (0 included: undefined)."""
+        if self.peak_lrs is None or len(self.peak_lrs) != len(lrs):
+            self.peak_lrs = [0.0] * len(lrs)
+        self.peak_lrs = [max(p, lr) if lr == lr else p for p, lr in zip(self.peak_lrs, lrs)]
+        return [1.0 / lr if lr > 0 and lr >= LR_FLOOR * peak else math.nan for lr, peak in zip(lrs, self.peak_lrs)]
 
     def _times(self, values: Tensor, scalars: list[float]) -> Tensor:
         """``values[i] * scalars[i]`` with the scalars as kernel arguments (host floats), never as
@@ -191,7 +233,7 @@ class ParamNorms(Probe):
             self.reference = norms.clamp_min(tiny)
         growth = norms / self.reference
         lrs, lr_first = self._lrs()
-        per_lr = [1.0 / lr if lr > 0 else math.nan for lr in lrs]  # the LR divided out; 0: undefined
+        *per_lr, per_lr_first = self._per_lr([*lrs, lr_first])  # the LR divided out; NaN: undefined
         totals = torch.stack(
             [
                 w_all,
@@ -200,13 +242,15 @@ class ParamNorms(Probe):
                 ratio_all,
                 dot.sum() / (w_all * g_all).clamp_min(tiny),
                 growth[-1],
-                ratio_all * (1.0 / lr_first if lr_first > 0 else math.nan),
+                ratio_all * per_lr_first,
             ]
         )
         parts = [w, g, u, ratio, cos, growth[:-1], self._times(ratio, per_lr), totals]
         if self.invariant:
             if self.invariant_index is None:
                 self.invariant_index = torch.tensor(self.invariant, device=w.device)
-            inverse_square = w[self.invariant_index].square().clamp_min(tiny).reciprocal()
-            parts.append(self._times(inverse_square, [lrs[i] for i in self.invariant]))
-        return self.keys, torch.cat(parts)
+            inverse = w[self.invariant_index].pow(self.exponent).clamp_min(tiny).reciprocal()
+            parts.append(self._times(inverse, [lrs[i] for i in self.invariant]))
+        values = torch.cat(parts)
+        self.last = (ctx.step, self.keys, values)  # the newest values, on the device (Monitor.latest)
+        return self.keys, values
