@@ -160,7 +160,8 @@ METRICS: list[Metric] = [
     Metric(
         "gn_trace_se",
         EACH,
-        "standard error of gn_trace, between groups of the probe batch",
+        "standard error of gn_trace against the probe batch's exact trace (a second draw of the vectors per "
+        "group), scaled so that +-2 SE is a 95% interval",
         "standard error",
         log=True,
         smooth=False,

@@ -95,9 +95,10 @@ def update_family(optimizer: torch.optim.Optimizer | None) -> str:
     ``always_adapt=False`` with no weight decay). Anything else is SGD-type."""
     while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
         optimizer = optimizer.optimizer  # type: ignore[union-attr]
-    if optimizer is None or not optimizer.param_groups:
+    groups = getattr(optimizer, "param_groups", None)  # None, or not an optimizer: the Monitor says so
+    if not groups:
         return "sgd"
-    group = optimizer.param_groups[0]
+    group = groups[0]
     if type(optimizer).__name__.lower().startswith(TRUST_RATIO_NAMES):
         skips = group.get("always_adapt") is False and not group.get("weight_decay")
         return "adam" if skips else "trust_ratio"
