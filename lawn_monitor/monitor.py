@@ -36,7 +36,6 @@ import atexit
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -52,13 +51,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import sharding
+from .budget import BudgetClock
 from .outputs import Keys, LogitsFn, Outputs, logits_of
-from .probes import Clock, OutputStats, Probe, ProbeConfig, StepContext, clean_name
-from .schema import SCHEMA
+from .probes import OutputStats, Probe, ProbeConfig, StepContext, clean_name
+from .ranks import Awaiting, Ranks
+from .rows import RowBuffer
 from .sink import ParquetSink, new_run_id
 from .storage import check_run_id, default_root
 
@@ -126,14 +125,6 @@ def environment(model: nn.Module) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "argv": sys.argv,
     }
-
-
-def _rank_and_world(process_group) -> tuple[int, int]:
-    """This process's rank in ``process_group`` (default: all processes) and the group's size;
-    (0, 1) without an initialized torch.distributed."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0, 1
-    return dist.get_rank(process_group), dist.get_world_size(process_group)
 
 
 class Monitor:
@@ -223,68 +214,51 @@ class Monitor:
             [] if forward_to is None else list(forward_to) if isinstance(forward_to, (list, tuple)) else [forward_to]
         )
         self._forward_failed: set[int] = set()  # forwarders already warned about
-        self._device_rows: list[tuple[int, float, float, Keys, Tensor]] = []
-        self._host_rows: list[tuple[int, float, float, str, str, float]] = []
         self._last_flush = time.monotonic()
         self._steps_since_flush = 0
-        self._last_step_at: float | None = None
-        self._started_at = time.monotonic()
-        self._probe_seconds = 0.0  # wall time spent in expensive probes, excluded from training time
-        # The curvature budget's clock: CPU time of this process on a CPU (what the work costs,
-        # which a busy machine does not inflate the way it stalls wall time), wall time elsewhere
-        # (a GPU's work is timed by CUDA events in the probes). See CurvatureProbe.run.
+        self._last_step_at: float | None = None  # wall time of the last recorded step (step_time)
         first = next(model.parameters(), None)
-        self._budget_time = time.process_time if first is None or first.device.type == "cpu" else time.monotonic
-        self._budget_start = self._budget_time()
-        self._probe_budget = 0.0  # the expensive probes' time on the budget's clock
-        self._first_step_seconds: float | None = None  # budget clock's training time at step 1 (warm-up)
-        self._last_budget_at: float | None = None
-        self._step_times: list[float] = []  # the last few steps' times on the budget's clock
-        self.rank, self.world_size = _rank_and_world(process_group) if enabled else (0, 1)
-        self.writes = enabled and self.rank == 0  # only rank 0 writes the run
-        self.run_id = self.run_dir = None
+        self.budget_clock = BudgetClock(cpu=first is None or first.device.type == "cpu")
+        self.ranks = Ranks(process_group, enabled)
+        self.rank, self.world_size, self.writes = self.ranks.rank, self.ranks.world_size, self.ranks.writes
+        self.run_id: str | None = None
+        self.run_dir: Any = None  # Path, or an object-store URL
+        self.rows = RowBuffer(None)
         self.logits_fn = logits_fn
         self._outputs = Outputs()  # what observe() was given since the last recorded step
         self._samples = 0  # samples observed since the last recorded step (host ints: shapes, no sync)
         self._last_samples: int | None = None
         self._outputs_after_step = False  # see attach()
         self._own_steps = False  # the loop numbers its steps (step=N): the next one is not known ahead
-        self._awaiting: tuple[int, float, float, list[Probe]] | None = None  # a step waiting for its outputs
+        self._awaiting: Awaiting | None = None  # a step waiting for its outputs
         self._hooks: list[Any] = []
         self._warned_grads = False
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
+        self.probes = self._build_probes(probes, probe_config, probe_batch, loss_fn, logits_fn)
+        if self.writes:  # otherwise another process writes the run
+            self._open_run(root, run_id, resume_step)
+
+    def _build_probes(self, probes, probe_config, probe_batch, loss_fn, logits_fn) -> list[Probe]:
         if probes is None:
             cfg = probe_config or ProbeConfig()
             if cfg.curvature and probe_batch is None and self.writes:
                 warnings.warn(
                     "Monitor: no probe_batch given, so curvature probes (gn_trace, hessian_trace, "
                     "sharpness) are off; pass probe_batch=(inputs, targets) to turn them on",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-            probes = cfg.build(probe_batch, loss_fn, total_steps, logits_fn)
-        self.probes = list(probes)
-        if self.world_size > 1:
-            for probe in self.probes:  # each process saw its share of the batch: sum the shares
-                if isinstance(probe, OutputStats) and probe.reduce is None:
-                    probe.reduce = sharding.all_reduce_sum(process_group)
-        if any(p.expensive for p in self.probes) and any(sharding.is_sharded(p) for p in model.parameters()):
-            # Their forward passes run on detached copies of the parameters, which under FSDP2 are
-            # this process's shards: the model would need FSDP's all-gathers on every process in
-            # step, on a schedule each process's own budget decides. Not supported yet.
-            if self.writes:
-                warnings.warn(
-                    "Monitor: curvature probes (gn_trace, hessian_trace, sharpness) are off for "
-                    "FSDP2-sharded parameters; norms, update ratios and output statistics are logged",
-                    stacklevel=2,
-                )
-            self.probes = [p for p in self.probes if not p.expensive]
-        for probe in self.probes:
-            probe.attach(model, optimizer)
-        if not self.writes:  # another process writes the run
-            return
+            probes = cfg.build(probe_batch, loss_fn, self.total_steps, logits_fn)
+        built = self.ranks.prepare(list(probes), self.model)
+        for probe in built:
+            probe.attach(self.model, self.optimizer)
+        return built
+
+    def _open_run(self, root: str | os.PathLike | None, run_id: str | None, resume_step: int | None) -> None:
+        """Create the run (or reopen it at ``resume_step``) in the store; rank 0 only."""
         self.run_id = new_run_id(self.name) if run_id is None else check_run_id(run_id)
+        self.rows.run_id = self.run_id
         open_sink = ParquetSink if resume_step is None else partial(ParquetSink.reopen, keep_through_step=resume_step)
         self.step_count = resume_step or 0
         self.sink = open_sink(
@@ -293,12 +267,12 @@ class Monitor:
             {
                 "name": self.name,
                 "config": self.config,
-                "env": environment(model),
+                "env": environment(self.model),
                 "step": resume_step or 0,
-                "total_steps": total_steps,
-                "steps_per_epoch": steps_per_epoch,
+                "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch,
                 # The model's parameter order, so heatmaps can list layers input to output.
-                "layers": [clean_name(name) for name, p in model.named_parameters() if p.requires_grad],
+                "layers": [clean_name(name) for name, p in self.model.named_parameters() if p.requires_grad],
             },
         )
         self.run_dir = self.sink.run_dir
@@ -313,11 +287,7 @@ class Monitor:
         state), for a training checkpoint. Flush first: rows still buffered are not in it."""
         return {
             "step": self.step_count,
-            "train_seconds": time.monotonic() - self._started_at,
-            "probe_seconds": self._probe_seconds,
-            "budget_seconds": self._budget_time() - self._budget_start,
-            "probe_budget": self._probe_budget,
-            "first_step_seconds": self._first_step_seconds,
+            **self.budget_clock.state_dict(),
             "probes": [p.state_dict() for p in self.probes] if self.writes else [],
         }
 
@@ -333,12 +303,7 @@ class Monitor:
                 "resume with the probe settings of the original run"
             )
         self.step_count = int(state["step"])
-        self._started_at = time.monotonic() - state["train_seconds"]
-        self._probe_seconds = state["probe_seconds"]
-        if "budget_seconds" in state:  # checkpoints from before the budget's own clock lack it
-            self._budget_start = self._budget_time() - state["budget_seconds"]
-            self._probe_budget = state["probe_budget"]
-            self._first_step_seconds = state.get("first_step_seconds")
+        self.budget_clock.load_state_dict(state)
         for probe, probe_state in zip(self.probes, state["probes"]):
             probe.load_state_dict(probe_state)
 
@@ -479,55 +444,62 @@ class Monitor:
         late = self._outputs_after_step
         samples = self._last_samples if late else (self._samples or None)
         ctx = StepContext(step=step, outputs=None if late else self._end_window())
-        if not self.writes:
-            # Another process writes: join the collective probes (their schedules depend on the
-            # step alone, so they are due on the same steps as there) and keep nothing.
-            due = [probe for probe in self.probes if probe.collective and probe.due(Clock(step, 0.0))]
-            waiting = [probe for probe in due if late and probe.uses_outputs]
-            for probe in due:
-                if probe not in waiting:
-                    probe.run(ctx)
-            if waiting:
-                self._awaiting = (step, ep, wall, waiting)
+        if not self.writes:  # another process writes: join the collective probes, keep nothing
+            self._awaiting = self.ranks.join(self.probes, ctx, ep, wall, late)
             return
         batch = batch_size if batch_size is not None else samples
-        clock = self._clock(batch)
-        if step == 1:
-            self._first_step_seconds = clock.train_seconds
+        probe_seconds, probe_budget = self._run_due(ctx, ep, wall, batch, late)
+        self.budget_clock.charge(probe_seconds, probe_budget)
+        if probe_seconds:
+            self.rows.add_host(step, ep, wall, "", "curvature_time", probe_seconds)
+        self.budget_clock.stepped(probe_budget)
+        now = time.monotonic()
+        self._record_host(step, ep, wall, batch, now, probe_seconds)
+        self._steps_since_flush += 1
+        if (self.flush_every and self._steps_since_flush >= self.flush_every) or (
+            now - self._last_flush >= self.flush_secs
+        ):
+            self.flush()
+
+    def _run_due(
+        self, ctx: StepContext, epoch: float, wall: float, batch: int | None, late: bool
+    ) -> tuple[float, float]:
+        """Run the probes due at ``ctx.step`` (those reading outputs still to come wait for
+        them); return the expensive ones' time in wall seconds and on the budget's clock."""
+        clock = self.budget_clock.clock(ctx.step, self.total_steps, batch)
+        if ctx.step == 1:
+            self.budget_clock.first_step_seconds = clock.train_seconds
         probe_seconds = probe_budget = 0.0
         ran, waiting = [], []
         for probe in self.probes:
-            if probe.due(clock):
-                if late and probe.uses_outputs:
-                    waiting.append(probe)
-                    continue
-                probe_seconds += self._run(probe, ctx, ep, wall)
-                probe_budget += probe.last_cost if probe.expensive else 0.0
-                ran.append(probe)
+            if not probe.due(clock):
+                continue
+            if late and probe.uses_outputs:
+                waiting.append(probe)
+                continue
+            probe_seconds += self._run(probe, ctx, epoch, wall)
+            probe_budget += probe.last_cost if probe.expensive else 0.0
+            ran.append(probe)
         if waiting:
-            self._awaiting = (step, ep, wall, waiting)
+            self._awaiting = (ctx.step, epoch, wall, waiting)
         if not self._warned_grads and any(getattr(p, "missing_grads", False) for p in ran):
             self._warned_grads = True
             warnings.warn(
-                f"Monitor: no parameter has a gradient at step {step}, so its grad_norm and "
+                f"Monitor: no parameter has a gradient at step {ctx.step}, so its grad_norm and "
                 "grad_weight_cos are NaN: record the step after optimizer.step() and before "
                 "zero_grad() (this warning is shown once)",
-                stacklevel=3,
+                stacklevel=4,
             )
-        self._probe_seconds += probe_seconds
-        self._probe_budget += probe_budget
-        if probe_seconds:
-            self._host_rows.append((step, ep, wall, "", "curvature_time", probe_seconds))
-        budget_now = self._budget_time()
-        if self._last_budget_at is not None:
-            self._step_times = [*self._step_times, budget_now - self._last_budget_at - probe_budget][-20:]
-        self._last_budget_at = budget_now
+        return probe_seconds, probe_budget
 
+    def _record_host(
+        self, step: int, epoch: float, wall: float, batch: int | None, now: float, probe_seconds: float
+    ) -> None:
+        """The step's values known on the host: ``lr``, ``phase``, ``step_time``, ``samples_per_s``."""
         host = [
             ("lr", self._lr()),
             ("phase", 1.0 if getattr(self.optimizer, "phase", "free") == "constrained" else 0.0),
         ]
-        now = time.monotonic()
         if self._last_step_at is not None:
             # Wall time between calls, less this call's curvature probes; on a GPU it only
             # reflects kernel time on average, since nothing here synchronizes (the queue blocks
@@ -537,43 +509,21 @@ class Monitor:
             if batch is not None and dt > 0:
                 host.append(("samples_per_s", batch / dt))
         self._last_step_at = now
-        self._host_rows += [(step, ep, wall, "", m, float(v)) for m, v in host]
+        for metric, value in host:
+            self.rows.add_host(step, epoch, wall, "", metric, value)
 
-        self._steps_since_flush += 1
-        if (self.flush_every and self._steps_since_flush >= self.flush_every) or (
-            now - self._last_flush >= self.flush_secs
-        ):
-            self.flush()
-
-    def _clock(self, batch_size: int | None = None) -> Clock:
-        """The run's time so far for the budgets, on the budget's clock, less the budgeted
-        probes' own, and, when the number of steps is known, the projected whole run: the time
-        so far plus the steps left at the pace since step 1 (whose time holds the first step's
-        one-time costs, so no projection is made from it alone)."""
-        step = self.step_count
-        train_seconds = self._budget_time() - self._budget_start - self._probe_budget
-        typical = statistics.median(self._step_times) if self._step_times else None
-        total_steps = max(self.total_steps, step) if self.total_steps else None
-        if total_steps is None or step < 2:
-            return Clock(step, train_seconds, None, total_steps, batch_size, typical)
-        if self._first_step_seconds is not None:
-            pace = (train_seconds - self._first_step_seconds) / (step - 1)
-        else:  # resumed from a checkpoint that did not record it
-            pace = train_seconds / step
-        return Clock(step, train_seconds, train_seconds + (total_steps - step) * pace, total_steps, batch_size, typical)
+    def _clock(self, batch_size: int | None = None):
+        """The budget's clock at the current step (``BudgetClock.clock``)."""
+        return self.budget_clock.clock(self.step_count, self.total_steps, batch_size)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
         """Time spent inside is not this run's training time (for the budgets and step_time): e.g.
         a benchmark's interleaved bare loop, or work of your own between steps."""
-        wall, budget = time.monotonic(), self._budget_time()
         try:
-            yield
+            with self.budget_clock.paused():
+                yield
         finally:
-            self._started_at += time.monotonic() - wall
-            self._budget_start += self._budget_time() - budget
-            if self._last_budget_at is not None:
-                self._last_budget_at += self._budget_time() - budget
             self._last_step_at = None
 
     def _run(self, probe: Probe, ctx: StepContext, epoch: float, wall: float) -> float:
@@ -581,7 +531,7 @@ class Monitor:
         (each expensive probe times itself: see ``CurvatureProbe.run``)."""
         out = probe.run(ctx)
         if out is not None and self.writes:  # a process that does not write joined a collective only
-            self._device_rows.append((ctx.step, epoch, wall, *out))
+            self.rows.add(ctx.step, epoch, wall, *out)
         return probe.last_seconds if probe.expensive else 0.0
 
     def _final_curvature(self) -> None:
@@ -598,9 +548,8 @@ class Monitor:
         ctx = StepContext(step=self.step_count)
         epoch = self._epoch(None)
         seconds = sum(self._run(p, ctx, epoch, time.time()) for p in due)
-        self._probe_seconds += seconds
-        self._probe_budget += sum(p.last_cost for p in due)
-        self._host_rows.append((self.step_count, epoch, time.time(), "", "curvature_time", seconds))
+        self.budget_clock.charge(seconds, sum(p.last_cost for p in due))
+        self.rows.add_host(self.step_count, epoch, time.time(), "", "curvature_time", seconds)
 
     def _lr(self) -> float:
         if self.optimizer is None or not self.optimizer.param_groups:
@@ -620,10 +569,10 @@ class Monitor:
                 keys.append((metric, layer))
                 values.append(value.detach().float().reshape(1))
             else:
-                self._host_rows.append((step, ep, wall, layer, metric, float(value)))
+                self.rows.add_host(step, ep, wall, layer, metric, float(value))
         if values:
             device = values[0].device
-            self._device_rows.append((step, ep, wall, keys, torch.cat([v.to(device) for v in values])))
+            self.rows.add(step, ep, wall, keys, torch.cat([v.to(device) for v in values]))
 
     def latest(self, metric: str) -> tuple[int, Tensor] | None:
         """The newest value of an output statistic (``train/loss``, ``train/acc``, ``logit_norm``,
@@ -671,53 +620,12 @@ class Monitor:
             except OSError as exc:
                 self._write_failed(exc)
             return
-        device_rows, self._device_rows = self._device_rows, []
-        host_rows, self._host_rows = self._host_rows, []
+        table = self.rows.take()
         self._last_flush = time.monotonic()
         self._steps_since_flush = 0
-        if not device_rows and not host_rows:
+        if table is None:
             return
-        cols: dict[str, list] = {"step": [], "epoch": [], "wall_time": [], "layer": [], "metric": []}
-        values = np.empty(0)
-        if device_rows:
-            by_device: dict[torch.device, list[Tensor]] = {}
-            for row in device_rows:
-                by_device.setdefault(row[4].device, []).append(row[4])
-            # The one sync point: a single device-to-host copy per device (normally one).
-            host = {d: torch.cat(ts).detach().double().cpu().numpy() for d, ts in by_device.items()}
-            offsets = {d: 0 for d in host}
-            parts = []
-            for step, ep, wall, keys, tensor in device_rows:
-                d, n = tensor.device, tensor.numel()
-                parts.append(host[d][offsets[d] : offsets[d] + n])
-                offsets[d] += n
-                cols["step"] += [step] * n
-                cols["epoch"] += [ep] * n
-                cols["wall_time"] += [wall] * n
-                cols["metric"] += [k[0] for k in keys]
-                cols["layer"] += [k[1] for k in keys]
-            values = np.concatenate(parts)
-        for step, ep, wall, layer, metric, _value in host_rows:
-            cols["step"].append(step)
-            cols["epoch"].append(ep)
-            cols["wall_time"].append(wall)
-            cols["layer"].append(layer)
-            cols["metric"].append(metric)
-        values = np.concatenate([values, np.array([r[5] for r in host_rows], dtype=np.float64)])
-        self._check_divergence(cols["metric"], values)
-        n = len(values)
-        table = pa.table(
-            {
-                "run_id": pa.array([self.run_id] * n, pa.string()),
-                "step": pa.array(cols["step"], pa.int64()),
-                "epoch": pa.array(cols["epoch"], pa.float64()),
-                "wall_time": pa.array(cols["wall_time"], pa.float64()),
-                "layer": pa.array(cols["layer"], pa.string()),
-                "metric": pa.array(cols["metric"], pa.string()),
-                "value": pa.array(values, pa.float64()),
-            },
-            schema=SCHEMA,
-        )
+        self._check_divergence(table)
         try:
             self.sink.write(table)
             self.sink.heartbeat(step=self.step_count)
@@ -740,11 +648,12 @@ class Monitor:
                         stacklevel=3,
                     )
 
-    def _check_divergence(self, metrics: list[str], values: np.ndarray) -> None:
+    def _check_divergence(self, table: pa.Table) -> None:
         """``diverged`` on the first non-finite ``train/loss`` (seen here, at the flush, so that
         no step waits for the device); the expensive probes stop, as there is nothing left to
         measure, while the cheap ones keep recording what the loop logs."""
-        loss = values[np.fromiter((m == "train/loss" for m in metrics), bool, len(metrics))]
+        metrics = table.column("metric").to_numpy(zero_copy_only=False)
+        loss = table.column("value").to_numpy()[metrics == "train/loss"]
         if loss.size and not np.isfinite(loss).all() and not self.diverged:
             self.diverged = True
             for probe in self.probes:
