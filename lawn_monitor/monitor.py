@@ -54,8 +54,9 @@ import torch
 from torch import Tensor, nn
 
 from .budget import BudgetClock
+from .optimizers import Optimizers, check_name, hookable, optimizer_params
 from .outputs import Keys, LogitsFn, Outputs, logits_of
-from .probes import OutputStats, Probe, ProbeConfig, StepContext, clean_name
+from .probes import Clock, OutputStats, ParamNorms, Probe, ProbeConfig, StepContext, clean_name
 from .ranks import Awaiting, Ranks
 from .rows import RowBuffer
 from .sink import ParquetSink, new_run_id
@@ -201,7 +202,8 @@ class Monitor:
     ) -> None:
         self.enabled = enabled
         self.model = model
-        self.optimizer = optimizer
+        self.optimizers = Optimizers(optimizer)
+        self.optimizer = self.optimizers.first  # the first (lr, phase and curvature read it)
         self.config = dict(config or {})
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
@@ -232,7 +234,10 @@ class Monitor:
         self._own_steps = False  # the loop numbers its steps (step=N): the next one is not known ahead
         self._awaiting: Awaiting | None = None  # a step waiting for its outputs
         self._hooks: list[Any] = []
-        self._warned_grads = False
+        self._auto = False  # attach(): the optimizers' hooks record the steps
+        self._norms_schedule: Any = None  # with several optimizers: the schedule of each one's ParamNorms
+        self._preclip: dict[str, Tensor] = {}  # gradient norms before clipping, for the next step
+        self._warned_grads = self._warned_lr = False
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
@@ -251,9 +256,51 @@ class Monitor:
                 )
             probes = cfg.build(probe_batch, loss_fn, self.total_steps, logits_fn)
         built = self.ranks.prepare(list(probes), self.model)
+        if self.optimizers.several:
+            built = self._split_norms(built)
         for probe in built:
             probe.attach(self.model, self.optimizer)
+        for name, optimizer in self.optimizers.named.items():
+            if name:
+                self._watch(name, optimizer)
         return built
+
+    def _split_norms(self, probes: list[Probe]) -> list[Probe]:
+        """With several optimizers, the model's ``ParamNorms`` becomes one per optimizer
+        (``_watch``), each run at its own optimizer's step: the others are left here."""
+        whole = [p for p in probes if isinstance(p, ParamNorms) and p.optimizer_name is None]
+        if whole:
+            self._norms_schedule = whole[0].schedule
+        return [p for p in probes if p not in whole]
+
+    def _watch(self, name: str, optimizer: Any) -> Any:
+        """Watch one of several named optimizers: a step post-hook measures its parameters'
+        norms right after each of its steps (while the gradients are the ones it stepped with)."""
+        if self.enabled and self._norms_schedule is not None:
+            probe = ParamNorms(self._norms_schedule, optimizer_name=name)
+            probe.attach(self.model, optimizer)
+            self.optimizers.norms[name] = probe
+        handle = hookable(optimizer).register_step_post_hook(partial(self._on_step_of, name))
+        self._hooks.append(handle)
+        return handle
+
+    def _on_step_of(self, name: str, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """One of several optimizers stepped. Under ``attach`` a step is recorded when every
+        optimizer has stepped once, or before one steps a second time (a GAN's critic taking
+        five steps to the generator's one)."""
+        if self.closed:
+            return
+        if self._auto and name in self.optimizers.stepped:
+            self._record()
+        probe = self.optimizers.norms.get(name)
+        step = self.step_count + 1
+        if probe is not None and probe.due(Clock(step, 0.0)):
+            out = probe.run(StepContext(step=step))
+            if out is not None and self.writes:
+                self.optimizers.captured[name] = out
+        self.optimizers.stepped.add(name)
+        if self._auto and self.optimizers.stepped == set(self.optimizers.named):
+            self._record()
 
     def _open_run(self, root: str | os.PathLike | None, run_id: str | None, resume_step: int | None) -> None:
         """Create the run (or reopen it at ``resume_step``) in the store; rank 0 only."""
@@ -289,6 +336,7 @@ class Monitor:
             "step": self.step_count,
             **self.budget_clock.state_dict(),
             "probes": [p.state_dict() for p in self.probes] if self.writes else [],
+            "optimizer_probes": self.optimizers.state_dict() if self.writes else [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -306,6 +354,7 @@ class Monitor:
         self.budget_clock.load_state_dict(state)
         for probe, probe_state in zip(self.probes, state["probes"]):
             probe.load_state_dict(probe_state)
+        self.optimizers.load_state_dict(state.get("optimizer_probes", []))
 
     # --- logging ------------------------------------------------------------------------------
 
@@ -378,7 +427,7 @@ class Monitor:
         self._samples = 0
         return outputs
 
-    def attach(self, optimizer: torch.optim.Optimizer | None = None, outputs_after_step: bool = False) -> Any:
+    def attach(self, optimizer: Any = None, outputs_after_step: bool = False, name: str | None = None) -> Any:
         """Record every real optimizer step by itself: registers a step post-hook on
         ``optimizer`` (default the Monitor's own), which runs after each ``optimizer.step()``
         that actually happens, with the gradients still there. So under gradient accumulation
@@ -392,6 +441,11 @@ class Monitor:
         which steps once per real step. An optimizer passed here that the Monitor was not
         given becomes its optimizer (for ``lr``, ``phase`` and the probes), before the first step.
 
+        Several optimizers (a GAN): give each a ``name`` (``attach(opt_d, name="D")``,
+        ``attach(opt_g, name="G")``), or build the Monitor with them
+        (``Monitor(model, {"D": opt_d, "G": opt_g})``) and call ``attach()``. A step is then
+        recorded once every optimizer has stepped, or before one steps a second time.
+
         ``outputs_after_step``: the framework hands over a step's last outputs only after its
         optimizer step (Lightning's ``on_train_batch_end``): the step is recorded at once, and
         its output statistics when the next ``observe`` arrives.
@@ -399,34 +453,59 @@ class Monitor:
         Returns the hook's handle; ``close`` removes it."""
         if not self.enabled:
             return None
+        self._outputs_after_step = outputs_after_step
+        if name is not None or self.optimizers.several:
+            return self._attach_named(optimizer, name)
         if self._hooks:
             raise ValueError(
-                "Monitor.attach: this Monitor records an optimizer's steps already; one Monitor watches one optimizer"
+                "Monitor.attach: this Monitor records an optimizer's steps already; to watch several "
+                "optimizers with one Monitor, name each: attach(opt_d, name='D'), attach(opt_g, name='G')"
             )
         optimizer = optimizer if optimizer is not None else self.optimizer
         if optimizer is None:
             raise ValueError("Monitor.attach: no optimizer: pass the one that steps the model")
+        hooked = hookable(optimizer)
         if self.optimizer is None:
-            if self.step_count:
-                raise ValueError(
-                    "Monitor.attach: a Monitor made without an optimizer takes one only before its "
-                    "first step: pass it to Monitor(model, optimizer)"
-                )
-            self.optimizer = optimizer
-            for probe in self.probes:
-                probe.attach(self.model, optimizer)
-        hooked = optimizer
-        while not hasattr(hooked, "_optimizer_step_post_hooks") and hasattr(hooked, "optimizer"):
-            hooked = hooked.optimizer
-        if not hasattr(hooked, "register_step_post_hook") or not hasattr(hooked, "_optimizer_step_post_hooks"):
-            raise TypeError(
-                f"Monitor.attach: cannot hook the steps of a {type(optimizer).__name__}: pass the "
-                "torch.optim.Optimizer it wraps, or call monitor.step() after each step"
-            )
-        self._outputs_after_step = outputs_after_step
+            self._adopt("", optimizer)
         handle = hooked.register_step_post_hook(self._on_optimizer_step)
         self._hooks.append(handle)
         return handle
+
+    def _adopt(self, name: str, optimizer: Any) -> None:
+        """An optimizer the Monitor was not built with: its own from now on (before the first step)."""
+        if self.step_count:
+            raise ValueError(
+                "Monitor.attach: a Monitor takes a new optimizer only before its first step: pass it "
+                "to Monitor(model, optimizer) (several: Monitor(model, {'D': opt_d, 'G': opt_g}))"
+            )
+        first = self.optimizer is None
+        self.optimizers.named[name] = optimizer
+        if first:
+            self.optimizer = optimizer
+            for probe in self.probes:
+                probe.attach(self.model, optimizer)
+
+    def _attach_named(self, optimizer: Any, name: str | None) -> Any:
+        """``attach`` with several named optimizers."""
+        self._auto = True
+        if name is None:  # the Monitor was built with its optimizers: their hooks record from now on
+            if optimizer is not None and all(optimizer is not o for o in self.optimizers.named.values()):
+                raise ValueError("Monitor.attach: this Monitor watches named optimizers: pass name= for a new one")
+            return None
+        if optimizer is None:
+            raise ValueError(f"Monitor.attach(name={name!r}): pass the optimizer too")
+        if "" in self.optimizers.named:
+            raise ValueError(
+                "Monitor.attach: this Monitor's optimizer has no name: name every optimizer, e.g. "
+                "Monitor(model, {'D': opt_d, 'G': opt_g}) or attach(opt, name=...) for each"
+            )
+        if check_name(name) in self.optimizers.named:
+            raise ValueError(f"Monitor.attach: an optimizer named {name!r} is watched already")
+        hookable(optimizer)  # fails before anything changes
+        if not self.optimizers.named and self._norms_schedule is None:
+            self.probes = self._split_norms(self.probes)
+        self._adopt(name, optimizer)
+        return self._watch(name, optimizer)
 
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._record()
@@ -444,11 +523,16 @@ class Monitor:
         late = self._outputs_after_step
         samples = self._last_samples if late else (self._samples or None)
         ctx = StepContext(step=step, outputs=None if late else self._end_window())
+        captured, preclip, self._preclip = self.optimizers.take(), self._preclip, {}
         if not self.writes:  # another process writes: join the collective probes, keep nothing
             self._awaiting = self.ranks.join(self.probes, ctx, ep, wall, late)
             return
         batch = batch_size if batch_size is not None else samples
         probe_seconds, probe_budget = self._run_due(ctx, ep, wall, batch, late)
+        for keys, values in captured.values():  # each optimizer's norms, taken at its own step
+            self.rows.add(step, ep, wall, keys, values)
+        if preclip:
+            self.rows.add(step, ep, wall, [(m, "") for m in preclip], torch.stack(list(preclip.values())))
         self.budget_clock.charge(probe_seconds, probe_budget)
         if probe_seconds:
             self.rows.add_host(step, ep, wall, "", "curvature_time", probe_seconds)
@@ -496,10 +580,14 @@ class Monitor:
         self, step: int, epoch: float, wall: float, batch: int | None, now: float, probe_seconds: float
     ) -> None:
         """The step's values known on the host: ``lr``, ``phase``, ``step_time``, ``samples_per_s``."""
-        host = [
-            ("lr", self._lr()),
-            ("phase", 1.0 if getattr(self.optimizer, "phase", "free") == "constrained" else 0.0),
-        ]
+        host = self.optimizers.host_values()
+        if self.optimizer is None and not self._warned_lr:
+            self._warned_lr = True
+            warnings.warn(
+                "Monitor: no optimizer, so lr is recorded as NaN (and update_ratio_per_lr too): pass "
+                "it as Monitor(model, optimizer) or monitor.attach(optimizer) (this warning is shown once)",
+                stacklevel=4,
+            )
         if self._last_step_at is not None:
             # Wall time between calls, less this call's curvature probes; on a GPU it only
             # reflects kernel time on average, since nothing here synchronizes (the queue blocks
@@ -551,11 +639,32 @@ class Monitor:
         self.budget_clock.charge(seconds, sum(p.last_cost for p in due))
         self.rows.add_host(self.step_count, epoch, time.time(), "", "curvature_time", seconds)
 
-    def _lr(self) -> float:
-        if self.optimizer is None or not self.optimizer.param_groups:
-            return math.nan
-        lr = self.optimizer.param_groups[0]["lr"]
-        return float(lr.item() if isinstance(lr, Tensor) else lr)
+    def clip_grad_norm_(
+        self, max_norm: float, parameters: Any = None, norm_type: float = 2.0, optimizer: Any = None, **kwargs: Any
+    ) -> Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` over the model's parameters (or ``parameters``, or
+        ``optimizer``'s), recording the norm before clipping as ``grad_norm_preclip`` at the next
+        step (``grad_norm_preclip/<name>`` for one of several named optimizers). ``grad_norm`` is
+        the norm after clipping: the gradient the optimizer received. Returns torch's value (the
+        total norm before clipping, a tensor: nothing waits for the device). Call it where you
+        would call torch's, between ``backward()`` and ``optimizer.step()``."""
+        if parameters is None:
+            parameters = self.model.parameters() if optimizer is None else optimizer_params(optimizer)
+        total = torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type, **kwargs)
+        self.record_preclip(total, optimizer)
+        return total
+
+    def record_preclip(self, total: Tensor | float, optimizer: Any = None) -> None:
+        """Record ``total``, the gradient norm before clipping (as a framework computed it), at the
+        next recorded step: ``grad_norm_preclip``, or ``grad_norm_preclip/<name>`` for ``optimizer``
+        when it is one of several named ones."""
+        if not self.writes:
+            return
+        name = next((n for n, o in self.optimizers.named.items() if o is optimizer), "") if optimizer else ""
+        value = total.detach().float().reshape(()) if isinstance(total, Tensor) else torch.tensor(float(total))
+        if self._preclip:
+            value = value.to(next(iter(self._preclip.values())).device)
+        self._preclip["grad_norm_preclip" + (f"/{name}" if name else "")] = value
 
     def log(self, metrics: dict[str, float | Tensor], layer: str = "", epoch: float | None = None) -> None:
         """Record arbitrary scalars at the current step (tensors stay on the device until flush)."""
