@@ -54,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from .budget import BudgetClock
+from .names import SPLITS
 from .optimizers import Optimizers, check_name, hookable, optimizer_params
 from .outputs import Keys, LogitsFn, Outputs, logits_of
 from .probes import Clock, OutputStats, ParamNorms, Probe, ProbeConfig, StepContext, clean_name
@@ -710,7 +711,11 @@ class Monitor:
         split: str = "test",
         epoch: float | None = None,
     ) -> None:
-        """Record an evaluation (``test/loss``, ``test/acc``, ``test/acc5``) at the current step."""
+        """Record an evaluation at the current step: ``<split>/loss``, ``<split>/acc``,
+        ``<split>/acc5``, where ``split`` is ``test`` (the test set, the default) or ``val`` (a
+        validation split held out of the training data; ``validation`` and ``eval`` mean it too:
+        ``lawn_monitor.names``)."""
+        split = SPLITS.get(split.lower(), split)
         given = {"loss": loss, "acc": acc, "acc5": acc5}
         self.log({f"{split}/{k}": v for k, v in given.items() if v is not None}, epoch=epoch)
         self._last_step_at = None  # the evaluation's time is not a training step's time

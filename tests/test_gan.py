@@ -8,7 +8,6 @@ import duckdb
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lawn_monitor import Monitor, RunStore
 from lawn_monitor.probes import ProbeConfig
@@ -139,3 +138,79 @@ def test_optimizer_names_are_checked(tmp_path):
     with pytest.raises(ValueError, match="name every optimizer"):
         monitor.attach(opt_g, name="G")
     monitor.close()
+
+
+def lightning_gan():
+    """A Lightning GAN in manual optimization (built here: Lightning is optional for the rest)."""
+    import lightning.pytorch as L
+
+    class GAN(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            model, _, _ = gan(2)
+            self.G, self.D = model["G"], model["D"]
+            self.automatic_optimization = False
+            self.seen: list[dict] = []
+
+        def training_step(self, batch, batch_idx):
+            (real,) = batch
+            opt_d, opt_g = self.optimizers()
+            bce = nn.BCEWithLogitsLoss()
+            seen: dict = {}
+            fake = self.G(torch.randn(len(real), NOISE))
+            loss_d = bce(self.D(real), torch.ones(len(real), 1)) + bce(self.D(fake.detach()), torch.zeros(len(real), 1))
+            opt_d.zero_grad()
+            self.manual_backward(loss_d)
+            seen["D_grad"] = layer_norms(self.D, "D", "grad")
+            before = {n: p.detach().clone() for n, p in self.D.named_parameters()}
+            opt_d.step()
+            seen["D_update"] = {f"D.{n}": float((p.detach() - before[n]).norm()) for n, p in self.D.named_parameters()}
+            loss_g = bce(self.D(fake), torch.ones(len(real), 1))
+            opt_g.zero_grad()
+            self.manual_backward(loss_g)  # D's gradients grow too: D does not step on them
+            seen["G_grad"] = layer_norms(self.G, "G", "grad")
+            before = {n: p.detach().clone() for n, p in self.G.named_parameters()}
+            opt_g.step()
+            seen["G_update"] = {f"G.{n}": float((p.detach() - before[n]).norm()) for n, p in self.G.named_parameters()}
+            self.seen.append(seen)
+            return {"loss": loss_d.detach()}
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.D.parameters(), lr=2e-3), torch.optim.SGD(self.G.parameters(), lr=1e-2)
+
+    return L, GAN()
+
+
+@pytest.mark.slow  # Lightning's Trainer set-up: a few seconds
+def test_lightning_manual_optimization_gan_with_one_callback(tmp_path):
+    pytest.importorskip("lightning")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lawn_monitor.integrations.lightning import LawnMonitorCallback
+
+    L, module = lightning_gan()
+    root = tmp_path / "runs"
+    callback = LawnMonitorCallback(
+        root=root, flush_every=1000, optimizer_names=["D", "G"], probe_config=ProbeConfig(curvature=False)
+    )
+    data = DataLoader(TensorDataset(torch.randn(32, DATA) + 2.0), batch_size=8)
+    fit = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[callback],
+        default_root_dir=tmp_path,
+    )
+    fit.fit(module, data)
+    [run_id] = RunStore(root).run_ids()
+    rows = stored(root, run_id)
+    assert len(module.seen) == 4 and max(s for s, _, _ in rows) == 4  # one step per batch, both optimizers in it
+    for step, seen in enumerate(module.seen, 1):
+        check_step(rows, step, seen, ("D", "G"))
+        assert rows[(step, "lr/D", "")] == pytest.approx(2e-3) and rows[(step, "lr/G", "")] == pytest.approx(1e-2)
+        assert (step, "train/loss", "") in rows
+    assert RunStore(root).runs().loc[0, "status"] == "finished"
