@@ -327,6 +327,7 @@ class Monitor:
         self._written_step = self.step_count  # rows through this step are on disk
         self._pid = os.getpid()
         _OPEN.add(self)
+        self._forward()  # the trackers learn the run's id and config
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -748,11 +749,15 @@ class Monitor:
         self._written_step = self.step_count
         self._forward(table)
 
-    def _forward(self, table: pa.Table) -> None:
-        """Hand the flush's rows to each forwarder; a tracker's failure must not stop training."""
+    def _forward(self, table: pa.Table | None = None) -> None:
+        """Hand the flush's rows to each forwarder (None: the run's id and config, to those
+        that take them: ``start``); a tracker's failure must not stop training."""
         for forwarder in self.forward_to:
             try:
-                forwarder.forward(table)
+                if table is not None:
+                    forwarder.forward(table)
+                elif hasattr(forwarder, "start"):
+                    forwarder.start(self.run_id, self.config)
             except Exception as exc:
                 if id(forwarder) not in self._forward_failed:
                     self._forward_failed.add(id(forwarder))
