@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from .budget import BudgetClock
 from .names import SPLITS
 from .optimizers import Optimizers, check_name, hookable, optimizer_params
-from .outputs import Keys, LogitsFn, Outputs, logits_of
+from .outputs import Keys, LogitsFn, Outputs, logits_of, normalized_flags, normalized_kind
 from .probes import Clock, OutputStats, ParamNorms, Probe, ProbeConfig, StepContext, clean_name
 from .ranks import Awaiting, Ranks
 from .rows import RowBuffer
@@ -239,6 +239,7 @@ class Monitor:
         self._norms_schedule: Any = None  # with several optimizers: the schedule of each one's ParamNorms
         self._preclip: dict[str, Tensor] = {}  # gradient norms before clipping, for the next step
         self._warned_grads = self._warned_lr = False
+        self._logit_flags: Tensor | bool | None = None  # the first logits' normalized_flags; True once read
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
@@ -402,6 +403,8 @@ class Monitor:
             logits = None  # no output statistics at this step: the loss alone is summed (no softmax)
         if logits is not None:
             logits = self.logits_fn(logits)
+            if self._logit_flags is None and self.writes:
+                self._logit_flags = normalized_flags(logits)  # read at the next flush (no sync here)
         self._outputs.add(loss, logits, targets)
         if targets is not None:
             self._samples += len(targets)
@@ -411,6 +414,29 @@ class Monitor:
             ctx = StepContext(step=step, outputs=self._end_window())
             for probe in probes:
                 self._run(probe, ctx, epoch, wall)
+
+    def _check_logits(self) -> None:
+        """At the first flush after the first logits: warn if they were log-probabilities or
+        probabilities (read at the flush, where the host waits for the device anyway)."""
+        if not isinstance(self._logit_flags, Tensor):
+            return
+        kind = normalized_kind(self._logit_flags)
+        self._logit_flags = True
+        if kind is None:
+            return
+        if kind == "log-probabilities":
+            effect = (
+                "logit_norm is then the norm of the log-probabilities (large and meaningless); train/acc, "
+                "max_prob and flat_frac are the same either way"
+            )
+        else:
+            effect = "the softmax of probabilities is not the model's: max_prob, flat_frac and logit_norm are wrong"
+        warnings.warn(
+            f"Monitor: the logits given look like {kind} (a {'log_' if kind[0] == 'l' else ''}softmax's "
+            f"output): {effect}; pass the scores before the {'log_' if kind[0] == 'l' else ''}softmax, "
+            "or a logits_fn that returns them (this warning is shown once)",
+            stacklevel=5,
+        )
 
     def _statistics_wanted(self) -> bool:
         """Whether a probe that reads the outputs will run at the step these outputs belong to:
@@ -741,6 +767,7 @@ class Monitor:
         if table is None:
             return
         self._check_divergence(table)
+        self._check_logits()
         try:
             self.sink.write(table)
             self.sink.heartbeat(step=self.step_count)
