@@ -79,7 +79,9 @@ def output_sums(logits: Tensor, targets: Tensor) -> Tensor:
     ``IGNORE_INDEX`` are left out by weighting with a mask, not by indexing, whose result's size
     would have to be read on the host (a sync).
     """
-    logits, targets = flatten_outputs(logits.detach().float(), targets)
+    logits, flat_targets = flatten_outputs(logits.detach().float(), targets)
+    assert flat_targets is not None
+    targets = flat_targets
     kept = (targets != IGNORE_INDEX).float()
     per_sample = F.cross_entropy(logits, targets, reduction="none", ignore_index=IGNORE_INDEX)
     correct = (logits.argmax(dim=1) == targets).float()
@@ -128,7 +130,10 @@ class Outputs:
         """The statistics' keys and their sums, with the sample count last: what processes that
         each saw a share of the batch add up (``OutputStats(reduce=...)``) before dividing. The
         loss (a mean per micro-batch) is weighted by the samples, or by 1 without targets."""
-        device = (self.sums if self.sums is not None else self.loss).device
+        known = self.sums if self.sums is not None else self.loss
+        if known is None:
+            raise ValueError("Outputs.totals: nothing was observed")
+        device = known.device
         count = self.sums[4:] if self.sums is not None else torch.ones(1, device=device)
         keys: Keys = []
         parts: list[Tensor] = []
