@@ -9,7 +9,7 @@ drift apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # update_ratio_per_lr is undefined (NaN) on a step whose LR is below this share of the highest LR
 # that layer has had so far in the run: the end of a schedule that decays to 0 would otherwise
@@ -108,7 +108,20 @@ METRICS: list[Metric] = [
         "weight growth (x first step)",
     ),
     Metric(
-        "grad_norm", EACH, "L2 norm of the gradient; collapses as the loss flattens", "gradient norm (L2)", log=True
+        "grad_norm",
+        EACH,
+        "L2 norm of the gradient the optimizer received (after clipping, where the loop clips); collapses as the "
+        "loss flattens",
+        "gradient norm (L2)",
+        log=True,
+    ),
+    Metric(
+        "grad_norm_preclip",
+        WHOLE,
+        "L2 norm of the gradient before clipping, where the loop clips (Monitor.clip_grad_norm_, Lightning's "
+        "gradient_clip_val, the Hugging Face Trainer's max_grad_norm)",
+        "gradient norm before clipping (L2)",
+        log=True,
     ),
     Metric(
         "update_norm",
@@ -232,8 +245,17 @@ BY_NAME = {m.name: m for m in METRICS}
 
 
 def info(name: str) -> Metric:
-    """The metric's description; a metric logged by the user's own ``monitor.log`` gets a plain one."""
-    return BY_NAME.get(name) or Metric(name, WHOLE, "logged with monitor.log", name)
+    """The metric's description; one of several optimizers' (``update_norm/G``) that of its metric,
+    named for it; a metric logged by the user's own ``monitor.log`` gets a plain one."""
+    if name in BY_NAME:
+        return BY_NAME[name]
+    base, _, optimizer = name.rpartition("/")
+    if base in BY_NAME and "/" not in base:
+        known = BY_NAME[base]
+        return replace(
+            known, name=name, meaning=f"{known.meaning} (optimizer {optimizer})", axis=f"{known.axis} [{optimizer}]"
+        )
+    return Metric(name, WHOLE, "logged with monitor.log", name)
 
 
 def metric_table(names=None):

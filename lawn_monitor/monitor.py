@@ -36,7 +36,6 @@ import atexit
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -52,13 +51,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import sharding
-from .outputs import Keys, LogitsFn, Outputs, logits_of
-from .probes import Clock, OutputStats, Probe, ProbeConfig, StepContext, clean_name
-from .schema import SCHEMA
+from .budget import BudgetClock
+from .names import SPLITS
+from .optimizers import Optimizers, check_name, hookable, optimizer_params
+from .outputs import Keys, LogitsFn, Outputs, logits_of, normalized_flags, normalized_kind
+from .probes import Clock, ParamNorms, Probe, ProbeConfig, StepContext, clean_name
+from .ranks import Awaiting, Ranks
+from .rows import RowBuffer
 from .sink import ParquetSink, new_run_id
 from .storage import check_run_id, default_root
 
@@ -126,14 +127,6 @@ def environment(model: nn.Module) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "argv": sys.argv,
     }
-
-
-def _rank_and_world(process_group) -> tuple[int, int]:
-    """This process's rank in ``process_group`` (default: all processes) and the group's size;
-    (0, 1) without an initialized torch.distributed."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0, 1
-    return dist.get_rank(process_group), dist.get_world_size(process_group)
 
 
 class Monitor:
@@ -210,7 +203,8 @@ class Monitor:
     ) -> None:
         self.enabled = enabled
         self.model = model
-        self.optimizer = optimizer
+        self.optimizers = Optimizers(optimizer)
+        self.optimizer = self.optimizers.first  # the first (lr, phase and curvature read it)
         self.config = dict(config or {})
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
@@ -223,68 +217,97 @@ class Monitor:
             [] if forward_to is None else list(forward_to) if isinstance(forward_to, (list, tuple)) else [forward_to]
         )
         self._forward_failed: set[int] = set()  # forwarders already warned about
-        self._device_rows: list[tuple[int, float, float, Keys, Tensor]] = []
-        self._host_rows: list[tuple[int, float, float, str, str, float]] = []
         self._last_flush = time.monotonic()
         self._steps_since_flush = 0
-        self._last_step_at: float | None = None
-        self._started_at = time.monotonic()
-        self._probe_seconds = 0.0  # wall time spent in expensive probes, excluded from training time
-        # The curvature budget's clock: CPU time of this process on a CPU (what the work costs,
-        # which a busy machine does not inflate the way it stalls wall time), wall time elsewhere
-        # (a GPU's work is timed by CUDA events in the probes). See CurvatureProbe.run.
+        self._last_step_at: float | None = None  # wall time of the last recorded step (step_time)
         first = next(model.parameters(), None)
-        self._budget_time = time.process_time if first is None or first.device.type == "cpu" else time.monotonic
-        self._budget_start = self._budget_time()
-        self._probe_budget = 0.0  # the expensive probes' time on the budget's clock
-        self._first_step_seconds: float | None = None  # budget clock's training time at step 1 (warm-up)
-        self._last_budget_at: float | None = None
-        self._step_times: list[float] = []  # the last few steps' times on the budget's clock
-        self.rank, self.world_size = _rank_and_world(process_group) if enabled else (0, 1)
-        self.writes = enabled and self.rank == 0  # only rank 0 writes the run
-        self.run_id = self.run_dir = None
+        self.budget_clock = BudgetClock(cpu=first is None or first.device.type == "cpu")
+        self.ranks = Ranks(process_group, enabled)
+        self.rank, self.world_size, self.writes = self.ranks.rank, self.ranks.world_size, self.ranks.writes
+        self.run_id: str | None = None
+        self.run_dir: Any = None  # Path, or an object-store URL
+        self.rows = RowBuffer(None)
         self.logits_fn = logits_fn
         self._outputs = Outputs()  # what observe() was given since the last recorded step
         self._samples = 0  # samples observed since the last recorded step (host ints: shapes, no sync)
         self._last_samples: int | None = None
         self._outputs_after_step = False  # see attach()
         self._own_steps = False  # the loop numbers its steps (step=N): the next one is not known ahead
-        self._awaiting: tuple[int, float, float, list[Probe]] | None = None  # a step waiting for its outputs
+        self._awaiting: Awaiting | None = None  # a step waiting for its outputs
         self._hooks: list[Any] = []
-        self._warned_grads = False
+        self._auto = False  # attach(): the optimizers' hooks record the steps
+        self._norms_schedule: Any = None  # with several optimizers: the schedule of each one's ParamNorms
+        self._preclip: dict[str, Tensor] = {}  # gradient norms before clipping, for the next step
+        self._warned_grads = self._warned_lr = False
+        self._logit_flags: Tensor | bool | None = None  # the first logits' normalized_flags; True once read
         if not enabled:
             return
         self.name = name or self.config.get("name") or "run"
+        self.probes = self._build_probes(probes, probe_config, probe_batch, loss_fn, logits_fn)
+        if self.writes:  # otherwise another process writes the run
+            self._open_run(root, run_id, resume_step)
+
+    def _build_probes(self, probes, probe_config, probe_batch, loss_fn, logits_fn) -> list[Probe]:
         if probes is None:
             cfg = probe_config or ProbeConfig()
             if cfg.curvature and probe_batch is None and self.writes:
                 warnings.warn(
                     "Monitor: no probe_batch given, so curvature probes (gn_trace, hessian_trace, "
                     "sharpness) are off; pass probe_batch=(inputs, targets) to turn them on",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-            probes = cfg.build(probe_batch, loss_fn, total_steps, logits_fn)
-        self.probes = list(probes)
-        if self.world_size > 1:
-            for probe in self.probes:  # each process saw its share of the batch: sum the shares
-                if isinstance(probe, OutputStats) and probe.reduce is None:
-                    probe.reduce = sharding.all_reduce_sum(process_group)
-        if any(p.expensive for p in self.probes) and any(sharding.is_sharded(p) for p in model.parameters()):
-            # Their forward passes run on detached copies of the parameters, which under FSDP2 are
-            # this process's shards: the model would need FSDP's all-gathers on every process in
-            # step, on a schedule each process's own budget decides. Not supported yet.
-            if self.writes:
-                warnings.warn(
-                    "Monitor: curvature probes (gn_trace, hessian_trace, sharpness) are off for "
-                    "FSDP2-sharded parameters; norms, update ratios and output statistics are logged",
-                    stacklevel=2,
-                )
-            self.probes = [p for p in self.probes if not p.expensive]
-        for probe in self.probes:
-            probe.attach(model, optimizer)
-        if not self.writes:  # another process writes the run
+            probes = cfg.build(probe_batch, loss_fn, self.total_steps, logits_fn)
+        built = self.ranks.prepare(list(probes), self.model)
+        if self.optimizers.several:
+            built = self._split_norms(built)
+        for probe in built:
+            probe.attach(self.model, self.optimizer)
+        for name, optimizer in self.optimizers.named.items():
+            if name:
+                self._watch(name, optimizer)
+        return built
+
+    def _split_norms(self, probes: list[Probe]) -> list[Probe]:
+        """With several optimizers, the model's ``ParamNorms`` becomes one per optimizer
+        (``_watch``), each run at its own optimizer's step: the others are left here."""
+        whole = [p for p in probes if isinstance(p, ParamNorms) and p.optimizer_name is None]
+        if whole:
+            self._norms_schedule = whole[0].schedule
+        return [p for p in probes if p not in whole]
+
+    def _watch(self, name: str, optimizer: Any) -> Any:
+        """Watch one of several named optimizers: a step post-hook measures its parameters'
+        norms right after each of its steps (while the gradients are the ones it stepped with)."""
+        if self.enabled and self._norms_schedule is not None:
+            probe = ParamNorms(self._norms_schedule, optimizer_name=name)
+            probe.attach(self.model, optimizer)
+            self.optimizers.norms[name] = probe
+        handle = hookable(optimizer).register_step_post_hook(partial(self._on_step_of, name))
+        self._hooks.append(handle)
+        return handle
+
+    def _on_step_of(self, name: str, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """One of several optimizers stepped. Under ``attach`` a step is recorded when every
+        optimizer has stepped once, or before one steps a second time (a GAN's critic taking
+        five steps to the generator's one)."""
+        if self.closed:
             return
+        if self._auto and name in self.optimizers.stepped:
+            self._record()
+        probe = self.optimizers.norms.get(name)
+        step = self.step_count + 1
+        if probe is not None and probe.due(Clock(step, 0.0)):
+            out = probe.run(StepContext(step=step))
+            if out is not None and self.writes:
+                self.optimizers.captured[name] = out
+        self.optimizers.stepped.add(name)
+        if self._auto and self.optimizers.stepped == set(self.optimizers.named):
+            self._record()
+
+    def _open_run(self, root: str | os.PathLike | None, run_id: str | None, resume_step: int | None) -> None:
+        """Create the run (or reopen it at ``resume_step``) in the store; rank 0 only."""
         self.run_id = new_run_id(self.name) if run_id is None else check_run_id(run_id)
+        self.rows.run_id = self.run_id
         open_sink = ParquetSink if resume_step is None else partial(ParquetSink.reopen, keep_through_step=resume_step)
         self.step_count = resume_step or 0
         self.sink = open_sink(
@@ -293,18 +316,19 @@ class Monitor:
             {
                 "name": self.name,
                 "config": self.config,
-                "env": environment(model),
+                "env": environment(self.model),
                 "step": resume_step or 0,
-                "total_steps": total_steps,
-                "steps_per_epoch": steps_per_epoch,
+                "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch,
                 # The model's parameter order, so heatmaps can list layers input to output.
-                "layers": [clean_name(name) for name, p in model.named_parameters() if p.requires_grad],
+                "layers": [clean_name(name) for name, p in self.model.named_parameters() if p.requires_grad],
             },
         )
         self.run_dir = self.sink.run_dir
         self._written_step = self.step_count  # rows through this step are on disk
         self._pid = os.getpid()
         _OPEN.add(self)
+        self._forward()  # the trackers learn the run's id and config
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -313,12 +337,9 @@ class Monitor:
         state), for a training checkpoint. Flush first: rows still buffered are not in it."""
         return {
             "step": self.step_count,
-            "train_seconds": time.monotonic() - self._started_at,
-            "probe_seconds": self._probe_seconds,
-            "budget_seconds": self._budget_time() - self._budget_start,
-            "probe_budget": self._probe_budget,
-            "first_step_seconds": self._first_step_seconds,
+            **self.budget_clock.state_dict(),
             "probes": [p.state_dict() for p in self.probes] if self.writes else [],
+            "optimizer_probes": self.optimizers.state_dict() if self.writes else [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -333,14 +354,10 @@ class Monitor:
                 "resume with the probe settings of the original run"
             )
         self.step_count = int(state["step"])
-        self._started_at = time.monotonic() - state["train_seconds"]
-        self._probe_seconds = state["probe_seconds"]
-        if "budget_seconds" in state:  # checkpoints from before the budget's own clock lack it
-            self._budget_start = self._budget_time() - state["budget_seconds"]
-            self._probe_budget = state["probe_budget"]
-            self._first_step_seconds = state.get("first_step_seconds")
+        self.budget_clock.load_state_dict(state)
         for probe, probe_state in zip(self.probes, state["probes"]):
             probe.load_state_dict(probe_state)
+        self.optimizers.load_state_dict(state.get("optimizer_probes", []))
 
     # --- logging ------------------------------------------------------------------------------
 
@@ -386,6 +403,8 @@ class Monitor:
             logits = None  # no output statistics at this step: the loss alone is summed (no softmax)
         if logits is not None:
             logits = self.logits_fn(logits)
+            if self._logit_flags is None and self.writes:
+                self._logit_flags = normalized_flags(logits)  # read at the next flush (no sync here)
         self._outputs.add(loss, logits, targets)
         if targets is not None:
             self._samples += len(targets)
@@ -395,6 +414,29 @@ class Monitor:
             ctx = StepContext(step=step, outputs=self._end_window())
             for probe in probes:
                 self._run(probe, ctx, epoch, wall)
+
+    def _check_logits(self) -> None:
+        """At the first flush after the first logits: warn if they were log-probabilities or
+        probabilities (read at the flush, where the host waits for the device anyway)."""
+        if not isinstance(self._logit_flags, Tensor):
+            return
+        kind = normalized_kind(self._logit_flags)
+        self._logit_flags = True
+        if kind is None:
+            return
+        if kind == "log-probabilities":
+            effect = (
+                "logit_norm is then the norm of the log-probabilities (large and meaningless); train/acc, "
+                "max_prob and flat_frac are the same either way"
+            )
+        else:
+            effect = "the softmax of probabilities is not the model's: max_prob, flat_frac and logit_norm are wrong"
+        warnings.warn(
+            f"Monitor: the logits given look like {kind} (a {'log_' if kind[0] == 'l' else ''}softmax's "
+            f"output): {effect}; pass the scores before the {'log_' if kind[0] == 'l' else ''}softmax, "
+            "or a logits_fn that returns them (this warning is shown once)",
+            stacklevel=5,
+        )
 
     def _statistics_wanted(self) -> bool:
         """Whether a probe that reads the outputs will run at the step these outputs belong to:
@@ -413,7 +455,7 @@ class Monitor:
         self._samples = 0
         return outputs
 
-    def attach(self, optimizer: torch.optim.Optimizer | None = None, outputs_after_step: bool = False) -> Any:
+    def attach(self, optimizer: Any = None, outputs_after_step: bool = False, name: str | None = None) -> Any:
         """Record every real optimizer step by itself: registers a step post-hook on
         ``optimizer`` (default the Monitor's own), which runs after each ``optimizer.step()``
         that actually happens, with the gradients still there. So under gradient accumulation
@@ -427,6 +469,11 @@ class Monitor:
         which steps once per real step. An optimizer passed here that the Monitor was not
         given becomes its optimizer (for ``lr``, ``phase`` and the probes), before the first step.
 
+        Several optimizers (a GAN): give each a ``name`` (``attach(opt_d, name="D")``,
+        ``attach(opt_g, name="G")``), or build the Monitor with them
+        (``Monitor(model, {"D": opt_d, "G": opt_g})``) and call ``attach()``. A step is then
+        recorded once every optimizer has stepped, or before one steps a second time.
+
         ``outputs_after_step``: the framework hands over a step's last outputs only after its
         optimizer step (Lightning's ``on_train_batch_end``): the step is recorded at once, and
         its output statistics when the next ``observe`` arrives.
@@ -434,34 +481,59 @@ class Monitor:
         Returns the hook's handle; ``close`` removes it."""
         if not self.enabled:
             return None
+        self._outputs_after_step = outputs_after_step
+        if name is not None or self.optimizers.several:
+            return self._attach_named(optimizer, name)
         if self._hooks:
             raise ValueError(
-                "Monitor.attach: this Monitor records an optimizer's steps already; one Monitor watches one optimizer"
+                "Monitor.attach: this Monitor records an optimizer's steps already; to watch several "
+                "optimizers with one Monitor, name each: attach(opt_d, name='D'), attach(opt_g, name='G')"
             )
         optimizer = optimizer if optimizer is not None else self.optimizer
         if optimizer is None:
             raise ValueError("Monitor.attach: no optimizer: pass the one that steps the model")
+        hooked = hookable(optimizer)
         if self.optimizer is None:
-            if self.step_count:
-                raise ValueError(
-                    "Monitor.attach: a Monitor made without an optimizer takes one only before its "
-                    "first step: pass it to Monitor(model, optimizer)"
-                )
-            self.optimizer = optimizer
-            for probe in self.probes:
-                probe.attach(self.model, optimizer)
-        hooked = optimizer
-        while not hasattr(hooked, "_optimizer_step_post_hooks") and hasattr(hooked, "optimizer"):
-            hooked = hooked.optimizer
-        if not hasattr(hooked, "register_step_post_hook") or not hasattr(hooked, "_optimizer_step_post_hooks"):
-            raise TypeError(
-                f"Monitor.attach: cannot hook the steps of a {type(optimizer).__name__}: pass the "
-                "torch.optim.Optimizer it wraps, or call monitor.step() after each step"
-            )
-        self._outputs_after_step = outputs_after_step
+            self._adopt("", optimizer)
         handle = hooked.register_step_post_hook(self._on_optimizer_step)
         self._hooks.append(handle)
         return handle
+
+    def _adopt(self, name: str, optimizer: Any) -> None:
+        """An optimizer the Monitor was not built with: its own from now on (before the first step)."""
+        if self.step_count:
+            raise ValueError(
+                "Monitor.attach: a Monitor takes a new optimizer only before its first step: pass it "
+                "to Monitor(model, optimizer) (several: Monitor(model, {'D': opt_d, 'G': opt_g}))"
+            )
+        first = self.optimizer is None
+        self.optimizers.named[name] = optimizer
+        if first:
+            self.optimizer = optimizer
+            for probe in self.probes:
+                probe.attach(self.model, optimizer)
+
+    def _attach_named(self, optimizer: Any, name: str | None) -> Any:
+        """``attach`` with several named optimizers."""
+        self._auto = True
+        if name is None:  # the Monitor was built with its optimizers: their hooks record from now on
+            if optimizer is not None and all(optimizer is not o for o in self.optimizers.named.values()):
+                raise ValueError("Monitor.attach: this Monitor watches named optimizers: pass name= for a new one")
+            return None
+        if optimizer is None:
+            raise ValueError(f"Monitor.attach(name={name!r}): pass the optimizer too")
+        if "" in self.optimizers.named:
+            raise ValueError(
+                "Monitor.attach: this Monitor's optimizer has no name: name every optimizer, e.g. "
+                "Monitor(model, {'D': opt_d, 'G': opt_g}) or attach(opt, name=...) for each"
+            )
+        if check_name(name) in self.optimizers.named:
+            raise ValueError(f"Monitor.attach: an optimizer named {name!r} is watched already")
+        hookable(optimizer)  # fails before anything changes
+        if not self.optimizers.named and self._norms_schedule is None:
+            self.probes = self._split_norms(self.probes)
+        self._adopt(name, optimizer)
+        return self._watch(name, optimizer)
 
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._record()
@@ -479,55 +551,71 @@ class Monitor:
         late = self._outputs_after_step
         samples = self._last_samples if late else (self._samples or None)
         ctx = StepContext(step=step, outputs=None if late else self._end_window())
-        if not self.writes:
-            # Another process writes: join the collective probes (their schedules depend on the
-            # step alone, so they are due on the same steps as there) and keep nothing.
-            due = [probe for probe in self.probes if probe.collective and probe.due(Clock(step, 0.0))]
-            waiting = [probe for probe in due if late and probe.uses_outputs]
-            for probe in due:
-                if probe not in waiting:
-                    probe.run(ctx)
-            if waiting:
-                self._awaiting = (step, ep, wall, waiting)
+        captured, preclip, self._preclip = self.optimizers.take(), self._preclip, {}
+        if not self.writes:  # another process writes: join the collective probes, keep nothing
+            self._awaiting = self.ranks.join(self.probes, ctx, ep, wall, late)
             return
         batch = batch_size if batch_size is not None else samples
-        clock = self._clock(batch)
-        if step == 1:
-            self._first_step_seconds = clock.train_seconds
+        probe_seconds, probe_budget = self._run_due(ctx, ep, wall, batch, late)
+        for keys, values in captured.values():  # each optimizer's norms, taken at its own step
+            self.rows.add(step, ep, wall, keys, values)
+        if preclip:
+            self.rows.add(step, ep, wall, [(m, "") for m in preclip], torch.stack(list(preclip.values())))
+        self.budget_clock.charge(probe_seconds, probe_budget)
+        if probe_seconds:
+            self.rows.add_host(step, ep, wall, "", "curvature_time", probe_seconds)
+        self.budget_clock.stepped(probe_budget)
+        now = time.monotonic()
+        self._record_host(step, ep, wall, batch, now, probe_seconds)
+        self._steps_since_flush += 1
+        if (self.flush_every and self._steps_since_flush >= self.flush_every) or (
+            now - self._last_flush >= self.flush_secs
+        ):
+            self.flush()
+
+    def _run_due(
+        self, ctx: StepContext, epoch: float, wall: float, batch: int | None, late: bool
+    ) -> tuple[float, float]:
+        """Run the probes due at ``ctx.step`` (those reading outputs still to come wait for
+        them); return the expensive ones' time in wall seconds and on the budget's clock."""
+        clock = self.budget_clock.clock(ctx.step, self.total_steps, batch)
+        if ctx.step == 1:
+            self.budget_clock.first_step_seconds = clock.train_seconds
         probe_seconds = probe_budget = 0.0
         ran, waiting = [], []
         for probe in self.probes:
-            if probe.due(clock):
-                if late and probe.uses_outputs:
-                    waiting.append(probe)
-                    continue
-                probe_seconds += self._run(probe, ctx, ep, wall)
-                probe_budget += probe.last_cost if probe.expensive else 0.0
-                ran.append(probe)
+            if not probe.due(clock):
+                continue
+            if late and probe.uses_outputs:
+                waiting.append(probe)
+                continue
+            probe_seconds += self._run(probe, ctx, epoch, wall)
+            probe_budget += probe.last_cost if probe.expensive else 0.0
+            ran.append(probe)
         if waiting:
-            self._awaiting = (step, ep, wall, waiting)
+            self._awaiting = (ctx.step, epoch, wall, waiting)
         if not self._warned_grads and any(getattr(p, "missing_grads", False) for p in ran):
             self._warned_grads = True
             warnings.warn(
-                f"Monitor: no parameter has a gradient at step {step}, so its grad_norm and "
+                f"Monitor: no parameter has a gradient at step {ctx.step}, so its grad_norm and "
                 "grad_weight_cos are NaN: record the step after optimizer.step() and before "
                 "zero_grad() (this warning is shown once)",
-                stacklevel=3,
+                stacklevel=4,
             )
-        self._probe_seconds += probe_seconds
-        self._probe_budget += probe_budget
-        if probe_seconds:
-            self._host_rows.append((step, ep, wall, "", "curvature_time", probe_seconds))
-        budget_now = self._budget_time()
-        if self._last_budget_at is not None:
-            self._step_times = [*self._step_times, budget_now - self._last_budget_at - probe_budget][-20:]
-        self._last_budget_at = budget_now
+        return probe_seconds, probe_budget
 
-        host = [
-            ("lr", self._lr()),
-            ("phase", 1.0 if getattr(self.optimizer, "phase", "free") == "constrained" else 0.0),
-        ]
-        now = time.monotonic()
+    def _record_host(
+        self, step: int, epoch: float, wall: float, batch: int | None, now: float, probe_seconds: float
+    ) -> None:
+        """The step's values known on the host: ``lr``, ``phase``, ``step_time``, ``samples_per_s``."""
+        host = self.optimizers.host_values()
+        if self.optimizer is None and not self._warned_lr:
+            self._warned_lr = True
+            warnings.warn(
+                "Monitor: no optimizer, so lr is recorded as NaN (and update_ratio_per_lr too): pass "
+                "it as Monitor(model, optimizer) or monitor.attach(optimizer) (this warning is shown once)",
+                stacklevel=4,
+            )
         if self._last_step_at is not None:
             # Wall time between calls, less this call's curvature probes; on a GPU it only
             # reflects kernel time on average, since nothing here synchronizes (the queue blocks
@@ -537,43 +625,21 @@ class Monitor:
             if batch is not None and dt > 0:
                 host.append(("samples_per_s", batch / dt))
         self._last_step_at = now
-        self._host_rows += [(step, ep, wall, "", m, float(v)) for m, v in host]
+        for metric, value in host:
+            self.rows.add_host(step, epoch, wall, "", metric, value)
 
-        self._steps_since_flush += 1
-        if (self.flush_every and self._steps_since_flush >= self.flush_every) or (
-            now - self._last_flush >= self.flush_secs
-        ):
-            self.flush()
-
-    def _clock(self, batch_size: int | None = None) -> Clock:
-        """The run's time so far for the budgets, on the budget's clock, less the budgeted
-        probes' own, and, when the number of steps is known, the projected whole run: the time
-        so far plus the steps left at the pace since step 1 (whose time holds the first step's
-        one-time costs, so no projection is made from it alone)."""
-        step = self.step_count
-        train_seconds = self._budget_time() - self._budget_start - self._probe_budget
-        typical = statistics.median(self._step_times) if self._step_times else None
-        total_steps = max(self.total_steps, step) if self.total_steps else None
-        if total_steps is None or step < 2:
-            return Clock(step, train_seconds, None, total_steps, batch_size, typical)
-        if self._first_step_seconds is not None:
-            pace = (train_seconds - self._first_step_seconds) / (step - 1)
-        else:  # resumed from a checkpoint that did not record it
-            pace = train_seconds / step
-        return Clock(step, train_seconds, train_seconds + (total_steps - step) * pace, total_steps, batch_size, typical)
+    def _clock(self, batch_size: int | None = None):
+        """The budget's clock at the current step (``BudgetClock.clock``)."""
+        return self.budget_clock.clock(self.step_count, self.total_steps, batch_size)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
         """Time spent inside is not this run's training time (for the budgets and step_time): e.g.
         a benchmark's interleaved bare loop, or work of your own between steps."""
-        wall, budget = time.monotonic(), self._budget_time()
         try:
-            yield
+            with self.budget_clock.paused():
+                yield
         finally:
-            self._started_at += time.monotonic() - wall
-            self._budget_start += self._budget_time() - budget
-            if self._last_budget_at is not None:
-                self._last_budget_at += self._budget_time() - budget
             self._last_step_at = None
 
     def _run(self, probe: Probe, ctx: StepContext, epoch: float, wall: float) -> float:
@@ -581,7 +647,7 @@ class Monitor:
         (each expensive probe times itself: see ``CurvatureProbe.run``)."""
         out = probe.run(ctx)
         if out is not None and self.writes:  # a process that does not write joined a collective only
-            self._device_rows.append((ctx.step, epoch, wall, *out))
+            self.rows.add(ctx.step, epoch, wall, *out)
         return probe.last_seconds if probe.expensive else 0.0
 
     def _final_curvature(self) -> None:
@@ -598,15 +664,35 @@ class Monitor:
         ctx = StepContext(step=self.step_count)
         epoch = self._epoch(None)
         seconds = sum(self._run(p, ctx, epoch, time.time()) for p in due)
-        self._probe_seconds += seconds
-        self._probe_budget += sum(p.last_cost for p in due)
-        self._host_rows.append((self.step_count, epoch, time.time(), "", "curvature_time", seconds))
+        self.budget_clock.charge(seconds, sum(p.last_cost for p in due))
+        self.rows.add_host(self.step_count, epoch, time.time(), "", "curvature_time", seconds)
 
-    def _lr(self) -> float:
-        if self.optimizer is None or not self.optimizer.param_groups:
-            return math.nan
-        lr = self.optimizer.param_groups[0]["lr"]
-        return float(lr.item() if isinstance(lr, Tensor) else lr)
+    def clip_grad_norm_(
+        self, max_norm: float, parameters: Any = None, norm_type: float = 2.0, optimizer: Any = None, **kwargs: Any
+    ) -> Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` over the model's parameters (or ``parameters``, or
+        ``optimizer``'s), recording the norm before clipping as ``grad_norm_preclip`` at the next
+        step (``grad_norm_preclip/<name>`` for one of several named optimizers). ``grad_norm`` is
+        the norm after clipping: the gradient the optimizer received. Returns torch's value (the
+        total norm before clipping, a tensor: nothing waits for the device). Call it where you
+        would call torch's, between ``backward()`` and ``optimizer.step()``."""
+        if parameters is None:
+            parameters = self.model.parameters() if optimizer is None else optimizer_params(optimizer)
+        total = torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type, **kwargs)
+        self.record_preclip(total, optimizer)
+        return total
+
+    def record_preclip(self, total: Tensor | float, optimizer: Any = None) -> None:
+        """Record ``total``, the gradient norm before clipping (as a framework computed it), at the
+        next recorded step: ``grad_norm_preclip``, or ``grad_norm_preclip/<name>`` for ``optimizer``
+        when it is one of several named ones."""
+        if not self.writes:
+            return
+        name = next((n for n, o in self.optimizers.named.items() if o is optimizer), "") if optimizer else ""
+        value = total.detach().float().reshape(()) if isinstance(total, Tensor) else torch.tensor(float(total))
+        if self._preclip:
+            value = value.to(next(iter(self._preclip.values())).device)
+        self._preclip["grad_norm_preclip" + (f"/{name}" if name else "")] = value
 
     def log(self, metrics: dict[str, float | Tensor], layer: str = "", epoch: float | None = None) -> None:
         """Record arbitrary scalars at the current step (tensors stay on the device until flush)."""
@@ -620,10 +706,10 @@ class Monitor:
                 keys.append((metric, layer))
                 values.append(value.detach().float().reshape(1))
             else:
-                self._host_rows.append((step, ep, wall, layer, metric, float(value)))
+                self.rows.add_host(step, ep, wall, layer, metric, float(value))
         if values:
             device = values[0].device
-            self._device_rows.append((step, ep, wall, keys, torch.cat([v.to(device) for v in values])))
+            self.rows.add(step, ep, wall, keys, torch.cat([v.to(device) for v in values]))
 
     def latest(self, metric: str) -> tuple[int, Tensor] | None:
         """The newest whole-model value of a metric that a probe keeps at hand (``OutputStats``'
@@ -651,8 +737,11 @@ class Monitor:
         split: str = "test",
         epoch: float | None = None,
     ) -> None:
-        """Record an evaluation (``test/loss``, ``test/acc``, ``test/acc5``) at the current step;
-        ``split="val"`` records the validation split's (``val/loss``, ``val/acc``)."""
+        """Record an evaluation at the current step: ``<split>/loss``, ``<split>/acc``,
+        ``<split>/acc5``, where ``split`` is ``test`` (the test set, the default) or ``val`` (a
+        validation split held out of the training data; ``validation`` and ``eval`` mean it too:
+        ``lawn_monitor.names``)."""
+        split = SPLITS.get(split.lower(), split)
         given = {"loss": loss, "acc": acc, "acc5": acc5}
         self.log({f"{split}/{k}": v for k, v in given.items() if v is not None}, epoch=epoch)
         self._last_step_at = None  # the evaluation's time is not a training step's time
@@ -671,53 +760,13 @@ class Monitor:
             except OSError as exc:
                 self._write_failed(exc)
             return
-        device_rows, self._device_rows = self._device_rows, []
-        host_rows, self._host_rows = self._host_rows, []
+        table = self.rows.take()
         self._last_flush = time.monotonic()
         self._steps_since_flush = 0
-        if not device_rows and not host_rows:
+        if table is None:
             return
-        cols: dict[str, list] = {"step": [], "epoch": [], "wall_time": [], "layer": [], "metric": []}
-        values = np.empty(0)
-        if device_rows:
-            by_device: dict[torch.device, list[Tensor]] = {}
-            for row in device_rows:
-                by_device.setdefault(row[4].device, []).append(row[4])
-            # The one sync point: a single device-to-host copy per device (normally one).
-            host = {d: torch.cat(ts).detach().double().cpu().numpy() for d, ts in by_device.items()}
-            offsets = {d: 0 for d in host}
-            parts = []
-            for step, ep, wall, keys, tensor in device_rows:
-                d, n = tensor.device, tensor.numel()
-                parts.append(host[d][offsets[d] : offsets[d] + n])
-                offsets[d] += n
-                cols["step"] += [step] * n
-                cols["epoch"] += [ep] * n
-                cols["wall_time"] += [wall] * n
-                cols["metric"] += [k[0] for k in keys]
-                cols["layer"] += [k[1] for k in keys]
-            values = np.concatenate(parts)
-        for step, ep, wall, layer, metric, _value in host_rows:
-            cols["step"].append(step)
-            cols["epoch"].append(ep)
-            cols["wall_time"].append(wall)
-            cols["layer"].append(layer)
-            cols["metric"].append(metric)
-        values = np.concatenate([values, np.array([r[5] for r in host_rows], dtype=np.float64)])
-        self._check_divergence(cols["metric"], values)
-        n = len(values)
-        table = pa.table(
-            {
-                "run_id": pa.array([self.run_id] * n, pa.string()),
-                "step": pa.array(cols["step"], pa.int64()),
-                "epoch": pa.array(cols["epoch"], pa.float64()),
-                "wall_time": pa.array(cols["wall_time"], pa.float64()),
-                "layer": pa.array(cols["layer"], pa.string()),
-                "metric": pa.array(cols["metric"], pa.string()),
-                "value": pa.array(values, pa.float64()),
-            },
-            schema=SCHEMA,
-        )
+        self._check_divergence(table)
+        self._check_logits()
         try:
             self.sink.write(table)
             self.sink.heartbeat(step=self.step_count)
@@ -726,11 +775,15 @@ class Monitor:
         self._written_step = self.step_count
         self._forward(table)
 
-    def _forward(self, table: pa.Table) -> None:
-        """Hand the flush's rows to each forwarder; a tracker's failure must not stop training."""
+    def _forward(self, table: pa.Table | None = None) -> None:
+        """Hand the flush's rows to each forwarder (None: the run's id and config, to those
+        that take them: ``start``); a tracker's failure must not stop training."""
         for forwarder in self.forward_to:
             try:
-                forwarder.forward(table)
+                if table is not None:
+                    forwarder.forward(table)
+                elif hasattr(forwarder, "start"):
+                    forwarder.start(self.run_id, self.config)
             except Exception as exc:
                 if id(forwarder) not in self._forward_failed:
                     self._forward_failed.add(id(forwarder))
@@ -740,11 +793,12 @@ class Monitor:
                         stacklevel=3,
                     )
 
-    def _check_divergence(self, metrics: list[str], values: np.ndarray) -> None:
+    def _check_divergence(self, table: pa.Table) -> None:
         """``diverged`` on the first non-finite ``train/loss`` (seen here, at the flush, so that
         no step waits for the device); the expensive probes stop, as there is nothing left to
         measure, while the cheap ones keep recording what the loop logs."""
-        loss = values[np.fromiter((m == "train/loss" for m in metrics), bool, len(metrics))]
+        metrics = table.column("metric").to_numpy(zero_copy_only=False)
+        loss = table.column("value").to_numpy()[metrics == "train/loss"]
         if loss.size and not np.isfinite(loss).all() and not self.diverged:
             self.diverged = True
             for probe in self.probes:

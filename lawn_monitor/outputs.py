@@ -45,6 +45,31 @@ def flatten_outputs(logits: Tensor, targets: Tensor | None = None) -> tuple[Tens
     return logits.reshape(-1, logits.shape[-1]), None if targets is None else targets.reshape(-1)
 
 
+NORMALIZED = ("log-probabilities", "probabilities")
+
+
+@torch.no_grad()
+def normalized_flags(logits: Tensor, rows: int = 64) -> Tensor:
+    """Whether a batch's "logits" are in fact normalized, as a tensor of two flags on their
+    device (no host sync): [a ``log_softmax``'s output (every value <= 0, each row's exp summing
+    to 1), a softmax's (values in [0, 1], rows summing to 1)], from the first ``rows`` samples.
+    ``normalized_kind`` reads them."""
+    flat, _ = flatten_outputs(logits.detach().float())
+    flat = flat[:rows]
+    if flat.ndim != 2 or flat.shape[-1] < 2 or flat.shape[0] == 0:
+        return torch.zeros(2, dtype=torch.bool, device=logits.device)
+    log_probs = (flat <= 0).all() & (flat.logsumexp(dim=1).abs() < 1e-3).all()
+    probs = ((flat >= 0) & (flat <= 1)).all() & ((flat.sum(dim=1) - 1).abs() < 1e-3).all()
+    return torch.stack([log_probs, probs])
+
+
+def normalized_kind(flags: Tensor) -> str | None:
+    """``"log-probabilities"``, ``"probabilities"`` or None from ``normalized_flags`` (read on
+    the host: a sync)."""
+    found = flags.tolist()
+    return next((kind for kind, flag in zip(NORMALIZED, found) if flag), None)
+
+
 @torch.no_grad()
 def output_sums(logits: Tensor, targets: Tensor) -> Tensor:
     """Sums over a batch's samples of [correct, logit norm, max softmax probability, flattened],
@@ -54,7 +79,9 @@ def output_sums(logits: Tensor, targets: Tensor) -> Tensor:
     ``IGNORE_INDEX`` are left out by weighting with a mask, not by indexing, whose result's size
     would have to be read on the host (a sync).
     """
-    logits, targets = flatten_outputs(logits.detach().float(), targets)
+    logits, flat_targets = flatten_outputs(logits.detach().float(), targets)
+    assert flat_targets is not None
+    targets = flat_targets
     kept = (targets != IGNORE_INDEX).float()
     per_sample = F.cross_entropy(logits, targets, reduction="none", ignore_index=IGNORE_INDEX)
     correct = (logits.argmax(dim=1) == targets).float()
@@ -103,7 +130,10 @@ class Outputs:
         """The statistics' keys and their sums, with the sample count last: what processes that
         each saw a share of the batch add up (``OutputStats(reduce=...)``) before dividing. The
         loss (a mean per micro-batch) is weighted by the samples, or by 1 without targets."""
-        device = (self.sums if self.sums is not None else self.loss).device
+        known = self.sums if self.sums is not None else self.loss
+        if known is None:
+            raise ValueError("Outputs.totals: nothing was observed")
+        device = known.device
         count = self.sums[4:] if self.sums is not None else torch.ones(1, device=device)
         keys: Keys = []
         parts: list[Tensor] = []

@@ -171,7 +171,7 @@ def test_attach_refuses_what_it_cannot_hook_and_a_second_optimizer(tmp_path):
         monitor.attach(object())
     monitor.attach(torch.optim.SGD(model.parameters(), lr=0.1))  # becomes the Monitor's optimizer
     assert monitor.optimizer is not None
-    with pytest.raises(ValueError, match="one Monitor watches one optimizer"):
+    with pytest.raises(ValueError, match="to watch several optimizers with one Monitor, name each"):
         monitor.attach(torch.optim.SGD(model.parameters(), lr=0.1))
     monitor.close()
 

@@ -86,7 +86,9 @@ def test_records_exactly_the_optimizer_steps_of_a_causal_lm(tmp_path):
         use_cpu=True,
         save_strategy="no",
         eval_strategy="epoch",
-        logging_strategy="no",
+        logging_strategy="steps",
+        logging_steps=1,
+        max_grad_norm=1e-3,  # every step clipped
         disable_tqdm=True,
         seed=0,
     )
@@ -108,7 +110,13 @@ def test_records_exactly_the_optimizer_steps_of_a_causal_lm(tmp_path):
         assert abs(got[(step, "train/loss", "")] - math.log(VOCAB)) < 1.0  # a fresh model: about uniform
     for metric in ("gn_trace", "hessian_trace", "sharpness"):
         assert df.query("metric == @metric and layer == ''")["value"].notna().any(), metric
-    assert df.query("metric == 'test/loss'")["step"].tolist() == [steps]
+    assert df.query("metric == 'val/loss'")["step"].tolist() == [steps]  # eval_loss: the validation split
+    # The norm before clipping is the Trainer's own logged grad_norm; grad_norm is after it.
+    logged = {entry["step"]: entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry}
+    assert sorted(logged) == list(range(1, steps + 1))
+    for step, value in logged.items():
+        assert got[(step, "grad_norm_preclip", "")] == pytest.approx(value, rel=1e-6)
+        assert value > 0.01 and got[(step, "grad_norm", "")] == pytest.approx(1e-3, rel=1e-3)
     assert json.loads((root / run / "run.json").read_text())["status"] == "finished"
 
 

@@ -3,6 +3,7 @@ optimizer steps under accumulate_grad_batches, the losses of their micro-batches
 metrics, how the run ended, and resuming from a Lightning checkpoint on the same run."""
 
 import json
+import os
 import signal
 
 import pytest
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Classifier(L.LightningModule):
-    def __init__(self, fail_at_step: int | None = None, error: type[BaseException] = RuntimeError):
+    def __init__(self, fail_at_step: int | None = None, error: type[BaseException] | None = RuntimeError):
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 4))
@@ -37,7 +38,10 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if self.trainer.global_step == self.fail_at_step:
-            raise self.error("boom")
+            if self.error is None:  # as a scheduler or `kill` stops a job
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise self.error("boom")
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
@@ -103,7 +107,9 @@ def test_records_exactly_the_optimizer_steps(tmp_path):
         assert got[(step, "train/loss", "")] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
         assert 0 <= got[(step, "train/acc", "")] <= 1
     assert got[(STEPS_PER_EPOCH, "phase", "")] == 1.0 and got[(2, "phase", "")] == 0.0
-    evals = df.query("metric == 'test/acc'")
+    evals = df.query("metric == 'val/acc'")  # val_acc: the validation split
+    assert df.query("metric == 'val/loss'")["step"].tolist() == evals["step"].tolist()
+    assert not df["metric"].str.startswith("test/").any()
     assert sorted(evals["step"]) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]  # after each epoch
     for metric in ("gn_trace", "hessian_trace", "sharpness"):
         assert df.query("metric == @metric and layer == ''")["value"].notna().any(), metric
@@ -154,20 +160,58 @@ def test_resumes_from_a_lightning_checkpoint_on_the_same_run(tmp_path):
     assert info["status"] == "finished" and info["resumed"][0]["from_step"] == STEPS_PER_EPOCH
 
 
-@pytest.mark.parametrize("error, status", [(RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")])
+@pytest.mark.parametrize(
+    "error, status", [(RuntimeError, "failed"), (KeyboardInterrupt, "interrupted"), (None, "interrupted")]
+)
 def test_the_run_ends_as_fit_ended(tmp_path, error, status):
+    """An exception: failed; Ctrl-C: interrupted; SIGTERM (error None): interrupted."""
     root = tmp_path / "runs"
     fit = trainer(tmp_path, 2, LawnMonitorCallback(root=root, flush_every=1000), enable_checkpointing=False)
-    handler = signal.getsignal(signal.SIGINT)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
-        # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1), ignoring SIGINT meanwhile.
-        with pytest.raises(SystemExit if error is KeyboardInterrupt else RuntimeError):
+        # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1), ignoring SIGINT
+        # meanwhile; SIGTERM into SIGTERMException (a SystemExit) at the end of the step.
+        with pytest.raises(RuntimeError if error is RuntimeError else SystemExit):
             fit.fit(Classifier(fail_at_step=2, error=error), loader())
     finally:
-        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
     (run,) = RunStore(root).runs()["run_id"]
     info = json.loads((root / run / "run.json").read_text())
     assert info["status"] == status
-    assert sorted(rows(root, run)["step"].unique()) == [1, 2]
+    assert sorted(rows(root, run)["step"].unique()) == (
+        [1, 2, 3] if error is None else [1, 2]
+    )  # SIGTERM: the step ends
     if status == "failed":
         assert "RuntimeError: boom" in info["error"]
+
+
+class Clipped(Classifier):
+    """Keeps the total gradient norm Lightning's hook sees before clipping."""
+
+    def __init__(self):
+        super().__init__()
+        self.preclip: list[float] = []
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self.preclip.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+def test_gradient_clipping_records_the_norm_before_it(tmp_path):
+    root = tmp_path / "runs"
+    model = Clipped()
+    fit = trainer(
+        tmp_path,
+        1,
+        LawnMonitorCallback(root=root, flush_every=1000),
+        enable_checkpointing=False,
+        gradient_clip_val=1e-3,
+    )
+    fit.fit(model, loader())
+    (run,) = RunStore(root).runs()["run_id"]
+    got = rows(root, run).set_index(["step", "metric", "layer"])["value"]
+    assert len(model.preclip) == fit.global_step == STEPS_PER_EPOCH
+    for step, value in enumerate(model.preclip, 1):
+        assert got[(step, "grad_norm_preclip", "")] == pytest.approx(value, rel=1e-5)
+        assert value > 0.01 and got[(step, "grad_norm", "")] == pytest.approx(1e-3, rel=1e-3)  # after clipping

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import pyarrow.parquet as pq
 import pytest
@@ -335,3 +336,78 @@ def test_output_statistics_are_computed_only_on_the_steps_that_record_them(tmp_p
     assert len(calls) == 4
     store = RunStore(tmp_path)
     assert store.series(store.run_ids(), "flat_frac", points=None)["step"].tolist() == [5, 10, 15, 20]
+
+
+def train_steps(monitor, model, opt, steps=3, transform=lambda logits: logits, clip=None):
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 4, (8,), generator=g)
+        out = transform(model(x))
+        loss = nn.functional.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        if clip is not None:
+            clip()
+        opt.step()
+        monitor.step(loss=loss, logits=out, targets=y)
+
+
+@pytest.mark.parametrize(
+    "transform, kind",
+    [
+        (lambda z: z, None),
+        (lambda z: z.log_softmax(dim=1), "log-probabilities"),
+        (lambda z: z.softmax(dim=1), "probabilities"),
+    ],
+)
+def test_normalized_logits_are_warned_about_once(tmp_path, transform, kind):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, opt, root=tmp_path, flush_every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_steps(monitor, model, opt, steps=4, transform=transform)
+        monitor.close()
+    found = [str(w.message) for w in caught if "look like" in str(w.message)]
+    if kind is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and f"look like {kind}" in found[0]
+
+
+def test_a_loop_without_an_optimizer_warns_once_that_lr_is_nan(tmp_path):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, None, root=tmp_path)
+    with pytest.warns(UserWarning, match="no optimizer, so lr is recorded as NaN") as caught:
+        train_steps(monitor, model, opt, steps=3)
+    assert sum("lr is recorded as NaN" in str(w.message) for w in caught) == 1
+    monitor.close()
+    df = frame(monitor.run_dir)
+    assert df.query("metric == 'lr'")["value"].isna().all() and len(df.query("metric == 'lr'")) == 3
+
+
+def test_clip_grad_norm_records_the_norm_before_clipping(tmp_path):
+    """monitor.clip_grad_norm_ returns torch's value and records it as grad_norm_preclip;
+    grad_norm is the norm after clipping, what the optimizer received."""
+    model, reference = make_model(), make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, opt, root=tmp_path)
+    returned = []
+    expected = []
+
+    def clip():
+        # torch's own value, on an identical copy with the same gradients
+        for p, q in zip(model.parameters(), reference.parameters()):
+            q.grad = p.grad.clone()
+        expected.append(float(torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)))
+        returned.append(float(monitor.clip_grad_norm_(0.05)))
+
+    train_steps(monitor, model, opt, steps=3, clip=clip)
+    monitor.close()
+    got = frame(monitor.run_dir).query("layer == ''").set_index(["step", "metric"])["value"]
+    assert returned == pytest.approx(expected, rel=1e-6)
+    for step, value in enumerate(expected, 1):
+        assert value > 0.05
+        assert got[(step, "grad_norm_preclip")] == pytest.approx(value, rel=1e-6)
+        assert got[(step, "grad_norm")] == pytest.approx(0.05, rel=1e-4)

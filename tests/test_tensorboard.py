@@ -102,9 +102,8 @@ def test_round_trip_import_then_export(tmp_path, capsys):
     assert code == 0 and f"exported {run_id}" in stdout
     exported = read_back(out)
     assert set(exported["dir_name"]) == {run_id}
-    renamed = original.assign(tag=original["tag"].map(TAGS))
-    key = ["tag", "step"]
-    a, b = renamed.sort_values(key, ignore_index=True), exported.sort_values(key, ignore_index=True)
+    key = ["tag", "step"]  # each tag under its own name again ("Loss/train", not "train/loss")
+    a, b = original.sort_values(key, ignore_index=True), exported.sort_values(key, ignore_index=True)
     assert a[key].equals(b[key])
     np.testing.assert_array_equal(a["value"], b["value"])  # float32 -> float64 -> float32 is exact
     np.testing.assert_allclose(a["wall_time"], b["wall_time"], rtol=0, atol=1e-6)
@@ -243,7 +242,9 @@ def test_tag_mapping():
     assert project_name("train_acc") == ("train/acc", "")
     assert project_name("accuracy/validation") == ("val/acc", "")
     assert project_name("val-loss") == ("val/loss", "")
-    assert project_name("eval/accuracy") == ("eval/acc", "")
+    assert project_name("eval/accuracy") == ("val/acc", "")  # Hugging Face's evaluation: validation
+    assert project_name("eval_loss") == ("val/loss", "")
+    assert project_name("val_top5_acc") == ("val/acc5", "")
     assert project_name("train/learning_rate") == ("lr", "")
     assert project_name("lr-Adam") == ("lr", "")
     assert project_name("lr-Adam/pg1") == ("lr-Adam/pg1", "")
@@ -276,3 +277,30 @@ def test_new_style_scalars_and_several_runs(tmp_path, capsys):
         np.testing.assert_allclose(
             store.series(run_id, "val/acc", points=None)["value"], [s / 10 for s in range(1, 6)], rtol=1e-6
         )
+
+
+def test_round_trip_keeps_hugging_face_tags_and_every_value_at_one_step(tmp_path, capsys):
+    """What the Trainer's TensorBoard logger writes (train/learning_rate, eval/loss), and one tag
+    written 10 times at one step: in the store under the naming rule (lr, val/loss), and back out
+    under the tags it came with, 10 values for 10."""
+    logdir, root, out = tmp_path / "tb", tmp_path / "runs", tmp_path / "export"
+    writer = SummaryWriter(log_dir=str(logdir / "hf"))
+    for step in (1, 2):
+        writer.add_scalar("train/learning_rate", 0.1 / step, step, walltime=T0 + step)
+        writer.add_scalar("train/loss", 1.0 / step, step, walltime=T0 + step)
+        writer.add_scalar("eval/loss", 2.0 / step, step, walltime=T0 + step)
+    for i in range(10):
+        writer.add_scalar("train/epoch_stat", float(i), 3, walltime=T0 + 3 + i / 100)
+    writer.close()
+    original = read_back(logdir)
+    assert run(capsys, "import", "tensorboard", str(logdir), "--root", str(root))[0] == 0
+    store = RunStore(root)
+    [run_id] = store.run_ids()
+    assert set(store.metrics(run_id)) == {"lr", "train/loss", "val/loss", "train/epoch_stat"}
+    assert store.series(run_id, "val/loss", points=None)["value"].tolist() == [2.0, 1.0]
+    assert run(capsys, "export", "--to", "tensorboard", str(out), "--root", str(root))[0] == 0
+    exported = read_back(out)
+    assert sorted(set(exported["tag"])) == sorted(set(original["tag"]))
+    assert len(exported) == len(original) == 16
+    repeated = exported[exported["tag"] == "train/epoch_stat"].sort_values("wall_time")
+    assert repeated["step"].tolist() == [3] * 10 and repeated["value"].tolist() == [float(i) for i in range(10)]

@@ -4,8 +4,12 @@ per flush, the same steps and values the store holds, and never an error that st
 from __future__ import annotations
 
 import math
+import os
 import struct
+import subprocess
+import sys
 import time
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -26,12 +30,15 @@ def loss_at(step: int) -> float:
     return 1.0 / step
 
 
+CONFIG = {"optimizer": "sgd", "lr": 0.1, "lawn": {"free_epochs": 2, "on": True}}
+
+
 def train(root: Path, forward_to, steps: int = STEPS) -> str:
     """A few monitored steps: train/loss and a user value (whole model), one per-layer value;
     a flush every 5 steps."""
     model = nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    monitor = Monitor(model, opt, root=root, name="fwd", probes=[], flush_every=5, forward_to=forward_to)
+    monitor = Monitor(model, opt, root=root, name="fwd", probes=[], flush_every=5, forward_to=forward_to, config=CONFIG)
     for step in range(1, steps + 1):
         opt.step()
         monitor.step()
@@ -155,6 +162,7 @@ def test_wandb_offline_run_gets_the_same_values(tmp_path, monkeypatch):
     )
     try:
         run_id = train(tmp_path / "runs", WandbForwarder(run, prefix="lawn/"))
+        assert dict(run.config) == {**CONFIG, "lawn_monitor_run_id": run_id}  # the config, with the first flush
     finally:
         run.finish()
         wandb.teardown()  # offline, finish() can return before W&B's service has written the file
@@ -188,6 +196,9 @@ def test_mlflow_run_gets_the_same_values(tmp_path):
         renamed = client.get_metric_history(active.info.run_id, "top1_val")  # "@" is not allowed
         assert len(renamed) == STEPS and {m.value for m in renamed} == {0.5}
         assert client.get_metric_history(active.info.run_id, "grad_norm") == []
+        data = client.get_run(active.info.run_id).data
+        assert data.params == {"optimizer": "sgd", "lr": "0.1", "lawn.free_epochs": "2", "lawn.on": "True"}
+        assert data.tags["lawn_monitor.run_id"] == run_id
     finally:
         mlflow.set_tracking_uri("")
 
@@ -200,3 +211,124 @@ def test_mlflow_forwarder_without_a_run_warns_and_training_goes_on(tmp_path):
     with pytest.warns(UserWarning, match="no active MLflow run"):
         run_id = train(tmp_path, MLflowForwarder())
     assert len(RunStore(tmp_path).series(run_id, "train/loss", points=None)) == STEPS
+
+
+# --- each forwarder with only its extra installed: the README's example ---------------------------
+
+README_TRAIN = """
+import torch
+from torch import nn
+from lawn_monitor import Monitor
+
+
+def train(monitor, model, optimizer, steps=100):
+    for _ in range(steps):
+        x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss=loss, logits=logits, targets=y)
+
+
+model = nn.Linear(8, 2)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+"""
+README_EXAMPLES = {
+    "wandb": """
+import wandb
+from lawn_monitor.integrations.trackers import WandbForwarder
+
+run = wandb.init(project="lawn", mode="offline")
+with Monitor(model, optimizer, config={"lr": 0.1}, forward_to=WandbForwarder(run)) as monitor:
+    train(monitor, model, optimizer)
+print("config", run.config["lr"], run.config["lawn_monitor_run_id"] == monitor.run_id)
+run.finish()
+""",
+    "mlflow": """
+import mlflow
+from lawn_monitor.integrations.trackers import MLflowForwarder
+
+mlflow.set_tracking_uri("sqlite:///mlflow.db")
+with mlflow.start_run() as active, Monitor(
+    model, optimizer, config={"lr": 0.1}, forward_to=MLflowForwarder()
+) as monitor:
+    train(monitor, model, optimizer)
+data = mlflow.MlflowClient().get_run(active.info.run_id).data
+print("config", data.params["lr"], data.tags["lawn_monitor.run_id"] == monitor.run_id)
+print("steps", len(mlflow.MlflowClient().get_metric_history(active.info.run_id, "train/loss")))
+""",
+}
+
+
+def closure(requirements: list[str]) -> set[str]:
+    """The distributions these requirements install (their own requirements, recursively)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if (req.marker is not None and not req.marker.evaluate({"extra": ""})) or name in seen:
+            continue
+        seen.add(name)
+        try:
+            todo += [Requirement(r) for r in distribution(name).requires or []]
+        except PackageNotFoundError:
+            pass
+    return seen
+
+
+def site_with_only(extra: str, site: Path) -> Path:
+    """A folder of links to what ``pip install lawn-monitor[extra]`` installs, taken from this
+    environment: run with ``python -S`` and it on PYTHONPATH, nothing else is importable."""
+    from importlib.metadata import distributions
+
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    allowed = closure([*project["dependencies"], *project["optional-dependencies"][extra]])
+    site.mkdir()
+    for dist in distributions():
+        if canonicalize_name(dist.metadata["Name"]) not in allowed:
+            continue
+        for top in {f.parts[0] for f in dist.files or []}:
+            source, link = Path(str(dist.locate_file(top))), site / top
+            if top not in ("..", "__pycache__") and not top.endswith(".pth") and source.exists() and not link.exists():
+                link.symlink_to(source)
+    return site
+
+
+@pytest.mark.slow  # importing the tracker and starting its store or service: 10-80 s here
+@pytest.mark.parametrize("extra", ["mlflow", "wandb"])
+def test_the_readme_example_with_only_the_extra_installed(tmp_path, extra):
+    """The README's example, run where only lawn-monitor's core and ``[extra]`` are importable:
+    ``[mlflow]`` (mlflow-skinny) must bring what its sqlite store needs."""
+    pytest.importorskip(extra)
+    site = site_with_only(extra, tmp_path / "site")
+    assert not (site / "sqlalchemy").exists() or extra == "mlflow"
+    assert not (site / ("wandb" if extra == "mlflow" else "mlflow")).exists()
+    script = tmp_path / "example.py"
+    script.write_text(README_TRAIN + README_EXAMPLES[extra])
+    repo = Path(__file__).parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{site}{os.pathsep}{repo}",
+        "LAWN_MONITOR_ROOT": str(tmp_path / "runs"),
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-S", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "config 0.1 True" in done.stdout
+    if extra == "mlflow":
+        assert "steps 100" in done.stdout
+    [run] = RunStore(tmp_path / "runs").runs()["run_id"]
+    assert len(RunStore(tmp_path / "runs").series(run, "train/loss", points=None)) == 100

@@ -9,7 +9,13 @@ Steps are recorded in ``on_optimizer_step``: once per real step under
 the Trainer numbers them (``state.global_step``). The loss, logits and labels of each training
 forward are taken from the model's own output (a forward hook, in training mode only): a causal
 LM's labels are shifted to the next tokens, as its loss does, and labels of -100 are left out.
-Evaluation's ``eval_loss`` / ``eval_accuracy`` are recorded as ``test/loss`` / ``test/acc``.
+Evaluation's metrics are named by the project's one rule (``lawn_monitor.names``): the
+Trainer's ``eval_loss`` / ``eval_accuracy`` (its ``eval_dataset``, data held out of training)
+become ``val/loss`` / ``val/acc``; ``trainer.evaluate(test_data, metric_key_prefix="test")``
+gives ``test/loss`` / ``test/acc``. With ``max_grad_norm`` set (the Trainer's default is 1.0),
+the norm the Trainer logs as ``grad_norm`` is the norm before clipping: it is recorded as
+``grad_norm_preclip`` on each logging step (``logging_steps``); the Monitor's ``grad_norm`` is
+the norm after clipping, what the optimizer received.
 Every process builds a Monitor; under torch.distributed only rank 0 writes (the others join the
 probes' collectives); the run ends ``finished`` when
 training ends. Curvature (``probe_batch=(input_ids, targets)``) calls the model on the input
@@ -28,6 +34,7 @@ from transformers import TrainerCallback
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..monitor import Monitor
+from ..names import split_metric
 from ..outputs import IGNORE_INDEX
 
 
@@ -103,10 +110,21 @@ class LawnMonitorCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.monitor is None or not metrics:
             return
-        given = {"loss": metrics.get("eval_loss"), "acc": metrics.get("eval_accuracy")}
-        given = {k: v for k, v in given.items() if v is not None}
-        if given:
-            self.monitor.log_eval(**given)
+        by_split: dict[str, dict[str, float]] = {}
+        for name, value in metrics.items():
+            stored = split_metric(name)
+            if stored is not None and isinstance(value, (int, float)):
+                split, _, quantity = stored.partition("/")
+                by_split.setdefault(split, {})[quantity] = value
+        for split, given in by_split.items():
+            self.monitor.log_eval(split=split, **given)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # The Trainer logs the value clip_grad_norm_ returned: the norm before clipping, a host
+        # float already (the Trainer synchronized for it), at the step just taken.
+        if self.monitor is not None and logs and isinstance(logs.get("grad_norm"), (int, float)):
+            if self.monitor.step_count == state.global_step:
+                self.monitor.log({"grad_norm_preclip": float(logs["grad_norm"])})
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._hook is not None:

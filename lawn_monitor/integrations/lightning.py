@@ -14,14 +14,26 @@ The Monitor is hooked to the trainer's optimizer (``Monitor.attach``), so it rec
 steps the optimizer takes: not the micro-batches of ``accumulate_grad_batches``, not the steps
 a gradient scaler skips. ``training_step``'s loss, and its ``logits`` and ``targets`` when it
 returns them, reach the Monitor in ``on_train_batch_end``, which Lightning calls after the
-optimizer step: the Monitor writes those statistics for the step just recorded. Validation
-metrics logged as ``val_loss`` / ``val_acc`` (``self.log``) are recorded as ``test/loss`` /
-``test/acc``. Every process builds a Monitor; under torch.distributed only rank 0 writes, the
-others join the probes' collectives (see "Sharded training" in the README). The run ends
-``finished`` with ``fit``, ``failed`` on an exception and ``interrupted`` on Ctrl-C. The Monitor's place (run id, step,
-probe schedules) is saved in Lightning's checkpoints, so ``trainer.fit(..., ckpt_path=...)``
-continues the same run, with no step twice. Curvature (``probe_batch=(inputs, targets)``) calls the LightningModule's
-``forward`` on the inputs.
+optimizer step: the Monitor writes those statistics for the step just recorded.
+
+Evaluation metrics logged with ``self.log`` are named by the project's one rule
+(``lawn_monitor.names``): ``val_loss`` / ``val_acc`` in validation become ``val/loss`` /
+``val/acc``, ``test_loss`` / ``test_acc`` in ``trainer.test`` become ``test/loss`` /
+``test/acc``. With ``gradient_clip_val`` set, the gradient norm before clipping is recorded as
+``grad_norm_preclip`` (``grad_norm`` is after it: what the optimizer received).
+
+Several optimizers (a GAN's ``configure_optimizers`` returning two, in automatic or manual
+optimization): one Monitor watches them all, each named by ``optimizer_names`` (default
+``opt0``, ``opt1``, ...), its whole-model metrics ``<metric>/<name>`` (``Monitor.attach``). In
+manual optimization ``training_step``'s returned loss (or dict) is recorded as in automatic.
+
+Every process builds a Monitor; under torch.distributed only rank 0 writes, the others join the
+probes' collectives (see "Sharded training" in the README). The run ends ``finished`` with
+``fit``, ``failed`` on an exception and ``interrupted`` on Ctrl-C or SIGTERM (Lightning stops a
+run on SIGTERM). The Monitor's place (run id, step, probe schedules) is saved in Lightning's
+checkpoints, so ``trainer.fit(..., ckpt_path=...)`` continues the same run, with no step twice.
+Curvature (``probe_batch=(inputs, targets)``) calls the LightningModule's ``forward`` on the
+inputs.
 """
 
 from __future__ import annotations
@@ -31,24 +43,34 @@ import traceback
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..monitor import Monitor
+from ..names import split_metric
 
 
 class LawnMonitorCallback(Callback):
     """Builds a Monitor when training starts and closes it when it ends.
 
     Args:
-        eval_metrics: the Monitor's evaluation metric (``loss``, ``acc``, ``acc5``) for each
-            name logged in validation (``trainer.callback_metrics``).
+        eval_metrics: the stored name for each name logged in validation or test
+            (``trainer.callback_metrics``), e.g. ``{"my_val_metric": "val/acc"}``; default the
+            naming rule (``lawn_monitor.names``) for every logged name it covers.
+        optimizer_names: a name for each of several optimizers (default ``opt0``, ``opt1``, ...).
         **monitor_kwargs: passed to ``Monitor`` (``root``, ``name``, ``config``, ``probe_batch``,
             ``probe_config``, ``logits_fn``, ...); ``total_steps`` and ``steps_per_epoch`` are
             taken from the trainer unless given.
     """
 
-    def __init__(self, eval_metrics: dict[str, str] | None = None, **monitor_kwargs: Any) -> None:
-        self.eval_metrics = eval_metrics if eval_metrics is not None else {"val_loss": "loss", "val_acc": "acc"}
+    def __init__(
+        self,
+        eval_metrics: dict[str, str] | None = None,
+        optimizer_names: list[str] | None = None,
+        **monitor_kwargs: Any,
+    ) -> None:
+        self.eval_metrics = eval_metrics
+        self.optimizer_names = optimizer_names
         self.monitor_kwargs = monitor_kwargs
         self.monitor: Monitor | None = None
         self._restored: dict[str, Any] | None = None  # from a checkpoint, until training starts
@@ -56,12 +78,7 @@ class LawnMonitorCallback(Callback):
     # --- the run's life ---------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if len(trainer.optimizers) != 1:
-            raise ValueError(
-                f"LawnMonitorCallback watches one optimizer; this LightningModule has "
-                f"{len(trainer.optimizers)}: build a Monitor per optimizer by hand"
-            )
-        optimizer = trainer.optimizers[0]
+        optimizer = self._optimizers(trainer)
         kwargs = {**self._trainer_lengths(trainer), **self.monitor_kwargs}
         restored, self._restored = self._restored, None
         if restored is not None:
@@ -72,7 +89,21 @@ class LawnMonitorCallback(Callback):
         if restored is not None:
             self.monitor.load_state_dict(restored["monitor"])
         # Lightning calls on_train_batch_end after the optimizer step: the outputs come late.
-        self.monitor.attach(optimizer, outputs_after_step=True)
+        self.monitor.attach(None if isinstance(optimizer, dict) else optimizer, outputs_after_step=True)
+
+    def _optimizers(self, trainer: pl.Trainer) -> Any:
+        """The trainer's optimizer, or with several, a dict of them by name."""
+        optimizers = list(trainer.optimizers)
+        if not optimizers:
+            raise ValueError("LawnMonitorCallback: the LightningModule has no optimizer (configure_optimizers)")
+        if len(optimizers) == 1:
+            return optimizers[0]
+        names = self.optimizer_names or [f"opt{i}" for i in range(len(optimizers))]
+        if len(names) != len(optimizers):
+            raise ValueError(
+                f"LawnMonitorCallback: {len(names)} optimizer_names for {len(optimizers)} optimizers: give one each"
+            )
+        return dict(zip(names, optimizers))
 
     @staticmethod
     def _trainer_lengths(trainer: pl.Trainer) -> dict[str, int]:
@@ -98,19 +129,49 @@ class LawnMonitorCallback(Callback):
             loss = loss * trainer.accumulate_grad_batches
         self.monitor.observe(loss=loss, logits=logits, targets=targets)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if self.monitor is None or trainer.sanity_checking:
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """Lightning calls this before it clips the gradients: their norm before clipping."""
+        if self.monitor is None or not trainer.gradient_clip_val or not pl_module.automatic_optimization:
             return
-        metrics = trainer.callback_metrics
-        given = {kind: metrics[name] for name, kind in self.eval_metrics.items() if name in metrics}
-        if given:
-            self.monitor.log_eval(**given)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self.monitor.record_preclip(total, optimizer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._log_eval(trainer, "val")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._log_eval(trainer, "test")
+
+    def _log_eval(self, trainer: pl.Trainer, split: str) -> None:
+        """The evaluation's logged metrics of this split, under their stored names."""
+        if self.monitor is None:
+            return
+        given = {}
+        for name, value in trainer.callback_metrics.items():
+            if self.eval_metrics is not None:
+                stored = self.eval_metrics.get(name)
+                if stored in ("loss", "acc", "acc5"):  # the older form: a quantity of validation
+                    stored = f"val/{stored}"
+            else:
+                stored = split_metric(name)
+            if stored is not None and stored.startswith(f"{split}/"):
+                given[stored] = value
+        quantities = {name.partition("/")[2]: value for name, value in given.items()}
+        known = {q: v for q, v in quantities.items() if q in ("loss", "acc", "acc5")}
+        other = {name: v for name, v in given.items() if name.partition("/")[2] not in known}
+        if other:
+            self.monitor.log(other)
+        if known:
+            self.monitor.log_eval(split=split, **known)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._close()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
+        if isinstance(exception, (KeyboardInterrupt, SystemExit)):  # Ctrl-C; SIGTERM (SIGTERMException)
             self._close("interrupted")
         else:
             error = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))

@@ -16,16 +16,20 @@ Tag names are kept as metric names, except these (case-insensitive), which becom
 
     loss                                              -> train/loss
     acc, accuracy                                     -> train/acc
-    <split><sep><q> or <q><sep><split>, sep / _ -     -> <split>/<q>
+    <split><sep><q> or <q><sep><split>, sep / _ -     -> <split>/<q>  (lawn_monitor.names)
     lr, learning_rate, train/lr, lr-<Optimizer>       -> lr
     epoch, train/epoch                                -> epoch
     <per-layer metric>/<layer>, e.g. grad_norm/fc.weight -> that metric at that layer
 
-where split is ``train`` (or ``training``), ``val`` (``valid``, ``validation``), ``test`` or
-``eval``, and q is ``loss`` or ``acc`` (``accuracy``): ``Loss/train`` -> ``train/loss``,
-``val_acc`` -> ``val/acc`` (what ``Monitor.log_eval(split="val")`` writes). A name is only
-mapped where it is unambiguous: when two tags of a run would map to one name, both keep their own.
-The last rule reads back what ``export --layers`` writes.
+where the split rule is the project's one naming rule (``lawn_monitor.names``): ``train``
+(``training``), ``val`` (``valid``, ``validation``, ``eval``, ``dev``: data held out of
+training) or ``test``, and q is ``loss``, ``acc`` (``accuracy``) or ``acc5``: ``Loss/train`` ->
+``train/loss``, ``val_acc`` and ``eval/accuracy`` -> ``val/acc``. A name is only mapped where it
+is unambiguous: when two tags of a run would map to one name, both keep their own. The last rule
+reads back what ``export --layers`` writes. run.json keeps each renamed tag's original name
+(``tensorboard_tags``), and export writes it back under that name: a round trip gives back the
+tags it was given (``train/learning_rate`` stays ``train/learning_rate``), with every value, also
+several at one step.
 
 Importing the same folder again is a no-op: its run id comes from the folder's absolute path
 (``tb-<name>-<hash>``), and run.json keeps a fingerprint of its event files (names and sizes:
@@ -52,21 +56,12 @@ import pandas as pd
 import pyarrow as pa
 
 from ..metrics import BY_NAME, WHOLE
+from ..names import split_metric
 from ..schema import SCHEMA
 from ..sink import ParquetSink, slug
 from ..storage import Location, now_iso
 
 EVENT_FILES = "*tfevents*"
-SPLITS = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "eval": "eval",
-}
-QUANTITIES = {"loss": "loss", "acc": "acc", "accuracy": "acc"}
 PLAIN = {
     "loss": "train/loss",
     "acc": "train/acc",
@@ -100,13 +95,9 @@ def project_name(tag: str) -> tuple[str, str]:
         return PLAIN[low], ""
     if re.fullmatch(r"lr-[a-z0-9_]+", low):  # Lightning's LearningRateMonitor, one param group
         return "lr", ""
-    parts = re.fullmatch(r"([a-z]+)[/_-]([a-z]+)", low)
-    if parts:
-        a, b = parts.groups()
-        if a in SPLITS and b in QUANTITIES:
-            return f"{SPLITS[a]}/{QUANTITIES[b]}", ""
-        if a in QUANTITIES and b in SPLITS:
-            return f"{SPLITS[b]}/{QUANTITIES[a]}", ""
+    split = split_metric(tag)
+    if split is not None:
+        return split, ""
     metric, _, layer = tag.partition("/")
     if metric in PER_LAYER and layer:
         return metric, layer
@@ -176,6 +167,18 @@ def run_id_for(run_dir: Path, name: str) -> str:
     """The same folder always gets the same id (so a second import is recognized)."""
     digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]
     return f"tb-{slug(name)}-{digest}"
+
+
+def export_tag(metric: str, layer: str) -> str:
+    """The tag export writes for a (metric, layer) when the run has no original tag for it."""
+    return metric if not layer else f"{metric}/{layer}"
+
+
+def renamed_tags(scalars: pd.DataFrame) -> dict[str, str]:
+    """Export tag -> original tag, for the tags an import renames (kept in run.json so that
+    export gives each its own name back)."""
+    names = tag_names(scalars["tag"].unique())
+    return {export_tag(*target): tag for tag, target in names.items() if export_tag(*target) != tag}
 
 
 def to_table(run_id: str, scalars: pd.DataFrame) -> tuple[pa.Table, list[str]]:
@@ -281,6 +284,7 @@ def import_tensorboard(
                 "steps_per_epoch": None,
                 "layers": layers,
                 "fingerprint": content,
+                "tensorboard_tags": renamed_tags(scalars),
                 "imported_at": now_iso(),
             },
         )
@@ -345,6 +349,9 @@ def export_tensorboard(
         for path in existing:
             path.unlink()
         tags = np.where(rows["layer"] == "", rows["metric"], rows["metric"] + "/" + rows["layer"])
+        original = (_read_info(store.loc, run_id) or {}).get("tensorboard_tags")
+        if isinstance(original, dict):  # an imported run: each tag under its own name again
+            tags = np.array([original.get(tag, tag) for tag in tags], dtype=object)
         writer = SummaryWriter(log_dir=str(target))
         try:
             for tag, step, wall, value in zip(tags, rows["step"], rows["wall_time"], rows["value"]):

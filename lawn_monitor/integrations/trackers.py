@@ -11,8 +11,14 @@ The store keeps every value (per layer too); the tracker gets the whole-model on
 steps. They are sent once per flush (every ``flush_secs``, 2 s by default), after the flush's
 rows are on the host and in the store: forwarding adds no device sync and no per-step call.
 
+The run's config goes with the first flush: W&B's ``run.config`` (nested as given, plus
+``lawn_monitor_run_id``), MLflow's params (nested keys joined with ``.``: ``lawn.free_epochs``;
+values as text, cut at MLflow's 6000 characters) and the tag ``lawn_monitor.run_id``, so the
+tracker's run says which run of the store it is.
+
 A forwarder is any object with ``forward(table)``, called with each flush's rows (a pyarrow
-Table in the store's SCHEMA). If it raises, the Monitor warns once per forwarder and goes on:
+Table in the store's SCHEMA), and optionally ``start(run_id, config)``, called once when the
+Monitor opens its run. If it raises, the Monitor warns once per forwarder and goes on:
 a tracker's outage never stops training. wandb and mlflow are imported only by their
 forwarder, so the core never needs them.
 
@@ -20,11 +26,14 @@ W&B: the steps are W&B's own (``run.log(values, step=step)``), and W&B drops a s
 one already logged. So let the Monitor be the only one to pass ``step=``: log your own values
 through ``monitor.log(...)`` (forwarded too) or without a step.
 
-MLflow: a metric name may only hold letters, digits, ``_ - . / `` and spaces, and no empty,
-``.`` or ``..`` path part; any other character becomes ``_`` (the colon too, which Windows
-refuses) and such parts are dropped: ``top1@val`` -> ``top1_val``. Values go in batches of at
-most 1000 (MLflow's limit per request), each with its step and wall time; infinities are
-stored by MLflow as the largest float.
+MLflow: the ``[mlflow]`` extra installs ``mlflow-skinny`` with ``sqlalchemy`` and ``alembic``,
+which its local ``sqlite:///mlflow.db`` store needs (MLflow's recommended local store; its
+``file:`` store is in maintenance mode and refuses to open without ``MLFLOW_ALLOW_FILE_STORE``).
+A tracking server (``http://...``) needs neither. A metric name may only hold letters, digits,
+``_ - . / `` and spaces, and no empty, ``.`` or ``..`` path part; any other character becomes
+``_`` (the colon too, which Windows refuses) and such parts are dropped: ``top1@val`` ->
+``top1_val``. Values go in batches of at most 1000 (MLflow's limit per request), each with its
+step and wall time; infinities are stored by MLflow as the largest float.
 """
 
 from __future__ import annotations
@@ -37,6 +46,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MLFLOW_BATCH = 1000  # MLflow's limit on metrics per log_batch request
+MLFLOW_PARAMS = 100  # MLflow's limit on params per log_batch request
+MLFLOW_PARAM_LENGTH = 6000  # MLflow's limit on a param's value, in characters
+
+
+def flat_config(config: dict, prefix: str = "") -> dict[str, str]:
+    """A nested config as ``{"a.b": "value"}``, values as text (MLflow's params)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flat_config(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MLFLOW_PARAM_LENGTH]
+    return flat
 
 
 def whole_model(table: pa.Table) -> list[tuple[int, float, dict[str, float]]]:
@@ -79,8 +102,15 @@ class WandbForwarder:
             raise ValueError("WandbForwarder: no W&B run; call wandb.init(...) first or pass run=")
         self.run = run
         self.prefix = prefix
+        self.config: dict | None = None  # sent with the first flush
+
+    def start(self, run_id: str, config: dict) -> None:
+        self.config = {**config, "lawn_monitor_run_id": run_id}
 
     def forward(self, table: pa.Table) -> None:
+        if self.config is not None:
+            self.run.config.update(self.config, allow_val_change=True)
+            self.config = None
         for step, _, values in whole_model(table):
             self.run.log({self.prefix + k: v for k, v in values.items()}, step=step)
 
@@ -102,6 +132,20 @@ class MLflowForwarder:
         self.run_id = run_id
         self.prefix = prefix
         self._client = None
+        self._start: tuple[str, dict] | None = None  # the store's run id and config, sent with the first flush
+
+    def start(self, run_id: str, config: dict) -> None:
+        self._start = (run_id, config)
+
+    def _send_config(self, run_id: str) -> None:
+        from mlflow.entities import Param, RunTag
+
+        lawn_run_id, config = self._start  # type: ignore[misc]
+        params = [Param(mlflow_name(k), v) for k, v in flat_config(config).items()]
+        self._client.log_batch(run_id, params=params[:MLFLOW_PARAMS], tags=[RunTag("lawn_monitor.run_id", lawn_run_id)])
+        for i in range(MLFLOW_PARAMS, len(params), MLFLOW_PARAMS):
+            self._client.log_batch(run_id, params=params[i : i + MLFLOW_PARAMS])
+        self._start = None
 
     def forward(self, table: pa.Table) -> None:
         import mlflow
@@ -115,6 +159,8 @@ class MLflowForwarder:
             run_id = active.info.run_id
         if self._client is None:
             self._client = mlflow.MlflowClient()
+        if self._start is not None:
+            self._send_config(run_id)
         metrics = []
         for step, wall, values in whole_model(table):
             stamp = int(1000 * (wall if math.isfinite(wall) else time.time()))  # milliseconds

@@ -123,6 +123,10 @@ class ParamNorms(Probe):
 
     The update is the step actually taken (after LAWN's rescaling, weight decay, everything), so
     the probe keeps a copy of the weights from the previous step: one model-sized buffer.
+
+    ``optimizer_name``: one of several optimizers of a model (a GAN's ``"D"`` and ``"G"``): the
+    probe measures only that optimizer's parameters, and its whole-model values are named
+    ``<metric>/<optimizer_name>`` (``update_norm/G``); per-layer values keep their names.
     """
 
     METRICS = (
@@ -135,8 +139,15 @@ class ParamNorms(Probe):
         "update_ratio_per_lr",
     )
 
+    def __init__(self, every_n=1, budget=None, optimizer_name: str | None = None) -> None:
+        super().__init__(every_n, budget)
+        self.optimizer_name = optimizer_name
+
     def attach(self, model, optimizer):
         named = [(clean_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+        if self.optimizer_name is not None and optimizer is not None:
+            mine = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            named = [(n, p) for n, p in named if id(p) in mine]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.optimizer = optimizer
@@ -149,7 +160,8 @@ class ParamNorms(Probe):
         invariant = set(scale_invariant_layers(model))
         self.invariant = [i for i, n in enumerate(self.names) if n in invariant]
         self.keys: Keys = [(m, n) for m in self.METRICS for n in self.names]
-        self.keys += [(m, "") for m in self.METRICS]
+        suffix = "" if self.optimizer_name is None else f"/{self.optimizer_name}"
+        self.keys += [(m + suffix, "") for m in self.METRICS]
         self.keys += [("effective_lr", self.names[i]) for i in self.invariant]
         self.reference: Tensor | None = None  # weight norms at the first step: each layer's, then the total
         self.invariant_index: Tensor | None = None
