@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import compact as compaction
-from .lock import LOCK_TIMEOUT, RunLock
+from .lock import LOCK_TIMEOUT, RunLock, pid_namespace
 from .schema import SCHEMA, SCHEMA_VERSION, STATUSES, parquet_bytes
 from .storage import Location, check_run_id, live_files, now_iso, part_name
 
@@ -135,6 +135,7 @@ class ParquetSink:
             "ended_at": None,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "pid_ns": pid_namespace(),  # with host and pid: whether the writer still exists (lock.py)
             "schema_version": SCHEMA_VERSION,
             **info,
         }

@@ -36,7 +36,15 @@ import pandas as pd
 from .lock import holder_gone, read_lock
 from .runinfo import RunInfo, check_run_info
 from .schema import SCHEMA
-from .storage import Location, default_root, live_files, plain_name
+from .storage import (
+    RUN_JSON_LIMIT,
+    Location,
+    NotAFileError,
+    TooLargeError,
+    default_root,
+    live_files,
+    plain_name,
+)
 
 RUN_COLUMNS = [
     "run_id",
@@ -101,7 +109,12 @@ NOT_COMPUTED = frozenset(
 TEXT_COLUMNS = {"run_id": "object", "layer": "object", "metric": "object"}  # dtypes of empty results
 X_AXES = ("step", "epoch", "time")
 OUTPUTS = ("pandas", "arrow", "polars")
+READ_ATTEMPTS = 10  # listings a query may read from before it gives up (see _query)
 _calls = threading.local()  # depth of RunStore calls on this thread: only the outermost converts
+
+
+class StoreBusyError(RuntimeError):
+    """The store's files changed under every attempt of a query (see RunStore._query)."""
 
 
 def _output(method):
@@ -279,9 +292,19 @@ class RunStore:
 
     def run_ids(self) -> list[str]:
         """The run folders: those with a run.json, and those with data files but none (listed as
-        damaged). A folder whose name is not UTF-8 is skipped with a warning."""
+        damaged). A folder whose name is not UTF-8, or that cannot be looked into (a symlink
+        loop, no permission), is skipped with a warning; so is the whole root if it cannot be
+        listed (no runs)."""
+        skipped: list[tuple[str, str]] = []
+        try:
+            names = self.loc.run_folders(skipped)
+        except OSError as exc:
+            self._warn_once(f"cannot list the runs in {self.loc.url}: {exc.strerror or exc}; check --root")
+            return []
+        for name, why in skipped:
+            self._warn_once(f"skipping {self.loc.url}/{_printable(name)}: {why}; remove or repair it")
         ids = []
-        for name in sorted(set(self.loc.run_dirs()) | set(self.loc.metrics_dirs())):
+        for name in names:
             if _utf8(name):
                 ids.append(name)
             else:
@@ -304,17 +327,14 @@ class RunStore:
         if not plain_name(run_id):  # "../x" or "a/b": not a folder of this store
             return []
         for _ in range(100):
-            skipped: list[str] = []
+            skipped: list[tuple[str, str]] = []
             try:
                 listing = dict(self.loc.listdir(folder, skipped))
             except OSError as exc:  # a symlink loop, no permission
                 self._warn_once(f"skipping {self.loc.url}/{folder}: cannot be listed ({exc.strerror or exc})")
                 return []
-            for name in dict.fromkeys(skipped):
-                self._warn_once(
-                    f"skipping {self.loc.url}/{folder}/{_printable(name)}: cannot be read "
-                    f"(a symlink loop or no permission); remove it"
-                )
+            for name, why in dict.fromkeys(skipped):
+                self._warn_once(f"skipping {self.loc.url}/{folder}/{_printable(name)}: {why}; remove it")
             for name in [n for n in listing if not _utf8(n)]:
                 self._warn_once(
                     f"skipping {self.loc.url}/{folder}/{_printable(name)}: its name is not UTF-8 text; "
@@ -322,30 +342,37 @@ class RunStore:
                 )
                 del listing[name]
             live, _, other = live_files(list(listing))
-            good, bad = [], []
+            good = []
             try:
                 for name in sorted([s.name for s in live] + other):
                     rel = f"{folder}/{name}"
-                    if self.loc.query_path(rel) in self._unreadable:
-                        continue  # warned about when found
-                    (good if self._is_parquet(rel, listing[name]) else bad).append(rel)
+                    if self.loc.query_path(rel) not in self._unreadable and self._is_parquet(rel, listing[name]):
+                        good.append(rel)
             except FileNotFoundError:  # compaction replaced it since the listing: list again
                 continue
-            for rel in bad:
-                self._warn_once(f"skipping {self.loc.url}/{rel}: not a complete Parquet file (empty or truncated)")
             # Files are immutable under their names (a nonce in each), so names and sizes say
             # whether a run's data changed: the key of the per-run result cache.
             self._signatures[run_id] = tuple((rel, listing[rel.rsplit("/", 1)[-1]]) for rel in good)
             return [self.loc.query_path(rel) for rel in good]
-        raise RuntimeError(f"{self.loc.url}/{folder} kept changing while being listed")
+        raise StoreBusyError(f"{self.loc.url}/{folder} kept changing while being listed")
 
     def _is_parquet(self, rel: str, size: int) -> bool:
-        """A complete Parquet file starts and ends with b'PAR1' (a cheap check, no parse).
-        Raises FileNotFoundError if the file is gone (the caller lists again)."""
-        if size < 12:
-            return False
-        head, tail = self.loc.head_tail(rel, size)
-        return head == b"PAR1" and tail == b"PAR1"
+        """Whether a file can be read and is a complete Parquet file: it starts and ends with
+        b'PAR1' (a cheap check, no parse); warns once about one that is not. Raises
+        FileNotFoundError if the file is gone (the caller lists again)."""
+        why = "not a complete Parquet file (empty or truncated)"
+        if size >= 12:
+            try:
+                head, tail = self.loc.head_tail(rel, size)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:  # no permission, or it became a FIFO since the listing
+                head = tail = b""
+                why = f"cannot be read ({exc.strerror or exc}); repair or remove it"
+            if head == tail == b"PAR1":
+                return True
+        self._warn_once(f"skipping {self.loc.url}/{rel}: {why}")
+        return False
 
     def _query(
         self,
@@ -358,13 +385,16 @@ class RunStore:
         """Run ``sql`` (its first parameter is the file list) over the live files of ``run_ids``;
         ``read_parquet(?)`` in it reads them by folder (FILES_BY_FOLDER).
 
-        A file deleted between listing and reading (compaction finished) means the listing is
-        old: list again and retry. A file that looked whole but is not, or holds other columns,
+        A file deleted between listing and reading means the listing is old: list again and
+        retry. A live writer deletes what it merged only GRACE seconds after the merge
+        (compact.py), so a retry's files stay until it is read, unless the query itself takes
+        longer than that; only runs that end (their final merge) and ``lawn-monitor compact``
+        delete at once, each once. A file that looked whole but is not, or holds other columns,
         is dropped with a warning.
         """
         sql = sql.replace("read_parquet(?)", FILES_BY_FOLDER)
         ids = None if run_ids is None else list(run_ids)
-        for attempt in range(5):
+        for attempt in range(READ_ATTEMPTS):
             files = files if attempt == 0 and files is not None else self.files(ids)
             if not files:
                 return pd.DataFrame({c: pd.Series(dtype=TEXT_COLUMNS.get(c, "float64")) for c in columns})
@@ -373,7 +403,7 @@ class RunStore:
                 return cur.execute(sql, [files, *params]).df()
             except duckdb.Error:
                 if self._vanished(files):
-                    time.sleep(0.05 * (attempt + 1))
+                    time.sleep(min(0.05 * (attempt + 1), 0.5))
                     continue
                 good = [f for f in files if self._readable(cur, f)]
                 if len(good) == len(files):
@@ -383,7 +413,7 @@ class RunStore:
                 return cur.execute(sql, [good, *params]).df()
             finally:
                 cur.close()
-        raise RuntimeError(f"files of {self.loc.url} kept changing during 5 reads; try again")
+        raise StoreBusyError(f"files of {self.loc.url} kept changing during {READ_ATTEMPTS} reads; try again")
 
     def _per_run(self, sql: str, params: Sequence, run_ids: Iterable[str], columns: list[str]) -> pd.DataFrame:
         """A ``GROUP BY run_id`` query, computed only for runs whose files changed since the last
@@ -479,10 +509,12 @@ class RunStore:
         if not plain_name(run_id):
             return RunInfo(damage=f"{run_id!r} is not a folder name")
         try:
-            found = check_run_info(self.loc.read_bytes(rel))
+            found = check_run_info(self.loc.read_bytes(rel, limit=RUN_JSON_LIMIT))
         except FileNotFoundError:
             found = RunInfo(damage="no run.json (its data files are read)")
-        except OSError as exc:  # a symlink loop, a folder of that name, no permission
+        except (NotAFileError, TooLargeError) as exc:  # a FIFO, a link to /dev/zero, gigabytes
+            found = RunInfo(damage=f"run.json is {exc.strerror}")
+        except OSError as exc:  # a symlink loop, no permission
             found = RunInfo(damage=f"run.json cannot be read ({exc.strerror or exc})")
         if found.damage:
             self._warn_once(
@@ -514,12 +546,13 @@ class RunStore:
         once; otherwise the silence is how long this RunStore has seen the lock's beat counter
         unchanged (its own monotonic clock), starting, on the first look, from the lock file's
         age by the storage's modification time. A run without a lock file (written by a version
-        before locks) falls back to run.json's ``heartbeat_at``.
+        before locks), or whose lock file is damaged, is judged by its run.json: its writer's
+        process (host, pid) when that was one of this machine's, else ``heartbeat_at``.
         """
         record, modified = read_lock(self.loc, run_id) if run_id else (None, None)
-        if record is None:
+        if not record or "token" not in record:  # no lock, or one that says nothing (damaged)
             self._beats.pop(run_id, None)
-            return _age_seconds(info.get("heartbeat_at")) > self.stale_after
+            return holder_gone(info) or _age_seconds(info.get("heartbeat_at")) > self.stale_after
         if holder_gone(record):
             return True
         beat, now = (record.get("token"), record.get("beat")), time.monotonic()
