@@ -32,6 +32,10 @@ RUN_JSON_LIMIT = 1 << 20  # bytes: a bigger run.json is not one the sink wrote (
 LOCK_LIMIT = 1 << 16  # bytes: the same for writer.lock
 
 
+class StoreBusyError(RuntimeError):
+    """A folder or a query's files kept changing under every attempt to read them."""
+
+
 class NotAFileError(OSError):
     """A FIFO, device, socket or folder where the store expects a regular file. Never opened for
     reading: a FIFO would block the reader, ``/dev/zero`` would never end."""
@@ -272,7 +276,7 @@ class Location:
                     return []
             except NotADirectoryError:
                 return []
-        raise RuntimeError(f"{self._full(rel)} kept changing while being listed")
+        raise StoreBusyError(f"{self._full(rel)} kept changing while being listed")
 
     @staticmethod
     def _scan(path: str, skipped: list[tuple[str, str]] | None) -> list[tuple[str, int]]:

@@ -40,6 +40,7 @@ from .storage import (
     RUN_JSON_LIMIT,
     Location,
     NotAFileError,
+    StoreBusyError,
     TooLargeError,
     default_root,
     live_files,
@@ -111,10 +112,6 @@ X_AXES = ("step", "epoch", "time")
 OUTPUTS = ("pandas", "arrow", "polars")
 READ_ATTEMPTS = 10  # listings a query may read from before it gives up (see _query)
 _calls = threading.local()  # depth of RunStore calls on this thread: only the outermost converts
-
-
-class StoreBusyError(RuntimeError):
-    """The store's files changed under every attempt of a query (see RunStore._query)."""
 
 
 def _output(method):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -187,10 +188,22 @@ class TrainConfig:
                 f"(--free-epochs {cfg.free_epochs})",
             )
         )
+        checks += _finite(cfg)
+        checks.append((0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}"))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         return cfg
+
+
+def _finite(cfg: TrainConfig) -> list[tuple[bool, str]]:
+    """Every number in the config finite: ``--lr inf`` would train on NaN weights, and an
+    infinite epoch count never ends."""
+    return [
+        (math.isfinite(v), f"--{k.replace('_', '-')} must be a finite number, got {v}")
+        for k, v in flag_values(cfg).items()
+        if isinstance(v, float)
+    ]
 
 
 # The probe settings the command line offers: flag name -> (ProbeConfig field, help). A flag
