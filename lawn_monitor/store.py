@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import duckdb
 import numpy as np
@@ -46,6 +47,14 @@ from .storage import (
     live_files,
     plain_name,
 )
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+# What a query returns: a pandas DataFrame by default; an Arrow table or a Polars frame with
+# RunStore(output="arrow" | "polars").
+Frame: TypeAlias = "pd.DataFrame | pa.Table | pl.DataFrame"
 
 RUN_COLUMNS = [
     "run_id",
@@ -568,7 +577,7 @@ class RunStore:
         return "damaged" if found.damage else self._status(found.info, run_id)
 
     @_output
-    def runs(self, status: str | Iterable[str] | None = None, **config_filters) -> pd.DataFrame:
+    def runs(self, status: str | Iterable[str] | None = None, **config_filters) -> Frame:
         """One row per run: id, name, status (``stale`` for a silent running run, ``damaged`` for
         an unusable run.json, with the reason in ``damage``), progress, every config key as a
         column, and ``test_acc`` (latest) / ``best_test_acc``.
@@ -650,7 +659,7 @@ class RunStore:
         x: str = "step",
         smooth: float = 0.0,
         with_se: bool = False,
-    ) -> pd.DataFrame:
+    ) -> Frame:
         """``metric`` at ``layer`` ("" = whole model) for these runs, at most ``points`` rows per run.
 
         Steps are cut into ``points`` equal buckets per run; each bucket keeps its last value
@@ -705,7 +714,7 @@ class RunStore:
         return df[[*SERIES_COLUMNS, "se"]]
 
     @_output
-    def layers(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
+    def layers(self, run_id: str, metric: str, points: int | None = 200) -> Frame:
         """``metric`` for every layer of one run, long format (layer, step, value), for a
         (layer x step) heatmap: steps cut into at most ``points`` buckets, labelled by their first
         step, each holding its last value. Layers come in the model's order (run.json ``layers``)."""
@@ -746,7 +755,7 @@ class RunStore:
         return listed + sorted(found - set(listed))
 
     @_output
-    def layer_matrix(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
+    def layer_matrix(self, run_id: str, metric: str, points: int | None = 200) -> Frame:
         """The same as :meth:`layers`, pivoted: one row per layer, one column per step bucket."""
         long = self.layers(run_id, metric, points)
         order = list(dict.fromkeys(long["layer"]))
@@ -769,7 +778,7 @@ class RunStore:
         )
 
     @_output
-    def switch_steps(self, run_ids: str | Iterable[str]) -> pd.DataFrame:
+    def switch_steps(self, run_ids: str | Iterable[str]) -> Frame:
         """The step at which each LAWN run entered its constrained phase (runs without one: none)."""
         return self._query(
             """SELECT run_id, min(step) AS step, min(epoch) AS epoch FROM read_parquet(?)
@@ -789,7 +798,7 @@ class RunStore:
         reduce: str = "final",
         status: str | Iterable[str] | None = "finished",
         **config_filters,
-    ) -> pd.DataFrame:
+    ) -> Frame:
         """Aggregate the ``final`` (or ``best``: max; ``min``) value of ``metric`` over the seeds
         of each experiment: mean, std, stderr, count, min, max, and the ``seeds`` counted. The
         paper's Table 2 is ``summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"])``.
@@ -858,7 +867,7 @@ class RunStore:
 
     # --- your own SQL -------------------------------------------------------------------------
 
-    def sql(self, query: str, params: Sequence | None = None, run_ids: Iterable[str] | None = None):
+    def sql(self, query: str, params: Sequence | None = None, run_ids: Iterable[str] | None = None) -> Frame:
         """Run ``query`` in DuckDB over two views: ``metrics``, every row of the store's runs (or
         of ``run_ids``) read by the live-file rule (each row once, even while a writer compacts:
         see docs/storage.md), with columns run_id, step, epoch, wall_time, layer, metric, value;
@@ -886,10 +895,11 @@ class RunStore:
                     "t(run_id, step, epoch, wall_time, layer, metric, value) WHERE false"
                 )
             con.register("runs", runs)
-            result = con.execute(query, list(params or []))
             if self.output == "pandas":
-                return result.df()
-            table = (getattr(result, "to_arrow_table", None) or result.fetch_arrow_table)()  # DuckDB 2's name
+                return con.execute(query, list(params or [])).df()
+            # Arrow straight from a relation: from a DB-API result DuckDB would copy the rows (and warn).
+            rel = con.sql(query, params=list(params or []))
+            table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()  # DuckDB 2's name first
             if self.output == "arrow":
                 return table
             import polars as pl
