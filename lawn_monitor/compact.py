@@ -257,6 +257,21 @@ def _set_aside(loc: Location, run_id: str, skipped: list[tuple[str, str]]) -> No
         quarantine(loc, run_id, name, why)
 
 
+def _set_aside_unreadable(loc: Location, run_id: str, live: list[Segment]) -> bool:
+    """Quarantine live files this process cannot open (no permission), which a final pass that
+    finds one file already merged would otherwise leave for every reader to skip; True if any."""
+    found = False
+    for seg in live:
+        try:
+            loc.head_tail(f"{run_id}/metrics/{seg.name}", 4)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            quarantine(loc, run_id, seg.name, f"cannot be read: {exc.strerror or exc}")
+            found = True
+    return found
+
+
 def compact_run(
     loc: Location,
     run_id: str,
@@ -279,6 +294,8 @@ def compact_run(
         _set_aside(loc, run_id, skipped)
         live, covered, other = live_files(list(listing))
         if not _drop_covered(loc, run_id, listing, live, covered, final):
+            continue
+        if final and _set_aside_unreadable(loc, run_id, live):
             continue
         if other and not warned:
             warnings.warn(f"{run_id}: leaving files compaction does not own: {', '.join(other)}", stacklevel=2)
@@ -324,14 +341,21 @@ def compact_store(
         except RunLockedError as exc:
             skipped[run_id] = str(exc)
             continue
+        except OSError as exc:  # the run's folder cannot be written (no permission)
+            skipped[run_id] = _cannot(loc, run_id, exc)
+            continue
         try:
             mark_abandoned(loc, run_id)
             for name in loc.stray_temps(f"{run_id}/metrics", older_than=0.0):  # no writer: all strays
                 loc.remove(f"{run_id}/metrics/{name}")
             merged[run_id] = compact_run(loc, run_id, final=True)
         except OSError as exc:  # metrics/ is a symlink loop, cannot be listed, or cannot be written
-            where = exc.filename or f"{loc.url}/{run_id}/metrics"
-            skipped[run_id] = f"run {run_id}: {where} cannot be compacted ({exc.strerror or exc}); repair or remove it"
+            skipped[run_id] = _cannot(loc, run_id, exc)
         finally:
             lock.release()
     return merged, skipped
+
+
+def _cannot(loc: Location, run_id: str, exc: OSError) -> str:
+    where = exc.filename or f"{loc.url}/{run_id}/metrics"
+    return f"run {run_id}: {where} cannot be compacted ({exc.strerror or exc}); repair or remove it"

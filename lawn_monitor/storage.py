@@ -56,7 +56,7 @@ def _kind(mode: int) -> str:
     ):
         if test(mode):
             return words
-    return "not a regular file"
+    return "a file" if stat.S_ISREG(mode) else "not a regular file"
 
 
 def _megabytes(n: int) -> str:
@@ -256,7 +256,7 @@ class Location:
 
     def listdir(self, rel: str, skipped: list[tuple[str, str]] | None = None) -> list[tuple[str, int]]:
         """(name, size) of the regular files directly in ``rel``; empty if it does not exist.
-        Raises OSError if ``rel`` cannot be listed (a symlink loop, no permission). A data file
+        Raises OSError if ``rel`` cannot be listed (a symlink loop, no permission, not a folder). A data file
         name (``*.parquet``) that is not a readable regular file (a FIFO, a folder, a socket, a
         symlink loop or to nothing) is left out, and added to ``skipped`` as (name, why)."""
         if self.remote:
@@ -274,8 +274,9 @@ class Location:
             except FileNotFoundError:
                 if not os.path.isdir(self._full(rel)):
                     return []
-            except NotADirectoryError:
-                return []
+            except NotADirectoryError:  # say what it is instead: a FIFO, a file
+                kind = _kind(os.stat(self._full(rel)).st_mode)
+                raise NotADirectoryError(errno.ENOTDIR, f"{kind}, not a folder", self._full(rel)) from None
         raise StoreBusyError(f"{self._full(rel)} kept changing while being listed")
 
     @staticmethod

@@ -517,7 +517,10 @@ class RunStore:
         try:
             found = check_run_info(self.loc.read_bytes(rel, limit=RUN_JSON_LIMIT))
         except FileNotFoundError:
-            found = RunInfo(damage="no run.json (its data files are read)")
+            dangling = not self.loc.remote and os.path.islink(Path(self.loc.base) / rel)
+            found = RunInfo(
+                damage="run.json is a symlink to nothing" if dangling else "no run.json (its data files are read)"
+            )
         except (NotAFileError, TooLargeError) as exc:  # a FIFO, a link to /dev/zero, gigabytes
             found = RunInfo(damage=f"run.json is {exc.strerror}")
         except OSError as exc:  # a symlink loop, no permission
@@ -887,7 +890,11 @@ class RunStore:
         try:
             self.loc.register(con)
             if files:
-                con.read_parquet(files).create_view("metrics")
+                # Each row's run_id from its folder, as in every other query (FILES_BY_FOLDER).
+                rel = con.read_parquet(files, filename=True)
+                rel.project("* EXCLUDE (filename) REPLACE (string_split(filename, '/')[-3] AS run_id)").create_view(
+                    "metrics"
+                )
             else:  # an empty store: the view exists, with no rows
                 con.execute(
                     "CREATE VIEW metrics AS SELECT * FROM (VALUES (NULL::VARCHAR, NULL::BIGINT, NULL::DOUBLE, "
