@@ -415,7 +415,7 @@ def test_files_and_folders_without_permission_are_skipped(good_store, tmp_path):
             assert found[command][0] == 0, (
                 command,
                 found[command],
-                [l for l in done.stderr.splitlines() if "error" in l],
+                [line for line in done.stderr.splitlines() if "error" in line],
             )
         rc, out = found["compact"]
         assert rc == 0 and "perm-metrics/metrics cannot be compacted (Permission denied)" in out
