@@ -883,7 +883,18 @@ class RunStore:
         runs = RunStore.runs.__wrapped__(self)  # pandas, whatever the output format
         if ids is not None and not runs.empty:
             runs = runs[runs["run_id"].isin(ids)]
-        files = self.files(ids)
+        for attempt in range(READ_ATTEMPTS):  # as _query: a listing made old by compaction is made again
+            files = self.files(ids)
+            try:
+                return self._sql(query, list(params or []), runs, files)
+            except duckdb.Error:
+                if not self._vanished(files):
+                    raise
+                time.sleep(min(0.05 * (attempt + 1), 0.5))
+        raise StoreBusyError(f"files of {self.loc.url} kept changing during {READ_ATTEMPTS} reads; try again")
+
+    def _sql(self, query: str, params: list, runs: pd.DataFrame, files: list[str]) -> Frame:
+        """One attempt of :meth:`sql` over these files."""
         # A connection of its own: the views are this query's, not those of a query running on
         # another thread (the dashboard shares one store between sessions).
         con = duckdb.connect()
@@ -903,9 +914,9 @@ class RunStore:
                 )
             con.register("runs", runs)
             if self.output == "pandas":
-                return con.execute(query, list(params or [])).df()
+                return con.execute(query, params).df()
             # Arrow straight from a relation: from a DB-API result DuckDB would copy the rows (and warn).
-            rel = con.sql(query, params=list(params or []))
+            rel = con.sql(query, params=params)
             table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()  # DuckDB 2's name first
             if self.output == "arrow":
                 return table

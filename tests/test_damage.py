@@ -300,6 +300,7 @@ def test_every_page_renders_over_every_damage(good_store, tmp_path):
         at = run_app(root, page)
         (expander,) = [e for e in at.expander if "store warning" in e.label]
         assert int(expander.label.split()[0]) >= len(RUN_JSON) and "damaged-array" in at.code[0].value
+        assert "a FIFO, not a file" in at.code[0].value and "nested too deeply" in at.code[0].value
 
 
 @pytest.mark.timeout(120)
