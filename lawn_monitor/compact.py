@@ -18,13 +18,17 @@ DuckDB skips every row group whose min/max statistics exclude the metric a chart
 
 Readers never see a row twice or miss one: the merged file is written whole first (fsynced with
 its folder on disk), and a file is read only when no wider segment covers it
-(``storage.live_files``); the covered files are deleted afterwards. A reader that listed a file
-just before it was deleted retries (RunStore does).
+(``storage.live_files``); the covered files are deleted afterwards: by a live writer GRACE
+seconds after the merge, so that a reader that listed them just before still reads them whole;
+by a run's final merge and by ``lawn-monitor compact`` at once (a reader that listed them just
+before retries once: RunStore does).
 
-A file that cannot be read (zero bytes, truncated, garbage) is renamed ``<name>.corrupt`` with a
-warning and the rest are merged: readers skip such names (they list only ``*.parquet``), and the
-file stays for a person to look at. Only the holder of the run's lock compacts it (lock.py): its
-writer, or ``lawn-monitor compact`` for a run that no live process holds.
+A file that cannot be read (zero bytes, truncated, garbage, no permission) is renamed
+``<name>.corrupt`` with a warning and the rest are merged: readers skip such names (they list only
+``*.parquet``), and the file stays for a person to look at. A data-file name that is not a
+regular file (a FIFO, a folder, a socket, a symlink loop) is renamed the same way, never opened.
+Only the holder of the run's lock compacts it (lock.py): its writer, or ``lawn-monitor compact``
+for a run that no live process holds.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ folder or an ``s3://`` URL (read through fsspec).
 
 Damage is read around, never fatal to the store: a run whose run.json is unusable (see
 runinfo.py) is listed with status ``damaged`` and the reason in ``damage``, and its Parquet
-data is still read; a folder name that is not UTF-8, a symlink loop, or a Parquet file of
-another schema in ``metrics/`` is skipped. Each is one warning, kept in ``RunStore.warnings``
+data is still read (a run.json over 1 MB, nested too deeply, or that is a FIFO, a device or a
+folder is unusable, and never opened or read whole); a folder name that is not UTF-8, a symlink
+loop, a file or folder without permission, a FIFO, socket or device where a data file should be,
+or a Parquet file of another schema in ``metrics/`` is skipped. Each is one warning, kept in ``RunStore.warnings``
 for the dashboard to show. A row belongs to the run whose folder holds its file (not to the
 ``run_id`` written in it), so a renamed or copied run folder counts as itself.
 """
