@@ -1,16 +1,5 @@
 """The ``lawn-monitor`` command: ``train``, ``sweep``, ``tune``, ``runs``, ``compare``, ``compact``, ``import``,
-``export`` and ``dashboard``.
-
-    lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn
-    lawn-monitor sweep --optimizers sgd,adam --lawn both --seeds 0,1
-    lawn-monitor tune --method adam-lawn --trials 20
-    lawn-monitor runs --status running
-    lawn-monitor compare --metric test/acc --by optimizer,lawn,batch_size
-    lawn-monitor compare --table2
-    lawn-monitor compact --root s3://bucket/runs
-    lawn-monitor import tensorboard tb_logs/
-    lawn-monitor export --to tensorboard tb_export/ --layers
-    lawn-monitor dashboard --root runs --port 8501
+``export`` and ``dashboard`` (HELP below is what ``lawn-monitor --help`` prints).
 
 ``train``, ``sweep`` and ``tune`` come from the trainers (the ``trainers`` extra), which register them as
 entry points of the group ``lawn_monitor.commands``: this package never imports its trainers.
@@ -20,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
+import time
 import warnings
 from importlib.metadata import entry_points
 from importlib.util import find_spec
@@ -28,8 +20,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import __version__
 from .schema import READ_STATUSES
+from .storage import StoreBusyError
 
+HELP = """\
+lawn-monitor: training-dynamics diagnostics for PyTorch
+
+    lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn
+    lawn-monitor sweep --optimizers sgd,adam --lawn both --seeds 0,1
+    lawn-monitor tune --method adam-lawn --trials 20
+    lawn-monitor tune --method adam-lawn --trials 20
+    lawn-monitor runs --status running
+    lawn-monitor compare --metric test/acc --by optimizer,lawn,batch_size
+    lawn-monitor compare --table2
+    lawn-monitor compact --root s3://bucket/runs
+    lawn-monitor import tensorboard tb_logs/
+    lawn-monitor export --to tensorboard tb_export/ --layers
+    lawn-monitor dashboard --root runs --port 8501
+
+lawn-monitor COMMAND --help shows a command's options; lawn-monitor --version its version.
+train, sweep and tune come with the trainers: pip install 'lawn-monitor[trainers]'."""
+STOP_SECS = 5.0  # after SIGTERM, how long `dashboard` waits for Streamlit before killing it
 USAGE = (
     "usage: lawn-monitor {train,sweep,tune,runs,compare,compact,import,export,dashboard} ... "
     "(lawn-monitor COMMAND --help for its options)"
@@ -52,8 +64,17 @@ def _store(root: str | None):
     store = RunStore(root)
     try:
         store.loc.check_root()
+        if not store.loc.remote and os.path.lexists(store.root):
+            os.scandir(store.root).close()  # a root that cannot be listed is no empty store
     except NotADirectoryError:
         print(f"lawn-monitor: error: --root {store.root} is a file: pass the run store's directory", file=sys.stderr)
+        return None
+    except OSError as exc:
+        print(
+            f"lawn-monitor: error: cannot read --root {store.root} ({exc.strerror or exc}): "
+            f"check its permissions, or pass another --root",
+            file=sys.stderr,
+        )
         return None
     return store
 
@@ -66,15 +87,23 @@ def _print(df: pd.DataFrame) -> None:
 def runs(argv: list[str]) -> int:
     parser = OneLineParser(prog="lawn-monitor runs", description="List the runs in a store.")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
-    parser.add_argument("--status", help=f"only runs with this status ({', '.join(READ_STATUSES)})")
+    parser.add_argument("--status", choices=READ_STATUSES, help="only runs with this status")
     args = parser.parse_args(argv)
     store = _store(args.root)
     if store is None:
         return 2
-    df = store.runs(status=args.status)
+    df = store.runs()
     if df.empty:
-        print(f"no runs in {store.root}: start one with `lawn-monitor train --dataset digits --model cnn`")
+        where = store.root if store.loc.exists() else f"{store.root} (no such folder yet)"
+        print(f"no runs in {where}: start one with: lawn-monitor train --dataset digits --model cnn")
         return 0
+    if args.status:
+        counts = df["status"].value_counts()
+        df = df[df["status"] == args.status]
+        if df.empty:
+            have = ", ".join(f"{n} {status}" for status, n in counts.items())
+            print(f"no {args.status} runs in {store.root} ({have})")
+            return 0
     cols = [
         c
         for c in ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"]
@@ -218,7 +247,30 @@ def dashboard(argv: list[str]) -> int:
         "none",
         *streamlit_args,
     ]
-    os.execv(sys.executable, command)  # Streamlit in this process: Ctrl-C and exit status are its own
+    return _serve(command)
+
+
+def _serve(command: list[str]) -> int:
+    """Run Streamlit as a child process until it ends; its exit status is ours. SIGTERM, SIGINT
+    and SIGHUP are passed on to it, and a server still up STOP_SECS later (a page's script
+    that does not return, say) is killed: a stopped dashboard never lingers."""
+    proc = subprocess.Popen(command)
+    asked: list[float] = []
+
+    def forward(signum: int, frame: object) -> None:
+        asked.append(time.monotonic())
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while proc.poll() is None:
+        try:
+            proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if asked and time.monotonic() - asked[0] > STOP_SECS:
+                proc.kill()
+    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 
 def _plugin(command: str):
@@ -279,24 +331,47 @@ def export(argv: list[str]) -> int:
     except TensorBoardError as exc:
         print(f"lawn-monitor export: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # DIR cannot be created or written
+        where = exc.filename or args.dir
+        print(
+            f"lawn-monitor export: error: cannot write {where} ({exc.strerror or exc}): pass a folder you can write",
+            file=sys.stderr,
+        )
+        return 2
     return 1 if "exists" in outcome.values() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _command(argv)
+    except BrokenPipeError:  # `lawn-monitor --help | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    except (OSError, StoreBusyError) as exc:  # storage trouble the command did not expect: one line
+        print(f"lawn-monitor: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print(HELP)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"lawn-monitor {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     warnings.simplefilter("default")
-    if command == "runs":
-        return runs(rest)
-    if command == "compare":
-        return compare(rest)
-    if command == "compact":
-        return compact(rest)
-    if command == "dashboard":
-        return dashboard(rest)
+    builtin = {
+        "runs": runs,
+        "compare": compare,
+        "compact": compact,
+        "dashboard": dashboard,
+        "import": import_,
+        "export": export,
+    }
+    if command in builtin:
+        return builtin[command](rest)
     plugin = _plugin(command)
     if plugin is not None:
         return plugin(rest)
@@ -306,10 +381,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if command == "import":
-        return import_(rest)
-    if command == "export":
-        return export(rest)
     print(f"lawn-monitor: error: unknown command {command!r}; {USAGE}", file=sys.stderr)
     return 2
 

@@ -18,17 +18,23 @@ DuckDB skips every row group whose min/max statistics exclude the metric a chart
 
 Readers never see a row twice or miss one: the merged file is written whole first (fsynced with
 its folder on disk), and a file is read only when no wider segment covers it
-(``storage.live_files``); the covered files are deleted afterwards. A reader that listed a file
-just before it was deleted retries (RunStore does).
+(``storage.live_files``); the covered files are deleted afterwards: by a live writer GRACE
+seconds after the merge, so that a reader that listed them just before still reads them whole;
+by a run's final merge and by ``lawn-monitor compact`` at once (a reader that listed them just
+before retries once: RunStore does).
 
-A file that cannot be read (zero bytes, truncated, garbage) is renamed ``<name>.corrupt`` with a
-warning and the rest are merged: readers skip such names (they list only ``*.parquet``), and the
-file stays for a person to look at. Only the holder of the run's lock compacts it (lock.py): its
-writer, or ``lawn-monitor compact`` for a run that no live process holds.
+A file that cannot be read (zero bytes, truncated, garbage, no permission) is renamed
+``<name>.corrupt`` with a warning and the rest are merged: readers skip such names (they list only
+``*.parquet``), and the file stays for a person to look at. A data-file name that is not a
+regular file (a FIFO, a folder, a socket, a symlink loop) is renamed the same way, never opened.
+Only the holder of the run's lock compacts it (lock.py): its writer, or ``lawn-monitor compact``
+for a run that no live process holds.
 """
 
 from __future__ import annotations
 
+import json
+import time
 import warnings
 from collections.abc import Callable
 
@@ -39,9 +45,10 @@ import pyarrow.parquet as pq
 
 from .lock import LOCK_TIMEOUT, RunLock, RunLockedError
 from .schema import SCHEMA, parquet_bytes
-from .storage import Location, Segment, compact_name, live_files
+from .storage import RUN_JSON_LIMIT, Location, Segment, compact_name, live_files, now_iso
 
 FANOUT = 16  # segments of one level merged into one of the next
+GRACE = 30.0  # seconds a live merge's inputs stay after it, for readers that listed them just before
 ROW_GROUP = 16_384  # small enough that a chart query decodes little beyond its own rows
 
 
@@ -164,11 +171,109 @@ def quarantine(loc: Location, run_id: str, name: str, reason: str) -> None:
 
 
 def _whole(loc: Location, rel: str, size: int) -> bool:
-    """Parquet's magic bytes at both ends: a cheap check that a file was written whole."""
+    """Parquet's magic bytes at both ends: a cheap check that a file was written whole (one that
+    cannot be opened is not)."""
     if size < 12:
         return False
-    head, tail = loc.head_tail(rel, size)
+    try:
+        head, tail = loc.head_tail(rel, size)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return False
     return head == b"PAR1" and tail == b"PAR1"
+
+
+def _covered_since(loc: Location, folder: str, seg: Segment, live: list[Segment], seen: dict[str, float]) -> float:
+    """When ``seg`` became covered: the newest write time of the live segments over its range."""
+    times = []
+    for s in live:
+        if s.lo <= seg.hi and seg.lo <= s.hi:
+            if s.name not in seen:
+                seen[s.name] = loc.modified(f"{folder}/{s.name}") or time.time()
+            times.append(seen[s.name])
+    return max(times, default=time.time())
+
+
+def _drop_covered(
+    loc: Location, run_id: str, listing: dict[str, int], live: list[Segment], covered: list[Segment], final: bool
+) -> bool:
+    """Delete the files a merged file covers, once no reader can still be reading them: GRACE
+    seconds after the merge (at once for ``final``: the run is at rest, and a reader that listed
+    just before retries once). False when a merged file turned out broken and was quarantined
+    instead (the files it covered are live again: list again)."""
+    if not covered:
+        return True
+    folder = f"{run_id}/metrics"
+    # Left by a compactor killed between its merge and its deletes, a merged file may be cut
+    # short: before deleting what it covers, make sure it is whole.
+    broken = [s for s in live if s.compacted and not _whole(loc, f"{folder}/{s.name}", listing[s.name])]
+    for seg in broken:
+        quarantine(loc, run_id, seg.name, "empty or truncated")
+    if broken:
+        return False
+    seen: dict[str, float] = {}
+    for seg in covered:
+        if final or time.time() - _covered_since(loc, folder, seg, live, seen) > GRACE:
+            loc.remove(f"{folder}/{seg.name}")
+    return True
+
+
+def _merge_due(
+    loc: Location,
+    run_id: str,
+    live: list[Segment],
+    final: bool,
+    cache: dict[str, pa.Table] | None,
+    on_merge: Callable[[int], None],
+) -> tuple[int, bool]:
+    """Merge what the policy says is due; (files merged, done). Not done when a file was
+    quarantined: the caller lists again."""
+    merged = 0
+    while True:
+        if final:
+            todo = live if len(live) > 1 or any(not s.compacted for s in live) else []
+        else:
+            todo = plan(live)
+        if not todo:
+            return merged, True
+        try:
+            new = merge(loc, run_id, todo, cache)
+        except Unreadable as bad:
+            quarantine(loc, run_id, bad.name, bad.reason)
+            on_merge(1)
+            return merged, False
+        # A listing is one snapshot of the folder, so a reader sees the new file or all the old
+        # ones. The old ones stay for GRACE seconds (see _drop_covered), so a reader that listed
+        # them just before reads them whole; a final merge removes them now.
+        if final:
+            for seg in todo:
+                loc.remove(f"{run_id}/metrics/{seg.name}")
+        merged += len(todo)
+        on_merge(len(todo) - 1)
+        live = sorted([s for s in live if s not in todo] + [new], key=lambda s: s.lo)
+
+
+def _set_aside(loc: Location, run_id: str, skipped: list[tuple[str, str]]) -> None:
+    """Quarantine data-file names that are not regular files (a FIFO, a folder, a socket, a
+    symlink loop): renamed, never opened or followed."""
+    for name, why in skipped:
+        quarantine(loc, run_id, name, why)
+
+
+def _set_aside_unreadable(loc: Location, run_id: str, live: list[Segment]) -> bool:
+    """Quarantine live files this process cannot open (no permission), which a final pass that
+    finds one file already merged would otherwise leave for every reader to skip; True if any."""
+    found = False
+    for seg in live:
+        try:
+            loc.head_tail(f"{run_id}/metrics/{seg.name}", 4)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            quarantine(loc, run_id, seg.name, f"cannot be read: {exc.strerror or exc}")
+            found = True
+    return found
 
 
 def compact_run(
@@ -182,49 +287,46 @@ def compact_run(
 
     Only the holder of the run's lock may call this: two compactors on one run could write
     overlapping segments. ``on_merge(n)`` is told each time the folder holds ``n`` files fewer.
+    Raises OSError if ``metrics/`` cannot be listed.
     """
     folder = f"{run_id}/metrics"
     on_merge = on_merge or (lambda n: None)
-    merged = 0
-    warned = False
+    merged, warned = 0, False
     while True:  # once, or again after quarantining a file
-        listing = dict(loc.listdir(folder))
+        skipped: list[tuple[str, str]] = []
+        listing = dict(loc.listdir(folder, skipped))
+        _set_aside(loc, run_id, skipped)
         live, covered, other = live_files(list(listing))
-        if covered:
-            # Left by a compactor killed between its merge and its deletes. Before deleting what
-            # a merged file covers, make sure that file is whole: if not, it goes, and the
-            # files it covered are live again.
-            broken = [s for s in live if s.compacted and not _whole(loc, f"{folder}/{s.name}", listing[s.name])]
-            if broken:
-                for seg in broken:
-                    quarantine(loc, run_id, seg.name, "empty or truncated")
-                continue
-            for seg in covered:
-                loc.remove(f"{folder}/{seg.name}")
+        if not _drop_covered(loc, run_id, listing, live, covered, final):
+            continue
+        if final and _set_aside_unreadable(loc, run_id, live):
+            continue
         if other and not warned:
             warnings.warn(f"{run_id}: leaving files compaction does not own: {', '.join(other)}", stacklevel=2)
             warned = True
-        while True:
-            if final:
-                todo = live if len(live) > 1 or any(not s.compacted for s in live) else []
-            else:
-                todo = plan(live)
-            if not todo:
-                return merged
-            try:
-                new = merge(loc, run_id, todo, cache)
-            except Unreadable as bad:
-                quarantine(loc, run_id, bad.name, bad.reason)
-                on_merge(1)
-                break  # list again: the quarantined file's range is gone from the folder
-            # A listing is one snapshot of the folder (one getdents call for a folder this small,
-            # one list page on object storage), so a reader sees the new file or all the old ones.
-            for seg in todo:
-                loc.remove(f"{folder}/{seg.name}")
-            merged += len(todo)
-            on_merge(len(todo) - 1)
-            live = [s for s in live if s not in todo] + [new]
-            live.sort(key=lambda s: s.lo)
+        count, done = _merge_due(loc, run_id, live, final, cache, on_merge)
+        merged += count
+        if done:
+            return merged
+
+
+def mark_abandoned(loc: Location, run_id: str) -> None:
+    """For the holder of a run's lock that is not its writer: a run.json that still says
+    ``running`` belongs to a writer that died without closing the run (SIGKILL, power cut).
+    It is marked ``interrupted`` (resumable), ended at its last heartbeat."""
+    rel = f"{run_id}/run.json"
+    try:
+        info = json.loads(loc.read_bytes(rel, limit=RUN_JSON_LIMIT))
+    except (OSError, ValueError, RecursionError):  # no usable run.json: readers say why
+        return
+    if not isinstance(info, dict) or info.get("status") != "running":
+        return
+    info.update(
+        status="interrupted",
+        ended_at=info.get("heartbeat_at") or now_iso(),
+        error="its writer stopped without closing the run (its lock was found stale)",
+    )
+    loc.write_atomic(rel, json.dumps(info, indent=2, default=str).encode())
 
 
 def compact_store(
@@ -243,10 +345,21 @@ def compact_store(
         except RunLockedError as exc:
             skipped[run_id] = str(exc)
             continue
+        except OSError as exc:  # the run's folder cannot be written (no permission)
+            skipped[run_id] = _cannot(loc, run_id, exc)
+            continue
         try:
+            mark_abandoned(loc, run_id)
             for name in loc.stray_temps(f"{run_id}/metrics", older_than=0.0):  # no writer: all strays
                 loc.remove(f"{run_id}/metrics/{name}")
             merged[run_id] = compact_run(loc, run_id, final=True)
+        except OSError as exc:  # metrics/ is a symlink loop, cannot be listed, or cannot be written
+            skipped[run_id] = _cannot(loc, run_id, exc)
         finally:
             lock.release()
     return merged, skipped
+
+
+def _cannot(loc: Location, run_id: str, exc: OSError) -> str:
+    where = exc.filename or f"{loc.url}/{run_id}/metrics"
+    return f"run {run_id}: {where} cannot be compacted ({exc.strerror or exc}); repair or remove it"

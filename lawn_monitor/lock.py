@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 
-from .storage import Location, now_iso
+from .storage import LOCK_LIMIT, Location, now_iso
 
 LOCK_NAME = "writer.lock"
 HEARTBEAT_SECS = 5.0  # how often a holder rewrites its lock
@@ -39,7 +39,7 @@ class RunLockedError(RuntimeError):
     """Another live process holds the run's lock (or took it over from this one)."""
 
 
-def _pid_namespace() -> str:
+def pid_namespace() -> str:
     """This process's pid namespace: two containers may share a host name but not their pids."""
     try:
         return os.readlink("/proc/self/ns/pid")
@@ -49,16 +49,17 @@ def _pid_namespace() -> str:
 
 def read_lock(loc: Location, run_id: str) -> tuple[dict | None, float | None]:
     """The run's lock record and when the storage last saw it written; (None, None) if unlocked.
-    A lock file that is not JSON (being created this instant, or damaged) reads as ``{}``."""
+    A lock file that is not a small JSON object (being created this instant, or damaged: garbage,
+    a FIFO, a link to /dev/zero) reads as ``{}``, without blocking on it."""
     rel = f"{run_id}/{LOCK_NAME}"
     modified = loc.modified(rel)
     if modified is None:
         return None, None
     try:
-        record = json.loads(loc.read_bytes(rel))
+        record = json.loads(loc.read_bytes(rel, limit=LOCK_LIMIT))
     except FileNotFoundError:
         return None, None
-    except ValueError:
+    except (OSError, ValueError, RecursionError):
         record = {}
     return (record if isinstance(record, dict) else {}), modified
 
@@ -73,7 +74,7 @@ def describe(record: dict) -> str:
 def holder_gone(record: dict) -> bool:
     """True when the holder was a process of this machine that no longer exists (exact: no
     timeout needed). False for a live process, or one on another machine."""
-    if record.get("host") != socket.gethostname() or record.get("pid_ns") != _pid_namespace():
+    if record.get("host") != socket.gethostname() or record.get("pid_ns") != pid_namespace():
         return False
     pid = record.get("pid")
     if not isinstance(pid, int) or pid <= 0:
@@ -134,7 +135,7 @@ class RunLock:
             {
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
-                "pid_ns": _pid_namespace(),
+                "pid_ns": pid_namespace(),
                 "token": self.token,
                 "purpose": self.purpose,
                 "started_at": self.started_at,
@@ -179,10 +180,12 @@ class RunLock:
             self.loc.rename(self.rel, aside)  # atomic: of two takers, one moves a given file
         except FileNotFoundError:
             return
-        data = self.loc.read_bytes(aside)
         try:
+            data = self.loc.read_bytes(aside, limit=LOCK_LIMIT)
             moved = json.loads(data)
-        except ValueError:
+        except (OSError, ValueError, RecursionError):  # the damaged lock it was
+            data, moved = b"", {}
+        if not isinstance(moved, dict):
             moved = {}
         if moved.get("token") != record.get("token"):  # a fresh lock of another taker: put it back
             self.loc.create_exclusive(self.rel, data)

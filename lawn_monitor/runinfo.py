@@ -5,7 +5,7 @@ disk that filled, another program's file of the same name. :func:`check_run_info
 bytes and returns the fields that are usable, the problems found, and, when the file cannot say
 what the run is, why it is ``damaged``:
 
-* the file is not UTF-8, empty, not JSON, or not a JSON object;
+* the file is not UTF-8, empty, not JSON (or nested too deeply to parse), or not a JSON object;
 * a field the store cannot do without has the wrong type: ``status`` (which runs are live,
   finished, comparable) or ``config`` (how runs group into experiments).
 
@@ -118,6 +118,8 @@ def check_run_info(raw: bytes) -> RunInfo:
         data = json.loads(text)
     except ValueError as exc:
         return RunInfo(damage=f"run.json is not JSON ({exc})")
+    except RecursionError:  # thousands of nested brackets: Python's parser gives up
+        return RunInfo(damage="run.json is nested too deeply to read")
     if not isinstance(data, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
         return RunInfo(damage=f"run.json holds {kind}, not an object")

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import compact as compaction
-from .lock import LOCK_TIMEOUT, RunLock
+from .lock import LOCK_TIMEOUT, RunLock, pid_namespace
 from .schema import SCHEMA, SCHEMA_VERSION, STATUSES, parquet_bytes
 from .storage import Location, check_run_id, live_files, now_iso, part_name
 
@@ -45,6 +45,13 @@ MAX_FILES = 64
 
 class RunExistsError(FileExistsError):
     """A new run was given the id of a run that already has data."""
+
+
+class RunStartError(OSError):
+    """A new run's folder or files could not be written (a full or read-only disk)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def slug(name: str) -> str:
@@ -74,6 +81,8 @@ class ParquetSink:
     Raises:
         RunLockedError: another live process writes (or compacts) this run.
         RunExistsError: the run already has data (and this is not a resume).
+        RunStartError: the run could not be written (a full disk, no permission); nothing of
+            it is left.
     """
 
     def __init__(
@@ -91,7 +100,10 @@ class ParquetSink:
         self.run_id = check_run_id(run_id)
         self.compact = compact
         resuming = lock is not None
-        self.lock = lock or RunLock(self.loc, run_id, "write", timeout=lock_timeout).acquire()
+        try:
+            self.lock = lock or RunLock(self.loc, run_id, "write", timeout=lock_timeout).acquire()
+        except OSError as exc:
+            raise self._cannot_start(exc) from exc
         try:
             if not resuming and self._has_data():
                 raise RunExistsError(
@@ -99,9 +111,29 @@ class ParquetSink:
                     f"(lawn-monitor train --resume {run_id}), or pass another run id"
                 )
             self._open(info)
+        except OSError as exc:
+            self.lock.release()
+            if resuming or isinstance(exc, RunExistsError):
+                raise
+            raise self._cannot_start(exc) from exc
         except BaseException:
             self.lock.release()
             raise
+
+    def _cannot_start(self, exc: OSError) -> RunStartError:
+        """The error for a new run that could not be written (a full or read-only disk), after
+        removing the folders it made, so that no empty run is left for readers to list."""
+        if not self.loc.remote:
+            for folder in (f"{self.run_id}/metrics", self.run_id):
+                try:
+                    os.rmdir(Path(self.loc.base) / folder)
+                except OSError:  # not empty, or not there: not ours to remove
+                    pass
+        return RunStartError(
+            exc.errno,
+            f"cannot start run {self.run_id} in {self.loc.url}: {exc.strerror or exc}; "
+            f"free space there (or fix its permissions), or pass another root",
+        )
 
     def _has_data(self) -> bool:
         return self.loc.modified(f"{self.run_id}/run.json") is not None or bool(
@@ -135,6 +167,7 @@ class ParquetSink:
             "ended_at": None,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "pid_ns": pid_namespace(),  # with host and pid: whether the writer still exists (lock.py)
             "schema_version": SCHEMA_VERSION,
             **info,
         }

@@ -15,9 +15,11 @@ compaction run while a reader reads, with every row seen exactly once.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +28,59 @@ from pathlib import Path
 PART_RE = re.compile(r"^part-(\d+)-[0-9a-f]+\.parquet$")
 COMPACT_RE = re.compile(r"^compact-(\d+)-(\d+)-[0-9a-f]+\.parquet$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+RUN_JSON_LIMIT = 1 << 20  # bytes: a bigger run.json is not one the sink wrote (reading it is refused)
+LOCK_LIMIT = 1 << 16  # bytes: the same for writer.lock
+
+
+class StoreBusyError(RuntimeError):
+    """A folder or a query's files kept changing under every attempt to read them."""
+
+
+class NotAFileError(OSError):
+    """A FIFO, device, socket or folder where the store expects a regular file. Never opened for
+    reading: a FIFO would block the reader, ``/dev/zero`` would never end."""
+
+
+class TooLargeError(OSError):
+    """A file larger than the reader's limit for it (a run.json of gigabytes is not the sink's)."""
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, words in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    ):
+        if test(mode):
+            return words
+    return "a file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / (1 << 20):g} MB"
+
+
+def open_regular(path: str, limit: int | None = None) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file (of at most ``limit``
+    bytes); raises NotAFileError or TooLargeError otherwise. The type is checked before the open
+    (a FIFO is never opened) and again on the descriptor (in case the name changed between)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAFileError(errno.EINVAL, f"{_kind(st.st_mode)}, not a file", path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFileError(errno.EINVAL, f"{_kind(st.st_mode)}, not a file", path)
+        if limit is not None and st.st_size > limit:
+            raise TooLargeError(errno.EFBIG, f"larger than {_megabytes(limit)} ({_megabytes(st.st_size)})", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def check_run_id(run_id: object) -> str:
@@ -171,24 +226,39 @@ class Location:
             return []
         return sorted(p.parent.name for p in root.glob("*/run.json"))
 
-    def metrics_dirs(self) -> list[str]:
-        """Names of the sub-folders that hold data files (``*/metrics/*.parquet``), with a
-        run.json or without (a reader lists those as damaged)."""
+    def run_folders(self, skipped: list[tuple[str, str]] | None = None) -> list[str]:
+        """Names of the sub-folders that are runs: those with a ``run.json``, and those with data
+        files (``metrics/*.parquet``) but no run.json (a reader lists those as damaged). Raises
+        OSError if the root itself cannot be listed. An entry that cannot be looked into (a
+        symlink loop, no permission) is added to ``skipped`` as (name, why)."""
         if self.remote:
             try:
-                found = self.fs.glob(f"{self.base}/*/metrics/*.parquet", refresh=True)
+                found = self.fs.glob(f"{self.base}/*/run.json", refresh=True)
+                found += self.fs.glob(f"{self.base}/*/metrics/*.parquet", refresh=True)
             except FileNotFoundError:
                 return []
-            return sorted({p.rsplit("/", 3)[-3] for p in found})
-        root = Path(self.base)
-        if not root.is_dir():
+            return sorted({p[len(self.base) :].lstrip("/").split("/", 1)[0] for p in found})
+        if not os.path.isdir(self.base):
             return []
-        return sorted({p.parent.parent.name for p in root.glob("*/metrics/*.parquet")})
+        names, odd = [], []
+        with os.scandir(self.base) as it:
+            for entry in it:
+                if not plain_name(entry.name):
+                    continue
+                try:
+                    if _is_run_folder(entry):
+                        names.append(entry.name)
+                except OSError as exc:
+                    odd.append((entry.name, f"cannot be read ({exc.strerror or exc})"))
+        if skipped is not None:
+            skipped.extend(odd)
+        return sorted(names)
 
-    def listdir(self, rel: str, skipped: list[str] | None = None) -> list[tuple[str, int]]:
-        """(name, size) of the files directly in ``rel``; empty if it does not exist. Entries that
-        cannot be looked at (a symlink loop, no permission) are left out, and their names added
-        to ``skipped`` when given."""
+    def listdir(self, rel: str, skipped: list[tuple[str, str]] | None = None) -> list[tuple[str, int]]:
+        """(name, size) of the regular files directly in ``rel``; empty if it does not exist.
+        Raises OSError if ``rel`` cannot be listed (a symlink loop, no permission, not a folder). A data file
+        name (``*.parquet``) that is not a readable regular file (a FIFO, a folder, a socket, a
+        symlink loop or to nothing) is left out, and added to ``skipped`` as (name, why)."""
         if self.remote:
             try:
                 entries = self.fs.ls(self._full(rel), detail=True, refresh=True)
@@ -199,26 +269,30 @@ class Location:
         # the snapshot is already out of date (compaction replaced it), so take a new one rather
         # than return a listing with a hole in it.
         for _ in range(100):
-            out = []
             try:
-                with os.scandir(self._full(rel)) as it:
-                    for entry in it:
-                        try:
-                            if entry.is_file():
-                                out.append((entry.name, entry.stat().st_size))
-                        except FileNotFoundError:
-                            raise
-                        except OSError:
-                            if skipped is not None:
-                                skipped.append(entry.name)
+                return self._scan(self._full(rel), skipped)
             except FileNotFoundError:
                 if not os.path.isdir(self._full(rel)):
                     return []
-                continue
-            except NotADirectoryError:
-                return []
-            return out
-        raise RuntimeError(f"{self._full(rel)} kept changing while being listed")
+            except NotADirectoryError:  # say what it is instead: a FIFO, a file
+                kind = _kind(os.stat(self._full(rel)).st_mode)
+                raise NotADirectoryError(errno.ENOTDIR, f"{kind}, not a folder", self._full(rel)) from None
+        raise StoreBusyError(f"{self._full(rel)} kept changing while being listed")
+
+    @staticmethod
+    def _scan(path: str, skipped: list[tuple[str, str]] | None) -> list[tuple[str, int]]:
+        """One pass of listdir; FileNotFoundError when an entry vanished during it."""
+        out, odd = [], []
+        with os.scandir(path) as it:
+            for entry in it:
+                size, why = _regular_size(entry)
+                if size is not None:
+                    out.append((entry.name, size))
+                elif entry.name.endswith(".parquet") and not entry.name.startswith("."):
+                    odd.append((entry.name, why))
+        if skipped is not None:
+            skipped.extend(odd)
+        return out
 
     def stray_temps(self, rel: str, older_than: float) -> list[str]:
         """Temp files (``.<name>.tmp``) in ``rel`` not touched for ``older_than`` seconds: left by
@@ -239,17 +313,27 @@ class Location:
             return []
         return sorted(found)
 
-    def read_bytes(self, rel: str) -> bytes:
+    def read_bytes(self, rel: str, limit: int | None = None) -> bytes:
+        """A whole file. Raises NotAFileError for a FIFO, device, socket or folder (never opened),
+        TooLargeError past ``limit`` bytes, and what the system raises otherwise (missing, no
+        permission, a symlink loop)."""
+        full = self._full(rel)
         if self.remote:
-            return self.fs.cat_file(self._full(rel))
-        return Path(self._full(rel)).read_bytes()
+            if limit is not None and self.fs.size(full) > limit:
+                raise TooLargeError(errno.EFBIG, f"larger than {_megabytes(limit)}", full)
+            return self.fs.cat_file(full)
+        with os.fdopen(open_regular(full, limit), "rb") as f:
+            data = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and len(data) > limit:  # grew since it was checked
+            raise TooLargeError(errno.EFBIG, f"larger than {_megabytes(limit)}", full)
+        return data
 
     def head_tail(self, rel: str, size: int, n: int = 4) -> tuple[bytes, bytes]:
         """The first and last ``n`` bytes of a file of known ``size`` (Parquet's magic check)."""
         if self.remote:
             full = self._full(rel)
             return self.fs.cat_file(full, start=0, end=n), self.fs.cat_file(full, start=size - n, end=size)
-        with open(self._full(rel), "rb") as f:
+        with os.fdopen(open_regular(self._full(rel)), "rb") as f:
             head = f.read(n)
             f.seek(-n, os.SEEK_END)
             return head, f.read(n)
@@ -317,8 +401,11 @@ class Location:
         try:
             os.write(fd, data)
             os.fsync(fd)
-        finally:
+        except BaseException:  # a full disk: leave no empty file behind
             os.close(fd)
+            os.unlink(full)
+            raise
+        os.close(fd)
         return True
 
     def modified(self, rel: str) -> float | None:
@@ -366,6 +453,41 @@ class Location:
                 os.unlink(self._full(rel))
         except FileNotFoundError:
             pass
+
+
+def _is_run_folder(entry: os.DirEntry) -> bool:
+    """Whether a folder of the root holds a run.json (of any kind: a reader says what is wrong
+    with it) or data files. Raises OSError for an entry that cannot be looked into."""
+    if entry.is_symlink():
+        os.stat(entry.path)  # a loop raises here (is_dir would say False without a word)
+    if not entry.is_dir():
+        return False
+    try:
+        os.lstat(os.path.join(entry.path, "run.json"))
+        return True
+    except FileNotFoundError:
+        pass
+    try:
+        with os.scandir(os.path.join(entry.path, "metrics")) as it:
+            return any(e.name.endswith(".parquet") and not e.name.startswith(".") for e in it)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _regular_size(entry: os.DirEntry) -> tuple[int | None, str]:
+    """(size, "") for a regular file (symlinks followed), else (None, what it is instead).
+    Raises FileNotFoundError if the entry itself is gone."""
+    try:
+        st = entry.stat()
+    except FileNotFoundError:
+        if entry.is_symlink():
+            return None, "a symlink to nothing"
+        raise
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size, ""
+    return None, f"{_kind(st.st_mode)}, not a file"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -10,8 +10,10 @@ folder or an ``s3://`` URL (read through fsspec).
 
 Damage is read around, never fatal to the store: a run whose run.json is unusable (see
 runinfo.py) is listed with status ``damaged`` and the reason in ``damage``, and its Parquet
-data is still read; a folder name that is not UTF-8, a symlink loop, or a Parquet file of
-another schema in ``metrics/`` is skipped. Each is one warning, kept in ``RunStore.warnings``
+data is still read (a run.json over 1 MB, nested too deeply, or that is a FIFO, a device or a
+folder is unusable, and never opened or read whole); a folder name that is not UTF-8, a symlink
+loop, a file or folder without permission, a FIFO, socket or device where a data file should be,
+or a Parquet file of another schema in ``metrics/`` is skipped. Each is one warning, kept in ``RunStore.warnings``
 for the dashboard to show. A row belongs to the run whose folder holds its file (not to the
 ``run_id`` written in it), so a renamed or copied run folder counts as itself.
 """
@@ -28,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import duckdb
 import numpy as np
@@ -36,7 +39,24 @@ import pandas as pd
 from .lock import holder_gone, read_lock
 from .runinfo import RunInfo, check_run_info
 from .schema import SCHEMA
-from .storage import Location, default_root, live_files, plain_name
+from .storage import (
+    RUN_JSON_LIMIT,
+    Location,
+    NotAFileError,
+    StoreBusyError,
+    TooLargeError,
+    default_root,
+    live_files,
+    plain_name,
+)
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+# What a query returns: a pandas DataFrame by default; an Arrow table or a Polars frame with
+# RunStore(output="arrow" | "polars").
+Frame: TypeAlias = "pd.DataFrame | pa.Table | pl.DataFrame"
 
 RUN_COLUMNS = [
     "run_id",
@@ -106,6 +126,7 @@ NOT_COMPUTED = frozenset(
 TEXT_COLUMNS = {"run_id": "object", "layer": "object", "metric": "object"}  # dtypes of empty results
 X_AXES = ("step", "epoch", "time")
 OUTPUTS = ("pandas", "arrow", "polars")
+READ_ATTEMPTS = 10  # listings a query may read from before it gives up (see _query)
 _calls = threading.local()  # depth of RunStore calls on this thread: only the outermost converts
 
 
@@ -295,9 +316,19 @@ class RunStore:
 
     def run_ids(self) -> list[str]:
         """The run folders: those with a run.json, and those with data files but none (listed as
-        damaged). A folder whose name is not UTF-8 is skipped with a warning."""
+        damaged). A folder whose name is not UTF-8, or that cannot be looked into (a symlink
+        loop, no permission), is skipped with a warning; so is the whole root if it cannot be
+        listed (no runs)."""
+        skipped: list[tuple[str, str]] = []
+        try:
+            names = self.loc.run_folders(skipped)
+        except OSError as exc:
+            self._warn_once(f"cannot list the runs in {self.loc.url}: {exc.strerror or exc}; check --root")
+            return []
+        for name, why in skipped:
+            self._warn_once(f"skipping {self.loc.url}/{_printable(name)}: {why}; remove or repair it")
         ids = []
-        for name in sorted(set(self.loc.run_dirs()) | set(self.loc.metrics_dirs())):
+        for name in names:
             if _utf8(name):
                 ids.append(name)
             else:
@@ -320,17 +351,14 @@ class RunStore:
         if not plain_name(run_id):  # "../x" or "a/b": not a folder of this store
             return []
         for _ in range(100):
-            skipped: list[str] = []
+            skipped: list[tuple[str, str]] = []
             try:
                 listing = dict(self.loc.listdir(folder, skipped))
             except OSError as exc:  # a symlink loop, no permission
                 self._warn_once(f"skipping {self.loc.url}/{folder}: cannot be listed ({exc.strerror or exc})")
                 return []
-            for name in dict.fromkeys(skipped):
-                self._warn_once(
-                    f"skipping {self.loc.url}/{folder}/{_printable(name)}: cannot be read "
-                    f"(a symlink loop or no permission); remove it"
-                )
+            for name, why in dict.fromkeys(skipped):
+                self._warn_once(f"skipping {self.loc.url}/{folder}/{_printable(name)}: {why}; remove it")
             for name in [n for n in listing if not _utf8(n)]:
                 self._warn_once(
                     f"skipping {self.loc.url}/{folder}/{_printable(name)}: its name is not UTF-8 text; "
@@ -338,30 +366,37 @@ class RunStore:
                 )
                 del listing[name]
             live, _, other = live_files(list(listing))
-            good, bad = [], []
+            good = []
             try:
                 for name in sorted([s.name for s in live] + other):
                     rel = f"{folder}/{name}"
-                    if self.loc.query_path(rel) in self._unreadable:
-                        continue  # warned about when found
-                    (good if self._is_parquet(rel, listing[name]) else bad).append(rel)
+                    if self.loc.query_path(rel) not in self._unreadable and self._is_parquet(rel, listing[name]):
+                        good.append(rel)
             except FileNotFoundError:  # compaction replaced it since the listing: list again
                 continue
-            for rel in bad:
-                self._warn_once(f"skipping {self.loc.url}/{rel}: not a complete Parquet file (empty or truncated)")
             # Files are immutable under their names (a nonce in each), so names and sizes say
             # whether a run's data changed: the key of the per-run result cache.
             self._signatures[run_id] = tuple((rel, listing[rel.rsplit("/", 1)[-1]]) for rel in good)
             return [self.loc.query_path(rel) for rel in good]
-        raise RuntimeError(f"{self.loc.url}/{folder} kept changing while being listed")
+        raise StoreBusyError(f"{self.loc.url}/{folder} kept changing while being listed")
 
     def _is_parquet(self, rel: str, size: int) -> bool:
-        """A complete Parquet file starts and ends with b'PAR1' (a cheap check, no parse).
-        Raises FileNotFoundError if the file is gone (the caller lists again)."""
-        if size < 12:
-            return False
-        head, tail = self.loc.head_tail(rel, size)
-        return head == b"PAR1" and tail == b"PAR1"
+        """Whether a file can be read and is a complete Parquet file: it starts and ends with
+        b'PAR1' (a cheap check, no parse); warns once about one that is not. Raises
+        FileNotFoundError if the file is gone (the caller lists again)."""
+        why = "not a complete Parquet file (empty or truncated)"
+        if size >= 12:
+            try:
+                head, tail = self.loc.head_tail(rel, size)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:  # no permission, or it became a FIFO since the listing
+                head = tail = b""
+                why = f"cannot be read ({exc.strerror or exc}); repair or remove it"
+            if head == tail == b"PAR1":
+                return True
+        self._warn_once(f"skipping {self.loc.url}/{rel}: {why}")
+        return False
 
     def _query(
         self,
@@ -374,13 +409,16 @@ class RunStore:
         """Run ``sql`` (its first parameter is the file list) over the live files of ``run_ids``;
         ``read_parquet(?)`` in it reads them by folder (FILES_BY_FOLDER).
 
-        A file deleted between listing and reading (compaction finished) means the listing is
-        old: list again and retry. A file that looked whole but is not, or holds other columns,
+        A file deleted between listing and reading means the listing is old: list again and
+        retry. A live writer deletes what it merged only GRACE seconds after the merge
+        (compact.py), so a retry's files stay until it is read, unless the query itself takes
+        longer than that; only runs that end (their final merge) and ``lawn-monitor compact``
+        delete at once, each once. A file that looked whole but is not, or holds other columns,
         is dropped with a warning.
         """
         sql = sql.replace("read_parquet(?)", FILES_BY_FOLDER)
         ids = None if run_ids is None else list(run_ids)
-        for attempt in range(5):
+        for attempt in range(READ_ATTEMPTS):
             files = files if attempt == 0 and files is not None else self.files(ids)
             if not files:
                 return pd.DataFrame({c: pd.Series(dtype=TEXT_COLUMNS.get(c, "float64")) for c in columns})
@@ -389,7 +427,7 @@ class RunStore:
                 return cur.execute(sql, [files, *params]).df()
             except duckdb.Error:
                 if self._vanished(files):
-                    time.sleep(0.05 * (attempt + 1))
+                    time.sleep(min(0.05 * (attempt + 1), 0.5))
                     continue
                 good = [f for f in files if self._readable(cur, f)]
                 if len(good) == len(files):
@@ -399,7 +437,7 @@ class RunStore:
                 return cur.execute(sql, [good, *params]).df()
             finally:
                 cur.close()
-        raise RuntimeError(f"files of {self.loc.url} kept changing during 5 reads; try again")
+        raise StoreBusyError(f"files of {self.loc.url} kept changing during {READ_ATTEMPTS} reads; try again")
 
     def _per_run(self, sql: str, params: Sequence, run_ids: Iterable[str], columns: list[str]) -> pd.DataFrame:
         """A ``GROUP BY run_id`` query, computed only for runs whose files changed since the last
@@ -495,10 +533,15 @@ class RunStore:
         if not plain_name(run_id):
             return RunInfo(damage=f"{run_id!r} is not a folder name")
         try:
-            found = check_run_info(self.loc.read_bytes(rel))
+            found = check_run_info(self.loc.read_bytes(rel, limit=RUN_JSON_LIMIT))
         except FileNotFoundError:
-            found = RunInfo(damage="no run.json (its data files are read)")
-        except OSError as exc:  # a symlink loop, a folder of that name, no permission
+            dangling = not self.loc.remote and os.path.islink(Path(self.loc.base) / rel)
+            found = RunInfo(
+                damage="run.json is a symlink to nothing" if dangling else "no run.json (its data files are read)"
+            )
+        except (NotAFileError, TooLargeError) as exc:  # a FIFO, a link to /dev/zero, gigabytes
+            found = RunInfo(damage=f"run.json is {exc.strerror}")
+        except OSError as exc:  # a symlink loop, no permission
             found = RunInfo(damage=f"run.json cannot be read ({exc.strerror or exc})")
         if found.damage:
             self._warn_once(
@@ -530,12 +573,13 @@ class RunStore:
         once; otherwise the silence is how long this RunStore has seen the lock's beat counter
         unchanged (its own monotonic clock), starting, on the first look, from the lock file's
         age by the storage's modification time. A run without a lock file (written by a version
-        before locks) falls back to run.json's ``heartbeat_at``.
+        before locks), or whose lock file is damaged, is judged by its run.json: its writer's
+        process (host, pid) when that was one of this machine's, else ``heartbeat_at``.
         """
         record, modified = read_lock(self.loc, run_id) if run_id else (None, None)
-        if record is None:
+        if not record or "token" not in record:  # no lock, or one that says nothing (damaged)
             self._beats.pop(run_id, None)
-            return _age_seconds(info.get("heartbeat_at")) > self.stale_after
+            return holder_gone(info) or _age_seconds(info.get("heartbeat_at")) > self.stale_after
         if holder_gone(record):
             return True
         beat, now = (record.get("token"), record.get("beat")), time.monotonic()
@@ -554,7 +598,7 @@ class RunStore:
         return "damaged" if found.damage else self._status(found.info, run_id)
 
     @_output
-    def runs(self, status: str | Iterable[str] | None = None, **config_filters) -> pd.DataFrame:
+    def runs(self, status: str | Iterable[str] | None = None, **config_filters) -> Frame:
         """One row per run: id, name, status (``stale`` for a silent running run, ``damaged`` for
         an unusable run.json, with the reason in ``damage``), progress, every config key as a
         column, and ``test_acc`` (latest) / ``best_test_acc``.
@@ -641,7 +685,7 @@ class RunStore:
         x: str = "step",
         smooth: float = 0.0,
         with_se: bool = False,
-    ) -> pd.DataFrame:
+    ) -> Frame:
         """``metric`` at ``layer`` ("" = whole model) for these runs, at most ``points`` rows per run.
 
         Steps are cut into ``points`` equal buckets per run; each bucket keeps its last value
@@ -696,7 +740,7 @@ class RunStore:
         return df[[*SERIES_COLUMNS, "se"]]
 
     @_output
-    def layers(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
+    def layers(self, run_id: str, metric: str, points: int | None = 200) -> Frame:
         """``metric`` for every layer of one run, long format (layer, step, value), for a
         (layer x step) heatmap: steps cut into at most ``points`` buckets, labelled by their first
         step, each holding its last value. Layers come in the model's order (run.json ``layers``)."""
@@ -737,7 +781,7 @@ class RunStore:
         return listed + sorted(found - set(listed))
 
     @_output
-    def layer_matrix(self, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
+    def layer_matrix(self, run_id: str, metric: str, points: int | None = 200) -> Frame:
         """The same as :meth:`layers`, pivoted: one row per layer, one column per step bucket."""
         long = self.layers(run_id, metric, points)
         order = list(dict.fromkeys(long["layer"]))
@@ -760,7 +804,7 @@ class RunStore:
         )
 
     @_output
-    def switch_steps(self, run_ids: str | Iterable[str]) -> pd.DataFrame:
+    def switch_steps(self, run_ids: str | Iterable[str]) -> Frame:
         """The step at which each LAWN run entered its constrained phase (runs without one: none)."""
         return self._query(
             """SELECT run_id, min(step) AS step, min(epoch) AS epoch FROM read_parquet(?)
@@ -780,7 +824,7 @@ class RunStore:
         reduce: str = "final",
         status: str | Iterable[str] | None = "finished",
         **config_filters,
-    ) -> pd.DataFrame:
+    ) -> Frame:
         """Aggregate the ``final`` (or ``best``: max; ``min``) value of ``metric`` over the seeds
         of each experiment: mean, std, stderr, count, min, max, and the ``seeds`` counted. The
         paper's Table 2 is ``summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"])``.
@@ -849,7 +893,7 @@ class RunStore:
 
     # --- your own SQL -------------------------------------------------------------------------
 
-    def sql(self, query: str, params: Sequence | None = None, run_ids: Iterable[str] | None = None):
+    def sql(self, query: str, params: Sequence | None = None, run_ids: Iterable[str] | None = None) -> Frame:
         """Run ``query`` in DuckDB over two views: ``metrics``, every row of the store's runs (or
         of ``run_ids``) read by the live-file rule (each row once, even while a writer compacts:
         see docs/storage.md), with columns run_id, step, epoch, wall_time, layer, metric, value;
@@ -862,14 +906,29 @@ class RunStore:
         runs = RunStore.runs.__wrapped__(self)  # pandas, whatever the output format
         if ids is not None and not runs.empty:
             runs = runs[runs["run_id"].isin(ids)]
-        files = self.files(ids)
+        for attempt in range(READ_ATTEMPTS):  # as _query: a listing made old by compaction is made again
+            files = self.files(ids)
+            try:
+                return self._sql(query, list(params or []), runs, files)
+            except duckdb.Error:
+                if not self._vanished(files):
+                    raise
+                time.sleep(min(0.05 * (attempt + 1), 0.5))
+        raise StoreBusyError(f"files of {self.loc.url} kept changing during {READ_ATTEMPTS} reads; try again")
+
+    def _sql(self, query: str, params: list, runs: pd.DataFrame, files: list[str]) -> Frame:
+        """One attempt of :meth:`sql` over these files."""
         # A connection of its own: the views are this query's, not those of a query running on
         # another thread (the dashboard shares one store between sessions).
         con = duckdb.connect()
         try:
             self.loc.register(con)
             if files:
-                con.read_parquet(files).create_view("metrics")
+                # Each row's run_id from its folder, as in every other query (FILES_BY_FOLDER).
+                rel = con.read_parquet(files, filename=True)
+                rel.project("* EXCLUDE (filename) REPLACE (string_split(filename, '/')[-3] AS run_id)").create_view(
+                    "metrics"
+                )
             else:  # an empty store: the view exists, with no rows
                 con.execute(
                     "CREATE VIEW metrics AS SELECT * FROM (VALUES (NULL::VARCHAR, NULL::BIGINT, NULL::DOUBLE, "
@@ -877,10 +936,11 @@ class RunStore:
                     "t(run_id, step, epoch, wall_time, layer, metric, value) WHERE false"
                 )
             con.register("runs", runs)
-            result = con.execute(query, list(params or []))
             if self.output == "pandas":
-                return result.df()
-            table = (getattr(result, "to_arrow_table", None) or result.fetch_arrow_table)()  # DuckDB 2's name
+                return con.execute(query, params).df()
+            # Arrow straight from a relation: from a DB-API result DuckDB would copy the rows (and warn).
+            rel = con.sql(query, params=params)
+            table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()  # DuckDB 2's name first
             if self.output == "arrow":
                 return table
             import polars as pl

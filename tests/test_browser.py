@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -462,3 +463,53 @@ def test_widget_changes_do_not_pile_up_in_history_nor_leak_to_other_pages(tiny_s
         # Coming back to Compare restores its own view (the page keeps its parameters).
         box = page.locator("[data-testid='stSelectbox']").filter(has_text="metric").first
         assert "grad_norm" in (box.locator("input").input_value() + box.inner_text()) or not left, page.url
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a socket listening on ``port`` (IPv4, from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc/net/tcp")
+def test_streamlit_run_app_stays_on_this_machine(tiny_store, tmp_path):
+    """`streamlit run app` from the checkout (its .streamlit/config.toml) listens on 127.0.0.1 only,
+    and no page makes the browser fetch anything from another host (fonts, icons)."""
+    port = free_port()
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app", "--server.port", str(port), "--server.headless", "true"],
+        cwd=REPO,
+        env={**os.environ, "LAWN_MONITOR_ROOT": str(tiny_store)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "streamlit.log").read_text()
+                time.sleep(0.2)
+        assert listening_addresses(port) == {"127.0.0.1"}
+        requested = []
+        with browser_page() as page:
+            page.on("request", lambda request: requested.append(request.url))
+            for path, title in PAGES:
+                page.goto(f"{url}/{path}")
+                wait_rendered(page, title)
+        hosts = {urllib.parse.urlsplit(u).netloc for u in requested if not u.startswith(("data:", "blob:"))}
+        assert hosts == {f"127.0.0.1:{port}"}, [u for u in requested if f"127.0.0.1:{port}" not in u]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

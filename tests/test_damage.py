@@ -7,6 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,7 +23,9 @@ from test_store import write_run
 
 from lawn_monitor import RunStore
 from lawn_monitor.cli import main as cli_main
+from lawn_monitor.compact import compact_store
 from lawn_monitor.runinfo import check_run_info
+from lawn_monitor.storage import Location
 
 LOSSES_A, LOSSES_B = [1.0, 0.5, 0.25], [2.0, 1.0]
 # run.json damage: (what the file holds, whether the run is then "damaged", words in the reason).
@@ -119,6 +126,51 @@ def test_check_run_info_never_raises_and_keeps_unknown_fields():
         assert check_run_info(raw).damage
 
 
+def make_socket(path: Path) -> None:
+    """A Unix socket file at ``path`` (bound from its folder: socket paths are short)."""
+    here = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(path.name)
+    finally:
+        os.chdir(here)
+
+
+# Files no reader may open, or not whole: what each becomes, and the words a reader says about it.
+HOSTILE = {
+    "fifo": (os.mkfifo, "a FIFO, not a file"),  # opening it would block the reader forever
+    "folder": (os.mkdir, "a folder, not a file"),
+    "socket": (make_socket, "a socket, not a file"),
+    "dev-zero": (lambda p: os.symlink("/dev/zero", p), "a device, not a file"),  # reading it never ends
+    "dangling": (lambda p: os.symlink("gone", p), "a symlink to nothing"),
+}
+
+
+def hostile_part(i: int) -> str:
+    return f"part-{90 + i:08d}-{i:06x}.parquet"
+
+
+def hostile_damage(root: Path, a: str) -> None:
+    """Run folders whose run.json is each HOSTILE kind, nested 200,000 deep or 2 MB; the same
+    kinds as part files of run a, as writer.lock of a running run, and as a run folder's metrics/."""
+    info = json.loads((root / a / "run.json").read_text())
+    for name in [*(f"hostile-{kind}" for kind in HOSTILE), "hostile-nested", "hostile-huge", "hostile-lock"]:
+        shutil.copytree(root / a, root / name, symlinks=True)
+    shutil.copytree(root / a, root / "hostile-metrics-fifo", ignore=lambda d, names: ["metrics"], symlinks=True)
+    for i, (kind, (make, _)) in enumerate(HOSTILE.items()):
+        (root / f"hostile-{kind}" / "run.json").unlink()
+        make(root / f"hostile-{kind}" / "run.json")
+        make(root / a / "metrics" / hostile_part(i))
+    (root / "hostile-nested" / "run.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    (root / "hostile-huge" / "run.json").write_text(json.dumps({**info, "pad": "x" * (2 << 20)}))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a writer of this machine that no longer exists
+    (root / "hostile-lock" / "run.json").write_text(json.dumps({**info, "status": "running", "pid": gone.pid}))
+    os.mkfifo(root / "hostile-lock" / "writer.lock")  # a running run whose lock is a FIFO
+    os.mkfifo(root / "hostile-metrics-fifo" / "metrics")
+
+
 def every_damage(root: Path, a: str) -> None:
     """Every kind of damage at once, beside the good runs a and b."""
     for kind in RUN_JSON:
@@ -151,6 +203,8 @@ def every_damage(root: Path, a: str) -> None:
         ),
         root / a / "metrics" / "zzz-foreign.parquet",
     )
+
+    hostile_damage(root, a)  # last: the copies above are of a without its special files
 
 
 def test_loops_names_and_foreign_files_are_skipped_with_a_warning(good_store, tmp_path):
@@ -208,7 +262,7 @@ def cli(argv, capsys):
     return rc, out, err
 
 
-def test_runs_and_compare_exit_0_over_every_damage(good_store, tmp_path, capsys):
+def test_every_command_reads_around_every_damage(good_store, tmp_path, capsys):
     root, a, b = copy_store(good_store, tmp_path)
     every_damage(root, a)
     with warnings.catch_warnings():
@@ -222,6 +276,15 @@ def test_runs_and_compare_exit_0_over_every_damage(good_store, tmp_path, capsys)
         rc, out, err = cli(["compare", "--by", "optimizer", "--root", str(root)], capsys)
         assert rc == 0 and "Traceback" not in err
         assert out.splitlines()[1].split()[:2] == ["adam", "0.6"]  # a and b only: damaged runs are not "finished"
+        rc, out, err = cli(["export", "--to", "tensorboard", str(tmp_path / "tb"), "--root", str(root)], capsys)
+        assert rc == 0 and (tmp_path / "tb" / a).is_dir() and (tmp_path / "tb" / b).is_dir()
+        rc, out, err = cli(["compact", "--root", str(root)], capsys)
+        assert rc == 0
+        assert "damaged-metrics-loop/metrics cannot be compacted (Too many levels of symbolic links)" in out
+        assert "hostile-metrics-fifo/metrics cannot be compacted (a FIFO, not a folder)" in out
+        assert os.path.lexists(root / a / "metrics" / f"{hostile_part(0)}.corrupt")
+        rc, out, err = cli(["runs", "--root", str(root)], capsys)  # the same after compaction
+        assert rc == 0 and "finished" in {line.split()[0]: line for line in out.splitlines()[1:]}[a]
 
 
 PAGES = ["runs", "live", "flattening", "adaptivity", "compare"]
@@ -237,3 +300,126 @@ def test_every_page_renders_over_every_damage(good_store, tmp_path):
         at = run_app(root, page)
         (expander,) = [e for e in at.expander if "store warning" in e.label]
         assert int(expander.label.split()[0]) >= len(RUN_JSON) and "damaged-array" in at.code[0].value
+        assert "a FIFO, not a file" in at.code[0].value and "nested too deeply" in at.code[0].value
+
+
+@pytest.mark.timeout(120)
+def test_special_huge_and_nested_files_are_skipped_by_name_without_blocking(good_store, tmp_path):
+    root, a, b = copy_store(good_store, tmp_path)
+    hostile_damage(root, a)
+    store = RunStore(root)
+    runs, series, layers, summary, caught = read_all(store)
+    sql = store.sql("SELECT run_id, count(*) AS n FROM metrics GROUP BY run_id")
+    assert runs.loc[a, "status"] == runs.loc[b, "status"] == "finished"
+    for kind, (_, words) in HOSTILE.items():
+        assert runs.loc[f"hostile-{kind}", "status"] == "damaged" and words in runs.loc[f"hostile-{kind}", "damage"]
+    assert "nested too deeply" in runs.loc["hostile-nested", "damage"]
+    assert "larger than 1 MB" in runs.loc["hostile-huge", "damage"]
+    assert runs.loc["hostile-lock", "status"] == "stale"  # a FIFO for a lock: judged by run.json, not blocked on
+    assert "hostile-metrics-fifo" in runs.index
+    # The data of every run whose files are fine reads as before, a's special parts left out.
+    assert series[series.run_id == a]["value"].tolist() == LOSSES_A
+    before = RunStore(good_store[0]).sql("SELECT run_id, count(*) AS n FROM metrics GROUP BY run_id")
+    assert sql.set_index("run_id")["n"][a] == before.set_index("run_id")["n"][a]
+    assert summary["count"].tolist() == [2]
+    text = "\n".join(store.warnings)
+    for i, (kind, (_, words)) in enumerate(HOSTILE.items()):
+        assert f"{a}/metrics/{hostile_part(i)}: {words}" in text or kind == "folder" and words in text
+    assert "hostile-metrics-fifo/metrics: cannot be listed" in text
+    assert len(caught) == len(store.warnings) == len(set(store.warnings))
+
+
+def test_compaction_sets_special_files_aside_unopened(good_store, tmp_path):
+    root, a, _ = copy_store(good_store, tmp_path)
+    shutil.copytree(root / a, root / "metrics-loop", ignore=lambda d, names: ["metrics"])
+    os.symlink("metrics", root / "metrics-loop" / "metrics")
+    hostile_damage(root, a)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged, skipped = compact_store(Location(root), [a, "hostile-metrics-fifo", "metrics-loop"])
+    assert merged == {a: 0}
+    assert "a FIFO, not a folder" in skipped["hostile-metrics-fifo"]
+    assert "Too many levels of symbolic links" in skipped["metrics-loop"]
+    folder = root / a / "metrics"
+    for i, kind in enumerate(HOSTILE):
+        aside = folder / f"{hostile_part(i)}.corrupt"
+        assert os.path.lexists(aside) and not os.path.lexists(folder / hostile_part(i)), kind
+    assert stat.S_ISFIFO(os.lstat(folder / f"{hostile_part(0)}.corrupt").st_mode)  # renamed, never opened
+    assert sum("renamed" in str(w.message) for w in caught) == len(HOSTILE)
+    assert RunStore(root).series(a, "train/loss")["value"].tolist() == LOSSES_A
+
+
+# Run as another user (root reads any file): everything is imported first, as root, because the
+# interpreter's own files may not be readable by that user; then the process drops to it.
+AS_NOBODY = """
+import contextlib, io, json, os, sys, warnings
+import lawn_monitor.cli, lawn_monitor.compact, lawn_monitor.store, lawn_monitor.integrations.tensorboard
+import torch.utils.tensorboard  # what export imports when it runs
+from lawn_monitor import RunStore
+root, out = sys.argv[1], sys.argv[2]
+os.setgid(65534)
+os.setuid(65534)
+warnings.simplefilter("ignore")
+store = RunStore(root)
+runs = store.runs().set_index("run_id")
+result = {
+    "status": runs["status"].to_dict(),
+    "damage": runs["damage"].dropna().to_dict(),
+    "series": store.series(list(runs.index), "train/loss").groupby("run_id").size().to_dict(),
+    "sql": store.sql("SELECT count(DISTINCT run_id) FROM metrics").iloc[0, 0].item(),
+    "summary": store.summary("test/acc", by=["optimizer"])["count"].tolist(),
+    "warnings": store.warnings,
+}
+for argv in (["runs"], ["compare", "--by", "optimizer"], ["export", "--to", "tensorboard", out], ["compact"]):
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        result[argv[0]] = [lawn_monitor.cli.main([*argv, "--root", root]), text.getvalue()]
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "setuid") or os.geteuid() != 0, reason="needs root to run a reader as nobody")
+def test_files_and_folders_without_permission_are_skipped(good_store, tmp_path):
+    root, a, b = copy_store(good_store, tmp_path)
+    for name in ("perm-part", "perm-json", "perm-folder", "perm-metrics"):
+        shutil.copytree(root / a, root / name)
+    shared = Path(tempfile.mkdtemp(prefix="lawn-perm-"))  # tmp_path's parents let only root in
+    try:
+        shutil.move(root, shared / "runs")
+        root = shared / "runs"
+        for path in [shared, *shared.rglob("*")]:
+            os.chown(path, 65534, 65534)
+        for victim in [*(root / "perm-part" / "metrics").glob("*.parquet"), root / "perm-json" / "run.json"]:
+            victim.chmod(0)
+        (root / "perm-folder").chmod(0)
+        (root / "perm-metrics" / "metrics").chmod(0)
+        done = subprocess.run(
+            [sys.executable, "-c", AS_NOBODY, str(root), str(shared / "tb")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        found = json.loads(done.stdout)
+        status = found["status"]
+        assert status[a] == status[b] == status["perm-part"] == status["perm-metrics"] == "finished"
+        assert status["perm-json"] == "damaged" and "Permission denied" in found["damage"]["perm-json"]
+        assert "perm-folder" not in status
+        assert found["series"] == {a: 3, b: 2, "perm-json": 3}  # the data of perm-json still reads
+        assert found["sql"] == 3 and found["summary"] == [2]
+        text = "\n".join(found["warnings"])
+        assert "perm-folder: cannot be read (Permission denied)" in text
+        assert "perm-metrics/metrics: cannot be listed (Permission denied)" in text
+        assert "perm-part/metrics/" in text and "cannot be read (Permission denied)" in text
+        for command in ("runs", "compare", "export"):
+            assert found[command][0] == 0, (
+                command,
+                found[command],
+                [line for line in done.stderr.splitlines() if "error" in line],
+            )
+        rc, out = found["compact"]
+        assert rc == 0 and "perm-metrics/metrics cannot be compacted (Permission denied)" in out
+        assert list((root / "perm-part" / "metrics").glob("*.corrupt"))  # set aside by compaction
+    finally:
+        shutil.rmtree(shared)

@@ -37,6 +37,8 @@ def imports(path: Path) -> list[tuple[str, bool]]:
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     top_level = {id(node) for node in tree.body}
     for node in tree.body:  # imports under a top-level `if`/`try` run at load time too
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            continue  # for type checkers only: never run
         if isinstance(node, (ast.If, ast.Try)):
             top_level |= {id(n) for n in ast.walk(node)}
     found = []

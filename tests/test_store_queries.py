@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from lawn_monitor import RunStore
+from lawn_monitor import RunStore, compact
 from lawn_monitor.sink import ParquetSink
 from lawn_monitor.store import ema
 
@@ -357,7 +357,8 @@ def test_series_reads_an_ended_run_once_and_a_live_one_as_it_grows(tmp_path):
     sink.close("finished")
 
 
-def test_sync_fsyncs_parts_including_ones_compaction_removed(tmp_path):
+def test_sync_fsyncs_parts_including_ones_compaction_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(compact, "GRACE", -1.0)  # merged parts are removed at the next pass, not 30 s later
     sink = write(tmp_path, "r", [(s, "", "lr", 1.0) for s in range(40)], flush=1, status="running")
     sink._stop_compactor()  # let the merges of these 40 one-row parts finish
     assert len(sink._unsynced) == 40 and len(list((tmp_path / "r" / "metrics").glob("*.parquet"))) < 40

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +166,7 @@ class TrainConfig:
             raise ConfigError(f"--free-epochs {cfg.free_epochs!r}: give a number of epochs or auto")
         if cfg.lawn and cfg.free_epochs == "auto" and cfg.auto_max_epochs is None:
             cfg.auto_max_epochs = min(10.0, cfg.epochs / 2)
-        for ok, message in [*cfg._checks(), *cfg._probe_checks(), *cfg._lawn_checks()]:
+        for ok, message in [*_finite(cfg), *cfg._checks(), *cfg._probe_checks(), *cfg._lawn_checks()]:
             if not ok:
                 raise ConfigError(message)
         return cfg
@@ -174,6 +175,7 @@ class TrainConfig:
         """(holds, what to do otherwise) for the plain numbers."""
         return [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
@@ -265,6 +267,16 @@ class TrainConfig:
             acc=self.auto_acc,
             growth=self.auto_growth,
         )
+
+
+def _finite(cfg: TrainConfig) -> list[tuple[bool, str]]:
+    """Every number in the config finite: ``--lr inf`` would train on NaN weights, and an
+    infinite epoch count never ends."""
+    return [
+        (math.isfinite(v), f"--{k.replace('_', '-')} must be a finite number, got {v}")
+        for k, v in flag_values(cfg).items()
+        if isinstance(v, float)
+    ]
 
 
 # The probe settings the command line offers: flag name -> (ProbeConfig field, help). A flag

@@ -31,7 +31,9 @@ def main() -> None:
         st.Page(VIEWS / "adaptivity.py", title="Weight adaptivity", icon=":material/grid_on:", url_path="adaptivity"),
         st.Page(VIEWS / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     ]
-    st.set_page_config(page_title="lawn-monitor", layout="wide")
+    # A page icon of its own: otherwise the browser fetches each page's Material icon from Google
+    # as its favicon (the icons in the app itself come from a font Streamlit serves).
+    st.set_page_config(page_title="lawn-monitor", page_icon="📉", layout="wide")
     page = st.navigation(pages)
     st.sidebar.title("lawn-monitor")
     root = state.root_input()
