@@ -43,7 +43,6 @@ Export writes each run's whole-model scalars (and with ``layers``, per-layer one
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import warnings
@@ -57,9 +56,10 @@ import pyarrow as pa
 
 from ..metrics import BY_NAME, WHOLE
 from ..names import split_metric
+from ..runinfo import check_run_info
 from ..schema import SCHEMA
 from ..sink import ParquetSink, slug
-from ..storage import Location, now_iso
+from ..storage import RUN_JSON_LIMIT, Location, now_iso
 
 EVENT_FILES = "*tfevents*"
 PLAIN = {
@@ -219,10 +219,12 @@ def _remove_run(loc: Location, run_id: str) -> None:
 
 
 def _read_info(loc: Location, run_id: str) -> dict | None:
+    """A run's run.json as a dict, or None where it is missing or damaged (never raises)."""
     try:
-        return json.loads(loc.read_bytes(f"{run_id}/run.json"))
+        found = check_run_info(loc.read_bytes(f"{run_id}/run.json", limit=RUN_JSON_LIMIT))
     except (OSError, ValueError):
         return None
+    return None if found.damage else found.info
 
 
 def import_tensorboard(
