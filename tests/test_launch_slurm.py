@@ -1,0 +1,46 @@
+"""`lawn-monitor sweep --launcher slurm`: the Slurm launcher's code path (one job array, each
+array task one run, through submitit) run by submitit's local executor, which starts each array
+task as a process on this machine instead of asking sbatch."""
+
+import pytest
+
+pytest.importorskip("submitit")
+
+from lawn_monitor import RunStore  # noqa: E402
+from trainers.launch import minutes  # noqa: E402
+from trainers.sweep import main as sweep_main  # noqa: E402
+
+
+@pytest.mark.slow
+def test_two_run_sweep_through_the_slurm_launcher(tmp_path, capsys):
+    root, logs = tmp_path / "runs", tmp_path / "slurm-logs"
+    argv = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--no-curvature", "--lawn", "off"]
+    argv += ["--root", str(root), "--launcher", "slurm", "--slurm-cluster", "local", "--slurm-folder", str(logs)]
+    argv += ["--slurm-time", "0:10:00", "--cpus-per-run", "1"]
+    assert sweep_main(argv) == 0
+    out = capsys.readouterr().out
+    runs = RunStore(root).runs().set_index("name")
+    assert sorted(runs.index) == ["adam-b64-s0", "sgd-b64-s0"] and (runs["status"] == "finished").all(), out
+    assert "job array" in out and out.count(": finished on ") == 2, out
+    pids = {int(line.split("(pid ")[1].split(")")[0]) for line in out.splitlines() if "(pid " in line}
+    assert len(pids) == 2, out  # each array task its own process
+    assert any(logs.rglob("*_log.out")), "submitit keeps each task's log"
+    # Launched again, both have ended: nothing is submitted.
+    assert sweep_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished already") == 2 and "job array" not in out, out
+
+
+def test_time_limits_and_bad_options_are_one_line_errors(tmp_path, capsys):
+    assert [minutes(t) for t in ("90", "1:30:00", "2-00:00:00", 45)] == [90, 90, 2880, 45]
+    with pytest.raises(ValueError, match="H:MM:SS"):
+        minutes("an hour")
+    base = ["--dataset", "digits", "--model", "mlp", "--root", str(tmp_path), "--launcher", "slurm"]
+    for extra, message in (
+        (["--slurm-time", "soon"], "--slurm-time"),
+        (["--slurm-option", "account"], "KEY=VALUE"),
+        (["--cpus-per-run", "0"], "--cpus-per-run"),
+    ):
+        assert sweep_main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
