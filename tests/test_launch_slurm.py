@@ -2,6 +2,10 @@
 array task one run, through submitit) run by submitit's local executor, which starts each array
 task as a process on this machine instead of asking sbatch."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("submitit")
@@ -9,6 +13,8 @@ pytest.importorskip("submitit")
 from lawn_monitor import RunStore  # noqa: E402
 from trainers.launch import minutes  # noqa: E402
 from trainers.sweep import main as sweep_main  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
@@ -44,3 +50,21 @@ def test_time_limits_and_bad_options_are_one_line_errors(tmp_path, capsys):
         assert sweep_main(base + extra) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_core_and_local_launcher_never_import_ray_or_submitit(tmp_path):
+    """With ray and submitit uninstalled (blocked), the core, the sweep and its local launcher
+    import and run; asking for ray or slurm says which extra to install, in one line."""
+    script = f"""
+import sys
+for name in ("ray", "submitit"):
+    sys.modules[name] = None  # `import name` now fails as if it were not installed
+import lawn_monitor, trainers.sweep, trainers.launch, trainers.launch.local, trainers.launch.common
+from trainers.sweep import main
+code = main(["--dataset", "digits", "--model", "mlp", "--launcher", "ray", "--root", {str(tmp_path)!r}])
+print(code, sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("ray", "submitit")))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "2 []", out.stdout
+    assert "pip install 'lawn-monitor[ray]'" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

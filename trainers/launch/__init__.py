@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 from dataclasses import dataclass
 
 from ..config import ConfigError, TrainConfig
@@ -135,10 +136,10 @@ def check_available(launcher: str) -> None:
     if launcher not in EXTRAS:
         return
     module, extra = EXTRAS[launcher]
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"--launcher {launcher} needs {module}: pip install 'lawn-monitor[{extra}]'")
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"--launcher {launcher} needs {module}: pip install 'lawn-monitor[{extra}]'") from None
 
 
 def launch(
