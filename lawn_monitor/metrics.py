@@ -61,6 +61,22 @@ METRICS: list[Metric] = [
         smooth=False,
     ),
     Metric(
+        "val/loss",
+        WHOLE,
+        "mean cross-entropy over the validation split (held out of the training data): choices are made on it",
+        "validation loss (nats)",
+        log=True,
+        smooth=False,
+    ),
+    Metric(
+        "val/acc",
+        WHOLE,
+        "top-1 accuracy over the validation split (held out of the training data): what tuning maximizes",
+        "validation accuracy (%)",
+        percent=True,
+        smooth=False,
+    ),
+    Metric(
         "lr",
         WHOLE,
         "learning rate of the first param group: the schedule (LAWN: free, warm-up, decay)",

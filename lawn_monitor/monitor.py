@@ -652,7 +652,8 @@ class Monitor:
         split: str = "test",
         epoch: float | None = None,
     ) -> None:
-        """Record an evaluation (``test/loss``, ``test/acc``, ``test/acc5``) at the current step."""
+        """Record an evaluation (``test/loss``, ``test/acc``, ``test/acc5``) at the current step;
+        ``split="val"`` records the validation split's (``val/loss``, ``val/acc``)."""
         given = {"loss": loss, "acc": acc, "acc5": acc5}
         self.log({f"{split}/{k}": v for k, v in given.items() if v is not None}, epoch=epoch)
         self._last_step_at = None  # the evaluation's time is not a training step's time

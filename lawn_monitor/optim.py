@@ -480,9 +480,11 @@ def lawn_factor(
     warmup_steps: int,
     decay: str = "cosine",
     free_warmup_steps: int = 0,
+    after_scale: float = 1.0,
 ) -> float:
     """LR multiplier of LAWN's schedule: constant in the free phase (after an optional linear
-    warm-up of ``free_warmup_steps`` from step 0, for large batches), then warm-up and decay.
+    warm-up of ``free_warmup_steps`` from step 0, for large batches), then warm-up and decay
+    from a peak of ``after_scale`` (the LR after the switch, relative to the free phase's).
     ``free_steps`` None: the switch is not decided yet (``free_steps="auto"``), still free.
 
     The warm-up after the switch lets the optimizer settle on the sphere of fixed norms before
@@ -490,7 +492,7 @@ def lawn_factor(
     """
     if free_steps is None or step < free_steps:
         return (step + 1) / free_warmup_steps if step < free_warmup_steps else 1.0
-    return warmup_decay_factor(step - free_steps, total_steps - free_steps, warmup_steps, decay)
+    return after_scale * warmup_decay_factor(step - free_steps, total_steps - free_steps, warmup_steps, decay)
 
 
 def warmup_decay(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, decay: str = "cosine") -> LambdaLR:
@@ -506,19 +508,24 @@ def lawn_schedule(
     warmup_steps: int = 0,
     decay: str = "cosine",
     free_warmup_steps: int = 0,
+    after_scale: float = 1.0,
 ) -> LambdaLR:
     """LAWN's free / warm-up / decay schedule, stepped once per optimizer step. ``free_steps="auto"``
-    follows the switch of ``optimizer`` (a LAWN with ``free_steps="auto"``) when it is decided."""
+    follows the switch of ``optimizer`` (a LAWN with ``free_steps="auto"``) when it is decided.
+    ``after_scale``: the peak LR after the switch as a multiple of the free phase's."""
     _decay(0.0, decay)
     if free_steps == "auto":
         if not isinstance(optimizer, LAWN):
             raise ValueError("lawn_schedule(free_steps='auto') follows a LAWN optimizer's switch: pass the LAWN")
         return LambdaLR(
             optimizer,
-            lambda s: lawn_factor(s, total_steps, optimizer.free_steps, warmup_steps, decay, free_warmup_steps),
+            lambda s: lawn_factor(
+                s, total_steps, optimizer.free_steps, warmup_steps, decay, free_warmup_steps, after_scale
+            ),
         )
     return LambdaLR(
-        optimizer, lambda s: lawn_factor(s, total_steps, free_steps, warmup_steps, decay, free_warmup_steps)
+        optimizer,
+        lambda s: lawn_factor(s, total_steps, free_steps, warmup_steps, decay, free_warmup_steps, after_scale),
     )
 
 

@@ -24,7 +24,8 @@ SCHEMA = pa.schema(
     ]
 )
 
-STATUSES = ("running", "finished", "failed", "diverged", "interrupted")  # what a writer records
+# What a writer records; ``pruned``: a tuner stopped the run early as hopeless (lawn-monitor tune).
+STATUSES = ("running", "finished", "failed", "diverged", "interrupted", "pruned")
 # What a reader may show besides: ``stale`` (a running run whose writer stopped beating) and
 # ``damaged`` (its run.json is unusable): never written, judged when the store is read.
 READ_STATUSES = (*STATUSES, "stale", "damaged")

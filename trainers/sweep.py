@@ -34,9 +34,12 @@ from lawn_monitor.optim import OPTIMIZERS
 
 from .config import ConfigError, TrainConfig, add_config_arguments, config_from_flags, given_fields
 from .launch import add_launcher_arguments, launch
+from .launch.common import project_dir
 from .launch.local import config_argv  # noqa: F401 - the flags that rebuild a config, for callers of the sweep
 from .recipe import config_from, match_recipes
 from .train import _check_root
+
+PROJECT_DIR = project_dir()  # holds trainers/ and lawn_monitor/
 
 
 def _csv(kind):

@@ -29,6 +29,7 @@ import random
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,12 @@ class TrainResult:
     run_dir: Path
     status: str
     test_acc: float | None
+    val_acc: float | None = None  # the last evaluation's, None without a validation split
+
+
+# Called after each epoch's evaluation with (epochs done, {"test_acc": ..., "val_acc": ...}); a
+# true return stops the run there with status ``pruned`` (a tuner's hopeless trial).
+EpochCallback = Callable[[int, dict[str, float]], bool]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -278,6 +285,7 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
         rank=dist.rank,
         world=dist.world,
         workers=cfg.workers,
+        val_fraction=cfg.val_fraction,
     )
     net = build_model(cfg.model, data.input_shape, data.num_classes, cfg.dataset).to(device)
     if cfg.channels_last:
@@ -314,7 +322,9 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
         **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}),
     )
     if cfg.lawn:
-        scheduler = lawn_schedule(optimizer, total_steps, free_steps, warmup_steps, cfg.decay, free_warmup_steps)
+        scheduler = lawn_schedule(
+            optimizer, total_steps, free_steps, warmup_steps, cfg.decay, free_warmup_steps, cfg.lawn_lr_scale
+        )
     else:
         scheduler = warmup_decay(optimizer, total_steps, warmup_steps, cfg.decay)
     if checkpoint is not None:
@@ -356,6 +366,7 @@ def run_record(cfg: TrainConfig, parts: Parts, dist: Dist) -> dict[str, Any]:
         "auto_switch": None if parts.auto is None else dataclasses.asdict(parts.auto),
         "steps_per_epoch": parts.steps_per_epoch,
         "num_train": parts.data.num_train,
+        "num_val": parts.data.num_val,
         "world_size": dist.world,
         "schedule": "lawn" if cfg.lawn else "warmup_decay",
         "resume": None,
@@ -415,21 +426,26 @@ def end_epoch(
     record: dict[str, Any],
     epoch: int,
     step: int,
-) -> float:
-    """Evaluate on the test split, then make the epoch durable: its rows reach disk before the
-    checkpoint that names its step, so a resume keeps exactly those rows. Returns test accuracy."""
+) -> dict[str, float]:
+    """Evaluate on the test split and the validation split, then make the epoch durable: its rows
+    reach disk before the checkpoint that names its step, so a resume keeps exactly those rows.
+    Returns the accuracies (``test_acc``, and ``val_acc`` with a validation split)."""
     dist.sync_buffers(parts.net)
-    result = evaluate(
-        parts.net,
-        parts.data.test,
-        device,
-        topk5=parts.data.num_classes > 10,
-        dist=dist,
-        amp=cfg.amp,
-        channels_last=cfg.channels_last,
-    )
-    monitor.log_eval(**result)
-    test_acc = float(result["acc"])
+    accuracies = {}
+    for split, loader in (("test", parts.data.test), ("val", parts.data.val)):
+        if loader is None:
+            continue
+        result = evaluate(
+            parts.net,
+            loader,
+            device,
+            topk5=parts.data.num_classes > 10,
+            dist=dist,
+            amp=cfg.amp,
+            channels_last=cfg.channels_last,
+        )
+        monitor.log_eval(**result, split=split)
+        accuracies[f"{split}_acc"] = float(result["acc"])
     if dist.main:
         monitor.flush(durable=True)  # fsynced: a power cut too
         save_checkpoint(
@@ -439,7 +455,7 @@ def end_epoch(
                 "config": record,
                 "epoch": epoch + 1,
                 "step": step,
-                "test_acc": test_acc,
+                **accuracies,
                 "model": parts.net.state_dict(),
                 "optimizer": parts.optimizer.state_dict(),
                 "scheduler": parts.scheduler.state_dict(),
@@ -448,21 +464,36 @@ def end_epoch(
             },
         )
     dist.barrier()
-    return test_acc
+    return accuracies
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train as configured. Raises the USER_ERRORS for bad input before anything is written."""
+def train(
+    config: TrainConfig, *, tags: dict[str, Any] | None = None, on_epoch: EpochCallback | None = None
+) -> TrainResult:
+    """Train as configured. Raises the USER_ERRORS for bad input before anything is written.
+    ``tags``: fields written at the top level of the run's run.json (a tuner's ``study`` and
+    ``trial``); ``on_epoch``: see EpochCallback."""
     dist, device_name = init_distributed(config.device)
     try:
-        return _train(config, dist, device_name)
+        return _train(config, dist, device_name, tags or {}, on_epoch)
     finally:
         dist.close()
 
 
-def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
-    """The stages above, in order: resume point, set-up, build, Monitor, then per epoch the
-    training steps and the end of the epoch; a run ends with its status written."""
+@dataclass
+class Setup:
+    """What _train prepares before the Monitor exists."""
+
+    cfg: TrainConfig
+    root: str
+    device: torch.device
+    parts: Parts
+    record: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+
+
+def prepare(config: TrainConfig, dist: Dist, device_name: str) -> Setup:
+    """The resume point, set-up and build stages, in order."""
     checkpoint = None
     if config.resume:
         config, checkpoint = resume_point(config)
@@ -470,53 +501,81 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     root = _check_root(cfg.root)
     device = set_up(cfg, dist)
     parts = build(cfg, dist, device, checkpoint)
-    record = run_record(cfg, parts, dist)
-    batch = probe_batch(cfg, parts, dist)
-    loc = Location(root)
+    return Setup(cfg, root, device, parts, run_record(cfg, parts, dist), checkpoint)
 
+
+def open_monitor(setup: Setup, dist: Dist, run_id: str | None, tags: dict[str, Any]) -> Monitor:
+    """The run's Monitor (a new run, or ``run_id`` resumed at its checkpoint), with ``tags`` in run.json."""
+    cfg, parts, checkpoint = setup.cfg, setup.parts, setup.checkpoint
+    monitor = Monitor(
+        parts.net,
+        parts.optimizer,
+        root=setup.root,
+        config=setup.record,
+        name=cfg.name,
+        total_steps=parts.total_steps,
+        steps_per_epoch=parts.steps_per_epoch,
+        flush_secs=cfg.flush_secs,
+        probe_batch=probe_batch(cfg, parts, dist),
+        probe_config=cfg.probes,
+        run_id=run_id,
+        resume_step=checkpoint["step"] if checkpoint else None,
+    )
+    if tags:
+        monitor.annotate(**tags)
+    return monitor
+
+
+def run_epochs(
+    setup: Setup, monitor: Monitor, dist: Dist, bar: tqdm, on_epoch: EpochCallback | None
+) -> tuple[str, dict[str, float]]:
+    """Every epoch left: its training steps, then its end. Returns the status the run ends with
+    and the last evaluation's accuracies."""
+    cfg, parts, checkpoint = setup.cfg, setup.parts, setup.checkpoint
+    if cfg.lawn:
+        parts.optimizer.monitor = monitor  # --free-epochs auto reads flat_frac from it; the switch goes to run.json
     start_epoch, step = (checkpoint["epoch"], checkpoint["step"]) if checkpoint else (0, 0)
+    accuracies = {k: checkpoint[k] for k in ("test_acc", "val_acc") if k in checkpoint} if checkpoint else {}
+    if checkpoint is not None:
+        monitor.load_state_dict(checkpoint["monitor"])
+        set_rng_state(checkpoint["rng"])
+    loc = Location(setup.root)
+    for epoch in range(start_epoch, cfg.epochs):
+        step, share_loss = train_epoch(cfg, parts, monitor, dist, setup.device, epoch, step, bar)
+        # One sync per epoch; every rank must agree to stop, so rank 0's verdict is shared.
+        if dist.any(monitor.diverged or not torch.isfinite(share_loss).item(), setup.device):
+            return "diverged", accuracies
+        accuracies = end_epoch(cfg, parts, monitor, dist, setup.device, loc, setup.record, epoch, step)
+        # The last batch's loss on this rank's share (the whole batch in one process).
+        bar.set_postfix(
+            epoch=epoch + 1, loss=f"{float(share_loss):.4f}", **{k: f"{v:.4f}" for k, v in accuracies.items()}
+        )
+        if on_epoch is not None and epoch + 1 < cfg.epochs and on_epoch(epoch + 1, accuracies):
+            return "pruned", accuracies
+    return "finished", accuracies
+
+
+def _train(
+    config: TrainConfig, dist: Dist, device_name: str, tags: dict[str, Any], on_epoch: EpochCallback | None
+) -> TrainResult:
+    """The stages above, in order: resume point, set-up, build, Monitor, then per epoch the
+    training steps and the end of the epoch; a run ends with its status written."""
+    setup = prepare(config, dist, device_name)
     bar = tqdm(
-        total=parts.total_steps,
-        initial=step,
-        desc=cfg.name,
-        disable=not (cfg.progress and dist.main),
+        total=setup.parts.total_steps,
+        initial=setup.checkpoint["step"] if setup.checkpoint else 0,
+        desc=setup.cfg.name,
+        disable=not (setup.cfg.progress and dist.main),
         unit="step",
         dynamic_ncols=True,
     )
-    status, test_acc = "finished", checkpoint.get("test_acc") if checkpoint else None
     monitor = None
     try:
         # Held: a signal between writing run.json and holding the Monitor that can close it
         # would leave the run "running"; it takes effect when the block ends, in this try.
         with signals.held():
-            monitor = Monitor(
-                parts.net,
-                parts.optimizer,
-                root=root,
-                config=record,
-                name=cfg.name,
-                total_steps=parts.total_steps,
-                steps_per_epoch=parts.steps_per_epoch,
-                flush_secs=cfg.flush_secs,
-                probe_batch=batch,
-                probe_config=cfg.probes,
-                run_id=config.resume,
-                resume_step=checkpoint["step"] if checkpoint else None,
-            )
-        if cfg.lawn:
-            parts.optimizer.monitor = monitor  # --free-epochs auto reads flat_frac from it; the switch goes to run.json
-        if checkpoint is not None:
-            monitor.load_state_dict(checkpoint["monitor"])
-            set_rng_state(checkpoint["rng"])
-        for epoch in range(start_epoch, cfg.epochs):
-            step, share_loss = train_epoch(cfg, parts, monitor, dist, device, epoch, step, bar)
-            # One sync per epoch; every rank must agree to stop, so rank 0's verdict is shared.
-            if dist.any(monitor.diverged or not torch.isfinite(share_loss).item(), device):
-                status = "diverged"
-                break
-            test_acc = end_epoch(cfg, parts, monitor, dist, device, loc, record, epoch, step)
-            # The last batch's loss on this rank's share (the whole batch in one process).
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(share_loss):.4f}", test_acc=f"{test_acc:.4f}")
+            monitor = open_monitor(setup, dist, config.resume, tags)
+        status, accuracies = run_epochs(setup, monitor, dist, bar, on_epoch)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under signals.interrupt_on_signals
         bar.close()
         if monitor is not None and dist.main:
@@ -536,8 +595,8 @@ def _train(config: TrainConfig, dist: Dist, device_name: str) -> TrainResult:
     with signals.held(deliver=False):
         monitor.close(status)
     run_id = monitor.run_id if dist.main else ""
-    run_dir = monitor.run_dir if dist.main else Path(root) / "-"
-    return TrainResult(run_id, run_dir, status, test_acc)
+    run_dir = monitor.run_dir if dist.main else Path(setup.root) / "-"
+    return TrainResult(run_id, run_dir, status, accuracies.get("test_acc"), accuracies.get("val_acc"))
 
 
 def build_parser(prog: str = "lawn-monitor train") -> OneLineParser:
@@ -587,7 +646,8 @@ def run_cli(cfg: TrainConfig) -> int:
     if not result.run_id:  # a DDP rank other than 0: rank 0 reports
         return 0 if result.status == "finished" else 3
     acc = "n/a" if result.test_acc is None else f"{result.test_acc:.4f}"
-    print(f"{result.status}: {result.run_id}  test_acc={acc}  ({result.run_dir})")
+    val = "" if result.val_acc is None else f"  val_acc={result.val_acc:.4f}"
+    print(f"{result.status}: {result.run_id}  test_acc={acc}{val}  ({result.run_dir})")
     return 0 if result.status == "finished" else 3
 
 

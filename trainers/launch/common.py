@@ -2,7 +2,7 @@
 
 - ``plan``: which runs of a grid the store already has. A run is the same run when its name and
   its config (all but what a resume may change: root, device, threads, ...) are the same; a grid
-  cell whose run ended (``finished``, ``diverged``) is skipped, one whose run stopped
+  cell whose run ended (``finished``, ``diverged``, ``pruned``) is skipped, one whose run stopped
   (``interrupted``, ``failed``, or ``running`` with a dead writer: ``stale``) continues it from
   its last checkpoint, and one whose run another live process still writes is left to it.
 - ``run_one``: what a worker (a Ray task, a Slurm array task) runs for one run.
@@ -33,7 +33,7 @@ from .. import signals
 from ..config import TrainConfig
 from ..train import CHECKPOINT, RESUME_MAY_CHANGE, USER_ERRORS, train
 
-ENDED = ("finished", "diverged")  # a re-launched sweep skips these; it continues the others
+ENDED = ("finished", "diverged", "pruned")  # a re-launched sweep skips these; it continues the others
 
 
 @dataclass

@@ -34,15 +34,15 @@ STATUS_SECS = 30.0  # --parallel: how often the sweep says how far each run is
 POLL_SECS = 0.2
 
 
-def config_argv(cfg: TrainConfig) -> list[str]:
+def config_argv(cfg: TrainConfig, skip: tuple[str, ...] = ()) -> list[str]:
     """The ``lawn-monitor train`` flags that rebuild ``cfg`` exactly: every value given
     explicitly (so a recipe named in it cannot bring back a value the sweep overrode), booleans
-    as their flag where they differ from the default. For a run to continue (``cfg.resume``)
-    only the flags a resume may change."""
+    as their flag where they differ from the default; none for the fields in ``skip``. For a run
+    to continue (``cfg.resume``) only the flags a resume may change."""
     argv = []
     for name, value in flag_values(cfg).items():
         flag = FLAGS[name]
-        if value is None or (cfg.resume and name not in RESUME_MAY_CHANGE):
+        if value is None or name in skip or (cfg.resume and name not in RESUME_MAY_CHANGE):
             continue
         if isinstance(value, bool):
             if value != flag.default:
