@@ -147,3 +147,24 @@ def test_ctrl_c_of_the_launcher_ends_running_runs_interrupted(cluster):
     runs = store.runs()
     assert len(runs) == 2 and (runs["status"] == "interrupted").all(), (runs[["name", "status"]], out)
     assert out.count(": interrupted on ") == 2, out
+
+
+def test_two_worker_study_on_one_sqlite_storage_through_ray(cluster, tmp_path, capsys):
+    optuna = pytest.importorskip("optuna")
+    from trainers.tune import main as tune_main
+
+    root, storage = tmp_path / "runs", f"sqlite:///{tmp_path / 'studies.sqlite3'}"
+    argv = ["--method", "adam", "--trials", "4", "--parallel", "2", "--study", "digits-adam", "--storage", storage]
+    argv += [*TINY, "--val-fraction", "0.2", "--root", str(root), "--launcher", "ray"]
+    assert tune_main(argv) == 0
+    out = capsys.readouterr().out
+    trials = [t for t in optuna.load_study(study_name="digits-adam", storage=storage).trials if t.state.is_finished()]
+    assert len(trials) >= 4 and all(t.state.name == "COMPLETE" for t in trials), out
+    assert len({t.params["lr"] for t in trials}) == len(trials)  # distinct trials, not one drawn twice
+    assert len({t.user_attrs["pid"] for t in trials}) == 2, out  # both workers took trials
+    store = RunStore(root)
+    runs = store.runs()
+    assert sorted(runs["run_id"]) == sorted(t.user_attrs["run_id"] for t in trials)
+    tags = [(store.run_info(r)["study"], store.run_info(r)["trial"]) for r in runs["run_id"]]
+    assert sorted(tags) == sorted(("digits-adam", t.number) for t in trials), tags
+    assert out.count(": started on ") == len(trials) and out.count(": complete on ") == len(trials), out

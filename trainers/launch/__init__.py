@@ -34,7 +34,8 @@ class Resources:
     partition: str | None = None
 
 
-def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+def add_launcher_arguments(parser: argparse.ArgumentParser, sweep: bool = True) -> None:
+    """The launcher's flags (``sweep``: also ``--fresh``; a study has its own way to carry on)."""
     group = parser.add_argument_group("launcher (where the runs train: see docs/cluster.md)")
     group.add_argument(
         "--launcher",
@@ -42,11 +43,12 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
         default="local",
         help="local: this machine (default); ray: Ray tasks; slurm: a Slurm job array through submitit",
     )
-    group.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start every run anew (default: skip the runs the store has ended, continue the stopped ones)",
-    )
+    if sweep:
+        group.add_argument(
+            "--fresh",
+            action="store_true",
+            help="start every run anew (default: skip the runs the store has ended, continue the stopped ones)",
+        )
     group.add_argument("--gpus-per-run", type=int, help="ray, slurm: GPUs each run holds (default 0, or the recipe's)")
     group.add_argument("--cpus-per-run", type=int, help="ray, slurm: CPUs each run holds (default 1, or the recipe's)")
     group.add_argument(

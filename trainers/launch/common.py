@@ -21,7 +21,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,10 +159,7 @@ def run_one(cfg: TrainConfig, catch_signals: bool = False) -> dict[str, Any]:
     ``ray.cancel``, which raises KeyboardInterrupt in it."""
     where = {"host": socket.gethostname(), "pid": os.getpid()}
     try:
-        if catch_signals:
-            with signals.interrupt_on_signals():
-                result = train(cfg)
-        else:
+        with worker_signals(catch_signals):
             result = train(cfg)
     except USER_ERRORS as exc:
         return {**where, "status": "error", "error": str(exc)}
@@ -170,6 +169,23 @@ def run_one(cfg: TrainConfig, catch_signals: bool = False) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - its traceback is in run.json; the launcher goes on
         return {**where, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_id": _name(exc)}
     return {**where, "status": result.status, "run_id": result.run_id, "test_acc": result.test_acc}
+
+
+@contextmanager
+def worker_signals(catch: bool) -> Iterator[None]:
+    """``catch``: SIGINT and SIGTERM (``scancel``), and SIGUSR2 (submitit's warning before Slurm's
+    time limit) end the run ``interrupted``; otherwise nothing changes (a Ray task)."""
+    if not catch:
+        yield
+        return
+    with signals.interrupt_on_signals():
+        usr2 = getattr(signal, "SIGUSR2", None)
+        previous = signal.signal(usr2, signal.getsignal(signal.SIGTERM)) if usr2 else None
+        try:
+            yield
+        finally:
+            if usr2:
+                signal.signal(usr2, previous)
 
 
 def _name(obj: Any) -> str | None:
