@@ -176,6 +176,13 @@ def worker_signals(catch: bool) -> Iterator[None]:
     """``catch``: SIGINT and SIGTERM (``scancel``), and SIGUSR2 (submitit's warning before Slurm's
     time limit) end the run ``interrupted``; otherwise nothing changes (a Ray task)."""
     if not catch:
+        # ray.cancel interrupts the task through Python's SIGINT handler; a worker started from a
+        # process that ignored SIGINT (a shell's background job) inherited SIG_IGN and would not stop.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN,
+            signal.SIG_DFL,
+        ):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         yield
         return
     with signals.interrupt_on_signals():

@@ -15,7 +15,13 @@ beating) and the next launch of the same sweep continues it from its last checkp
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
@@ -26,17 +32,70 @@ from .common import Job, Outcome, Stop, Watch, run_one
 CANCEL_WAIT_S = 300.0  # after Ctrl-C: how long to wait for the running tasks to write their status
 
 
-def connect(address: str | None) -> str | None:
-    """Join the cluster at ``address``, or start a local instance; says which (None: this
-    process had joined one already, and stays joined)."""
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalRay:
+    """A Ray instance on this machine for one launch: ``ray start --head`` in a session of its
+    own, so that a Ctrl-C on the launching terminal (which signals the terminal's whole process
+    group) reaches only the launcher, which then stops the runs cleanly, as on a cluster."""
+
+    def __init__(self) -> None:
+        self.address = f"127.0.0.1:{_free_port()}"
+        temp = os.environ.get("RAY_TMPDIR", "/tmp/ray")
+        argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
+        argv += ["--node-ip-address", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1]]
+        argv += ["--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp]
+        self.log = tempfile.TemporaryFile()  # what `ray start` says, shown only if it fails
+        # On 127.0.0.1 only, for this launch: no token to share between `ray start` and this process.
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        self.proc = subprocess.Popen(argv, start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def join(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"ray start failed: {self.log.read().decode(errors='replace')[-2000:]}")
+            try:
+                ray.init(address=self.address, log_to_driver=False)
+                return
+            except ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def stop(self) -> None:
+        self.proc.terminate()  # `ray start --block` stops the instance's processes on SIGTERM
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@contextmanager
+def connect(address: str | None) -> Iterator[str]:
+    """Join the cluster at ``address``, or a Ray instance started here for the launch; yields
+    which. A process already joined to Ray (a test, a notebook) stays joined, as it was."""
     if ray.is_initialized():
-        return None
-    # The workers' output stays in Ray's logs: the launching terminal gets one line per run.
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return f"cluster {address}"
-    ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=os.environ.get("RAY_TMPDIR", "/tmp/ray"))
-    return "a local instance"
+        yield "the instance this process joined"
+        return
+    local = None if address else LocalRay()
+    try:
+        if local is None:
+            ray.init(address=address, log_to_driver=False)  # workers' output stays in Ray's logs
+        else:
+            local.join()
+        yield f"cluster {address}" if address else "a local instance"
+    finally:
+        ray.shutdown()
+        if local is not None:
+            local.stop()
 
 
 class RaySweep:
@@ -109,15 +168,11 @@ def launch(
     res: dict[int, Resources],
     parallel: int | None,
 ) -> tuple[dict[int, Outcome], int | None]:
-    joined = connect(address)
-    try:
+    with connect(address) as joined:
         resources = ray.cluster_resources()
         print(
-            f"sweep: {len(jobs)} runs on Ray ({joined or 'the instance this process joined'}: "
+            f"sweep: {len(jobs)} runs on Ray ({joined}: "
             f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)",
             flush=True,
         )
         return RaySweep(jobs, root, res, parallel).run()
-    finally:
-        if joined:
-            ray.shutdown()

@@ -73,8 +73,7 @@ def _on_ray(workers: list[tuple], res: Resources, address: str | None, watch: Tr
 
     from .on_ray import connect
 
-    joined = connect(address)
-    try:
+    with connect(address):
         task = ray.remote(max_retries=0)(study_worker).options(num_cpus=res.cpus, num_gpus=res.gpus)
         refs = [task.remote(*w, False) for w in workers]
         results, cancelled = [], False
@@ -91,9 +90,6 @@ def _on_ray(workers: list[tuple], res: Resources, address: str | None, watch: Tr
                 for ref in refs:
                     ray.cancel(ref)
         return results
-    finally:
-        if joined:
-            ray.shutdown()
 
 
 def _on_slurm(workers: list[tuple], res: Resources, args: argparse.Namespace, watch: TrialWatch, stop: Stop) -> list:
