@@ -68,3 +68,19 @@ print(code, sorted(m for m, v in sys.modules.items() if v is not None and m.spli
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "2 []", out.stdout
     assert "pip install 'lawn-monitor[ray]'" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_resources_come_from_flags_else_the_recipes_cluster_table(tmp_path):
+    from trainers.launch import Resources, resources
+    from trainers.recipe import config_from
+    from trainers.sweep import build_parser
+
+    recipe = tmp_path / "big.toml"
+    recipe.write_text('dataset = "digits"\nmodel = "mlp"\n[cluster]\ngpus = 2\ncpus = 8\ntime = "2:00:00"\n')
+    cfg = config_from({}, str(recipe))
+    assert resources([cfg], build_parser().parse_args([]))[0] == Resources(2, 8, 120, None)
+    flags = build_parser().parse_args(["--gpus-per-run", "1", "--slurm-partition", "gpu", "--slurm-time", "30"])
+    assert resources([cfg], flags)[0] == Resources(1, 8, 30, "gpu")
+    recipe.write_text('dataset = "digits"\n[cluster]\ngpu = 2\n')
+    with pytest.raises(ValueError, match=r"\[cluster\] gpu"):
+        resources([config_from({}, str(recipe))], build_parser().parse_args([]))

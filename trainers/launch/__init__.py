@@ -49,13 +49,23 @@ def add_launcher_arguments(parser: argparse.ArgumentParser, sweep: bool = True) 
             action="store_true",
             help="start every run anew (default: skip the runs the store has ended, continue the stopped ones)",
         )
-    group.add_argument("--gpus-per-run", type=int, help="ray, slurm: GPUs each run holds (default 0, or the recipe's)")
-    group.add_argument("--cpus-per-run", type=int, help="ray, slurm: CPUs each run holds (default 1, or the recipe's)")
     group.add_argument(
-        "--ray-address", help="ray: the cluster to join (host:port, or auto); default: a Ray instance started here"
+        "--gpus-per-run", type=int, metavar="N", help="ray, slurm: GPUs each run holds (default 0, or the recipe's)"
     )
-    group.add_argument("--slurm-partition", help="slurm: the partition (default: the cluster's, or the recipe's)")
-    group.add_argument("--slurm-time", help="slurm: time limit per run, minutes (90) or [D-]H:MM:SS (default 60)")
+    group.add_argument(
+        "--cpus-per-run", type=int, metavar="N", help="ray, slurm: CPUs each run holds (default 1, or the recipe's)"
+    )
+    group.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="ray: the cluster to join (host:port, or auto); default: a Ray instance started here",
+    )
+    group.add_argument(
+        "--slurm-partition", metavar="NAME", help="slurm: the partition (default: the cluster's, or the recipe's)"
+    )
+    group.add_argument(
+        "--slurm-time", metavar="TIME", help="slurm: time limit per run, minutes (90) or [D-]H:MM:SS (default 60)"
+    )
     group.add_argument(
         "--slurm-option",
         action="append",
@@ -63,7 +73,9 @@ def add_launcher_arguments(parser: argparse.ArgumentParser, sweep: bool = True) 
         metavar="KEY=VALUE",
         help="slurm: any other sbatch option, e.g. account=abc (repeatable)",
     )
-    group.add_argument("--slurm-folder", default="slurm-logs", help="slurm: submitit's logs (default ./slurm-logs)")
+    group.add_argument(
+        "--slurm-folder", default="slurm-logs", metavar="DIR", help="slurm: submitit's logs (default ./slurm-logs)"
+    )
     group.add_argument(
         "--slurm-cluster",
         choices=("slurm", "local"),
