@@ -31,7 +31,18 @@ sys.path.insert(0, str(REPO))
 
 from lawn_monitor import RunStore  # noqa: E402
 
-TINY = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--no-curvature", "--no-progress"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--epochs",
+    "1",
+    "--free-epochs",
+    "0.5",
+    "--no-curvature",
+    "--no-progress",
+]
 
 
 def launchers(address: str | None, logs: str) -> dict[str, list[str]]:
