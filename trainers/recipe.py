@@ -90,7 +90,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     raw = _read(path)
     values = {}
     for key, value in raw.items():
-        if key in ("paper", "why"):
+        if key in ("paper", "why", "cluster"):  # [cluster]: what a launcher gives each run (trainers/launch)
             continue
         if key not in FLAGS or key in NOT_IN_RECIPES:
             raise ConfigError(

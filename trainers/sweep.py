@@ -13,41 +13,33 @@ as such and the sweep goes on.
 
 ``--parallel 1`` (the default) trains the runs one after another in this process, with their
 progress bars. ``--parallel N`` keeps N runs going at once, each its own ``lawn-monitor train``
-process with one torch thread (so N runs share the cores instead of fighting over them), and
-prints a line when a run starts, where it writes, when it ends, and every half minute how far
-each one is; each line of a run's own output is prefixed with its place in the sweep.
+process with one torch thread (trainers/launch/local.py). ``--launcher ray`` and ``--launcher
+slurm`` hand the runs to a Ray cluster or a Slurm job array instead (trainers/launch/,
+docs/cluster.md); ``--parallel`` then caps how many train at once.
 
-Ctrl-C or SIGTERM stops the sweep: no further run starts, and every run already training ends
-``interrupted`` with what it logged kept; the sweep waits until each has written its status and
-exits 130 (SIGINT) or 143 (SIGTERM).
+Launched again into the same store, a sweep skips the runs that ended and continues the others
+from their last checkpoints (``--fresh``: start all anew). Ctrl-C or SIGTERM stops the sweep: no
+further run starts, and every run already training ends ``interrupted`` with what it logged
+kept; the sweep waits until each has written its status and exits 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import os
-import signal
-import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from lawn_monitor.cli import OneLineParser
 from lawn_monitor.optim import OPTIMIZERS
-from lawn_monitor.storage import Location
 
-from . import signals
-from .config import FLAGS, ConfigError, TrainConfig, add_config_arguments, config_from_flags, flag_values, given_fields
+from .config import ConfigError, TrainConfig, add_config_arguments, config_from_flags, given_fields
+from .launch import add_launcher_arguments, launch
+from .launch.common import project_dir
+from .launch.local import config_argv  # noqa: F401 - the flags that rebuild a config, for callers of the sweep
 from .recipe import config_from, match_recipes
-from .train import USER_ERRORS, _check_root, train
+from .train import _check_root
 
-STATUS_SECS = 30.0  # --parallel: how often the sweep says how far each run is
-POLL_SECS = 0.2
-PROJECT_DIR = Path(__file__).resolve().parent.parent  # holds trainers/ and lawn_monitor/
+PROJECT_DIR = project_dir()  # holds trainers/ and lawn_monitor/
 
 
 def _csv(kind):
@@ -98,23 +90,6 @@ def grid(
     return configs
 
 
-def config_argv(cfg: TrainConfig, skip: tuple[str, ...] = ()) -> list[str]:
-    """The ``lawn-monitor train`` flags that rebuild ``cfg`` exactly: every value given
-    explicitly (so a recipe named in it cannot bring back a value the sweep overrode), booleans
-    as their flag where they differ from the default; none for the fields in ``skip``."""
-    argv = []
-    for name, value in flag_values(cfg).items():
-        flag = FLAGS[name]
-        if value is None or name in skip:
-            continue
-        if isinstance(value, bool):
-            if value != flag.default:
-                argv.append(flag.flag)
-            continue
-        argv += [flag.flag, repr(value) if isinstance(value, float) else str(value)]
-    return argv
-
-
 def build_parser(prog: str = "lawn-monitor sweep") -> OneLineParser:
     parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -137,279 +112,19 @@ def build_parser(prog: str = "lawn-monitor sweep") -> OneLineParser:
     parser.add_argument(
         "--parallel",
         type=int,
-        default=1,
         metavar="N",
-        help="train N runs at once, one process and one torch thread each (default: 1, "
-        "one after another in this process)",
+        help="train N runs at once (local: one process and one torch thread each; default 1, "
+        "one after another in this process; ray, slurm: at most N at once, default all)",
     )
+    add_launcher_arguments(parser)
     add_config_arguments(parser, skip=("optimizer", "lawn", "batch_size", "seed", "name", "recipe", "resume"))
     return parser
-
-
-@dataclass
-class Outcome:
-    name: str
-    status: str  # a run status, or "not started" / "error" (bad input: no run was made)
-    test_acc: float | None = None
-    run_dir: str | None = None
-
-
-# --- one after another, in this process ----------------------------------------------------------
-
-
-def run_in_process(configs: list[TrainConfig]) -> tuple[list[Outcome], int | None]:
-    """Today's sweep: each run in turn in this process. Returns the outcomes and, if the sweep
-    stopped early, its exit code."""
-    outcomes = []
-    try:
-        with signals.interrupt_on_signals():
-            for i, cfg in enumerate(configs, 1):
-                print(f"[{i}/{len(configs)}] {cfg.name}", flush=True)
-                try:
-                    result = train(cfg)
-                    outcomes.append(Outcome(cfg.name, result.status, result.test_acc, str(result.run_dir)))
-                except USER_ERRORS as exc:
-                    print(f"lawn-monitor sweep: error: {exc}", file=sys.stderr)
-                    return outcomes, 2
-                except KeyboardInterrupt as exc:
-                    run_dir = getattr(exc, "run_dir", None)
-                    outcomes.append(
-                        Outcome(
-                            cfg.name,
-                            "interrupted" if run_dir else "not started",
-                            run_dir=str(run_dir) if run_dir else None,
-                        )
-                    )
-                    raise
-                except Exception as exc:  # noqa: BLE001 - recorded in run.json; the sweep goes on
-                    print(f"  failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-                    outcomes.append(Outcome(cfg.name, "failed"))
-                if signals.received():  # came while a run was writing its status: start no more
-                    raise signals.Interrupted(signals.received())
-    except KeyboardInterrupt as exc:
-        current = outcomes[-1] if outcomes else None
-        stopped = f"{current.name} is marked 'interrupted'; " if current and current.status == "interrupted" else ""
-        print(
-            f"sweep interrupted by {signals.signal_name(exc)}: {stopped}"
-            f"{len(configs) - len(outcomes)} more runs not started",
-            file=sys.stderr,
-        )
-        outcomes += [Outcome(cfg.name, "not started") for cfg in configs[len(outcomes) :]]
-        return outcomes, signals.exit_code(exc)
-    return outcomes, None
-
-
-# --- N at a time, one process each ------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """One run of a parallel sweep: a ``lawn-monitor train`` process."""
-
-    place: str  # "[2/4] adam-b64-s0", the prefix of its lines
-    cfg: TrainConfig
-    proc: subprocess.Popen
-    started: float
-    run_id: str | None = None
-    signalled: bool = False
-    pumps: list[threading.Thread] = field(default_factory=list)
-
-
-class ParallelSweep:
-    """Keeps ``parallel`` runs going until the grid is done or a signal stops it.
-
-    Runs are processes, not threads: each has its own interpreter (no GIL shared between four
-    training loops) and its own signal handling, so SIGINT/SIGTERM forwarded to it ends exactly
-    that run as ``interrupted`` (trainers/signals.py); a run that fails or diverges ends its own
-    process and nothing else. The children stay in this process group, so a kill of the group
-    takes them too; the signal they get twice (terminal and forwarded) is ignored the second time.
-    """
-
-    def __init__(self, configs: list[TrainConfig], parallel: int) -> None:
-        self.configs = configs
-        self.parallel = parallel
-        self.loc = Location(_check_root(configs[0].root))
-        self.pids = {run_id: 0 for run_id in self._run_dirs()}  # run folder -> the pid its run.json names
-        self.signum: int | None = None  # the signal that stops the sweep
-        self.stopping_since = 0.0
-        self.repeated = False  # another signal came well after the first
-        self.user_error = False  # a run stopped on bad input (exit 2): start no more
-        self.lock = threading.Lock()
-        self.started = time.monotonic()
-
-    def _run_dirs(self) -> list[str]:
-        return self.loc.run_dirs() if self.loc.exists() else []
-
-    def _info(self, run_id: str) -> dict:
-        try:
-            return json.loads(self.loc.read_bytes(f"{run_id}/run.json"))
-        except (OSError, ValueError):  # not written yet (the folder comes first)
-            return {}
-
-    def _find_runs(self, children: list[Child]) -> None:
-        """Match new run folders to children by the pid their run.json records."""
-        waiting = {c.proc.pid: c for c in children if c.run_id is None}
-        if not waiting:
-            return
-        for run_id in self._run_dirs():
-            if run_id in self.pids:  # from before this sweep, or matched already
-                continue
-            pid = self._info(run_id).get("pid")
-            if pid is None:  # its run.json is not written yet: look again next time
-                continue
-            self.pids[run_id] = pid
-            child = waiting.get(pid)
-            if child is not None:
-                child.run_id = run_id
-                self.say(f"{child.place}: writing to {self.loc.url}/{run_id}")
-
-    def say(self, line: str, err: bool = False) -> None:
-        with self.lock:
-            stream = sys.stderr if err else sys.stdout
-            stream.write(line + "\n")
-            stream.flush()
-
-    def _pump(self, place: str, pipe, err: bool) -> None:
-        for line in pipe:
-            self.say(f"  {place} | {line.rstrip()}", err)
-        pipe.close()
-
-    def start(self, index: int) -> Child:
-        cfg = self.configs[index]
-        # No progress bars: four of them would garble the terminal; the sweep reports instead.
-        cfg = dataclasses.replace(cfg, progress=False, threads=cfg.threads or 1)
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(cfg.threads),
-            "MKL_NUM_THREADS": str(cfg.threads),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])),
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lawn_monitor.cli", "train", *config_argv(cfg)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        place = f"[{index + 1}/{len(self.configs)}] {cfg.name}"
-        child = Child(place, cfg, proc, time.monotonic())
-        for pipe, err in ((proc.stdout, False), (proc.stderr, True)):
-            pump = threading.Thread(target=self._pump, args=(place, pipe, err), daemon=True)
-            pump.start()
-            child.pumps.append(pump)
-        self.say(f"{place}: started (pid {proc.pid})")
-        return child
-
-    def finish(self, child: Child) -> Outcome:
-        for pump in child.pumps:
-            pump.join(timeout=5)
-        self._find_runs([child])
-        rc = child.proc.returncode
-        info = self._info(child.run_id) if child.run_id else {}
-        status = info.get("status")
-        if child.run_id is None:
-            status = "error" if rc == 2 else "not started" if rc in (130, 143) or rc < 0 else "failed"
-        elif status == "running":  # the process died without writing its end (SIGKILL, OOM)
-            status = "killed"
-        self.user_error |= child.run_id is None and rc == 2
-        outcome = Outcome(
-            child.cfg.name, status, info.get("test_acc"), f"{self.loc.url}/{child.run_id}" if child.run_id else None
-        )
-        acc = "" if outcome.test_acc is None else f", test_acc {outcome.test_acc:.4f}"
-        self.say(f"{child.place}: {status} after {time.monotonic() - child.started:.0f} s{acc} (exit {rc})")
-        return outcome
-
-    def report(self, running: list[Child], done: int, queued: int) -> None:
-        parts = []
-        for child in running:
-            info = self._info(child.run_id) if child.run_id else {}
-            total, step = info.get("total_steps"), info.get("step") or 0
-            parts.append(f"{child.cfg.name} {100 * step / total:.0f}%" if total else f"{child.cfg.name} starting")
-        self.say(
-            f"sweep, {time.monotonic() - self.started:.0f} s: {done} of {len(self.configs)} ended; "
-            f"training: {', '.join(parts) or 'none'}; waiting to start: {queued}"
-        )
-
-    def _on_signal(self, signum: int, frame) -> None:
-        # Only records it: the main loop forwards it (it knows every child, even one started a
-        # moment ago) and prints; printing here could interleave with a line being written.
-        if self.signum is None:
-            self.signum, self.stopping_since = signum, time.monotonic()
-        elif time.monotonic() - self.stopping_since > 2.0:  # not the usual echo (terminal, then make's trap)
-            self.repeated = True
-
-    def _forward(self, running: dict[int, Child]) -> None:
-        """Pass the signal on to every run not yet told. A child that has not created its run is
-        still starting Python and may not handle signals yet: SIGTERM ends it quietly (SIGINT
-        would print a KeyboardInterrupt traceback), and there is nothing of it to mark."""
-        for child in running.values():
-            if not child.signalled:
-                child.proc.send_signal(self.signum if child.run_id else signal.SIGTERM)
-                child.signalled = True
-
-    def run(self) -> tuple[list[Outcome], int | None]:
-        outcomes: dict[int, Outcome] = {}
-        running: dict[int, Child] = {}
-        queue = list(range(len(self.configs)))
-        previous = {s: signal.getsignal(s) for s in signals.SIGNALS}
-        for s in signals.SIGNALS:
-            signal.signal(s, self._on_signal)
-        next_report = time.monotonic() + STATUS_SECS
-        announced = False
-        try:
-            while queue or running:
-                while queue and len(running) < self.parallel and self.signum is None and not self.user_error:
-                    index = queue.pop(0)
-                    running[index] = self.start(index)
-                self._find_runs(list(running.values()))
-                if self.signum is not None:
-                    if not announced:
-                        announced = True
-                        self.say(
-                            f"sweep: {signal.Signals(self.signum).name}: stopping {len(running)} runs (each "
-                            f"ends 'interrupted', what it logged kept); {len(queue)} not started",
-                            err=True,
-                        )
-                    self._forward(running)
-                    if self.repeated:
-                        self.repeated = False
-                        self.say(
-                            "sweep: still waiting for "
-                            + ", ".join(c.cfg.name for c in running.values())
-                            + " to write their status",
-                            err=True,
-                        )
-                if self.user_error and queue:
-                    self.say(
-                        "sweep: a run stopped on bad input (above); starting no more, letting the "
-                        f"{len(running)} running ones finish",
-                        err=True,
-                    )
-                if self.signum is not None or self.user_error:
-                    outcomes.update({i: Outcome(self.configs[i].name, "not started") for i in queue})
-                    queue = []
-                for index, child in list(running.items()):
-                    if child.proc.poll() is not None:
-                        outcomes[index] = self.finish(running.pop(index))
-                if time.monotonic() >= next_report and running:
-                    self.report(list(running.values()), len(outcomes), len(queue))
-                    next_report = time.monotonic() + STATUS_SECS
-                time.sleep(POLL_SECS)
-        finally:
-            if self.signum is not None:
-                signals.ignore_signals()  # stopping: a second signal must not cut the summary short
-            else:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
-        code = 128 + self.signum if self.signum is not None else 2 if self.user_error else None
-        return [outcomes[i] for i in range(len(self.configs))], code
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.parallel < 1:
+        if args.parallel is not None and args.parallel < 1:
             raise ConfigError(f"--parallel must be at least 1 (runs at once), got {args.parallel}")
         if args.recipes:
             grid_flags = [
@@ -432,18 +147,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.batch_sizes or [64],
                 args.seeds,
             )
-        if args.parallel > 1:
-            _check_root(configs[0].root)
+        root = _check_root(configs[0].root)
+        configs = [dataclasses.replace(cfg, root=root) for cfg in configs]
+        parallel = None if args.parallel is None else min(args.parallel, len(configs))
+        if args.launcher == "local" and (parallel or 1) == 1:
+            print(f"sweep: {len(configs)} runs", flush=True)
+        outcomes, code = launch(configs, args, parallel)
     except ConfigError as exc:
         print(f"lawn-monitor sweep: error: {exc}", file=sys.stderr)
         return 2
-    parallel = min(args.parallel, len(configs))
-    if parallel > 1:
-        print(f"sweep: {len(configs)} runs, {parallel} at a time (one process and one torch thread each)", flush=True)
-        outcomes, code = ParallelSweep(configs, parallel).run()
-    else:
-        print(f"sweep: {len(configs)} runs", flush=True)
-        outcomes, code = run_in_process(configs)
     if outcomes:
         width = max(len(o.name) for o in outcomes)
         for o in outcomes:

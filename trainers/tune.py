@@ -44,6 +44,8 @@ from lawn_monitor.storage import default_root, is_remote
 
 from . import signals
 from .config import ConfigError, TrainConfig, add_config_arguments, config_from_record, given_fields
+from .launch import add_launcher_arguments
+from .launch.study import launch_study
 from .recipe import config_from
 from .sweep import PROJECT_DIR, config_argv
 from .train import USER_ERRORS, _alive, train
@@ -421,6 +423,7 @@ def build_parser(prog: str = "lawn-monitor tune") -> OneLineParser:
         "--show", nargs="?", const="", metavar="STUDY", help="print a study's best trial (no name: every study)"
     )
     add_config_arguments(parser, skip=SKIPPED_FLAGS)
+    add_launcher_arguments(parser, sweep=False)  # ray, slurm: --parallel N workers there (trainers/launch/study.py)
     return parser
 
 
@@ -466,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.method:
             raise ConfigError("--method is required: " + ", ".join(METHODS) + ", or any optimizer (adamp, lamb-lawn)")
         base = config_from({k: v for k, v in given.items() if k != "recipe"}, given.get("recipe"))
+        if args.launcher != "local":
+            return launch_study(base, args.method, args, root)
         with signals.interrupt_on_signals():
             study = tune(
                 base,
