@@ -317,7 +317,7 @@ def test_adaptivity_page_tells_growth_from_freeze(sweep_store, ids):
         "weight norm (whole model)",
         "weight growth (whole model)",
         "update ratio, raw (whole model)",
-        "learning rate (why the raw ratio falls)",
+        "learning rate, log scale (why the raw ratio falls)",
     ):
         assert set(main_line(found[title])["label"]) == every, title
     growth = main_line(found["weight growth (whole model)"])
@@ -400,7 +400,7 @@ def test_compare_table2_from_finished_runs(sweep_store):
     assert grid.index.tolist() == ["SGD", "Adam-LAWN"]
     assert "(n=2)" in grid.loc["Adam-LAWN", "64"] and "paper" not in grid.loc["Adam-LAWN", "64"]
     assert "Figure 1: test accuracy against batch size" in charts(at)
-    assert len(at.get("download_button")) == 2  # the plotted data and Table 2
+    assert len(at.get("download_button")) == 4  # the chart as SVG and PNG, the plotted data and Table 2
 
 
 def test_view_state_survives_moving_between_pages(sweep_store):

@@ -10,7 +10,7 @@ import hashlib
 import streamlit as st
 
 from lawn_monitor.dashboard import state
-from lawn_monitor.dashboard.tables import STATUSES, filter_options, filter_runs
+from lawn_monitor.dashboard.tables import STATUSES, filter_options, filter_runs, mark_winning_trials
 
 # Name, status and progress first and pinned (always in view), then accuracy and the config that
 # tells runs apart, then when it was made.
@@ -29,6 +29,8 @@ COLUMNS = [
     "lr",
     "seed",
     "step",
+    "study",
+    "trial",
     "created_at",
 ]
 ROW_PX, MAX_HEIGHT_PX = 35, 700  # the table grows with its rows up to this, then scrolls
@@ -48,9 +50,13 @@ with st.expander("Filter", expanded=filtering):
     for column, (key, values) in zip(columns[1:], options.items()):
         with column:
             config[key] = state.multiselect(key.replace("_", " "), values, key=key)
-shown = filter_runs(runs, status, config)
-table = shown.assign(label=shown["run_id"].map(labels)).reindex(columns=["run_id", *COLUMNS]).reset_index(drop=True)
-table["created_at"] = table["created_at"].astype(str).str.slice(0, 19).str.replace("T", " ")
+shown = filter_runs(state.filtered_runs(runs), status, config)
+# Runs of a tuning study (`lawn-monitor tune`) show their study and trial, the best trial of each
+# study marked; stores without studies show neither column.
+shown = mark_winning_trials(shown)
+columns = [c for c in COLUMNS if c not in ("study", "trial") or c in shown.columns]
+table = shown.assign(label=shown["run_id"].map(labels)).reindex(columns=["run_id", *columns]).reset_index(drop=True)
+table["created_at"] = table["created_at"].astype(str).str.slice(0, 16).str.replace("T", " ")
 
 chosen = state.chosen_runs()
 ticked = table.index[table["run_id"].isin(chosen)].tolist()
@@ -69,9 +75,8 @@ event = st.dataframe(
     selection_default={"selection": {"rows": ticked}},
     hide_index=True,
     height=min(ROW_PX * (len(table) + 1) + 3, MAX_HEIGHT_PX),
-    column_order=COLUMNS,
+    column_order=columns,
     column_config={
-        "label": st.column_config.TextColumn("run", pinned=True),
         "status": st.column_config.TextColumn("status", pinned=True),
         "progress": st.column_config.ProgressColumn(
             "progress", min_value=0.0, max_value=1.0, format="percent", pinned=True
@@ -82,7 +87,10 @@ event = st.dataframe(
         "lr": st.column_config.NumberColumn("lr", format="%.3g"),
         "test_acc": st.column_config.NumberColumn("test acc (latest)", format="percent"),
         "best_test_acc": st.column_config.NumberColumn("test acc (best)", format="percent"),
-        "created_at": st.column_config.TextColumn("created"),
+        "created_at": st.column_config.TextColumn("created", width=130),
+        "label": st.column_config.TextColumn("run", pinned=True, width=180),
+        "study": st.column_config.TextColumn("study"),
+        "trial": st.column_config.TextColumn("trial", help="★: the study's best trial (highest best test accuracy)"),
     },
 )
 
