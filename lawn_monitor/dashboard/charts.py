@@ -227,6 +227,7 @@ def metric_chart(
     x_domain: list[float] | None = None,
     temporal: bool = False,
     crosshair: bool = False,
+    fit_x: tuple[str, ...] = (),
 ) -> alt.Chart | alt.LayerChart | None:
     """One line per run (``df``: run_id, label, ``x``, value; from ``RunStore.series`` also
     smoothed, min and max), in each run's colour and dash (``palette``).
@@ -237,7 +238,8 @@ def metric_chart(
     ``x``; ``RunStore.switch_steps``) adds each LAWN run's switch as a dashed rule in its colour.
     ``points`` marks every value (slow-cadence metrics); ``percent`` draws shares as %.
     ``robust``: the y axis leaves out a few outliers (``robust_domain``); ``x_domain`` fixes the
-    x range (Live: the live runs' steps); ``temporal``: ``x`` holds datetimes (wall-clock axis);
+    x range; ``fit_x``: the x range spans these runs (Live: the live ones) and the other runs are
+    cut there; ``temporal``: ``x`` holds datetimes (wall-clock axis);
     ``crosshair``: a hover rule with every run's value at the pointer's x.
     """
     drawn = _metric_layers(
@@ -251,7 +253,7 @@ def metric_chart(
         y_title,
         percent,
         robust=robust,
-        x_domain=x_domain,
+        x_domain=x_domain or _fit(df, x, fit_x),
         temporal=temporal,
         crosshair=crosshair,
     )
@@ -260,6 +262,14 @@ def metric_chart(
     layers, dropped = drawn
     chart = layers[0] if len(layers) == 1 else _layered(*layers)
     return _zoomable(chart.properties(title=_title(title, dropped, log_y), height=HEIGHT), zoom)
+
+
+def _fit(df: pd.DataFrame, x: str, run_ids: tuple[str, ...]) -> list[float] | None:
+    """An x range from 0 to a little past the last x of these runs (None: no such runs drawn)."""
+    if not run_ids or df.empty:
+        return None
+    values = df.loc[df["run_id"].isin(run_ids) & np.isfinite(df["value"].to_numpy(float)), x]
+    return [0.0, float(max(values.max() * 1.05, 10.0))] if not values.empty else None
 
 
 def _line_tooltip(data: pd.DataFrame, x: str, x_title: str | None, temporal: bool, fmt: str, smoothed: bool) -> list:

@@ -230,8 +230,10 @@ def matching(runs: pd.DataFrame, pattern: str) -> pd.Series:
         regex = re.compile(pattern, re.IGNORECASE)
     except re.error:
         regex = re.compile(re.escape(pattern), re.IGNORECASE)
-    names = runs["name"].astype(str) + "\n" + runs["run_id"].astype(str)
-    return names.map(lambda text: bool(regex.search(text)))
+    return pd.Series(
+        [bool(regex.search(str(n)) or regex.search(str(r))) for n, r in zip(runs["name"], runs["run_id"])],
+        index=runs.index,
+    )
 
 
 def filtered_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -335,6 +337,9 @@ def page_header(title: str) -> Page:
     runs = load_runs(root)
     run_ids = selected_runs(runs)
     st.title(title)
+    if not run_ids:
+        st.info(f"No run matches the filter `{run_filter()}`: change it in the sidebar (a regular expression).")
+        st.stop()
     return Page(root, get_store(root), runs, run_labels(runs), run_ids, palette(runs, run_ids), smoothing())
 
 
@@ -449,8 +454,8 @@ def chip_colours(runs: pd.DataFrame) -> None:
     """The sidebar's run chips in each run's colour (its optimizer's hue, as on every chart)."""
     styles = run_styles(runs)
     rules = [
-        f'[data-testid="stSidebar"] [data-baseweb="tag"]:has(span[title="{_css_text(style.label)}"])'
-        f"{{background-color:{style.color};}}"
+        f'[data-testid="stSidebar"] [data-tag][aria-label="{_css_text(style.label)}"]'
+        f"{{background-color:{style.color};color:white;}}"
         for style in styles.values()
     ]
     st.html("<style>" + "".join(rules) + "</style>")
@@ -472,7 +477,7 @@ def series_chart(
     log_y: bool | None = None,
     layer: str = "",
     points: bool = False,
-    x_domain: list[float] | None = None,
+    fit_x: tuple[str, ...] = (),
 ) -> None:
     """One metric of these runs as a line chart, with the metric's own axis title, units, scale
     (log where it shrinks by decades) and smoothing; or a line saying there is nothing yet. Built
@@ -491,7 +496,7 @@ def series_chart(
         points,
         zoom(),
         robust(),
-        tuple(x_domain or ()),
+        fit_x,
         colors,
     )
 
@@ -508,7 +513,7 @@ def series_chart(
             points=points,
             zoom=zoom(),
             robust=robust(),
-            x_domain=x_domain,
+            fit_x=fit_x,
         )
 
     show(cached_chart(key, store, run_ids, build), f"No {title or metric} data yet.")

@@ -210,14 +210,17 @@ def sharpness_vs_threshold(
 
 
 def default_pair(runs: pd.DataFrame, selected: list[str]) -> tuple[str, str]:
-    """The two runs Weight adaptivity sets side by side by default: the first selected LAWN run and
-    its own baseline (the selected run without LAWN of the same optimizer, else of any), so that the
-    heatmaps show what LAWN changes; without a LAWN run, the first two selected."""
+    """The two runs Weight adaptivity sets side by side by default: the first selected LAWN run (an
+    Adam-family one if any) and its own baseline (the selected run without LAWN of the same
+    optimizer, else of any), so that the heatmaps show what LAWN changes; without a LAWN run, the
+    first two selected."""
     config = runs.set_index("run_id")
     lawn = config["lawn"].map(is_true) if "lawn" in config.columns else pd.Series(False, index=config.index)
     optimizer = config["optimizer"].astype(str) if "optimizer" in config.columns else pd.Series("", index=config.index)
     chosen = [r for r in selected if r in config.index]
-    first = next((r for r in chosen if lawn[r]), None)
+    # An Adam-family LAWN run first: the page's reading (LAWN restores what Adam loses) is about it.
+    first = next((r for r in chosen if lawn[r] and optimizer[r].lower() in ADAM_FAMILY), None)
+    first = first or next((r for r in chosen if lawn[r]), None)
     if first is None:
         return selected[0], selected[1] if len(selected) > 1 else selected[0]
     plain = [r for r in chosen if not lawn[r]]

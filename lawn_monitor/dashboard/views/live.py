@@ -44,14 +44,6 @@ def watch(root: str, live: list[str]) -> None:
         st.rerun(scope="app")
 
 
-def x_range(store, live: list[str]) -> list[float] | None:
-    """The steps the live runs have reached (with room to grow): ended runs drawn beside them are
-    cut there, so that a run at step 50 is not one pixel of an ended run's 20,000."""
-    steps = [(store.run_info(run_id) or {}).get("step") or 0 for run_id in live]
-    top = max(steps, default=0)
-    return [0.0, float(max(top * 1.1, 10))] if live else None
-
-
 def progress(store, run_ids, labels) -> None:
     for run_id in run_ids:
         info = store.run_info(run_id) or {}
@@ -69,8 +61,10 @@ def draw_charts(runs, labels, live, faint, smooth) -> None:
     def draw(item):
         metric, title, log = item
         switches = state.switches(store, run_ids)
-        span = x_range(store, live) if faint else None
-        state.series_chart(store, run_ids, metric, labels, colors, switches, smooth, title, log, x_domain=span)
+        # The x range is the live runs' steps: ended runs beside them are cut there, so that a run at
+        # step 50 is not one pixel of an ended run's 20,000.
+        fit = tuple(live) if faint else ()
+        state.series_chart(store, run_ids, metric, labels, colors, switches, smooth, title, log, fit_x=fit)
 
     state.grid(PANELS, refresh(draw))
 

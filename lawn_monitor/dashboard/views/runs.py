@@ -76,21 +76,32 @@ event = st.dataframe(
     hide_index=True,
     height=min(ROW_PX * (len(table) + 1) + 3, MAX_HEIGHT_PX),
     column_order=columns,
-    column_config={
-        "status": st.column_config.TextColumn("status", pinned=True),
+    column_config={  # widths in px that fit all columns beside a sidebar at 1600 px (tests/test_browser_views.py)
+        "label": st.column_config.TextColumn("run", pinned=True, width=150),
+        "status": st.column_config.TextColumn("status", pinned=True, width=72),
         "progress": st.column_config.ProgressColumn(
-            "progress", min_value=0.0, max_value=1.0, format="percent", pinned=True
+            "progress", min_value=0.0, max_value=1.0, format="percent", pinned=True, width=80
         ),
-        "lawn": st.column_config.CheckboxColumn("LAWN"),
-        "epochs": st.column_config.NumberColumn("epochs", format="%d"),
-        "batch_size": st.column_config.NumberColumn("batch size", format="%d"),
-        "lr": st.column_config.NumberColumn("lr", format="%.3g"),
-        "test_acc": st.column_config.NumberColumn("test acc (latest)", format="percent"),
-        "best_test_acc": st.column_config.NumberColumn("test acc (best)", format="percent"),
-        "created_at": st.column_config.TextColumn("created", width=130),
-        "label": st.column_config.TextColumn("run", pinned=True, width=180),
-        "study": st.column_config.TextColumn("study"),
-        "trial": st.column_config.TextColumn("trial", help="★: the study's best trial (highest best test accuracy)"),
+        "test_acc": st.column_config.NumberColumn(
+            "acc (latest)", format="percent", width=82, help="test accuracy, latest evaluation"
+        ),
+        "best_test_acc": st.column_config.NumberColumn(
+            "acc (best)", format="percent", width=76, help="test accuracy, best evaluation"
+        ),
+        "epochs": st.column_config.NumberColumn("epochs", format="%d", width=56),
+        "dataset": st.column_config.TextColumn("dataset", width=76),
+        "model": st.column_config.TextColumn("model", width=64),
+        "optimizer": st.column_config.TextColumn("optimizer", width=74),
+        "lawn": st.column_config.CheckboxColumn("LAWN", width=52),
+        "batch_size": st.column_config.NumberColumn("batch", format="%d", width=56, help="batch size"),
+        "lr": st.column_config.NumberColumn("lr", format="%.3g", width=56),
+        "seed": st.column_config.NumberColumn("seed", format="%d", width=46),
+        "step": st.column_config.NumberColumn("step", format="%d", width=62),
+        "created_at": st.column_config.TextColumn("created", width=118),
+        "study": st.column_config.TextColumn("study", width=80),
+        "trial": st.column_config.TextColumn(
+            "trial", width=56, help="★: the study's best trial (highest best test accuracy)"
+        ),
     },
 )
 
