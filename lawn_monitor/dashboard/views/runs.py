@@ -77,7 +77,7 @@ event = st.dataframe(
     height=min(ROW_PX * (len(table) + 1) + 3, MAX_HEIGHT_PX),
     column_order=columns,
     column_config={  # widths in px that fit all columns beside a sidebar at 1600 px (tests/test_browser_views.py)
-        "label": st.column_config.TextColumn("run", pinned=True, width=150),
+        "label": st.column_config.TextColumn("run", pinned=True, width=136),
         "status": st.column_config.TextColumn("status", pinned=True, width=72),
         "progress": st.column_config.ProgressColumn(
             "progress", min_value=0.0, max_value=1.0, format="percent", pinned=True, width=80
@@ -97,7 +97,7 @@ event = st.dataframe(
         "lr": st.column_config.NumberColumn("lr", format="%.3g", width=56),
         "seed": st.column_config.NumberColumn("seed", format="%d", width=46),
         "step": st.column_config.NumberColumn("step", format="%d", width=62),
-        "created_at": st.column_config.TextColumn("created", width=118),
+        "created_at": st.column_config.TextColumn("created", width=112),
         "study": st.column_config.TextColumn("study", width=80),
         "trial": st.column_config.TextColumn(
             "trial", width=56, help="★: the study's best trial (highest best test accuracy)"
