@@ -367,22 +367,21 @@ def log_default(metric: str) -> bool:
     return info(metric).log or metric in LOG_METRICS
 
 
+EXPORT_WIDTH = 720  # px of an exported chart's plot (the page's own width is the browser's)
+
+
 def export_buttons(chart, name: str) -> None:
     """Download buttons for the chart as SVG and PNG (drawn on the server by vl-convert when
     clicked, never before: a page that is not exported pays nothing)."""
-    import json
-
-    spec = json.dumps(chart.to_dict())
-
     def svg() -> str:
         import vl_convert
 
-        return vl_convert.vegalite_to_svg(spec)
+        return vl_convert.vegalite_to_svg(chart.properties(width=EXPORT_WIDTH).to_dict())
 
     def png() -> bytes:
         import vl_convert
 
-        return vl_convert.vegalite_to_png(spec, scale=2)
+        return vl_convert.vegalite_to_png(chart.properties(width=EXPORT_WIDTH).to_dict(), scale=2)
 
     left, right, _ = st.columns([1, 1, 4])
     left.download_button("Export SVG", svg, file_name=f"{name}.svg", mime="image/svg+xml", key=f"svg.{name}")
