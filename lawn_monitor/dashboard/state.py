@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -373,6 +374,7 @@ EXPORT_WIDTH = 720  # px of an exported chart's plot (the page's own width is th
 def export_buttons(chart, name: str) -> None:
     """Download buttons for the chart as SVG and PNG (drawn on the server by vl-convert when
     clicked, never before: a page that is not exported pays nothing)."""
+
     def svg() -> str:
         import vl_convert
 
@@ -521,7 +523,7 @@ def series_chart(
 # --- refreshing only what changed -------------------------------------------------------------
 
 REFRESH_SECS = 5  # analysis pages: how often a panel of training runs looks for new data
-CHART_CACHE = 96  # built charts kept per session
+CHART_CACHE = 256  # built charts kept (a page draws up to about 15)
 
 
 def data_version(store: RunStore, run_ids: Sequence[str]) -> tuple:
@@ -565,17 +567,24 @@ def _switches(root: str, run_ids: tuple, version: tuple) -> pd.DataFrame:
     return get_store(root).switch_steps(list(run_ids))
 
 
+_CHARTS: OrderedDict[tuple, object] = OrderedDict()  # built charts, shared by every session
+_CHARTS_LOCK = threading.Lock()
+
+
 def cached_chart(key: tuple, store: RunStore, run_ids: Sequence[str], build: Callable):
-    """The chart ``build()`` makes, kept in this session until the runs' data change: a refresh
-    with nothing new costs only the look at their run.json files."""
-    charts = st.session_state.setdefault("_charts", OrderedDict())
-    full = (key, data_version(store, run_ids))
-    if full in charts:
-        charts.move_to_end(full)
-        return charts[full]
-    chart = charts[full] = build()
-    while len(charts) > CHART_CACHE:
-        charts.popitem(last=False)
+    """The chart ``build()`` makes, kept (for every session) until the runs' data change: a refresh
+    with nothing new, or another visitor of the same view, costs only the look at the runs'
+    run.json files. ``key`` must name everything else the chart depends on."""
+    full = (store_root(), key, data_version(store, run_ids))
+    with _CHARTS_LOCK:
+        if full in _CHARTS:
+            _CHARTS.move_to_end(full)
+            return _CHARTS[full]
+    chart = build()
+    with _CHARTS_LOCK:
+        _CHARTS[full] = chart
+        while len(_CHARTS) > CHART_CACHE:
+            _CHARTS.popitem(last=False)
     return chart
 
 

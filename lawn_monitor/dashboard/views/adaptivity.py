@@ -99,7 +99,7 @@ def heatmap_pair(metric: str, title: str, center: float | None) -> tuple[str, li
 
 @state.panel(runs, [a, b])
 def heatmaps(metric: str, title: str, center: float | None) -> None:
-    key = ("heatmaps", metric, a, b, since)
+    key = ("adaptivity heatmaps", metric, title, center, a, b, labels[a], labels[b], since)
     title, charts = state.cached_chart(key, store, [a, b], lambda: heatmap_pair(metric, title, center))
     st.markdown(f"**{title}**")
     for column, run_id, chart in zip(st.columns(2), (a, b), charts):

@@ -43,7 +43,7 @@ def trace_chart() -> None:
             zoom=state.zoom(),
         )
 
-    chart = state.cached_chart(("trace", tuple(run_ids), log_y, colors, state.zoom()), store, run_ids, build)
+    chart = state.cached_chart(("flattening trace", tuple(run_ids), log_y, colors, state.zoom()), store, run_ids, build)
     state.show(chart, "No Hessian trace: curvature needs a probe batch (the trainer passes one).")
 
 
@@ -68,7 +68,9 @@ def sharpness_chart() -> None:
             zoom=state.zoom(),
         )
 
-    chart = state.cached_chart(("sharpness", tuple(run_ids), log_y, colors, state.zoom()), store, run_ids, build)
+    chart = state.cached_chart(
+        ("flattening sharpness", tuple(run_ids), log_y, colors, state.zoom()), store, run_ids, build
+    )
     state.show(chart, "No sharpness: it is measured on a slow cadence; a few points appear per run.")
 
 

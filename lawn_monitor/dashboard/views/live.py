@@ -85,7 +85,7 @@ def draw_charts(runs, labels, live, faint, smooth) -> None:
                 zoom=state.zoom(),
             )
 
-        chart = state.cached_chart(("trace", tuple(run_ids), colors, state.zoom()), store, run_ids, build)
+        chart = state.cached_chart(("live trace", tuple(run_ids), colors, state.zoom()), store, run_ids, build)
         state.show(chart, "No curvature yet: the Hessian-trace proxy runs on a budget (see --curvature-budget).")
 
     trace()
