@@ -267,13 +267,13 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
                         frames.append(frame)
                         warm.append(done)
                         loads.append(os.getloadavg()[0])
-                    server = server_seconds(timings, title)
+                    server_s = server_seconds(timings, title)
                     load_avg = statistics.mean(loads)
-                    results.append((name, cold, statistics.median(warm), max(warm), server, load_avg))
+                    results.append((name, cold, statistics.median(warm), max(warm), server_s, load_avg))
                     print(
                         f"  {name:18s} first {cold:6.2f} s   then median {statistics.median(warm):6.2f} s, "
                         f"max {max(warm):6.2f} s   (page frame {statistics.median(frames):.2f} s, server "
-                        f"{server:.2f} s per page run; load average {load_avg:.1f})",
+                        f"{server_s:.2f} s per page run; load average {load_avg:.1f})",
                         flush=True,
                     )
             finally:
