@@ -558,13 +558,9 @@ def _layers(root: str, run_id: str, metric: str, points: int | None, version: tu
 
 
 def switches(store: RunStore, run_ids: Sequence[str]) -> pd.DataFrame:
-    """``RunStore.switch_steps``, kept until the runs' data change."""
-    return _switches(store_root(), tuple(run_ids), data_version(store, run_ids))
-
-
-@st.cache_data(max_entries=256, show_spinner=False)
-def _switches(root: str, run_ids: tuple, version: tuple) -> pd.DataFrame:
-    return get_store(root).switch_steps(list(run_ids))
+    """``RunStore.switch_steps`` (the store keeps its per-file results, so this is cheap to ask
+    on every refresh)."""
+    return store.switch_steps(list(run_ids))
 
 
 _CHARTS: OrderedDict[tuple, object] = OrderedDict()  # built charts, shared by every session
@@ -621,7 +617,11 @@ def panel(runs: pd.DataFrame, run_ids: Sequence[str], every: float = REFRESH_SEC
             if live and not any(v[2] == "running" for v in data_version(get_store(store_root()), live)):
                 load_runs.clear()  # they have all ended: one last redraw of the page, without a timer
                 st.rerun(scope="app")
-            draw(*args, **kwargs)
+            try:
+                draw(*args, **kwargs)
+            except Exception as exc:  # as the frame does for a page: the kind of failure, the traceback to the log
+                log.exception("a chart of page %s failed", st.session_state.get("_page", "?"))
+                st.error(f"This chart failed ({type(exc).__name__}). The details are in the dashboard's log.")
             record(f"panel {getattr(draw, '__name__', 'draw')}", time.perf_counter() - started)
 
         return fragment
