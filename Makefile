@@ -62,13 +62,16 @@ test: $(BIN)/.installed-mnist browser
 
 # Ctrl-C reaches the dashboard and the sweep (one process group); the sweep passes it on to its runs,
 # which end 'interrupted'. The trap also stops the sweep when the dashboard ends another way, and
-# waits for it, so that every run has written its status when make returns.
+# waits for it, so that every run has written its status when make returns. A watcher says when the
+# sweep has ended by itself (its runs finished), while the dashboard keeps serving them.
 demo: $(BIN)/.installed-demo
 	@mkdir -p $(ROOT)
 	@echo "demo: SGD, SGD-LAWN, Adam and Adam-LAWN training at the same time (log: $(ROOT)/demo-sweep.log)"
 	@echo "demo: dashboard at http://127.0.0.1:$(PORT); Ctrl-C stops both (the runs end 'interrupted')"
 	@$(BIN)/lawn-monitor sweep $(DEMO_ARGS) --root $(ROOT) --no-progress > $(ROOT)/demo-sweep.log 2>&1 & \
-	sweep=$$!; trap 'trap - EXIT INT TERM; kill -TERM $$sweep 2>/dev/null; wait $$sweep; \
+	sweep=$$!; { while kill -0 $$sweep 2>/dev/null; do sleep 2; done; \
+	  echo "demo: the runs have finished (summary: tail $(ROOT)/demo-sweep.log); the dashboard keeps showing them, Ctrl-C stops it"; } & \
+	watch=$$!; trap 'trap - EXIT INT TERM; kill $$watch 2>/dev/null; kill -TERM $$sweep 2>/dev/null; wait $$sweep; \
 	    echo "demo: stopped; runs that were training are marked interrupted (see $(ROOT)/demo-sweep.log)"' EXIT INT TERM; \
 	$(BIN)/lawn-monitor dashboard --root $(ROOT) --port $(PORT) --server.headless true --client.toolbarMode viewer
 

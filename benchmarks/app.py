@@ -14,14 +14,20 @@ metrics every 16 steps, written 100 steps per flush, so 6 per-layer steps a flus
 every 200 steps): 200 runs x 13,900 steps = 200 x 500,469 rows (one such run, built alone) =
 100.1M rows.
 
+    python benchmarks/app.py --store runs --train 4             # while 4 demo runs train (another store)
+
 Starts ``lawn-monitor dashboard`` on 127.0.0.1 against the store and opens each page in headless
 Chromium (the system's ``chromium`` through Playwright, as tests/test_browser.py does), each load
 in a fresh tab, which is a fresh Streamlit session. A load counts from ``page.goto`` until the
-page's title and its first table or drawn chart are on screen and its script has finished
-(Streamlit's ``data-test-script-state`` is ``notRunning``). The first load of each page hits a
-cold server; the repeats are spaced past the app's 2 s cache of the runs list, so each of them
-lists the store again. Pages show what they show by default: the newest runs.
-Beside the page times it prints the RunStore queries behind them, timed alone in this process.
+page's title is on screen, its script has finished (Streamlit's ``data-test-script-state`` is
+``notRunning``) and every chart on it is drawn (each ``stVegaLiteChart`` holds its canvas or SVG).
+The first load of each page hits a cold server; the repeats are spaced past the app's 2 s cache of
+the runs list, so each of them lists the store again. Pages show what they show by default: the
+newest runs. ``--train N`` starts N runs of ``make demo``'s sweep in a temporary store first (one
+process each) and times the pages while they train, the load a sweep puts on the machine.
+Beside the page times it prints the RunStore queries behind them, timed alone in this process,
+the server's own seconds per page run (the app writes them to $LAWN_MONITOR_TIMINGS) and the load
+average over each page's loads: on a shared machine a figure means little without it.
 """
 
 from __future__ import annotations
@@ -57,6 +63,14 @@ PAGES = [
     ("compare", "Compare"),
 ]
 DRAWN = "[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
+# Every chart on the page drawn: each Vega-Lite element holds a canvas or an SVG with a size.
+ALL_DRAWN = """() => {
+  const charts = [...document.querySelectorAll('[data-testid=stVegaLiteChart]')];
+  return charts.every(c => {
+    const drawn = c.querySelector('canvas, svg');
+    return drawn && drawn.getBoundingClientRect().height > 0;
+  });
+}"""
 SCRIPT_DONE = (
     "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'"
 )
@@ -105,6 +119,7 @@ def load(context, url: str, title: str | None) -> tuple[float, float]:
         else:
             page.locator("[data-testid=stAlert]").first.wait_for(timeout=120_000)
         page.wait_for_function(SCRIPT_DONE, timeout=120_000)
+        page.wait_for_function(ALL_DRAWN, timeout=120_000)
         return frame, time.perf_counter() - started
     finally:
         page.close()
@@ -157,6 +172,37 @@ def print_queries(root: Path) -> None:
     print(f"  switch_steps(4 runs)                    {timed(lambda: store.switch_steps(ids))}   (Live, ...)")
 
 
+def server_seconds(timings: Path, title: str | None) -> float:
+    """The median of the server's own seconds per run of this page (the app's $LAWN_MONITOR_TIMINGS)."""
+    if title is None or not timings.exists():
+        return float("nan")
+    seconds = [
+        float(line.split("\t")[1]) for line in timings.read_text().splitlines() if line.startswith(f"page {title}\t")
+    ]
+    return statistics.median(seconds) if seconds else float("nan")
+
+
+def start_training(count: int) -> tuple[subprocess.Popen, Path]:
+    """``count`` runs of make demo's sweep training in a temporary store (one process each); returns
+    once every one of them has written its first steps."""
+    from benchmarks.demo import demo_args
+
+    args = demo_args()
+    args[args.index("--parallel") + 1] = str(count)
+    root = Path(tempfile.mkdtemp(prefix="lawn-app-bench-train-"))
+    argv = [sys.executable, "-m", "lawn_monitor.cli", "sweep", *args, "--root", str(root), "--no-progress"]
+    proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        runs = RunStore(root).runs()
+        if len(runs) >= count and (runs["step"] > 0).sum() >= count:
+            print(f"{count} training processes running (make demo's sweep, in {root})", flush=True)
+            return proc, root
+        time.sleep(2)
+    proc.terminate()
+    sys.exit("benchmarks/app.py: the training runs did not start within 5 min")
+
+
 def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = None) -> list[tuple]:
     """Each page's first and repeated load times; returns (page, first, median, max, frame median)."""
     from playwright.sync_api import sync_playwright
@@ -164,6 +210,7 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()
+    timings = Path(tempfile.mkdtemp(prefix="lawn-app-bench-timings-")) / "timings.tsv"
     server = subprocess.Popen(
         [
             sys.executable,
@@ -182,7 +229,7 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
             "viewer",
         ],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "LAWN_MONITOR_TIMINGS": str(timings)},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -212,16 +259,21 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
             try:
                 for name, path, title, ttl in pages:
                     _, cold = load(context, url + path, title)
-                    frames, warm = [], []
+                    frames, warm, loads = [], [], []
+                    timings.write_text("")
                     for _ in range(repeat):
                         time.sleep(ttl + 0.5)
                         frame, done = load(context, url + path, title)
                         frames.append(frame)
                         warm.append(done)
-                    results.append((name, cold, statistics.median(warm), max(warm), statistics.median(frames)))
+                        loads.append(os.getloadavg()[0])
+                    server_s = server_seconds(timings, title)
+                    load_avg = statistics.mean(loads)
+                    results.append((name, cold, statistics.median(warm), max(warm), server_s, load_avg))
                     print(
                         f"  {name:18s} first {cold:6.2f} s   then median {statistics.median(warm):6.2f} s, "
-                        f"max {max(warm):6.2f} s   (of which the page frame: median {statistics.median(frames):.2f} s)",
+                        f"max {max(warm):6.2f} s   (page frame {statistics.median(frames):.2f} s, server "
+                        f"{server_s:.2f} s per page run; load average {load_avg:.1f})",
                         flush=True,
                     )
             finally:
@@ -230,7 +282,25 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
         server.terminate()
         server.wait(timeout=10)
         shutil.rmtree(empty, ignore_errors=True)
+    shutil.rmtree(timings.parent, ignore_errors=True)
     return results
+
+
+def report(root: Path, args: argparse.Namespace, only: list[str] | None) -> None:
+    """Time the pages (while ``args.train`` demo runs train, if asked) and print the table."""
+    training = start_training(args.train) if args.train else None
+    try:
+        print(f"page loads in headless chromium, request to all charts drawn ({args.repeat} repeats):")
+        results = time_pages(root, args.repeat, args.chromium, only)
+    finally:
+        if training is not None:
+            training[0].terminate()
+            training[0].wait(timeout=60)
+            shutil.rmtree(training[1], ignore_errors=True)
+    print("\n| page | first load s | then median s | max s | server s per run | load average |")
+    print("|---|---|---|---|---|---|")
+    for name, cold, median, worst, server, load_avg in results:
+        print(f"| {name} | {cold:.2f} | {median:.2f} | {worst:.2f} | {server:.2f} | {load_avg:.1f} |")
 
 
 def main() -> None:
@@ -246,6 +316,7 @@ def main() -> None:
     parser.add_argument("--pages", help="comma-separated url paths to time (default: all; '' is Runs): live,compare")
     parser.add_argument("--repeat", type=int, default=5, help="warm loads per page")
     parser.add_argument("--keep", action="store_true", help="keep a store built in a temporary folder")
+    parser.add_argument("--train", type=int, default=0, help="time the pages while this many demo runs train")
     parser.add_argument("--chromium", default=os.environ.get("LAWN_MONITOR_CHROMIUM") or shutil.which("chromium"))
     args = parser.parse_args()
     if not args.chromium:
@@ -279,11 +350,7 @@ def main() -> None:
         print(f"store {root}: {len(runs)} runs ({statuses}), {rows:,} rows, {len(files)} files, {size / 2**20:.0f} MiB")
         print_queries(root)
         print(f"load average now: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-        print(f"page loads in headless chromium, request to rendered ({args.repeat} repeats, each past the caches):")
-        results = time_pages(root, args.repeat, args.chromium, only)
-        print("\n| page | first load s | then median s | max s |\n|---|---|---|---|")
-        for name, cold, median, worst, _ in results:
-            print(f"| {name} | {cold:.2f} | {median:.2f} | {worst:.2f} |")
+        report(root, args, only)
         print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
         if tmp is not None and not args.keep:

@@ -233,7 +233,7 @@ def test_live_page_follows_a_running_run(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Monitor. no probe_batch")
-def test_live_draws_ended_selected_runs_faintly_and_analysis_pages_offer_refresh(tmp_path):
+def test_live_draws_ended_selected_runs_faintly_and_analysis_pages_refresh_by_panel(tmp_path):
     root = tmp_path / "runs"
     baseline = train_tiny_run(root, "adam", "adam", lawn=False, steps=20)
     model = nn.Linear(4, 2)
@@ -257,12 +257,14 @@ def test_live_draws_ended_selected_runs_faintly_and_analysis_pages_offer_refresh
     faint = dict(zip(main["encoding"]["opacity"]["scale"]["domain"], main["encoding"]["opacity"]["scale"]["range"]))
     assert faint == {"adam": 0.35, "adam-lawn-live": 1.0}
     assert set(main_line(layers)["label"]) == {"adam", "adam-lawn-live"}
+    # Analysis pages redraw their charts by panel while a selected run trains, never the whole app
+    # on a timer: no page-wide refresh toggle, and the page draws the live run's data.
     at.switch_page("views/flattening.py").run()
-    assert at.checkbox(key="refresh").value is True
-    assert "Auto-refresh while this run trains" == at.checkbox(key="refresh").label
+    assert not at.exception and not [c for c in at.checkbox if c.key == "refresh"]
+    assert "adam-lawn-live" in set(main_line(charts(at)["train loss"])["label"])
     monitor.close()
     at.run()
-    assert not at.exception and not [c for c in at.checkbox if c.key == "refresh"]  # nothing trains: no toggle
+    assert not at.exception
     assert baseline
 
 
@@ -317,7 +319,7 @@ def test_adaptivity_page_tells_growth_from_freeze(sweep_store, ids):
         "weight norm (whole model)",
         "weight growth (whole model)",
         "update ratio, raw (whole model)",
-        "learning rate (why the raw ratio falls)",
+        "learning rate, log scale (why the raw ratio falls)",
     ):
         assert set(main_line(found[title])["label"]) == every, title
     growth = main_line(found["weight growth (whole model)"])
@@ -370,7 +372,8 @@ def test_compare_smooths_and_averages_seeds(sweep_store, ids):
 def test_compare_one_line_per_run_over_epoch(sweep_store, ids):
     at = run_app(sweep_store, "compare", params={"runs": ["adam-lawn-s0", "sgd-s0"], "x": "epoch"})
     layers = charts(at)["test/acc"]
-    lines, [switch] = main_line(layers), of_mark(layers, "rule")
+    lines = main_line(layers)
+    [switch] = [df for layer, df in layers if mark(layer) == "rule" and "stroke" in layer["encoding"]]
     assert set(lines["label"]) == {"adam-lawn-s0", "sgd-s0"}
     assert set(lines["x"]) == {10.0, 20.0, 30.0}  # one step per epoch in the tiny runs
     assert switch["x"].tolist() == [11.0]
@@ -400,7 +403,7 @@ def test_compare_table2_from_finished_runs(sweep_store):
     assert grid.index.tolist() == ["SGD", "Adam-LAWN"]
     assert "(n=2)" in grid.loc["Adam-LAWN", "64"] and "paper" not in grid.loc["Adam-LAWN", "64"]
     assert "Figure 1: test accuracy against batch size" in charts(at)
-    assert len(at.get("download_button")) == 2  # the plotted data and Table 2
+    assert len(at.get("download_button")) == 4  # the chart as SVG and PNG, the plotted data and Table 2
 
 
 def test_view_state_survives_moving_between_pages(sweep_store):

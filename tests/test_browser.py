@@ -423,7 +423,7 @@ def test_ticks_survive_a_filter_that_hides_them(tiny_store, tmp_path):
         tick_rows(page, ["adam", "adam-lawn"], newest_first)
         page.get_by_text(re.compile(r"^3 of 3 runs shown\. The other pages show selected")).wait_for(timeout=10_000)
         assert "runs=" in page.url
-        page.get_by_text("Filter").click()
+        page.get_by_text("Filter", exact=True).click()
         settle(page)
         page.locator("[data-testid='stMultiSelect']").filter(has_text="optimizer").click()
         page.get_by_role("option", name="sgd", exact=True).click()

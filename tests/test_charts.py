@@ -515,3 +515,116 @@ def test_growth_relative_to_the_switch():
     assert out["value"].tolist() == [0.5, 1.0, 1.0, 1.0 / 1.5, 1.0, 2.0]
     assert relative_to(df, 99)["value"].tolist()[-1] == 1.0  # ended before: its last value
     assert relative_to(df.iloc[0:0], 5).empty
+
+
+# --- robust to outliers, and the pages' defaults (issue: a dashboard that stays right after the runs end)
+
+
+def test_a_heatmap_colour_domain_is_not_set_by_one_column():
+    steps = np.arange(0, 2000, 10)
+    layers = [f"l{i}" for i in range(10)]
+    df = pd.DataFrame(
+        [(layer, s, 1e-3 * (1 + i)) for i, layer in enumerate(layers) for s in steps],
+        columns=["layer", "step", "value"],
+    )
+    df.loc[df["step"] == steps[-1], "value"] = 5e3  # the last step at LR 0: one column of huge ratios
+    lo, hi = color_domain([df])
+    assert lo == pytest.approx(1e-3) and hi == pytest.approx(1e-2)  # the layers' contrast, not 1e-3..5e3
+
+
+def test_y_axes_ignore_one_outlier_when_asked():
+    from lawn_monitor.dashboard.charts import robust_domain
+
+    df = runs_frame(200)
+    df.loc[df.index[-1], "value"] = 1e-14  # the final step's update ratio at LR 0
+    spec = metric_chart(df, "update ratio", log_y=True, robust=True).to_dict()
+    main = next(layer for layer in layers_of(spec) if "color" in layer["encoding"])
+    lo, hi = main["encoding"]["y"]["scale"]["domain"]
+    assert 1e-3 < lo < 1 / 200 and hi > 1  # spans the runs' values, their start included, not down to 1e-14
+    assert main["mark"]["clip"] is True
+    plain = metric_chart(df, "update ratio", log_y=True).to_dict()
+    assert (
+        "domain"
+        not in next(layer for layer in layers_of(plain) if "color" in layer["encoding"])["encoding"]["y"]["scale"]
+    )
+    assert robust_domain(np.linspace(1, 2, 100), log_y=False) is None  # nothing to leave out
+    assert robust_domain(1 / np.arange(1, 200), log_y=True) is None  # a loss curve's steep start is no outlier
+
+
+def test_threshold_line_is_clipped_to_the_estimates_range():
+    values = pd.DataFrame({"run_id": "a", "label": "sgd", "step": [5, 10, 15], "value": [3.0, 4.0, 5.0]})
+    limit = pd.DataFrame({"run_id": "a", "label": "sgd", "step": [5, 10, 15], "value": [20.0, 200.0, 2e6]})
+    spec = threshold_chart(values, limit, "sharpness").to_dict()
+    dashed = layers_of(spec)[-1]
+    assert dashed["mark"]["clip"] is True
+    lo, hi = dashed["encoding"]["y"]["scale"]["domain"]
+    assert hi < 200 and lo < 3.0  # the line where it meets the estimates, not its run to 2e6
+    only_limit = threshold_chart(values.iloc[0:0], limit, "sharpness").to_dict()
+    assert layers_of(only_limit)[-1]["encoding"]["y"]["scale"]["domain"][1] < 2e6
+
+
+def test_crosshair_and_wall_clock_axis():
+    df = runs_frame(5).assign(smoothed=lambda d: d["value"] * 1.1)
+    spec = metric_chart(df, "loss", crosshair=True).to_dict()
+    hover = layers_of(spec)[-1]
+    params = hover.get("params") or spec.get("params")
+    assert hover["mark"]["type"] == "rule" and params[0]["select"]["nearest"] is True
+    tips = {t["title"]: t for t in hover["encoding"]["tooltip"]}
+    assert {"adam-lawn (smoothed)", "adam-lawn (raw)", "sgd (smoothed)", "sgd (raw)"} <= set(tips)
+    wide = data_of(spec, hover)
+    assert wide[tips["sgd (raw)"]["field"]].tolist() == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2])
+    wall = df.assign(x=pd.to_datetime(1.7e9 + df["step"], unit="s"))
+    spec = metric_chart(wall, "loss", x="x", temporal=True).to_dict()
+    assert (
+        next(layer for layer in layers_of(spec) if "color" in layer["encoding"])["encoding"]["x"]["type"] == "temporal"
+    )
+
+
+def test_group_palette_by_optimizer_alone_keeps_groups_apart():
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "al", "s", "sl"],
+            "name": ["adam", "adam-lawn", "sgd", "sgd-lawn"],
+            "optimizer": ["adam", "adam", "sgd", "sgd"],
+            "lawn": [False, True, False, True],
+            "created_at": ["1", "2", "3", "4"],
+        }
+    )
+    groups = group_palette(
+        run_styles(runs), {"a": "optimizer=adam", "al": "optimizer=adam", "s": "optimizer=sgd", "sl": "optimizer=sgd"}
+    )
+    assert dict(zip(groups.labels, groups.colors)) == {
+        "optimizer=adam": FAMILY_COLORS["adam"],
+        "optimizer=sgd": FAMILY_COLORS["sgd"],
+    }
+    mixed = group_palette(run_styles(runs), {"a": "g1", "s": "g1", "al": "g2", "sl": "g2"})
+    assert len(set(mixed.colors)) == 2
+
+
+def test_page_defaults_from_the_selected_runs():
+    from lawn_monitor.dashboard.tables import default_pair, mark_winning_trials, runs_dataset
+
+    runs = pd.DataFrame(
+        {
+            "run_id": ["s", "sl", "al", "a", "o"],
+            "optimizer": ["sgd", "sgd", "adam", "adam", "sgd"],
+            "lawn": [False, True, True, False, False],
+            "dataset": ["mnist1d", "mnist1d", "mnist1d", "mnist1d", "aaa"],
+        }
+    )
+    assert default_pair(runs, ["sl", "s", "al", "a"]) == ("al", "a")  # the Adam pair, the page's reading
+    assert default_pair(runs, ["sl", "s", "a"]) == ("sl", "s")
+    assert default_pair(runs, ["al", "s", "a"]) == ("al", "a")  # Adam-LAWN against Adam, not SGD
+    assert default_pair(runs, ["s", "a"]) == ("s", "a")
+    assert runs_dataset(runs, ["s", "a", "o"]) == "mnist1d"
+    assert mark_winning_trials(runs) is runs  # no studies: unchanged
+    study = pd.DataFrame(
+        {
+            "run_id": list("abc"),
+            "study": ["x", "x", "y"],
+            "trial": [0, 1, 0],
+            "best": [False, True, True],  # RunStore.runs(): the highest final validation accuracy
+            "best_test_acc": [0.9, 0.7, 0.1],  # never what chooses: a winner is chosen on validation
+        }
+    )
+    assert mark_winning_trials(study)["trial"].tolist() == ["0", "1 ★", "0 ★"]

@@ -33,6 +33,34 @@ def plottable(df: pd.DataFrame, log_y: bool) -> tuple[pd.DataFrame, int]:
     return df[keep], int((~keep).sum())
 
 
+# A y axis "ignores outliers" (TensorBoard's option): values beyond fences set around the bulk of
+# them (the 2nd to 98th percentile, widened by its own width on each side; on a log axis in
+# decades) are left out of its range, so one point at LR ~0 (update ratio 1e-14) or one diverged
+# step no longer flattens every other value into a line, while a curve's own start stays in view.
+OUTLIER_QUANTILES = (0.02, 0.98)
+OUTLIER_FENCE = 1.0  # how many bulk widths beyond the bulk a value must lie to be left out
+
+
+def robust_domain(values, log_y: bool) -> list[float] | None:
+    """A y domain that leaves out the outliers (see ``OUTLIER_QUANTILES``), or None when there are
+    none (the whole range is then the axis)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)] if log_y else v[np.isfinite(v)]
+    if len(v) < 10:
+        return None
+    if log_y:
+        v = np.log10(v)
+    lo, hi = np.quantile(v, OUTLIER_QUANTILES)
+    width = max(hi - lo, 1e-12 if not log_y else 1e-3)
+    kept = v[(v >= lo - OUTLIER_FENCE * width) & (v <= hi + OUTLIER_FENCE * width)]
+    if len(kept) == len(v):
+        return None
+    lo, hi = float(kept.min()), float(kept.max())
+    pad = 0.05 * max(hi - lo, width)
+    lo, hi = lo - pad, hi + pad
+    return [float(10**lo), float(10**hi)] if log_y else [lo, hi]
+
+
 def thin(df: pd.DataFrame, by: str, max_points: int = MAX_POINTS) -> pd.DataFrame:
     """Every k-th row of each ``by`` group plus its last one, so no line has more than about
     ``max_points`` points. Rows must already be ordered by step within each group."""
@@ -86,13 +114,11 @@ LINEAR_AXIS = alt.Axis(titleLimit=TITLE_LIMIT)
 HEIGHT = 340
 
 
-def _y(log_y: bool, title: str | None, field: str = "value") -> alt.Y:
-    return alt.Y(
-        f"{field}:Q",
-        title=title,
-        scale=alt.Scale(type="log" if log_y else "linear", zero=False),
-        axis=LOG_AXIS if log_y else LINEAR_AXIS,
-    )
+def _y(log_y: bool, title: str | None, field: str = "value", domain: list[float] | None = None) -> alt.Y:
+    scale = alt.Scale(type="log" if log_y else "linear", zero=False)
+    if domain is not None:
+        scale = alt.Scale(type="log" if log_y else "linear", zero=False, domain=domain, nice=False)
+    return alt.Y(f"{field}:Q", title=title, scale=scale, axis=LOG_AXIS if log_y else LINEAR_AXIS)
 
 
 def _palette(palette: Palette | None, data: pd.DataFrame) -> Palette:
@@ -117,20 +143,71 @@ def _ranges(data: pd.DataFrame, log_y: bool) -> pd.DataFrame:
     return spread
 
 
+SWITCH_DASH = [6, 4]
+
+
 def _switch_rules(switches: pd.DataFrame | None, data: pd.DataFrame, x: str, palette: Palette):
+    """Each LAWN run's switch as a dashed rule in its colour. Runs that switch at the same x share
+    the rule's length by turns (interleaved dashes, one layer per turn), so both colours show; the
+    tooltip names every run switching there."""
     if switches is None or switches.empty or x not in switches.columns:
         return None
     rules_data = switches[["run_id", x]].merge(data[["run_id", "label"]].drop_duplicates(), on="run_id")
     if rules_data.empty:
         return None
-    return (
-        alt.Chart(rules_data)
-        .mark_rule(strokeDash=[6, 4], opacity=0.8)
+    rules_data = rules_data.assign(
+        turn=rules_data.groupby(x).cumcount(),
+        runs=rules_data.groupby(x)["label"].transform(lambda names: ", ".join(names)),
+    )
+    turns = int(rules_data["turn"].max()) + 1
+    dash = SWITCH_DASH if turns == 1 else [5, 5 * (turns - 1)]
+    layers = [
+        alt.Chart(rules_data[rules_data["turn"] == turn])
+        .mark_rule(strokeDash=dash, strokeDashOffset=-5 * turn, opacity=0.9, strokeWidth=1.5)
         .encode(
             x=f"{x}:Q",
             stroke=palette.stroke(),
-            tooltip=[alt.Tooltip("label:N", title="run"), alt.Tooltip(f"{x}:Q", title=f"LAWN switch at {x}")],
+            tooltip=[alt.Tooltip("runs:N", title="LAWN switch of"), alt.Tooltip(f"{x}:Q", title=f"at {x}")],
         )
+        for turn in range(turns)
+    ]
+    return layers
+
+
+def _crosshair(data: pd.DataFrame, x: str, x_enc, smoothed: bool, fmt: str, temporal: bool):
+    """A vertical rule that follows the pointer, with every run's value at that x in its tooltip
+    (the smoothed value and the raw one where smoothing is on): TensorBoard's and W&B's hover.
+    Runs logged at other x than the pointer's show their latest value at or before it."""
+    labels = list(dict.fromkeys(data["label"]))
+    columns = {label: f"r{i}" for i, label in enumerate(labels)}  # field names free of dots and brackets
+    fields = ["smoothed", "value"] if smoothed else ["value"]
+    wide = None
+    for field in fields:
+        table = data.pivot_table(index=x, columns="label", values=field, aggfunc="last").sort_index()
+        last = data.groupby("label")[x].max()
+        filled = table.ffill()
+        for label in table.columns:  # never past a run's last point
+            filled.loc[filled.index > last[label], label] = np.nan
+        suffix = "s" if field == "smoothed" else "v"
+        filled = filled.rename(columns={label: columns[label] + suffix for label in table.columns})
+        wide = filled if wide is None else wide.join(filled)
+    wide = wide.reset_index()
+    if len(wide) > MAX_POINTS:
+        wide = wide.iloc[:: math.ceil(len(wide) / MAX_POINTS)]
+    tooltip = [_x_tooltip(x, x_enc.title if isinstance(x_enc.title, str) else x, temporal)]
+    for label in labels:
+        name = columns[label]
+        if smoothed:
+            tooltip.append(alt.Tooltip(f"{name}s:Q", format=fmt, title=f"{label} (smoothed)"))
+            tooltip.append(alt.Tooltip(f"{name}v:Q", format=fmt, title=f"{label} (raw)"))
+        else:
+            tooltip.append(alt.Tooltip(f"{name}v:Q", format=fmt, title=label))
+    hover = alt.selection_point(nearest=True, on="pointerover", fields=[x], empty=False, clear="pointerout")
+    return (
+        alt.Chart(wide)
+        .mark_rule(color="#888", strokeWidth=1)
+        .encode(x=x_enc, opacity=alt.condition(hover, alt.value(0.6), alt.value(0)), tooltip=tooltip)
+        .add_params(hover)
     )
 
 
@@ -146,6 +223,11 @@ def metric_chart(
     y_title: str | None = None,
     percent: bool = False,
     zoom: bool = False,
+    robust: bool = False,
+    x_domain: list[float] | None = None,
+    temporal: bool = False,
+    crosshair: bool = False,
+    fit_x: tuple[str, ...] = (),
 ) -> alt.Chart | alt.LayerChart | None:
     """One line per run (``df``: run_id, label, ``x``, value; from ``RunStore.series`` also
     smoothed, min and max), in each run's colour and dash (``palette``).
@@ -155,8 +237,26 @@ def metric_chart(
     a faint band, so a spike inside a bucket stays visible. ``switches`` (run_id and the same
     ``x``; ``RunStore.switch_steps``) adds each LAWN run's switch as a dashed rule in its colour.
     ``points`` marks every value (slow-cadence metrics); ``percent`` draws shares as %.
+    ``robust``: the y axis leaves out a few outliers (``robust_domain``); ``x_domain`` fixes the
+    x range; ``fit_x``: the x range spans these runs (Live: the live ones) and the other runs are
+    cut there; ``temporal``: ``x`` holds datetimes (wall-clock axis);
+    ``crosshair``: a hover rule with every run's value at the pointer's x.
     """
-    drawn = _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, percent)
+    drawn = _metric_layers(
+        df,
+        log_y,
+        switches,
+        x,
+        x_title,
+        points,
+        palette,
+        y_title,
+        percent,
+        robust=robust,
+        x_domain=x_domain or _fit(df, x, fit_x),
+        temporal=temporal,
+        crosshair=crosshair,
+    )
     if drawn is None:
         return None
     layers, dropped = drawn
@@ -164,10 +264,61 @@ def metric_chart(
     return _zoomable(chart.properties(title=_title(title, dropped, log_y), height=HEIGHT), zoom)
 
 
-def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, percent):
+def _fit(df: pd.DataFrame, x: str, run_ids: tuple[str, ...]) -> list[float] | None:
+    """An x range from 0 to a little past the last x of these runs (None: no such runs drawn)."""
+    if not run_ids or df.empty:
+        return None
+    values = df.loc[df["run_id"].isin(run_ids) & np.isfinite(df["value"].to_numpy(float)), x]
+    return [0.0, float(max(values.max() * 1.05, 10.0))] if not values.empty else None
+
+
+def _line_tooltip(data: pd.DataFrame, x: str, x_title: str | None, temporal: bool, fmt: str, smoothed: bool) -> list:
+    tooltip = [
+        alt.Tooltip("label:N", title="run"),
+        _x_tooltip(x, x_title or x, temporal),
+        alt.Tooltip("value:Q", format=fmt, title="value"),
+    ]
+    if smoothed:
+        tooltip.append(alt.Tooltip("smoothed:Q", format=fmt))
+    if "shown" in data.columns:  # what a run's value is, where runs show different things (sharpness)
+        tooltip.append(alt.Tooltip("shown:N", title="of"))
+    return tooltip
+
+
+def _x_tooltip(x: str, title: str, temporal: bool) -> alt.Tooltip:
+    if temporal:
+        return alt.Tooltip(f"{x}:T", format="%Y-%m-%d %H:%M:%S", title=title)
+    return alt.Tooltip(f"{x}:Q", format=",.6~g", title=title)
+
+
+def _x_encoding(x: str, x_title: str | None, temporal: bool, x_domain: list[float] | None) -> alt.X:
+    if temporal:
+        return alt.X(f"{x}:T", title=x_title or x, axis=alt.Axis(format="%H:%M", labelOverlap=True))
+    if x_domain is not None:
+        return alt.X(f"{x}:Q", title=x_title or x, axis=X_AXIS, scale=alt.Scale(domain=x_domain, nice=False))
+    return alt.X(f"{x}:Q", title=x_title or x, axis=X_AXIS)
+
+
+def _metric_layers(
+    df,
+    log_y,
+    switches,
+    x,
+    x_title,
+    points,
+    palette,
+    y_title,
+    percent,
+    robust=False,
+    x_domain=None,
+    temporal=False,
+    crosshair=False,
+):
     """``metric_chart``'s layers and the count of values it could not draw (None: nothing to draw)."""
     columns = [c for c in ("run_id", "label", x, "value", "smoothed", "min", "max", "shown") if c in df.columns]
     data, dropped = plottable(df[columns], log_y)
+    if x_domain is not None:
+        data = data[data[x] <= x_domain[1]]
     if data.empty:
         return None
     data = thin(data, by="run_id")
@@ -180,38 +331,31 @@ def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, pe
     if smoothed and log_y:
         data = data[data["smoothed"] > 0]
     main = "smoothed" if smoothed else "value"
-    x_enc = alt.X(f"{x}:Q", title=x_title or x, axis=X_AXIS)
-    fmt = ".2f" if percent else ".4g"
-    tooltip = [
-        alt.Tooltip("label:N", title="run"),
-        alt.Tooltip(f"{x}:Q", format=".4g", title=x_title or x),
-        alt.Tooltip("value:Q", format=fmt, title="value"),
-    ]
-    if smoothed:
-        tooltip.append(alt.Tooltip("smoothed:Q", format=fmt))
-    if "shown" in data.columns:  # what a run's value is, where runs show different things (sharpness)
-        tooltip.append(alt.Tooltip("shown:N", title="of"))
+    domain = robust_domain(np.concatenate([data["value"], data[main]]), log_y) if robust else None
+    x_enc = _x_encoding(x, x_title, temporal, x_domain)
+    fmt = ".2f" if percent else ".4~g"
+    tooltip = _line_tooltip(data, x, x_title, temporal, fmt, smoothed)
     layers = []  # drawn in this order: the faint range and raw line under the main line
     spread = _ranges(data, log_y)
     if not spread.empty:
         layers.append(
             alt.Chart(spread)
-            .mark_area(opacity=RANGE_OPACITY, interpolate="step-after")
-            .encode(x=x_enc, y=_y(log_y, y_title, "min"), y2="max:Q", fill=palette.fill())
+            .mark_area(opacity=RANGE_OPACITY, interpolate="step-after", clip=True)
+            .encode(x=x_enc, y=_y(log_y, y_title, "min", domain), y2="max:Q", fill=palette.fill())
         )
     if smoothed:
         layers.append(
             alt.Chart(data)
-            .mark_line(opacity=RAW_OPACITY, strokeWidth=1)
-            .encode(x=x_enc, y=_y(log_y, y_title), stroke=palette.stroke())
+            .mark_line(opacity=RAW_OPACITY, strokeWidth=1, clip=True)
+            .encode(x=x_enc, y=_y(log_y, y_title, domain=domain), stroke=palette.stroke())
         )
     faint = palette.opacity()
     layers.append(
         alt.Chart(data)
-        .mark_line(point=points, strokeWidth=2)
+        .mark_line(point=points, strokeWidth=2, clip=True)
         .encode(
             x=x_enc,
-            y=_y(log_y, y_title, main),
+            y=_y(log_y, y_title, main, domain),
             color=palette.color(),
             strokeDash=palette.dash(),
             tooltip=tooltip,
@@ -220,7 +364,9 @@ def _metric_layers(df, log_y, switches, x, x_title, points, palette, y_title, pe
     )
     rules = _switch_rules(switches, data, x, palette)
     if rules is not None:
-        layers.append(rules)
+        layers.extend(rules)
+    if crosshair:
+        layers.append(_crosshair(data, x, x_enc, smoothed, fmt, temporal))
     return layers, dropped
 
 
@@ -340,10 +486,15 @@ def _bounds(df: pd.DataFrame, log_y: bool) -> pd.DataFrame:
     return df
 
 
+HEATMAP_QUANTILES = (0.01, 0.99)  # the colour scale spans these; cells beyond take its end colours
+
+
 def color_domain(frames: list[pd.DataFrame], log_color: bool = True, center: float | None = None):
     """One colour domain for several heatmaps (so that one colour means one value on all of them):
-    [min, max] of their drawable values; around ``center`` it is symmetric (on a log scale
-    [center / m, center * m]), so that ``center`` is the middle colour. None if nothing is drawable."""
+    the 1st to 99th percentile of their drawable values, so that one column of outliers (the last
+    step at LR 0) cannot wash out the contrast between layers (cells beyond it are clamped to the
+    end colours); around ``center`` it is symmetric (on a log scale [center / m, center * m]), so
+    that ``center`` is the middle colour. None if nothing is drawable."""
     values = (
         pd.concat([plottable(f[["value"]], log_color)[0]["value"] for f in frames if not f.empty])
         if any(not f.empty for f in frames)
@@ -351,7 +502,9 @@ def color_domain(frames: list[pd.DataFrame], log_color: bool = True, center: flo
     )
     if values.empty:
         return None
-    lo, hi = float(values.min()), float(values.max())
+    finite = values.to_numpy(float)
+    lo = float(np.quantile(finite, HEATMAP_QUANTILES[0], method="lower"))
+    hi = float(np.quantile(finite, HEATMAP_QUANTILES[1], method="higher"))
     if center is None:
         return [lo, hi] if hi > lo else [lo * 0.9, hi * 1.1 + 1e-12]
     if log_color:
@@ -450,7 +603,9 @@ def threshold_chart(
     limit, _ = plottable(limit, log_y)
     y = _y(log_y, y_title)
     estimates, _ = plottable(values[["value"]], log_y)
-    if not limit.empty and not estimates.empty:
+    if estimates.empty:  # no estimate yet: the axis spans the line where it is lowest
+        estimates = limit[["value"]].nsmallest(1, "value")
+    if not limit.empty:
         # The line runs off to infinity as a schedule takes the LR to 0: the axis spans the
         # estimates and the line where it is lowest (where they would meet it), and clips the rest.
         lo = min(estimates["value"].min(), limit["value"].min())
@@ -497,9 +652,10 @@ def group_chart(
     y_title: str | None = None,
     percent: bool = False,
     zoom: bool = False,
+    temporal: bool = False,
 ) -> alt.Chart | alt.LayerChart | None:
     """Group means with their band (``agg``: label, x, value, low, high, runs; ``tables.aggregate``):
-    a line per group and a shaded band from ``low`` to ``high``."""
+    a line per group and a shaded band from ``low`` to ``high``; ``temporal``: x holds datetimes."""
     data, dropped = plottable(agg, log_y)
     if data.empty:
         return None
@@ -509,7 +665,7 @@ def group_chart(
     if log_y:  # a band reaching zero or below has no place on a log axis: clip it at value / 10
         data = data.assign(low=data["low"].where(data["low"] > 0, data["value"] / 10))
     palette = _palette(palette, data)
-    x_enc = alt.X("x:Q", title=x_title, axis=X_AXIS)
+    x_enc = _x_encoding("x", x_title, temporal, None)
     line = (
         alt.Chart(data)
         .mark_line(strokeWidth=2)
@@ -520,7 +676,7 @@ def group_chart(
             strokeDash=palette.dash(),
             tooltip=[
                 alt.Tooltip("label:N", title="group"),
-                alt.Tooltip("x:Q", format=".4g", title=x_title),
+                _x_tooltip("x", x_title, temporal),
                 alt.Tooltip("value:Q", format=".4g", title="mean"),
                 alt.Tooltip("runs:Q"),
             ],

@@ -13,6 +13,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -25,7 +29,7 @@ from lawn_monitor.metrics import info
 from lawn_monitor.storage import default_root
 
 from .charts import metric_chart
-from .styles import Palette, run_labels, run_styles  # noqa: F401  (run_labels re-exported for the pages)
+from .styles import FAMILY_COLORS, Palette, family_color, run_labels, run_styles  # noqa: F401  (re-exported)
 
 DEFAULT_RUNS = 4  # with nothing selected, the pages show the newest few runs
 DEFAULT_SMOOTHING = 0.6  # TensorBoard's default EMA weight
@@ -152,28 +156,90 @@ def store_warnings(root: str) -> None:
 def start_hint(root: str) -> str:
     where = "does not exist yet" if "://" not in root and not Path(root).is_dir() else "holds no runs yet"
     return (
-        f"The store root `{root}` {where}. Start a run that writes there, then rerun this page:\n\n"
+        f"The store root `{root}` {where}. Start a run that writes there and this page shows it within "
+        "seconds (it keeps watching the store):\n\n"
         f"```\nlawn-monitor train --dataset digits --model cnn --optimizer adam --lawn --root {root}\n```\n\n"
         "or `make demo` for a small set of runs. Another store: `lawn-monitor dashboard --root PATH` "
         "(or `--allow-root PATH` to offer it in the sidebar beside this one)."
     )
 
 
+def _ids_from_url(runs: pd.DataFrame, labels: dict[str, str]) -> None:
+    """Let ``?runs=`` name runs by id as well as by label (the widget's URL carries labels; runs
+    of the Lightning and Hugging Face adapters are all named ``run``), and by comma-separated
+    lists: ids are turned into labels before the picker reads the URL."""
+    wanted = [v for value in st.query_params.get_all("runs") for v in value.split(",") if v]
+    if not wanted or st.session_state.get("_runs_url_done"):
+        return
+    st.session_state["_runs_url_done"] = True
+    by_label = {label: run_id for run_id, label in labels.items()}
+    ids = [v if v in labels else by_label.get(v) for v in wanted]
+    if all(v in by_label for v in wanted):
+        return  # labels only: the widget reads them itself
+    chosen = list(dict.fromkeys(r for r in ids if r is not None))
+    st.query_params["runs"] = [labels[r] for r in chosen]
+    st.session_state["runs"] = chosen
+
+
 def runs_input(runs: pd.DataFrame) -> list[str]:
-    """The sidebar's run picker (``?runs=``): the runs every page shows. The Runs page's table
-    ticks write to it too. Shown by run label (name, and a few id characters where names repeat)."""
+    """The sidebar's run filter (``?filter=``) and run picker (``?runs=``): the runs every page
+    shows. The Runs page's table ticks write to it too. Shown by run label (name, and a few id
+    characters where names repeat); the URL takes labels or run ids."""
     labels = run_labels(runs)
+    _ids_from_url(runs, labels)
     if "_select" in st.session_state:  # a selection made on a page in the last run (select_runs)
         st.session_state["runs"] = st.session_state.pop("_select")
+    # The default selection is fixed when the session starts: a run started later never pushes
+    # one of these off every page.
+    st.session_state.setdefault("_default_runs", runs["run_id"].head(DEFAULT_RUNS).tolist())
     with st.sidebar:
+        filter_input()
         return multiselect(
             "Runs",
             runs["run_id"].tolist(),
             key="runs",
             format_func=labels.get,
-            placeholder=f"the {DEFAULT_RUNS} newest",
-            help="The runs the pages show; none chosen means the newest few. Tick rows on the Runs page, or pick here.",
+            placeholder=f"the {DEFAULT_RUNS} newest at page load",
+            help="The runs the pages show; none chosen means the newest few when the page was opened. Tick rows "
+            "on the Runs page, or pick here.",
         )
+
+
+def filter_input() -> str:
+    """The sidebar's run filter (``?filter=``): a regular expression (or plain text) matched
+    against run names and ids, case-insensitive, as in TensorBoard's run filter."""
+    return st.text_input(
+        "Filter runs (name or regex)",
+        key="filter",
+        bind=BIND,
+        placeholder="e.g. adam|sgd-lawn",
+        help="Every page shows only the runs whose name or id matches (a regular expression, "
+        "case-insensitive); the Runs table lists only them.",
+    )
+
+
+def run_filter() -> str:
+    return str(st.session_state.get("filter") or "")
+
+
+def matching(runs: pd.DataFrame, pattern: str) -> pd.Series:
+    """Which runs' name or id match ``pattern`` (a regular expression, or plain text where it is
+    not a valid one), case-insensitive. An empty pattern matches every run."""
+    if not pattern:
+        return pd.Series(True, index=runs.index)
+    try:
+        regex = re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        regex = re.compile(re.escape(pattern), re.IGNORECASE)
+    return pd.Series(
+        [bool(regex.search(str(n)) or regex.search(str(r))) for n, r in zip(runs["name"], runs["run_id"])],
+        index=runs.index,
+    )
+
+
+def filtered_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that pass the sidebar's filter."""
+    return runs[matching(runs, run_filter())]
 
 
 def select_runs(run_ids: list[str]) -> None:
@@ -189,10 +255,14 @@ def chosen_runs() -> list[str]:
 
 
 def selected_runs(runs: pd.DataFrame) -> list[str]:
-    """The picked runs that still exist, else the newest few."""
-    present = set(runs["run_id"])
+    """The picked runs that still exist and pass the filter; else the newest few as they were when
+    the session began (they stay put when newer runs start); else the newest few that pass it."""
+    present = set(filtered_runs(runs)["run_id"])
     chosen = [run_id for run_id in chosen_runs() if run_id in present]
-    return chosen or runs["run_id"].head(DEFAULT_RUNS).tolist()
+    if chosen:
+        return chosen
+    pinned = [run_id for run_id in st.session_state.get("_default_runs", []) if run_id in present]
+    return pinned or [r for r in runs["run_id"] if r in present][:DEFAULT_RUNS]
 
 
 def labelled(df: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
@@ -268,6 +338,9 @@ def page_header(title: str) -> Page:
     runs = load_runs(root)
     run_ids = selected_runs(runs)
     st.title(title)
+    if not run_ids:
+        st.info(f"No run matches the filter `{run_filter()}`: change it in the sidebar (a regular expression).")
+        st.stop()
     return Page(root, get_store(root), runs, run_labels(runs), run_ids, palette(runs, run_ids), smoothing())
 
 
@@ -285,6 +358,36 @@ def smoothing_input() -> float:
             "the faint raw line; 0 turns it off. Slow-cadence metrics (evaluation, curvature) are "
             "never smoothed.",
         )
+
+
+LOG_METRICS = {"lr"}  # on a log axis by default here too: Adam's 1e-3 beside SGD's 0.1
+
+
+def log_default(metric: str) -> bool:
+    """Whether a metric starts on a log axis: those that shrink by decades, and the LR."""
+    return info(metric).log or metric in LOG_METRICS
+
+
+EXPORT_WIDTH = 720  # px of an exported chart's plot (the page's own width is the browser's)
+
+
+def export_buttons(chart, name: str) -> None:
+    """Download buttons for the chart as SVG and PNG (drawn on the server by vl-convert when
+    clicked, never before: a page that is not exported pays nothing)."""
+
+    def svg() -> str:
+        import vl_convert
+
+        return vl_convert.vegalite_to_svg(chart.properties(width=EXPORT_WIDTH).to_dict())
+
+    def png() -> bytes:
+        import vl_convert
+
+        return vl_convert.vegalite_to_png(chart.properties(width=EXPORT_WIDTH).to_dict(), scale=2)
+
+    left, right, _ = st.columns([1, 1, 4])
+    left.download_button("Export SVG", svg, file_name=f"{name}.svg", mime="image/svg+xml", key=f"svg.{name}")
+    right.download_button("Export PNG", png, file_name=f"{name}.png", mime="image/png", key=f"png.{name}")
 
 
 def smoothing() -> float:
@@ -309,6 +412,60 @@ def zoom() -> bool:
     return bool(st.session_state.get("zoom", False))
 
 
+def outliers_input() -> bool:
+    """The sidebar's switch for y axes that ignore outliers (``?outliers=``, on by default, as in
+    TensorBoard): an axis spans all but the extreme few values (``charts.robust_domain``) where
+    those would flatten the rest, e.g. the update ratio at the last step's LR of ~0."""
+    with st.sidebar:
+        return checkbox(
+            "Ignore outliers in y axes",
+            key="outliers",
+            default=True,
+            help="Each chart's y axis leaves out the 2% most extreme values when they would squash the rest into "
+            "a line (what lies beyond is cut at the plot's edge). Off: every axis spans all its values.",
+        )
+
+
+def robust() -> bool:
+    return bool(st.session_state.get("outliers", True))
+
+
+# Widgets replace the URL (no history entry), but a selection the server makes (ticks on the Runs
+# page write the sidebar's picker) reaches the browser as a new URL that Streamlit pushes onto the
+# history. This turns a push that changes only the query string into a replace, so Back leaves
+# the page rather than stepping through ticks; moving between pages still adds an entry.
+REPLACE_QUERY_PUSHES = """<script>
+if (!window.__lawnReplaceQueryPushes) {
+  window.__lawnReplaceQueryPushes = true;
+  const push = window.history.pushState.bind(window.history);
+  window.history.pushState = function (state, title, url) {
+    const next = new URL(url, window.location.href);
+    if (next.pathname === window.location.pathname) return window.history.replaceState(state, title, url);
+    return push(state, title, url);
+  };
+}
+</script>"""
+
+
+def history_fix() -> None:
+    st.html(REPLACE_QUERY_PUSHES, unsafe_allow_javascript=True, width="content")
+
+
+def chip_colours(runs: pd.DataFrame) -> None:
+    """The sidebar's run chips in each run's colour (its optimizer's hue, as on every chart)."""
+    styles = run_styles(runs)
+    rules = [
+        f'[data-testid="stSidebar"] [data-tag][aria-label="{_css_text(style.label)}"]'
+        f"{{background-color:{style.color};color:white;}}"
+        for style in styles.values()
+    ]
+    st.html("<style>" + "".join(rules) + "</style>")
+
+
+def _css_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def series_chart(
     store: RunStore,
     run_ids: list[str],
@@ -321,23 +478,155 @@ def series_chart(
     log_y: bool | None = None,
     layer: str = "",
     points: bool = False,
+    fit_x: tuple[str, ...] = (),
 ) -> None:
     """One metric of these runs as a line chart, with the metric's own axis title, units, scale
-    (log where it shrinks by decades) and smoothing; or a line saying there is nothing yet."""
+    (log where it shrinks by decades) and smoothing; or a line saying there is nothing yet. Built
+    once per version of the runs' data (``data_version``): a refresh with nothing new resends it."""
     meta = info(metric)
-    df = store.series(run_ids, metric, layer, points=GRID_POINTS, smooth=smooth if meta.smooth else 0.0)
-    chart = metric_chart(
-        labelled(df, labels),
-        title or meta.axis,
-        meta.log if log_y is None else log_y,
-        switches,
-        palette=colors,
-        y_title=meta.axis,
-        percent=meta.percent,
-        points=points,
-        zoom=zoom(),
+    weight = smooth if meta.smooth else 0.0
+    log = meta.log if log_y is None else log_y
+    key = (
+        "series",
+        metric,
+        layer,
+        tuple(run_ids),
+        weight,
+        log,
+        title,
+        points,
+        zoom(),
+        robust(),
+        fit_x,
+        colors,
     )
-    show(chart, f"No {title or metric} data yet.")
+
+    def build():
+        df = series(store, run_ids, metric, layer, points=GRID_POINTS, smooth=weight)
+        return metric_chart(
+            labelled(df, labels),
+            title or meta.axis,
+            log,
+            switches,
+            palette=colors,
+            y_title=meta.axis,
+            percent=meta.percent,
+            points=points,
+            zoom=zoom(),
+            robust=robust(),
+            fit_x=fit_x,
+        )
+
+    show(cached_chart(key, store, run_ids, build), f"No {title or metric} data yet.")
+
+
+# --- refreshing only what changed -------------------------------------------------------------
+
+REFRESH_SECS = 5  # analysis pages: how often a panel of training runs looks for new data
+CHART_CACHE = 256  # built charts kept (a page draws up to about 15)
+
+
+def data_version(store: RunStore, run_ids: Sequence[str]) -> tuple:
+    """What changes when these runs' data change: each one's last flushed step and status, from
+    its run.json (no data file is read), cheap enough to check every few seconds."""
+    version = []
+    for run_id in run_ids:
+        found = store.run_info(run_id) or {}
+        version.append((run_id, found.get("step"), found.get("status"), found.get("ended_at")))
+    return tuple(version)
+
+
+def series(store: RunStore, run_ids: Sequence[str], metric: str, layer: str = "", **kwargs) -> pd.DataFrame:
+    """``RunStore.series``, kept until these runs' data change (``data_version``): every session and
+    every refresh with nothing new reuses it."""
+    return _series(store_root(), tuple(run_ids), metric, layer, data_version(store, run_ids), tuple(kwargs.items()))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _series(root: str, run_ids: tuple, metric: str, layer: str, version: tuple, kwargs: tuple) -> pd.DataFrame:
+    return get_store(root).series(list(run_ids), metric, layer, **dict(kwargs))
+
+
+def layers(store: RunStore, run_id: str, metric: str, points: int | None = 200) -> pd.DataFrame:
+    """``RunStore.layers``, kept until the run's data change."""
+    return _layers(store_root(), run_id, metric, points, data_version(store, [run_id]))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _layers(root: str, run_id: str, metric: str, points: int | None, version: tuple) -> pd.DataFrame:
+    return get_store(root).layers(run_id, metric, points=points)
+
+
+def switches(store: RunStore, run_ids: Sequence[str]) -> pd.DataFrame:
+    """``RunStore.switch_steps`` (the store keeps its per-file results, so this is cheap to ask
+    on every refresh)."""
+    return store.switch_steps(list(run_ids))
+
+
+_CHARTS: OrderedDict[tuple, object] = OrderedDict()  # built charts, shared by every session
+_CHARTS_LOCK = threading.Lock()
+
+
+def cached_chart(key: tuple, store: RunStore, run_ids: Sequence[str], build: Callable):
+    """The chart ``build()`` makes, kept (for every session) until the runs' data change: a refresh
+    with nothing new, or another visitor of the same view, costs only the look at the runs'
+    run.json files. ``key`` must name everything else the chart depends on."""
+    full = (store_root(), key, data_version(store, run_ids))
+    with _CHARTS_LOCK:
+        if full in _CHARTS:
+            _CHARTS.move_to_end(full)
+            return _CHARTS[full]
+    chart = build()
+    with _CHARTS_LOCK:
+        _CHARTS[full] = chart
+        while len(_CHARTS) > CHART_CACHE:
+            _CHARTS.popitem(last=False)
+    return chart
+
+
+def training(runs: pd.DataFrame, run_ids: Sequence[str]) -> list[str]:
+    """Those of these runs that are training now."""
+    running = set(runs.loc[runs["status"] == "running", "run_id"])
+    return [run_id for run_id in run_ids if run_id in running]
+
+
+TIMINGS = "LAWN_MONITOR_TIMINGS"  # a file to append each page run's and panel refresh's server seconds to
+
+
+def record(what: str, seconds: float) -> None:
+    """Server seconds of a page run or a panel refresh, appended to $LAWN_MONITOR_TIMINGS when set
+    (benchmarks/app.py reads it) and logged at debug level."""
+    log.debug("%s took %.3f s", what, seconds)
+    path = os.environ.get(TIMINGS)
+    if path:
+        with open(path, "a") as out:
+            out.write(f"{what}\t{seconds:.4f}\n")
+
+
+def panel(runs: pd.DataFrame, run_ids: Sequence[str], every: float = REFRESH_SECS) -> Callable:
+    """Decorate a function that draws part of a page from these runs: it becomes a fragment that,
+    while any of them trains, reruns by itself every ``every`` seconds, redrawing only what the
+    runs' new data changed (charts are kept per ``data_version``), and never the rest of the
+    page. Once every one of them has ended, the page is drawn once more and nothing refreshes."""
+    live = training(runs, run_ids)
+
+    def wrap(draw: Callable) -> Callable:
+        @st.fragment(run_every=every if live else None)
+        def fragment(*args, **kwargs):
+            started = time.perf_counter()
+            if live and not any(v[2] == "running" for v in data_version(get_store(store_root()), live)):
+                load_runs.clear()  # they have all ended: one last redraw of the page, without a timer
+                st.rerun(scope="app")
+            try:
+                draw(*args, **kwargs)
+            except Exception as exc:  # as the frame does for a page: the kind of failure, the traceback to the log
+                log.exception("a chart of page %s failed", st.session_state.get("_page", "?"))
+                st.error(f"This chart failed ({type(exc).__name__}). The details are in the dashboard's log.")
+            record(f"panel {getattr(draw, '__name__', 'draw')}", time.perf_counter() - started)
+
+        return fragment
+
+    return wrap
 
 
 POLL_SECS = 2  # how often a page waiting for runs looks at the store (run.json listing only)
@@ -354,35 +643,3 @@ def wait_for_runs(root: str) -> None:
         st.rerun(scope="app")
 
     poll()
-
-
-REFRESH_SECS = 5  # analysis pages: how often auto-refresh looks for new steps of training runs
-
-
-def auto_refresh(root: str, runs: pd.DataFrame, run_ids: list[str]) -> None:
-    """For pages that analyse the selected runs: while any of them trains, a toggle (on by
-    default, ``?refresh=``) that redraws the page whenever those runs have logged new steps."""
-    running = set(runs.loc[runs["status"] == "running", "run_id"])
-    training = [r for r in run_ids if r in running]
-    if not training:
-        return
-    n = len(training)
-    if not checkbox(
-        f"Auto-refresh while {'this run trains' if n == 1 else f'these {n} runs train'}",
-        key="refresh",
-        default=True,
-        help=f"Redraws the page every {REFRESH_SECS} s while selected runs "
-        "are still training (they show in the Runs table as running).",
-    ):
-        return
-    store = get_store(root)
-    seen = {r: (store.run_info(r) or {}).get("step") for r in training}
-
-    @st.fragment(run_every=REFRESH_SECS)
-    def tick() -> None:
-        now = {r: (store.run_info(r) or {}).get("step") for r in training}
-        if now != seen or any(store.status(r) != "running" for r in training):
-            load_runs.clear()
-            st.rerun(scope="app")
-
-    tick()

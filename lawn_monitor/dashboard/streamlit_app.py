@@ -10,6 +10,7 @@ navigation. Queries live in ``lawn_monitor.RunStore``, chart builders in ``chart
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -36,6 +37,7 @@ def main() -> None:
     st.set_page_config(page_title="lawn-monitor", page_icon="📉", layout="wide")
     page = st.navigation(pages)
     st.sidebar.title("lawn-monitor")
+    started = time.perf_counter()
     root = state.root_input()
     runs = state.load_runs(root)
     state.store_warnings(root)
@@ -46,13 +48,18 @@ def main() -> None:
         st.stop()
     state.runs_input(runs)
     state.smoothing_input()
+    state.outliers_input()
     state.zoom_input()
+    with st.sidebar:
+        state.chip_colours(runs)
+        state.history_fix()
     try:
         page.run()
     except Exception as exc:  # Streamlit's own stop and rerun are not Exceptions: they pass
         # The page says what kind of failure; the traceback, with server paths, goes to the log only.
         state.log.exception("page %s failed", page.title)
         st.error(f"This page failed ({type(exc).__name__}). The details are in the dashboard's log.")
+    state.record(f"page {page.title}", time.perf_counter() - started)
 
 
 if __name__ == "__main__":  # `streamlit run` runs this file as __main__

@@ -190,19 +190,33 @@ def method_palette(methods) -> Palette:
 def group_palette(styles: dict[str, RunStyle], groups: dict[str, str]) -> Palette:
     """Colours for groups of runs (``groups``: run id -> group label; Compare's averages): a group
     whose runs share one method takes its first run's colour and dash, so "Adam-LAWN over seeds"
-    looks like its runs; a mixed group gets a neutral colour of its own."""
+    looks like its runs; a group whose runs share an optimizer but not LAWN (averaged by optimizer
+    alone) takes that optimizer's hue, solid; a group of mixed optimizers gets a neutral colour.
+    Groups never share a colour: a later group whose colour is taken gets the next free one."""
     members: dict[str, list[RunStyle]] = {}
     for run_id, label in groups.items():
         if run_id in styles:
             members.setdefault(label, []).append(styles[run_id])
     labels, colors, dashed = [], [], []
     for label, chosen in sorted(members.items()):
-        same = len({s.lawn for s in chosen}) == 1 and len({_hue(s.color) for s in chosen}) == 1
-        color, lawn = (chosen[0].color, chosen[0].lawn) if same else (family_color(None, label), False)
+        hues = {_hue(s.color) for s in chosen}
+        if len(hues) == 1 and len({s.lawn for s in chosen}) == 1:
+            color, lawn = chosen[0].color, chosen[0].lawn
+        elif len(hues) == 1:
+            color, lawn = _family_of(chosen[0].color), False
+        else:
+            color, lawn = family_color(None, label), False
+        if (color, lawn) in zip(colors, dashed):
+            color = next((c for c in OTHER_COLORS if c not in colors), shade(color, SHADES[len(colors) % len(SHADES)]))
         labels.append(label)
         colors.append(color)
         dashed.append(lawn)
     return Palette(tuple(labels), tuple(colors), tuple(dashed))
+
+
+def _family_of(color: str) -> str:
+    """The family hue a run's shade was made from (the one of FAMILY_COLORS with its hue)."""
+    return next((c for c in FAMILY_COLORS.values() if _hue(c) == _hue(color)), color)
 
 
 def _hue(color: str) -> float:

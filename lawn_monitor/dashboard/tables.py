@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from lawn_monitor.paper import is_true
 from lawn_monitor.schema import READ_STATUSES
 
 # Config keys offered as filters and as group-by keys, in this order, where the runs have them.
@@ -206,3 +207,44 @@ def sharpness_vs_threshold(
         pd.concat(values, ignore_index=True) if values else empty,
         pd.concat(lines, ignore_index=True) if lines else empty,
     )
+
+
+def default_pair(runs: pd.DataFrame, selected: list[str]) -> tuple[str, str]:
+    """The two runs Weight adaptivity sets side by side by default: the first selected LAWN run (an
+    Adam-family one if any) and its own baseline (the selected run without LAWN of the same
+    optimizer, else of any), so that the heatmaps show what LAWN changes; without a LAWN run, the
+    first two selected."""
+    config = runs.set_index("run_id")
+    lawn = config["lawn"].map(is_true) if "lawn" in config.columns else pd.Series(False, index=config.index)
+    optimizer = config["optimizer"].astype(str) if "optimizer" in config.columns else pd.Series("", index=config.index)
+    chosen = [r for r in selected if r in config.index]
+    # An Adam-family LAWN run first: the page's reading (LAWN restores what Adam loses) is about it.
+    first = next((r for r in chosen if lawn[r] and optimizer[r].lower() in ADAM_FAMILY), None)
+    first = first or next((r for r in chosen if lawn[r]), None)
+    if first is None:
+        return selected[0], selected[1] if len(selected) > 1 else selected[0]
+    plain = [r for r in chosen if not lawn[r]]
+    same = [r for r in plain if optimizer[r] == optimizer[first]]
+    return first, (same or plain or [r for r in chosen if r != first] or [first])[0]
+
+
+def runs_dataset(runs: pd.DataFrame, run_ids: list[str]) -> str:
+    """The data set most of these runs trained on ("" when none says): Table 2's default."""
+    if "dataset" not in runs.columns:
+        return ""
+    names = as_text(runs.loc[runs["run_id"].isin(run_ids), "dataset"])
+    names = names[names != ""]
+    return str(names.value_counts().index[0]) if not names.empty else ""
+
+
+def mark_winning_trials(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs of tuning studies (``study`` and ``trial`` columns, from ``lawn-monitor tune``): the
+    trial as text, starred for each study's winner: the store's ``best`` column (the finished run
+    with the highest final validation accuracy), never a test accuracy; runs without these
+    columns come back unchanged."""
+    if "study" not in runs.columns or "trial" not in runs.columns:
+        return runs
+    won = runs["best"].fillna(False).astype(bool) if "best" in runs.columns else pd.Series(False, index=runs.index)
+    best = set(runs.index[won])
+    trial = as_text(runs["trial"])
+    return runs.assign(trial=[f"{t} ★" if i in best and t else t for i, t in zip(runs.index, trial)])

@@ -6,7 +6,7 @@ import streamlit as st
 
 from lawn_monitor.dashboard import state
 from lawn_monitor.dashboard.charts import color_domain, heatmap_chart, layer_chart
-from lawn_monitor.dashboard.tables import relative_to
+from lawn_monitor.dashboard.tables import default_pair, relative_to
 
 # (metric, title, diverging around): per-layer heatmaps, the two runs on one colour domain.
 HEATMAPS = [
@@ -26,36 +26,37 @@ st.caption(
     "ability to move away from a poor solution; LAWN freezes each layer's norm at its switch (dashed rule). "
     "Runs: " + ", ".join(labels[run_id] for run_id in selected) + " (choose others on the Runs page)."
 )
-state.auto_refresh(root, runs, selected)
-switches = store.switch_steps(selected)
+refresh = state.panel(runs, selected)  # while selected runs train, each chart redraws alone when they log
 
 
 def draw(panel):
-    metric, title = panel
-    state.series_chart(store, selected, metric, labels, colors, switches, smooth, title=title)
+    metric, title, log = panel
+    switches = state.switches(store, selected)
+    state.series_chart(store, selected, metric, labels, colors, switches, smooth, title=title, log_y=log)
 
 
 state.grid(
     [
-        ("weight_norm", "weight norm (whole model)"),
-        ("weight_growth", "weight growth (whole model)"),
-        ("update_ratio", "update ratio, raw (whole model)"),
-        ("lr", "learning rate (why the raw ratio falls)"),
+        ("weight_norm", "weight norm (whole model)", None),
+        ("weight_growth", "weight growth (whole model)", None),
+        ("update_ratio", "update ratio, raw (whole model)", None),
+        ("lr", "learning rate, log scale (why the raw ratio falls)", True),
     ],
-    draw,
+    refresh(draw),
 )
-draw(("update_ratio_per_lr", "update ratio per unit LR (whole model): adaptivity with the LR schedule divided out"))
+refresh(draw)(
+    ("update_ratio_per_lr", "update ratio per unit LR (whole model): adaptivity with the LR schedule divided out", None)
+)
 
 st.subheader("Per layer, two runs side by side")
 options = runs["run_id"].tolist()
+first, second = default_pair(runs, selected)
 left, right = st.columns(2)
 with left:
-    a = state.selectbox("left run", options, key="a", default=selected[0], format_func=labels.get)
+    a = state.selectbox("left run", options, key="a", default=first, format_func=labels.get)
 with right:
-    b = state.selectbox(
-        "right run", options, key="b", default=selected[1] if len(selected) > 1 else selected[0], format_func=labels.get
-    )
-pair = store.switch_steps([a, b])
+    b = state.selectbox("right run", options, key="b", default=second, format_func=labels.get)
+pair = state.switches(store, [a, b])
 switch_at = dict(zip(pair["run_id"], pair["step"]))
 
 
@@ -74,13 +75,13 @@ since = state.selectbox(
 
 
 def layers(run_id: str, metric: str):
-    df = store.layers(run_id, metric)
+    df = state.layers(store, run_id, metric)
     if metric == "weight_growth" and since == "switch" and pair_switch is not None:
         df = relative_to(df, switch_at.get(run_id, pair_switch))
     return df
 
 
-def heatmaps(metric: str, title: str, center: float | None) -> None:
+def heatmap_pair(metric: str, title: str, center: float | None) -> tuple[str, list]:
     frames = {run_id: layers(run_id, metric) for run_id in (a, b)}
     domain = color_domain(list(frames.values()), center=center)
     if metric == "weight_growth" and since == "switch" and pair_switch is not None:
@@ -89,19 +90,27 @@ def heatmaps(metric: str, title: str, center: float | None) -> None:
         # it, where both runs grow alike, is drawn in the scale's end colour.
         after = [df[df["step"] >= pair_switch] for df in frames.values()]
         domain = color_domain(after, center=center) or domain
+    charts = [
+        heatmap_chart(frames[run_id], labels[run_id], switch_step=switch_at.get(run_id), domain=domain, center=center)
+        for run_id in (a, b)
+    ]
+    return title, charts
+
+
+@state.panel(runs, [a, b])
+def heatmaps(metric: str, title: str, center: float | None) -> None:
+    key = ("adaptivity heatmaps", metric, title, center, a, b, labels[a], labels[b], since)
+    title, charts = state.cached_chart(key, store, [a, b], lambda: heatmap_pair(metric, title, center))
     st.markdown(f"**{title}**")
-    for column, run_id in zip(st.columns(2), (a, b)):
+    for column, run_id, chart in zip(st.columns(2), (a, b), charts):
         with column:
-            chart = heatmap_chart(
-                frames[run_id], labels[run_id], switch_step=switch_at.get(run_id), domain=domain, center=center
-            )
             state.show(chart, f"No per-layer {metric} for {labels[run_id]}.")
 
 
 for metric, title, center in HEATMAPS:
     heatmaps(metric, title, center)
 
-effective = {run_id: store.layers(run_id, "effective_lr", points=500) for run_id in (a, b)}
+effective = {run_id: state.layers(store, run_id, "effective_lr", points=500) for run_id in (a, b)}
 if any(not df.empty for df in effective.values()):
     st.markdown(
         "**effective learning rate (lr / |w|² under SGD, lr / |w| under Adam, lr under LAMB) of the layers that feed a normalization layer**"

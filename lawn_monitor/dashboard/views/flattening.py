@@ -17,61 +17,74 @@ st.caption(
     + ", ".join(labels[run_id] for run_id in run_ids)
     + " (choose others on the Runs page)."
 )
-state.auto_refresh(root, runs, run_ids)
 log_y = state.checkbox(
     "log scale", key="log", default=True, help="Log y for loss, gradient norm and curvature (they shrink by decades)."
 )
-switches = store.switch_steps(run_ids)
+refresh = state.panel(runs, run_ids)  # while selected runs train, each chart redraws alone when they log
 
 
 def draw(panel):
     metric, title, log = panel
+    switches = state.switches(store, run_ids)
     state.series_chart(store, run_ids, metric, labels, colors, switches, smooth, title=title, log_y=log and log_y)
 
 
-state.grid([("train/loss", "train loss", True), ("grad_norm", "gradient norm (whole model)", True)], draw)
-trace = store.series(run_ids, "gn_trace", with_se=True)
-exact = store.series(run_ids, "hessian_trace", with_se=True)
-optimizers = dict(zip(runs["run_id"], runs["optimizer"])) if "optimizer" in runs.columns else {}
-sharp, limit = sharpness_vs_threshold(
-    state.labelled(store.series(run_ids, "sharpness"), labels),
-    state.labelled(store.series(run_ids, "sharpness_precond"), labels),
-    state.labelled(store.series(run_ids, "sharpness_threshold"), labels),
-    optimizers,
-)
-left, right = st.columns(2)
-with left:
-    state.show(
-        band_chart(
-            state.labelled(trace, labels),
+@refresh
+def trace_chart() -> None:
+    def build():
+        return band_chart(
+            state.labelled(state.series(store, run_ids, "gn_trace", with_se=True), labels),
             "Hessian trace: GN proxy ± 1 SE, Hutchinson (◆)",
             log_y=log_y,
-            switches=switches,
-            points=state.labelled(exact, labels),
+            switches=state.switches(store, run_ids),
+            points=state.labelled(state.series(store, run_ids, "hessian_trace", with_se=True), labels),
             palette=colors,
             y_title="Hessian trace",
             zoom=state.zoom(),
-        ),
-        "No Hessian trace: curvature needs a probe batch (the trainer passes one).",
-    )
-with right:
-    state.show(
-        threshold_chart(
+        )
+
+    chart = state.cached_chart(("flattening trace", tuple(run_ids), log_y, colors, state.zoom()), store, run_ids, build)
+    state.show(chart, "No Hessian trace: curvature needs a probe batch (the trainer passes one).")
+
+
+@refresh
+def sharpness_chart() -> None:
+    def build():
+        optimizers = dict(zip(runs["run_id"], runs["optimizer"])) if "optimizer" in runs.columns else {}
+        sharp, limit = sharpness_vs_threshold(
+            state.labelled(state.series(store, run_ids, "sharpness"), labels),
+            state.labelled(state.series(store, run_ids, "sharpness_precond"), labels),
+            state.labelled(state.series(store, run_ids, "sharpness_threshold"), labels),
+            optimizers,
+        )
+        return threshold_chart(
             sharp,
             limit,
             "sharpness vs. stability threshold (dotted)",
             log_y=log_y,
-            switches=switches,
+            switches=state.switches(store, run_ids),
             palette=colors,
             y_title="top eigenvalue (P⁻¹H / H)",
             zoom=state.zoom(),
-        ),
-        "No sharpness: it is measured on a slow cadence; a few points appear per run.",
+        )
+
+    chart = state.cached_chart(
+        ("flattening sharpness", tuple(run_ids), log_y, colors, state.zoom()), store, run_ids, build
     )
+    state.show(chart, "No sharpness: it is measured on a slow cadence; a few points appear per run.")
+
+
+state.grid([("train/loss", "train loss", True), ("grad_norm", "gradient norm (whole model)", True)], refresh(draw))
+left, right = st.columns(2)
+with left:
+    trace_chart()
+with right:
+    sharpness_chart()
     st.caption(
         "Top Hessian eigenvalue on the probe batch. Adam-family runs show it preconditioned by Adam's "
         "second moments (P⁻¹H), the quantity their line (2 + 2β₁) / ((1 − β₁) lr) bounds; SGD runs show the "
-        "plain one (H) against (2 + 2 momentum) / lr. No line where the LR is 0."
+        "plain one (H) against (2 + 2 momentum) / lr. No line where the LR is 0; the axis follows the "
+        "estimates and cuts the line where the decaying LR takes it above them."
     )
 state.grid(
     [
@@ -80,5 +93,5 @@ state.grid(
         ("max_prob", "max softmax probability", False),
         ("flat_frac", "flattened samples (loss < 1e-3)", False),
     ],
-    draw,
+    refresh(draw),
 )

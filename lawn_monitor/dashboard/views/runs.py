@@ -10,7 +10,7 @@ import hashlib
 import streamlit as st
 
 from lawn_monitor.dashboard import state
-from lawn_monitor.dashboard.tables import STATUSES, filter_options, filter_runs
+from lawn_monitor.dashboard.tables import STATUSES, filter_options, filter_runs, mark_winning_trials
 
 # Name, status and progress first and pinned (always in view), then accuracy, the tuning study
 # and trial a run belongs to (and whether it won), the config that tells runs apart, then when
@@ -22,9 +22,6 @@ COLUMNS = [
     "val_acc",
     "test_acc",
     "best_test_acc",
-    "study",
-    "trial",
-    "best",
     "epochs",
     "dataset",
     "model",
@@ -34,6 +31,8 @@ COLUMNS = [
     "lr",
     "seed",
     "step",
+    "study",
+    "trial",
     "created_at",
 ]
 ROW_PX, MAX_HEIGHT_PX = 35, 700  # the table grows with its rows up to this, then scrolls
@@ -53,9 +52,13 @@ with st.expander("Filter", expanded=filtering):
     for column, (key, values) in zip(columns[1:], options.items()):
         with column:
             config[key] = state.multiselect(key.replace("_", " "), values, key=key)
-shown = filter_runs(runs, status, config)
-table = shown.assign(label=shown["run_id"].map(labels)).reindex(columns=["run_id", *COLUMNS]).reset_index(drop=True)
-table["created_at"] = table["created_at"].astype(str).str.slice(0, 19).str.replace("T", " ")
+shown = filter_runs(state.filtered_runs(runs), status, config)
+# Runs of a tuning study (`lawn-monitor tune`) show their study and trial, the best trial of each
+# study marked; stores without studies show neither column.
+shown = mark_winning_trials(shown)
+columns = [c for c in COLUMNS if c not in ("study", "trial", "val_acc") or c in shown.columns]
+table = shown.assign(label=shown["run_id"].map(labels)).reindex(columns=["run_id", *columns]).reset_index(drop=True)
+table["created_at"] = table["created_at"].astype(str).str.slice(0, 16).str.replace("T", " ")
 
 chosen = state.chosen_runs()
 ticked = table.index[table["run_id"].isin(chosen)].tolist()
@@ -74,24 +77,39 @@ event = st.dataframe(
     selection_default={"selection": {"rows": ticked}},
     hide_index=True,
     height=min(ROW_PX * (len(table) + 1) + 3, MAX_HEIGHT_PX),
-    column_order=COLUMNS,
-    column_config={
-        "label": st.column_config.TextColumn("run", pinned=True),
-        "status": st.column_config.TextColumn("status", pinned=True),
+    column_order=columns,
+    column_config={  # widths in px that fit all columns beside a sidebar at 1600 px (tests/test_browser_views.py)
+        "label": st.column_config.TextColumn("run", pinned=True, width=136),
+        "status": st.column_config.TextColumn("status", pinned=True, width=72),
         "progress": st.column_config.ProgressColumn(
-            "progress", min_value=0.0, max_value=1.0, format="percent", pinned=True
+            "progress", min_value=0.0, max_value=1.0, format="percent", pinned=True, width=80
         ),
-        "lawn": st.column_config.CheckboxColumn("LAWN"),
-        "epochs": st.column_config.NumberColumn("epochs", format="%d"),
-        "batch_size": st.column_config.NumberColumn("batch size", format="%d"),
-        "lr": st.column_config.NumberColumn("lr", format="%.3g"),
-        "test_acc": st.column_config.NumberColumn("test acc (latest)", format="percent"),
-        "best_test_acc": st.column_config.NumberColumn("test acc (best)", format="percent"),
-        "val_acc": st.column_config.NumberColumn("val acc (latest)", format="percent"),
-        "study": st.column_config.TextColumn("study"),
-        "trial": st.column_config.NumberColumn("trial", format="%d"),
-        "best": st.column_config.CheckboxColumn("best trial", help="the study's winner: highest final val acc"),
-        "created_at": st.column_config.TextColumn("created"),
+        "test_acc": st.column_config.NumberColumn(
+            "acc (latest)", format="percent", width=82, help="test accuracy, latest evaluation"
+        ),
+        "best_test_acc": st.column_config.NumberColumn(
+            "acc (best)", format="percent", width=76, help="test accuracy, best evaluation"
+        ),
+        "val_acc": st.column_config.NumberColumn(
+            "val acc",
+            format="percent",
+            width=70,
+            help="validation accuracy, latest evaluation (what tuning chooses by)",
+        ),
+        "epochs": st.column_config.NumberColumn("epochs", format="%d", width=56),
+        "dataset": st.column_config.TextColumn("dataset", width=76),
+        "model": st.column_config.TextColumn("model", width=64),
+        "optimizer": st.column_config.TextColumn("optimizer", width=74),
+        "lawn": st.column_config.CheckboxColumn("LAWN", width=52),
+        "batch_size": st.column_config.NumberColumn("batch", format="%d", width=56, help="batch size"),
+        "lr": st.column_config.NumberColumn("lr", format="%.3g", width=56),
+        "seed": st.column_config.NumberColumn("seed", format="%d", width=46),
+        "step": st.column_config.NumberColumn("step", format="%d", width=62),
+        "created_at": st.column_config.TextColumn("created", width=112),
+        "study": st.column_config.TextColumn("study", width=80),
+        "trial": st.column_config.TextColumn(
+            "trial", width=56, help="★: the study's winning trial (highest final validation accuracy)"
+        ),
     },
 )
 
