@@ -84,6 +84,39 @@ def _print(df: pd.DataFrame) -> None:
         print(df.to_string(index=False))
 
 
+RUNS_COLUMNS = ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"]
+
+
+def _blank(fmt: str):
+    """A cell formatter that leaves missing values empty."""
+    return lambda v: "" if pd.isna(v) else fmt.format(v)
+
+
+def _runs_table(df: pd.DataFrame) -> pd.DataFrame:
+    """``lawn-monitor runs``' table: the columns that tell runs apart, as text; tuning studies add
+    which trial each run is and each study's winner, damaged runs their reason."""
+    cols = [c for c in RUNS_COLUMNS if c in df.columns]
+    if df["study"].notna().any():
+        cols[-1:-1] = ["val_acc"]
+        cols += ["study", "trial", "best"]
+    if df["damage"].notna().any():
+        cols.append("damage")
+    df = df[cols].copy()
+    formats = {
+        "progress": lambda p: "" if pd.isna(p) else f"{100 * p:.0f}%",
+        "test_acc": _blank("{:.4f}"),
+        "val_acc": _blank("{:.4f}"),
+        "study": _blank("{}"),
+        "trial": _blank("{}"),
+        "damage": _blank("{}"),
+        "best": lambda b: "best" if b is True or b == 1 else "",
+    }
+    for col, fmt in formats.items():
+        if col in df:
+            df[col] = df[col].map(fmt)
+    return df
+
+
 def runs(argv: list[str]) -> int:
     parser = OneLineParser(prog="lawn-monitor runs", description="List the runs in a store.")
     parser.add_argument("--root", help="store root (default: $LAWN_MONITOR_ROOT or ./runs)")
@@ -104,29 +137,7 @@ def runs(argv: list[str]) -> int:
             have = ", ".join(f"{n} {status}" for status, n in counts.items())
             print(f"no {args.status} runs in {store.root} ({have})")
             return 0
-    cols = [
-        c
-        for c in ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"]
-        if c in df.columns
-    ]
-    if df["study"].notna().any():  # tuning studies: which trial each run is, and each study's winner
-        cols[-1:-1] = ["val_acc"]
-        cols += ["study", "trial", "best"]
-    if df["damage"].notna().any():
-        cols.append("damage")
-    df = df[cols].copy()
-    if "progress" in df:
-        df["progress"] = df["progress"].map(lambda p: "" if pd.isna(p) else f"{100 * p:.0f}%")
-    for acc in ("test_acc", "val_acc"):
-        if acc in df:
-            df[acc] = df[acc].map(lambda a: "" if pd.isna(a) else f"{a:.4f}")
-    if "study" in df:
-        df["study"] = df["study"].fillna("")
-        df["trial"] = df["trial"].map(lambda t: "" if pd.isna(t) else str(t))
-        df["best"] = df["best"].map(lambda b: "best" if b else "")
-    if "damage" in df:
-        df["damage"] = df["damage"].fillna("")
-    _print(df)
+    _print(_runs_table(df))
     return 0
 
 
