@@ -107,9 +107,9 @@ def homogeneous_params(model: nn.Module) -> list[Tensor]:
     if last is None:
         return [p for p in model.parameters() if p.ndim >= 2]
     chosen: list[Tensor] = []
-    norm = modules[last]
-    if getattr(norm, "weight", None) is not None:
-        chosen.append(norm.weight)
+    weight = getattr(modules[last], "weight", None)
+    if weight is not None:
+        chosen.append(weight)
     seen = {id(p) for m in modules[: last + 1] for p in m.parameters(recurse=False)}
     for module in modules[last + 1 :]:
         for p in module.parameters(recurse=False):
@@ -517,6 +517,8 @@ def lawn_schedule(
             optimizer,
             lambda s: lawn_factor(s, total_steps, optimizer.free_steps, warmup_steps, decay, free_warmup_steps),
         )
+    if not isinstance(free_steps, int):
+        raise ValueError(f"lawn_schedule(free_steps=...) must be an int or 'auto', got {free_steps!r}")
     return LambdaLR(
         optimizer, lambda s: lawn_factor(s, total_steps, free_steps, warmup_steps, decay, free_warmup_steps)
     )

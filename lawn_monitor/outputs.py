@@ -8,7 +8,7 @@ before dividing. Used by the output-statistics probe and by the curvature probes
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,10 @@ def logits_of(output: Any) -> Tensor:
     )
 
 
+@overload
+def flatten_outputs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]: ...
+@overload
+def flatten_outputs(logits: Tensor, targets: None = None) -> tuple[Tensor, None]: ...
 def flatten_outputs(logits: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Sequence logits (B, T, V) and targets (B, T) as (B*T, V) and (B*T,): each position is a
     sample. Classification logits (B, C) pass unchanged."""
@@ -103,7 +107,7 @@ class Outputs:
         """The statistics' keys and their sums, with the sample count last: what processes that
         each saw a share of the batch add up (``OutputStats(reduce=...)``) before dividing. The
         loss (a mean per micro-batch) is weighted by the samples, or by 1 without targets."""
-        device = (self.sums if self.sums is not None else self.loss).device
+        device = self.sums.device if self.sums is not None else cast(Tensor, self.loss).device  # one is set
         count = self.sums[4:] if self.sums is not None else torch.ones(1, device=device)
         keys: Keys = []
         parts: list[Tensor] = []

@@ -8,6 +8,8 @@ functions over ``RunStore.summary`` frames.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -147,7 +149,8 @@ def table2_grid(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame()
     cells = []
-    for row in table.itertuples():
+    rows: Iterable[Any] = table.itertuples()  # attributes named after the columns, unknown to the stubs
+    for row in rows:
         ours = f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if np.isfinite(row.std) else "") + f" (n={int(row.count)})"
         paper = "" if np.isnan(row.paper) else f" | paper {row.paper:.2f}"
         cells.append(

@@ -27,6 +27,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +161,8 @@ class Probe:
 
     def allowance(self, clock: Clock) -> float:
         """Seconds this probe may have spent in all, counting the call about to run."""
+        if self.budget is None:
+            return math.inf
         if clock.total_seconds is None or not clock.total_steps:
             return self.budget * clock.train_seconds
         if isinstance(self.schedule, Plan):
@@ -760,7 +763,7 @@ class ProbeConfig:
         if not self.curvature or probe_batch is None:
             return probes
         inputs, targets = probe_batch
-        common = dict(loss_fn=loss_fn or F.cross_entropy, seed=self.seed, logits_fn=logits_fn)
+        common: dict[str, Any] = dict(loss_fn=loss_fn or F.cross_entropy, seed=self.seed, logits_fn=logits_fn)
         groups = min(self.gn_groups, len(inputs[: self.gn_size]))
         probes += [
             GNTrace(

@@ -266,7 +266,7 @@ class RunStore:
         self._unreadable: set[str] = set()  # data files found unreadable (names never get reused)
         self._signatures: dict[str, tuple] = {}
         self._per_run_cache: dict[tuple, dict[str, tuple]] = {}
-        self._frames: OrderedDict[tuple, tuple[tuple, pd.DataFrame]] = OrderedDict()  # see _per_run_frames
+        self._frames: OrderedDict[tuple, tuple[tuple | None, pd.DataFrame]] = OrderedDict()  # see _per_run_frames
         self._beats: dict[str, tuple[object, float]] = {}  # run -> (lock beat, when it last changed), see _silent
 
     # --- files --------------------------------------------------------------------------------
@@ -322,7 +322,8 @@ class RunStore:
                 )
                 del listing[name]
             live, _, other = live_files(list(listing))
-            good, bad = [], []
+            good: list[str] = []
+            bad: list[str] = []
             try:
                 for name in sorted([s.name for s in live] + other):
                     rel = f"{folder}/{name}"
@@ -426,8 +427,8 @@ class RunStore:
         if todo:
             files = [f for r in todo for f in listed[r]]
             fresh = self._query(sql, params, todo, columns, files=files)
-            for run_id, rows in fresh.groupby("run_id", sort=False):
-                parts[run_id] = rows
+            for group, rows in fresh.groupby("run_id", sort=False):
+                parts[str(group)] = rows
             for run_id in todo:
                 rows = parts.setdefault(run_id, fresh.iloc[0:0])
                 self._frames[(key, run_id)] = (self._signatures.get(run_id), rows)
@@ -517,8 +518,8 @@ class RunStore:
         before locks) falls back to run.json's ``heartbeat_at``.
         """
         record, modified = read_lock(self.loc, run_id) if run_id else (None, None)
-        if record is None:
-            self._beats.pop(run_id, None)
+        if not run_id or record is None or modified is None:
+            self._beats.pop(run_id or "", None)
             return _age_seconds(info.get("heartbeat_at")) > self.stale_after
         if holder_gone(record):
             return True
@@ -859,7 +860,8 @@ class RunStore:
             result = con.execute(query, list(params or []))
             if self.output == "pandas":
                 return result.df()
-            table = (getattr(result, "to_arrow_table", None) or result.fetch_arrow_table)()  # DuckDB 2's name
+            name = "to_arrow_table" if hasattr(result, "to_arrow_table") else "fetch_arrow_table"  # DuckDB 2's name
+            table = getattr(result, name)()
             if self.output == "arrow":
                 return table
             import polars as pl

@@ -15,7 +15,9 @@ from __future__ import annotations
 import colorsys
 import math
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import altair as alt
 import pandas as pd
@@ -85,7 +87,7 @@ def run_styles(runs: pd.DataFrame) -> dict[str, RunStyle]:
     table["rank"] = table.groupby(["family", "lawn"], sort=False).cumcount()
     return {
         row.run_id: RunStyle(labels[row.run_id], shade(row.family, SHADES[row.rank % len(SHADES)]), bool(row.lawn))
-        for row in table.itertuples()
+        for row in cast(Iterable[Any], table.itertuples())  # attributes named after the columns
     }
 
 

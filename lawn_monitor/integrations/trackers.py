@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -101,7 +102,7 @@ class MLflowForwarder:
 
         self.run_id = run_id
         self.prefix = prefix
-        self._client = None
+        self._client: Any = None  # an mlflow.MlflowClient, made on the first flush
 
     def forward(self, table: pa.Table) -> None:
         import mlflow
