@@ -17,7 +17,7 @@ returns them, reach the Monitor in ``on_train_batch_end``, which Lightning calls
 optimizer step: the Monitor writes those statistics for the step just recorded. Validation
 metrics logged as ``val_loss`` / ``val_acc`` (``self.log``) are recorded as ``test/loss`` /
 ``test/acc``. Every process builds a Monitor; under torch.distributed only rank 0 writes, the
-others join the probes' collectives (see "Sharded training" in the README). The run ends
+others join the probes' collectives (see "Sharded training" in docs/integrations.md). The run ends
 ``finished`` with ``fit``, ``failed`` on an exception and ``interrupted`` on Ctrl-C. The Monitor's place (run id, step,
 probe schedules) is saved in Lightning's checkpoints, so ``trainer.fit(..., ckpt_path=...)``
 continues the same run, with no step twice. Curvature (``probe_batch=(inputs, targets)``) calls the LightningModule's
