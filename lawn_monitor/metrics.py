@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+FLAT_LOSS = 1e-3  # a sample whose loss is under this counts as flattened (flat_frac)
+
 WHOLE = "whole model"
 EACH = "each parameter and whole model"
 PER_LAYER = "each parameter"
@@ -138,7 +140,7 @@ METRICS: list[Metric] = [
     Metric(
         "flat_frac",
         WHOLE,
-        "share of the training batch whose loss is under 1e-3 (flattened samples)",
+        f"share of the training batch whose loss is under {FLAT_LOSS:g} (flattened samples)",
         "flattened samples (%)",
         percent=True,
     ),

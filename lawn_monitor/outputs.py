@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import FLAT_LOSS  # a sample whose loss is under it counts as flattened (flat_frac)
+
 Keys = list[tuple[str, str]]  # (metric, layer); layer "" is the whole model
 
-FLAT_LOSS = 1e-3  # a sample whose loss is under this counts as flattened (flat_frac)
 IGNORE_INDEX = -100  # a target that is no sample (F.cross_entropy's and Hugging Face's default)
 LogitsFn = Callable[[Any], Tensor]
 

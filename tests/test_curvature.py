@@ -30,8 +30,8 @@ from lawn_monitor.probes import (
     every,
     log_spaced,
 )
-from trainers.config import TrainConfig
-from trainers.train import train
+from lawn_monitor_trainers.config import TrainConfig
+from lawn_monitor_trainers.train import train
 
 
 def toy(activation: type[nn.Module], seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 
-from trainers import data as data_module
-from trainers.data import (
+from lawn_monitor_trainers import data as data_module
+from lawn_monitor_trainers.data import (
     DataError,
     DeviceCifarLoader,
     TensorLoader,
@@ -24,7 +24,7 @@ from trainers.data import (
     read_cifar,
     read_mnist_pickle,
 )
-from trainers.models import VGG19, ResNet18, build_model
+from lawn_monitor_trainers.models import VGG19, ResNet18, build_model
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_vgg19_is_the_cifar_variant():
 
 
 def test_models_refuse_wrong_inputs():
-    from trainers.models import ModelError
+    from lawn_monitor_trainers.models import ModelError
 
     with pytest.raises(ModelError, match="use resnet50 for ImageNet"):
         build_model("resnet18", (3, 224, 224), 1000, "imagenet")

@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
-from conftest import train_tiny_run
-
 from lawn_monitor import RunStore
 from lawn_monitor.metrics import BY_NAME, info, markdown_table
+from tests.helpers import train_tiny_run
 
 METRICS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lawn_monitor.optim import OPTIMIZERS
 from lawn_monitor.probes import ProbeConfig
+
+from .optimizers import OPTIMIZERS
 
 DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 MODELS = ("cnn", "mlp", "vgg19", "resnet18", "resnet50")

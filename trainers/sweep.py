@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lawn_monitor.cli import OneLineParser
-from lawn_monitor.optim import OPTIMIZERS
 from lawn_monitor.storage import Location
 
 from . import signals
 from .config import FLAGS, ConfigError, TrainConfig, add_config_arguments, config_from_flags, flag_values, given_fields
+from .optimizers import OPTIMIZERS
 from .recipe import config_from, match_recipes
-from .train import USER_ERRORS, _check_root, train
+from .train import USER_ERRORS, check_root, train
 
 STATUS_SECS = 30.0  # --parallel: how often the sweep says how far each run is
 POLL_SECS = 0.2
@@ -228,7 +228,7 @@ class ParallelSweep:
     def __init__(self, configs: list[TrainConfig], parallel: int) -> None:
         self.configs = configs
         self.parallel = parallel
-        self.loc = Location(_check_root(configs[0].root))
+        self.loc = Location(check_root(configs[0].root))
         self.pids = {run_id: 0 for run_id in self._run_dirs()}  # run folder -> the pid its run.json names
         self.signum: int | None = None  # the signal that stops the sweep
         self.stopping_since = 0.0
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.seeds,
             )
         if args.parallel > 1:
-            _check_root(configs[0].root)
+            check_root(configs[0].root)
     except ConfigError as exc:
         print(f"lawn-monitor sweep: error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from typing import Any, cast
 import altair as alt
 import pandas as pd
 
-from lawn_monitor.paper import is_true
+from lawn_monitor.runinfo import is_true
 
 FAMILY_COLORS = {"sgd": "#1f77b4", "adam": "#d62728", "adamw": "#ff7f0e", "adamp": "#2ca02c", "lamb": "#9467bd"}
 OTHER_COLORS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]  # runs without a known optimizer
