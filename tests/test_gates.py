@@ -42,7 +42,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_lint(root: Path) -> subprocess.CompletedProcess:
     command = ["make", "--no-print-directory", "lint", f"VENV={BIN.parent}", "-o", f"{BIN}/.installed-dev"]
-    return subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=1200)
 
 
 def test_ci_runs_the_gates_before_the_tests():
