@@ -35,7 +35,9 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for tool in ("ruff", "mypy"):
         assert (BIN / tool).exists(), f"{tool} is not installed beside {sys.executable}: pip install -e '.[dev]'"
     root = tmp_path_factory.mktemp("gates") / "repo"
-    skip = shutil.ignore_patterns(".git", ".venv", "runs", "data", "__pycache__", ".pytest_cache", "*.egg-info")
+    skip = shutil.ignore_patterns(
+        ".git", ".venv", "runs", "data", "build", "dist", "__pycache__", ".pytest_cache", "*.egg-info"
+    )
     shutil.copytree(REPO, root, ignore=skip)
     return root
 
