@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from lawn_monitor import Monitor, RunStore
+from lawn_monitor.metrics import FLAT_LOSS
 from tests.helpers import APP, run_app, train_tiny_run
 
 PAGES = ["runs", "live", "flattening", "adaptivity", "compare"]
@@ -262,7 +263,7 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
         "logit norm (mean L2)",
         "weight norm (whole model)",
         "max softmax probability",
-        "flattened samples (loss < 1e-3)",
+        f"flattened samples (loss < {FLAT_LOSS:g})",
     } == set(found)
     for title in ("train loss", "logit norm (mean L2)", "max softmax probability", "weight norm (whole model)"):
         assert set(main_line(found[title])["label"]) == {"adam-lawn-s0", "sgd-s0"}, title
@@ -275,7 +276,7 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
     assert values.groupby("label")["shown"].first().to_dict() == {"adam-lawn-s0": "P⁻¹H", "sgd-s0": "H"}
     prob = main_line(found["max softmax probability"])["value"]
     assert ((prob > 0) & (prob <= 1)).all()
-    flat = main_line(found["flattened samples (loss < 1e-3)"])
+    flat = main_line(found[f"flattened samples (loss < {FLAT_LOSS:g})"])
     assert flat["value"].max() <= 100 and sharp[0][0]["encoding"]["y"]["title"] == "top eigenvalue (P⁻¹H / H)"
     # Default smoothing: the smoothed line over the faint raw one, each with its own y field.
     raw, line, _ = found["train loss"]
