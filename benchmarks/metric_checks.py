@@ -83,7 +83,7 @@ def gn_se(calls: int = 400) -> None:
 
 
 def sharpness() -> None:
-    from trainers.data import _digits
+    from lawn_monitor_trainers.data import _digits
 
     torch.manual_seed(0)
     xtr, ytr, _, _ = _digits()

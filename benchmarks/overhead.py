@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from lawn_monitor import Monitor, RunStore
 from lawn_monitor.probes import GNTrace, HessianTrace, OutputStats, ParamNorms, ProbeConfig, Sharpness
-from trainers.models import SmallCNN
+from lawn_monitor_trainers.models import SmallCNN
 
 
 def sync(device: torch.device) -> None:

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 
 from lawn_monitor import RunStore
 from lawn_monitor.optim import lawn_schedule, make_optimizer
-from trainers.config import TrainConfig
-from trainers.data import load_data
-from trainers.models import build_model
-from trainers.train import autocast, train
+from lawn_monitor_trainers.config import TrainConfig
+from lawn_monitor_trainers.data import load_data
+from lawn_monitor_trainers.models import build_model
+from lawn_monitor_trainers.train import autocast, train
 
 
 def ours(args, device: str) -> float:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import numpy as np
 import torch
@@ -251,7 +252,7 @@ def paired_se(first: Tensor, second: Tensor) -> Tensor:
 
 
 def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    return sum(torch.vdot(x.flatten(), y.flatten()) for x, y in zip(a, b))
+    return cast(Tensor, sum(torch.vdot(x.flatten(), y.flatten()) for x, y in zip(a, b)))  # never empty
 
 
 def lanczos_top(
@@ -291,7 +292,7 @@ def lanczos_top(
             break
         betas.append(beta)
         basis.append([x / beta for x in w])
-    vector = [sum(float(c) * b[i] for c, b in zip(ritz, basis)) for i in range(len(v0))]
+    vector = [cast(Tensor, sum(float(c) * b[i] for c, b in zip(ritz, basis))) for i in range(len(v0))]
     return value, vector, len(alphas)
 
 

@@ -153,7 +153,7 @@ class RunLock:
                 self._thread.start()
                 return self
             record, modified = read_lock(self.loc, self.run_id)
-            if record is None:  # released since: try again
+            if record is None or modified is None:  # released since: try again
                 continue
             if not record and time.time() - modified < 2.0:  # created this instant, content coming
                 time.sleep(0.02)

@@ -1,10 +1,11 @@
-"""What each metric the Monitor writes means: one source for the README's table, the dashboard's
-axis titles and its metric descriptions.
+"""What each metric the Monitor writes means: one source for the table in docs/metrics.md, the
+dashboard's axis titles and its metric descriptions.
 
-    python -m lawn_monitor.metrics      # prints the README's "What is measured" table
+    python -m lawn_monitor.metrics                   # prints the table
+    python -m lawn_monitor.metrics docs/metrics.md   # writes it over the table in that page
 
-``tests/test_metrics.py`` checks that the README carries exactly this table, so the two cannot
-drift apart.
+``tests/test_metrics.py`` checks that docs/metrics.md carries exactly this table, so the two
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, replace
 # that layer has had so far in the run: the end of a schedule that decays to 0 would otherwise
 # dominate every mean, chart and heatmap of it (a step divided by a vanishing LR).
 LR_FLOOR = 0.01
+
+FLAT_LOSS = 1e-3  # a sample whose loss is under this counts as flattened (flat_frac)
 
 WHOLE = "whole model"
 EACH = "each parameter and whole model"
@@ -172,7 +175,7 @@ METRICS: list[Metric] = [
     Metric(
         "flat_frac",
         WHOLE,
-        "share of the training batch whose loss is under 1e-3 (flattened samples)",
+        f"share of the training batch whose loss is under {FLAT_LOSS:g} (flattened samples)",
         "flattened samples (%)",
         percent=True,
     ),
@@ -274,11 +277,31 @@ def metric_table(names=None):
 
 
 def markdown_table() -> str:
-    """The README's table of metrics."""
+    """The table of metrics in docs/metrics.md."""
     lines = ["| metric | logged for | what it shows |", "|---|---|---|"]
     lines += [f"| `{m.name}` | {m.layers} | {m.meaning} |" for m in METRICS]
     return "\n".join(lines)
 
 
+def write_table(path: str) -> None:
+    """Replace the table of metrics in the Markdown file ``path`` (from its header row to the
+    first blank line) with ``markdown_table()``."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    header = markdown_table().split("\n")[0]
+    if header not in lines:
+        raise SystemExit(f"{path} has no table of metrics (a line {header!r}) to replace")
+    start = lines.index(header)
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    lines[start:end] = markdown_table().split("\n")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if len(sys.argv) > 1:
+        write_table(sys.argv[1])
+    else:
+        print(markdown_table())

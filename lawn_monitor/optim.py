@@ -46,8 +46,7 @@ __all__ = [
     "PARAM_CHOICES",
     "select_params",
     "homogeneous_params",
-    "OPTIMIZERS",
-    "OptimizerSpec",
+    "BUILDERS",
     "make_optimizer",
     "project_to_norm",
     "tangent_project",
@@ -111,9 +110,9 @@ def homogeneous_params(model: nn.Module) -> list[Tensor]:
     if last is None:
         return [p for p in model.parameters() if p.ndim >= 2]
     chosen: list[Tensor] = []
-    norm = modules[last]
-    if getattr(norm, "weight", None) is not None:
-        chosen.append(norm.weight)
+    weight = getattr(modules[last], "weight", None)
+    if weight is not None:
+        chosen.append(weight)
     seen = {id(p) for m in modules[: last + 1] for p in m.parameters(recurse=False)}
     for module in modules[last + 1 :]:
         for p in module.parameters(recurse=False):
@@ -650,6 +649,8 @@ def lawn_schedule(
                 s, total_steps, optimizer.free_steps, warmup_steps, decay, free_warmup_steps, after_scale
             ),
         )
+    if not isinstance(free_steps, int):
+        raise ValueError(f"lawn_schedule(free_steps=...) must be an int or 'auto', got {free_steps!r}")
     return LambdaLR(
         optimizer,
         lambda s: lawn_factor(s, total_steps, free_steps, warmup_steps, decay, free_warmup_steps, after_scale),
@@ -689,26 +690,15 @@ def _lamb(params, lr, weight_decay, betas=(0.9, 0.999), **_):
     return Lamb(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=1e-6, max_grad_norm=None, always_adapt=True)
 
 
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """An optimizer the trainer offers by name, and its defaults where the user gives none."""
-
-    build: Callable[..., Optimizer]  # (params, lr, weight_decay, **options) -> the optimizer
-    lr: float  # default peak learning rate, tuned on the CPU-scale sets (digits, mnist1d, synthetic)
-    weight_decay: float  # default weight decay in the free phase (LAWN turns it off at the switch)
-
-
-# The one list of optimizers: the command line's choices and defaults are read from here.
-OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "sgd": OptimizerSpec(_sgd, lr=0.1, weight_decay=5e-4),
-    "adam": OptimizerSpec(_adam, lr=3e-3, weight_decay=0.0),
-    "adamw": OptimizerSpec(_adamw, lr=3e-3, weight_decay=1e-2),
-    "adamp": OptimizerSpec(_adamp, lr=3e-3, weight_decay=1e-2),
-    # LAMB's step is Adam's direction rescaled per tensor to lr * |w|: lr is a relative step,
-    # and Adam's 3e-3 is too small for it (2 epochs, seed 0: digits cnn 0.55 test accuracy
-    # against Adam's 0.89). 3e-2 matches Adam on digits cnn (0.89) and mnist1d mlp (0.48
-    # against 0.44); 1e-1 collapses on mnist1d. 1e-2 is the decoupled weight decay of AdamW here.
-    "lamb": OptimizerSpec(_lamb, lr=3e-2, weight_decay=1e-2),
+# The optimizers ``make_optimizer`` builds by name: (params, lr, weight_decay, **options) -> the
+# optimizer. The trainers' defaults for each (learning rate, weight decay) are theirs:
+# trainers/optimizers.py.
+BUILDERS: dict[str, Callable[..., Optimizer]] = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "adamw": _adamw,
+    "adamp": _adamp,
+    "lamb": _lamb,
 }
 
 
@@ -727,9 +717,9 @@ def make_optimizer(
     **kwargs,
 ) -> Optimizer:
     """Build an optimizer by name (``sgd``, ``adam``, ``adamw``, ``adamp``, ``lamb``), wrapped in LAWN if asked."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}")
-    inner = OPTIMIZERS[name].build(params, lr=lr, weight_decay=weight_decay, **kwargs)
+    if name not in BUILDERS:
+        raise ValueError(f"unknown optimizer {name!r}: choose from {', '.join(BUILDERS)}")
+    inner = BUILDERS[name](params, lr=lr, weight_decay=weight_decay, **kwargs)
     if not lawn:
         return inner
     return LAWN(

@@ -8,15 +8,16 @@ before dividing. Used by the output-statistics probe and by the curvature probes
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import FLAT_LOSS  # a sample whose loss is under it counts as flattened (flat_frac)
+
 Keys = list[tuple[str, str]]  # (metric, layer); layer "" is the whole model
 
-FLAT_LOSS = 1e-3  # a sample whose loss is under this counts as flattened (flat_frac)
 IGNORE_INDEX = -100  # a target that is no sample (F.cross_entropy's and Hugging Face's default)
 LogitsFn = Callable[[Any], Tensor]
 
@@ -37,6 +38,10 @@ def logits_of(output: Any) -> Tensor:
     )
 
 
+@overload
+def flatten_outputs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]: ...
+@overload
+def flatten_outputs(logits: Tensor, targets: None = None) -> tuple[Tensor, None]: ...
 def flatten_outputs(logits: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Sequence logits (B, T, V) and targets (B, T) as (B*T, V) and (B*T,): each position is a
     sample. Classification logits (B, C) pass unchanged."""

@@ -7,10 +7,14 @@ functions over ``RunStore.summary`` frames.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .runinfo import is_true
+from .store import SUMMARY_COLUMNS
 
 # Table 2 of the paper (test accuracy %, VGG-19 on CIFAR, ResNet-50 on ImageNet), keyed by our
 # dataset names, the paper's method names and its batch-size labels ("4k" = about 4,000).
@@ -38,18 +42,8 @@ PAPER_TABLE2: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
-def is_true(value) -> bool:
-    """A config flag as run.json or a URL carries it (True, "true", 1, ...); missing is False."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    return bool(value)
-
-
 METHOD_ORDER = ["SGD", "SGD-LAWN", "Adam", "Adam-LAWN", "AdamW", "AdamW-LAWN", "AdamP", "AdamP-LAWN"]
 TABLE_BY = ["dataset", "optimizer", "lawn", "batch_size"]  # a cell of Table 2 (with the method's LAWN flag)
-STAT_COLUMNS = {"mean", "std", "stderr", "count", "min", "max", "seeds"}
 _OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamp": "AdamP"}
 
 
@@ -84,7 +78,7 @@ def split_keys(summary: pd.DataFrame, dataset: str | None = None) -> list[str]:
     averages runs that differ in more than the seed, and gives such a key its own column; here
     are those with more than one value within one (method, batch size) cell of ``dataset``."""
     df = _dataset_rows(summary, dataset)
-    extra = [c for c in df.columns if c not in TABLE_BY and c not in STAT_COLUMNS]
+    extra = [c for c in df.columns if c not in TABLE_BY and c not in SUMMARY_COLUMNS]
     if df.empty or not extra:
         return []
     text = df[[*TABLE_BY, *extra]].astype(str)
@@ -147,7 +141,8 @@ def table2_grid(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame()
     cells = []
-    for row in table.itertuples():
+    rows: Iterable[Any] = table.itertuples()  # attributes named after the columns, unknown to the stubs
+    for row in rows:
         ours = f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if np.isfinite(row.std) else "") + f" (n={int(row.count)})"
         paper = "" if np.isnan(row.paper) else f" | paper {row.paper:.2f}"
         cells.append(

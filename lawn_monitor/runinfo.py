@@ -134,3 +134,12 @@ def check_run_info(raw: bytes) -> RunInfo:
     if vital:
         out.damage = "run.json: " + "; ".join(vital)
     return out
+
+
+def is_true(value) -> bool:
+    """A config flag as run.json or a URL carries it (True, "true", 1, ...); missing is False."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return bool(value)

@@ -15,10 +15,14 @@ sums (``None`` when no parameter is sharded); the math functions take it as ``re
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 Reduce = Callable[[Tensor], Tensor]  # sums a tensor over processes; the last dim is per layer
 
@@ -39,7 +43,7 @@ def is_sharded(t: Tensor) -> bool:
 
 def local(t: Tensor) -> Tensor:
     """This process's part of ``t``: the local shard of a DTensor, ``t`` itself otherwise."""
-    return t.to_local() if is_sharded(t) else t
+    return cast("DTensor", t).to_local() if is_sharded(t) else t
 
 
 def shard_sum(params: list[Tensor]) -> Reduce | None:
@@ -52,7 +56,7 @@ def shard_sum(params: list[Tensor]) -> Reduce | None:
     replicated DTensor: the same on every process) is counted on the mesh's first process only.
     Only a one-dimensional mesh (FSDP2's default) is supported.
     """
-    sharded = [p for p in params if is_sharded(p)]
+    sharded = [cast("DTensor", p) for p in params if is_sharded(p)]
     if not sharded:
         return None
     meshes = {tuple(p.device_mesh.mesh.flatten().tolist()) for p in sharded}
@@ -63,7 +67,7 @@ def shard_sum(params: list[Tensor]) -> Reduce | None:
         )
     mesh = sharded[0].device_mesh
     group, first = mesh.get_group(), mesh.get_local_rank() == 0
-    split = [is_sharded(p) and any(pl.is_shard() for pl in p.placements) for p in params]
+    split = [is_sharded(p) and any(pl.is_shard() for pl in cast("DTensor", p).placements) for p in params]
     if all(split):
         counted = None
     else:  # replicated layers: this process's copy counts once in the sum, on the first process

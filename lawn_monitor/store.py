@@ -76,53 +76,31 @@ RUN_COLUMNS = [
 ]
 SERIES_COLUMNS = ["run_id", "step", "epoch", "wall_time", "x", "value", "min", "max", "smoothed"]
 SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
+SUMMARY_COLUMNS = [*SUMMARY_STATS, "seeds"]  # what summary() returns after the grouping columns
 # Config keys that say where and how a run ran, or what was measured beside it, not what it
 # computed: runs that differ only in these and the seed are repeats of one experiment, which
-# summary() averages. Every other key splits a group (a key this list does not know splits too:
-# when in doubt, never pool). The probe keys are here because the Monitor leaves the training
-# untouched (weights, RNG, optimizer state: tested bit for bit): the trainer saves them nested
-# under "probes" (a ProbeConfig) beside "probe_size"; runs saved before that, and older ones
-# ("gn_every"), hold them flat. The trainer's derived keys (free_steps, steps_per_epoch, ...)
-# follow from the keys that split already.
-NOT_COMPUTED = frozenset(
-    {
-        "name",
-        "root",
-        "device",
-        "progress",
-        "data_root",
-        "logdir",
-        "run_dir",
-        "download",
-        "flush_secs",
-        "workers",
-        "threads",
-        "resume",
-        "recipe",
-        "compile",
-        "channels_last",
-        "world_size",
-        "probes",
-        "probe_size",
-        "probe_every",
-        "curvature",
-        "gn_every",
-        "gn_points",
-        "hessian_points",
-        "hessian_probes",
-        "sharpness_points",
-        "sharpness_iters",
-        "curvature_budget",
-        "free_steps",
-        "warmup_steps",
-        "free_warmup_steps",
-        "auto_switch",
-        "steps_per_epoch",
-        "num_train",
-        "num_val",
-        "schedule",
-    }
-)
+# summary() averages. Every other key splits a group (a key nobody declares splits too: when in
+# doubt, never pool). The keys belong to whoever writes the config: a package declares its own
+# as a collection of names in the entry-point group below (the project's trainers do, in
+# pyproject.toml), so the core never imports it and names none of them.
+NOT_COMPUTED_GROUP = "lawn_monitor.not_computed"
+
+
+@functools.cache
+def not_computed() -> frozenset[str]:
+    """Every config key an installed package declares in ``NOT_COMPUTED_GROUP`` (see above). A
+    declaration that cannot be loaded is warned about once and left out: its keys then split."""
+    from importlib.metadata import entry_points
+
+    keys: set[str] = set()
+    for entry in entry_points(group=NOT_COMPUTED_GROUP):
+        try:
+            keys |= set(entry.load())
+        except Exception as e:  # a broken plug-in must not break reading the store
+            warnings.warn(f"config keys {entry.value} ({NOT_COMPUTED_GROUP}) not loaded: {e}", stacklevel=2)
+    return frozenset(keys)
+
+
 TEXT_COLUMNS = {"run_id": "object", "layer": "object", "metric": "object"}  # dtypes of empty results
 X_AXES = ("step", "epoch", "time")
 OUTPUTS = ("pandas", "arrow", "polars")
@@ -243,7 +221,7 @@ def _ids(run_ids: str | Iterable[str]) -> list[str]:
     return [run_ids] if isinstance(run_ids, str) else list(run_ids)
 
 
-def _canonical(value) -> str:
+def canonical(value) -> str:
     """A config value as a text key for grouping: equal values give equal keys (30 and 30.0 too:
     pandas makes a column of ints float where some run lacks the key), lists and dicts as JSON,
     and a missing key (NaN in the frame) is ``null``."""
@@ -303,7 +281,7 @@ class RunStore:
         self._unreadable: set[str] = set()  # data files found unreadable (names never get reused)
         self._signatures: dict[str, tuple] = {}
         self._per_run_cache: dict[tuple, dict[str, tuple]] = {}
-        self._frames: OrderedDict[tuple, tuple[tuple, pd.DataFrame]] = OrderedDict()  # see _per_run_frames
+        self._frames: OrderedDict[tuple, tuple[tuple | None, pd.DataFrame]] = OrderedDict()  # see _per_run_frames
         self._beats: dict[str, tuple[object, float]] = {}  # run -> (lock beat, when it last changed), see _silent
 
     # --- files --------------------------------------------------------------------------------
@@ -366,7 +344,7 @@ class RunStore:
                 )
                 del listing[name]
             live, _, other = live_files(list(listing))
-            good = []
+            good: list[str] = []
             try:
                 for name in sorted([s.name for s in live] + other):
                     rel = f"{folder}/{name}"
@@ -480,8 +458,8 @@ class RunStore:
         if todo:
             files = [f for r in todo for f in listed[r]]
             fresh = self._query(sql, params, todo, columns, files=files)
-            for run_id, rows in fresh.groupby("run_id", sort=False):
-                parts[run_id] = rows
+            for group, rows in fresh.groupby("run_id", sort=False):
+                parts[str(group)] = rows
             for run_id in todo:
                 rows = parts.setdefault(run_id, fresh.iloc[0:0])
                 self._frames[(key, run_id)] = (self._signatures.get(run_id), rows)
@@ -577,8 +555,8 @@ class RunStore:
         process (host, pid) when that was one of this machine's, else ``heartbeat_at``.
         """
         record, modified = read_lock(self.loc, run_id) if run_id else (None, None)
-        if not record or "token" not in record:  # no lock, or one that says nothing (damaged)
-            self._beats.pop(run_id, None)
+        if not run_id or not record or "token" not in record or modified is None:  # no lock, or a damaged one
+            self._beats.pop(run_id or "", None)
             return holder_gone(info) or _age_seconds(info.get("heartbeat_at")) > self.stale_after
         if holder_gone(record):
             return True
@@ -830,7 +808,7 @@ class RunStore:
         paper's Table 2 is ``summary("test/acc", by=["dataset", "optimizer", "lawn", "batch_size"])``.
 
         Only repeats of one experiment are averaged: runs are grouped by ``by`` and by every
-        other config key except the seed and the NOT_COMPUTED keys. Keys that split a ``by``
+        other config key except the seed and the keys of ``not_computed()``. Keys that split a ``by``
         group (runs of one method with 12 and 30 epochs, say) come back as columns after ``by``,
         one row per value, so the table says what differs instead of pooling it. Each seed
         counts once per group: its latest run (by ``created_at``) among those of ``status``.
@@ -841,7 +819,7 @@ class RunStore:
             raise ValueError(f"reduce must be one of {', '.join(aggs)}, got {reduce!r}")
         by = list(by)
         runs = self.runs(status=status, **config_filters)
-        out_cols = [*by, *SUMMARY_STATS, "seeds"]
+        out_cols = [*by, *SUMMARY_COLUMNS]
         if runs.empty or any(k not in runs.columns for k in by):
             return pd.DataFrame(columns=out_cols)
         per_run = self._per_run(
@@ -856,14 +834,14 @@ class RunStore:
             return pd.DataFrame(columns=out_cols)
         not_config = set(RUN_COLUMNS) | {"test_acc", "best_test_acc", "value"}
         others = [
-            k for k in merged.columns if k not in not_config and k not in NOT_COMPUTED and k != "seed" and k not in by
+            k for k in merged.columns if k not in not_config and k not in not_computed() and k != "seed" and k not in by
         ]
-        keys = pd.DataFrame({k: merged[k].map(_canonical) for k in [*by, *others]}, index=merged.index)
+        keys = pd.DataFrame({k: merged[k].map(canonical) for k in [*by, *others]}, index=merged.index)
         keys["_all"] = ""  # one group when ``by`` is empty
         varies = keys.groupby([*by, "_all"])[others].nunique().max() if others else pd.Series(dtype=int)
         split = [k for k in others if varies[k] > 1]
         group = [*by, *split]
-        seed = merged["seed"].map(_canonical) if "seed" in merged.columns else pd.Series("null", index=merged.index)
+        seed = merged["seed"].map(canonical) if "seed" in merged.columns else pd.Series("null", index=merged.index)
         keys["_seed"] = seed.where(seed != "null", "run " + merged["run_id"])
         # Each seed once per group: its latest run (a rerun replaces its seed, never doubles it).
         order = merged.sort_values(["created_at", "run_id"], na_position="first").index
@@ -889,7 +867,7 @@ class RunStore:
             table = table.sort_values(group, kind="stable", ignore_index=True) if group else table
         except TypeError:  # values of mixed types in a column: keep the grouping's order
             pass
-        return table[[*group, *SUMMARY_STATS, "seeds"]]
+        return table[[*group, *SUMMARY_COLUMNS]]
 
     # --- your own SQL -------------------------------------------------------------------------
 

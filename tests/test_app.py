@@ -13,13 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
-from conftest import train_tiny_run
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from lawn_monitor import Monitor, RunStore
+from lawn_monitor.metrics import FLAT_LOSS
+from tests.helpers import APP, run_app, train_tiny_run
 
-APP = str(Path(__file__).resolve().parent.parent / "lawn_monitor" / "dashboard" / "streamlit_app.py")
 PAGES = ["runs", "live", "flattening", "adaptivity", "compare"]
 TRACE_TITLE = "Hessian trace: GN proxy ± 1 SE, Hutchinson (◆)"
 
@@ -30,23 +30,6 @@ def restore_roots(monkeypatch):
     changes to those variables are undone after it."""
     monkeypatch.delenv("LAWN_MONITOR_ROOT", raising=False)
     monkeypatch.delenv("LAWN_MONITOR_ALLOWED_ROOTS", raising=False)
-
-
-def run_app(root: Path, page: str = "runs", params: dict | None = None, state: dict | None = None) -> AppTest:
-    """Open ``page`` of a dashboard serving ``root`` (as `lawn-monitor dashboard --allow-root`
-    does), with ``?root=`` and ``params`` in the URL; fail on any exception on the page."""
-    os.environ["LAWN_MONITOR_ALLOWED_ROOTS"] = str(root)
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["root"] = str(root)
-    for key, value in (params or {}).items():
-        at.query_params[key] = value
-    for key, value in (state or {}).items():
-        at.session_state[key] = value
-    at.run()
-    if page != "runs":
-        at.switch_page(f"views/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def charts(at: AppTest) -> dict[str, list[tuple[dict, pd.DataFrame]]]:
@@ -282,7 +265,7 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
         "logit norm (mean L2)",
         "weight norm (whole model)",
         "max softmax probability",
-        "flattened samples (loss < 1e-3)",
+        f"flattened samples (loss < {FLAT_LOSS:g})",
     } == set(found)
     for title in ("train loss", "logit norm (mean L2)", "max softmax probability", "weight norm (whole model)"):
         assert set(main_line(found[title])["label"]) == {"adam-lawn-s0", "sgd-s0"}, title
@@ -295,7 +278,7 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
     assert values.groupby("label")["shown"].first().to_dict() == {"adam-lawn-s0": "P⁻¹H", "sgd-s0": "H"}
     prob = main_line(found["max softmax probability"])["value"]
     assert ((prob > 0) & (prob <= 1)).all()
-    flat = main_line(found["flattened samples (loss < 1e-3)"])
+    flat = main_line(found[f"flattened samples (loss < {FLAT_LOSS:g})"])
     assert flat["value"].max() <= 100 and sharp[0][0]["encoding"]["y"]["title"] == "top eigenvalue (P⁻¹H / H)"
     # Default smoothing: the smoothed line over the faint raw one, each with its own y field.
     raw, line, _ = found["train loss"]

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import train_tiny_run
 from streamlit.testing.v1 import AppTest
 
 from lawn_monitor.dashboard.state import normal_root
+from tests.helpers import train_tiny_run
 
 APP = str(Path(__file__).resolve().parent.parent / "lawn_monitor" / "dashboard" / "streamlit_app.py")
 TOUCHED: list[tuple[str, tuple]] = []  # filesystem audit events naming a path the tests watch

@@ -16,8 +16,8 @@ from lawn_monitor import sink as sink_module
 from lawn_monitor.compact import compact_run, compact_store, plan
 from lawn_monitor.sink import ParquetSink
 from lawn_monitor.storage import Location, Segment, live_files
+from tests.helpers import REPO, check_whole_flushes
 from tests.store_writer import ROWS_PER_FLUSH, flush_table
-from tests.test_crash import REPO, check_whole_flushes
 
 INFO = {"name": "r", "config": {}}
 

@@ -3,61 +3,15 @@
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 
 from lawn_monitor import RunStore
 from lawn_monitor.compact import compact_store
-from tests.store_writer import ROWS_PER_FLUSH, STEPS_PER_FLUSH
-
-WRITER = Path(__file__).with_name("store_writer.py")
-REPO = WRITER.parent.parent
-
-
-def start_writer(root, run_id, flushes, pause=0.0):
-    return wait_ready(spawn_writer(root, run_id, flushes, pause))
-
-
-def spawn_writer(root, run_id, flushes, pause=0.0):
-    return subprocess.Popen(
-        [sys.executable, str(WRITER), str(root), run_id, str(flushes), str(pause)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def wait_ready(proc):
-    assert proc.stdout.readline().strip() == b"ready", proc.stderr.read().decode()
-    return proc
-
-
-def check_whole_flushes(store: RunStore, run_id: str) -> int:
-    """Every query works; the run holds only whole flushes 0..n-1: no gap, no duplicate."""
-    counts = store._query(
-        """SELECT count(*) AS rows, count(DISTINCT (step, layer, metric)) AS distinct_rows,
-                  coalesce(max(step), -1) AS max_step, count(DISTINCT step) AS steps
-           FROM read_parquet(?)""",
-        [],
-        [run_id],
-        ["rows", "distinct_rows", "max_step", "steps"],
-    )
-    if counts.empty:  # killed before its first flush: no data files at all
-        return 0
-    counts = counts.iloc[0]
-    rows = int(counts["rows"])
-    assert rows % ROWS_PER_FLUSH == 0, f"{run_id}: {rows} rows is not a whole number of flushes"
-    assert counts["distinct_rows"] == rows or rows == 0, f"{run_id}: duplicate rows"
-    flushes = rows // ROWS_PER_FLUSH
-    if flushes:
-        assert counts["steps"] == flushes * STEPS_PER_FLUSH and counts["max_step"] == flushes * STEPS_PER_FLUSH - 1
-    return flushes
+from tests.helpers import check_whole_flushes, spawn_writer, start_writer, wait_ready
+from tests.store_writer import STEPS_PER_FLUSH
 
 
 def test_sigkill_at_random_moments_leaves_a_readable_store(tmp_path):

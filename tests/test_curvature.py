@@ -18,6 +18,7 @@ from lawn_monitor import LAWN, Monitor, RunStore
 from lawn_monitor import curvature as C
 from lawn_monitor.dashboard.charts import threshold_chart
 from lawn_monitor.dashboard.tables import progress_text, sharpness_vs_threshold
+from lawn_monitor.metrics import FLAT_LOSS
 from lawn_monitor.probes import (
     Clock,
     GNTrace,
@@ -30,8 +31,8 @@ from lawn_monitor.probes import (
     every,
     log_spaced,
 )
-from trainers.config import TrainConfig
-from trainers.train import train
+from lawn_monitor_trainers.config import TrainConfig
+from lawn_monitor_trainers.train import train
 
 
 def toy(activation: type[nn.Module], seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -125,7 +126,7 @@ DEFAULTS = ProbeConfig()  # the trainer's: gn_trace on 16 samples in 4 groups of
 
 def memorizer(flattened: bool) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A ReLU MLP and random samples with random labels, as many as the GN probe uses by default;
-    ``flattened``: trained with Adam until at least 90% of them have a loss under 1e-3 (the regime
+    ``flattened``: trained with Adam until at least 90% of them have a loss under FLAT_LOSS (the regime
     where sampled labels fail)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).double()
@@ -135,7 +136,7 @@ def memorizer(flattened: bool) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         for _ in range(5000):
             loss = F.cross_entropy(model(x), y, reduction="none")
-            if (loss < 1e-3).double().mean() >= 0.9:
+            if (loss < FLAT_LOSS).double().mean() >= 0.9:
                 break
             opt.zero_grad()
             loss.mean().backward()
@@ -145,7 +146,7 @@ def memorizer(flattened: bool) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 def flat_fraction(model, x, y) -> float:
     with torch.no_grad():
-        return float((F.cross_entropy(model(x), y, reduction="none") < 1e-3).double().mean())
+        return float((F.cross_entropy(model(x), y, reduction="none") < FLAT_LOSS).double().mean())
 
 
 def sampled_label_samples(model, x, generator) -> torch.Tensor:

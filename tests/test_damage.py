@@ -19,13 +19,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_store import write_run
 
 from lawn_monitor import RunStore
 from lawn_monitor.cli import main as cli_main
 from lawn_monitor.compact import compact_store
 from lawn_monitor.runinfo import check_run_info
 from lawn_monitor.storage import Location
+from tests.helpers import write_run
 
 LOSSES_A, LOSSES_B = [1.0, 0.5, 0.25], [2.0, 1.0]
 # run.json damage: (what the file holds, whether the run is then "damaged", words in the reason).
@@ -292,7 +292,7 @@ PAGES = ["runs", "live", "flattening", "adaptivity", "compare"]
 
 @pytest.mark.slow
 def test_every_page_renders_over_every_damage(good_store, tmp_path):
-    from test_app import run_app
+    from tests.helpers import run_app
 
     root, a, _ = copy_store(good_store, tmp_path)
     every_damage(root, a)

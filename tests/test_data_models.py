@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 
-from trainers import data as data_module
-from trainers.data import (
+from lawn_monitor_trainers import data as data_module
+from lawn_monitor_trainers.data import (
     DataError,
     DeviceCifarLoader,
     TensorLoader,
@@ -26,7 +26,7 @@ from trainers.data import (
     read_mnist_pickle,
     split_indices,
 )
-from trainers.models import VGG19, ResNet18, build_model
+from lawn_monitor_trainers.models import VGG19, ResNet18, build_model
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_vgg19_is_the_cifar_variant():
 
 
 def test_models_refuse_wrong_inputs():
-    from trainers.models import ModelError
+    from lawn_monitor_trainers.models import ModelError
 
     with pytest.raises(ModelError, match="use resnet50 for ImageNet"):
         build_model("resnet18", (3, 224, 224), 1000, "imagenet")
@@ -321,7 +321,7 @@ def test_split_indices_are_disjoint_and_fixed():
 
 
 def test_small_set_validation_split_is_held_out_of_training():
-    from trainers.data import _digits
+    from lawn_monitor_trainers.data import _digits
 
     xtr, ytr, xte, yte = _digits()
     runs = [load_data("digits", batch_size=64, seed=seed, val_fraction=0.1) for seed in (0, 1)]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lawn_monitor import RunStore
-from trainers.config import config_from_flags
-from trainers.train import train
+from lawn_monitor_trainers.config import config_from_flags
+from lawn_monitor_trainers.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 # No BatchNorm: with it each rank normalizes by its own half of the batch, which is DDP's usual
@@ -49,7 +49,7 @@ def test_two_gloo_processes_match_one(tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "trainers.train",
+        "lawn_monitor_trainers.train",
         "--dataset",
         "digits",
         "--model",

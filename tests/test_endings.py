@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_PROBES
 from torch import nn
 
 from lawn_monitor import Monitor, RunStore
@@ -26,8 +25,9 @@ from lawn_monitor.monitor import MonitorWriteError
 from lawn_monitor.probes import Clock, CurvatureProbe, StepContext
 from lawn_monitor.sink import ParquetSink, new_run_id
 from lawn_monitor.storage import Location, check_run_id
-from trainers.config import ConfigError
-from trainers.recipe import RECIPE_DIR, load_recipe
+from lawn_monitor_trainers.config import ConfigError
+from lawn_monitor_trainers.recipe import RECIPE_DIR, load_recipe
+from tests.helpers import TINY_PROBES
 
 PROJECT = Path(__file__).resolve().parent.parent
 

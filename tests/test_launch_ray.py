@@ -18,7 +18,7 @@ pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
 from lawn_monitor import RunStore  # noqa: E402
-from trainers.sweep import main as sweep_main  # noqa: E402
+from lawn_monitor_trainers.sweep import main as sweep_main  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -151,7 +151,7 @@ def test_ctrl_c_of_the_launcher_ends_running_runs_interrupted(cluster):
 
 def test_two_worker_study_on_one_sqlite_storage_through_ray(cluster, tmp_path, capsys):
     optuna = pytest.importorskip("optuna")
-    from trainers.tune import main as tune_main
+    from lawn_monitor_trainers.tune import main as tune_main
 
     root, storage = tmp_path / "runs", f"sqlite:///{tmp_path / 'studies.sqlite3'}"
     argv = ["--method", "adam", "--trials", "4", "--parallel", "2", "--study", "digits-adam", "--storage", storage]

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("submitit")
 
 from lawn_monitor import RunStore  # noqa: E402
-from trainers.launch import minutes  # noqa: E402
-from trainers.sweep import main as sweep_main  # noqa: E402
+from lawn_monitor_trainers.launch import minutes  # noqa: E402
+from lawn_monitor_trainers.sweep import main as sweep_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ import sys
 for name in ("ray", "submitit"):
     sys.modules[name] = None  # `import name` now fails as if it were not installed
 import lawn_monitor, trainers.sweep, trainers.launch, trainers.launch.local, trainers.launch.common
-from trainers.sweep import main
+from lawn_monitor_trainers.sweep import main
 code = main(["--dataset", "digits", "--model", "mlp", "--launcher", "ray", "--root", {str(tmp_path)!r}])
 print(code, sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("ray", "submitit")))
 """
@@ -71,9 +71,9 @@ print(code, sorted(m for m, v in sys.modules.items() if v is not None and m.spli
 
 
 def test_resources_come_from_flags_else_the_recipes_cluster_table(tmp_path):
-    from trainers.launch import Resources, resources
-    from trainers.recipe import config_from
-    from trainers.sweep import build_parser
+    from lawn_monitor_trainers.launch import Resources, resources
+    from lawn_monitor_trainers.recipe import config_from
+    from lawn_monitor_trainers.sweep import build_parser
 
     recipe = tmp_path / "big.toml"
     recipe.write_text('dataset = "digits"\nmodel = "mlp"\n[cluster]\ngpus = 2\ncpus = 8\ntime = "2:00:00"\n')

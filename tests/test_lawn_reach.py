@@ -8,7 +8,7 @@ from torch import nn
 
 from lawn_monitor import LAWN
 from lawn_monitor.optim import PARAM_CHOICES
-from trainers.models import SmallCNN, build_model
+from lawn_monitor_trainers.models import SmallCNN, build_model
 
 
 def expected(model: SmallCNN, choice: str) -> set[str]:

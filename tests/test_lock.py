@@ -15,8 +15,8 @@ from lawn_monitor.compact import compact_store
 from lawn_monitor.lock import LOCK_NAME, RunLock, RunLockedError
 from lawn_monitor.sink import ParquetSink, RunExistsError
 from lawn_monitor.storage import Location
+from tests.helpers import check_whole_flushes, spawn_writer, start_writer
 from tests.store_writer import flush_table
-from tests.test_crash import check_whole_flushes, spawn_writer, start_writer
 
 INFO = {"name": "r", "config": {"optimizer": "adam"}}
 

@@ -1,17 +1,16 @@
-"""The metric descriptions: one source for the README's table and the dashboard."""
+"""The metric descriptions: one source for docs/metrics.md's table and the dashboard."""
 
 from pathlib import Path
 
-from conftest import train_tiny_run
-
 from lawn_monitor import RunStore
 from lawn_monitor.metrics import BY_NAME, info, markdown_table
+from tests.helpers import train_tiny_run
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+METRICS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
 
-def test_readme_carries_exactly_the_metric_table():
-    assert markdown_table() in README.read_text(), "regenerate it: python -m lawn_monitor.metrics"
+def test_the_metrics_page_carries_exactly_the_metric_table():
+    assert markdown_table() in METRICS_PAGE.read_text(), "regenerate it: python -m lawn_monitor.metrics"
 
 
 def test_every_metric_a_run_writes_is_described(tmp_path):

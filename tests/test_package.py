@@ -10,9 +10,14 @@ imports it back, however indirectly (an import inside a function counts too).
 from __future__ import annotations
 
 import ast
+import os
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +27,7 @@ PACKAGE = REPO / "lawn_monitor"
 CORE_DEPENDENCIES = {"torch", "numpy", "pandas", "pyarrow", "duckdb"}
 # What sits on the core: the dashboard, the adapters, and the command line that reaches them all.
 ON_TOP = ("lawn_monitor.dashboard", "lawn_monitor.integrations", "lawn_monitor.cli")
+TRAINERS = "lawn_monitor_trainers"  # the installed name of the repository's trainers/ folder (setup.py)
 
 
 def module_name(path: Path) -> str:
@@ -64,7 +70,7 @@ def test_lawn_monitor_imports_neither_trainers_nor_app():
         (name, target)
         for name, path in MODULES.items()
         for target, _ in imports(path)
-        if target.split(".")[0] in ("trainers", "app")
+        if target.split(".")[0] in ("trainers", TRAINERS, "app")
     ]
     assert not wrong, f"lawn_monitor must not depend on the trainers or the checkout's app: {wrong}"
 
@@ -211,3 +217,88 @@ def test_storage_contract_document_matches_the_code():
     missing = [field for field in FIELDS if f"`{field}`" not in run_json]
     assert not missing, f"run.json fields the store reads but docs/storage.md does not describe: {missing}"
     assert all(f"`{status}`" in run_json for status in STATUSES)
+
+
+def test_no_test_file_imports_another():
+    """Helpers that several test files share live in tests/helpers.py (fixtures in conftest.py):
+    a test file imports neither another test file nor conftest."""
+    tests = REPO / "tests"
+    wrong = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                leaf = name.split(".")[-1]
+                if leaf == "conftest" or (leaf.startswith("test_") and (tests / f"{leaf}.py").exists()):
+                    wrong.append((path.name, name))
+    assert not wrong, f"import shared helpers from tests.helpers instead: {wrong}"
+
+
+def test_the_trainers_import_their_own_modules_relatively():
+    """The trainers/ folder is the package ``trainers`` in a checkout and ``lawn_monitor_trainers``
+    installed (setup.py): it names neither, in an import or a module name it runs (``python -m``
+    takes ``f"{__package__}.tune"``), so it works under both."""
+    wrong = []
+    for path in sorted((REPO / "trainers").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value] if re.fullmatch(r"\w+(\.\w+)+", node.value) else []
+            wrong += [(str(path.relative_to(REPO)), n) for n in names if n.split(".")[0] in ("trainers", TRAINERS)]
+    assert not wrong, f"import the trainers' own modules relatively (from .config import ...): {wrong}"
+
+
+@pytest.mark.slow
+def test_an_install_has_no_top_level_trainers_and_its_commands_work(tmp_path):
+    """The wheel, installed into a fresh virtual environment: no top-level ``trainers`` in it,
+    ``lawn_monitor_trainers`` in its place, and ``lawn-monitor train`` / ``sweep`` found through
+    the entry points, from a folder outside the checkout. The wheel is installed without its
+    dependencies (offline); the environment then sees this one's packages (a .pth file, added
+    after the install so pip never sees another lawn-monitor)."""
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns(".git", ".venv", "runs", "data", "__pycache__", "*.egg-info", "build", ".*_cache")
+    shutil.copytree(REPO, source, ignore=skip)
+    pip = [sys.executable, "-m", "pip"]
+    wheel_dir = tmp_path / "dist"
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheel_dir), str(source)]
+    subprocess.run(build, check=True, capture_output=True, timeout=600)
+    wheel = next(wheel_dir.glob("lawn_monitor-*.whl"))
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert TRAINERS in tops and "lawn_monitor" in tops and "trainers" not in tops, tops
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, timeout=600)
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True
+    )
+    deps = sysconfig.get_path("purelib")  # this environment's packages: torch, pandas, ...
+    (Path(site.stdout.strip()) / "dependencies.pth").write_text(deps + "\n")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+
+    checks = run(
+        str(python),
+        "-c",
+        "import importlib.util, lawn_monitor_trainers\n"
+        "from lawn_monitor.store import not_computed\n"
+        "print(importlib.util.find_spec('trainers'), lawn_monitor_trainers.__file__, 'workers' in not_computed())",
+    )
+    spec, where, pooled = checks.stdout.split()
+    assert checks.returncode == 0 and spec == "None" and where.startswith(str(venv)) and pooled == "True", checks
+    cli = str(venv / "bin" / "lawn-monitor")
+    for command in ("train", "sweep"):
+        usage = run(cli, command, "--help")
+        assert usage.returncode == 0 and f"lawn-monitor {command}" in usage.stdout, usage.stderr
+    trained = run(cli, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--no-curvature")
+    assert trained.returncode == 0 and trained.stdout.startswith("finished:"), trained.stderr
+    assert (work / "runs").is_dir()

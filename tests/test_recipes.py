@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from lawn_monitor import LAWN
-from lawn_monitor.optim import OPTIMIZERS, make_optimizer
+from lawn_monitor.optim import make_optimizer
 from lawn_monitor.paper import method_name, paper_accuracy
-from trainers.config import DATASETS, MODELS, ConfigError, TrainConfig, given_fields
-from trainers.recipe import RECIPE_DIR, load_recipe, match_recipes, paper_value, recipe_names, recipe_why
-from trainers.sweep import build_parser as sweep_parser
-from trainers.sweep import recipe_grid, seed_list
-from trainers.train import build_parser, config_for_cli
+from lawn_monitor_trainers.config import DATASETS, MODELS, ConfigError, TrainConfig, given_fields
+from lawn_monitor_trainers.optimizers import OPTIMIZERS
+from lawn_monitor_trainers.recipe import RECIPE_DIR, load_recipe, match_recipes, paper_value, recipe_names, recipe_why
+from lawn_monitor_trainers.sweep import build_parser as sweep_parser
+from lawn_monitor_trainers.sweep import recipe_grid, seed_list
+from lawn_monitor_trainers.train import build_parser, config_for_cli
 
 TABLE2 = [
     f"{d}-{m}-{b}"
@@ -105,7 +106,7 @@ def test_flags_override_the_recipe():
 
 
 def test_bad_recipes_are_one_line_errors(tmp_path, monkeypatch, capsys):
-    from trainers.train import main
+    from lawn_monitor_trainers.train import main
 
     assert main(["--recipe", "cifar10-adam-b999", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -115,7 +116,7 @@ def test_bad_recipes_are_one_line_errors(tmp_path, monkeypatch, capsys):
     (bad / "typo.toml").write_text('dataset = "cifar10"\nlearning_rate = 0.1\n')
     (bad / "wrongtype.toml").write_text('dataset = "cifar10"\nepochs = "ten"\n')
     (bad / "choice.toml").write_text('dataset = "cifar11"\n')
-    monkeypatch.setattr("trainers.recipe.RECIPE_DIR", bad)
+    monkeypatch.setattr("lawn_monitor_trainers.recipe.RECIPE_DIR", bad)
     for name, message in [
         ("typo", "unknown or not allowed key 'learning_rate'"),
         ("wrongtype", "epochs = 'ten'"),
@@ -145,7 +146,7 @@ def test_sweep_matches_recipes_by_pattern():
 
 
 def test_sweep_rejects_grid_flags_with_recipes(capsys, tmp_path):
-    from trainers.sweep import main
+    from lawn_monitor_trainers.sweep import main
 
     assert main(["--recipes", "cpu-*", "--optimizers", "sgd", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err

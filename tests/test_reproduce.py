@@ -12,7 +12,7 @@ import pytest
 from lawn_monitor import RunStore
 from lawn_monitor.schema import SCHEMA
 from lawn_monitor.sink import ParquetSink
-from trainers import reproduce
+from lawn_monitor_trainers import reproduce
 
 STEPS = 200
 

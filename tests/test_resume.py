@@ -19,8 +19,8 @@ from lawn_monitor import RunStore
 from lawn_monitor.probes import ProbeConfig
 from lawn_monitor.schema import SCHEMA
 from lawn_monitor.sink import ParquetSink
-from trainers.config import TrainConfig, config_from_flags
-from trainers.train import CHECKPOINT, train
+from lawn_monitor_trainers.config import TrainConfig, config_from_flags
+from lawn_monitor_trainers.train import CHECKPOINT, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Digits, MLP, Adam-LAWN switching after epoch 2; the kill comes after epoch 3's checkpoint, so
@@ -64,7 +64,7 @@ def check_kill_and_resume(tmp_path):
     ]
     flags = [f for f in flags if f not in ("--curvature", "--progress")] + ["--no-curvature", "--no-progress"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainers.train", *flags, "--root", str(store.root)],
+        [sys.executable, "-m", "lawn_monitor_trainers.train", *flags, "--root", str(store.root)],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,
@@ -122,7 +122,7 @@ def check_kill_and_resume(tmp_path):
 
 
 def test_resume_refuses_finished_runs_and_changed_flags(tmp_path, capsys):
-    from trainers.train import main
+    from lawn_monitor_trainers.train import main
 
     root = str(tmp_path)
     result = train(

@@ -6,8 +6,8 @@ import torch
 
 from lawn_monitor import RunStore
 from lawn_monitor.probes import ProbeConfig
-from trainers.config import TrainConfig
-from trainers.train import train
+from lawn_monitor_trainers.config import TrainConfig
+from lawn_monitor_trainers.train import train
 
 
 def test_bf16_autocast_and_channels_last_train_and_log(tmp_path):

@@ -5,29 +5,9 @@ import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import torch
 
-from lawn_monitor import Monitor, RunStore
-
-
-def write_run(root, name, config, losses, accs=(), lawn_switch=None, status="finished"):
-    """A run through the real Monitor: ``losses`` per step, test accuracies at the end."""
-    model = torch.nn.Linear(3, 2)
-
-    class FakeLawn:  # the Monitor reads only .phase and .param_groups from an optimizer
-        param_groups = [{"lr": 0.1}]
-        phase = "free"
-
-    opt = FakeLawn()
-    monitor = Monitor(model, opt, root=root, config=config, name=name, total_steps=len(losses), flush_every=3)
-    for step, loss in enumerate(losses, 1):
-        if lawn_switch is not None and step >= lawn_switch:
-            opt.phase = "constrained"
-        monitor.step(loss=torch.tensor(loss))
-    for acc in accs:
-        monitor.log_eval(acc=acc)
-    monitor.close(status)
-    return monitor.run_id
+from lawn_monitor import RunStore
+from tests.helpers import write_run
 
 
 @pytest.fixture

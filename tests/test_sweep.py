@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from lawn_monitor import RunStore
-from trainers.config import config_from_flags, given_fields
-from trainers.recipe import config_from
-from trainers.sweep import config_argv
-from trainers.train import build_parser, config_for_cli
+from lawn_monitor_trainers.config import config_from_flags, given_fields
+from lawn_monitor_trainers.recipe import config_from
+from lawn_monitor_trainers.sweep import config_argv
+from lawn_monitor_trainers.train import build_parser, config_for_cli
 
 REPO = Path(__file__).resolve().parent.parent
 # Runs that train until stopped: synthetic data, a small MLP, flushing every 0.2 s.

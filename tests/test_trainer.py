@@ -12,13 +12,14 @@ import torch
 
 from lawn_monitor import RunStore
 from lawn_monitor.cli import main as cli_main
-from lawn_monitor.optim import OPTIMIZERS
+from lawn_monitor.optim import BUILDERS
 from lawn_monitor.probes import ProbeConfig
-from trainers import train as train_module
-from trainers.config import FLAGS, TrainConfig, config_from_flags, config_from_record, flag_values
-from trainers.data import load_data
-from trainers.models import build_model
-from trainers.train import build_parser
+from lawn_monitor_trainers import train as train_module
+from lawn_monitor_trainers.config import FLAGS, TrainConfig, config_from_flags, config_from_record, flag_values
+from lawn_monitor_trainers.data import load_data
+from lawn_monitor_trainers.models import build_model
+from lawn_monitor_trainers.optimizers import OPTIMIZERS
+from lawn_monitor_trainers.train import build_parser
 
 CHEAP_METRICS = {
     "train/loss",
@@ -316,9 +317,13 @@ def test_failure_before_the_run_exists_names_no_run_json(monkeypatch, capsys, tm
     assert not any(tmp_path.iterdir())  # no run was created
 
 
+def test_the_trainers_offer_the_optimizers_the_core_builds():
+    assert set(OPTIMIZERS) == set(BUILDERS)
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_trains_with_its_defaults(name, capsys, tmp_path):
-    """No --lr, no --weight-decay: each optimizer's defaults come from lawn_monitor.optim."""
+    """No --lr, no --weight-decay: each optimizer's defaults come from trainers/optimizers.py."""
     rc, out, err = run_cli(
         [
             "train",

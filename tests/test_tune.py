@@ -18,10 +18,10 @@ from optuna.trial import TrialState
 from lawn_monitor import RunStore
 from lawn_monitor.optim import lawn_factor
 from lawn_monitor.probes import ProbeConfig
-from trainers import tune as tune_module
-from trainers.config import ConfigError, TrainConfig
-from trainers.train import train
-from trainers.tune import METHODS, best_config, best_trial, method_config, study_name, tune
+from lawn_monitor_trainers import tune as tune_module
+from lawn_monitor_trainers.config import ConfigError, TrainConfig
+from lawn_monitor_trainers.train import train
+from lawn_monitor_trainers.tune import METHODS, best_config, best_trial, method_config, study_name, tune
 
 PROJECT = Path(__file__).resolve().parent.parent
 TINY_FLAGS = ["--dataset", "digits", "--model", "mlp", "--batch-size", "256", "--no-progress", "--no-curvature"]

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lawn_monitor.optim import AUTO_RULES, OPTIMIZERS, PARAM_CHOICES, AutoSwitch
+from lawn_monitor.optim import AUTO_RULES, PARAM_CHOICES, AutoSwitch
 from lawn_monitor.probes import ProbeConfig
+
+from .optimizers import OPTIMIZERS
 
 DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 MODELS = ("cnn", "cnn_bn", "mlp", "vgg19", "resnet18", "resnet50")

@@ -39,11 +39,12 @@ import pandas as pd
 import torch
 
 from lawn_monitor import RunStore
-from lawn_monitor.optim import OPTIMIZERS
 from lawn_monitor.paper import PAPER_TABLE2, method_name, table2_text
-from lawn_monitor.store import NOT_COMPUTED, _canonical
+from lawn_monitor.store import canonical
 
 from .config import FLAGS, ConfigError, TrainConfig, config_from_flags
+from .config_keys import NOT_COMPUTED
+from .optimizers import OPTIMIZERS
 from .recipe import config_from, load_recipe, match_recipes
 from .sweep import ParallelSweep, run_in_process
 
@@ -199,7 +200,7 @@ def same_config(recorded: dict, cfg: TrainConfig) -> bool:
     for f in dataclasses.fields(TrainConfig):
         if f.name in NOT_COMPUTED:
             continue
-        if _canonical(recorded.get(f.name)) != _canonical(getattr(cfg, f.name)):
+        if canonical(recorded.get(f.name)) != canonical(getattr(cfg, f.name)):
             return False
     return True
 

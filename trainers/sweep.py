@@ -30,14 +30,14 @@ import itertools
 import sys
 
 from lawn_monitor.cli import OneLineParser
-from lawn_monitor.optim import OPTIMIZERS
 
 from .config import ConfigError, TrainConfig, add_config_arguments, config_from_flags, given_fields
 from .launch import add_launcher_arguments, launch
 from .launch.common import project_dir
 from .launch.local import config_argv  # noqa: F401 - the flags that rebuild a config, for callers of the sweep
+from .optimizers import OPTIMIZERS
 from .recipe import config_from, match_recipes
-from .train import _check_root
+from .train import check_root
 
 PROJECT_DIR = project_dir()  # holds trainers/ and lawn_monitor/
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.batch_sizes or [64],
                 args.seeds,
             )
-        root = _check_root(configs[0].root)
+        root = check_root(configs[0].root)
         configs = [dataclasses.replace(cfg, root=root) for cfg in configs]
         parallel = None if args.parallel is None else min(args.parallel, len(configs))
         if args.launcher == "local" and (parallel or 1) == 1:

@@ -148,7 +148,7 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
     return x
 
 
-def _check_root(root: str | None) -> str:
+def check_root(root: str | None) -> str:
     """The store root: a local folder (must not be a file) or an ``s3://`` URL, kept as text."""
     path = str(root) if root is not None else default_root()
     if not is_remote(path) and Path(path).exists() and not Path(path).is_dir():
@@ -221,7 +221,7 @@ def resume_point(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """The run to continue and its last checkpoint. A resume continues the run's own config (only
     RESUME_MAY_CHANGE comes from now), and refuses a run that has finished or that a live process
     on this machine still trains: two writers would interleave its files."""
-    root = _check_root(config.root)
+    root = check_root(config.root)
     try:
         check_run_id(config.resume)  # a folder inside the root, never "../x"
     except ValueError as exc:
@@ -493,7 +493,7 @@ def prepare(config: TrainConfig, dist: Dist, device_name: str) -> Setup:
     if config.resume:
         config, checkpoint = resume_point(config)
     cfg = dataclasses.replace(config, device=device_name).resolved()
-    root = _check_root(cfg.root)
+    root = check_root(cfg.root)
     device = set_up(cfg, dist)
     parts = build(cfg, dist, device, checkpoint)
     return Setup(cfg, root, device, parts, run_record(cfg, parts, dist), checkpoint)

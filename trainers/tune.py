@@ -39,13 +39,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lawn_monitor.cli import OneLineParser
-from lawn_monitor.optim import OPTIMIZERS
 from lawn_monitor.storage import default_root, is_remote
 
 from . import signals
 from .config import ConfigError, TrainConfig, add_config_arguments, config_from_record, given_fields
 from .launch import add_launcher_arguments
 from .launch.study import launch_study
+from .optimizers import OPTIMIZERS
 from .recipe import config_from
 from .sweep import PROJECT_DIR, config_argv
 from .train import USER_ERRORS, _alive, train
@@ -371,7 +371,7 @@ def run_workers(
     common = ["--method", method, "--trials", str(trials), "--study", name, "--storage", url, "--pruner", pruner]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "trainers.tune", *common, "--sampler-seed", str(seed), "--worker", str(i)]
+            [sys.executable, "-m", f"{__package__}.tune", *common, "--sampler-seed", str(seed), "--worker", str(i)]
             + config_argv(cfg, skip=SKIPPED_FLAGS),
             env=env,
         )

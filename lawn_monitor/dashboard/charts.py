@@ -8,6 +8,7 @@ page says so instead of showing an empty frame.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import altair as alt
 import numpy as np
@@ -538,7 +539,7 @@ def heatmap_chart(
     ends = dict(zip(steps, [*steps[1:], steps[-1] + width]))
     data = data.assign(step_end=data["step"].map(ends))
     order = list(dict.fromkeys(df["layer"]))
-    scale = {"type": "log" if log_color else "linear"}
+    scale: dict[str, Any] = {"type": "log" if log_color else "linear"}
     if center is not None:
         scale.update(scheme="redblue", reverse=True, domainMid=center)
     else:
@@ -574,7 +575,7 @@ def heatmap_chart(
         .mark_rule(strokeDash=[6, 4], color="black", strokeWidth=2)
         .encode(x="step:Q", tooltip=[alt.Tooltip("step:Q", title="LAWN switch at step")])
     )
-    return alt.layer(cells, rule)
+    return cells + rule  # alt.layer(cells, rule), typed as a LayerChart
 
 
 def threshold_chart(

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -37,7 +37,7 @@ DEFAULT_SMOOTHING = 0.6  # TensorBoard's default EMA weight
 # bucket's last value with its min and max (drawn as a faint band), so spikes stay visible.
 GRID_POINTS = 500
 RUNS_TTL = 2  # seconds a runs() listing is reused; the live page reads fresher itself
-BIND = "query-params"
+BIND: Final = "query-params"
 
 
 # --- widgets bound to a URL key (the key is the query parameter's name) ---------------------------
@@ -110,13 +110,14 @@ def root_input() -> str:
     any other place is refused with a note and the default store shown, without looking at it."""
     roots = served_roots()
     wanted = st.query_params.get("root")
-    if wanted is not None and normal_root(wanted) not in roots:
+    normal = normal_root(wanted) if wanted is not None else None
+    if wanted is not None and normal not in roots:
         log.warning("refused ?root= naming a root this dashboard does not serve")
         del st.query_params["root"]
         st.session_state.pop("root", None)
         st.session_state["_root_refused"] = True
-    elif wanted is not None and wanted != normal_root(wanted):  # a served root in another spelling
-        st.query_params["root"] = st.session_state["root"] = normal_root(wanted)
+    elif normal is not None and wanted != normal:  # a served root in another spelling
+        st.query_params["root"] = st.session_state["root"] = normal
     if st.session_state.pop("_root_refused", False):
         st.sidebar.warning(
             "The link named a store this dashboard does not serve: showing its default store. "

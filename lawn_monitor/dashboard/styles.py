@@ -15,12 +15,14 @@ from __future__ import annotations
 import colorsys
 import math
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import altair as alt
 import pandas as pd
 
-from lawn_monitor.paper import is_true
+from lawn_monitor.runinfo import is_true
 
 FAMILY_COLORS = {"sgd": "#1f77b4", "adam": "#d62728", "adamw": "#ff7f0e", "adamp": "#2ca02c", "lamb": "#9467bd"}
 OTHER_COLORS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]  # runs without a known optimizer
@@ -85,7 +87,7 @@ def run_styles(runs: pd.DataFrame) -> dict[str, RunStyle]:
     table["rank"] = table.groupby(["family", "lawn"], sort=False).cumcount()
     return {
         row.run_id: RunStyle(labels[row.run_id], shade(row.family, SHADES[row.rank % len(SHADES)]), bool(row.lawn))
-        for row in table.itertuples()
+        for row in cast(Iterable[Any], table.itertuples())  # attributes named after the columns
     }
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from lawn_monitor.paper import is_true
+from lawn_monitor.runinfo import is_true
 from lawn_monitor.schema import READ_STATUSES
 
 # Config keys offered as filters and as group-by keys, in this order, where the runs have them.

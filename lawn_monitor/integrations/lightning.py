@@ -28,7 +28,7 @@ optimization): one Monitor watches them all, each named by ``optimizer_names`` (
 manual optimization ``training_step``'s returned loss (or dict) is recorded as in automatic.
 
 Every process builds a Monitor; under torch.distributed only rank 0 writes, the others join the
-probes' collectives (see "Sharded training" in the README). The run ends ``finished`` with
+probes' collectives (see "Sharded training" in docs/integrations.md). The run ends ``finished`` with
 ``fit``, ``failed`` on an exception and ``interrupted`` on Ctrl-C or SIGTERM (Lightning stops a
 run on SIGTERM). The Monitor's place (run id, step, probe schedules) is saved in Lightning's
 checkpoints, so ``trainer.fit(..., ckpt_path=...)`` continues the same run, with no step twice.

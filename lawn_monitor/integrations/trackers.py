@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -131,7 +132,7 @@ class MLflowForwarder:
 
         self.run_id = run_id
         self.prefix = prefix
-        self._client = None
+        self._client: Any = None  # an mlflow.MlflowClient, made on the first flush
         self._start: tuple[str, dict] | None = None  # the store's run id and config, sent with the first flush
 
     def start(self, run_id: str, config: dict) -> None:

@@ -3,6 +3,7 @@ clock (``Clock``), what a probe may look at after a step (``StepContext``), and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,8 @@ class Probe:
 
     def allowance(self, clock: Clock) -> float:
         """Seconds this probe may have spent in all, counting the call about to run."""
+        if self.budget is None:
+            return math.inf
         if clock.total_seconds is None or not clock.total_steps:
             return self.budget * clock.train_seconds
         if isinstance(self.schedule, Plan):

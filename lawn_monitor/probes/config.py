@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -58,7 +59,7 @@ class ProbeConfig:
         if not self.curvature or probe_batch is None:
             return probes
         inputs, targets = probe_batch
-        common = dict(loss_fn=loss_fn or F.cross_entropy, seed=self.seed, logits_fn=logits_fn)
+        common: dict[str, Any] = dict(loss_fn=loss_fn or F.cross_entropy, seed=self.seed, logits_fn=logits_fn)
         groups = min(self.gn_groups, len(inputs[: self.gn_size]))
         probes += [
             GNTrace(

@@ -27,7 +27,7 @@ from lawn_monitor.storage import Location
 
 from .. import signals
 from ..config import FLAGS, TrainConfig, flag_values
-from ..train import RESUME_MAY_CHANGE, USER_ERRORS, _check_root, train
+from ..train import RESUME_MAY_CHANGE, USER_ERRORS, check_root, train
 from .common import Job, Outcome, Stop, project_dir
 
 STATUS_SECS = 30.0  # --parallel: how often the sweep says how far each run is
@@ -130,7 +130,7 @@ class ParallelSweep:
         self.jobs = jobs
         self.total = jobs[0].total if jobs else 0
         self.parallel = parallel
-        self.loc = Location(_check_root(jobs[0].cfg.root))
+        self.loc = Location(check_root(jobs[0].cfg.root))
         self.pids = {run_id: 0 for run_id in self._run_dirs()}  # run folder -> the pid its run.json names
         self.stop = Stop()
         self.announced = False

@@ -11,10 +11,9 @@ from lawn_monitor.dashboard.charts import batch_size_chart, group_chart, metric_
 from lawn_monitor.dashboard.styles import group_palette
 from lawn_monitor.dashboard.tables import BANDS, CONFIG_KEYS, aggregate, as_text, group_labels, runs_dataset
 from lawn_monitor.metrics import info, metric_table
-from lawn_monitor.paper import PAPER_TABLE2, figure1_frame, split_keys, table2, table2_grid
+from lawn_monitor.paper import PAPER_TABLE2, TABLE_BY, figure1_frame, split_keys, table2, table2_grid
 
 X_TITLES = {"step": "step", "epoch": "epoch", "time": "seconds since start", "wall": "wall-clock time"}
-TABLE_BY = ("dataset", "optimizer", "lawn", "batch_size")
 
 root, store, runs, labels, run_ids, colors, smooth = state.page_header("Compare")
 st.caption("Runs: " + ", ".join(labels[run_id] for run_id in run_ids) + " (choose others on the Runs page).")
@@ -176,7 +175,7 @@ with t1:
     )
 with t2:
     reduce = state.selectbox("each run's accuracy", ["final", "best"], key="reduce", default="final")
-summary = state.load_summary(root, "test/acc", TABLE_BY, reduce, state.finished_key(runs))
+summary = state.load_summary(root, "test/acc", tuple(TABLE_BY), reduce, state.finished_key(runs))
 table = table2(summary, dataset or None)
 if table.empty:
     finished = runs[runs["status"] == "finished"]

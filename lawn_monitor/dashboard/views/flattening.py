@@ -8,6 +8,7 @@ import streamlit as st
 from lawn_monitor.dashboard import state
 from lawn_monitor.dashboard.charts import band_chart, threshold_chart
 from lawn_monitor.dashboard.tables import sharpness_vs_threshold
+from lawn_monitor.metrics import FLAT_LOSS
 
 root, store, runs, labels, run_ids, colors, smooth = state.page_header("Loss flattening")
 st.caption(
@@ -91,7 +92,7 @@ state.grid(
         ("logit_norm", "logit norm (mean L2)", False),
         ("weight_norm", "weight norm (whole model)", False),
         ("max_prob", "max softmax probability", False),
-        ("flat_frac", "flattened samples (loss < 1e-3)", False),
+        ("flat_frac", f"flattened samples (loss < {FLAT_LOSS:g})", False),
     ],
     refresh(draw),
 )

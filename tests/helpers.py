@@ -1,0 +1,167 @@
+"""What several test files share, in one place: tiny monitored training runs, runs written
+through the real Monitor, writer processes to kill, and the dashboard opened in Streamlit's
+AppTest. Fixtures built on these are in conftest.py; test files import from here, never from
+each other."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lawn_monitor import LAWN, Monitor, RunStore
+from lawn_monitor.probes import ProbeConfig
+from tests.store_writer import ROWS_PER_FLUSH, STEPS_PER_FLUSH
+
+REPO = Path(__file__).resolve().parent.parent
+WRITER = REPO / "tests" / "store_writer.py"
+APP = str(REPO / "lawn_monitor" / "dashboard" / "streamlit_app.py")
+
+# --- tiny monitored training runs -------------------------------------------------------------
+
+# Curvature on a schedule rather than a budget (tiny runs have no time to budget), few vectors.
+TINY_PROBES = ProbeConfig(
+    gn_points=10, hessian_points=3, hessian_probes=8, sharpness_points=3, sharpness_iters=5, budget=1e6
+)
+
+
+def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int = 30, seed: int = 0) -> str:
+    """Train a tiny MLP on random data under a Monitor, evaluating every 10 steps; return its run id."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if lawn:
+        opt = LAWN(opt, free_steps=10)
+    config = {
+        "dataset": "random",
+        "model": "mlp",
+        "optimizer": optimizer,
+        "lawn": lawn,
+        "batch_size": len(x),
+        "seed": seed,
+    }
+    monitor = Monitor(
+        model,
+        opt,
+        root=root,
+        config=config,
+        name=name,
+        total_steps=steps,
+        steps_per_epoch=1,
+        probe_batch=(x[:16], y[:16]),
+        probe_config=TINY_PROBES,
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    for step in range(1, steps + 1):
+        opt.zero_grad()
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        loss.backward()
+        opt.step()
+        monitor.step(loss=loss.detach(), logits=logits.detach(), targets=y)
+        if step % 10 == 0:
+            with torch.no_grad():
+                eval_logits = model(x)
+                monitor.log_eval(
+                    loss=loss_fn(eval_logits, y),
+                    acc=(eval_logits.argmax(1) == y).float().mean(),
+                )
+    monitor.close()
+    return monitor.run_id
+
+
+# --- runs through the real Monitor, one loss per step -----------------------------------------
+
+
+def write_run(root, name, config, losses, accs=(), lawn_switch=None, status="finished"):
+    """A run through the real Monitor: ``losses`` per step, test accuracies at the end."""
+    model = torch.nn.Linear(3, 2)
+
+    class FakeLawn:  # the Monitor reads only .phase and .param_groups from an optimizer
+        param_groups = [{"lr": 0.1}]
+        phase = "free"
+
+    opt = FakeLawn()
+    monitor = Monitor(model, opt, root=root, config=config, name=name, total_steps=len(losses), flush_every=3)
+    for step, loss in enumerate(losses, 1):
+        if lawn_switch is not None and step >= lawn_switch:
+            opt.phase = "constrained"
+        monitor.step(loss=torch.tensor(loss))
+    for acc in accs:
+        monitor.log_eval(acc=acc)
+    monitor.close(status)
+    return monitor.run_id
+
+
+# --- writer processes (tests/store_writer.py), to kill at chosen moments ----------------------
+
+
+def start_writer(root, run_id, flushes, pause=0.0):
+    return wait_ready(spawn_writer(root, run_id, flushes, pause))
+
+
+def spawn_writer(root, run_id, flushes, pause=0.0):
+    return subprocess.Popen(
+        [sys.executable, str(WRITER), str(root), run_id, str(flushes), str(pause)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_ready(proc):
+    assert proc.stdout.readline().strip() == b"ready", proc.stderr.read().decode()
+    return proc
+
+
+def check_whole_flushes(store: RunStore, run_id: str) -> int:
+    """Every query works; the run holds only whole flushes 0..n-1: no gap, no duplicate."""
+    counts = store._query(
+        """SELECT count(*) AS rows, count(DISTINCT (step, layer, metric)) AS distinct_rows,
+                  coalesce(max(step), -1) AS max_step, count(DISTINCT step) AS steps
+           FROM read_parquet(?)""",
+        [],
+        [run_id],
+        ["rows", "distinct_rows", "max_step", "steps"],
+    )
+    if counts.empty:  # killed before its first flush: no data files at all
+        return 0
+    counts = counts.iloc[0]
+    rows = int(counts["rows"])
+    assert rows % ROWS_PER_FLUSH == 0, f"{run_id}: {rows} rows is not a whole number of flushes"
+    assert counts["distinct_rows"] == rows or rows == 0, f"{run_id}: duplicate rows"
+    flushes = rows // ROWS_PER_FLUSH
+    if flushes:
+        assert counts["steps"] == flushes * STEPS_PER_FLUSH and counts["max_step"] == flushes * STEPS_PER_FLUSH - 1
+    return flushes
+
+
+# --- the dashboard in Streamlit's AppTest -----------------------------------------------------
+
+
+def run_app(root: Path, page: str = "runs", params: dict | None = None, state: dict | None = None):
+    """Open ``page`` of a dashboard serving ``root`` (as `lawn-monitor dashboard --allow-root`
+    does), with ``?root=`` and ``params`` in the URL; fail on any exception on the page."""
+    from streamlit.testing.v1 import AppTest  # the dashboard's tests only
+
+    os.environ["LAWN_MONITOR_ALLOWED_ROOTS"] = str(root)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["root"] = str(root)
+    for key, value in (params or {}).items():
+        at.query_params[key] = value
+    for key, value in (state or {}).items():
+        at.session_state[key] = value
+    at.run()
+    if page != "runs":
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
