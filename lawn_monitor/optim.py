@@ -478,7 +478,7 @@ class LAWN(Optimizer):
     def step(self, closure: Callable[[], float] | None = None):
         if self.phase == "free" and self.free_steps is not None and self.step_count >= self.free_steps:
             if self.auto is not None:
-                self.switch("auto", self._auto_reason)
+                self.switch("auto", self._auto_reason or "the auto rule held")
             else:
                 self.switch("fixed", f"free_steps {self.free_steps} done")
         if self.phase == "free":
@@ -503,7 +503,7 @@ class LAWN(Optimizer):
             ]
             tangent_project(params, grads, self._reduce)
         self.optimizer.step()
-        if params:
+        if params and self.targets is not None:
             project_to_norm(params, self.targets.to(params[0].device), self._reduce)
         self.step_count += 1
         return loss

@@ -182,7 +182,7 @@ def _crosshair(data: pd.DataFrame, x: str, x_enc, smoothed: bool, fmt: str, temp
     labels = list(dict.fromkeys(data["label"]))
     columns = {label: f"r{i}" for i, label in enumerate(labels)}  # field names free of dots and brackets
     fields = ["smoothed", "value"] if smoothed else ["value"]
-    wide = None
+    wide: pd.DataFrame | None = None
     for field in fields:
         table = data.pivot_table(index=x, columns="label", values=field, aggfunc="last").sort_index()
         last = data.groupby("label")[x].max()
@@ -192,6 +192,7 @@ def _crosshair(data: pd.DataFrame, x: str, x_enc, smoothed: bool, fmt: str, temp
         suffix = "s" if field == "smoothed" else "v"
         filled = filled.rename(columns={label: columns[label] + suffix for label in table.columns})
         wide = filled if wide is None else wide.join(filled)
+    assert wide is not None  # one table per field, at least one field
     wide = wide.reset_index()
     if len(wide) > MAX_POINTS:
         wide = wide.iloc[:: math.ceil(len(wide) / MAX_POINTS)]

@@ -199,7 +199,9 @@ def group_palette(styles: dict[str, RunStyle], groups: dict[str, str]) -> Palett
     for run_id, label in groups.items():
         if run_id in styles:
             members.setdefault(label, []).append(styles[run_id])
-    labels, colors, dashed = [], [], []
+    labels: list[str] = []
+    colors: list[str] = []
+    dashed: list[bool] = []
     for label, chosen in sorted(members.items()):
         hues = {_hue(s.color) for s in chosen}
         if len(hues) == 1 and len({s.lawn for s in chosen}) == 1:

@@ -149,7 +149,7 @@ class LawnMonitorCallback(Callback):
         """The evaluation's logged metrics of this split, under their stored names."""
         if self.monitor is None:
             return
-        given = {}
+        given: dict[str, Any] = {}
         for name, value in trainer.callback_metrics.items():
             if self.eval_metrics is not None:
                 stored = self.eval_metrics.get(name)

@@ -115,8 +115,8 @@ def chart(metric: str, layer: str, log_y: bool, plotted: pd.DataFrame, zoom: boo
             zoom=zoom,
             temporal=x == "wall",
         )
-    switches = state.switches(store, run_ids)
-    switches = switches.assign(x=switches[x]) if x in ("step", "epoch") else None  # no wall time for a switch
+    found = state.switches(store, run_ids)
+    switches = found.assign(x=found[x]) if x in ("step", "epoch") else None  # no wall time for a switch
     return metric_chart(
         plotted,
         title,

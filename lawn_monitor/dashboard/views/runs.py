@@ -56,8 +56,10 @@ shown = filter_runs(state.filtered_runs(runs), status, config)
 # Runs of a tuning study (`lawn-monitor tune`) show their study and trial, the best trial of each
 # study marked; stores without studies show neither column.
 shown = mark_winning_trials(shown)
-columns = [c for c in COLUMNS if c not in ("study", "trial", "val_acc") or c in shown.columns]
-table = shown.assign(label=shown["run_id"].map(labels)).reindex(columns=["run_id", *columns]).reset_index(drop=True)
+shown_columns = [c for c in COLUMNS if c not in ("study", "trial", "val_acc") or c in shown.columns]
+table = (
+    shown.assign(label=shown["run_id"].map(labels)).reindex(columns=["run_id", *shown_columns]).reset_index(drop=True)
+)
 table["created_at"] = table["created_at"].astype(str).str.slice(0, 16).str.replace("T", " ")
 
 chosen = state.chosen_runs()
@@ -77,7 +79,7 @@ event = st.dataframe(
     selection_default={"selection": {"rows": ticked}},
     hide_index=True,
     height=min(ROW_PX * (len(table) + 1) + 3, MAX_HEIGHT_PX),
-    column_order=columns,
+    column_order=shown_columns,
     column_config={  # widths in px that fit all columns beside a sidebar at 1600 px (tests/test_browser_views.py)
         "label": st.column_config.TextColumn("run", pinned=True, width=136),
         "status": st.column_config.TextColumn("status", pinned=True, width=72),
