@@ -19,6 +19,7 @@ ended (``ENDED``); ``run_stage`` trains only the others, so a stopped regenerati
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -323,6 +324,16 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    _generate_once()
+
+
+def _generate_once() -> None:
+    """MNIST-1D is generated afresh at each load (seconds of CPU, the same samples every time); a
+    worker that trains many runs generates it once and gives each run its own copy."""
+    from .. import data
+
+    generated = functools.lru_cache(maxsize=1)(data._mnist1d)
+    data._mnist1d = lambda: tuple(t.clone() for t in generated())
 
 
 def _train_one(cfg: TrainConfig) -> tuple[str, str, float | None]:
