@@ -98,14 +98,14 @@ def grid(
     return configs
 
 
-def config_argv(cfg: TrainConfig) -> list[str]:
+def config_argv(cfg: TrainConfig, skip: tuple[str, ...] = ()) -> list[str]:
     """The ``lawn-monitor train`` flags that rebuild ``cfg`` exactly: every value given
     explicitly (so a recipe named in it cannot bring back a value the sweep overrode), booleans
-    as their flag where they differ from the default."""
+    as their flag where they differ from the default; none for the fields in ``skip``."""
     argv = []
     for name, value in flag_values(cfg).items():
         flag = FLAGS[name]
-        if value is None:
+        if value is None or name in skip:
             continue
         if isinstance(value, bool):
             if value != flag.default:
