@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError
-from .plan import STAGES, plan_stage, run_stage, run_tune, setup
+from .plan import STAGES, plan_stage, run_stage, run_tune, setup, workers
 from .provenance import PROJECT_DIR
 from .render import write_doc
 
@@ -44,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--parallel must be at least 1, got {args.parallel}")
     s = setup(args.quick)
     try:
-        for stage in stages:
-            if stage == "tune":
-                run_tune(s, args.root, args.parallel)
-            elif stage != "doc":
-                run_stage(args.root, plan_stage(stage, s, args.root), args.parallel)
-            if "doc" in stages:  # the page follows every stage: a valid one at every point
-                write_doc(args.root, Path(args.out), s)
+        with workers(args.parallel if stages != ["doc"] else 1) as pool:
+            for stage in stages:
+                if stage == "tune":
+                    run_tune(s, args.root, pool)
+                elif stage != "doc":
+                    run_stage(args.root, plan_stage(stage, s, args.root), pool)
+                if "doc" in stages:  # the page follows every stage: a valid one at every point
+                    write_doc(args.root, Path(args.out), s)
     except ConfigError as exc:
         print(f"reproduce: error: {exc}", file=sys.stderr)
         return 2

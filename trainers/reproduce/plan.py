@@ -18,11 +18,13 @@ ended (``ENDED``); ``run_stage`` trains only the others, so a stopped regenerati
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -200,14 +202,14 @@ def _tune_one(args: tuple[dict, str, str, int]) -> tuple[str, int]:
     return method, len(study.trials)
 
 
-def run_tune(s: Setup, root: str, parallel: int) -> None:
+def run_tune(s: Setup, root: str, pool: ProcessPoolExecutor | None) -> None:
     """Each method's study until it holds ``s.trials`` finished trials (a rerun carries on where
-    it stands), the studies side by side in ``parallel`` worker processes, each study's trials
-    one after another."""
+    it stands), the studies side by side in the pool's workers, each study's trials one after
+    another."""
     todo = [(s.main, method, root, s.trials) for method in s.methods]
     print(f"reproduce: tune: {len(todo)} studies of {s.trials} trials each", flush=True)
     started = time.monotonic()
-    for method, n in _pool_map(_tune_one, todo, parallel):
+    for method, n in _pool_map(_tune_one, todo, pool):
         print(f"reproduce: tune: {method}: {n} trials in its study", flush=True)
     print(f"reproduce: tune: {time.monotonic() - started:.0f} s wall", flush=True)
 
@@ -347,26 +349,38 @@ def _train_one(cfg: TrainConfig) -> tuple[str, str, float | None]:
         return cfg.name or "", "failed", None
 
 
-def _pool_map(fn, items: list, parallel: int):
-    """``fn`` over ``items`` in ``parallel`` worker processes (each imports torch once and trains
-    many runs, one thread each), results as they come; in this process when ``parallel`` is 1."""
-    if parallel <= 1 or len(items) <= 1:
+@contextlib.contextmanager
+def workers(parallel: int) -> Iterator[ProcessPoolExecutor | None]:
+    """``parallel`` worker processes for every stage of a regeneration (each imports torch and
+    generates the data once, then trains run after run with one thread); None for 1: in this process."""
+    if parallel <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(parallel, get_context("spawn"), initializer=_init_worker)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _pool_map(fn, items: list, pool: ProcessPoolExecutor | None):
+    """``fn`` over ``items`` in the pool, results as they come; in this process without one."""
+    if pool is None:
         yield from map(fn, items)
         return
-    with ProcessPoolExecutor(min(parallel, len(items)), get_context("spawn"), initializer=_init_worker) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        for future in as_completed(futures):
-            yield future.result()
+    futures = [pool.submit(fn, item) for item in items]
+    for future in as_completed(futures):
+        yield future.result()
 
 
-def run_stage(root: str, planned: list[Planned], parallel: int) -> None:
-    """Train the planned runs the store does not hold ended, ``parallel`` at a time."""
+def run_stage(root: str, planned: list[Planned], pool: ProcessPoolExecutor | None) -> None:
+    """Train the planned runs the store does not hold ended, in the pool."""
     done = ended_runs(RunStore(root), planned)
     todo = list({p.cfg.name: p.cfg for p in planned if p.cfg.name not in done}.values())
     stage = planned[0].stage if planned else "?"
     print(f"reproduce: {stage}: {len(planned)} runs planned, {len(done)} ended already, {len(todo)} to run", flush=True)
     started = time.monotonic()
-    for i, (name, status, acc) in enumerate(_pool_map(_train_one, todo, parallel), 1):
+    for i, (name, status, acc) in enumerate(_pool_map(_train_one, todo, pool), 1):
         acc_text = "" if acc is None else f", test_acc {acc:.4f}"
         print(f"reproduce: {stage}: [{i}/{len(todo)}] {name}: {status}{acc_text}", flush=True)
     if todo:
