@@ -173,9 +173,20 @@ def studies_frame(studies: dict[str, object]) -> pd.DataFrame:
                     "params": dict(t.params),
                     "start": pd.Timestamp(t.datetime_start) if t.datetime_start else pd.NaT,
                     "end": pd.Timestamp(t.datetime_complete) if t.datetime_complete else pd.NaT,
+                    "run_id": t.user_attrs.get("run_id"),
                 }
             )
-    return pd.DataFrame(rows, columns=["method", "number", "state", "value", "seconds", "params", "start", "end"])
+    columns = ["method", "number", "state", "value", "seconds", "params", "start", "end", "run_id"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def recorded(store: RunStore, run_ids: list[str], key: str) -> set[str]:
+    """The values of ``env[key]`` (git_commit, torch) that these runs recorded."""
+    found = set()
+    for run_id in run_ids:
+        env = (store.run_info(run_id) or {}).get("env") or {}
+        found.add(str(env.get(key, "?")))
+    return found
 
 
 __all__ = ["ENDED", "FLAT", "END_SHARE", "run_frame", "run_rows", "studies_frame"]

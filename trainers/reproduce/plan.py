@@ -204,10 +204,14 @@ def _tune_one(args: tuple[dict, str, str, int]) -> tuple[str, int]:
 
 def run_tune(s: Setup, root: str, pool: ProcessPoolExecutor | None) -> None:
     """Each method's study until it holds ``s.trials`` finished trials (a rerun carries on where
-    it stands), the studies side by side in the pool's workers, each study's trials one after
-    another."""
-    todo = [(s.main, method, root, s.trials) for method in s.methods]
-    print(f"reproduce: tune: {len(todo)} studies of {s.trials} trials each", flush=True)
+    it stands; a study that holds them is left alone), the studies side by side in the pool's
+    workers, each study's trials one after another."""
+    finished = {
+        method: sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)  # type: ignore[attr-defined]
+        for method, study in load_studies(s, root).items()
+    }
+    todo = [(s.main, method, root, s.trials) for method in s.methods if finished.get(method, 0) < s.trials]
+    print(f"reproduce: tune: {len(todo)} of {len(s.methods)} studies to run to {s.trials} trials", flush=True)
     started = time.monotonic()
     for method, n in _pool_map(_tune_one, todo, pool):
         print(f"reproduce: tune: {method}: {n} trials in its study", flush=True)

@@ -14,7 +14,7 @@ from lawn_monitor import RunStore
 
 from ..stats import bootstrap_diff
 from . import analysis as an
-from .collect import END_SHARE, FLAT, run_frame, studies_frame
+from .collect import END_SHARE, FLAT, recorded, run_frame, studies_frame
 from .plan import CURVATURE_BUDGET, DISPLAY, Planned, Setup, best_configs, load_studies, plan_stage
 from .provenance import same_code, versions
 
@@ -233,7 +233,15 @@ def collect(root: str, s: Setup) -> dict:
     planned = [p for stage in ("seeds", "onset", "reach") for p in plan_stage(stage, s, root, best)]
     frame = run_frame(store, planned) if Path(root).exists() else pd.DataFrame()
     trials = studies_frame(load_studies(s, root))
-    return {"best": best, "planned": planned, "frame": frame, "trials": trials}
+    ids = [*(frame["run_id"] if not frame.empty else []), *trials["run_id"].dropna()]
+    return {
+        "best": best,
+        "planned": planned,
+        "frame": frame,
+        "trials": trials,
+        "commits": recorded(store, ids, "git_commit"),
+        "torches": recorded(store, ids, "torch"),
+    }
 
 
 def _stage(frame: pd.DataFrame, stage: str) -> pd.DataFrame:
@@ -250,7 +258,7 @@ def context(root: str, s: Setup) -> dict:
         groups = groups.sort_values("method", key=lambda m: m.map(order), kind="stable")
     claims, by_outcome = claim_rows(seeds) if not seeds.empty else ([], {})
     parts, span = stage_times(frame, trials)
-    commits = sorted(set(frame["git_commit"])) if not frame.empty else []
+    commits = sorted(data["commits"])
     onset_table, reach_table = onset_rows(onset), reach_rows(reach)
     return {
         "s": s,
@@ -260,7 +268,7 @@ def context(root: str, s: Setup) -> dict:
         "flat": f"{FLAT:g}",
         "end_share": f"{END_SHARE:.0%}",
         "versions": versions(),
-        "torches": ", ".join(sorted(set(frame["torch"]))) if not frame.empty else "-",
+        "torches": ", ".join(sorted(data["torches"])) or "-",
         "commits": ", ".join(c[:7] for c in commits) or "-",
         "same_code": same_code(commits) if commits else "",
         "stage_times": parts,
