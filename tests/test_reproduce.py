@@ -156,6 +156,11 @@ def test_a_run_counts_as_done_only_with_the_same_configuration(tmp_path):
     record = dataclasses.asdict(dataclasses.replace(cfg, threads=4, root="elsewhere"))
     assert plan.same_config(record, cfg)  # where and how it ran may differ
     assert not plan.same_config(dataclasses.asdict(dataclasses.replace(cfg, lr=cfg.lr * 2)), cfg)
+    # a key added to the trainer after the run was recorded: the run ran as its default does
+    older = {k: v for k, v in record.items() if k != "lawn_lr_scale"}
+    older["probes"] = {k: v for k, v in record["probes"].items() if k != "budget"}
+    assert plan.same_config(older, dataclasses.replace(cfg, probes=dataclasses.replace(cfg.probes, budget=0.4)))
+    assert not plan.same_config(older, dataclasses.replace(cfg, lawn_lr_scale=2.0))
 
 
 # --- the frame against the rows ------------------------------------------------------------------
