@@ -68,6 +68,7 @@ class Setup:
     reach_params: tuple[str, ...]  # lawn_params values compared
     reach_cnn: dict  # the BatchNorm CNN's setting (flags)
     reach_cnn_methods: tuple[str, ...]
+    reach_mlp_methods: tuple[str, ...] = LAWN_METHODS
     reach_cnn_seeds: tuple[int, ...] = (1, 2)
     quick: bool = False
 
@@ -137,6 +138,7 @@ def setup(quick: bool = False) -> Setup:
         reach_cnn=REACH_CNN,
         reach_cnn_methods=("adam-lawn",),
         reach_cnn_seeds=(1, 2),
+        reach_mlp_methods=("adam-lawn",),
     )
 
 
@@ -263,12 +265,12 @@ def plan_onset(s: Setup, best: dict[str, TrainConfig]) -> list[Planned]:
 
 
 def plan_reach(s: Setup, best: dict[str, TrainConfig], root: str) -> list[Planned]:
-    """lawn_params compared on the MLP (each LAWN method at its best setting) and on the BatchNorm
+    """lawn_params compared on the MLP (each of ``reach_mlp_methods`` at its best setting) and on the BatchNorm
     CNN (each of ``reach_cnn_methods`` at the optimizer's defaults on the CNN's setting: the MLP's
     tuned LRs are no guide to another model)."""
     out = []
     for seed in s.compare_seeds:
-        for method in (m for m in LAWN_METHODS if m in best):
+        for method in (m for m in s.reach_mlp_methods if m in best):
             for params in s.reach_params:
                 run = _variant(best[method], "reach", method, f"mlp-{params}", seed, lawn_params=params)
                 out.append(Planned("reach", run, _labels(method, model="MLP", variant=params)))

@@ -291,6 +291,8 @@ def context(root: str, s: Setup) -> dict:
         "space": search_space(s),
         "data": data_text(s, seeds),
         "cnn_flags": flags_text(s.reach_cnn),
+        "mlp_methods": ", ".join(DISPLAY.get(m, m) for m in s.reach_mlp_methods),
+        "cnn_methods": ", ".join(DISPLAY.get(m, m) for m in s.reach_cnn_methods),
     }
 
 
