@@ -178,7 +178,7 @@ def low_seeds(frame: pd.DataFrame, by: list[str], points: float = 10.0) -> list[
     """Runs whose test accuracy is more than ``points`` below the best seed of their group: (name,
     its %, the group's best %). What a mean over five seeds can hide."""
     found = []
-    for _, runs in frame.groupby(by, sort=True):
+    for _, runs in frame.groupby([k for k in by if k in frame.columns], sort=True, dropna=False):
         best = runs["test_acc"].max()
         for row in runs[runs["test_acc"] < best - points / 100].itertuples():
             found.append((row.name, 100 * row.test_acc, 100 * best))

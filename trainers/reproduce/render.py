@@ -279,7 +279,7 @@ def context(root: str, s: Setup) -> dict:
         "by_outcome": by_outcome,
         "mechanism": mechanism_rows(groups) if not groups.empty else [],
         "mechanism_claims": [(c, verdict_row(v)) for c, v in an.mechanism_verdicts(seeds)] if not seeds.empty else [],
-        "low": an.low_seeds(frame, ["stage", "method"]) if not frame.empty else [],
+        "low": an.low_seeds(frame, ["stage", "method", "model", "variant"]) if not frame.empty else [],
         "fallen": an.fallen(frame) if not frame.empty else [],
         "onset": onset_table,
         "onset_winners": winners(onset_table),
