@@ -8,8 +8,9 @@ normalizes by batch statistics that themselves depend on the weights).
 * ``gn_trace_groups``: the Gauss-Newton trace proxy, tr(J^T H_out J) with H_out = diag(p) - p p^T
   the Hessian of softmax cross-entropy in the logits. Rademacher vectors v are pushed through a
   square root S of H_out (``sqrt_output_hessian_times``), so E||J^T S v||^2 = tr(J^T H_out J),
-  without sampling labels. The probe batch is split into groups, one ordinary backward each;
-  the spread between the groups' estimates gives the standard error.
+  without sampling labels. The probe batch is split into groups, one forward each; a second
+  independent draw of the vectors on each group (a second backward) gives the standard error
+  (``paired_se``).
 
   Why not sample labels from the model's softmax (E||grad loss(x, y_hat)||^2 is the same trace)?
   Once most samples are confidently right, a typical draw takes the predicted label everywhere
@@ -109,8 +110,11 @@ def gn_trace_groups(
     signs: Tensor,
     logits_fn: LogitsFn | None = None,
     mask: Tensor | None = None,
+    second: Tensor | None = None,
 ) -> Tensor:
-    """Each group's estimate of each layer's Gauss-Newton trace of softmax cross-entropy: (K, L).
+    """Each group's estimate of each layer's Gauss-Newton trace of softmax cross-entropy: (K, L);
+    with ``second`` (independent signs shaped as ``signs``) also the estimates from those, on the
+    same forward pass (one more backward per group): (2, K, L).
 
     ``inputs`` (K * m samples, or more: the rest is left out) are split into K groups of m;
     ``signs`` (K, m, *logits shape) are Rademacher vectors, one per sample. Group k's estimate is
@@ -128,18 +132,31 @@ def gn_trace_groups(
     params, buffers = functional_state(model, names)
     leaves = [params[n] for n in names]
     masks = mask[: groups * size].split(size) if mask is not None else [None] * groups
-    rows = []
+    rows: list[Tensor] = []
     with eval_mode(model):
         for x, v, m in zip(inputs[: groups * size].split(size), signs, masks):
             logits = _logits(functional_call(model, (params, buffers), (x,)), logits_fn)
             sv = sqrt_output_hessian_times(logits, v)
             count = logits[..., 0].numel()  # samples, or positions of a sequence
             if m is not None:
-                sv = sv * m.unsqueeze(-1).to(sv.dtype)
                 count = m.sum().float()
-            grads = torch.autograd.grad(logits, leaves, grad_outputs=sv, allow_unused=True, materialize_grads=True)
-            rows.append(torch.stack(torch._foreach_norm(grads)).float().square() / count)
-    return torch.stack(rows)
+            draws = [sv] if second is None else [sv, sqrt_output_hessian_times(logits, second[len(rows)])]
+            row = []
+            for i, s in enumerate(draws):
+                if m is not None:
+                    s = s * m.unsqueeze(-1).to(s.dtype)
+                grads = torch.autograd.grad(
+                    logits,
+                    leaves,
+                    grad_outputs=s,
+                    allow_unused=True,
+                    materialize_grads=True,
+                    retain_graph=i < len(draws) - 1,
+                )
+                row.append(torch.stack(torch._foreach_norm(grads)).float().square() / count)
+            rows.append(torch.stack(row))
+    out = torch.stack(rows)  # (K, draws, L)
+    return out[:, 0] if second is None else out.transpose(0, 1)
 
 
 def loss_and_grads(
@@ -202,6 +219,35 @@ def mean_and_se(samples: Tensor) -> tuple[Tensor, Tensor]:
     n = samples.shape[0]
     se = samples.std(dim=0) / math.sqrt(n) if n > 1 else torch.full_like(samples[0], float("nan"))
     return samples.mean(dim=0), se
+
+
+def t_quantile_975(dof: int) -> float:
+    """Student's t 97.5% quantile with ``dof`` degrees of freedom (Cornish-Fisher expansion in
+    1/dof about the normal's 1.96: within 0.3% of the exact value from 3 degrees of freedom on)."""
+    z = 1.959964
+    return (
+        z
+        + (z**3 + z) / (4 * dof)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3)
+        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * dof**4)
+    )
+
+
+def paired_se(first: Tensor, second: Tensor) -> Tensor:
+    """A standard error for ``first.mean(0)`` as an estimate of this probe batch's own value, from
+    ``second``: an independent draw of the random vectors on the same rows' samples.
+
+    ``first[k] - second[k]`` has mean 0 and twice the variance of ``first[k]`` given the samples,
+    whatever they are, so sum_k (first[k] - second[k])^2 / (2 K^2) estimates the variance of the
+    mean with K degrees of freedom. Groups of different samples differ in their expectations
+    (once the loss flattens, a group with one unflat sample reads 100x one without): the spread
+    between groups measures that, which is no error of this batch's trace, and a t-interval from K
+    values at +-2 SE covers less than 90% (K = 4: 88%). The result is scaled by
+    ``t_quantile_975(K) / 2``, so that +-2 of it is a 95% interval."""
+    k = first.shape[0]
+    variance = (first - second).square().sum(dim=0) / (2 * k * k)
+    return variance.sqrt() * (t_quantile_975(k) / 2)
 
 
 def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:

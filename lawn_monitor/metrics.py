@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# update_ratio_per_lr is undefined (NaN) on a step whose LR is below this share of the highest LR
+# that layer has had so far in the run: the end of a schedule that decays to 0 would otherwise
+# dominate every mean, chart and heatmap of it (a step divided by a vanishing LR).
+LR_FLOOR = 0.01
+
 WHOLE = "whole model"
 EACH = "each parameter and whole model"
 PER_LAYER = "each parameter"
@@ -124,17 +129,18 @@ METRICS: list[Metric] = [
         "update_ratio_per_lr",
         EACH,
         "update ratio / learning rate: adaptivity with the LR schedule divided "
-        "out; falls as weights grow, holds under LAWN",
+        f"out; falls as weights grow, holds under LAWN; NaN where the LR is under {LR_FLOOR:.0%} of "
+        "its peak so far",
         "update ratio per unit LR",
         log=True,
     ),
     Metric(
         "effective_lr",
         "each parameter that feeds a normalization layer",
-        "lr / weight norm^2 of a "
-        "scale-invariant weight (conv or linear right before BatchNorm/LayerNorm/GroupNorm): the step its "
-        "direction sees; shrinks as such weights grow",
-        "lr / |w|²",
+        "the step the direction of a scale-invariant weight (conv or linear right before "
+        "BatchNorm/LayerNorm/GroupNorm) sees: lr / weight norm^2 under SGD, lr / weight norm under "
+        "Adam-type optimizers, lr under LAMB; shrinks as such weights grow",
+        "effective LR (per step)",
         log=True,
     ),
     Metric(
@@ -170,7 +176,8 @@ METRICS: list[Metric] = [
     Metric(
         "gn_trace_se",
         EACH,
-        "standard error of gn_trace, between groups of the probe batch",
+        "standard error of gn_trace against the probe batch's exact trace (a second draw of the vectors per "
+        "group), scaled so that +-2 SE is a 95% interval",
         "standard error",
         log=True,
         smooth=False,

@@ -626,17 +626,16 @@ class Monitor:
             self._device_rows.append((step, ep, wall, keys, torch.cat([v.to(device) for v in values])))
 
     def latest(self, metric: str) -> tuple[int, Tensor] | None:
-        """The newest value of an output statistic (``train/loss``, ``train/acc``, ``logit_norm``,
-        ``max_prob``, ``flat_frac``) and its step: a 0-d tensor on the device, no host sync (for
-        ``LAWN(free_steps="auto")``). None before the first one, or without an ``OutputStats``
+        """The newest whole-model value of a metric that a probe keeps at hand (``OutputStats``'
+        ``train/loss``, ``train/acc``, ``logit_norm``, ``max_prob``, ``flat_frac``; ``ParamNorms``'
+        ``update_ratio_per_lr`` and the other norms) and its step: a 0-d tensor on the device, no
+        host sync (for ``LAWN(free_steps="auto")``). None before the first one, or without such a
         probe. Every process of a distributed run gets the global batch's value."""
         for probe in self.probes if self.enabled else ():
             last = getattr(probe, "last", None)
-            if isinstance(probe, OutputStats) and last is not None:
+            if last is not None and (metric, "") in last[1]:
                 step, keys, values = last
-                for i, key in enumerate(keys):
-                    if key == (metric, ""):
-                        return step, values[i]
+                return step, values[keys.index((metric, ""))]
         return None
 
     def annotate(self, **fields: Any) -> None:

@@ -17,7 +17,8 @@ the step count and the targets so that a resumed run continues identically.
 
 Which tensors are constrained (``params``): ``"ndim2"`` (default) every tensor with ``ndim >= 2``,
 i.e. every conv and linear weight; ``"homogeneous"`` (needs ``model=``) the final homogeneous
-sub-network, the part whose weight norms scale the logits (``homogeneous_params``).
+sub-network, the part whose weight norms scale the logits (``homogeneous_params``); ``"all"``
+every trainable tensor, biases and normalization layers' scales and shifts included (``PARAM_CHOICES``).
 
 Under FSDP2 (``fully_shard``: parameters are DTensors sharded over processes; build LAWN after
 sharding) the norms are those of the whole tensors: each process sums its shard's squares and
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -41,6 +42,9 @@ from . import sharding
 __all__ = [
     "LAWN",
     "AutoSwitch",
+    "AUTO_RULES",
+    "PARAM_CHOICES",
+    "select_params",
     "homogeneous_params",
     "OPTIMIZERS",
     "OptimizerSpec",
@@ -119,52 +123,179 @@ def homogeneous_params(model: nn.Module) -> list[Tensor]:
     return chosen
 
 
+AUTO_RULES = ("flat_frac", "ratio_drop", "logit_growth")
+# What each rule reads from the Monitor (``Monitor.latest``), in this order.
+AUTO_SIGNALS = {
+    "flat_frac": ("flat_frac",),
+    "ratio_drop": ("update_ratio_per_lr",),
+    "logit_growth": ("train/acc", "logit_norm"),
+}
+
+
 @dataclass
 class AutoSwitch:
     """When LAWN with ``free_steps="auto"`` switches: at the onset of loss flattening.
 
-    The signal is the Monitor's ``flat_frac`` (share of a batch's samples with loss under 1e-3),
-    computed on the device by its ``OutputStats`` probe. LAWN adds each new value to a sum on
-    the device (no sync) and, every ``window`` values, reads their mean to the host: one
-    ``.item()`` per ``window`` steps, in the free phase only (none before ``min_steps``, none
-    after the switch). It switches after the first window whose mean is >= ``threshold`` once
-    ``min_steps`` steps are done, and after ``max_steps`` steps in any case. The decision is made
-    at the end of a step, from the values the Monitor has recorded by then (up to the step
-    before: the Monitor records a step after the optimizer's), and takes effect at the start of
-    the next step, exactly as ``free_steps`` would: the LR schedule (``lawn_schedule``) sees it
-    in time to start the warm-up after the switch on that step. The decision depends on the
-    values only, never on wall time, so a rerun or a resumed run switches at the same step.
+    LAWN adds each new value of the rule's signals (read from the Monitor, 0-d tensors on the
+    device) to sums on the device (no sync) and, every ``window`` values, reads their means to the
+    host: one host read per ``window`` steps, in the free phase only (none before ``min_steps``,
+    none after the switch). A rule's condition must hold for ``patience`` consecutive windows. The
+    rules (``rule``):
+
+    * ``"flat_frac"``: the window's mean ``flat_frac`` (share of a batch's samples with loss under
+      1e-3) is >= ``threshold``. With ``threshold=0.5, patience=1`` (the defaults) this is the
+      original rule, which waits until half the batch is flat; the onset of flattening is a low
+      threshold held for a few windows, e.g. ``threshold=0.05, patience=3``.
+    * ``"ratio_drop"``: the window's mean ``update_ratio_per_lr`` (how far a unit of LR moves the
+      weights: it falls as the weight norms grow while the loss flattens) is <= ``drop`` times its
+      early level, the mean of the first window read (the one ending at or after ``min_steps``).
+    * ``"logit_growth"``: once the window's mean ``train/acc`` is >= ``acc``, the mean ``logit_norm``
+      has grown to ``growth`` times its value in the first such window: the margins grow by
+      scaling up, not by learning.
+
+    Non-finite values (e.g. ``update_ratio_per_lr`` at a tiny LR) are left out of a window's mean;
+    a window with none is not judged. LAWN switches after ``max_steps`` steps in any case. The
+    decision is made at the end of a step from the values the Monitor has recorded by then (up to
+    the step before: the Monitor records a step after the optimizer's) and takes effect at the
+    start of the next step, exactly as ``free_steps`` would: the LR schedule (``lawn_schedule``)
+    sees it in time to start the warm-up after the switch on that step. It depends on the values
+    only, never on wall time, so a rerun or a resumed run switches at the same step.
 
     Args:
         max_steps: switch after this many steps anyway (required: a run that never flattens
             still gets its constrained phase).
-        threshold: mean ``flat_frac`` over a window at or above which LAWN switches.
-        window: ``flat_frac`` values averaged per check (and steps between host reads).
+        threshold: ``flat_frac``: the window mean at or above which the condition holds.
+        window: values averaged per check (and steps between host reads).
         min_steps: never switch before this many steps.
+        rule: one of ``AUTO_RULES``.
+        patience: consecutive windows the condition must hold.
+        drop: ``ratio_drop``: the share of the early level at or below which the condition holds.
+        acc: ``logit_growth``: the training accuracy from which the logit norm is watched.
+        growth: ``logit_growth``: the logit norm's growth over its level at ``acc`` that fires.
     """
 
     max_steps: int
     threshold: float = 0.5
     window: int = 20
     min_steps: int = 0
+    rule: str = "flat_frac"
+    patience: int = 1
+    drop: float = 0.5
+    acc: float = 0.95
+    growth: float = 1.25
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_steps, int) or self.max_steps < 0:
-            raise ValueError(f"AutoSwitch(max_steps=...) must be an int >= 0, got {self.max_steps!r}")
-        if not isinstance(self.min_steps, int) or not 0 <= self.min_steps <= self.max_steps:
-            raise ValueError(
-                f"AutoSwitch(min_steps=...) must be an int in [0, max_steps={self.max_steps}], got {self.min_steps!r}"
-            )
-        if not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"AutoSwitch(window=...) must be an int >= 1, got {self.window!r}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"AutoSwitch(threshold=...) is a share of samples in (0, 1], got {self.threshold!r}")
+        checks = [
+            (
+                _is_int(self.max_steps) and self.max_steps >= 0,
+                f"max_steps=...) must be an int >= 0, got {self.max_steps!r}",
+            ),
+            (
+                _is_int(self.min_steps) and 0 <= self.min_steps <= self.max_steps,
+                f"min_steps=...) must be an int in [0, max_steps={self.max_steps}], got {self.min_steps!r}",
+            ),
+            (_is_int(self.window) and self.window >= 1, f"window=...) must be an int >= 1, got {self.window!r}"),
+            (0.0 < self.threshold <= 1.0, f"threshold=...) is a share of samples in (0, 1], got {self.threshold!r}"),
+            (self.rule in AUTO_RULES, f"rule=...) must be one of {', '.join(AUTO_RULES)}, got {self.rule!r}"),
+            (
+                _is_int(self.patience) and self.patience >= 1,
+                f"patience=...) must be an int >= 1, got {self.patience!r}",
+            ),
+            (0.0 < self.drop < 1.0, f"drop=...) is a share of the early level in (0, 1), got {self.drop!r}"),
+            (0.0 < self.acc <= 1.0, f"acc=...) is a training accuracy in (0, 1], got {self.acc!r}"),
+            (self.growth > 1.0, f"growth=...) is a factor > 1, got {self.growth!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"AutoSwitch({message}")
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return AUTO_SIGNALS[self.rule]
+
+    def holds(self, means: list[float], state: dict[str, Any]) -> str | None:
+        """Whether this window's means (one per signal, NaN where none was finite) meet the
+        rule's condition: a description of why, or None. ``state`` keeps the rule's early level
+        (``reference``) between windows."""
+        if any(math.isnan(m) for m in means):
+            return None
+        if self.rule == "flat_frac":
+            return f"flat_frac {means[0]:.3f} >= {self.threshold:g}" if means[0] >= self.threshold else None
+        if self.rule == "ratio_drop":
+            if state.get("reference") is None:
+                state["reference"] = means[0]
+                return None
+            level = state["reference"]
+            ok = means[0] <= self.drop * level
+            return f"update_ratio_per_lr {means[0]:.4g} <= {self.drop:g} x its early {level:.4g}" if ok else None
+        acc, norm = means
+        if acc < self.acc:
+            return None
+        if state.get("reference") is None:
+            state["reference"] = norm
+            return None
+        level = state["reference"]
+        ok = norm >= self.growth * level
+        return (
+            f"logit_norm {norm:.4g} >= {self.growth:g} x {level:.4g} (train/acc {acc:.3f} >= {self.acc:g})"
+            if ok
+            else None
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --- the wrapper ------------------------------------------------------------------------------
 
 
 ParamSelector = Callable[[Tensor], bool]
+
+
+PARAM_CHOICES = ("ndim2", "homogeneous", "all")
+
+
+def select_params(
+    all_params: list[Tensor], params: Iterable[Tensor] | ParamSelector | str | None, model: nn.Module | None
+) -> list[int]:
+    """Positions in ``all_params`` of the tensors LAWN constrains (see ``LAWN``'s ``params``)."""
+    if params == "homogeneous":
+        if model is None:
+            raise ValueError(
+                "LAWN(params='homogeneous') needs model=: the final homogeneous sub-network is found "
+                "from the model's layers"
+            )
+        params = homogeneous_params(model)
+    if params is None or params == "ndim2":
+        return [i for i, p in enumerate(all_params) if p.ndim >= 2]
+    if params == "all":
+        return list(range(len(all_params)))
+    if isinstance(params, str):
+        raise ValueError(
+            f"LAWN params={params!r}: use {', '.join(map(repr, PARAM_CHOICES))}, a list of tensors or a callable"
+        )
+    if callable(params):
+        return [i for i, p in enumerate(all_params) if params(p)]
+    ids = {id(p) for p in params}
+    chosen = [i for i, p in enumerate(all_params) if id(p) in ids]
+    if len(chosen) != len(ids):
+        raise ValueError("LAWN params must all belong to the wrapped optimizer")
+    return chosen
+
+
+def _check_wrapped(optimizer: Optimizer, free_steps: int | str, auto: AutoSwitch | None) -> None:
+    if not isinstance(optimizer, Optimizer):
+        raise ValueError(f"LAWN wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if isinstance(optimizer, LAWN):
+        raise ValueError("LAWN cannot wrap another LAWN optimizer")
+    if free_steps == "auto":
+        if not isinstance(auto, AutoSwitch):
+            raise ValueError(
+                "free_steps='auto' needs auto=AutoSwitch(max_steps=...): the step by which LAWN switches anyway"
+            )
+    elif not _is_int(free_steps) or int(free_steps) < 0:
+        raise ValueError(f"free_steps must be an int >= 0 or 'auto', got {free_steps!r}")
 
 
 class LAWN(Optimizer):
@@ -177,7 +308,10 @@ class LAWN(Optimizer):
         params: which tensors are constrained: ``"ndim2"`` (or ``None``) for every tensor with
             ``ndim >= 2`` (conv and linear weights; biases and norm-layer affine parameters stay
             free), ``"homogeneous"`` for the final homogeneous sub-network of ``model``
-            (``homogeneous_params``), an iterable of tensors, or a callable ``tensor -> bool``.
+            (``homogeneous_params``), ``"all"`` for every tensor the optimizer holds (weights,
+            biases, and normalization layers' scales and shifts: each can grow the logits, the
+            last norm layer's scale and shift and the classifier's bias directly), an iterable
+            of tensors, or a callable ``tensor -> bool``.
         tangent: remove the radial component of the gradient before each constrained step.
         reset_moments: clear the inner optimizer's per-parameter state (momentum, Adam moments)
             at the switch.
@@ -202,27 +336,18 @@ class LAWN(Optimizer):
         monitor: Any = None,
         auto: AutoSwitch | None = None,
     ) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise ValueError(f"LAWN wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(optimizer, LAWN):
-            raise ValueError("LAWN cannot wrap another LAWN optimizer")
-        if free_steps == "auto":
-            if not isinstance(auto, AutoSwitch):
-                raise ValueError(
-                    "free_steps='auto' needs auto=AutoSwitch(max_steps=...): the step by which LAWN switches anyway"
-                )
-        elif not isinstance(free_steps, int) or isinstance(free_steps, bool) or free_steps < 0:
-            raise ValueError(f"free_steps must be an int >= 0 or 'auto', got {free_steps!r}")
+        _check_wrapped(optimizer, free_steps, auto)
         self.optimizer = optimizer
         # None while an automatic switch is still undecided; then the number of free steps.
-        self.free_steps: int | None = None if free_steps == "auto" else free_steps
+        self.free_steps: int | None = None if free_steps == "auto" else int(free_steps)
         self.auto = auto if free_steps == "auto" else None
         self.monitor = monitor
         self.switch_info: dict[str, Any] | None = None
-        self._auto_sum: Tensor | None = None  # this window's flat_frac values, summed on the device
+        self._auto_sum: Tensor | None = None  # this window's signals: (sums, finite counts), on the device
         self._auto_count = 0
         self._auto_seen = 0  # the Monitor's step of the last value added
         self._auto_reason: str | None = None
+        self._auto_state: dict[str, Any] = {"streak": 0, "reference": None}  # the rule's memory between windows
         if self.auto is not None and self.auto.max_steps == 0:
             self.free_steps, self._auto_reason = 0, "max_steps 0: no free phase"
         self.param_choice = params if isinstance(params, str) else "ndim2" if params is None else "custom"
@@ -234,24 +359,7 @@ class LAWN(Optimizer):
         self.free_weight_decay: list[float] = []  # each group's weight decay before the switch
 
         all_params = [p for g in optimizer.param_groups for p in g["params"]]
-        if params == "homogeneous":
-            if model is None:
-                raise ValueError(
-                    "LAWN(params='homogeneous') needs model=: the final homogeneous sub-network is "
-                    "found from the model's layers"
-                )
-            params = homogeneous_params(model)
-        if params is None or params == "ndim2":
-            chosen = [i for i, p in enumerate(all_params) if p.ndim >= 2]
-        elif isinstance(params, str):
-            raise ValueError(f"LAWN params={params!r}: use 'ndim2', 'homogeneous', a list of tensors or a callable")
-        elif callable(params):
-            chosen = [i for i, p in enumerate(all_params) if params(p)]
-        else:
-            ids = {id(p) for p in params}
-            chosen = [i for i, p in enumerate(all_params) if id(p) in ids]
-            if len(chosen) != len(ids):
-                raise ValueError("LAWN params must all belong to the wrapped optimizer")
+        chosen = select_params(all_params, params, model)
         self.constrained_index = chosen  # positions in the flattened param_groups
         # FSDP2: the constrained tensors' shards are summed over processes (None: not sharded).
         self._reduce = sharding.shard_sum([all_params[i] for i in chosen])
@@ -321,37 +429,51 @@ class LAWN(Optimizer):
             self.monitor.annotate(lawn_switch=self.switch_info)
 
     def _auto_check(self) -> None:
-        """At the end of a free step: add the Monitor's newest flat_frac, and decide at a window's
-        end (one host read) or at max_steps. A decision sets ``free_steps`` to the steps done, so
-        the switch happens at the start of the next step (see ``AutoSwitch``)."""
+        """At the end of a free step: add the Monitor's newest values of the rule's signals, and
+        decide at a window's end (one host read) or at max_steps. A decision sets ``free_steps`` to
+        the steps done, so the switch happens at the start of the next step (see ``AutoSwitch``)."""
         auto, done = self.auto, self.step_count
+        assert auto is not None  # called in the free phase of free_steps="auto" only
         if done >= auto.max_steps:
             self.free_steps = done
-            self._auto_reason = f"max_steps {auto.max_steps} reached before flat_frac >= {auto.threshold:g}"
+            self._auto_reason = f"max_steps {auto.max_steps} reached before the {auto.rule} rule held"
             return
-        if self.monitor is None:
-            raise ValueError(
-                "LAWN(free_steps='auto') reads flat_frac from a Monitor: pass monitor= or set "
-                "lawn.monitor = Monitor(model, lawn, ...) before the first step"
-            )
-        latest = self.monitor.latest("flat_frac") if hasattr(self.monitor, "latest") else None
-        if latest is None or latest[0] <= self._auto_seen:
+        values = self._auto_values()
+        if values is None:
             return
-        step, value = latest
-        self._auto_seen = step
-        self._auto_sum = value.detach().float() if self._auto_sum is None else self._auto_sum + value.detach().float()
+        finite = torch.isfinite(values)
+        added = torch.stack([torch.where(finite, values, torch.zeros_like(values)), finite.float()])
+        self._auto_sum = added if self._auto_sum is None else self._auto_sum + added
         self._auto_count += 1
         if self._auto_count < auto.window:
             return
         total, self._auto_sum, self._auto_count = self._auto_sum, None, 0
         if done < auto.min_steps:
             return  # no host read before min_steps
-        mean = float(total) / auto.window  # the one sync per window
-        if mean >= auto.threshold:
+        sums, counts = total.tolist()  # the one sync per window
+        means = [s / n if n else math.nan for s, n in zip(sums, counts)]
+        why = auto.holds(means, self._auto_state)
+        self._auto_state["streak"] = self._auto_state["streak"] + 1 if why else 0
+        if why and self._auto_state["streak"] >= auto.patience:
+            held = f", {auto.patience} windows running" if auto.patience > 1 else ""
             self.free_steps = done
-            self._auto_reason = (
-                f"flat_frac {mean:.3f} >= {auto.threshold:g} (mean of the {auto.window} values through step {step})"
+            self._auto_reason = f"{why} (mean of the {auto.window} values through step {self._auto_seen}{held})"
+
+    def _auto_values(self) -> Tensor | None:
+        """The rule's signals at the Monitor's newest step (a float tensor on the device), or None
+        when the Monitor has recorded nothing new since the last call."""
+        if self.monitor is None:
+            raise ValueError(
+                "LAWN(free_steps='auto') reads its signals from a Monitor: pass monitor= or set "
+                "lawn.monitor = Monitor(model, lawn, ...) before the first step"
             )
+        assert self.auto is not None
+        latest = [self.monitor.latest(name) if hasattr(self.monitor, "latest") else None for name in self.auto.signals]
+        found = [x for x in latest if x is not None]
+        if len(found) < len(latest) or found[0][0] <= self._auto_seen:
+            return None
+        self._auto_seen = found[0][0]
+        return torch.stack([value.detach().float().reshape(()) for _, value in found])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -407,7 +529,8 @@ class LAWN(Optimizer):
                 if self.auto is None
                 else {
                     **asdict(self.auto),
-                    "sum": None if self._auto_sum is None else float(self._auto_sum),
+                    "sum": None if self._auto_sum is None else self._auto_sum.tolist(),
+                    "state": dict(self._auto_state),
                     "count": self._auto_count,
                     "seen": self._auto_seen,
                     "reason": self._auto_reason,
@@ -432,9 +555,13 @@ class LAWN(Optimizer):
                 "LAWN state_dict and this optimizer differ in free_steps='auto': resume with the original run's setting"
             )
         if auto is not None:
-            self.auto = AutoSwitch(**{k: auto[k] for k in ("max_steps", "threshold", "window", "min_steps")})
+            self.auto = AutoSwitch(**{f.name: auto[f.name] for f in fields(AutoSwitch) if f.name in auto})
             device = self.constrained_params()[0].device if self.constrained_index else None
-            self._auto_sum = None if auto["sum"] is None else torch.tensor(auto["sum"], device=device)
+            total = auto["sum"]
+            if isinstance(total, float):  # checkpoints before the rules: one flat_frac sum
+                total = [[total], [float(auto["count"])]]
+            self._auto_sum = None if total is None else torch.tensor(total, device=device)
+            self._auto_state = dict(auto.get("state") or {"streak": 0, "reference": None})
             self._auto_count, self._auto_seen = int(auto["count"]), int(auto["seen"])
             self._auto_reason = auto["reason"]
         self.targets = None if lawn["targets"] is None else lawn["targets"].clone()

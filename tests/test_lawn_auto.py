@@ -166,8 +166,8 @@ def test_homogeneous_params_are_the_last_norm_scale_and_what_follows():
     assert [id(p) for p in homogeneous_params(mlp)] == [id(mlp[0].weight), id(mlp[2].weight)]
     with pytest.raises(ValueError, match="model="):
         LAWN(torch.optim.SGD(model.parameters(), lr=0.1), free_steps=0, params="homogeneous")
-    with pytest.raises(ValueError, match="'ndim2', 'homogeneous'"):
-        LAWN(torch.optim.SGD(model.parameters(), lr=0.1), free_steps=0, params="all")
+    with pytest.raises(ValueError, match="'ndim2', 'homogeneous', 'all'"):
+        LAWN(torch.optim.SGD(model.parameters(), lr=0.1), free_steps=0, params="everything")
 
 
 def test_free_phase_warmup():
@@ -176,3 +176,60 @@ def test_free_phase_warmup():
     )
     assert lawn_factor(20, 100, 20, 10, free_warmup_steps=4) == pytest.approx(0.1)  # then the switch's warm-up
     assert lawn_factor(50, 100, None, 10, free_warmup_steps=4) == 1.0  # auto, not decided yet: free
+
+
+# --- onset rules: they fire as flattening sets in, and never without it ----------------------
+
+
+def separable(root, auto: AutoSwitch | None, noise: float = 0.0, steps: int = 150, lr: float = 2e-2):
+    """An MLP learns a linearly separable teacher's labels (256 points) with Adam and no weight
+    decay, batches of 32: the loss flattens. ``noise``: that share of each batch's labels drawn
+    at random anew (nothing to memorize: it never flattens). Without ``auto``, plain Adam: the
+    reference of how the free phase goes on (LAWN's free phase is Adam bit for bit). Returns
+    (LAWN or None, the smoothed flat_frac by step)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 10, generator=g)
+    y = (x @ torch.randn(10, 4, generator=g)).argmax(1)
+    model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    lawn = None if auto is None else LAWN(opt, free_steps="auto", auto=auto)
+    monitor = Monitor(model, lawn or opt, root=root, name="onset", total_steps=steps, probe_config=NO_CURVATURE)
+    if lawn is not None:
+        lawn.monitor = monitor
+    for _ in range(steps):
+        idx = torch.randint(0, 256, (32,), generator=g)
+        xb, yb = x[idx], y[idx]
+        if noise:
+            yb = torch.where(torch.rand(32, generator=g) < noise, torch.randint(0, 4, (32,), generator=g), yb)
+        logits = model(xb)
+        loss = nn.functional.cross_entropy(logits, yb)
+        (lawn or opt).zero_grad()
+        loss.backward()
+        (lawn or opt).step()
+        monitor.step(loss=loss.detach(), logits=logits.detach(), targets=yb)
+    monitor.close("finished")
+    flat = RunStore(root).series(monitor.run_id, "flat_frac", points=None)
+    return lawn, flat.set_index("step")["value"].rolling(10).mean()
+
+
+ONSET_RULES = {
+    "flat_frac": AutoSwitch(max_steps=140, window=5, min_steps=10, threshold=0.05, patience=3),
+    "logit_growth": AutoSwitch(max_steps=140, window=5, min_steps=10, rule="logit_growth", acc=0.95, growth=1.25),
+}
+
+
+@pytest.mark.slow
+def test_onset_rules_fire_before_half_the_batch_is_flat_and_never_without_flattening(tmp_path):
+    _, reference = separable(tmp_path / "adam", auto=None)
+    half = int(reference[reference >= 0.5].index.min())  # the old rule's moment: half the batch flat
+    assert 40 <= half <= 140, half
+    for name, auto in ONSET_RULES.items():
+        lawn, flat = separable(tmp_path / name, auto=auto)
+        switch = lawn.switch_info
+        assert switch["rule"] == "auto" and "max_steps" not in switch["reason"], (name, switch)
+        assert switch["step"] < half, (name, switch, half)
+        assert reference.loc[switch["step"] - 1] < 0.5  # the same run up to the switch: still mostly unflat
+        lawn, flat = separable(tmp_path / f"{name}-noise", auto=auto, noise=0.3)
+        assert flat.max() < 0.05  # label noise: nothing flattens
+        assert "max_steps 140 reached" in lawn.switch_info["reason"], (name, lawn.switch_info)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lawn_monitor.optim import OPTIMIZERS
+from lawn_monitor.optim import AUTO_RULES, OPTIMIZERS, PARAM_CHOICES, AutoSwitch
 from lawn_monitor.probes import ProbeConfig
 
 DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
-MODELS = ("cnn", "mlp", "vgg19", "resnet18", "resnet50")
+MODELS = ("cnn", "cnn_bn", "mlp", "vgg19", "resnet18", "resnet50")
 
 
 class ConfigError(ValueError):
@@ -38,20 +39,39 @@ def _opt(help: str, **kw) -> Any:
 class TrainConfig:
     dataset: str = _opt("data set", default="digits", meta={"choices": DATASETS})
     model: str = _opt(
-        "model: cnn (28x28 or 8x8 images), mlp (anything, flattened), vgg19 (32x32 RGB)",
+        "model: cnn (28x28 or 8x8 images), cnn_bn (the cnn with BatchNorm), mlp (anything, flattened), "
+        "vgg19 (32x32 RGB)",
         default="cnn",
         meta={"choices": MODELS},
     )
     optimizer: str = _opt("inner optimizer", default="adam", meta={"choices": tuple(OPTIMIZERS)})
     lawn: bool = _opt("wrap the optimizer in LAWN (constrain weight norms after the free phase)", default=False)
     free_epochs: float | str = _opt(
-        "epochs of the free phase before LAWN freezes the norms, or auto: switch when the mean flat_frac over a "
-        "window reaches --auto-threshold, not before --auto-min-epochs, by --auto-max-epochs at the latest",
+        "epochs of the free phase before LAWN freezes the norms, or auto: switch when --auto-rule holds for "
+        "--auto-patience windows running, not before --auto-min-epochs, by --auto-max-epochs at the latest",
         default=1.0,
         meta={"type": free_epochs_value, "metavar": "FLOAT|auto"},
     )
+    auto_rule: str = _opt(
+        "--free-epochs auto: flat_frac (a window's mean flat_frac >= --auto-threshold), ratio_drop "
+        "(update_ratio_per_lr <= --auto-drop x its level in the first window read), logit_growth (once train "
+        "accuracy >= --auto-acc, logit_norm >= --auto-growth x its level then)",
+        default="flat_frac",
+        meta={"choices": AUTO_RULES},
+    )
     auto_threshold: float = _opt(
-        "--free-epochs auto: switch when the mean flat_frac over a window reaches this", default=0.5
+        "--auto-rule flat_frac: the window's mean flat_frac at which it holds (0.5: half the batch flat; "
+        "0.05-0.1 with --auto-patience 3: the onset)",
+        default=0.5,
+    )
+    auto_patience: int = _opt("--free-epochs auto: windows running the rule must hold", default=1)
+    auto_drop: float = _opt("--auto-rule ratio_drop: the share of the early level that fires", default=0.5)
+    auto_acc: float = _opt(
+        "--auto-rule logit_growth: the train accuracy from which logit_norm is watched", default=0.95
+    )
+    auto_growth: float = _opt("--auto-rule logit_growth: the logit_norm growth that fires", default=1.25)
+    auto_window: int | None = _opt(
+        "--free-epochs auto: steps averaged per check (default: the lesser of 20 and half an epoch)", default=None
     )
     auto_min_epochs: float = _opt("--free-epochs auto: never switch before this epoch", default=1.0)
     auto_max_epochs: float | None = _opt(
@@ -60,10 +80,11 @@ class TrainConfig:
         default=None,
     )
     lawn_params: str = _opt(
-        "LAWN: which tensors are constrained: ndim2 (every conv and linear weight) or homogeneous "
-        "(the last normalization layer's scale and the weights after it)",
+        "LAWN: which tensors are constrained: ndim2 (every conv and linear weight), homogeneous "
+        "(the last normalization layer's scale and the weights after it) or all (every weight and bias, "
+        "normalization layers' scales and shifts included)",
         default="ndim2",
-        meta={"choices": ("ndim2", "homogeneous")},
+        meta={"choices": PARAM_CHOICES},
     )
     free_warmup_epochs: float = _opt(
         "LAWN: LR warm-up epochs at the start of the free phase (large batches)", default=0.0
@@ -119,9 +140,9 @@ class TrainConfig:
     )
     flush_secs: float = _opt("seconds between metric flushes to Parquet", default=2.0)
     probe_size: int = _opt(
-        "samples in the fixed probe batch the curvature is measured on (the GN trace and the "
-        "sharpness use the first 16, Hutchinson the first 32)",
-        default=32,
+        "samples in the fixed probe batch the curvature is measured on (the GN trace uses the first 16, "
+        "Hutchinson the first 32, the sharpness the first 128)",
+        default=128,
     )
     # What the Monitor measures and how often: the Monitor's own config, saved nested in the
     # run's record. Its flags are listed in PROBE_FLAGS; its seed is the run's (resolved()).
@@ -206,18 +227,44 @@ class TrainConfig:
                 ),
             )
         if self.lawn and auto:
-            checks[:0] = [
-                (
-                    0 <= self.auto_min_epochs <= self.auto_max_epochs < self.epochs,
-                    f"--auto-min-epochs ({self.auto_min_epochs:g}) <= --auto-max-epochs ({self.auto_max_epochs:g}) < "
-                    f"--epochs ({self.epochs}) must hold, from 0",
-                ),
-                (
-                    0 < self.auto_threshold <= 1,
-                    f"--auto-threshold is a share of samples in (0, 1], got {self.auto_threshold}",
-                ),
-            ]
+            checks[:0] = self._auto_checks()
         return checks
+
+    def _auto_checks(self) -> list[tuple[bool, str]]:
+        """``--free-epochs auto``'s checks; fills --auto-max-epochs' default. Raises ConfigError
+        for a rule parameter out of its range (AutoSwitch's own checks, in the flags' names)."""
+        if self.auto_max_epochs is None:
+            self.auto_max_epochs = min(10.0, self.epochs / 2)
+        checks = [
+            (
+                0 <= self.auto_min_epochs <= self.auto_max_epochs < self.epochs,
+                f"--auto-min-epochs ({self.auto_min_epochs:g}) <= --auto-max-epochs ({self.auto_max_epochs:g}) < "
+                f"--epochs ({self.epochs}) must hold, from 0",
+            ),
+            (self.auto_window is None or self.auto_window >= 1, f"--auto-window must be >= 1, got {self.auto_window}"),
+        ]
+        if all(ok for ok, _ in checks):
+            try:
+                self.auto_switch(1000)  # any length: the checks are on the rule's own parameters
+            except ValueError as exc:
+                flag = re.sub(r"AutoSwitch\((\w+)=\.\.\.\)", lambda m: "--auto-" + m[1].replace("_", "-"), str(exc))
+                raise ConfigError(flag) from None
+        return checks
+
+    def auto_switch(self, steps_per_epoch: int) -> AutoSwitch:
+        """The rule for ``--free-epochs auto`` in optimizer steps (on a resolved config)."""
+        window = self.auto_window or max(1, min(20, steps_per_epoch // 2))
+        return AutoSwitch(
+            max_steps=round((self.auto_max_epochs or 0.0) * steps_per_epoch),
+            threshold=self.auto_threshold,
+            window=window,
+            min_steps=round(self.auto_min_epochs * steps_per_epoch),
+            rule=self.auto_rule,
+            patience=self.auto_patience,
+            drop=self.auto_drop,
+            acc=self.auto_acc,
+            growth=self.auto_growth,
+        )
 
 
 # The probe settings the command line offers: flag name -> (ProbeConfig field, help). A flag

@@ -1,4 +1,5 @@
-"""Models for the trainers: a small CNN and an MLP for CPU-scale runs; the paper's VGG-19 and a
+"""Models for the trainers: a small CNN (``cnn``; ``cnn_bn`` with BatchNorm after each conv) and
+an MLP for CPU-scale runs; the paper's VGG-19 and a
 ResNet-18 for CIFAR (32x32 inputs), and torchvision's ResNet-50 for ImageNet."""
 
 from __future__ import annotations
@@ -122,13 +123,13 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, datas
     """Build a model by name for inputs of ``input_shape`` (one sample)."""
     if name == "mlp":
         return MLP(math.prod(input_shape), num_classes)
-    if name == "cnn":
+    if name in ("cnn", "cnn_bn"):
         if len(input_shape) != 3:
             raise ModelError(
-                f"--model cnn needs images, but {dataset or 'this data set'} has inputs of shape "
+                f"--model {name} needs images, but {dataset or 'this data set'} has inputs of shape "
                 f"{tuple(input_shape)}: use --model mlp"
             )
-        return SmallCNN(input_shape[0], num_classes)
+        return SmallCNN(input_shape[0], num_classes, batchnorm=name == "cnn_bn")
     if name == "vgg19":
         if tuple(input_shape) != (3, 32, 32):
             raise ModelError(

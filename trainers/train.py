@@ -296,12 +296,7 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
     auto = None
     if cfg.lawn and cfg.free_epochs == "auto":
         # The window: values averaged per check and steps between host reads (see AutoSwitch).
-        auto = AutoSwitch(
-            max_steps=round(cfg.auto_max_epochs * steps_per_epoch),
-            threshold=cfg.auto_threshold,
-            window=max(1, min(20, steps_per_epoch // 2)),
-            min_steps=round(cfg.auto_min_epochs * steps_per_epoch),
-        )
+        auto = cfg.auto_switch(steps_per_epoch)
         free_steps: int | str = "auto"
     else:
         free_steps = round(cfg.free_epochs * steps_per_epoch) if cfg.lawn else 0

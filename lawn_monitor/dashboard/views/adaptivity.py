@@ -103,7 +103,9 @@ for metric, title, center in HEATMAPS:
 
 effective = {run_id: store.layers(run_id, "effective_lr", points=500) for run_id in (a, b)}
 if any(not df.empty for df in effective.values()):
-    st.markdown("**effective learning rate (lr / |w|²) of the layers that feed a normalization layer**")
+    st.markdown(
+        "**effective learning rate (lr / |w|² under SGD, lr / |w| under Adam, lr under LAMB) of the layers that feed a normalization layer**"
+    )
     for column, run_id in zip(st.columns(2), (a, b)):
         with column:
             state.show(
