@@ -174,7 +174,7 @@ def study_rows(trials: pd.DataFrame) -> list[dict]:
                 "trials": f"{r['complete']} complete"
                 + (f", {r['pruned']} pruned" if r["pruned"] else "")
                 + (f", {r['failed']} failed" if r["failed"] else ""),
-                "best": g(r["best_value"], 4),
+                "best": f"{r['best_value']:.2f}",
                 "trial": r["best_trial"],
                 "params": params_text(mine.iloc[0]["params"]) if not mine.empty else "-",
                 "minutes": g(trials.loc[trials["method"] == r["method"], "seconds"].sum() / 60, 2),
@@ -324,7 +324,7 @@ def data_text(s: Setup, seeds: pd.DataFrame) -> str:
     if seeds.empty or seeds["num_train"].isna().all():
         return about
     train, val = int(seeds["num_train"].dropna().iloc[0]), int(seeds["num_val"].dropna().iloc[0])
-    return f"{about}: {train:,} training samples and a validation split of {val:,} held out of the training set"
+    return f"{about}: {train:,} training samples, and a validation split of {val:,} held out of the training set"
 
 
 def search_space(s: Setup) -> list[dict]:
