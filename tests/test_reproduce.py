@@ -180,6 +180,7 @@ def write_run(root, cfg: TrainConfig, rng, flat_from: int | None, acc: float, st
         "update_ratio_per_lr": rng.uniform(0.1, 0.2, STEPS),
         "train/loss": rng.uniform(0, 1, STEPS),
     }
+    curves["update_ratio_per_lr"][-20:] = np.nan  # undefined where the LR has decayed to ~0
     rows = [(m, s, float(v)) for m, values in curves.items() for s, v in zip(steps, values)]
     rows += [("test/acc", s, a) for s, a in ((100, 0.9), (STEPS, acc))]
     rows += [("val/acc", s, a) for s, a in ((100, 0.5), (STEPS, acc - 0.01))]
@@ -226,6 +227,10 @@ def test_frame_numbers_match_the_rows(tmp_path):
         assert np.isnan(row["onset"]) if len(over) == 0 else row["onset"] == over[0] + 1
         assert row["logit_norm"] == pytest.approx(c["logit_norm"][last:].mean())
         assert row["train_loss"] == pytest.approx(c["train/loss"][last:].mean())
+        # over the last 5% of the steps at which it is defined: up to step 180, from step 172
+        defined = STEPS - 20
+        ratio = c["update_ratio_per_lr"][defined - int(np.ceil(defined * collect.END_SHARE)) : defined]
+        assert row["update_ratio_per_lr"] == pytest.approx(ratio.mean())
     assert frame.loc[adam.cfg.name, ["test_acc", "val_acc", "best_test_acc"]].tolist() == pytest.approx(
         [0.70, 0.69, 0.90]
     )

@@ -68,9 +68,10 @@ class Verdict:
 
 
 def verdict(frame: pd.DataFrame, a: str, b: str, metric: str = "test_acc", sign: int = 0) -> Verdict | None:
-    """Method ``a`` against ``b`` on ``metric`` over their seeds (Welch); None if either has no run."""
-    x, y = frame.loc[frame["method"] == a, metric], frame.loc[frame["method"] == b, metric]
-    if x.empty or y.empty:
+    """Method ``a`` against ``b`` on ``metric`` over their seeds (Welch); None if either has no value."""
+    x = frame.loc[frame["method"] == a, metric].astype(float).dropna()
+    y = frame.loc[frame["method"] == b, metric].astype(float).dropna()
+    if x.empty or y.empty:  # no run, or the measurement undefined in every run
         return None
     scale = 100.0 if metric.endswith("_acc") else 1.0
     return Verdict(a, b, metric, welch(list(scale * x), list(scale * y)), sign)

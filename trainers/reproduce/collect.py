@@ -95,10 +95,15 @@ def _onsets(store: RunStore, ids: list[str]) -> pd.DataFrame:
 
 
 def _ends(store: RunStore, ids: list[str]) -> pd.DataFrame:
+    """Each PER_STEP metric's mean over the last END_SHARE of the steps at which it is defined
+    (finite): update_ratio_per_lr is NaN where the LR is a vanishing share of its peak, as it
+    is at the end of a cosine schedule, so its "end" is where the LR last counted."""
     return store.sql(
-        """WITH last AS (SELECT run_id, max(step) AS last FROM metrics WHERE layer = '' GROUP BY run_id)
-           SELECT run_id, metric, avg(value) AS value FROM metrics JOIN last USING (run_id)
-           WHERE layer = '' AND metric IN (SELECT unnest(?)) AND step > last - greatest(1, ceil(last * ?))
+        """WITH last AS (
+               SELECT run_id, metric, max(step) AS last FROM metrics
+               WHERE layer = '' AND metric IN (SELECT unnest(?)) AND isfinite(value) GROUP BY run_id, metric)
+           SELECT run_id, metric, avg(value) AS value FROM metrics JOIN last USING (run_id, metric)
+           WHERE layer = '' AND isfinite(value) AND step > last - greatest(1, ceil(last * ?))
            GROUP BY run_id, metric""",
         [list(PER_STEP), END_SHARE],
         run_ids=ids,
