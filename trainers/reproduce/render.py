@@ -119,13 +119,19 @@ def compare_rows(frame: pd.DataFrame, within: str, variant: str, extra) -> list[
                 "variant": r[variant],
                 "val": r["val"].text(),
                 "test": r["test"].text(),
-                "best": "**best on validation**"
-                if r["best"]
-                else (f"{d.text()} ({'within noise' if d.within_noise else 'outside noise'})" if d else "-"),
+                "best": "**best on validation**" if r["best"] else lead_text(d),
                 **extra(r),
             }
         )
     return rows
+
+
+def lead_text(d) -> str:
+    if d is None:
+        return "-"
+    if not math.isfinite(d.low):
+        return f"{d.diff:+.2f} (no interval: too few seeds)"
+    return f"{d.text()} ({'within noise' if d.within_noise else 'outside noise'})"
 
 
 def onset_rows(onset: pd.DataFrame) -> list[dict]:
