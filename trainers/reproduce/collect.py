@@ -147,7 +147,9 @@ def _sustained(store: RunStore, frame: pd.DataFrame) -> dict[str, float]:
 
 
 def _logit_at_switch(store: RunStore, frame: pd.DataFrame) -> dict[str, float]:
-    """Run id -> the mean logit norm over the epoch of steps before LAWN's switch (NaN without one)."""
+    """Run id -> the mean logit norm over the last fifth of LAWN's free phase, at most its last
+    epoch (NaN without a switch): the logits' size when the norms are frozen, without the first
+    steps' small logits in a short free phase."""
     lawn = frame[frame["switch_step"].notna()]
     if lawn.empty:
         return {}
@@ -155,7 +157,8 @@ def _logit_at_switch(store: RunStore, frame: pd.DataFrame) -> dict[str, float]:
     per_epoch = dict(zip(lawn["run_id"], lawn["steps_per_epoch"]))
     found = {}
     for run_id, rows in _series(store, list(lawn["run_id"]), "logit_norm").groupby("run_id"):
-        s, window = switch[run_id], per_epoch[run_id]
+        s = switch[run_id]
+        window = max(1, min(per_epoch[run_id], (s - 1) // 5))
         before = rows.loc[(rows["step"] < s) & (rows["step"] >= s - window), "value"]
         found[run_id] = float(before.mean()) if len(before) else math.nan
     return found
