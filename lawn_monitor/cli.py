@@ -1,8 +1,9 @@
-"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``runs``, ``compare``, ``compact``, ``import``,
+"""The ``lawn-monitor`` command: ``train``, ``sweep``, ``tune``, ``runs``, ``compare``, ``compact``, ``import``,
 ``export`` and ``dashboard``.
 
     lawn-monitor train --dataset digits --model cnn --optimizer adam --lawn
     lawn-monitor sweep --optimizers sgd,adam --lawn both --seeds 0,1
+    lawn-monitor tune --method adam-lawn --trials 20
     lawn-monitor runs --status running
     lawn-monitor compare --metric test/acc --by optimizer,lawn,batch_size
     lawn-monitor compare --table2
@@ -11,7 +12,7 @@
     lawn-monitor export --to tensorboard tb_export/ --layers
     lawn-monitor dashboard --root runs --port 8501
 
-``train`` and ``sweep`` come from the trainers (the ``trainers`` extra), which register them as
+``train``, ``sweep`` and ``tune`` come from the trainers (the ``trainers`` extra), which register them as
 entry points of the group ``lawn_monitor.commands``: this package never imports its trainers.
 """
 
@@ -30,7 +31,7 @@ import pandas as pd
 from .schema import READ_STATUSES
 
 USAGE = (
-    "usage: lawn-monitor {train,sweep,runs,compare,compact,import,export,dashboard} ... "
+    "usage: lawn-monitor {train,sweep,tune,runs,compare,compact,import,export,dashboard} ... "
     "(lawn-monitor COMMAND --help for its options)"
 )
 PLUGINS = "lawn_monitor.commands"  # entry-point group of commands other packages add (the trainers' train, sweep)
@@ -79,13 +80,21 @@ def runs(argv: list[str]) -> int:
         for c in ["run_id", "status", "dataset", "optimizer", "lawn", "batch_size", "seed", "progress", "test_acc"]
         if c in df.columns
     ]
+    if df["study"].notna().any():  # tuning studies: which trial each run is, and each study's winner
+        cols[-1:-1] = ["val_acc"]
+        cols += ["study", "trial", "best"]
     if df["damage"].notna().any():
         cols.append("damage")
     df = df[cols].copy()
     if "progress" in df:
         df["progress"] = df["progress"].map(lambda p: "" if pd.isna(p) else f"{100 * p:.0f}%")
-    if "test_acc" in df:
-        df["test_acc"] = df["test_acc"].map(lambda a: "" if pd.isna(a) else f"{a:.4f}")
+    for acc in ("test_acc", "val_acc"):
+        if acc in df:
+            df[acc] = df[acc].map(lambda a: "" if pd.isna(a) else f"{a:.4f}")
+    if "study" in df:
+        df["study"] = df["study"].fillna("")
+        df["trial"] = df["trial"].map(lambda t: "" if pd.isna(t) else str(t))
+        df["best"] = df["best"].map(lambda b: "best" if b else "")
     if "damage" in df:
         df["damage"] = df["damage"].fillna("")
     _print(df)
@@ -291,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     plugin = _plugin(command)
     if plugin is not None:
         return plugin(rest)
-    if command in ("train", "sweep"):
+    if command in ("train", "sweep", "tune"):
         print(
             f"lawn-monitor: error: {command!r} comes with the trainers: pip install 'lawn-monitor[trainers]'",
             file=sys.stderr,

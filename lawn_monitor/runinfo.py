@@ -74,6 +74,11 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "test_acc": (_number, "a number"),
     "best_test_acc": (_number, "a number"),
     "test_acc_step": (_count, "a whole number >= 0"),
+    "val_acc": (_number, "a number"),
+    "best_val_acc": (_number, "a number"),
+    "val_acc_step": (_count, "a whole number >= 0"),
+    "study": (_text, "text"),  # a tuning study's name (lawn-monitor tune)
+    "trial": (_count, "a whole number >= 0"),  # the trial's number in that study
     "schema_version": (_count, "a whole number >= 0"),
     "host": (_text, "text"),
     "pid": (_count, "a whole number >= 0"),

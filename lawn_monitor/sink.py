@@ -181,20 +181,23 @@ class ParquetSink:
             self._files -= removed
 
     def _note_accuracy(self, table: pa.Table) -> None:
-        """Keep the latest and best ``test/acc`` in run.json (written at the next heartbeat or
-        close), so that listing runs needs no scan of their Parquet files."""
-        mask = pc.and_(pc.equal(table["metric"], "test/acc"), pc.equal(table["layer"], ""))
-        if not pc.any(mask).as_py():
-            return
-        rows = table.filter(mask)
-        steps, values = rows["step"].to_numpy(), rows["value"].to_numpy()
-        last = int(np.lexsort((np.arange(len(steps)), steps))[-1])  # highest step, then last written
-        if self.info.get("test_acc_step") is None or steps[last] >= self.info["test_acc_step"]:
-            self.info["test_acc"], self.info["test_acc_step"] = float(values[last]), int(steps[last])
-        finite = values[np.isfinite(values)]
-        if finite.size:
-            best = self.info.get("best_test_acc")
-            self.info["best_test_acc"] = float(finite.max()) if best is None else max(best, float(finite.max()))
+        """Keep the latest and best ``test/acc`` and ``val/acc`` in run.json (``test_acc``,
+        ``best_test_acc``, ``val_acc``, ``best_val_acc``; written at the next heartbeat or close),
+        so that listing runs needs no scan of their Parquet files."""
+        for split in ("test", "val"):
+            mask = pc.and_(pc.equal(table["metric"], f"{split}/acc"), pc.equal(table["layer"], ""))
+            if not pc.any(mask).as_py():
+                continue
+            rows = table.filter(mask)
+            steps, values = rows["step"].to_numpy(), rows["value"].to_numpy()
+            last = int(np.lexsort((np.arange(len(steps)), steps))[-1])  # highest step, then last written
+            key, at = f"{split}_acc", f"{split}_acc_step"
+            if self.info.get(at) is None or steps[last] >= self.info[at]:
+                self.info[key], self.info[at] = float(values[last]), int(steps[last])
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                best = self.info.get(f"best_{key}")
+                self.info[f"best_{key}"] = float(finite.max()) if best is None else max(best, float(finite.max()))
 
     def sync(self) -> None:
         """Make every part written so far survive a power cut, not only a killed process (parts

@@ -49,6 +49,10 @@ RUN_COLUMNS = [
     "step",
     "total_steps",
     "progress",
+    "study",  # a tuning study's name (lawn-monitor tune) and the trial's number in it
+    "trial",
+    "val_acc",  # the latest val/acc: a study's objective
+    "best",  # True for the run of the study's winning trial
 ]
 SERIES_COLUMNS = ["run_id", "step", "epoch", "wall_time", "x", "value", "min", "max", "smoothed"]
 SUMMARY_STATS = ["mean", "std", "stderr", "count", "min", "max"]
@@ -95,6 +99,7 @@ NOT_COMPUTED = frozenset(
         "auto_switch",
         "steps_per_epoch",
         "num_train",
+        "num_val",
         "schedule",
     }
 )
@@ -228,6 +233,17 @@ def _canonical(value) -> str:
     elif isinstance(value, np.bool_):
         value = bool(value)
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def _study_winners(runs: pd.DataFrame) -> pd.Series:
+    """True for each study's winning run: the finished one with the highest final ``val_acc``
+    (the first trial among equals), which is the trial the study's storage names best."""
+    best = pd.Series(False, index=runs.index)
+    done = runs[runs["study"].notna() & (runs["status"] == "finished") & runs["val_acc"].notna()]
+    if not done.empty:
+        ranked = done.sort_values(["study", "val_acc", "trial"], ascending=[True, False, True])
+        best[ranked.drop_duplicates("study").index] = True
+    return best
 
 
 class RunStore:
@@ -572,6 +588,9 @@ class RunStore:
                 "step": step,
                 "total_steps": total,
                 "progress": min(step / total, 1.0) if total else None,
+                "study": info.get("study"),
+                "trial": info.get("trial"),
+                "val_acc": info.get("val_acc"),
                 # Kept in run.json by the sink as it writes test/acc rows (None: not recorded
                 # there, e.g. by an older version; then read from the Parquet files below).
                 "_acc": (info["test_acc"], info.get("best_test_acc")) if "test_acc" in info else None,
@@ -582,6 +601,8 @@ class RunStore:
         df = pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
         if df.empty:
             return df
+        df["trial"] = df["trial"].astype("Int64")
+        df["best"] = _study_winners(df)
         if status is not None:
             wanted = [status] if isinstance(status, str) else list(status)
             df = df[df["status"].isin(wanted)]

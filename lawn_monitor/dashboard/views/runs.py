@@ -12,14 +12,19 @@ import streamlit as st
 from lawn_monitor.dashboard import state
 from lawn_monitor.dashboard.tables import STATUSES, filter_options, filter_runs
 
-# Name, status and progress first and pinned (always in view), then accuracy and the config that
-# tells runs apart, then when it was made.
+# Name, status and progress first and pinned (always in view), then accuracy, the tuning study
+# and trial a run belongs to (and whether it won), the config that tells runs apart, then when
+# it was made.
 COLUMNS = [
     "label",
     "status",
     "progress",
+    "val_acc",
     "test_acc",
     "best_test_acc",
+    "study",
+    "trial",
+    "best",
     "epochs",
     "dataset",
     "model",
@@ -82,6 +87,10 @@ event = st.dataframe(
         "lr": st.column_config.NumberColumn("lr", format="%.3g"),
         "test_acc": st.column_config.NumberColumn("test acc (latest)", format="percent"),
         "best_test_acc": st.column_config.NumberColumn("test acc (best)", format="percent"),
+        "val_acc": st.column_config.NumberColumn("val acc (latest)", format="percent"),
+        "study": st.column_config.TextColumn("study"),
+        "trial": st.column_config.NumberColumn("trial", format="%d"),
+        "best": st.column_config.CheckboxColumn("best trial", help="the study's winner: highest final val acc"),
         "created_at": st.column_config.TextColumn("created"),
     },
 )
