@@ -39,7 +39,7 @@ def storage(root: Path) -> str:
 
 
 def tune_command(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "trainers.tune", "--root", str(root), *TINY_FLAGS, *args]
+    return [sys.executable, "-m", "lawn_monitor_trainers.tune", "--root", str(root), *TINY_FLAGS, *args]
 
 
 def env() -> dict[str, str]:
