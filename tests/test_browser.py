@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,30 +25,16 @@ import torch
 from torch import nn
 
 from lawn_monitor import Monitor
+from tests.browser import CHROMIUM, PAGES, Charts, browser_page, free_port, settle, streamlit_app, wait_rendered
 from tests.helpers import TINY_PROBES
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("LAWN_MONITOR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[dev]'")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="no chromium binary: `apt-get install chromium` (make test does this as root), or set LAWN_MONITOR_CHROMIUM",
 )
-# (url path, the page's title): the Runs page is the default one, at /.
-PAGES = [
-    ("", "Runs"),
-    ("live", "Live"),
-    ("flattening", "Loss flattening"),
-    ("adaptivity", "Weight adaptivity"),
-    ("compare", "Compare"),
-]
 LIVE_NAME = "live-writer"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Writer(threading.Thread):
@@ -118,83 +102,6 @@ def server(tiny_store, tmp_path):
         torch.set_num_threads(threads)
 
 
-@contextmanager
-def streamlit_app(root: Path, tmp_path: Path):
-    """`lawn-monitor dashboard` on a free port of 127.0.0.1, reading ``root``; yields its URL."""
-    port = free_port()
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lawn_monitor.cli",
-            "dashboard",
-            "--root",
-            str(root),
-            "--port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--server.fileWatcherType",
-            "none",
-            "--client.toolbarMode",
-            "viewer",
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@contextmanager
-def browser_page():
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
-        try:
-            # Streamlit scrolls inside its main block, not the document: a tall window shows whole pages.
-            yield browser.new_page(viewport={"width": 1280, "height": 1800})
-        finally:
-            browser.close()
-
-
-def wait_rendered(page, title: str) -> None:
-    """Wait for the page's title, for its script to finish, and for at least one table or chart."""
-    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
-    page.locator(
-        "[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
-    ).first.wait_for(timeout=30_000)
-    # Then for the script to finish (on Live, for a moment between two fragment reruns), and for
-    # Vega to draw what arrived last.
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'",
-        timeout=30_000,
-    )
-    page.wait_for_timeout(500)
-
-
 def live_step(page, timeout: float = 10_000) -> int:
     text = page.get_by_text(re.compile(rf"^{LIVE_NAME}: step [\d,]+")).first.inner_text(timeout=timeout)
     return int(re.search(r"step ([\d,]+)", text).group(1).replace(",", ""))
@@ -227,43 +134,6 @@ def test_every_page_in_a_browser(server, tmp_path):
 
 
 # --- what the browser was sent: every chart's Vega-Lite spec and data ----------------------------
-
-
-class Charts:
-    """Collects the Vega-Lite charts Streamlit sends a page over its websocket (the protobuf
-    ForwardMsg frames, decoded with Streamlit's own classes): each chart's spec and data sets."""
-
-    def __init__(self, page) -> None:
-        self.specs: list[tuple[dict, dict]] = []  # (spec, dataset name -> DataFrame)
-        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
-
-    def _frame(self, payload) -> None:
-        import pyarrow as pa
-        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-
-        if isinstance(payload, str):
-            return
-        msg = ForwardMsg.FromString(payload)
-        if msg.WhichOneof("type") != "delta" or msg.delta.WhichOneof("type") != "new_element":
-            return
-        element = msg.delta.new_element
-        if element.WhichOneof("type") != "vega_lite_chart":
-            return
-        chart = element.vega_lite_chart
-        data = {ds.name: pa.ipc.open_stream(ds.data.data).read_pandas() for ds in chart.datasets}
-        self.specs.append((json.loads(chart.spec), data))
-
-    def clear(self) -> None:
-        self.specs.clear()
-
-    def layers(self):
-        """Every layer of every chart seen: (chart title, layer spec, its data)."""
-        for spec, data in self.specs:
-            layers = spec.get("layer", [spec])
-            title = (spec.get("title") or layers[0].get("title") or {}).get("text", "")
-            for layer in layers:
-                name = (layer.get("data") or spec.get("data") or {}).get("name")
-                yield title, layer, data.get(name)
 
 
 def run_colours(charts: Charts) -> dict[str, set]:
@@ -345,16 +215,6 @@ def test_one_colour_per_run_everywhere_and_growth_against_freeze(adam_pair, tmp_
 
 
 # --- the Live page, the selection and the history (issue: a Live page that is live) --------------
-
-
-def settle(page) -> None:
-    """Wait for the script (and a rerun it triggers) to finish and for Vega to draw."""
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'",
-        timeout=30_000,
-    )
-    page.wait_for_timeout(500)
 
 
 def test_live_tab_on_an_empty_store_shows_a_run_that_starts_later(tmp_path):

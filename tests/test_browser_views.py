@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_PROBES
-from test_browser import CHROMIUM, Charts, browser_page, settle, streamlit_app, wait_rendered
 from torch import nn
 
 from lawn_monitor import LAWN, Monitor, RunStore
 from lawn_monitor.dashboard.styles import run_styles
+from tests.browser import CHROMIUM, Charts, browser_page, settle, streamlit_app, wait_rendered
+from tests.helpers import TINY_PROBES
 
 pytestmark = [
     pytest.mark.slow,

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_store import write_run
 
 from lawn_monitor import Monitor, RunStore, __version__
 from lawn_monitor.cli import main as cli_main
 from lawn_monitor.compact import compact_store
 from lawn_monitor.lock import LOCK_NAME
 from lawn_monitor.storage import Location
+from tests.helpers import write_run
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ["runs", "compare", "compact", "import", "export", "dashboard", "train", "sweep"]
@@ -186,7 +186,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 @pytest.mark.slow
 def test_sigterm_stops_the_dashboard_and_its_server(one_run, tmp_path):
-    from test_browser import free_port
+    from tests.browser import free_port
 
     root, _ = one_run
     port = free_port()
