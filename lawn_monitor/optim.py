@@ -142,10 +142,9 @@ class AutoSwitch:
     rules (``rule``):
 
     * ``"flat_frac"``: the window's mean ``flat_frac`` (share of a batch's samples with loss under
-      1e-3) is >= ``threshold``. The defaults, ``threshold=0.1, patience=3``, fire at the onset of
-      flattening (chosen on validation in docs/reproduction.md: it fired in every seed, near epoch
-      7 of 20, where ``threshold=0.5, patience=1``, the original rule that waits until half the
-      batch is flat, never fired).
+      1e-3) is >= ``threshold``. With ``threshold=0.5, patience=1`` (the defaults) this is the
+      original rule, which waits until half the batch is flat; the onset of flattening is a low
+      threshold held for a few windows, e.g. ``threshold=0.05, patience=3``.
     * ``"ratio_drop"``: the window's mean ``update_ratio_per_lr`` (how far a unit of LR moves the
       weights: it falls as the weight norms grow while the loss flattens) is <= ``drop`` times its
       early level, the mean of the first window read (the one ending at or after ``min_steps``).
@@ -175,11 +174,11 @@ class AutoSwitch:
     """
 
     max_steps: int
-    threshold: float = 0.1
+    threshold: float = 0.5
     window: int = 20
     min_steps: int = 0
     rule: str = "flat_frac"
-    patience: int = 3
+    patience: int = 1
     drop: float = 0.5
     acc: float = 0.95
     growth: float = 1.25

@@ -32,7 +32,7 @@ def memorize(
     opt = LAWN(
         torch.optim.Adam(model.parameters(), lr=lr),
         free_steps="auto",
-        auto=auto or AutoSwitch(max_steps=60, threshold=0.5, window=5, min_steps=10, patience=1),
+        auto=auto or AutoSwitch(max_steps=60, threshold=0.5, window=5, min_steps=10),
     )
     monitor = Monitor(
         model,
@@ -82,20 +82,12 @@ def test_auto_does_not_switch_without_flattening_until_max_steps(tmp_path):
     assert "max_steps 60 reached" in opt.switch_info["reason"]
     assert RunStore(tmp_path / "noisy").run_info(run_id)["lawn_switch"]["step"] == 61
     # a max that is never reached: still free at the end
-    _, opt, _ = memorize(
-        tmp_path / "long",
-        lr=1e-3,
-        noisy=True,
-        auto=AutoSwitch(max_steps=500, window=5, threshold=0.5, patience=1),
-        steps=40,
-    )
+    _, opt, _ = memorize(tmp_path / "long", lr=1e-3, noisy=True, auto=AutoSwitch(max_steps=500, window=5), steps=40)
     assert opt.phase == "free" and opt.switch_info is None and opt.free_steps is None
 
 
 def test_auto_never_switches_before_min_steps(tmp_path):
-    _, opt, _ = memorize(
-        tmp_path, lr=3e-2, auto=AutoSwitch(max_steps=70, window=5, min_steps=50, threshold=0.5, patience=1)
-    )
+    _, opt, _ = memorize(tmp_path, lr=3e-2, auto=AutoSwitch(max_steps=70, window=5, min_steps=50))
     assert opt.switch_info["rule"] == "auto" and 51 <= opt.switch_info["step"] <= 56
 
 

@@ -63,11 +63,11 @@ class TrainConfig:
         meta={"choices": AUTO_RULES},
     )
     auto_threshold: float = _opt(
-        "--auto-rule flat_frac: the window's mean flat_frac at which it holds (0.1 with --auto-patience 3: the "
-        "onset of flattening; 0.5 with --auto-patience 1: the old rule, half the batch flat)",
-        default=0.1,
+        "--auto-rule flat_frac: the window's mean flat_frac at which it holds (0.5: half the batch flat; "
+        "0.05-0.1 with --auto-patience 3: the onset)",
+        default=0.5,
     )
-    auto_patience: int = _opt("--free-epochs auto: windows running the rule must hold", default=3)
+    auto_patience: int = _opt("--free-epochs auto: windows running the rule must hold", default=1)
     auto_drop: float = _opt("--auto-rule ratio_drop: the share of the early level that fires", default=0.5)
     auto_acc: float = _opt(
         "--auto-rule logit_growth: the train accuracy from which logit_norm is watched", default=0.95
