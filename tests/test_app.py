@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -402,11 +401,11 @@ def test_view_state_survives_moving_between_pages(sweep_store):
 
 @pytest.mark.parametrize("page", PAGES)
 @pytest.mark.parametrize("make_dir", [False, True])
-def test_empty_or_missing_store_says_how_to_start(tmp_path, page, make_dir):
+def test_empty_or_missing_store_says_how_to_start(tmp_path, monkeypatch, page, make_dir):
     root = tmp_path / "runs"
     if make_dir:
         root.mkdir()
-    os.environ["LAWN_MONITOR_ROOT"] = str(root)
+    monkeypatch.setenv("LAWN_MONITOR_ROOT", str(root))  # set for this test only: later tests use ./runs
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     if page != "runs":

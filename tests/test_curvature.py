@@ -496,15 +496,18 @@ def test_monitor_says_once_that_curvature_is_off_without_a_probe_batch(tmp_path)
 
 
 def test_the_trainer_draws_a_curvature_curve_on_digits_with_the_defaults(tmp_path):
-    """`lawn-monitor train --dataset digits --model cnn --epochs 10`: 230 steps, default budget."""
+    """`lawn-monitor train --dataset digits --model cnn --epochs 10`: 210 steps (1,293 training
+    images once the validation split is held out, batch 64), default budget."""
     result = train(TrainConfig(dataset="digits", model="cnn", epochs=10, root=str(tmp_path), progress=False))
     assert result.status == "finished"
     store = RunStore(tmp_path)
     total = json.loads((result.run_dir / "run.json").read_text())["total_steps"]
-    assert total == 230
+    assert total == 210
     gn = store.series(result.run_id, "gn_trace", points=None)["step"]
     during = gn[gn < total]
-    assert len(during) >= 25, gn.tolist()
+    # 21 points measured after the GN trace took a second draw per group for its standard error and
+    # the probe batch grew to 128 (each point costs more of the same budget; 25+ before).
+    assert len(during) >= 20, gn.tolist()
     assert (during <= total / 2).sum() > (during > total / 2).sum(), gn.tolist()  # more early than late
     sharp = store.series(result.run_id, "sharpness", points=None)["step"]
     assert len(sharp) >= 5, sharp.tolist()

@@ -95,5 +95,9 @@ def test_two_gloo_processes_match_one(tmp_path):
     # BLAS builds while still failing on any real mismatch (a rank's share counted twice or
     # missed, a per-rank mean logged as the global one: errors of 1e-2 and more).
     torch.testing.assert_close(
-        torch.tensor(merged["value_y"].to_numpy()), torch.tensor(merged["value_x"].to_numpy()), rtol=1e-3, atol=1e-6
+        torch.tensor(merged["value_y"].to_numpy()),
+        torch.tensor(merged["value_x"].to_numpy()),
+        rtol=1e-3,
+        atol=1e-6,
+        equal_nan=True,  # update_ratio_per_lr is NaN in both where the LR is under 1% of its peak
     )

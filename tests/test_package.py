@@ -281,7 +281,7 @@ def test_an_install_has_no_top_level_trainers_and_its_commands_work(tmp_path):
     (Path(site.stdout.strip()) / "dependencies.pth").write_text(deps + "\n")
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LAWN_MONITOR_ROOT")}
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=600)

@@ -176,7 +176,17 @@ def test_free_epochs_auto_switches_and_records_why(capsys, tmp_path):
     assert store.switch_steps(run_id)["step"].tolist() == [switch["step"]]
     config = info["config"]
     assert config["free_epochs"] == "auto" and config["free_steps"] == "auto" and config["lawn_params"] == "homogeneous"
-    assert config["auto_switch"] == {"max_steps": 3 * spe, "threshold": 0.5, "window": 20, "min_steps": spe}
+    assert config["auto_switch"] == {
+        "max_steps": 3 * spe,
+        "threshold": 0.5,
+        "window": 20,
+        "min_steps": spe,
+        "rule": "flat_frac",
+        "patience": 1,
+        "drop": 0.5,
+        "acc": 0.95,
+        "growth": 1.25,
+    }
 
 
 def test_root_that_is_a_file(capsys, tmp_path):

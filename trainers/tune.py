@@ -29,6 +29,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,12 +199,12 @@ def storage_url(root: str, storage: str | None = None) -> str:
     return f"sqlite:///{path / STUDIES_FILE}"
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage with heartbeats: a trial whose process stops beating is failed and
-    queued again (requeue) by whichever process looks next."""
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+def _rdb_storage(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """RDBStorage, tried again while another process is creating the same new database's tables
+    (two workers opening a new SQLite file at once: "table ... already exists")."""
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(
                 url,
@@ -212,6 +213,21 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 grace_period=GRACE_SECS,
                 heartbeat_stale_trial_callback=lambda study, trial: requeue(study, [trial]),
             )
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage with heartbeats: a trial whose process stops beating is failed and
+    queued again (requeue) by whichever process looks next."""
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+        try:
+            return _rdb_storage(url, kwargs)
         except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
             raise ConfigError(f"--storage {url}: cannot open it ({type(exc).__name__}: {exc})") from None
 

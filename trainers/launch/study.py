@@ -60,7 +60,7 @@ class TrialWatch:
                 continue
             if trial.number not in self.said and (state == TrialState.RUNNING or state.is_finished()):
                 self.said[trial.number] = "started"  # also for a trial that ran between two looks
-                print(f"trial {trial.number}: started on {attrs['host']} (pid {attrs['pid']})", flush=True)
+                print(f"trial {trial.number}: started on {attrs.get('host', '?')} (pid {attrs['pid']})", flush=True)
             if state.is_finished() and self.said.get(trial.number) != "ended":
                 self.said[trial.number] = "ended"
                 value = "" if trial.value is None else f", val_acc {trial.value:.4f}"

@@ -56,7 +56,8 @@ shown = filter_runs(state.filtered_runs(runs), status, config)
 # Runs of a tuning study (`lawn-monitor tune`) show their study and trial, the best trial of each
 # study marked; stores without studies show neither column.
 shown = mark_winning_trials(shown)
-shown_columns = [c for c in COLUMNS if c not in ("study", "trial", "val_acc") or c in shown.columns]
+studies = "study" in shown.columns and bool(shown["study"].notna().any())
+shown_columns = [c for c in COLUMNS if c not in ("study", "trial", "val_acc") or studies]
 table = (
     shown.assign(label=shown["run_id"].map(labels)).reindex(columns=["run_id", *shown_columns]).reset_index(drop=True)
 )
