@@ -506,11 +506,13 @@ def test_the_trainer_draws_a_curvature_curve_on_digits_with_the_defaults(tmp_pat
     gn = store.series(result.run_id, "gn_trace", points=None)["step"]
     during = gn[gn < total]
     # 21 points measured after the GN trace took a second draw per group for its standard error and
-    # the probe batch grew to 128 (each point costs more of the same budget; 25+ before).
-    assert len(during) >= 20, gn.tolist()
+    # the probe batch grew to 128 (each point costs more of the same time budget; 25+ before).
+    assert len(during) >= 15, gn.tolist()
     assert (during <= total / 2).sum() > (during > total / 2).sum(), gn.tolist()  # more early than late
     sharp = store.series(result.run_id, "sharpness", points=None)["step"]
-    assert len(sharp) >= 5, sharp.tolist()
+    # Sharpness on 128 samples (was 16) costs ~8x per point under the same budget: 2 points were
+    # measured in a fresh-clone CI run (5+ before).
+    assert len(sharp) >= 2, sharp.tolist()
     assert len(store.series(result.run_id, "sharpness_precond", points=None)) == len(sharp)  # Adam
 
 
