@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from lawn_monitor import RunStore
 from lawn_monitor_trainers.config import config_from_flags, given_fields
@@ -291,3 +292,25 @@ def test_ctrl_c_on_make_demo_ends_its_runs_interrupted(tmp_path):
     assert f"http://127.0.0.1:{port}" in out
     info = json.loads(next(root.glob("*/run.json")).read_text())
     assert info["config"]["threads"] == 1
+
+
+def test_a_worker_that_died_before_the_launcher_saw_its_run_shows_stale(tmp_path, capsys):
+    # A CI run once killed a Ray worker after its run had written a checkpoint but before the
+    # launcher's next look at the store: the line said "not started", losing the run. The launcher
+    # must look once more when told a worker died, and find the run by its name.
+    from lawn_monitor import Monitor
+    from lawn_monitor_trainers.config import TrainConfig
+    from lawn_monitor_trainers.launch.common import Job, Watch
+
+    cfg = TrainConfig(dataset="digits", model="mlp", optimizer="adam", batch_size=8, progress=False)
+    cfg.name = "adam-b8-s0"
+    job = Job(0, 1, cfg)
+    watch = Watch(str(tmp_path), [job])
+    model = torch.nn.Linear(2, 2)
+    monitor = Monitor(model, torch.optim.Adam(model.parameters()), root=tmp_path, name=cfg.name, flush_secs=0.1)
+    monitor.flush()  # running, its writer (this process) never ends it
+    outcome = watch.ended(job, None, "its worker died: WorkerCrashedError")
+    assert outcome.status == "stale" and outcome.run_dir == f"{watch.loc.url}/{job.run_id}"
+    out = capsys.readouterr().out
+    assert "adam-b8-s0: stale" in out and "launch the same sweep again" in out, out
+    monitor.close()

@@ -124,6 +124,26 @@ def wait_for_running_trial(proc: subprocess.Popen, study: str, root: Path) -> op
 
 
 @pytest.mark.slow
+def test_processes_opening_a_new_study_file_at_once(tmp_path):
+    # The first opening of a SQLite file creates its tables and stamps their version; eight
+    # processes doing it at the same moment once failed on the version row ("UNIQUE constraint
+    # failed: alembic_version") in a CI run. Each must open it, and the file must then be usable.
+    url = storage(tmp_path)
+    start = time.time() + 20  # all imports done by then: the eight openings meet
+    code = (
+        "import time; from lawn_monitor_trainers.tune import open_storage; "
+        f"time.sleep(max(0, {start} - time.time())); open_storage({url!r}); print('ok')"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env(), stdout=subprocess.PIPE, text=True) for _ in range(8)
+    ]
+    outs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 8 and outs == ["ok\n"] * 8
+    study = optuna.create_study(study_name="after", storage=tune_module.open_storage(url))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="after", storage=url).trials) == 2
+
+
 def test_two_processes_share_one_study(tmp_path):
     # A `--parallel 2` command (its two worker processes), and this process joining the study
     # once a worker has a trial running: three real processes on one SQLite file.

@@ -24,6 +24,7 @@ pointed at the same ``--storage`` and ``--study`` join it too. See docs/tuning.m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import socket
@@ -31,10 +32,15 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the retry below still applies
+    fcntl = None  # type: ignore[assignment]
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -199,22 +205,42 @@ def storage_url(root: str, storage: str | None = None) -> str:
     return f"sqlite:///{path / STUDIES_FILE}"
 
 
+@contextlib.contextmanager
+def _creating(url: str) -> Iterator[None]:
+    """Held while opening a SQLite study file: the first opening creates its tables and stamps
+    their version, and two processes doing that at once collide ("table ... already exists",
+    "UNIQUE constraint failed: alembic_version"). An advisory lock beside the file makes them
+    take turns; other databases manage this themselves."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if not path or path.startswith(":") or fcntl is None:
+        yield
+        return
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _rdb_storage(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
     """RDBStorage, tried again while another process is creating the same new database's tables
-    (two workers opening a new SQLite file at once: "table ... already exists")."""
-    from sqlalchemy.exc import OperationalError
+    (where no lock serialises it: a database server shared by several machines)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=kwargs,
-                heartbeat_interval=HEARTBEAT_SECS,
-                grace_period=GRACE_SECS,
-                heartbeat_stale_trial_callback=lambda study, trial: requeue(study, [trial]),
-            )
-        except OperationalError as exc:
-            if "already exists" not in str(exc) or attempt == 4:
+            with _creating(url):
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=HEARTBEAT_SECS,
+                    grace_period=GRACE_SECS,
+                    heartbeat_stale_trial_callback=lambda study, trial: requeue(study, [trial]),
+                )
+        except (OperationalError, IntegrityError) as exc:
+            collided = "already exists" in str(exc) or "alembic_version" in str(exc)
+            if not collided or attempt == 4:
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")

@@ -229,15 +229,11 @@ class Watch:
         if not waiting or time.monotonic() < self.next:
             return
         self.next = time.monotonic() + self.every
-        new = [r for r in self.loc.run_dirs() if r not in self.known] if any(j.run_id is None for j in waiting) else []
-        infos = _read_infos(self.loc, new + [j.run_id for j in waiting if j.run_id])
+        infos = self.find([j for j in waiting if j.run_id is None])
+        infos.update(_read_infos(self.loc, [j.run_id for j in waiting if j.run_id and j.run_id not in infos]))
         for job in waiting:
             if job.run_id is None:
-                mine = [r for r in new if infos[r].get("name") == job.cfg.name and infos[r].get("pid")]
-                if not mine:
-                    continue
-                job.run_id = mine[0]
-                self.known.add(job.run_id)
+                continue
             info = infos.get(job.run_id) or self.info(job.run_id)
             where = (info.get("host"), info.get("pid"))
             if info.get("status") != "running" or where == job.before or where[1] is None:
@@ -246,10 +242,26 @@ class Watch:
             how = f"continuing from step {info.get('step', 0)}" if job.cfg.resume else "started"
             self.say(f"{job.place}: {how} on {where[0]} (pid {where[1]}), writing to {self.loc.url}/{job.run_id}")
 
+    def find(self, jobs: list[Job]) -> dict[str, dict]:
+        """Give each of these jobs its run, where the store now has a new one by its name; the
+        run.json of every new run read."""
+        if not jobs:
+            return {}
+        new = [r for r in self.loc.run_dirs() if r not in self.known]
+        infos = _read_infos(self.loc, new)
+        for job in jobs:
+            mine = [r for r in new if infos[r].get("name") == job.cfg.name and infos[r].get("pid")]
+            if mine and mine[0] not in self.known:
+                job.run_id = mine[0]
+                self.known.add(job.run_id)
+        return infos
+
     def ended(self, job: Job, result: dict | None, lost: str | None = None) -> Outcome:
         """The job's outcome and its line. ``result`` is what ``run_one`` returned; None when
         its worker died (``lost`` says how): the run then shows as the store sees it."""
         result = result or {}
+        if lost is not None and job.run_id is None:  # it died before a look at the store saw its run
+            self.find([job])
         run_id = result.get("run_id") or job.run_id
         if not job.announced and run_id and result.get("host"):  # it ran between two looks at the store
             job.announced = True
