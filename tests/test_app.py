@@ -458,6 +458,7 @@ def test_root_from_the_environment_and_the_served_roots(sweep_store, tmp_path, m
     assert list(at.dataframe[0].value["label"]) == ["elsewhere"]
 
 
+@pytest.mark.slow
 def test_table2_follows_runs_that_finish_later(tmp_path, one_thread):
     root = tmp_path / "runs"
     train_tiny_run(root, "sgd-s0", "sgd", lawn=False, seed=0)

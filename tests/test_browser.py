@@ -30,10 +30,14 @@ from tests.helpers import TINY_PROBES
 
 REPO = Path(__file__).resolve().parent.parent
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[dev]'")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no chromium binary: `apt-get install chromium` (make test does this as root), or set LAWN_MONITOR_CHROMIUM",
-)
+pytestmark = [
+    pytest.mark.slow,  # a Streamlit server and a browser per test
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no chromium binary: `apt-get install chromium` (make test does this as root), "
+        "or set LAWN_MONITOR_CHROMIUM",
+    ),
+]
 LIVE_NAME = "live-writer"
 
 

@@ -58,6 +58,7 @@ def test_version_and_help_without_markup(capsys):
         assert out and "``" not in out, argv
 
 
+@pytest.mark.slow
 def test_help_into_a_closed_pipe_is_no_traceback():
     read, write = os.pipe()
     os.close(read)  # `| head` that has already left
@@ -105,6 +106,7 @@ def test_export_to_a_path_that_cannot_be_written_is_one_line(one_run, tmp_path, 
         (["--warmup-epochs", "inf"], "--warmup-epochs must be a finite number, got inf"),
     ],
 )
+@pytest.mark.slow
 def test_bad_numbers_are_flag_errors(flags, words, tmp_path):
     done = lawn_monitor("train", "--root", str(tmp_path / "runs"), *flags, timeout=300)
     assert done.returncode == 2 and done.stderr.strip() == f"lawn-monitor train: error: {words}"

@@ -14,6 +14,7 @@ from tests.helpers import check_whole_flushes, spawn_writer, start_writer, wait_
 from tests.store_writer import STEPS_PER_FLUSH
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_a_readable_store(tmp_path):
     rng = random.Random(0)
     killed = [f"killed-{i:02d}" for i in range(12)]
@@ -51,6 +52,7 @@ def test_sigkill_at_random_moments_leaves_a_readable_store(tmp_path):
         assert len(list((tmp_path / run_id / "metrics").glob("*.parquet"))) <= 1
 
 
+@pytest.mark.slow
 def test_reader_sees_monotone_counts_and_no_duplicates_while_compaction_runs(tmp_path):
     writers = {f"live-{i}": start_writer(tmp_path, f"live-{i}", flushes=120, pause=0.03) for i in range(2)}
     store = RunStore(tmp_path)

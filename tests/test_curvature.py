@@ -495,6 +495,7 @@ def test_monitor_says_once_that_curvature_is_off_without_a_probe_batch(tmp_path)
         Monitor(model, None, root=tmp_path, probe_config=cfg).close()
 
 
+@pytest.mark.slow
 def test_the_trainer_draws_a_curvature_curve_on_digits_with_the_defaults(tmp_path):
     """`lawn-monitor train --dataset digits --model cnn --epochs 10`: 210 steps (1,293 training
     images once the validation split is held out, batch 64), default budget."""

@@ -379,6 +379,7 @@ print(json.dumps(result))
 
 
 @pytest.mark.skipif(not hasattr(os, "setuid") or os.geteuid() != 0, reason="needs root to run a reader as nobody")
+@pytest.mark.slow
 def test_files_and_folders_without_permission_are_skipped(good_store, tmp_path):
     root, a, b = copy_store(good_store, tmp_path)
     for name in ("perm-part", "perm-json", "perm-folder", "perm-metrics"):

@@ -52,6 +52,7 @@ def test_time_limits_and_bad_options_are_one_line_errors(tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_core_and_local_launcher_never_import_ray_or_submitit(tmp_path):
     """With ray and submitit uninstalled (blocked), the core, the sweep and its local launcher
     import and run; asking for ray or slurm says which extra to install, in one line."""

@@ -128,6 +128,7 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     assert ("trainers", True) in found and ("streamlit", False) in found
 
 
+@pytest.mark.slow
 def test_core_works_without_any_extra(tmp_path):
     """`pip install lawn-monitor` without extras: Monitor, LAWN and RunStore import and work with
     the extras' packages made unimportable (as if never installed)."""

@@ -71,6 +71,7 @@ def train_run(root, optimizer, seed, steps=12):
     return monitor.run_id
 
 
+@pytest.mark.slow
 def test_s3_round_trip(bucket):
     root, env = bucket
     ids = [train_run(root, opt, seed) for opt in ("adam", "sgd") for seed in (0, 1)]

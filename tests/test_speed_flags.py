@@ -2,6 +2,7 @@
 
 import functools
 
+import pytest
 import torch
 
 from lawn_monitor import RunStore
@@ -10,6 +11,7 @@ from lawn_monitor_trainers.config import TrainConfig
 from lawn_monitor_trainers.train import train
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_channels_last_train_and_log(tmp_path):
     result = train(
         TrainConfig(
@@ -35,6 +37,7 @@ def test_bf16_autocast_and_channels_last_train_and_log(tmp_path):
     assert loss.notna().all() and loss.iloc[-1] < loss.iloc[0]
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_with_the_monitor(tmp_path, monkeypatch):
     # Real torch.compile (Dynamo graph capture + AOTAutograd), but without Inductor's C++ code
     # generation, which takes minutes on a loaded 2-core CPU; on a GPU --compile uses Inductor.

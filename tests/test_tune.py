@@ -124,6 +124,7 @@ def wait_for_running_trial(proc: subprocess.Popen, study: str, root: Path) -> op
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_processes_opening_a_new_study_file_at_once(tmp_path):
     # The first opening of a SQLite file creates its tables and stamps their version; eight
     # processes doing it at the same moment once failed on the version row ("UNIQUE constraint
@@ -144,6 +145,7 @@ def test_processes_opening_a_new_study_file_at_once(tmp_path):
     assert len(optuna.load_study(study_name="after", storage=url).trials) == 2
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study(tmp_path):
     # A `--parallel 2` command (its two worker processes), and this process joining the study
     # once a worker has a trial running: three real processes on one SQLite file.
