@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import duckdb
 import numpy as np
@@ -583,43 +583,7 @@ class RunStore:
 
         Filter by status and by config values, e.g. ``runs(status="running", optimizer="adam")``.
         """
-        rows = []
-        for run_id in self.run_ids():
-            found = self._read_info(run_id)
-            info = found.info
-            status_now = "damaged" if found.damage else self._status(info, run_id)
-            try:
-                strays = self.loc.stray_temps(f"{run_id}/metrics", older_than=60.0)
-            except OSError:  # metrics/ cannot be listed: _run_files says why when it is read
-                strays = []
-            for name in strays:
-                self._warn_once(
-                    f"skipping {self.loc.url}/{run_id}/metrics/{name}: a temp file left by a killed "
-                    f"writer (lawn-monitor compact removes it once the run has ended)"
-                )
-            total = info.get("total_steps")
-            step = info.get("step") or 0
-            row = {
-                "run_id": run_id,
-                "name": info.get("name", run_id),
-                "status": status_now,
-                "damage": found.damage,
-                "created_at": info.get("created_at"),
-                "heartbeat_at": info.get("heartbeat_at"),
-                "ended_at": info.get("ended_at"),
-                "step": step,
-                "total_steps": total,
-                "progress": min(step / total, 1.0) if total else None,
-                "study": info.get("study"),
-                "trial": info.get("trial"),
-                "val_acc": info.get("val_acc"),
-                # Kept in run.json by the sink as it writes test/acc rows (None: not recorded
-                # there, e.g. by an older version; then read from the Parquet files below).
-                "_acc": (info["test_acc"], info.get("best_test_acc")) if "test_acc" in info else None,
-            }
-            for key, value in (info.get("config") or {}).items():
-                row.setdefault(key, value)
-            rows.append(row)
+        rows = [self._run_row(run_id) for run_id in self.run_ids()]
         df = pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
         if df.empty:
             return df
@@ -632,6 +596,50 @@ class RunStore:
             if key not in df.columns:
                 return df.iloc[0:0]
             df = df[df[key] == value]
+        df = df.drop(columns="_acc").merge(self._test_acc(df), on="run_id", how="left")
+        return df.sort_values("created_at", ascending=False, ignore_index=True)
+
+    def _run_row(self, run_id: str) -> dict[str, Any]:
+        """The runs() row of one run, from its run.json alone (its accuracy in ``_acc`` when the
+        sink kept it there), warning once about temp files a killed writer left."""
+        found = self._read_info(run_id)
+        info = found.info
+        try:
+            strays = self.loc.stray_temps(f"{run_id}/metrics", older_than=60.0)
+        except OSError:  # metrics/ cannot be listed: _run_files says why when it is read
+            strays = []
+        for name in strays:
+            self._warn_once(
+                f"skipping {self.loc.url}/{run_id}/metrics/{name}: a temp file left by a killed "
+                f"writer (lawn-monitor compact removes it once the run has ended)"
+            )
+        total = info.get("total_steps")
+        step = info.get("step") or 0
+        row = {
+            "run_id": run_id,
+            "name": info.get("name", run_id),
+            "status": "damaged" if found.damage else self._status(info, run_id),
+            "damage": found.damage,
+            "created_at": info.get("created_at"),
+            "heartbeat_at": info.get("heartbeat_at"),
+            "ended_at": info.get("ended_at"),
+            "step": step,
+            "total_steps": total,
+            "progress": min(step / total, 1.0) if total else None,
+            "study": info.get("study"),
+            "trial": info.get("trial"),
+            "val_acc": info.get("val_acc"),
+            # Kept in run.json by the sink as it writes test/acc rows (None: not recorded
+            # there, e.g. by an older version; then read from the Parquet files).
+            "_acc": (info["test_acc"], info.get("best_test_acc")) if "test_acc" in info else None,
+        }
+        for key, value in (info.get("config") or {}).items():
+            row.setdefault(key, value)
+        return row
+
+    def _test_acc(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``test_acc`` (latest) and ``best_test_acc`` of the runs in ``df``: from run.json where
+        ``_acc`` has them, else from their Parquet files."""
         known = df["_acc"].notna()
         from_json = pd.DataFrame(
             [(r, *a) for r, a in zip(df.loc[known, "run_id"], df.loc[known, "_acc"])],
@@ -646,10 +654,7 @@ class RunStore:
         )
         parts = [d for d in (from_json, from_files) if not d.empty]
         acc = pd.concat(parts) if parts else from_files
-        df = df.drop(columns="_acc").merge(
-            acc.astype({"test_acc": "float64", "best_test_acc": "float64"}), on="run_id", how="left"
-        )
-        return df.sort_values("created_at", ascending=False, ignore_index=True)
+        return acc.astype({"test_acc": "float64", "best_test_acc": "float64"})
 
     # --- series -------------------------------------------------------------------------------
 
@@ -698,13 +703,7 @@ class RunStore:
             ids,
             ["run_id", "step", "epoch", "wall_time", "value", "min", "max"],
         ).copy()
-        if x == "time":
-            created = {r: _timestamp((self.run_info(r) or {}).get("created_at")) for r in df["run_id"].unique()}
-            start = df["run_id"].map(created)
-            first = df.groupby("run_id")["wall_time"].transform("min")
-            df["x"] = df["wall_time"] - start.fillna(first)  # no run.json time: the first row
-        else:
-            df["x"] = df[x].astype("float64")
+        df["x"] = self._x_axis(df, x)
         df["smoothed"] = (
             df.groupby("run_id", sort=False)["value"].transform(lambda v: ema(v, smooth))
             if not df.empty
@@ -716,6 +715,15 @@ class RunStore:
         se = RunStore.series.__wrapped__(self, ids, f"{metric}_se", layer, points)[["run_id", "step", "value"]]
         df = df.merge(se.rename(columns={"value": "se"}), on=["run_id", "step"], how="left")
         return df[[*SERIES_COLUMNS, "se"]]
+
+    def _x_axis(self, df: pd.DataFrame, x: str) -> pd.Series:
+        """The x column of a series: the step or epoch as floats, or seconds since each run was
+        created (``"time"``; the run's first row where its run.json has no creation time)."""
+        if x != "time":
+            return df[x].astype("float64")
+        created = {r: _timestamp((self.run_info(r) or {}).get("created_at")) for r in df["run_id"].unique()}
+        start = df["run_id"].map(created)
+        return df["wall_time"] - start.fillna(df.groupby("run_id")["wall_time"].transform("min"))
 
     @_output
     def layers(self, run_id: str, metric: str, points: int | None = 200) -> Frame:
@@ -832,22 +840,9 @@ class RunStore:
         merged = runs.merge(per_run, on="run_id")
         if merged.empty:
             return pd.DataFrame(columns=out_cols)
-        not_config = set(RUN_COLUMNS) | {"test_acc", "best_test_acc", "value"}
-        others = [
-            k for k in merged.columns if k not in not_config and k not in not_computed() and k != "seed" and k not in by
-        ]
-        keys = pd.DataFrame({k: merged[k].map(canonical) for k in [*by, *others]}, index=merged.index)
-        keys["_all"] = ""  # one group when ``by`` is empty
-        varies = keys.groupby([*by, "_all"])[others].nunique().max() if others else pd.Series(dtype=int)
-        split = [k for k in others if varies[k] > 1]
-        group = [*by, *split]
-        seed = merged["seed"].map(canonical) if "seed" in merged.columns else pd.Series("null", index=merged.index)
-        keys["_seed"] = seed.where(seed != "null", "run " + merged["run_id"])
-        # Each seed once per group: its latest run (a rerun replaces its seed, never doubles it).
-        order = merged.sort_values(["created_at", "run_id"], na_position="first").index
-        latest = keys.loc[order].drop_duplicates([*group, "_all", "_seed"], keep="last").index
+        group, groups, seed = _seed_groups(merged, by)
         rows = []
-        for _, members in keys.loc[latest].groupby([*group, "_all"], sort=False).groups.items():
+        for members in groups:
             first, values = merged.loc[members[0]], merged.loc[members, "value"]
             seeds = sorted({s for s in seed[members] if s != "null"}, key=lambda t: (len(t), t))
             rows.append(
@@ -926,3 +921,22 @@ class RunStore:
             return pl.from_arrow(table)
         finally:
             con.close()
+
+
+def _seed_groups(merged: pd.DataFrame, by: list[str]) -> tuple[list[str], list[pd.Index], pd.Series]:
+    """How summary() groups its runs: the grouping columns (``by`` and any other config key
+    that varies within a ``by`` group, but never the seed or a key of ``not_computed()``), each
+    group's rows (one per seed: its latest run), and each row's seed ("null" where none)."""
+    not_config = set(RUN_COLUMNS) | {"test_acc", "best_test_acc", "value", "seed"} | set(not_computed())
+    others = [k for k in merged.columns if k not in not_config and k not in by]
+    keys = pd.DataFrame({k: merged[k].map(canonical) for k in [*by, *others]}, index=merged.index)
+    keys["_all"] = ""  # one group when ``by`` is empty
+    varies = keys.groupby([*by, "_all"])[others].nunique().max() if others else pd.Series(dtype=int)
+    group = [*by, *(k for k in others if varies[k] > 1)]
+    seed = merged["seed"].map(canonical) if "seed" in merged.columns else pd.Series("null", index=merged.index)
+    keys["_seed"] = seed.where(seed != "null", "run " + merged["run_id"])
+    # Each seed once per group: its latest run (a rerun replaces its seed, never doubles it).
+    order = merged.sort_values(["created_at", "run_id"], na_position="first").index
+    latest = keys.loc[order].drop_duplicates([*group, "_all", "_seed"], keep="last").index
+    groups = list(keys.loc[latest].groupby([*group, "_all"], sort=False).groups.values())
+    return group, groups, seed

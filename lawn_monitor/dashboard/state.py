@@ -33,9 +33,11 @@ from .styles import FAMILY_COLORS, Palette, family_color, run_labels, run_styles
 
 DEFAULT_RUNS = 4  # with nothing selected, the pages show the newest few runs
 DEFAULT_SMOOTHING = 0.6  # TensorBoard's default EMA weight
-# Points per run in a half-width chart (~550 px of plot): about one per pixel. Each point is a
-# bucket's last value with its min and max (drawn as a faint band), so spikes stay visible.
-GRID_POINTS = 500
+# Points per run in a half-width chart (~330-550 px of plot): one per 2-3 pixels. Each point is a
+# bucket's last value with its min and max (drawn as a faint band), so spikes stay visible. The
+# browser's drawing time grows with the points: 500 took Live from 2.8 s to 4.4 s to draw and
+# Loss flattening from 3.6 s to 4.3 s (benchmarks/app.py, demo store, quiet machine).
+GRID_POINTS = 200
 RUNS_TTL = 2  # seconds a runs() listing is reused; the live page reads fresher itself
 BIND: Final = "query-params"
 
