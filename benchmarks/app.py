@@ -24,7 +24,11 @@ page's title is on screen, its script has finished (Streamlit's ``data-test-scri
 The first load of each page hits a cold server; the repeats are spaced past the app's 2 s cache of
 the runs list, so each of them lists the store again. Pages show what they show by default: the
 newest runs. ``--train N`` starts N runs of ``make demo``'s sweep in a temporary store first (one
-process each) and times the pages while they train, the load a sweep puts on the machine.
+process each) and times the pages while they train, the load a sweep puts on the machine; then it
+opens Live, Loss flattening, Weight adaptivity and Compare on the training runs themselves, each
+left open 30 s, and prints the share of that time any element of the page was greyed out (marked
+stale by Streamlit while a rerun or a fragment's refresh has not redrawn it) and the longest such
+stretch: a page that refreshes only what changed stays drawn.
 Beside the page times it prints the RunStore queries behind them, timed alone in this process,
 the server's own seconds per page run (the app writes them to $LAWN_MONITOR_TIMINGS) and the load
 average over each page's loads: on a shared machine a figure means little without it.
@@ -35,13 +39,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import duckdb
@@ -51,17 +53,11 @@ sys.path.insert(0, str(REPO))
 from benchmarks.demo import build_demo  # noqa: E402
 from benchmarks.store import build as build_synthetic  # noqa: E402
 from lawn_monitor.store import RunStore  # noqa: E402
+from tests.browser import PAGES, streamlit_app  # noqa: E402
 
 LAYER_METRICS = ("weight_norm", "update_ratio", "grad_norm", "gn_trace")
+FADED_SECS = 30.0  # how long --train watches each page of the training runs for greyed-out elements
 RUNS_TTL = 2.0  # lawn_monitor/dashboard/state.py's cache lifetime of the runs list
-# (url path, page title): every page of app/streamlit_app.py.
-PAGES = [
-    ("", "Runs"),
-    ("live", "Live"),
-    ("flattening", "Loss flattening"),
-    ("adaptivity", "Weight adaptivity"),
-    ("compare", "Compare"),
-]
 DRAWN = "[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
 # Every chart on the page drawn: each Vega-Lite element holds a canvas or an SVG with a size.
 ALL_DRAWN = """() => {
@@ -95,12 +91,6 @@ def build_store(kind: str, root: Path) -> None:
         root, shape["runs"], shape["layers"], shape["steps"], shape["layer_every"], shape["steps_per_flush"]
     )
     print(f"built {rows:,} rows in {time.perf_counter() - started:.0f} s", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load(context, url: str, title: str | None) -> tuple[float, float]:
@@ -204,52 +194,17 @@ def start_training(count: int) -> tuple[subprocess.Popen, Path]:
 
 
 def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = None) -> list[tuple]:
-    """Each page's first and repeated load times; returns (page, first, median, max, frame median)."""
+    """Each page's first and repeated load times: (page, first, median, max, server s, load average)."""
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tempfile.TemporaryFile()
     timings = Path(tempfile.mkdtemp(prefix="lawn-app-bench-timings-")) / "timings.tsv"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lawn_monitor.cli",
-            "dashboard",
-            "--root",
-            str(root),
-            "--port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--server.fileWatcherType",
-            "none",
-            "--client.toolbarMode",
-            "viewer",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "LAWN_MONITOR_TIMINGS": str(timings)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     empty = Path(tempfile.mkdtemp(prefix="lawn-app-bench-empty-"))
-    results = []
+    # Streamlit's own floor first: the same server, a store with no runs (one info box, no query).
+    pages = [("(empty store)", f"/?root={empty}", None, 0.0)]
+    pages += [(title, f"/{path}", title, RUNS_TTL) for path, title in PAGES if not only or path in only]
+    env = {"PYTHONPATH": str(REPO), "LAWN_MONITOR_TIMINGS": str(timings)}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    sys.exit(f"streamlit did not start:\n{log.read().decode()}")
-                time.sleep(0.2)
-        # Streamlit's own floor: the same server, a store with no runs (one info box, no query).
-        pages = [("(empty store)", f"/?root={empty}", None, 0.0)]
-        pages += [(title, f"/{path}", title, RUNS_TTL) for path, title in PAGES if not only or path in only]
-        with sync_playwright() as p:
+        with streamlit_app(root, timings.parent, env=env) as url, sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=chromium,
                 headless=True,
@@ -257,32 +212,77 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
             )
             context = browser.new_context(viewport={"width": 1280, "height": 1800})
             try:
-                for name, path, title, ttl in pages:
-                    _, cold = load(context, url + path, title)
-                    frames, warm, loads = [], [], []
-                    timings.write_text("")
-                    for _ in range(repeat):
-                        time.sleep(ttl + 0.5)
-                        frame, done = load(context, url + path, title)
-                        frames.append(frame)
-                        warm.append(done)
-                        loads.append(os.getloadavg()[0])
-                    server_s = server_seconds(timings, title)
-                    load_avg = statistics.mean(loads)
-                    results.append((name, cold, statistics.median(warm), max(warm), server_s, load_avg))
-                    print(
-                        f"  {name:18s} first {cold:6.2f} s   then median {statistics.median(warm):6.2f} s, "
-                        f"max {max(warm):6.2f} s   (page frame {statistics.median(frames):.2f} s, server "
-                        f"{server_s:.2f} s per page run; load average {load_avg:.1f})",
-                        flush=True,
-                    )
+                return [
+                    time_page(context, url + path, name, title, ttl, repeat, timings)
+                    for name, path, title, ttl in pages
+                ]
             finally:
                 browser.close()
     finally:
-        server.terminate()
-        server.wait(timeout=10)
         shutil.rmtree(empty, ignore_errors=True)
-    shutil.rmtree(timings.parent, ignore_errors=True)
+        shutil.rmtree(timings.parent, ignore_errors=True)
+
+
+def time_page(context, url: str, name: str, title: str | None, ttl: float, repeat: int, timings: Path) -> tuple:
+    """One page: a cold load, then ``repeat`` loads spaced past the runs cache; prints its line."""
+    _, cold = load(context, url, title)
+    frames, warm, loads = [], [], []
+    timings.write_text("")
+    for _ in range(repeat):
+        time.sleep(ttl + 0.5)
+        frame, done = load(context, url, title)
+        frames.append(frame)
+        warm.append(done)
+        loads.append(os.getloadavg()[0])
+    server_s = server_seconds(timings, title)
+    load_avg = statistics.mean(loads)
+    print(
+        f"  {name:18s} first {cold:6.2f} s   then median {statistics.median(warm):6.2f} s, "
+        f"max {max(warm):6.2f} s   (page frame {statistics.median(frames):.2f} s, server "
+        f"{server_s:.2f} s per page run; load average {load_avg:.1f})",
+        flush=True,
+    )
+    return name, cold, statistics.median(warm), max(warm), server_s, load_avg
+
+
+# Any element of the page greyed out: Streamlit marks what a running script (or fragment) has not
+# yet redrawn as stale, and fades it once the run takes longer than a moment.
+STALE = "() => document.querySelectorAll('[data-stale=\"true\"]').length"
+
+
+def time_faded(root: Path, chromium: str, seconds: float, only: list[str] | None = None) -> list[tuple]:
+    """For each page that refreshes while runs train: opened once, watched for ``seconds``,
+    sampled every 100 ms; returns (page, share of samples with stale elements, longest stale run s)."""
+    from playwright.sync_api import sync_playwright
+
+    logs = Path(tempfile.mkdtemp(prefix="lawn-app-bench-faded-"))
+    results = []
+    try:
+        with streamlit_app(root, logs, env={"PYTHONPATH": str(REPO)}) as url, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1800})
+            for path, title in PAGES[1:]:
+                if only and path not in only:
+                    continue
+                page.goto(f"{url}/{path}")
+                page.get_by_role("heading", name=title, exact=True).wait_for(timeout=120_000)
+                page.wait_for_function(SCRIPT_DONE, timeout=120_000)
+                page.wait_for_function(ALL_DRAWN, timeout=120_000)
+                samples = []
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    samples.append((time.monotonic(), page.evaluate(STALE) > 0))
+                    page.wait_for_timeout(100)
+                longest, since = 0.0, None
+                for at, stale in samples:
+                    since = (since or at) if stale else None
+                    longest = max(longest, at - since) if since is not None else longest
+                share = sum(stale for _, stale in samples) / max(len(samples), 1)
+                print(f"  {title:18s} stale {share:6.1%} of {seconds:.0f} s, longest {longest:.1f} s", flush=True)
+                results.append((title, share, longest))
+            browser.close()
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
     return results
 
 
@@ -292,6 +292,9 @@ def report(root: Path, args: argparse.Namespace, only: list[str] | None) -> None
     try:
         print(f"page loads in headless chromium, request to all charts drawn ({args.repeat} repeats):")
         results = time_pages(root, args.repeat, args.chromium, only)
+        if training is not None:
+            print(f"the training runs' store, each page left open {FADED_SECS:.0f} s: greyed out (stale) for")
+            time_faded(training[1], args.chromium, FADED_SECS, only)
     finally:
         if training is not None:
             training[0].terminate()

@@ -34,8 +34,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_app(root: Path, tmp_path: Path):
-    """`lawn-monitor dashboard` on a free port of 127.0.0.1, reading ``root``; yields its URL."""
+def streamlit_app(root: Path, tmp_path: Path, env: dict[str, str] | None = None):
+    """`lawn-monitor dashboard` on a free port of 127.0.0.1, reading ``root``, its output in
+    ``tmp_path``/streamlit.log, ``env`` added to its environment; yields its URL."""
     port = free_port()
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
@@ -56,6 +57,7 @@ def streamlit_app(root: Path, tmp_path: Path):
             "viewer",
         ],
         cwd=REPO,
+        env={**os.environ, **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
