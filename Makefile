@@ -74,7 +74,7 @@ test-fast: $(BIN)/.installed-dev ## the tests not marked slow (the inner loop)
 
 test: $(BIN)/.installed-mnist browser ## the whole test suite, slow tests included (what .ci/run runs)
 	@echo "test: running the whole test suite (pytest, slow tests included)"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Ctrl-C reaches the dashboard and the sweep (one process group); the sweep passes it on to its runs,
 # which end 'interrupted'. The trap also stops the sweep when the dashboard ends another way, and

@@ -33,31 +33,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DASHBOARD = ["-m", "lawn_monitor.cli", "dashboard", "--server.fileWatcherType", "none"]
+
+
 @contextmanager
-def streamlit_app(root: Path, tmp_path: Path, env: dict[str, str] | None = None):
-    """`lawn-monitor dashboard` on a free port of 127.0.0.1, reading ``root``, its output in
-    ``tmp_path``/streamlit.log, ``env`` added to its environment; yields its URL."""
+def streamlit_app(root: Path, tmp_path: Path, env: dict[str, str] | None = None, command: list[str] | None = None):
+    """`lawn-monitor dashboard --root ROOT` on a free port of 127.0.0.1 (or ``command``, Python's
+    arguments, e.g. ``-m streamlit run app``, given ``root`` as $LAWN_MONITOR_ROOT), its output in
+    ``tmp_path``/streamlit.log, ``env`` added to its environment; yields its URL once it answers."""
     port = free_port()
+    argv = command or [*DASHBOARD, "--client.toolbarMode", "viewer", "--root", str(root)]
+    argv = [*argv, "--server.port", str(port), "--server.headless", "true"]
+    env = {**({"LAWN_MONITOR_ROOT": str(root)} if command else {}), **(env or {})}
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lawn_monitor.cli",
-            "dashboard",
-            "--root",
-            str(root),
-            "--port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--server.fileWatcherType",
-            "none",
-            "--client.toolbarMode",
-            "viewer",
-        ],
+        [sys.executable, *argv],
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
     )

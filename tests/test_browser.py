@@ -9,11 +9,8 @@ under the test's temporary folder (``pytest --basetemp=DIR`` keeps them somewher
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -25,7 +22,7 @@ import torch
 from torch import nn
 
 from lawn_monitor import Monitor
-from tests.browser import CHROMIUM, PAGES, Charts, browser_page, free_port, settle, streamlit_app, wait_rendered
+from tests.browser import CHROMIUM, PAGES, Charts, browser_page, settle, streamlit_app, wait_rendered
 from tests.helpers import TINY_PROBES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -344,25 +341,8 @@ def listening_addresses(port: int) -> set[str]:
 def test_streamlit_run_app_stays_on_this_machine(tiny_store, tmp_path):
     """`streamlit run app` from the checkout (its .streamlit/config.toml) listens on 127.0.0.1 only,
     and no page makes the browser fetch anything from another host (fonts, icons)."""
-    port = free_port()
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app", "--server.port", str(port), "--server.headless", "true"],
-        cwd=REPO,
-        env={**os.environ, "LAWN_MONITOR_ROOT": str(tiny_store)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "streamlit.log").read_text()
-                time.sleep(0.2)
+    with streamlit_app(tiny_store, tmp_path, command=["-m", "streamlit", "run", "app"]) as url:
+        port = int(url.rsplit(":", 1)[1])
         assert listening_addresses(port) == {"127.0.0.1"}
         requested = []
         with browser_page() as page:
@@ -372,7 +352,3 @@ def test_streamlit_run_app_stays_on_this_machine(tiny_store, tmp_path):
                 wait_rendered(page, title)
         hosts = {urllib.parse.urlsplit(u).netloc for u in requested if not u.startswith(("data:", "blob:"))}
         assert hosts == {f"127.0.0.1:{port}"}, [u for u in requested if f"127.0.0.1:{port}" not in u]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
