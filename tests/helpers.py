@@ -1,7 +1,7 @@
-"""What several test files share, in one place: tiny monitored training runs, runs written
-through the real Monitor, writer processes to kill, and the dashboard opened in Streamlit's
-AppTest. Fixtures built on these are in conftest.py; test files import from here, never from
-each other."""
+"""What several test files share, in one place: tiny monitored training runs and the metrics a
+Monitor writes on every step, the command line run in-process, runs written through the real
+Monitor, writer processes to kill, and the dashboard opened in Streamlit's AppTest. Fixtures
+built on these are in conftest.py; test files import from here, never from each other."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lawn_monitor import LAWN, Monitor, RunStore
+from lawn_monitor.cli import main as cli_main
 from lawn_monitor.probes import ProbeConfig
 from tests.store_writer import ROWS_PER_FLUSH, STEPS_PER_FLUSH
 
@@ -29,10 +30,41 @@ TINY_PROBES = ProbeConfig(
 )
 
 
-def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int = 30, seed: int = 0) -> str:
-    """Train a tiny MLP on random data under a Monitor, evaluating every 10 steps; return its run id."""
+# The metrics a Monitor with its default probes writes on every step, curvature aside.
+CHEAP_METRICS = {
+    "train/loss",
+    "train/acc",
+    "lr",
+    "phase",
+    "weight_norm",
+    "grad_norm",
+    "update_norm",
+    "update_ratio",
+    "grad_weight_cos",
+    "logit_norm",
+    "max_prob",
+    "flat_frac",
+    "step_time",
+    "samples_per_s",
+    "test/loss",
+    "test/acc",
+    "weight_growth",
+    "update_ratio_per_lr",
+}
+
+
+def tiny_mlp(seed: int = 0) -> nn.Module:
+    """An 8-16-4 MLP, its weights drawn from ``seed`` (torch's global generator, seeded here)."""
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def train_tiny_run(
+    root: Path, name: str, optimizer: str, lawn: bool, steps: int = 30, seed: int = 0, dataset: str = "random"
+) -> str:
+    """Train a tiny MLP on random data under a Monitor, evaluating every 10 steps; return its run id.
+    ``dataset``: the data set's name in the run's config."""
+    model = tiny_mlp(seed)
     x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -41,7 +73,7 @@ def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int
     if lawn:
         opt = LAWN(opt, free_steps=10)
     config = {
-        "dataset": "random",
+        "dataset": dataset,
         "model": "mlp",
         "optimizer": optimizer,
         "lawn": lawn,
@@ -76,6 +108,19 @@ def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int
                 )
     monitor.close()
     return monitor.run_id
+
+
+# --- the command line, in-process -------------------------------------------------------------
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``lawn-monitor ARGV`` in-process; return (exit code, stdout, stderr)."""
+    try:
+        rc = cli_main(argv)
+    except SystemExit as exc:  # argparse exits on usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 # --- runs through the real Monitor, one loss per step -----------------------------------------
