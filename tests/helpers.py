@@ -1,13 +1,16 @@
 """What several test files share, in one place: tiny monitored training runs and the metrics a
 Monitor writes on every step, the command line run in-process, runs written through the real
 Monitor, writer processes to kill, and the dashboard opened in Streamlit's AppTest. Fixtures
-built on these are in conftest.py; test files import from here, never from each other."""
+built on these are in conftest.py; test files import from here, never from each other. Also
+moto's S3 server, for the tests of s3:// roots."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -210,3 +213,41 @@ def run_app(root: Path, page: str = "runs", params: dict | None = None, state: d
         at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+# --- an S3 server on 127.0.0.1 (moto's; never a real cloud) ----------------------------------
+
+
+@contextmanager
+def s3_server(bucket: str) -> Iterator[dict[str, str]]:
+    """moto's S3 server with ``bucket`` in it, pointed to by AWS_* variables set in os.environ
+    (the way a user configures s3fs) until the block ends; yields those variables. Callers
+    importorskip moto.server and s3fs first."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = s3fs.S3FileSystem()
+        if not fs.exists(bucket):  # moto keeps its buckets between servers of one process
+            fs.mkdir(bucket)
+        yield env
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
