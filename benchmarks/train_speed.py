@@ -15,6 +15,7 @@ first-step compilation) is out of both. The pair runs ``--repeat`` times, altern
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -24,32 +25,33 @@ import torch
 import torch.nn.functional as F
 
 from lawn_monitor import RunStore
-from lawn_monitor.optim import lawn_schedule, make_optimizer
 from lawn_monitor_trainers.config import TrainConfig
-from lawn_monitor_trainers.data import load_data
-from lawn_monitor_trainers.models import build_model
-from lawn_monitor_trainers.train import autocast, train
+from lawn_monitor_trainers.distributed import Dist
+from lawn_monitor_trainers.train import autocast, build, train
+
+
+def config(args, device: str, root: str | None = None) -> TrainConfig:
+    """The run both loops train: Adam-LAWN with one free epoch on the synthetic set."""
+    return TrainConfig(
+        dataset="synthetic",
+        model=args.model,
+        optimizer="adam",
+        lawn=True,
+        free_epochs=1.0,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        root=root,
+        progress=False,
+    )
 
 
 def ours(args, device: str) -> float:
     with tempfile.TemporaryDirectory() as root:
-        result = train(
-            TrainConfig(
-                dataset="synthetic",
-                model=args.model,
-                optimizer="adam",
-                lawn=True,
-                free_epochs=1.0,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                device=device,
-                amp=args.amp,
-                channels_last=args.channels_last,
-                compile=args.compile,
-                root=root,
-                progress=False,
-            )
-        )
+        result = train(config(args, device, root))
         files = RunStore(root).files([result.run_id])
         first, last, steps = duckdb.sql(
             f"SELECT min(wall_time), max(wall_time), max(step) FROM read_parquet({files!r}) WHERE metric = 'train/loss'"
@@ -59,15 +61,11 @@ def ours(args, device: str) -> float:
 
 def bare(args, device: str) -> float:
     dev = torch.device(device)
-    torch.manual_seed(0)
-    data = load_data("synthetic", args.batch_size, device=dev)
-    model = build_model(args.model, data.input_shape, data.num_classes).to(dev)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = len(data.train)
-    opt = make_optimizer("adam", model.parameters(), lr=3e-3, lawn=True, free_steps=steps_per_epoch)
-    sched = lawn_schedule(opt, args.epochs * steps_per_epoch, steps_per_epoch)
-    fwd = torch.compile(model) if args.compile else model
+    # The trainer's own data, model, optimizer and schedule; the bare loop trains on all 2,048
+    # images, with no validation split held out.
+    cfg = dataclasses.replace(config(args, device), val_fraction=0.0).resolved()
+    parts = build(cfg, Dist(), dev, checkpoint=None)
+    data, fwd, opt, sched = parts.data, parts.model, parts.optimizer, parts.scheduler
     steps, start = 0, None
     for epoch in range(args.epochs):
         data.train.set_epoch(epoch)

@@ -129,6 +129,15 @@ def environment(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def _forwarders(forward_to: Any) -> list[Any]:
+    """Monitor's ``forward_to`` as a list: none, one forwarder, or a list or tuple of them."""
+    if forward_to is None:
+        return []
+    if isinstance(forward_to, (list, tuple)):
+        return list(forward_to)
+    return [forward_to]
+
+
 class Monitor:
     """Watches one training run and writes it under ``<root>/<run_id>/``.
 
@@ -213,9 +222,7 @@ class Monitor:
         self.step_count = 0
         self.diverged = False
         self.closed = False
-        self.forward_to = (
-            [] if forward_to is None else list(forward_to) if isinstance(forward_to, (list, tuple)) else [forward_to]
-        )
+        self.forward_to = _forwarders(forward_to)
         self._forward_failed: set[int] = set()  # forwarders already warned about
         self._last_flush = time.monotonic()
         self._steps_since_flush = 0
@@ -228,6 +235,17 @@ class Monitor:
         self.run_dir: Any = None  # Path, or an object-store URL
         self.rows = RowBuffer(None)
         self.logits_fn = logits_fn
+        self._init_step_state()
+        if not enabled:
+            return
+        self.name = name or self.config.get("name") or "run"
+        self.probes = self._build_probes(probes, probe_config, probe_batch, loss_fn, logits_fn)
+        if self.writes:  # otherwise another process writes the run
+            self._open_run(root, run_id, resume_step)
+
+    def _init_step_state(self) -> None:
+        """What the Monitor gathers between recorded steps, how the loop hands it the steps, and
+        what it has warned about once."""
         self._outputs = Outputs()  # what observe() was given since the last recorded step
         self._samples = 0  # samples observed since the last recorded step (host ints: shapes, no sync)
         self._last_samples: int | None = None
@@ -240,12 +258,6 @@ class Monitor:
         self._preclip: dict[str, Tensor] = {}  # gradient norms before clipping, for the next step
         self._warned_grads = self._warned_lr = False
         self._logit_flags: Tensor | bool | None = None  # the first logits' normalized_flags; True once read
-        if not enabled:
-            return
-        self.name = name or self.config.get("name") or "run"
-        self.probes = self._build_probes(probes, probe_config, probe_batch, loss_fn, logits_fn)
-        if self.writes:  # otherwise another process writes the run
-            self._open_run(root, run_id, resume_step)
 
     def _build_probes(self, probes, probe_config, probe_batch, loss_fn, logits_fn) -> list[Probe]:
         if probes is None:

@@ -1,19 +1,23 @@
-"""What several test files share, in one place: tiny monitored training runs, runs written
-through the real Monitor, writer processes to kill, and the dashboard opened in Streamlit's
-AppTest. Fixtures built on these are in conftest.py; test files import from here, never from
-each other."""
+"""What several test files share, in one place: tiny monitored training runs and the metrics a
+Monitor writes on every step, the command line run in-process, runs written through the real
+Monitor, writer processes to kill, and the dashboard opened in Streamlit's AppTest. Fixtures
+built on these are in conftest.py; test files import from here, never from each other. Also
+moto's S3 server, for the tests of s3:// roots."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lawn_monitor import LAWN, Monitor, RunStore
+from lawn_monitor.cli import main as cli_main
 from lawn_monitor.probes import ProbeConfig
 from tests.store_writer import ROWS_PER_FLUSH, STEPS_PER_FLUSH
 
@@ -29,10 +33,41 @@ TINY_PROBES = ProbeConfig(
 )
 
 
-def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int = 30, seed: int = 0) -> str:
-    """Train a tiny MLP on random data under a Monitor, evaluating every 10 steps; return its run id."""
+# The metrics a Monitor with its default probes writes on every step, curvature aside.
+CHEAP_METRICS = {
+    "train/loss",
+    "train/acc",
+    "lr",
+    "phase",
+    "weight_norm",
+    "grad_norm",
+    "update_norm",
+    "update_ratio",
+    "grad_weight_cos",
+    "logit_norm",
+    "max_prob",
+    "flat_frac",
+    "step_time",
+    "samples_per_s",
+    "test/loss",
+    "test/acc",
+    "weight_growth",
+    "update_ratio_per_lr",
+}
+
+
+def tiny_mlp(seed: int = 0) -> nn.Module:
+    """An 8-16-4 MLP, its weights drawn from ``seed`` (torch's global generator, seeded here)."""
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def train_tiny_run(
+    root: Path, name: str, optimizer: str, lawn: bool, steps: int = 30, seed: int = 0, dataset: str = "random"
+) -> str:
+    """Train a tiny MLP on random data under a Monitor, evaluating every 10 steps; return its run id.
+    ``dataset``: the data set's name in the run's config."""
+    model = tiny_mlp(seed)
     x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -41,7 +76,7 @@ def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int
     if lawn:
         opt = LAWN(opt, free_steps=10)
     config = {
-        "dataset": "random",
+        "dataset": dataset,
         "model": "mlp",
         "optimizer": optimizer,
         "lawn": lawn,
@@ -76,6 +111,19 @@ def train_tiny_run(root: Path, name: str, optimizer: str, lawn: bool, steps: int
                 )
     monitor.close()
     return monitor.run_id
+
+
+# --- the command line, in-process -------------------------------------------------------------
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``lawn-monitor ARGV`` in-process; return (exit code, stdout, stderr)."""
+    try:
+        rc = cli_main(argv)
+    except SystemExit as exc:  # argparse exits on usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 # --- runs through the real Monitor, one loss per step -----------------------------------------
@@ -165,3 +213,41 @@ def run_app(root: Path, page: str = "runs", params: dict | None = None, state: d
         at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+# --- an S3 server on 127.0.0.1 (moto's; never a real cloud) ----------------------------------
+
+
+@contextmanager
+def s3_server(bucket: str) -> Iterator[dict[str, str]]:
+    """moto's S3 server with ``bucket`` in it, pointed to by AWS_* variables set in os.environ
+    (the way a user configures s3fs) until the block ends; yields those variables. Callers
+    importorskip moto.server and s3fs first."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = s3fs.S3FileSystem()
+        if not fs.exists(bucket):  # moto keeps its buckets between servers of one process
+            fs.mkdir(bucket)
+        yield env
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from lawn_monitor import LAWN, Monitor, RunStore
+from lawn_monitor import Monitor, RunStore
 from lawn_monitor.dashboard.styles import run_styles
 from tests.browser import CHROMIUM, Charts, browser_page, settle, streamlit_app, wait_rendered
-from tests.helpers import TINY_PROBES
+from tests.helpers import train_tiny_run
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,50 +28,13 @@ pytestmark = [
 STEPS = 40
 
 
-def tiny(root: Path, name: str, optimizer: str, lawn: bool, dataset: str = "random", steps: int = STEPS) -> str:
-    """A tiny monitored MLP run (as conftest's, on the data set named ``dataset``); its run id."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
-    opt = (
-        torch.optim.Adam(model.parameters(), lr=3e-3)
-        if optimizer == "adam"
-        else torch.optim.SGD(model.parameters(), lr=0.1)
-    )
-    if lawn:
-        opt = LAWN(opt, free_steps=10)
-    config = {"dataset": dataset, "model": "mlp", "optimizer": optimizer, "lawn": lawn, "batch_size": 64, "seed": 0}
-    monitor = Monitor(
-        model,
-        opt,
-        root=root,
-        config=config,
-        name=name,
-        total_steps=steps,
-        steps_per_epoch=1,
-        probe_batch=(x[:16], y[:16]),
-        probe_config=TINY_PROBES,
-    )
-    with monitor:
-        for step in range(1, steps + 1):
-            opt.zero_grad()
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            loss.backward()
-            opt.step()
-            monitor.step(loss=loss.detach(), logits=logits.detach(), targets=y)
-            if step % 10 == 0:
-                monitor.log_eval(acc=(logits.argmax(1) == y).float().mean())
-    return monitor.run_id
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("views") / "runs"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ids = {"other": tiny(root, "other-data", "sgd", False, dataset="aaa")}
+        ids = {"other": train_tiny_run(root, "other-data", "sgd", False, steps=STEPS, dataset="aaa")}
         for name, optimizer, lawn in (
             ("adam", "adam", False),
             ("adam-lawn", "adam", True),
@@ -79,7 +42,7 @@ def store(tmp_path_factory):
             ("sgd-lawn", "sgd", True),
         ):
             time.sleep(1.1)  # created_at has second resolution: one run per second keeps their order
-            ids[name] = tiny(root, name, optimizer, lawn)
+            ids[name] = train_tiny_run(root, name, optimizer, lawn, steps=STEPS)
     finally:
         torch.set_num_threads(threads)
     return root, ids
@@ -152,7 +115,7 @@ def test_default_selection_stays_when_a_new_run_starts(app, page):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        newer = tiny(root, "newer", "adam", False, steps=10)
+        newer = train_tiny_run(root, "newer", "adam", False, steps=10)
     finally:
         torch.set_num_threads(threads)
     time.sleep(2.5)  # past the runs list's cache

@@ -20,35 +20,24 @@ from torch import nn
 
 from lawn_monitor import Monitor, RunStore
 from lawn_monitor import monitor as monitor_module
-from lawn_monitor.cli import main as cli_main
 from lawn_monitor.monitor import MonitorWriteError
 from lawn_monitor.probes import Clock, CurvatureProbe, StepContext
 from lawn_monitor.sink import ParquetSink, new_run_id
 from lawn_monitor.storage import Location, check_run_id
 from lawn_monitor_trainers.config import ConfigError
 from lawn_monitor_trainers.recipe import RECIPE_DIR, load_recipe
-from tests.helpers import TINY_PROBES
+from tests.helpers import TINY_PROBES, run_cli, tiny_mlp
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 def tiny():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    model = tiny_mlp()
     return model, torch.randn(32, 8), torch.randint(0, 4, (32,))
 
 
 def info(monitor) -> dict:
     return json.loads((monitor.run_dir / "run.json").read_text())
-
-
-def cli(argv, capsys):
-    try:
-        rc = cli_main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # --- divergence -------------------------------------------------------------------------------
@@ -121,7 +110,7 @@ def test_a_probe_that_raises_on_a_diverged_network_stops_instead(tmp_path):
 
 @pytest.mark.slow
 def test_lawn_monitor_train_exits_3_on_divergence_with_curvature_on(tmp_path, capsys):
-    rc, out, err = cli(
+    rc, out, err = run_cli(
         [
             "train",
             "--dataset",
@@ -269,7 +258,7 @@ def test_generated_run_ids_are_allowed():
 
 
 def test_resume_of_a_run_id_outside_the_root_is_a_one_line_error(tmp_path, capsys):
-    rc, out, err = cli(["train", "--resume", "../x", "--root", str(tmp_path)], capsys)
+    rc, out, err = run_cli(["train", "--resume", "../x", "--root", str(tmp_path)], capsys)
     assert rc == 2 and "--resume: run id '../x' is not allowed" in err and len(err.strip().splitlines()) == 1
 
 
@@ -285,9 +274,9 @@ def test_recipes_resolve_inside_their_folder_or_as_an_explicit_toml_path(tmp_pat
         assert str(RECIPE_DIR) in str(caught.value)
     bad = tmp_path / "latin1.toml"
     bad.write_bytes(b'dataset = "digits"\n# caf\xe9\n')
-    rc, out, err = cli(["train", "--recipe", str(bad), "--root", str(tmp_path / "runs")], capsys)
+    rc, out, err = run_cli(["train", "--recipe", str(bad), "--root", str(tmp_path / "runs")], capsys)
     assert rc == 2 and "is not UTF-8 text" in err and "Traceback" not in err
-    rc, out, err = cli(["train", "--recipe", "../x", "--root", str(tmp_path / "runs")], capsys)
+    rc, out, err = run_cli(["train", "--recipe", "../x", "--root", str(tmp_path / "runs")], capsys)
     assert rc == 2 and "not an existing .toml file" in err and len(err.strip().splitlines()) == 1
 
 
@@ -298,9 +287,9 @@ def test_compare_by_nothing_or_an_unknown_key(tmp_path, capsys):
             with Monitor(nn.Linear(2, 2), root=tmp_path, config={"optimizer": "adam", "seed": seed}) as monitor:
                 monitor.step(loss=torch.tensor(1.0))
                 monitor.log_eval(acc=0.5 + seed / 10)
-    rc, out, err = cli(["compare", "--by", ",", "--root", str(tmp_path)], capsys)
+    rc, out, err = run_cli(["compare", "--by", ",", "--root", str(tmp_path)], capsys)
     assert rc == 0 and out.splitlines()[1].split()[:2] == ["0.55", "0.070711"]  # one group, both seeds
-    rc, out, err = cli(["compare", "--by", "optimizer,nokey", "--root", str(tmp_path)], capsys)
+    rc, out, err = run_cli(["compare", "--by", "optimizer,nokey", "--root", str(tmp_path)], capsys)
     assert rc == 0 and "no finished run has config key 'nokey': --by takes optimizer, seed" in out
 
 
@@ -313,7 +302,7 @@ def test_lawn_monitor_train_on_a_full_disk_is_one_line_and_failed(tmp_path, monk
         return real(self, rel, data, durable)
 
     monkeypatch.setattr(Location, "write_atomic", write)
-    rc, out, err = cli(
+    rc, out, err = run_cli(
         [
             "train",
             "--dataset",

@@ -15,10 +15,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 from lawn_monitor import RunStore  # noqa: E402
 from lawn_monitor_trainers.sweep import main as sweep_main  # noqa: E402
+from tests.helpers import s3_server  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -28,34 +29,13 @@ TINY = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--no-curvatur
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """moto's S3 server and a 2-CPU Ray instance whose workers see it (AWS_* in their environment)."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("lawn-cluster")
-    temp = f"/tmp/lm-ray-{os.getpid()}"  # short: Ray's socket paths must fit in 107 characters
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        server.stop()
-        s3fs.S3FileSystem.clear_instance_cache()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with s3_server("lawn-cluster"):
+        temp = f"/tmp/lm-ray-{os.getpid()}"  # short: Ray's socket paths must fit in 107 characters
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
 
 
 def launch(address: str, *args: str) -> subprocess.Popen:

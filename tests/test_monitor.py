@@ -11,27 +11,7 @@ from torch import nn
 
 from lawn_monitor import LAWN, Monitor
 from lawn_monitor.schema import SCHEMA
-
-CHEAP_METRICS = {
-    "train/loss",
-    "train/acc",
-    "lr",
-    "phase",
-    "weight_norm",
-    "grad_norm",
-    "update_norm",
-    "update_ratio",
-    "grad_weight_cos",
-    "logit_norm",
-    "max_prob",
-    "flat_frac",
-    "step_time",
-    "samples_per_s",
-    "test/loss",
-    "test/acc",
-    "weight_growth",
-    "update_ratio_per_lr",
-}
+from tests.helpers import CHEAP_METRICS
 
 
 def make_model():

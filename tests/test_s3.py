@@ -12,33 +12,16 @@ import torch
 from torch import nn
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 from lawn_monitor import Monitor, RunStore  # noqa: E402
+from tests.helpers import s3_server  # noqa: E402
 
 
 @pytest.fixture
-def bucket(monkeypatch):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    if not fs.exists("lawn-runs"):  # moto keeps its buckets between servers of one process
-        fs.mkdir("lawn-runs")
-    yield "s3://lawn-runs/team/runs", env
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
+def bucket():
+    with s3_server("lawn-runs") as env:
+        yield "s3://lawn-runs/team/runs", env
 
 
 def train_run(root, optimizer, seed, steps=12):

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from lawn_monitor import RunStore
-from lawn_monitor.cli import main as cli_main
 from lawn_monitor.optim import BUILDERS
 from lawn_monitor.probes import ProbeConfig
 from lawn_monitor_trainers import train as train_module
@@ -20,35 +19,7 @@ from lawn_monitor_trainers.data import load_data
 from lawn_monitor_trainers.models import build_model
 from lawn_monitor_trainers.optimizers import OPTIMIZERS
 from lawn_monitor_trainers.train import build_parser
-
-CHEAP_METRICS = {
-    "train/loss",
-    "train/acc",
-    "test/loss",
-    "test/acc",
-    "lr",
-    "phase",
-    "weight_norm",
-    "grad_norm",
-    "update_norm",
-    "update_ratio",
-    "grad_weight_cos",
-    "logit_norm",
-    "max_prob",
-    "flat_frac",
-    "step_time",
-    "samples_per_s",
-}
-
-
-def run_cli(argv, capsys):
-    """Run ``lawn-monitor ARGV`` in-process; return (exit code, stdout, stderr)."""
-    try:
-        rc = cli_main(argv)
-    except SystemExit as exc:  # argparse exits on usage errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+from tests.helpers import CHEAP_METRICS, run_cli
 
 
 @pytest.mark.slow

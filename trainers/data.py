@@ -31,7 +31,7 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -442,6 +442,66 @@ def seed_for_augment(seed: int, epoch: int) -> int:
     return 7_919 + seed * 1_000_003 + epoch
 
 
+def _download_cifar(name: str, root: Path) -> None:
+    """Let torchvision fetch CIFAR into ``root`` (it checks the md5 sums); DataError if it cannot."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise DataError(
+            f"--download of {name} into {root} failed ({type(exc).__name__}: {exc}); "
+            f"copy {CIFAR_FILES[name][0]}/ there by hand"
+        ) from exc
+
+
+CifarStats = tuple[tuple[float, ...], tuple[float, ...]]  # per-channel mean and std
+# CIFAR's loaders: the training loader, and how an evaluation split (images, labels) is loaded.
+CifarLoaders = tuple[Iterable, Callable[[np.ndarray, np.ndarray], Iterable]]
+
+
+def _cifar_on_device(
+    xtr: np.ndarray,
+    ytr: np.ndarray,
+    stats: CifarStats,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> CifarLoaders:
+    """The whole of each split on ``device``, augmented there (DeviceCifarLoader)."""
+    mean, std = stats
+    train = DeviceCifarLoader(xtr, ytr, mean, std, batch_size, True, device, seed, rank, world)
+
+    def evaluation(x: np.ndarray, y: np.ndarray):
+        return DeviceCifarLoader(x[rank::world], y[rank::world], mean, std, 1024, False, device)
+
+    return train, evaluation
+
+
+def _cifar_in_workers(
+    xtr: np.ndarray, ytr: np.ndarray, stats: CifarStats, batch_size: int, seed: int, rank: int, world: int, workers: int
+) -> CifarLoaders:
+    """torchvision's transforms on the CPU, in ``workers`` DataLoader processes."""
+    from torchvision import transforms
+
+    mean, std = stats
+    normalize = [transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)]
+    augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+    train_set = CifarArrays(xtr, ytr, transforms.Compose(augment + normalize))
+    train = SampledLoader(
+        train_set, GlobalBatchSampler(len(ytr), batch_size, True, seed, rank, world), workers, pin_memory=False
+    )
+
+    def evaluation(x: np.ndarray, y: np.ndarray):
+        share = CifarArrays(x[rank::world], y[rank::world], transforms.Compose(normalize))
+        return SampledLoader(share, GlobalBatchSampler(len(share), 1024, False), workers, pin_memory=False)
+
+    return train, evaluation
+
+
 def _cifar(
     name: str,
     root: Path,
@@ -455,41 +515,15 @@ def _cifar(
     val_fraction: float = 0.0,
 ) -> Data:
     if download:
-        from torchvision import datasets
-
-        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-        try:
-            cls(str(root), train=True, download=True)  # fetches and checks the md5 sums
-        except Exception as exc:  # noqa: BLE001 - network errors come in many types
-            raise DataError(
-                f"--download of {name} into {root} failed ({type(exc).__name__}: {exc}); "
-                f"copy {CIFAR_FILES[name][0]}/ there by hand"
-            ) from exc
+        _download_cifar(name, root)
     xtr, ytr, xte, yte, classes = read_cifar(name, root)
     keep, held = (i.numpy() for i in split_indices(len(ytr), val_fraction))
     xva, yva = xtr[held], ytr[held]
     xtr, ytr = xtr[keep], ytr[keep]
-    mean, std = CIFAR_STATS[name]
     if device.type == "cuda":
-        train = DeviceCifarLoader(xtr, ytr, mean, std, batch_size, True, device, seed, rank, world)
-
-        def evaluation(x: np.ndarray, y: np.ndarray):
-            return DeviceCifarLoader(x[rank::world], y[rank::world], mean, std, 1024, False, device)
-
+        train, evaluation = _cifar_on_device(xtr, ytr, CIFAR_STATS[name], batch_size, seed, rank, world, device)
     else:
-        from torchvision import transforms
-
-        normalize = [transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)]
-        augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
-        train_set = CifarArrays(xtr, ytr, transforms.Compose(augment + normalize))
-        train = SampledLoader(
-            train_set, GlobalBatchSampler(len(ytr), batch_size, True, seed, rank, world), workers, pin_memory=False
-        )
-
-        def evaluation(x: np.ndarray, y: np.ndarray):
-            share = CifarArrays(x[rank::world], y[rank::world], transforms.Compose(normalize))
-            return SampledLoader(share, GlobalBatchSampler(len(share), 1024, False), workers, pin_memory=False)
-
+        train, evaluation = _cifar_in_workers(xtr, ytr, CIFAR_STATS[name], batch_size, seed, rank, world, workers)
     return Data(
         train=train,
         test=evaluation(xte, yte),

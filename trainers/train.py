@@ -271,11 +271,9 @@ class Parts:
     auto: AutoSwitch | None
 
 
-def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[str, Any] | None) -> Parts:
-    """Data, model, optimizer and schedule, seeded so that a run is reproducible, with their
-    state from ``checkpoint`` when resuming (the data order follows from the seed and epoch)."""
-    seed_everything(cfg.seed)
-    data = load_data(
+def build_data(cfg: TrainConfig, dist: Dist, device: torch.device) -> Data:
+    """The data set as configured, this rank's share of it on ``device``."""
+    return load_data(
         cfg.dataset,
         cfg.batch_size,
         seed=cfg.seed,
@@ -287,12 +285,19 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
         workers=cfg.workers,
         val_fraction=cfg.val_fraction,
     )
+
+
+def build_net(cfg: TrainConfig, data: Data, device: torch.device) -> torch.nn.Module:
+    """The plain model for ``data``'s inputs and classes, on ``device`` in the configured memory format."""
     net = build_model(cfg.model, data.input_shape, data.num_classes, cfg.dataset).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    return net
 
-    steps_per_epoch = len(data.train)
-    total_steps = cfg.epochs * steps_per_epoch
+
+def phase_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int | str, int, int, AutoSwitch | None]:
+    """The configured epochs in steps: free steps (``"auto"``: LAWN decides, with the returned
+    AutoSwitch), warm-up steps and free warm-up steps."""
     auto = None
     if cfg.lawn and cfg.free_epochs == "auto":
         # The window: values averaged per check and steps between host reads (see AutoSwitch).
@@ -302,7 +307,14 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
         free_steps = round(cfg.free_epochs * steps_per_epoch) if cfg.lawn else 0
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     free_warmup_steps = round(cfg.free_warmup_epochs * steps_per_epoch) if cfg.lawn else 0
-    optimizer = make_optimizer(
+    return free_steps, warmup_steps, free_warmup_steps, auto
+
+
+def build_optimizer(
+    cfg: TrainConfig, net: torch.nn.Module, free_steps: int | str, auto: AutoSwitch | None
+) -> torch.optim.Optimizer:
+    """The configured optimizer over ``net``'s parameters, wrapped in LAWN if asked."""
+    return make_optimizer(
         cfg.optimizer,
         net.parameters(),
         lr=cfg.lr,
@@ -316,17 +328,26 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
         auto=auto,
         **({"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}),
     )
+
+
+def build_schedule(
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    free_steps: int | str,
+    warmup_steps: int,
+    free_warmup_steps: int,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LAWN's free / warm-up / decay schedule, or plain warm-up and decay without LAWN."""
     if cfg.lawn:
-        scheduler = lawn_schedule(
+        return lawn_schedule(
             optimizer, total_steps, free_steps, warmup_steps, cfg.decay, free_warmup_steps, cfg.lawn_lr_scale
         )
-    else:
-        scheduler = warmup_decay(optimizer, total_steps, warmup_steps, cfg.decay)
-    if checkpoint is not None:
-        net.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+    return warmup_decay(optimizer, total_steps, warmup_steps, cfg.decay)
 
+
+def wrap_model(cfg: TrainConfig, net: torch.nn.Module, dist: Dist, device: torch.device) -> torch.nn.Module:
+    """The forward a step runs: ``net`` in DDP over several processes and/or compiled."""
     # DDP averages gradients over ranks; both wrappers share net's weights.
     model: torch.nn.Module = net
     if dist.world > 1:
@@ -335,10 +356,28 @@ def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[s
         )
     if cfg.compile:
         model = torch.compile(model)
+    return model
+
+
+def build(cfg: TrainConfig, dist: Dist, device: torch.device, checkpoint: dict[str, Any] | None) -> Parts:
+    """Data, model, optimizer and schedule, seeded so that a run is reproducible, with their
+    state from ``checkpoint`` when resuming (the data order follows from the seed and epoch)."""
+    seed_everything(cfg.seed)
+    data = build_data(cfg, dist, device)
+    net = build_net(cfg, data, device)
+    steps_per_epoch = len(data.train)
+    total_steps = cfg.epochs * steps_per_epoch
+    free_steps, warmup_steps, free_warmup_steps, auto = phase_steps(cfg, steps_per_epoch)
+    optimizer = build_optimizer(cfg, net, free_steps, auto)
+    scheduler = build_schedule(cfg, optimizer, total_steps, free_steps, warmup_steps, free_warmup_steps)
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
     return Parts(
         data,
         net,
-        model,
+        wrap_model(cfg, net, dist, device),
         optimizer,
         scheduler,
         steps_per_epoch,

@@ -227,6 +227,83 @@ def _read_info(loc: Location, run_id: str) -> dict | None:
     return None if found.damage else found.info
 
 
+def _find_event_runs(logdir: Path) -> dict[Path, list[Path]]:
+    """find_runs, raising TensorBoardError when ``logdir`` is no folder or holds no event files."""
+    if not logdir.is_dir():
+        raise TensorBoardError(f"{logdir} is not a folder: pass the folder you give `tensorboard --logdir`")
+    runs = find_runs(logdir)
+    if not runs:
+        raise TensorBoardError(
+            f"no TensorBoard event files (*tfevents*) under {logdir}: pass the folder you give `tensorboard --logdir`"
+        )
+    return runs
+
+
+def _write_run(loc: Location, run_id: str, scalars: pd.DataFrame, name: str, config: dict, content: str) -> pa.Table:
+    """Write a run's scalars as a finished run (run.json's times: its first and last events); its rows."""
+    table, layers = to_table(run_id, scalars)
+    last_step = int(scalars["step"].max())
+    sink = ParquetSink(
+        loc,
+        run_id,
+        {
+            "name": name,
+            "created_at": _iso(float(scalars["wall_time"].min())),
+            "config": config,
+            "env": {},
+            "step": last_step,
+            "total_steps": last_step,
+            "steps_per_epoch": None,
+            "layers": layers,
+            "fingerprint": content,
+            "tensorboard_tags": renamed_tags(scalars),
+            "imported_at": now_iso(),
+        },
+    )
+    sink.write(table)
+    sink.close("finished")
+    sink.info["ended_at"] = _iso(float(scalars["wall_time"].max()))  # when the run ended, not the import
+    sink.write_info()
+    return table
+
+
+def _import_run(
+    loc: Location,
+    run_id: str,
+    run_dir: Path,
+    files: list[Path],
+    name: str,
+    config: dict,
+    force: bool,
+    echo: Callable[[str], None],
+) -> str | None:
+    """Import one run folder as ``run_id``: its outcome (see import_tensorboard), or None where its
+    event files hold no readable scalars."""
+    content = fingerprint(files)
+    old = _read_info(loc, run_id)
+    replacing = old is not None or bool(loc.listdir(f"{run_id}/metrics"))  # run.json unreadable: files stay
+    if old is not None and not force and old.get("status") == "finished":
+        same = old.get("fingerprint") == content
+        echo(
+            f"skipped {run_dir}: already imported as {run_id}"
+            + ("" if same else " and its event files have changed since; --force replaces it")
+        )
+        return "unchanged" if same else "changed"
+    scalars = read_scalars(files)
+    if scalars.empty:
+        echo(f"skipped {run_dir}: no readable scalars in its {len(files)} event file(s)")
+        return None
+    if replacing:
+        _remove_run(loc, run_id)
+    table = _write_run(loc, run_id, scalars, name, config, content)
+    outcome = "replaced" if replacing else "imported"
+    echo(
+        f"{outcome} {run_dir} as {run_id}: {table.num_rows} values of "
+        f"{len(scalars['tag'].unique())} tags, steps {int(scalars['step'].min())}-{int(scalars['step'].max())}"
+    )
+    return outcome
+
+
 def import_tensorboard(
     logdir: str | Path, root, name: str | None = None, force: bool = False, echo: Callable[[str], None] = print
 ) -> dict[str, str]:
@@ -237,13 +314,7 @@ def import_tensorboard(
     Raises TensorBoardError when nothing can be imported.
     """
     logdir = Path(logdir)
-    if not logdir.is_dir():
-        raise TensorBoardError(f"{logdir} is not a folder: pass the folder you give `tensorboard --logdir`")
-    runs = find_runs(logdir)
-    if not runs:
-        raise TensorBoardError(
-            f"no TensorBoard event files (*tfevents*) under {logdir}: pass the folder you give `tensorboard --logdir`"
-        )
+    runs = _find_event_runs(logdir)
     loc = Location(root)
     loc.check_root()
     outcome: dict[str, str] = {}
@@ -253,52 +324,12 @@ def import_tensorboard(
         own = logdir.resolve().name if rel == "." else rel
         run_name = own if name is None else name if len(runs) == 1 else f"{name}/{own}"
         run_id = run_id_for(run_dir, own)
-        content = fingerprint(files)
-        old = _read_info(loc, run_id)
-        replacing = old is not None or bool(loc.listdir(f"{run_id}/metrics"))  # run.json unreadable: files stay
-        if old is not None and not force and old.get("status") == "finished":
-            same = old.get("fingerprint") == content
-            outcome[run_id] = "unchanged" if same else "changed"
-            echo(
-                f"skipped {run_dir}: already imported as {run_id}"
-                + ("" if same else " and its event files have changed since; --force replaces it")
-            )
-            continue
-        scalars = read_scalars(files)
-        if scalars.empty:
+        config = {"source": "tensorboard", "logdir": str(logdir.resolve()), "run_dir": rel}
+        done = _import_run(loc, run_id, run_dir, files, run_name, config, force, echo)
+        if done is None:
             empty.append(run_dir)
-            echo(f"skipped {run_dir}: no readable scalars in its {len(files)} event file(s)")
-            continue
-        if replacing:
-            _remove_run(loc, run_id)
-        table, layers = to_table(run_id, scalars)
-        last_step = int(scalars["step"].max())
-        sink = ParquetSink(
-            loc,
-            run_id,
-            {
-                "name": run_name,
-                "created_at": _iso(float(scalars["wall_time"].min())),
-                "config": {"source": "tensorboard", "logdir": str(logdir.resolve()), "run_dir": rel},
-                "env": {},
-                "step": last_step,
-                "total_steps": last_step,
-                "steps_per_epoch": None,
-                "layers": layers,
-                "fingerprint": content,
-                "tensorboard_tags": renamed_tags(scalars),
-                "imported_at": now_iso(),
-            },
-        )
-        sink.write(table)
-        sink.close("finished")
-        sink.info["ended_at"] = _iso(float(scalars["wall_time"].max()))  # when the run ended, not the import
-        sink.write_info()
-        outcome[run_id] = "replaced" if replacing else "imported"
-        echo(
-            f"{outcome[run_id]} {run_dir} as {run_id}: {table.num_rows} values of "
-            f"{len(scalars['tag'].unique())} tags, steps {int(scalars['step'].min())}-{last_step}"
-        )
+        else:
+            outcome[run_id] = done
     if len(empty) == len(runs):
         raise TensorBoardError(
             f"the event files under {logdir} hold no readable scalars (damaged, or only "
