@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--device", action="append", help="default: cpu, and cuda when present")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error(f"--epochs must be at least 2 (LAWN trains 1 epoch free, then constrained), got {args.epochs}")
     devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         pairs = [(bare(args, device), ours(args, device)) for _ in range(args.repeat)]
