@@ -317,40 +317,17 @@ def _metric_layers(
     crosshair=False,
 ):
     """``metric_chart``'s layers and the count of values it could not draw (None: nothing to draw)."""
-    columns = [c for c in ("run_id", "label", x, "value", "smoothed", "min", "max", "shown") if c in df.columns]
-    data, dropped = plottable(df[columns], log_y)
-    if x_domain is not None:
-        data = data[data[x] <= x_domain[1]]
-    if data.empty:
+    data, dropped, smoothed = _line_data(df, x, log_y, x_domain, percent)
+    if data is None:
         return None
-    data = thin(data, by="run_id")
-    if percent:
-        data = as_percent(data)
     palette = _palette(palette, data)
-    smoothed = "smoothed" in data.columns and not np.allclose(
-        data["smoothed"].to_numpy(float), data["value"].to_numpy(float), equal_nan=True
-    )
-    if smoothed and log_y:
-        data = data[data["smoothed"] > 0]
     main = "smoothed" if smoothed else "value"
     domain = robust_domain(np.concatenate([data["value"], data[main]]), log_y) if robust else None
     x_enc = _x_encoding(x, x_title, temporal, x_domain)
     fmt = ".2f" if percent else ".4~g"
     tooltip = _line_tooltip(data, x, x_title, temporal, fmt, smoothed)
-    layers = []  # drawn in this order: the faint range and raw line under the main line
-    spread = _ranges(data, log_y)
-    if not spread.empty:
-        layers.append(
-            alt.Chart(spread)
-            .mark_area(opacity=RANGE_OPACITY, interpolate="step-after", clip=True)
-            .encode(x=x_enc, y=_y(log_y, y_title, "min", domain), y2="max:Q", fill=palette.fill())
-        )
-    if smoothed:
-        layers.append(
-            alt.Chart(data)
-            .mark_line(opacity=RAW_OPACITY, strokeWidth=1, clip=True)
-            .encode(x=x_enc, y=_y(log_y, y_title, domain=domain), stroke=palette.stroke())
-        )
+    # Drawn in this order: the faint range and raw line under the main line.
+    layers = _under_layers(data, x_enc, log_y, y_title, domain, palette, smoothed)
     faint = palette.opacity()
     layers.append(
         alt.Chart(data)
@@ -370,6 +347,47 @@ def _metric_layers(
     if crosshair:
         layers.append(_crosshair(data, x, x_enc, smoothed, fmt, temporal))
     return layers, dropped
+
+
+def _line_data(df: pd.DataFrame, x: str, log_y: bool, x_domain, percent: bool) -> tuple:
+    """What a metric chart draws: the drawable rows within ``x_domain``, thinned, as % if asked
+    (None where nothing is left), the count it could not draw, and whether ``smoothed`` differs
+    from ``value`` (then rows without a positive smoothed value are left off a log axis)."""
+    columns = [c for c in ("run_id", "label", x, "value", "smoothed", "min", "max", "shown") if c in df.columns]
+    data, dropped = plottable(df[columns], log_y)
+    if x_domain is not None:
+        data = data[data[x] <= x_domain[1]]
+    if data.empty:
+        return None, dropped, False
+    data = thin(data, by="run_id")
+    if percent:
+        data = as_percent(data)
+    smoothed = "smoothed" in data.columns and not np.allclose(
+        data["smoothed"].to_numpy(float), data["value"].to_numpy(float), equal_nan=True
+    )
+    if smoothed and log_y:
+        data = data[data["smoothed"] > 0]
+    return data, dropped, smoothed
+
+
+def _under_layers(data, x_enc, log_y: bool, y_title, domain, palette: Palette, smoothed: bool) -> list:
+    """The faint layers under a metric's line: each bucket's min-max range, and the raw line
+    where the main one is smoothed."""
+    layers = []
+    spread = _ranges(data, log_y)
+    if not spread.empty:
+        layers.append(
+            alt.Chart(spread)
+            .mark_area(opacity=RANGE_OPACITY, interpolate="step-after", clip=True)
+            .encode(x=x_enc, y=_y(log_y, y_title, "min", domain), y2="max:Q", fill=palette.fill())
+        )
+    if smoothed:
+        layers.append(
+            alt.Chart(data)
+            .mark_line(opacity=RAW_OPACITY, strokeWidth=1, clip=True)
+            .encode(x=x_enc, y=_y(log_y, y_title, domain=domain), stroke=palette.stroke())
+        )
+    return layers
 
 
 def layer_chart(
