@@ -1,7 +1,7 @@
 """The dashboard screenshots in docs/dashboard.md and the README, taken in headless Chromium.
 
     python docs/screenshots.py --store /tmp/demo                 # runs that have ended (post-hoc)
-    python docs/screenshots.py --train 60 --suffix -training     # make demo's four runs, 60 s into training
+    python docs/screenshots.py --train 60 --suffix=-training     # make demo's four runs, 60 s into training
 
 ``--store`` is an existing store (``python benchmarks/app.py --build demo --store /tmp/demo`` makes
 make demo's four runs and trains them to the end). ``--train SECONDS`` starts make demo's sweep in

@@ -529,14 +529,53 @@ REFRESH_SECS = 5  # analysis pages: how often a panel of training runs looks for
 CHART_CACHE = 256  # built charts kept (a page draws up to about 15)
 
 
+# While runs train, a panel's timed refresh takes their new data only when the page has had time to
+# draw the last: at most once per HOLD_FACTOR x the page's own redraw time. On a quiet machine that
+# is less than a refresh interval and changes nothing; on a loaded one (a page of 8 charts taking
+# 12 s to rebuild beside four training processes) the charts would otherwise be rebuilt without
+# pause, each greyed out while it waits its turn, and the page would never look drawn.
+HOLD_FACTOR = 2.0
+_refresh = threading.local()  # .timed: True while a fragment's timed refresh draws
+
+
 def data_version(store: RunStore, run_ids: Sequence[str]) -> tuple:
     """What changes when these runs' data change: each one's last flushed step and status, from
-    its run.json (no data file is read), cheap enough to check every few seconds."""
+    its run.json (no data file is read), cheap enough to check every few seconds. In a timed
+    refresh, a running run's version is held back while the page is still paying for drawing
+    the last one (HOLD_FACTOR); a run that has ended is seen at once."""
     version = []
     for run_id in run_ids:
         found = store.run_info(run_id) or {}
-        version.append((run_id, found.get("step"), found.get("status"), found.get("ended_at")))
+        version.append(_held((run_id, found.get("step"), found.get("status"), found.get("ended_at"))))
     return tuple(version)
+
+
+def _held(fresh: tuple) -> tuple:
+    """``fresh``, or the version of this run the session last drew while a slow page holds it."""
+    shown = st.session_state.setdefault("_shown_versions", {}) if _session() else None
+    if shown is None:
+        return fresh
+    now = time.monotonic()
+    kept = shown.get(fresh[0])
+    if kept is not None and kept[0] != fresh and getattr(_refresh, "timed", False) and fresh[2] == "running":
+        if now - kept[1] < HOLD_FACTOR * _page_cost():
+            return kept[0]
+    if kept is None or kept[0] != fresh:
+        shown[fresh[0]] = (fresh, now)
+    return fresh
+
+
+def _session() -> bool:
+    """Whether this runs inside a Streamlit session (its session state is there to keep things in)."""
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    return get_script_run_ctx(suppress_warning=True) is not None
+
+
+def _page_cost() -> float:
+    """Seconds the current page's panels took to redraw, each its latest (slowly forgotten)."""
+    page = st.session_state.get("_page")
+    return sum(cost for (where, _), cost in st.session_state.get("_panel_costs", {}).items() if where == page)
 
 
 def series(store: RunStore, run_ids: Sequence[str], metric: str, layer: str = "", **kwargs) -> pd.DataFrame:
@@ -620,16 +659,32 @@ def panel(runs: pd.DataFrame, run_ids: Sequence[str], every: float = REFRESH_SEC
             if live and not any(v[2] == "running" for v in data_version(get_store(store_root()), live)):
                 load_runs.clear()  # they have all ended: one last redraw of the page, without a timer
                 st.rerun(scope="app")
+            _refresh.timed = _timed_refresh()
             try:
                 draw(*args, **kwargs)
             except Exception as exc:  # as the frame does for a page: the kind of failure, the traceback to the log
                 log.exception("a chart of page %s failed", st.session_state.get("_page", "?"))
                 st.error(f"This chart failed ({type(exc).__name__}). The details are in the dashboard's log.")
-            record(f"panel {getattr(draw, '__name__', 'draw')}", time.perf_counter() - started)
+            finally:
+                _refresh.timed = False
+            seconds = time.perf_counter() - started
+            name = getattr(draw, "__name__", "draw")
+            costs = st.session_state.setdefault("_panel_costs", {})
+            where = (st.session_state.get("_page"), f"{name}{args!r}")
+            costs[where] = max(seconds, 0.8 * costs.get(where, 0.0))  # a slow redraw is forgotten slowly
+            record(f"panel {name}", seconds)
 
         return fragment
 
     return wrap
+
+
+def _timed_refresh() -> bool:
+    """Whether this script run is a fragment's own rerun (its timer), not a run of the whole page."""
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return bool(ctx is not None and ctx.fragment_ids_this_run)
 
 
 POLL_SECS = 2  # how often a page waiting for runs looks at the store (run.json listing only)
