@@ -26,8 +26,9 @@ the runs list, so each of them lists the store again. Pages show what they show 
 newest runs. ``--train N`` starts N runs of ``make demo``'s sweep in a temporary store first (one
 process each) and times the pages while they train, the load a sweep puts on the machine; then it
 opens Live, Loss flattening, Weight adaptivity and Compare on the training runs themselves, each
-left open 30 s, and prints the share of that time any element of the page was greyed out (marked
-stale by Streamlit while a rerun or a fragment's refresh has not redrawn it) and the longest such
+left open 30 s, and prints the share of that time any element of the page was stale (Streamlit
+marks what a rerun or a fragment's refresh has not yet redrawn), the share it was visibly greyed
+(Streamlit starts fading a stale element 0.5 s after it turned stale) and the longest stale
 stretch: a page that refreshes only what changed stays drawn.
 Beside the page times it prints the RunStore queries behind them, timed alone in this process,
 the server's own seconds per page run (the app writes them to $LAWN_MONITOR_TIMINGS) and the load
@@ -56,6 +57,7 @@ from lawn_monitor.store import RunStore  # noqa: E402
 from tests.browser import PAGES, streamlit_app  # noqa: E402
 
 LAYER_METRICS = ("weight_norm", "update_ratio", "grad_norm", "gn_trace")
+FADE_DELAY = 0.5  # Streamlit's stale elements: opacity to 0.33 over 1 s, starting 0.5 s after
 FADED_SECS = 30.0  # how long --train watches each page of the training runs for greyed-out elements
 RUNS_TTL = 2.0  # lawn_monitor/dashboard/state.py's cache lifetime of the runs list
 DRAWN = "[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
@@ -273,17 +275,36 @@ def time_faded(root: Path, chromium: str, seconds: float, only: list[str] | None
                 while time.monotonic() < end:
                     samples.append((time.monotonic(), page.evaluate(STALE) > 0))
                     page.wait_for_timeout(100)
-                longest, since = 0.0, None
-                for at, stale in samples:
-                    since = (since or at) if stale else None
-                    longest = max(longest, at - since) if since is not None else longest
-                share = sum(stale for _, stale in samples) / max(len(samples), 1)
-                print(f"  {title:18s} stale {share:6.1%} of {seconds:.0f} s, longest {longest:.1f} s", flush=True)
-                results.append((title, share, longest))
+                share, faded, longest = stale_stretches(samples)
+                print(
+                    f"  {title:18s} stale {share:6.1%} of {seconds:.0f} s, visibly greyed {faded:6.1%}, "
+                    f"longest stretch {longest:.1f} s",
+                    flush=True,
+                )
+                results.append((title, share, faded, longest))
             browser.close()
     finally:
         shutil.rmtree(logs, ignore_errors=True)
     return results
+
+
+def stale_stretches(samples: list[tuple[float, bool]]) -> tuple[float, float, float]:
+    """From (time, any element stale) samples: the share of samples stale, the share of the time
+    visibly greyed (Streamlit starts fading a stale element after FADE_DELAY), the longest stretch."""
+    stretches, since, last = [], None, None
+    for at, stale in samples:
+        if stale and since is None:
+            since = at
+        elif not stale and since is not None:
+            stretches.append(at - since)
+            since = None
+        last = at
+    if since is not None and last is not None:
+        stretches.append(last - since)
+    span = samples[-1][0] - samples[0][0] if len(samples) > 1 else 1.0
+    share = sum(stale for _, stale in samples) / max(len(samples), 1)
+    faded = sum(max(0.0, length - FADE_DELAY) for length in stretches) / span
+    return share, faded, max(stretches, default=0.0)
 
 
 def report(root: Path, args: argparse.Namespace, only: list[str] | None) -> None:
