@@ -19,6 +19,10 @@ from .styles import Palette, method_palette
 # Points per line. A dashboard-wide chart cannot show more, and the live view re-sends every
 # chart's data every refresh, so long runs are thinned before they reach the browser.
 MAX_POINTS = 2000
+# The dashboard serializes its charts with their data inline (state.vega_lite); Altair's default
+# refuses more than 5,000 rows, which a heatmap of 50 layers x 200 steps passes. The sizes are
+# bounded here instead (MAX_POINTS, the stores' downsampling).
+alt.data_transformers.disable_max_rows()
 
 
 def plottable(df: pd.DataFrame, log_y: bool) -> tuple[pd.DataFrame, int]:

@@ -10,7 +10,6 @@ selected runs, smoothing) are bound in the sidebar, which every page shows.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -273,17 +272,31 @@ def labelled(df: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
 
 
 def show(chart, empty: str) -> None:
-    """Draw the chart, or say that there is nothing to draw yet.
-
-    Altair checks every spec against the Vega-Lite JSON schema when it is serialized, which costs
-    about as much as building the chart (a third of a page's server time). These specs come from
-    the builders in charts.py, whose tests serialize them with that check on (tests/test_charts.py),
-    so the page serializes them without it."""
+    """Draw the chart, or say that there is nothing to draw yet."""
     if chart is None:
         st.info(empty)
     else:
-        object.__setattr__(chart, "to_dict", functools.partial(type(chart).to_dict, chart, validate=False))
-        st.altair_chart(chart, width="stretch")
+        st.vega_lite_chart(vega_lite(chart), width="stretch")
+
+
+def vega_lite(chart) -> dict:
+    """The chart's Vega-Lite spec with its data inline, made once per chart object and kept on it.
+
+    A chart is cached across refreshes (``cached_chart``), and a refresh with nothing new sends it
+    again: serializing it each time (what ``st.altair_chart`` does) cost 0.2-0.3 s a chart while
+    four runs trained beside the dashboard, longer than the 0.5 s Streamlit waits before greying
+    a redrawn element once a page's charts queued up; sending the kept spec costs milliseconds.
+    Altair's check of the spec against the Vega-Lite schema is skipped: the builders in charts.py
+    are checked with it on by tests/test_charts.py. The spec is Streamlit's to modify only where
+    it is idempotent (a null legend title becomes " ")."""
+    spec = getattr(chart, "_vega_lite", None)
+    if spec is None:
+        spec = chart.to_dict(validate=False)
+        view = spec.get("config", {}).get("view", {})
+        for key in ("continuousWidth", "continuousHeight"):  # Altair's default theme; Streamlit sizes charts
+            view.pop(key, None)
+        object.__setattr__(chart, "_vega_lite", spec)
+    return spec
 
 
 def grid(items: Sequence, draw: Callable, columns: int = 2) -> None:
@@ -530,11 +543,12 @@ CHART_CACHE = 256  # built charts kept (a page draws up to about 15)
 
 
 # While runs train, a panel's timed refresh takes their new data only when the page has had time to
-# draw the last: at most once per HOLD_FACTOR x the page's own redraw time. On a quiet machine that
-# is less than a refresh interval and changes nothing; on a loaded one (a page of 8 charts taking
-# 12 s to rebuild beside four training processes) the charts would otherwise be rebuilt without
-# pause, each greyed out while it waits its turn, and the page would never look drawn.
-HOLD_FACTOR = 2.0
+# draw the last: at most once per HOLD_FACTOR x the page's own redraw time, so that the server spends
+# at most about a third of its time redrawing. On a quiet machine that is less than a refresh
+# interval and changes nothing; on a loaded one (a chart took 0.5-0.9 s to rebuild beside four
+# training processes, its runs flushing every second) the charts were otherwise rebuilt without
+# pause, one after another, and the page was never all drawn.
+HOLD_FACTOR = 3.0
 _refresh = threading.local()  # .timed: True while a fragment's timed refresh draws
 
 
@@ -651,12 +665,15 @@ def panel(runs: pd.DataFrame, run_ids: Sequence[str], every: float = REFRESH_SEC
     runs' new data changed (charts are kept per ``data_version``), and never the rest of the
     page. Once every one of them has ended, the page is drawn once more and nothing refreshes."""
     live = training(runs, run_ids)
+    if live:
+        keep_charts_drawn()
 
     def wrap(draw: Callable) -> Callable:
         @st.fragment(run_every=every if live else None)
         def fragment(*args, **kwargs):
             started = time.perf_counter()
-            if live and not any(v[2] == "running" for v in data_version(get_store(store_root()), live)):
+            store = get_store(store_root())  # run.json itself: data_version may hold a version back
+            if live and not any((store.run_info(run_id) or {}).get("status") == "running" for run_id in live):
                 load_runs.clear()  # they have all ended: one last redraw of the page, without a timer
                 st.rerun(scope="app")
             _refresh.timed = _timed_refresh()
@@ -677,6 +694,23 @@ def panel(runs: pd.DataFrame, run_ids: Sequence[str], every: float = REFRESH_SEC
         return fragment
 
     return wrap
+
+
+# Streamlit greys every element a running script or fragment has not yet redrawn (from 0.5 s on).
+# While runs train, the charts refresh by themselves every few seconds, each redrawn in turn: that
+# grey would cover some chart most of the time on a loaded machine and says nothing the reader
+# needs, since a chart waiting for its refresh still shows its runs' latest drawn data. Charts
+# keep their colour, as do Live's progress bars; the running indicator at the top still shows that
+# the page is working.
+KEEP_CHARTS_DRAWN = (
+    '<style>[data-testid="stElementContainer"][data-stale="true"]'
+    ':has([data-testid="stVegaLiteChart"], [data-testid="stProgress"])'
+    "{opacity:1 !important;transition:none !important;}</style>"
+)
+
+
+def keep_charts_drawn() -> None:
+    st.html(KEEP_CHARTS_DRAWN)
 
 
 def _timed_refresh() -> bool:

@@ -1,0 +1,101 @@
+"""What a chart costs the browser: one minimal Streamlit page of line charts, drawn with fewer
+points, without the min-max band, or concatenated into one Vega view, timed side by side.
+
+    python benchmarks/chart_views.py                 # the variants below, 4 loads each
+
+The page holds ``k`` charts of 4 runs x ``n`` points (a line on a log axis with tooltips, and the
+faint min-max band the dashboard draws under it), either each its own ``st.altair_chart`` in two
+columns, as the dashboard's grids are, or all of them concatenated into one view (two a row, fixed
+widths: Vega-Lite cannot fit a compound view to its container). Each load is a fresh tab in headless
+Chromium, timed from the request until the page's script has finished and every chart is drawn
+(benchmarks/app.py's measure); the median of 4 loads after one to warm up. No store is read: this
+is the browser's and Streamlit's part of a page's time alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks.app import load  # noqa: E402
+from tests.browser import CHROMIUM, streamlit_app  # noqa: E402
+
+PAGE = """
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+st.title("Charts")
+q = st.query_params
+mode, n, k, band = q.get("mode", "apart"), int(q.get("n", 500)), int(q.get("k", 8)), q.get("band", "1") == "1"
+rng = np.random.default_rng(0)
+
+
+def chart(i):
+    step = np.arange(n) * 10.0
+    frames = []
+    for run in range(4):
+        value = np.exp(-step / 2000) * (1 + 0.1 * rng.random(n)) + 1e-3
+        frames.append(pd.DataFrame({"run": f"run{run}", "step": step, "value": value, "min": value * 0.9,
+                                    "max": value * 1.1}))
+    data = pd.concat(frames)
+    y = alt.Scale(type="log")
+    layers = [alt.Chart(data).mark_line(clip=True).encode(x="step:Q", y=alt.Y("value:Q", scale=y), color="run:N",
+                                                         tooltip=["run", "step", "value"])]
+    if band:
+        layers.insert(0, alt.Chart(data).mark_area(opacity=0.2, clip=True).encode(
+            x="step:Q", y=alt.Y("min:Q", scale=y), y2="max:Q", fill="run:N"))
+    width = "container" if mode == "apart" else 330
+    return alt.layer(*layers).properties(title=f"chart {i}", height=220, width=width)
+
+
+if mode == "apart":
+    columns = st.columns(2)
+    for i in range(k):
+        with columns[i % 2]:
+            st.altair_chart(chart(i), width="stretch")
+else:
+    st.altair_chart(alt.concat(*[chart(i) for i in range(k)], columns=2))
+"""
+VARIANTS = [
+    ("8 charts apart, 500 points per run", "mode=apart&n=500"),
+    ("8 charts apart, 200 points per run", "mode=apart&n=200"),
+    ("8 charts apart, 150 points per run", "mode=apart&n=150"),
+    ("8 charts apart, 500 points, no band", "mode=apart&n=500&band=0"),
+    ("8 charts in one view, 500 points", "mode=one&n=500"),
+    ("8 charts in one view, 150 points", "mode=one&n=150"),
+    ("1 chart, 500 points", "mode=apart&n=500&k=1"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=4, help="timed loads per variant")
+    args = parser.parse_args()
+    if CHROMIUM is None:
+        sys.exit(
+            "benchmarks/chart_views.py: no chromium binary: apt-get install chromium, or set LAWN_MONITOR_CHROMIUM"
+        )
+    from playwright.sync_api import sync_playwright
+
+    work = Path(tempfile.mkdtemp(prefix="lawn-chart-views-"))
+    (work / "page.py").write_text(PAGE)
+    command = ["-m", "streamlit", "run", str(work / "page.py"), "--server.fileWatcherType", "none"]
+    with streamlit_app(work, work, command=command) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        context = browser.new_context(viewport={"width": 1280, "height": 1800})
+        for name, query in VARIANTS:
+            load(context, f"{url}/?{query}", "Charts")
+            times = [load(context, f"{url}/?{query}", "Charts")[1] for _ in range(args.repeat)]
+            print(f"  {name:40s} median {statistics.median(times):.2f} s  (max {max(times):.2f} s)", flush=True)
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
