@@ -511,9 +511,10 @@ def test_the_trainer_draws_a_curvature_curve_on_digits_with_the_defaults(tmp_pat
     assert len(during) >= 15, gn.tolist()
     assert (during <= total / 2).sum() > (during > total / 2).sum(), gn.tolist()  # more early than late
     sharp = store.series(result.run_id, "sharpness", points=None)["step"]
-    # Sharpness on 128 samples (was 16) costs ~8x per point under the same budget: 2 points were
-    # measured in a fresh-clone CI run (5+ before).
-    assert len(sharp) >= 2, sharp.tolist()
+    # Sharpness on 128 samples (was 16) costs ~8x per point under the same time budget, so a run this
+    # short gets 1 or 2 (two fresh-clone CI runs: 2, then only the one at the end of training; 5+
+    # before). It is measured, at the end at least; the curve over training is the GN trace's.
+    assert len(sharp) >= 1 and sharp.iloc[-1] == total, sharp.tolist()
     assert len(store.series(result.run_id, "sharpness_precond", points=None)) == len(sharp)  # Adam
 
 
