@@ -45,6 +45,14 @@ def rows(store: RunStore, run_id: str):
     return duckdb.sql(f"SELECT step, layer, metric, value FROM read_parquet({store.files([run_id])!r})").df()
 
 
+def past_a_checkpoint(store: RunStore, run: Path) -> bool:
+    """A checkpoint of epoch 3 or later is there, and rows written after it."""
+    if not (run / CHECKPOINT).exists():
+        return False
+    checkpoint = torch.load(run / CHECKPOINT, weights_only=False)
+    return checkpoint["epoch"] >= 3 and bool(rows(store, run.name)["step"].max() > checkpoint["step"])
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_without_duplicate_or_missing_rows(tmp_path):
     threads = torch.get_num_threads()
@@ -79,7 +87,12 @@ def check_kill_and_resume(tmp_path):
                 run_json = found[0]
                 try:
                     if json.loads(run_json.read_text()).get("step", 0) >= 3 * STEPS_PER_EPOCH + 5:
-                        break
+                        # Frozen, the state cannot change between this look and the kill: a
+                        # checkpoint must be there, and rows after it for the resume to drop.
+                        proc.send_signal(signal.SIGSTOP)
+                        if past_a_checkpoint(store, run_json.parent):
+                            break
+                        proc.send_signal(signal.SIGCONT)
                 except ValueError:
                     pass
             assert proc.poll() is None, proc.stderr.read().decode()
