@@ -54,23 +54,11 @@ sys.path.insert(0, str(REPO))
 from benchmarks.demo import build_demo  # noqa: E402
 from benchmarks.store import build as build_synthetic  # noqa: E402
 from lawn_monitor.store import RunStore  # noqa: E402
-from tests.browser import PAGES, streamlit_app  # noqa: E402
+from tests.browser import DRAWN, PAGES, SCRIPT_DONE, launch, streamlit_app, wait_drawn  # noqa: E402
 
 LAYER_METRICS = ("weight_norm", "update_ratio", "grad_norm", "gn_trace")
 FADED_SECS = 30.0  # how long --train watches each page of the training runs for greyed-out elements
 RUNS_TTL = 2.0  # lawn_monitor/dashboard/state.py's cache lifetime of the runs list
-DRAWN = "[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
-# Every chart on the page drawn: each Vega-Lite element holds a canvas or an SVG with a size.
-ALL_DRAWN = """() => {
-  const charts = [...document.querySelectorAll('[data-testid=stVegaLiteChart]')];
-  return charts.every(c => {
-    const drawn = c.querySelector('canvas, svg');
-    return drawn && drawn.getBoundingClientRect().height > 0;
-  });
-}"""
-SCRIPT_DONE = (
-    "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'"
-)
 LARGE = {
     "runs": 200,
     "layers": 50,
@@ -105,12 +93,11 @@ def load(context, url: str, title: str | None) -> tuple[float, float]:
         page.goto(url)
         frame = time.perf_counter() - started
         if title is not None:
-            page.get_by_role("heading", name=title, exact=True).wait_for(timeout=120_000)
             page.locator(DRAWN).first.wait_for(timeout=120_000)
+            wait_drawn(page, title)
         else:
             page.locator("[data-testid=stAlert]").first.wait_for(timeout=120_000)
-        page.wait_for_function(SCRIPT_DONE, timeout=120_000)
-        page.wait_for_function(ALL_DRAWN, timeout=120_000)
+            page.wait_for_function(SCRIPT_DONE, timeout=120_000)
         return frame, time.perf_counter() - started
     finally:
         page.close()
@@ -206,11 +193,7 @@ def time_pages(root: Path, repeat: int, chromium: str, only: list[str] | None = 
     env = {"PYTHONPATH": str(REPO), "LAWN_MONITOR_TIMINGS": str(timings)}
     try:
         with streamlit_app(root, timings.parent, env=env) as url, sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=chromium,
-                headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-            )
+            browser = launch(p, chromium)
             context = browser.new_context(viewport={"width": 1280, "height": 1800})
             try:
                 return [
@@ -246,6 +229,43 @@ def time_page(context, url: str, name: str, title: str | None, ttl: float, repea
     return name, cold, statistics.median(warm), max(warm), server_s, load_avg
 
 
+def time_switches(root: Path, repeat: int, chromium: str, only: list[str] | None = None) -> dict[str, list[float]]:
+    """Page switches inside one tab, as a user moves through the dashboard: a click on the page's
+    link in the sidebar until its title is on screen, its script done and every chart drawn (no
+    page load: Streamlit's frame stays, the session goes on). Each page ``repeat`` times, in the
+    sidebar's order, each switch spaced past the runs cache so it lists the store again."""
+    from playwright.sync_api import sync_playwright
+
+    logs = Path(tempfile.mkdtemp(prefix="lawn-app-bench-switch-"))
+    order = [(path, title) for path, title in [*PAGES[1:], PAGES[0]] if not only or path in only]
+    seconds: dict[str, list[float]] = {title: [] for _, title in order}
+    try:
+        with streamlit_app(root, logs, env={"PYTHONPATH": str(REPO)}) as url, sync_playwright() as p:
+            browser = launch(p, chromium)
+            page = browser.new_page(viewport={"width": 1280, "height": 1800})
+            page.goto(url)
+            wait_drawn(page, "Runs")
+            shown = "Runs"
+            for _ in range(repeat):
+                for _, title in order:
+                    if title == shown:  # a page already shown: go elsewhere first
+                        other = next(t for _, t in PAGES if t != title)
+                        page.get_by_test_id("stSidebarNavLink").filter(has_text=other).first.click()
+                        wait_drawn(page, other)
+                    time.sleep(RUNS_TTL + 0.5)
+                    started = time.perf_counter()
+                    page.get_by_test_id("stSidebarNavLink").filter(has_text=title).first.click()
+                    wait_drawn(page, title)
+                    seconds[title].append(time.perf_counter() - started)
+                    shown = title
+            browser.close()
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
+    for title, times in seconds.items():
+        print(f"  {title:18s} median {statistics.median(times):6.2f} s, max {max(times):6.2f} s", flush=True)
+    return seconds
+
+
 # Any element of the page greyed out: Streamlit marks what a running script (or fragment) has not
 # yet redrawn as stale, and fades it once the run takes longer than a moment.
 STALE = "() => document.querySelectorAll('[data-stale=\"true\"]').length"
@@ -263,15 +283,13 @@ def time_faded(root: Path, chromium: str, seconds: float, only: list[str] | None
     results = []
     try:
         with streamlit_app(root, logs, env={"PYTHONPATH": str(REPO)}) as url, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            browser = launch(p, chromium)
             page = browser.new_page(viewport={"width": 1280, "height": 1800})
             for path, title in PAGES[1:]:
                 if only and path not in only:
                     continue
                 page.goto(f"{url}/{path}")
-                page.get_by_role("heading", name=title, exact=True).wait_for(timeout=120_000)
-                page.wait_for_function(SCRIPT_DONE, timeout=120_000)
-                page.wait_for_function(ALL_DRAWN, timeout=120_000)
+                wait_drawn(page, title)
                 stale, faded = [], []
                 end = time.monotonic() + seconds
                 while time.monotonic() < end:
@@ -309,6 +327,8 @@ def report(root: Path, args: argparse.Namespace, only: list[str] | None) -> None
     try:
         print(f"page loads in headless chromium, request to all charts drawn ({args.repeat} repeats):")
         results = time_pages(root, args.repeat, args.chromium, only)
+        print(f"page switches in one tab, a click on the sidebar's link to all charts drawn ({args.repeat} each):")
+        switches = time_switches(root, args.repeat, args.chromium, only)
         if training is not None:
             print(f"the training runs' store, each page left open {FADED_SECS:.0f} s: greyed out (stale) for")
             time_faded(training[1], args.chromium, FADED_SECS, only)
@@ -317,10 +337,11 @@ def report(root: Path, args: argparse.Namespace, only: list[str] | None) -> None
             training[0].terminate()
             training[0].wait(timeout=60)
             shutil.rmtree(training[1], ignore_errors=True)
-    print("\n| page | first load s | then median s | max s | server s per run | load average |")
-    print("|---|---|---|---|---|---|")
+    print("\n| page | first load s | then median s | max s | switch median s | server s per run | load average |")
+    print("|---|---|---|---|---|---|---|")
     for name, cold, median, worst, server, load_avg in results:
-        print(f"| {name} | {cold:.2f} | {median:.2f} | {worst:.2f} | {server:.2f} | {load_avg:.1f} |")
+        switch = statistics.median(switches[name]) if switches.get(name) else float("nan")
+        print(f"| {name} | {cold:.2f} | {median:.2f} | {worst:.2f} | {switch:.2f} | {server:.2f} | {load_avg:.1f} |")
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.app import load  # noqa: E402
-from tests.browser import CHROMIUM, streamlit_app  # noqa: E402
+from tests.browser import CHROMIUM, launch, streamlit_app  # noqa: E402
 
 PAGE = """
 import altair as alt
@@ -88,7 +88,7 @@ def main() -> None:
     (work / "page.py").write_text(PAGE)
     command = ["-m", "streamlit", "run", str(work / "page.py"), "--server.fileWatcherType", "none"]
     with streamlit_app(work, work, command=command) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        browser = launch(p)
         context = browser.new_context(viewport={"width": 1280, "height": 1800})
         for name, query in VARIANTS:
             load(context, f"{url}/?{query}", "Charts")

@@ -24,8 +24,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.app import ALL_DRAWN, SCRIPT_DONE, start_training  # noqa: E402
-from tests.browser import CHROMIUM, streamlit_app  # noqa: E402
+from benchmarks.app import start_training  # noqa: E402
+from tests.browser import CHROMIUM, launch, streamlit_app, wait_drawn  # noqa: E402
 
 # (url path and query, the page's title, the file's name): every page, Compare with two panels.
 SHOTS = [
@@ -51,17 +51,13 @@ def shoot(root: Path, suffix: str, pages: list[str] | None) -> None:
 
     logs = Path(tempfile.mkdtemp(prefix="lawn-screenshots-"))
     with streamlit_app(root, logs) as url, sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1280, "height": 2600})
         for path, title, name in SHOTS:
             if pages and name not in pages:
                 continue
             page.goto(f"{url}/{path}")
-            page.get_by_role("heading", name=title, exact=True).wait_for(timeout=180_000)
-            page.wait_for_function(SCRIPT_DONE, timeout=180_000)
-            page.wait_for_function(ALL_DRAWN, timeout=180_000)
+            wait_drawn(page, title, timeout_ms=180_000)
             page.wait_for_timeout(1500)  # tooltips and fades settle
             target = REPO / "docs" / f"dashboard-{name}{suffix}.png"
             page.screenshot(path=str(target))

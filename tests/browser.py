@@ -27,6 +27,21 @@ PAGES = [
 ]
 
 
+# Streamlit's script (and any fragment) finished: the app's data-test-script-state is notRunning.
+SCRIPT_DONE = (
+    "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'"
+)
+# Every chart on the page drawn: each Vega-Lite element holds a canvas or an SVG with a size.
+ALL_DRAWN = """() => {
+  const charts = [...document.querySelectorAll('[data-testid=stVegaLiteChart]')];
+  return charts.every(c => {
+    const drawn = c.querySelector('canvas, svg');
+    return drawn && drawn.getBoundingClientRect().height > 0;
+  });
+}"""
+DRAWN = "[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,17 +70,10 @@ def streamlit_app(root: Path, tmp_path: Path, env: dict[str, str] | None = None,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()}")
-            time.sleep(0.2)
+        try:
+            wait_healthy(url, proc)
+        except AssertionError as e:
+            raise RuntimeError(f"{e}: {(tmp_path / 'streamlit.log').read_text()}") from None
         yield url
     finally:
         proc.terminate()
@@ -76,14 +84,39 @@ def streamlit_app(root: Path, tmp_path: Path, env: dict[str, str] | None = None,
         log.close()
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until the Streamlit server at ``url`` answers its health check (``proc`` its process)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"the dashboard exited (exit {proc.returncode})")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the dashboard did not answer within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def launch(playwright, executable: str | None = None):
+    """Headless Chromium (the system's binary, or ``executable``) as every browser test and
+    benchmark here starts it: no sandbox (containers), no GPU, no /dev/shm (small in containers)."""
+    return playwright.chromium.launch(
+        executable_path=executable or CHROMIUM,
+        headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+    )
+
+
 @contextmanager
 def browser_page():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
+        browser = launch(p)
         try:
             # Streamlit scrolls inside its main block, not the document: a tall window shows whole pages.
             yield browser.new_page(viewport={"width": 1280, "height": 1800})
@@ -91,18 +124,20 @@ def browser_page():
             browser.close()
 
 
+def wait_drawn(page, title: str, timeout_ms: float = 120_000) -> None:
+    """Wait for the page's title, its script to finish and every chart on it to be drawn."""
+    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=timeout_ms)
+    page.wait_for_function(SCRIPT_DONE, timeout=timeout_ms)
+    page.wait_for_function(ALL_DRAWN, timeout=timeout_ms)
+
+
 def wait_rendered(page, title: str) -> None:
     """Wait for the page's title, for its script to finish, and for at least one table or chart."""
     page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
-    page.locator(
-        "[data-testid='stDataFrame'], [data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
-    ).first.wait_for(timeout=30_000)
+    page.locator(DRAWN).first.wait_for(timeout=30_000)
     # Then for the script to finish (on Live, for a moment between two fragment reruns), and for
     # Vega to draw what arrived last.
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'",
-        timeout=30_000,
-    )
+    page.wait_for_function(SCRIPT_DONE, timeout=30_000)
     page.wait_for_timeout(500)
 
 
@@ -146,8 +181,5 @@ class Charts:
 def settle(page) -> None:
     """Wait for the script (and a rerun it triggers) to finish and for Vega to draw."""
     page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'",
-        timeout=30_000,
-    )
+    page.wait_for_function(SCRIPT_DONE, timeout=30_000)
     page.wait_for_timeout(500)

@@ -18,7 +18,7 @@ from torch import nn
 
 from lawn_monitor import Monitor, RunStore
 from lawn_monitor.dashboard.styles import run_styles
-from tests.browser import CHROMIUM, Charts, browser_page, settle, streamlit_app, wait_rendered
+from tests.browser import CHROMIUM, Charts, browser_page, launch, settle, streamlit_app, wait_rendered
 from tests.helpers import train_tiny_run
 
 pytestmark = [
@@ -202,7 +202,7 @@ def test_created_column_fits_at_1600_px(app):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         try:
             page.goto(url)

@@ -172,23 +172,9 @@ def test_compact_marks_a_run_whose_lock_it_took_over_interrupted(one_run, capsys
     assert RunStore(root).runs()["status"].tolist() == ["interrupted"]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert proc.poll() is None, "the dashboard exited"
-        time.sleep(0.2)
-    raise AssertionError("the dashboard did not start")
-
-
 @pytest.mark.slow
 def test_sigterm_stops_the_dashboard_and_its_server(one_run, tmp_path):
-    from tests.browser import free_port
+    from tests.browser import free_port, wait_healthy
 
     root, _ = one_run
     port = free_port()
