@@ -299,9 +299,11 @@ def time_faded(root: Path, chromium: str, seconds: float, only: list[str] | None
                     page.wait_for_timeout(100)
                 share, longest = stretches(stale)
                 greyed, longest_greyed = stretches(faded)
+                training = int((RunStore(root).runs()["status"] == "running").sum())
                 print(
                     f"  {title:18s} some element stale {share:6.1%} of {seconds:.0f} s (longest {longest:.1f} s), "
-                    f"some element visibly faded {greyed:6.1%} (longest {longest_greyed:.1f} s)",
+                    f"some element visibly faded {greyed:6.1%} (longest {longest_greyed:.1f} s); "
+                    f"{training} runs still training at the end" + ("" if training else ": NOT MEASURED, run sooner"),
                     flush=True,
                 )
                 results.append((title, share, longest, greyed, longest_greyed))

@@ -1,5 +1,5 @@
 """What a chart costs the browser: one minimal Streamlit page of line charts, drawn with fewer
-points, without the min-max band, or concatenated into one Vega view, timed side by side.
+points, without the min-max band, with a crosshair, or concatenated into one Vega view, timed side by side.
 
     python benchmarks/chart_views.py                 # the variants below, 4 loads each
 
@@ -34,6 +34,7 @@ import streamlit as st
 st.title("Charts")
 q = st.query_params
 mode, n, k, band = q.get("mode", "apart"), int(q.get("n", 500)), int(q.get("k", 8)), q.get("band", "1") == "1"
+cross = q.get("cross", "0") == "1"
 rng = np.random.default_rng(0)
 
 
@@ -51,6 +52,12 @@ def chart(i):
     if band:
         layers.insert(0, alt.Chart(data).mark_area(opacity=0.2, clip=True).encode(
             x="step:Q", y=alt.Y("min:Q", scale=y), y2="max:Q", fill="run:N"))
+    if cross:  # the dashboard's crosshair: a rule at the pointer's step, every run's value in its tooltip
+        wide = data.pivot_table(index="step", columns="run", values="value").reset_index()
+        hover = alt.selection_point(nearest=True, on="pointerover", fields=["step"], empty=False, clear="pointerout")
+        layers.append(alt.Chart(wide).mark_rule().encode(
+            x="step:Q", opacity=alt.condition(hover, alt.value(0.6), alt.value(0)),
+            tooltip=["step:Q", *[f"run{r}:Q" for r in range(4)]]).add_params(hover))
     width = "container" if mode == "apart" else 330
     return alt.layer(*layers).properties(title=f"chart {i}", height=220, width=width)
 
@@ -67,6 +74,7 @@ VARIANTS = [
     ("8 charts apart, 500 points per run", "mode=apart&n=500"),
     ("8 charts apart, 200 points per run", "mode=apart&n=200"),
     ("8 charts apart, 150 points per run", "mode=apart&n=150"),
+    ("8 charts apart, 200 points, crosshair", "mode=apart&n=200&cross=1"),
     ("8 charts apart, 500 points, no band", "mode=apart&n=500&band=0"),
     ("8 charts in one view, 500 points", "mode=one&n=500"),
     ("8 charts in one view, 150 points", "mode=one&n=150"),

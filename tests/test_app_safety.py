@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from lawn_monitor.dashboard.state import normal_root
@@ -138,6 +139,7 @@ def test_a_failing_page_shows_a_short_error_without_server_paths(served, monkeyp
         raise OSError(f"disk error under {served}/secret")
 
     monkeypatch.setattr(RunStore, "switch_steps", broken)
+    st.cache_data.clear()  # an earlier page's query results, kept by data version, would hide the failure
     at = open_page("flattening", {})
     assert not at.exception
     message = at.error[0].value

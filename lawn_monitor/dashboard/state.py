@@ -614,9 +614,14 @@ def _layers(root: str, run_id: str, metric: str, points: int | None, version: tu
 
 
 def switches(store: RunStore, run_ids: Sequence[str]) -> pd.DataFrame:
-    """``RunStore.switch_steps`` (the store keeps its per-file results, so this is cheap to ask
-    on every refresh)."""
-    return store.switch_steps(list(run_ids))
+    """``RunStore.switch_steps``, kept until these runs' data change: every chart of a page draws
+    the LAWN switches, and a query for each (5 on Live) was a sixth of a page run's server time."""
+    return _switches(store_root(), tuple(run_ids), data_version(store, run_ids))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _switches(root: str, run_ids: tuple, version: tuple) -> pd.DataFrame:
+    return get_store(root).switch_steps(list(run_ids))
 
 
 _CHARTS: OrderedDict[tuple, object] = OrderedDict()  # built charts, shared by every session
