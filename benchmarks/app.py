@@ -23,8 +23,8 @@ page's title is on screen, its script has finished (Streamlit's ``data-test-scri
 ``notRunning``) and every chart on it is drawn (each ``stVegaLiteChart`` holds its canvas or SVG).
 The first load of each page hits a cold server; the repeats are spaced past the app's 2 s cache of
 the runs list, so each of them lists the store again. Pages show what they show by default: the
-newest runs. ``--train N`` starts N runs of ``make demo``'s sweep in a temporary store first (one
-process each) and times the pages while they train, the load a sweep puts on the machine; then it
+newest runs. ``--train N`` starts N runs of ``make demo``'s sweep (with ``TRAIN_EPOCHS`` epochs) in a temporary store
+first (one process each) and times the pages while they train, the load a sweep puts on the machine; then it
 opens Live, Loss flattening, Weight adaptivity and Compare on the training runs themselves, each
 left open 30 s, and prints the share of that time some element of the page was stale (Streamlit
 marks what a rerun or a fragment's refresh has not yet redrawn) and the share some element was
@@ -58,6 +58,7 @@ from tests.browser import DRAWN, PAGES, SCRIPT_DONE, launch, streamlit_app, wait
 
 LAYER_METRICS = ("weight_norm", "update_ratio", "grad_norm", "gn_trace")
 FADED_SECS = 30.0  # how long --train watches each page of the training runs for greyed-out elements
+TRAIN_EPOCHS = 2000  # --train's runs: make demo's sweep, this many epochs so that they outlast the benchmark
 RUNS_TTL = 2.0  # lawn_monitor/dashboard/state.py's cache lifetime of the runs list
 LARGE = {
     "runs": 200,
@@ -160,13 +161,17 @@ def server_seconds(timings: Path, title: str | None) -> float:
     return statistics.median(seconds) if seconds else float("nan")
 
 
-def start_training(count: int) -> tuple[subprocess.Popen, Path]:
+def start_training(count: int, epochs: int | None = TRAIN_EPOCHS) -> tuple[subprocess.Popen, Path]:
     """``count`` runs of make demo's sweep training in a temporary store (one process each); returns
     once every one of them has written its first steps."""
     from benchmarks.demo import demo_args
 
     args = demo_args()
     args[args.index("--parallel") + 1] = str(count)
+    # Long enough to train through the whole benchmark (make demo's 150 epochs end in ~5 min on a
+    # quiet machine, before the pages are watched); the load is the same per process.
+    if epochs is not None:
+        args[args.index("--epochs") + 1] = str(epochs)
     root = Path(tempfile.mkdtemp(prefix="lawn-app-bench-train-"))
     argv = [sys.executable, "-m", "lawn_monitor.cli", "sweep", *args, "--root", str(root), "--no-progress"]
     proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)

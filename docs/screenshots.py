@@ -88,7 +88,7 @@ def main() -> None:
             )
         shoot(args.store, args.suffix, pages)
         return
-    proc, root = start_training(4)
+    proc, root = start_training(4, epochs=None)  # make demo's runs as they are
     try:
         time.sleep(args.train)
         shoot(root, args.suffix, pages)
