@@ -22,11 +22,13 @@ in a fresh tab, which is a fresh Streamlit session. A load counts from ``page.go
 page's title is on screen, its script has finished (Streamlit's ``data-test-script-state`` is
 ``notRunning``) and every chart on it is drawn (each ``stVegaLiteChart`` holds its canvas or SVG).
 The first load of each page hits a cold server; the repeats are spaced past the app's 2 s cache of
-the runs list, so each of them lists the store again. Pages show what they show by default: the
-newest runs. ``--train N`` starts N runs of ``make demo``'s sweep (with ``TRAIN_EPOCHS`` epochs) in a temporary store
-first (one process each) and times the pages while they train, the load a sweep puts on the machine; then it
-opens Live, Loss flattening, Weight adaptivity and Compare on the training runs themselves, each
-left open 30 s, and prints the share of that time some element of the page was stale (Streamlit
+the runs list, so each of them lists the store again. Then each page is timed as a switch inside
+one tab (a click on its link in the sidebar, to the same end), as a user moves through the
+dashboard. Pages show what they show by default: the newest runs. ``--train N`` starts N runs of
+``make demo``'s sweep (with ``TRAIN_EPOCHS`` epochs) in a temporary store first (one process each)
+and times the pages while they train, the load a sweep puts on the machine; then it opens Live,
+Loss flattening, Weight adaptivity and Compare on the training runs themselves, each left open 30 s,
+and prints the share of that time some element of the page was stale (Streamlit
 marks what a rerun or a fragment's refresh has not yet redrawn) and the share some element was
 visibly faded (Streamlit fades a stale element to opacity 0.33 from 0.5 s on), each with its longest
 stretch: a page that refreshes only what changed stays drawn.
