@@ -82,16 +82,21 @@ def test_killed_worker_leaves_stale_and_the_next_launch_finishes_it(cluster):
     store = RunStore(root, stale_after=5.0)
 
     def checkpointed_and_running():
+        """A run past its first checkpoint and still running, its worker frozen (SIGSTOP) while
+        that is checked again: the run cannot end between this look and the kill."""
         if not store.loc.exists():
             return None
         for run_id in store.loc.run_dirs():
             info = store.run_info(run_id) or {}
             if info.get("status") == "running" and store.loc.modified(f"{run_id}/checkpoint.pt") is not None:
-                return run_id, info["pid"]
+                os.kill(info["pid"], signal.SIGSTOP)
+                if (store.run_info(run_id) or {}).get("status") == "running":
+                    return run_id, info["pid"]
+                os.kill(info["pid"], signal.SIGCONT)
         return None
 
     run_id, pid = wait_until(checkpointed_and_running, proc, what="checkpointed run")
-    os.kill(pid, signal.SIGKILL)  # the Ray worker that trains it
+    os.kill(pid, signal.SIGKILL)  # the Ray worker that trains it, frozen mid-run
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 3, out  # not every run finished
     assert "adam-b8-s0: stale" in out and "launch the same sweep again" in out, out
