@@ -671,7 +671,7 @@ def panel(runs: pd.DataFrame, run_ids: Sequence[str], every: float = REFRESH_SEC
     page. Once every one of them has ended, the page is drawn once more and nothing refreshes."""
     live = training(runs, run_ids)
     if live:
-        keep_charts_drawn()
+        keep_drawn()
 
     def wrap(draw: Callable) -> Callable:
         @st.fragment(run_every=every if live else None)
@@ -708,14 +708,14 @@ def panel(runs: pd.DataFrame, run_ids: Sequence[str], every: float = REFRESH_SEC
 # its runs' latest drawn data. So while runs train nothing on the page is greyed; the running
 # indicator at the top still shows that the page is working. (Charts and progress bars alone
 # left Weight adaptivity's and Compare's other elements faded 9.7-12.7% of the time.)
-KEEP_CHARTS_DRAWN = (
+KEEP_DRAWN = (
     '<style>[data-testid="stElementContainer"][data-stale="true"]'
     "{opacity:1 !important;transition:none !important;}</style>"
 )
 
 
-def keep_charts_drawn() -> None:
-    st.html(KEEP_CHARTS_DRAWN)
+def keep_drawn() -> None:
+    st.html(KEEP_DRAWN)
 
 
 def _timed_refresh() -> bool:
