@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from .lock import LOCK_TIMEOUT, RunLock, RunLockedError
 from .schema import SCHEMA, parquet_bytes
-from .storage import RUN_JSON_LIMIT, Location, Segment, compact_name, live_files, now_iso
+from .storage import RUN_JSON_LIMIT, Location, Segment, compact_name, contiguous, list_metrics, live_files, now_iso
 
 FANOUT = 16  # segments of one level merged into one of the next
 GRACE = 30.0  # seconds a live merge's inputs stay after it, for readers that listed them just before
@@ -143,16 +143,23 @@ def level(seg: Segment) -> int:
 
 
 def plan(live: list[Segment]) -> list[Segment]:
-    """The next live merge: the oldest FANOUT consecutive segments of one level.
+    """The next live merge: the oldest FANOUT consecutive segments of one level, with no flush
+    missing between them.
 
     Merging the oldest such window keeps levels non-increasing from the oldest segment to the
     newest, so a backlog of one-flush parts is merged whole, FANOUT at a time, instead of being
     stranded behind a newer merged file (as merging only the newest FANOUT would leave it).
+
+    A window with a hole is never merged: the merged file would claim the missing flush's range
+    and so cover (and, GRACE later, delete) a part it does not hold. A listing taken while the
+    writer adds parts can have such holes (``storage.list_metrics`` lists again, but a hole can
+    outlast that).
     """
     levels = [level(s) for s in live]
     for start in range(len(live) - FANOUT + 1):
-        if len(set(levels[start : start + FANOUT])) == 1:
-            return live[start : start + FANOUT]
+        window = live[start : start + FANOUT]
+        if len(set(levels[start : start + FANOUT])) == 1 and contiguous(window):
+            return window
     return []
 
 
@@ -243,9 +250,10 @@ def _merge_due(
             quarantine(loc, run_id, bad.name, bad.reason)
             on_merge(1)
             return merged, False
-        # A listing is one snapshot of the folder, so a reader sees the new file or all the old
-        # ones. The old ones stay for GRACE seconds (see _drop_covered), so a reader that listed
-        # them just before reads them whole; a final merge removes them now.
+        # The new file is whole before it is listed, so a reader sees it or all the old ones
+        # (a listing is no snapshot, but the old ones outlast it). The old ones stay for GRACE
+        # seconds (see _drop_covered), so a reader that listed them just before reads them whole;
+        # a final merge removes them now.
         if final:
             for seg in todo:
                 loc.remove(f"{run_id}/metrics/{seg.name}")
@@ -294,7 +302,7 @@ def compact_run(
     merged, warned = 0, False
     while True:  # once, or again after quarantining a file
         skipped: list[tuple[str, str]] = []
-        listing = dict(loc.listdir(folder, skipped))
+        listing = list_metrics(loc, folder, skipped)
         _set_aside(loc, run_id, skipped)
         live, covered, other = live_files(list(listing))
         if not _drop_covered(loc, run_id, listing, live, covered, final):

@@ -187,10 +187,14 @@ class ParquetSink:
         self.lock.check()
         table = table.cast(SCHEMA)
         name = part_name(self.seq)
-        self.loc.write_atomic(f"{self.metrics_rel}/{name}", parquet_bytes(table), durable=False)
+        if self.compact:  # compaction merges these soon: spare it reading them back. Held before
+            self._recent[name] = table  # the file shows, or a merge that lists it first leaves it held
+        try:
+            self.loc.write_atomic(f"{self.metrics_rel}/{name}", parquet_bytes(table), durable=False)
+        except BaseException:
+            self._recent.pop(name, None)
+            raise
         self._unsynced.append(f"{self.metrics_rel}/{name}")
-        if self.compact:  # compaction merges these soon: spare it reading them back
-            self._recent[name] = table
         self.seq += 1
         self.rows_written += table.num_rows
         self._note_accuracy(table)

@@ -178,6 +178,44 @@ def live_files(names: list[str]) -> tuple[list[Segment], list[Segment], list[str
     return live, covered, other
 
 
+def contiguous(segments: list[Segment]) -> bool:
+    """Whether ``segments`` (sorted by ``lo``) hold every flush from the first to the last."""
+    return all(b.lo == a.hi + 1 for a, b in zip(segments, segments[1:], strict=False))
+
+
+def has_hole(names: list[str]) -> bool:
+    """Whether a listing of a ``metrics/`` folder lacks a flush between two it holds, other than
+    one set aside as ``<name>.corrupt``: the sign of a listing taken while parts were added (see
+    :func:`list_metrics`)."""
+    live = live_files(names)[0]
+    if contiguous(live):
+        return False
+    set_aside = [s for n in names if n.endswith(".parquet.corrupt") and (s := parse(n[: -len(".corrupt")]))]
+    return not contiguous(live_files([s.name for s in live + set_aside])[0])
+
+
+RELISTS = 3  # listings more of a metrics/ folder whose flushes have a hole, before taking it as it is
+
+
+def list_metrics(loc: Location, folder: str, skipped: list[tuple[str, str]] | None = None) -> dict[str, int]:
+    """(name -> size) of a run's ``metrics/`` folder, listed again (up to RELISTS times) while
+    a flush is missing between two that it holds.
+
+    A directory listing is not a snapshot: ext4 returns names in hash order, so a listing taken
+    while the writer adds parts can hold part 101, written during it, and miss part 100, written
+    just before (an object store's paged listing can do the same). Listed again, the missing
+    part is there. A hole that stays (a part deleted by hand) is taken as it is.
+    """
+    for attempt in range(RELISTS + 1):
+        found: list[tuple[str, str]] = []
+        listing = dict(loc.listdir(folder, found))
+        if attempt == RELISTS or not has_hole(list(listing)):
+            break
+    if skipped is not None:
+        skipped.extend(found)
+    return listing
+
+
 class Location:
     """A store root: a local directory or an fsspec URL such as ``s3://bucket/prefix``.
 
@@ -265,9 +303,9 @@ class Location:
             except FileNotFoundError:
                 return []
             return [(e["name"].rsplit("/", 1)[-1], int(e.get("size") or 0)) for e in entries if e["type"] == "file"]
-        # The names come from one snapshot of the folder; a file deleted before we stat it means
-        # the snapshot is already out of date (compaction replaced it), so take a new one rather
-        # than return a listing with a hole in it.
+        # A file deleted before we stat it means the listing is already out of date (compaction
+        # replaced it), so take a new one rather than return a listing with a hole in it. (A
+        # listing is no snapshot either way: see list_metrics.)
         for _ in range(100):
             try:
                 return self._scan(self._full(rel), skipped)

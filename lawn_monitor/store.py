@@ -46,6 +46,7 @@ from .storage import (
     StoreBusyError,
     TooLargeError,
     default_root,
+    list_metrics,
     live_files,
     plain_name,
 )
@@ -331,7 +332,7 @@ class RunStore:
         for _ in range(100):
             skipped: list[tuple[str, str]] = []
             try:
-                listing = dict(self.loc.listdir(folder, skipped))
+                listing = list_metrics(self.loc, folder, skipped)
             except OSError as exc:  # a symlink loop, no permission
                 self._warn_once(f"skipping {self.loc.url}/{folder}: cannot be listed ({exc.strerror or exc})")
                 return []
