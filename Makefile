@@ -12,7 +12,7 @@ DEMO_EXTRAS := dashboard,trainers
 # freezes the weight norms after 5. Chosen from measurements (docs/benchmarks.md, "The demo").
 # Curvature runs on its default plan (dense early) and budget.
 DEMO_ARGS ?= --dataset mnist1d --model mlp --optimizers sgd,adam --lawn both --batch-sizes 32 \
-             --epochs 150 --free-epochs 5 --warmup-epochs 2 --parallel 4 --fresh
+             --epochs 150 --free-epochs 5 --warmup-epochs 2 --parallel 4 --nice 10 --fresh
 
 .PHONY: help install browser lint test test-fast demo clean
 

@@ -25,13 +25,13 @@ The first load of each page hits a cold server; the repeats are spaced past the 
 the runs list, so each of them lists the store again. Then each page is timed as a switch inside
 one tab (a click on its link in the sidebar, to the same end), as a user moves through the
 dashboard. Pages show what they show by default: the newest runs. ``--train N`` starts N runs of
-``make demo``'s sweep (with ``TRAIN_EPOCHS`` epochs) in a temporary store first (one process each)
-and times the pages while they train, the load a sweep puts on the machine; then it opens Live,
-Loss flattening, Weight adaptivity and Compare on the training runs themselves, each left open 30 s,
-and prints the share of that time some element of the page was stale (Streamlit
-marks what a rerun or a fragment's refresh has not yet redrawn) and the share some element was
-visibly faded (Streamlit fades a stale element to opacity 0.33 from 0.5 s on), each with its longest
-stretch: a page that refreshes only what changed stays drawn.
+``make demo``'s sweep (with ``TRAIN_EPOCHS`` epochs and make demo's ``--nice``, or ``--train-nice
+N``) in a temporary store first (one process each) and times the pages while they train, the load a
+sweep puts on the machine; then it opens Live, Loss flattening, Weight adaptivity and Compare on the
+training runs themselves, each left open 30 s, and prints the share of that time some element of the
+page was stale (Streamlit marks what a rerun or a fragment's refresh has not yet redrawn) and the
+share some element was visibly faded (Streamlit fades a stale element to opacity 0.33 from 0.5 s
+on), each with its longest stretch: a page that refreshes only what changed stays drawn.
 Beside the page times it prints the RunStore queries behind them, timed alone in this process,
 the server's own seconds per page run (the app writes them to $LAWN_MONITOR_TIMINGS) and the load
 average over each page's loads: on a shared machine a figure means little without it.
@@ -163,13 +163,21 @@ def server_seconds(timings: Path, title: str | None) -> float:
     return statistics.median(seconds) if seconds else float("nan")
 
 
-def start_training(count: int, epochs: int | None = TRAIN_EPOCHS) -> tuple[subprocess.Popen, Path]:
+def start_training(
+    count: int, epochs: int | None = TRAIN_EPOCHS, nice: int | None = None
+) -> tuple[subprocess.Popen, Path]:
     """``count`` runs of make demo's sweep training in a temporary store (one process each); returns
-    once every one of them has written its first steps."""
+    once every one of them has written its first steps. ``nice``: their CPU priority lowered by
+    this much instead of make demo's ``--nice``."""
     from benchmarks.demo import demo_args
 
     args = demo_args()
     args[args.index("--parallel") + 1] = str(count)
+    if nice is not None:
+        if "--nice" in args:
+            del args[args.index("--nice") : args.index("--nice") + 2]
+        args += ["--nice", str(nice)] if nice else []
+    given = args[args.index("--nice") + 1] if "--nice" in args else "0"
     # Long enough to train through the whole benchmark (make demo's 150 epochs end in ~5 min on a
     # quiet machine, before the pages are watched); the load is the same per process.
     if epochs is not None:
@@ -181,7 +189,7 @@ def start_training(count: int, epochs: int | None = TRAIN_EPOCHS) -> tuple[subpr
     while time.monotonic() < deadline:
         runs = RunStore(root).runs()
         if len(runs) >= count and (runs["step"] > 0).sum() >= count:
-            print(f"{count} training processes running (make demo's sweep, in {root})", flush=True)
+            print(f"{count} training processes running (make demo's sweep, --nice {given}, in {root})", flush=True)
             return proc, root
         time.sleep(2)
     proc.terminate()
@@ -332,7 +340,7 @@ def stretches(samples: list[tuple[float, bool]]) -> tuple[float, float]:
 
 def report(root: Path, args: argparse.Namespace, only: list[str] | None) -> None:
     """Time the pages (while ``args.train`` demo runs train, if asked) and print the table."""
-    training = start_training(args.train) if args.train else None
+    training = start_training(args.train, nice=args.train_nice) if args.train else None
     try:
         print(f"page loads in headless chromium, request to all charts drawn ({args.repeat} repeats):")
         results = time_pages(root, args.repeat, args.chromium, only)
@@ -367,6 +375,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="warm loads per page")
     parser.add_argument("--keep", action="store_true", help="keep a store built in a temporary folder")
     parser.add_argument("--train", type=int, default=0, help="time the pages while this many demo runs train")
+    parser.add_argument(
+        "--train-nice",
+        type=int,
+        metavar="N",
+        help="--train's runs lower their CPU priority by N (default: make demo's --nice; 0: not at all)",
+    )
     parser.add_argument("--chromium", default=os.environ.get("LAWN_MONITOR_CHROMIUM") or shutil.which("chromium"))
     args = parser.parse_args()
     if not args.chromium:

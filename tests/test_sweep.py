@@ -108,6 +108,23 @@ def test_parallel_must_be_positive(capsys, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--nice", "25"], "--nice must be 1-19"),
+        (["--nice", "-5"], "--nice must be 1-19"),
+        (["--nice", "5", "--launcher", "ray"], "--nice is for --launcher local"),
+    ],
+)
+def test_a_nice_that_cannot_apply_is_one_line(capsys, tmp_path, flags, says):
+    from lawn_monitor.cli import main
+
+    assert main(["sweep", *flags, "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 def sweep(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         cli("sweep", *args, "--root", str(root)),
@@ -190,12 +207,41 @@ def interrupt(proc, root: Path, runs: int, send) -> tuple[str, str]:
         proc.kill()
 
 
+def thread_nices(pid: int) -> set[int]:
+    """The nice value of every thread of a process (Linux: a priority is per thread)."""
+    return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
 @pytest.mark.slow
-def test_sigint_to_a_parallel_sweep_leaves_every_started_run_interrupted(tmp_path):
+def test_a_niced_parallel_sweep_and_sigint_leaves_every_started_run_interrupted(tmp_path):
     proc = start(
-        cli("sweep", *ENDLESS, "--optimizers", "sgd,adam", "--lawn", "both", "--parallel", "2", "--root", str(tmp_path))
+        cli(
+            "sweep",
+            *ENDLESS,
+            "--optimizers",
+            "sgd,adam",
+            "--lawn",
+            "both",
+            "--parallel",
+            "2",
+            "--nice",
+            "7",
+            "--root",
+            str(tmp_path),
+        )
     )
-    out, err = interrupt(proc, tmp_path, 2, lambda: proc.send_signal(signal.SIGINT))
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def check_nice_then_interrupt():
+        # Every thread of each run (torch's included, started after the launcher lowered the
+        # run's priority) yields to the dashboard; the sweep itself does not.
+        pids = [json.loads((tmp_path / r / "run.json").read_text())["pid"] for r in RunStore(tmp_path).run_ids()]
+        assert len(pids) == 2
+        assert [thread_nices(pid) for pid in pids] == [{min(19, ours + 7)}] * 2
+        assert thread_nices(proc.pid) == {ours}
+        proc.send_signal(signal.SIGINT)
+
+    out, err = interrupt(proc, tmp_path, 2, check_nice_then_interrupt)
     assert proc.returncode == 130, err
     assert "Traceback" not in out + err
     assert "2 not started" in err

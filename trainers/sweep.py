@@ -13,7 +13,8 @@ as such and the sweep goes on.
 
 ``--parallel 1`` (the default) trains the runs one after another in this process, with their
 progress bars. ``--parallel N`` keeps N runs going at once, each its own ``lawn-monitor train``
-process with one torch thread (trainers/launch/local.py). ``--launcher ray`` and ``--launcher
+process with one torch thread (trainers/launch/local.py); ``--nice N`` lowers their CPU priority,
+so that a dashboard on the same machine stays quick while they take every core. ``--launcher ray`` and ``--launcher
 slurm`` hand the runs to a Ray cluster or a Slurm job array instead (trainers/launch/,
 docs/cluster.md); ``--parallel`` then caps how many train at once.
 
@@ -34,7 +35,10 @@ from lawn_monitor.cli import OneLineParser
 from .config import ConfigError, TrainConfig, add_config_arguments, config_from_flags, given_fields
 from .launch import add_launcher_arguments, launch
 from .launch.common import project_dir
-from .launch.local import config_argv  # noqa: F401 - the flags that rebuild a config, for callers of the sweep
+from .launch.local import (
+    check_nice,
+    config_argv,  # noqa: F401 - the flags that rebuild a config, for callers of the sweep
+)
 from .optimizers import OPTIMIZERS
 from .recipe import config_from, match_recipes
 from .train import check_root
@@ -116,6 +120,14 @@ def build_parser(prog: str = "lawn-monitor sweep") -> OneLineParser:
         help="train N runs at once (local: one process and one torch thread each; default 1, "
         "one after another in this process; ray, slurm: at most N at once, default all)",
     )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="local: lower the runs' CPU priority by N (Unix nice, 1-19) so that a dashboard on the same "
+        "machine answers while they train (make demo: 10; default 0)",
+    )
     add_launcher_arguments(parser)
     add_config_arguments(parser, skip=("optimizer", "lawn", "batch_size", "seed", "name", "recipe", "resume"))
     return parser
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.parallel is not None and args.parallel < 1:
             raise ConfigError(f"--parallel must be at least 1 (runs at once), got {args.parallel}")
+        check_nice(args.nice, args.launcher)
         if args.recipes:
             grid_flags = [
                 f

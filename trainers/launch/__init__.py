@@ -172,7 +172,7 @@ def launch(
     if jobs and args.launcher == "local":
         from . import local
 
-        done, code = local.launch(jobs, parallel or 1)
+        done, code = local.launch(jobs, parallel or 1, getattr(args, "nice", 0))
         outcomes.update(done)
     elif jobs:
         jobs = [_for_worker(job, res[job.index]) for job in jobs]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from lawn_monitor.storage import Location
 
 from .. import signals
-from ..config import FLAGS, TrainConfig, flag_values
+from ..config import FLAGS, ConfigError, TrainConfig, flag_values
 from ..train import RESUME_MAY_CHANGE, USER_ERRORS, check_root, train
 from .common import Job, Outcome, Stop, project_dir
 
@@ -126,8 +126,9 @@ class ParallelSweep:
     takes them too; the signal they get twice (terminal and forwarded) is ignored the second time.
     """
 
-    def __init__(self, jobs: list[Job], parallel: int) -> None:
+    def __init__(self, jobs: list[Job], parallel: int, nice: int = 0) -> None:
         self.jobs = jobs
+        self.nice = nice
         self.total = jobs[0].total if jobs else 0
         self.parallel = parallel
         self.loc = Location(check_root(jobs[0].cfg.root))
@@ -200,6 +201,8 @@ class ParallelSweep:
             text=True,
             bufsize=1,
         )
+        # The child is still starting Python: its one thread now is the one that starts the rest.
+        lower_priority(self.nice, proc.pid)
         child = Child(job, proc, time.monotonic())
         for pipe, err in ((proc.stdout, False), (proc.stderr, True)):
             pump = threading.Thread(target=self._pump, args=(job.place, pipe, err), daemon=True)
@@ -299,8 +302,49 @@ class ParallelSweep:
         return self.outcomes, code
 
 
-def launch(jobs: list[Job], parallel: int) -> tuple[dict[int, Outcome], int | None]:
+def launch(jobs: list[Job], parallel: int, nice: int = 0) -> tuple[dict[int, Outcome], int | None]:
     if parallel > 1:
         print(f"sweep: {len(jobs)} runs, {parallel} at a time (one process and one torch thread each)", flush=True)
-        return ParallelSweep(jobs, parallel).run()
+        return ParallelSweep(jobs, parallel, nice).run()
+    lower_priority(nice)
     return run_in_process(jobs)
+
+
+# --- CPU priority ---------------------------------------------------------------------------------
+# A sweep on a laptop or a shared node takes every core; the dashboard watching it (and the
+# browser drawing it) then waits its turn behind the trainers. ``--nice N`` makes the runs yield:
+# an idle dashboard costs them nothing, a busy one is served first.
+
+MAX_NICE = 19
+
+
+def check_nice(nice: int, launcher: str) -> None:
+    """ConfigError for a ``--nice`` this launcher or system cannot apply."""
+    if nice == 0:
+        return
+    if not 0 < nice <= MAX_NICE:
+        raise ConfigError(f"--nice must be 1-{MAX_NICE} (how much to lower the runs' CPU priority), got {nice}")
+    if launcher != "local":
+        raise ConfigError(f"--nice is for --launcher local: {launcher} places runs on its own workers")
+    if not hasattr(os, "setpriority"):
+        raise ConfigError("--nice needs a Unix system (os.setpriority); leave it out here")
+
+
+def _tids(pid: int | None = None) -> list[int]:
+    """The threads of a process (Linux: /proc/<pid>/task), or just the process elsewhere."""
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid or 'self'}/task")]
+    except OSError:
+        return [pid or 0]
+
+
+def lower_priority(nice: int, pid: int | None = None) -> None:
+    """Lower the CPU priority of a process (this one by default) by ``nice``: each of its threads
+    on Linux, where a priority is per thread (threads it starts later take their creator's)."""
+    if nice == 0:
+        return
+    for tid in _tids(pid):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
