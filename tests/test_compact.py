@@ -142,6 +142,7 @@ def test_a_hole_is_a_missing_flush_unless_it_was_set_aside():
     assert not has_hole(["compact-00000000-00000003-ab.parquet", part_name(4), part_name(2)])  # covered
 
 
+@pytest.mark.slow
 def test_no_flush_is_lost_to_a_merge_of_a_listing_taken_mid_write(tmp_path, monkeypatch):
     # A directory listing is no snapshot: on ext4 one taken while the writer adds parts can hold
     # part N+1 and miss part N. Merging such a window claimed N's range and, at close, deleted
