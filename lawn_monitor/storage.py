@@ -187,11 +187,8 @@ def has_hole(names: list[str]) -> bool:
     """Whether a listing of a ``metrics/`` folder lacks a flush between two it holds, other than
     one set aside as ``<name>.corrupt``: the sign of a listing taken while parts were added (see
     :func:`list_metrics`)."""
-    live = live_files(names)[0]
-    if contiguous(live):
-        return False
-    set_aside = [s for n in names if n.endswith(".parquet.corrupt") and (s := parse(n[: -len(".corrupt")]))]
-    return not contiguous(live_files([s.name for s in live + set_aside])[0])
+    set_aside = [n.removesuffix(".corrupt") for n in names if n.endswith(".parquet.corrupt")]
+    return not contiguous(live_files(names + set_aside)[0])
 
 
 RELISTS = 3  # listings more of a metrics/ folder whose flushes have a hole, before taking it as it is

@@ -13,10 +13,10 @@ as such and the sweep goes on.
 
 ``--parallel 1`` (the default) trains the runs one after another in this process, with their
 progress bars. ``--parallel N`` keeps N runs going at once, each its own ``lawn-monitor train``
-process with one torch thread (trainers/launch/local.py); ``--nice N`` lowers their CPU priority,
-so that a dashboard on the same machine stays quick while they take every core. ``--launcher ray`` and ``--launcher
-slurm`` hand the runs to a Ray cluster or a Slurm job array instead (trainers/launch/,
-docs/cluster.md); ``--parallel`` then caps how many train at once.
+process with one torch thread (trainers/launch/local.py); ``--nice N`` lowers their CPU
+priority, so that a dashboard on the same machine stays quick while they take every core.
+``--launcher ray`` and ``--launcher slurm`` hand the runs to a Ray cluster or a Slurm job array
+instead (trainers/launch/, docs/cluster.md); ``--parallel`` then caps how many train at once.
 
 Launched again into the same store, a sweep skips the runs that ended and continues the others
 from their last checkpoints (``--fresh``: start all anew). Ctrl-C or SIGTERM stops the sweep: no
