@@ -279,9 +279,10 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
     assert ((prob > 0) & (prob <= 1)).all()
     flat = main_line(found[f"flattened samples (loss < {FLAT_LOSS:g})"])
     assert flat["value"].max() <= 100 and sharp[0][0]["encoding"]["y"]["title"] == "top eigenvalue (P⁻¹H / H)"
-    # Default smoothing: the smoothed line over the faint raw one, each with its own y field.
+    # Default smoothing: the smoothed line over the faint raw values (an outlined min-max band).
     raw, line, _ = found["train loss"]
-    assert raw[0]["mark"]["opacity"] < 1 and line[0]["encoding"]["y"]["field"] == "smoothed"
+    assert mark(raw[0]) == "area" and raw[0]["mark"]["strokeOpacity"] < 1
+    assert line[0]["encoding"]["y"]["field"] == "smoothed"
     assert line[0]["encoding"]["y"]["scale"]["type"] == "log"
     at.checkbox(key="log").uncheck().run()
     assert charts(at)["train loss"][1][0]["encoding"]["y"]["scale"]["type"] == "linear"

@@ -479,14 +479,19 @@ def test_a_spike_inside_a_downsampling_bucket_stays_in_the_chart(tmp_path):
     spec = metric_chart(df, "train loss", log_y=True).to_dict()
     drawn = [data_of(spec, layer) for layer in layers_of(spec)]
     assert any((d.get("max") == 50.0).any() for d in drawn)  # ...but a layer draws its range
-    assert marks(spec) == ["area", "line", "line"]  # range, raw line, smoothed line
+    assert marks(spec) == ["area", "line"]  # the raw range (filled, outlined), the smoothed line
 
 
 def test_smoothed_line_over_the_faint_raw_one_and_percent_axes():
     df = runs_frame().assign(smoothed=lambda d: d["value"] * 0.9)
     spec = metric_chart(df, "train accuracy", percent=True, y_title="train accuracy (%)").to_dict()
     raw, main = layers_of(spec)
-    assert raw["mark"]["opacity"] < 1 and raw["encoding"]["y"]["field"] == "value"
+    # The raw values: a band from each bucket's min to max, outlined faintly; one value a bucket
+    # (no min or max given) makes a band of no height whose outline is the raw line itself.
+    assert raw["mark"]["type"] == "area" and raw["mark"]["strokeOpacity"] < 1 and raw["mark"]["fillOpacity"] < 1
+    assert (raw["encoding"]["y"]["field"], raw["encoding"]["y2"]["field"]) == ("min", "max")
+    drawn = data_of(spec, raw)
+    assert drawn["min"].tolist() == drawn["max"].tolist() == drawn["value"].tolist()
     assert main["encoding"]["y"]["field"] == "smoothed" and main["encoding"]["y"]["title"] == "train accuracy (%)"
     assert data_of(spec, main)["value"].max() == pytest.approx(100.0)  # shares drawn as %
     assert "legend" not in raw["encoding"]["stroke"] or raw["encoding"]["stroke"]["legend"] is None

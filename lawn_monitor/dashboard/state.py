@@ -371,7 +371,7 @@ def smoothing_input() -> float:
             max_value=0.99,
             step=0.01,
             help="TensorBoard's debiased exponential moving average over each run's points, drawn over "
-            "the faint raw line; 0 turns it off. Slow-cadence metrics (evaluation, curvature) are "
+            "the faint raw values; 0 turns it off. Slow-cadence metrics (evaluation, curvature) are "
             "never smoothed.",
         )
 

@@ -151,7 +151,7 @@ class Palette:
         return alt.Color("label:N", title=title, scale=self._scale(), legend=self._legend())
 
     def stroke(self) -> alt.Stroke:
-        """The same colours for secondary layers' lines and rules (faint raw lines, switch rules,
+        """The same colours for secondary layers' lines and rules (raw-value outlines, switch rules,
         thresholds). A separate channel without a legend: a layer that hid the colour legend would
         hide the whole chart's, and one that kept it would lend the legend its faint look."""
         return alt.Stroke("label:N", scale=self._scale(), legend=None)
