@@ -290,6 +290,24 @@ def test_flattening_page_overlays_the_signals(sweep_store, ids):
     assert [mark(layer) for layer, _ in charts(at)["train loss"]] == ["line", "rule"]
 
 
+def test_the_crosshair_on_every_chart_is_a_sidebar_switch(sweep_store):
+    """Off by default on the pages of small multiples (it costs the browser time per chart); on,
+    every line chart gets the hover rule with every run's value, smoothed and raw."""
+
+    def hover_rules(found, title):
+        return [df for layer, df in found[title] if mark(layer) == "rule" and "opacity" in layer["encoding"]]
+
+    params = {"runs": ["adam-lawn-s0", "sgd-s0"]}
+    at = run_app(sweep_store, "flattening", params=params)
+    assert not hover_rules(charts(at), "train loss")
+    at = run_app(sweep_store, "flattening", params={**params, "crosshair": "true"})
+    assert not at.exception and at.checkbox(key="crosshair").value
+    (wide,) = hover_rules(charts(at), "train loss")
+    assert len(wide.columns) == 1 + 2 * 2  # the step, then each run's smoothed and raw value
+    at = run_app(sweep_store, "live", params={**params, "crosshair": "true"})
+    assert hover_rules(charts(at), "learning rate")
+
+
 # --- Weight adaptivity ------------------------------------------------------------------------
 
 

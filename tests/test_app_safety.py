@@ -104,7 +104,7 @@ def test_allowed_root_is_offered_and_chosen_by_url(served, tmp_path, monkeypatch
 ODD = ["nan", "inf", "-1", "1e308", "abc", "x" * 5000, "\x00", "🙂", "[1, 2]", ""]
 CASES = (
     [("live", "smooth", v) for v in ODD]
-    + [("live", "zoom", v) for v in ("2", "yes", "nan", "")]
+    + [("live", key, v) for key in ("zoom", "crosshair") for v in ("2", "yes", "nan", "")]
     + [("runs", "runs", v) for v in ("no-such-run", "x" * 5000, "")]
     + [("runs", "status", v) for v in ("exploded", "nan", "")]
     + [("runs", "optimizer", v) for v in ("rmsprop", "\x00")]

@@ -241,9 +241,16 @@ def test_wall_clock_axis(app, page):
     assert main["encoding"]["x"]["type"] == "temporal"
 
 
-def test_crosshair_tooltip_lists_every_run_at_the_step(app, page):
+@pytest.mark.parametrize(
+    "path, title, query",
+    [
+        ("compare", "Compare", "?metric=train/loss"),  # always there
+        ("flattening", "Loss flattening", "?crosshair=true"),  # the sidebar's switch, on every line chart
+    ],
+)
+def test_crosshair_tooltip_lists_every_run_at_the_step(app, page, path, title, query):
     url, _, _ = app
-    charts = open_page(page, url, "compare", "Compare", "?metric=train/loss")
+    charts = open_page(page, url, path, title, query)
     spec = next(spec for spec, _ in charts.specs if spec.get("params"))  # Altair lifts a layer's params
     assert spec["params"][0]["select"]["nearest"] is True
     hover = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "rule" and "opacity" in layer["encoding"])

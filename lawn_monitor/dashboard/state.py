@@ -428,6 +428,24 @@ def zoom() -> bool:
     return bool(st.session_state.get("zoom", False))
 
 
+def crosshair_input() -> bool:
+    """The sidebar's switch for the crosshair on every line chart (``?crosshair=``): a rule at the
+    pointer's step with every run's value there, smoothed and raw, as TensorBoard and W&B show on
+    hover. Off by default on the pages of small multiples: it costs the browser about 0.1 s a
+    chart (benchmarks/chart_views.py). Compare's charts always have it."""
+    with st.sidebar:
+        return checkbox(
+            "Crosshair on every chart",
+            key="crosshair",
+            default=False,
+            help="Hover a chart: a rule at that step and every run's value there (smoothed and raw).",
+        )
+
+
+def crosshair() -> bool:
+    return bool(st.session_state.get("crosshair", False))
+
+
 def outliers_input() -> bool:
     """The sidebar's switch for y axes that ignore outliers (``?outliers=``, on by default, as in
     TensorBoard): an axis spans all but the extreme few values (``charts.robust_domain``) where
@@ -512,6 +530,7 @@ def series_chart(
         title,
         points,
         zoom(),
+        crosshair(),
         robust(),
         fit_x,
         colors,
@@ -531,6 +550,7 @@ def series_chart(
             zoom=zoom(),
             robust=robust(),
             fit_x=fit_x,
+            crosshair=crosshair(),
         )
 
     show(cached_chart(key, store, run_ids, build), f"No {title or metric} data yet.")

@@ -50,6 +50,7 @@ def main() -> None:
     state.smoothing_input()
     state.outliers_input()
     state.zoom_input()
+    state.crosshair_input()
     with st.sidebar:
         state.chip_colours(runs)
         state.history_fix()
