@@ -29,7 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.browser import CHROMIUM, DRAWN, PAGES, SCRIPT_DONE, launch, streamlit_app, wait_drawn  # noqa: E402
+from benchmarks.app import load  # noqa: E402
+from tests.browser import CHROMIUM, DRAWN, PAGES, launch, streamlit_app, wait_drawn  # noqa: E402
 
 BARE = """
 import streamlit as st
@@ -44,18 +45,10 @@ def bare_floor(context_factory, work: Path, repeat: int) -> list[float]:
     """Seconds from request to the bare page drawn (its script done, its box on screen)."""
     (work / "bare.py").write_text(BARE)
     command = ["-m", "streamlit", "run", str(work / "bare.py"), "--server.fileWatcherType", "none"]
-    times = []
     with streamlit_app(work, work, command=command) as url:
         context = context_factory()
-        for index in range(1 + repeat):
-            page = context.new_page()
-            started = time.perf_counter()
-            page.goto(url)
-            page.locator("[data-testid=stAlert]").wait_for(timeout=60_000)
-            page.wait_for_function(SCRIPT_DONE, timeout=60_000)
-            if index:
-                times.append(time.perf_counter() - started)
-            page.close()
+        load(context, url, None)  # the first, to warm up
+        times = [load(context, url, None)[1] for _ in range(repeat)]
         context.close()
     return times
 

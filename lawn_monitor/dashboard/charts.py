@@ -140,9 +140,8 @@ def _ranges(data: pd.DataFrame, log_y: bool) -> pd.DataFrame:
     """Each bucket's min and max as drawable ends: every row, a bucket of one value a band of no
     height (its outline is then the raw line); a row without them spans its own value. A log axis
     cannot place a min at or below zero: it is drawn at value / 10."""
-    lo = data["min"].astype(float) if "min" in data.columns else data["value"].astype(float)
-    hi = data["max"].astype(float) if "max" in data.columns else data["value"].astype(float)
     value = data["value"].astype(float)
+    lo, hi = (data.get(end, value).astype(float) for end in ("min", "max"))
     lo, hi = lo.where(np.isfinite(lo), value), hi.where(np.isfinite(hi), value)
     if log_y:
         lo = lo.where(lo > 0, value / 10)
